@@ -1,0 +1,5 @@
+"""`python -m cnntrain ...` is the same as `cnntrain ...`."""
+
+from cnntrain.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""Command-line entry points: `cnntrain` and `python -m cnntrain`.
+
+Only argument checks and Hydra wiring live here; torch is imported when a job
+starts, so `cnntrain --help` and a mistyped group choice answer quickly.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+
+from cnntrain.errors import CnnTrainError
+from cnntrain.registry import did_you_mean
+
+GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment")
+EXIT_USAGE = 2  # a config or data problem the message explains
+EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
+
+
+def config_dir() -> Path:
+    """configs/ inside the installed package (wheel), else the checkout's top-level configs/."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "configs"
+    return packaged if packaged.is_dir() else package.parent / "configs"
+
+
+def print_error(message: str) -> None:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+
+
+def _extra_config_dirs(args: list[str]) -> list[Path]:
+    """Folders given with --config-dir/-cd: their group files are valid choices too."""
+    dirs = []
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(Path(args[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+    return dirs
+
+
+def check_group_choices(args: list[str]) -> str | None:
+    """A message for the first unknown group choice (e.g. model=resnet81), else None.
+
+    Hydra would also refuse it, but without suggesting the name the user meant.
+    Choices that Hydra resolves in ways we cannot see (search paths, sweep functions)
+    are left to Hydra.
+    """
+    if any("hydra.searchpath" in arg for arg in args):
+        return None
+    dirs = [config_dir(), *_extra_config_dirs(args)]
+    for arg in args:
+        match = re.fullmatch(rf"\+?({'|'.join(GROUPS)})=([\w.,\-]+)", arg)
+        if not match:
+            continue
+        group, values = match.groups()
+        available = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+        for value in values.split(","):
+            if value not in available and value != "null":
+                return (f"Unknown {group} '{value}' ({group}={value}).{did_you_mean(value, available)} "
+                        f"Available: {', '.join(available)}")
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _run_job(cfg: DictConfig) -> float | None:
+    """One training job; returns the best validation accuracy (what a sweeper maximises)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from cnntrain.run import train
+
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return train(cfg)["best_val_acc"]
+    except CnnTrainError as err:
+        print_error(str(err))
+        if not in_sweep:
+            sys.exit(EXIT_USAGE)
+    except Exception as err:  # a bug or library failure: one job's, the sweep goes on
+        if not in_sweep:
+            raise
+        print_error(f"job failed: {type(err).__name__}: {err}")
+    return None
+
+
+def main() -> None:
+    """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination."""
+    problem = check_group_choices(sys.argv[1:])
+    if problem:
+        print_error(problem)
+        sys.exit(EXIT_USAGE)
+    _run_job()
+    from cnntrain.sweep import last_sweep_failures
+
+    if last_sweep_failures():
+        sys.exit(EXIT_FAILED_JOBS)

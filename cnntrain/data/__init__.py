@@ -1,0 +1,120 @@
+"""Datasets: the DATASETS registry and the in-memory data every small dataset becomes.
+
+A dataset builder returns `ImageData`: uint8 images (N, C, H, W) and int64 labels for
+its train and test splits (and a val split when the dataset has its own). `prepare`
+then holds out the validation fraction and describes the result in a `DatasetSpec`,
+from which the model is built (classes, channels) and the loader configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from cnntrain.errors import ConfigError
+from cnntrain.registry import Registry
+
+DATASETS = Registry("dataset", "data.name")
+
+# Keys of the data config that the loader uses; the others go to the dataset builder.
+LOADER_KEYS = ("name", "batch_size", "eval_batch_size", "val_fraction", "resize", "normalize")
+
+
+@dataclass
+class ImageSet:
+    """One split: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index])
+
+
+@dataclass
+class ImageData:
+    """What a dataset builder returns."""
+
+    classes: list[str]
+    train: ImageSet
+    test: ImageSet
+    val: ImageSet | None = None
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+
+@dataclass
+class DatasetSpec:
+    """What the rest of the tool needs to know about the data."""
+
+    name: str
+    classes: list[str]
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int
+    val_size: int
+    test_size: int
+    val_source: str  # where validation data comes from, for the log
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class PreparedData:
+    spec: DatasetSpec
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    extra: dict = field(default_factory=dict)
+
+
+# Parsed datasets, kept so that the jobs of a multirun in one process parse each dataset once.
+_CACHE: dict[tuple, ImageData] = {}
+
+
+def load_image_data(name: str, settings: dict) -> ImageData:
+    """Build (or reuse) the dataset `name` with its builder `settings`."""
+    key = (name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    if key not in _CACHE:
+        _CACHE.clear()  # keep at most one dataset in memory
+        _CACHE[key] = DATASETS.build(name, settings)
+    return _CACHE[key]
+
+
+def prepare(name: str, data: ImageData, val_fraction: float, seed: int) -> PreparedData:
+    """Split off validation data and describe the splits."""
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(
+            f"data.val_fraction must be in [0, 1), got {val_fraction}. "
+            f"Use e.g. 0.1 to hold out 10% of train, or 0 to validate on the test split."
+        )
+    train, val = data.train, data.val
+    if val is not None:
+        source = "the dataset's own val split"
+    elif val_fraction > 0:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        n_val = max(1, round(len(train) * val_fraction))
+        train, val = data.train.subset(order[n_val:]), data.train.subset(order[:n_val])
+        source = f"{val_fraction:.0%} of train, held out with seed {seed}"
+    else:
+        val = data.test
+        source = "the test split (data.val_fraction=0)"
+    _, channels, height, width = train.images.shape
+    spec = DatasetSpec(
+        name=name, classes=list(data.classes), channels=channels, image_size=(height, width),
+        mean=tuple(data.mean), std=tuple(data.std), train_size=len(train), val_size=len(val),
+        test_size=len(data.test), val_source=source,
+    )
+    return PreparedData(spec, train, val, data.test)
+
+
+# Importing the dataset modules registers their builders.
+from cnntrain.data import mnist, synthetic  # noqa: E402,F401

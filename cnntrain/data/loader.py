@@ -1,0 +1,82 @@
+"""Batches from in-memory uint8 tensors, converted on the training device.
+
+This replaces the tutorials' DataLoader + ToTensor pipeline for datasets that fit in
+memory: the whole split lives as one uint8 tensor (on the GPU when training there),
+a batch is an index into it, and float conversion, resize and normalisation run once
+per batch as tensor operations. No per-image Python work and no worker processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from cnntrain.data import ImageSet
+
+
+@dataclass
+class BatchTransform:
+    """uint8 (B, C, H, W) -> float batch ready for the model."""
+
+    size: tuple[int, int] | None  # resize target; None keeps the stored size
+    mean: tuple[float, ...] | None  # None: no normalisation (values stay in [0, 1])
+    std: tuple[float, ...] | None
+    channels_last: bool = False
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255)
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            # Same interpolation as torchvision's Resize on tensors (bilinear, antialiased).
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            x = x.sub_(mean).div_(std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+class InMemoryLoader:
+    """Iterates (images, labels) batches over an `ImageSet` moved to `device`.
+
+    With `shuffle`, epoch e uses the permutation drawn from `seed + e`, so the data
+    order depends only on the seed and the epoch (a resumed run sees the same order).
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
+                 device: torch.device, shuffle: bool = False, seed: int = 0):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.transform = transform
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = order.to(self.images.device)
+        for start in range(0, n, self.batch_size):
+            if self.shuffle:
+                index = order[start:start + self.batch_size]
+                images, labels = self.images[index], self.labels[index]
+            else:
+                images = self.images[start:start + self.batch_size]
+                labels = self.labels[start:start + self.batch_size]
+            yield self.transform(images), labels

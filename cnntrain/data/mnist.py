@@ -1,0 +1,111 @@
+"""MNIST and Fashion-MNIST: find the IDX files, else download, else explain.
+
+Where the files are looked for, in order:
+1. `data.root` in torchvision's layout (`<root>/FashionMNIST/raw/`), or the files
+   directly in `<root>`;
+2. a system copy: Debian/Ubuntu's `dataset-fashion-mnist` package installs them in
+   `/usr/share/datasets/fashion-mnist/` (the way to get them with no internet);
+3. torchvision's download into `<root>/FashionMNIST/raw/` (when `data.download`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnntrain.data import DATASETS, ImageData, ImageSet
+from cnntrain.data.idx import read_idx
+from cnntrain.errors import DatasetError
+
+SPLIT_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def find_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def find_idx_folder(candidates: list[Path]) -> Path | None:
+    """The first folder that holds all four IDX files."""
+    for folder in candidates:
+        if all(find_file(folder, stem) for stem in SPLIT_FILES.values()):
+            return folder
+    return None
+
+
+def download_with_torchvision(torchvision_name: str, root: Path) -> str | None:
+    """Download through torchvision; returns None on success or the reason it failed."""
+    try:
+        from torchvision import datasets
+
+        dataset_class = getattr(datasets, torchvision_name)
+        for train in (True, False):
+            dataset_class(str(root), train=train, download=True)
+        return None
+    except Exception as err:  # any network or checksum failure: reported in the final message
+        reason = " ".join(str(err).split())  # torchvision's message spans lines: one line here
+        return f"{type(err).__name__}: {reason[:300]}"
+
+
+def load_idx_dataset(torchvision_name: str, system_folder: str, apt_package: str | None,
+                     classes: list[str], mean: float, std: float, root: str, download: bool) -> ImageData:
+    root_path = Path(root).expanduser()
+    candidates = [root_path / torchvision_name / "raw", root_path, Path(system_folder)]
+    folder = find_idx_folder(candidates)
+    failure = None
+    if folder is None and download:
+        failure = download_with_torchvision(torchvision_name, root_path)
+        folder = find_idx_folder(candidates[:1])
+    if folder is None:
+        raise DatasetError(_not_found_message(torchvision_name, candidates, apt_package, download, failure))
+    arrays = {key: read_idx(find_file(folder, stem)) for key, stem in SPLIT_FILES.items()}
+    return ImageData(
+        classes=classes,
+        train=ImageSet(_as_nchw(arrays["train_images"]), arrays["train_labels"].long()),
+        test=ImageSet(_as_nchw(arrays["test_images"]), arrays["test_labels"].long()),
+        mean=(mean,), std=(std,),
+    )
+
+
+def _as_nchw(images):
+    return images.unsqueeze(1)  # IDX stores (N, H, W) grey images
+
+
+def _not_found_message(torchvision_name, candidates, apt_package, download, failure) -> str:
+    looked = "\n".join(f"  - {c}" for c in candidates)
+    lines = [f"{torchvision_name} not found. Looked for the four IDX files "
+             f"({', '.join(SPLIT_FILES.values())}, raw or .gz) in:", looked]
+    if download:
+        lines.append(f"  - download with torchvision failed: {failure}")
+    else:
+        lines.append("  - download skipped (data.download=false)")
+    fixes = [f"copy the files into {candidates[0]} (or point data.root=<folder> at them)",
+             "connect to the internet and run again with data.download=true"]
+    if apt_package:
+        fixes.insert(0, f"sudo apt-get install {apt_package}   (Debian/Ubuntu, no internet needed)")
+    lines.append("Fix it one of these ways:")
+    lines += [f"  {number}. {fix}" for number, fix in enumerate(fixes, 1)]
+    return "\n".join(lines)
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root: str = "data", download: bool = True) -> ImageData:
+    """Zalando's Fashion-MNIST: 60k/10k 28x28 grey images of 10 clothing classes."""
+    return load_idx_dataset("FashionMNIST", "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist",
+                            FASHION_CLASSES, mean=0.2860, std=0.3530, root=root, download=download)
+
+
+@DATASETS.register("mnist")
+def mnist(root: str = "data", download: bool = True) -> ImageData:
+    """LeCun's MNIST digits: 60k/10k 28x28 grey images."""
+    return load_idx_dataset("MNIST", "/usr/share/datasets/mnist", None,
+                            [str(d) for d in range(10)], mean=0.1307, std=0.3081, root=root, download=download)

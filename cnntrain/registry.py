@@ -1,0 +1,77 @@
+"""Name-based registries: configs name a component, a registry builds it.
+
+One `Registry` instance per kind (MODELS, DATASETS, OPTIMIZERS, SCHEDULERS).
+Entries register with a decorator; a config's `name` key picks the entry and its
+other keys become keyword arguments. Unknown names and unknown settings raise a
+`ConfigError` that lists what is valid, so a typo never turns into a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, Iterable
+
+from cnntrain.errors import ConfigError
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class Registry:
+    """Maps names to builder callables for one kind of component."""
+
+    def __init__(self, kind: str, config_key: str):
+        self.kind = kind  # e.g. "model", used in messages
+        self.config_key = config_key  # e.g. "model.name", tells the user where to fix it
+        self._entries: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str | None = None) -> Callable[[Callable], Callable]:
+        """Decorator: `@MODELS.register("lenet")` (the function's name when omitted)."""
+
+        def add(fn: Callable) -> Callable:
+            key = name or fn.__name__
+            if key in self._entries:
+                raise ValueError(f"{self.kind} '{key}' is registered twice")
+            self._entries[key] = fn
+            return fn
+
+        return add
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._entries:
+            raise ConfigError(
+                f"Unknown {self.kind} '{name}' ({self.config_key}).{did_you_mean(str(name), self._entries)} "
+                f"Available: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def build(self, name: str, settings: dict[str, Any] | None = None, **extra: Any) -> Any:
+        """Call the entry `name` with `settings` (from the config) and `extra` (from code)."""
+        fn = self.get(name)
+        settings = dict(settings or {})
+        self.check_settings(name, settings)
+        return fn(**settings, **extra)
+
+    def check_settings(self, name: str, settings: dict[str, Any]) -> None:
+        """Reject config keys the entry does not accept, naming the valid ones."""
+        params = inspect.signature(self.get(name)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        valid = [p for p, spec in params.items() if spec.kind is not inspect.Parameter.VAR_POSITIONAL]
+        section = self.config_key.rsplit(".", 1)[0]
+        for key in settings:
+            if key not in params:
+                raise ConfigError(
+                    f"{self.kind} '{name}' has no setting '{key}' ({section}.{key}).{did_you_mean(key, valid)} "
+                    f"Valid settings: {', '.join(valid)}"
+                )

@@ -1,0 +1,296 @@
+"""`train(cfg)`: turn a composed config into objects, run the trainer, write the run folder.
+
+The flow: check every name and setting (before any data loads) -> load and split the
+data -> build the model from the dataset spec -> optimizer, scheduler, loaders ->
+Trainer.fit with display/metrics/checkpoint callbacks -> test the best checkpoint ->
+summary.json.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from cnntrain.callbacks import Checkpointer, MetricsWriter, ProgressDisplay, Reporter
+from cnntrain.checkpoint import load_checkpoint
+from cnntrain.data import DATASETS, LOADER_KEYS, DatasetSpec, load_image_data, prepare
+from cnntrain.data.loader import BatchTransform, InMemoryLoader
+from cnntrain.errors import ConfigError
+from cnntrain.models import MODELS, init_weights
+from cnntrain.models.init import check_init_scheme
+from cnntrain.optim import OPTIMIZERS, SCHEDULERS
+from cnntrain.trainer import EpochMetrics, Trainer
+
+# Keys of the model config that are not builder settings.
+MODEL_KEYS = ("name", "input_size", "init")
+PROGRESS_MODES = ("auto", "bar", "plain", "none")
+
+
+def settings_of(section: DictConfig, reserved: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+    """A config section as builder keyword arguments (plain Python values)."""
+    values = OmegaConf.to_container(section, resolve=True)
+    return {k: v for k, v in values.items() if k not in reserved}
+
+
+def import_user_modules(modules) -> None:
+    """Import the modules listed in `imports` so that their registrations take effect.
+
+    The current folder is searched too: the `cnntrain` script's own folder is what
+    Python puts on sys.path, not the folder the user is working in.
+    """
+    if modules and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for module in modules or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(
+                f"Cannot import '{module}' (imports): {err}. Make sure it is on PYTHONPATH "
+                f"(e.g. run from the folder that holds it)."
+            ) from err
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail on unknown names or settings before any data is loaded."""
+    MODELS.check_settings(cfg.model.name, settings_of(cfg.model, MODEL_KEYS))
+    check_init_scheme(cfg.model.get("init", "default"))
+    DATASETS.check_settings(cfg.data.name, settings_of(cfg.data, LOADER_KEYS))
+    OPTIMIZERS.check_settings(cfg.optimizer.name, settings_of(cfg.optimizer))
+    SCHEDULERS.check_settings(cfg.scheduler.name, settings_of(cfg.scheduler))
+    for key in ("trainer.epochs", "data.batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive whole number, got {value!r}.")
+    if cfg.trainer.progress not in PROGRESS_MODES:
+        raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
+                          f"got '{cfg.trainer.progress}'.")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit choice must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for but PyTorch sees no CUDA GPU. Use device=auto or device=cpu.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps was asked for but this machine has no Apple GPU. Use device=auto or device=cpu.")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"Unknown device.type '{name}'. Use auto, cpu, cuda or mps.")
+    return torch.device(name)
+
+
+def input_size_for(cfg: DictConfig, spec: DatasetSpec) -> int:
+    """data.resize if set, else the model's native input_size, else the data's own size."""
+    size = cfg.data.get("resize") or cfg.model.get("input_size") or spec.image_size[0]
+    if not isinstance(size, int) or size < 1:
+        raise ConfigError(f"data.resize / model.input_size must be a positive whole number, got {size!r}.")
+    return size
+
+
+def model_recipe(cfg: DictConfig, spec: DatasetSpec, input_size: int) -> dict[str, Any]:
+    """Everything needed to rebuild the model; saved in every checkpoint."""
+    return {"name": cfg.model.name, "settings": settings_of(cfg.model, MODEL_KEYS),
+            "num_classes": spec.num_classes, "in_channels": spec.channels, "input_size": input_size,
+            "init": cfg.model.get("init", "default")}
+
+
+def build_model(recipe: dict[str, Any]) -> torch.nn.Module:
+    model = MODELS.build(recipe["name"], recipe["settings"], num_classes=recipe["num_classes"],
+                         in_channels=recipe["in_channels"], input_size=recipe["input_size"])
+    return init_weights(model, recipe["init"])
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild a model from a checkpoint loaded with `load_checkpoint` and load its weights."""
+    recipe = dict(checkpoint["model"], init="default")  # the weights come from the file
+    model = build_model(recipe)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def use_channels_last(setting, device: torch.device) -> bool:
+    """channels_last speeds convolutions up on CPU (mkldnn) and CUDA; MPS gains nothing."""
+    if setting == "auto":
+        return device.type in ("cpu", "cuda")
+    return bool(setting)
+
+
+def new_run_dir(cfg: DictConfig) -> Path:
+    """Run folder for calls from Python (the CLI gets its folder from Hydra)."""
+    now = datetime.now()
+    while True:
+        path = Path("outputs") / now.strftime("%Y-%m-%d") / f"{now:%H-%M-%S-%f}_{cfg.model.name}_{cfg.data.name}"
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            now = datetime.now()
+
+
+def hydra_run_dir() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    except ImportError:
+        return None
+
+
+def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; returns the summary also written to `<run_dir>/summary.json`."""
+    import_user_modules(cfg.get("imports"))
+    check_config(cfg)
+    run_dir = Path(run_dir) if run_dir else (hydra_run_dir() or new_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _save_config_if_missing(cfg, run_dir)
+    reporter = Reporter(run_dir / "train.log", quiet=cfg.trainer.progress == "none")
+    started = time.time()
+    try:
+        return _train(cfg, run_dir, reporter, started)
+    except Exception as err:  # recorded for the sweep table, then raised to the caller
+        reporter.log_only(f"error: {err}")  # the CLI prints it on the console
+        _write_json(run_dir / "summary.json", {"status": "failed", "error": str(err), "run_dir": str(run_dir),
+                                                "wall_seconds": time.time() - started})
+        raise
+    finally:
+        reporter.close()
+
+
+def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -> dict[str, Any]:
+    device = resolve_device(cfg.device.type)
+    torch.manual_seed(cfg.seed)
+    data = load_image_data(cfg.data.name, settings_of(cfg.data, LOADER_KEYS))
+    prepared = prepare(cfg.data.name, data, cfg.data.val_fraction, cfg.seed)
+    spec = prepared.spec
+    size = input_size_for(cfg, spec)
+    recipe = model_recipe(cfg, spec, size)
+    model = build_model(recipe)
+    channels_last = use_channels_last(cfg.trainer.channels_last, device)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = OPTIMIZERS.build(cfg.optimizer.name, settings_of(cfg.optimizer), params=model.parameters())
+    scheduler = SCHEDULERS.build(cfg.scheduler.name, settings_of(cfg.scheduler), optimizer=optimizer)
+
+    normalize = cfg.data.get("normalize", False)
+    transform = BatchTransform(size=(size, size), mean=spec.mean if normalize else None,
+                               std=spec.std if normalize else None, channels_last=channels_last)
+    eval_batch = cfg.data.get("eval_batch_size") or 2 * cfg.data.batch_size
+    train_loader = InMemoryLoader(prepared.train, cfg.data.batch_size, transform, device, shuffle=True, seed=cfg.seed)
+    val_loader = InMemoryLoader(prepared.val, eval_batch, transform, device)
+    test_loader = InMemoryLoader(prepared.test, eval_batch, transform, device)
+
+    params = sum(p.numel() for p in model.parameters())
+    reporter.line(f"cnntrain: {cfg.model.name} on {spec.name} ({spec.train_size:,} train / {spec.val_size:,} val "
+                  f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> {size}px, "
+                  f"{params:,} parameters, device {device}")
+    reporter.line(f"run folder: {display_path(run_dir)}")
+
+    def checkpoint_state(trainer: Trainer, metrics: EpochMetrics) -> dict[str, Any]:
+        return {
+            "format": 1, "epoch": metrics.epoch, "metrics": metrics.as_dict(), "model": recipe,
+            "classes": spec.classes, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": {"torch": torch.get_rng_state()},
+            "preprocess": {"size": size, "mean": list(transform.mean or []), "std": list(transform.std or [])},
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+
+    live = cfg.trainer.progress == "bar" or (cfg.trainer.progress == "auto" and reporter.console.is_terminal)
+    display = ProgressDisplay(reporter, live=live)
+    checkpointer = Checkpointer(run_dir / "checkpoints", checkpoint_state)
+    trainer = Trainer(model, optimizer, scheduler, train_loader, val_loader, device, cfg.trainer.epochs,
+                      callbacks=[display, MetricsWriter(run_dir / "metrics.csv"), checkpointer],
+                      log_every=cfg.trainer.log_every)
+    try:
+        history = trainer.fit()
+    finally:
+        display.close()
+
+    best = checkpointer.best
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["state_dict"])
+    test_loss, test_acc = trainer.evaluate(test_loader)
+    summary = {
+        "status": "completed", "run_dir": str(run_dir), "model": cfg.model.name, "data": cfg.data.name,
+        "epochs": len(history), "best_epoch": best.epoch, "best_metric": "val_acc",
+        "best_val_acc": best.val_acc, "best_val_loss": best.val_loss,
+        "test_loss": test_loss, "test_acc": test_acc, "final_epoch": history[-1].as_dict(),
+        "params": params, "input_size": size, "train_size": spec.train_size, "val_size": spec.val_size,
+        "test_size": spec.test_size, "val_source": spec.val_source, "device": describe_device(device),
+        "versions": versions(), "git_commit": git_commit(), "wall_seconds": time.time() - started,
+        "mean_epoch_seconds": sum(m.epoch_seconds for m in history) / len(history),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    reporter.renderable(summary_table(summary))
+    return summary
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="cnntrain result", show_header=True, header_style="bold")
+    for column in ("best epoch", "val acc", "test acc", "time"):
+        table.add_column(column)
+    table.add_column("run folder", overflow="fold")
+    table.add_row(f"{summary['best_epoch']}/{summary['epochs']}", f"{summary['best_val_acc']:.4f}",
+                  f"{summary['test_acc']:.4f}", f"{summary['wall_seconds']:.1f}s", display_path(summary["run_dir"]))
+    return table
+
+
+def display_path(path: Path | str) -> str:
+    """`path` relative to the current folder when it is inside it (shorter on screen)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return device.type
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import torchvision
+
+    from cnntrain import __version__
+
+    return {"cnntrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__}
+
+
+def git_commit() -> str | None:
+    """The commit of the current folder's git checkout, if there is one."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return result.stdout.strip() if result.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _save_config_if_missing(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra writes .hydra/config.yaml for CLI runs; calls from Python get the same file."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(OmegaConf.to_yaml(cfg))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")

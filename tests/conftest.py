@@ -1,0 +1,52 @@
+"""Shared fixtures: composed configs and small datasets written in the real file formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from cnntrain.cli import config_dir
+from cnntrain.data.idx import write_idx
+from cnntrain.data.synthetic import synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    """The config `cnntrain <overrides>` would run with."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def write_fake_mnist(folder: Path, train_size: int = 400, test_size: int = 200, gz: bool = True) -> Path:
+    """Learnable 28x28 images in the four MNIST IDX files, as torchvision lays them out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = synthetic(num_classes=10, channels=1, image_size=28, train_size=train_size,
+                     test_size=test_size, noise=0.15, seed=1)
+    suffix = ".gz" if gz else ""
+    write_idx(folder / f"train-images-idx3-ubyte{suffix}", data.train.images[:, 0])
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", data.train.labels)
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", data.test.images[:, 0])
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", data.test.labels)
+    return folder
+
+
+@pytest.fixture
+def fashion_root(tmp_path) -> Path:
+    """A data.root holding a tiny Fashion-MNIST in torchvision's layout."""
+    root = tmp_path / "data"
+    write_fake_mnist(root / "FashionMNIST" / "raw")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dataset_cache():
+    """Each test parses its own files (the cache is for multirun jobs in one process)."""
+    from cnntrain import data
+
+    data._CACHE.clear()
+    yield
+    data._CACHE.clear()

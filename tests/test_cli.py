@@ -1,0 +1,103 @@
+"""The command line, run as a user runs it: in a subprocess, in an empty folder."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SMOKE = ["experiment=smoke", "trainer.epochs=1"]
+
+
+def cnntrain(*args, cwd, script=False):
+    command = [str(Path(sys.executable).with_name("cnntrain"))] if script else [sys.executable, "-m", "cnntrain"]
+    return subprocess.run(command + list(args), cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def run_folders(cwd):
+    return sorted(p.parent for p in Path(cwd, "outputs").glob("*/*/summary.json"))
+
+
+def test_smoke_run_writes_a_run_folder_and_prints_plain_lines(tmp_path):
+    result = cnntrain("experiment=smoke", cwd=tmp_path, script=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
+    assert "cnntrain result" in result.stdout and "test acc" in result.stdout
+    [run_dir] = run_folders(tmp_path)
+    assert run_dir.name.endswith("_lenet_classic_synthetic")
+    assert {p.name for p in run_dir.iterdir()} >= {".hydra", "metrics.csv", "summary.json", "train.log", "checkpoints"}
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and float(rows[-1]["val_acc"]) > 0.5  # learns, far above 10% chance
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["model"] == "lenet_classic" and summary["data"] == "synthetic"
+    log = (run_dir / "train.log").read_text()
+    assert "epoch 3/3" in log and "cnntrain result" in log
+    assert "- experiment=smoke" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_unknown_group_choice_is_a_short_message_with_a_suggestion(tmp_path):
+    result = cnntrain("model=lenet_clasic", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Unknown model 'lenet_clasic' (model=lenet_clasic). Did you mean 'lenet_classic'?" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not Path(tmp_path, "outputs").exists()
+
+
+def test_unknown_model_name_value_fails_before_training(tmp_path):
+    result = cnntrain(*SMOKE, "model.name=lenett", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Unknown model 'lenett' (model.name). Did you mean 'lenet'?" in result.stderr
+    assert "Traceback" not in result.stderr and "epoch 1" not in result.stdout
+
+
+def test_missing_dataset_explains_where_it_looked(tmp_path):
+    # MNIST, not Fashion-MNIST: this machine may have the system copy of Fashion-MNIST.
+    result = cnntrain("data=mnist", "trainer.epochs=1", "device=cpu", f"data.root={tmp_path / 'nothing'}",
+                      "data.download=false", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "MNIST not found" in result.stderr
+    assert str(tmp_path / "nothing" / "MNIST" / "raw") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_multirun_gives_one_folder_per_job_and_a_sweep_table(tmp_path):
+    result = cnntrain("-m", *SMOKE, "optimizer.lr=0.1,0.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert jobs == ["0_experiment=smoke,optimizer.lr=0.1,trainer.epochs=1",
+                    "1_experiment=smoke,optimizer.lr=0.5,trainer.epochs=1"]
+    for job in jobs:
+        assert json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["status"] == "completed"
+    with open(tmp_path / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["overrides"] for r in rows] == ["experiment=smoke trainer.epochs=1 optimizer.lr=0.1",
+                                              "experiment=smoke trainer.epochs=1 optimizer.lr=0.5"]
+    assert all(r["status"] == "completed" and 0 <= float(r["best_val_acc"]) <= 1 for r in rows)
+    assert "sweep result" in result.stdout and "optimizer.lr=0.5" in result.stdout
+
+
+def test_failed_sweep_job_is_reported_and_the_exit_code_says_so(tmp_path):
+    result = cnntrain("-m", *SMOKE, "data.val_fraction=0.2,1.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1
+    with open(tmp_path / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed", "failed"]
+    assert rows[1]["error"].startswith("data.val_fraction must be in [0, 1), got 1.5.")
+
+
+def test_two_runs_started_together_get_two_folders(tmp_path):
+    command = [sys.executable, "-m", "cnntrain", *SMOKE, "trainer.progress=none"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    folders = run_folders(tmp_path)
+    assert len(folders) == 2 and folders[0] != folders[1]
+
+
+def test_help_lists_the_groups(tmp_path):
+    result = cnntrain("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "model: " in result.stdout and "lenet_classic" in result.stdout and "experiment: " in result.stdout

@@ -1,0 +1,69 @@
+"""Every config file composes, and wrong names fail before any data is loaded."""
+
+import pytest
+
+from cnntrain.cli import GROUPS, check_group_choices, config_dir
+from cnntrain.errors import ConfigError
+from cnntrain.run import check_config, train
+from tests.conftest import compose_config
+
+GROUP_CHOICES = [(group, path.stem) for group in GROUPS for path in sorted((config_dir() / group).glob("*.yaml"))]
+
+
+def test_every_group_has_choices():
+    assert {group for group, _ in GROUP_CHOICES} == set(GROUPS)
+
+
+@pytest.mark.parametrize("group,choice", GROUP_CHOICES, ids=[f"{g}={c}" for g, c in GROUP_CHOICES])
+def test_every_config_composes_and_checks(group, choice):
+    cfg = compose_config([f"{group}={choice}"])
+    if group != "experiment":
+        assert cfg[group] is not None
+    check_config(cfg)
+
+
+def test_defaults_are_the_book_lenet_recipe():
+    cfg = compose_config()
+    assert (cfg.model.name, cfg.model.init, cfg.model.input_size) == ("lenet", "xavier_uniform", 28)
+    assert (cfg.data.name, cfg.data.batch_size) == ("fashion_mnist", 256)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("sgd", 0.9, 0.0)
+    assert cfg.trainer.epochs == 10 and cfg.scheduler.name == "none" and cfg.device.type == "auto"
+
+
+def test_unknown_group_choice_suggests_the_close_one():
+    message = check_group_choices(["model=lenet_clasic", "trainer.epochs=1"])
+    assert message.startswith("Unknown model 'lenet_clasic' (model=lenet_clasic). Did you mean 'lenet_classic'?")
+    assert "Available: " in message and "softmax" in message
+
+
+def test_unknown_choice_inside_a_sweep_list_is_found():
+    assert "Unknown optimizer 'adamm'" in check_group_choices(["-m", "optimizer=sgd,adamm"])
+
+
+def test_valid_choices_pass():
+    assert check_group_choices(["model=mlp", "data=synthetic", "experiment=smoke", "optimizer.lr=0.1"]) is None
+
+
+def test_choices_from_user_config_dir_are_accepted(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("name: mlp\n")
+    assert check_group_choices(["--config-dir", str(tmp_path), "model=mine"]) is None
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("model.name=lenet5", "Unknown model 'lenet5' (model.name). Did you mean 'lenet'?"),
+    ("optimizer.name=sdg", "Unknown optimizer 'sdg' (optimizer.name). Did you mean 'sgd'?"),
+    ("scheduler.name=steps", "Unknown scheduler 'steps' (scheduler.name). Did you mean 'step'?"),
+    ("data.name=fashion_mnst", "Unknown dataset 'fashion_mnst' (data.name). Did you mean 'fashion_mnist'?"),
+    ("+optimizer.momentun=0.9", "optimizer 'sgd' has no setting 'momentun' (optimizer.momentun). Did you mean 'momentum'?"),
+    ("model.init=xavier", "Unknown weight init 'xavier' (model.init)."),
+    ("trainer.epochs=0", "trainer.epochs must be a positive whole number, got 0."),
+    ("trainer.progress=fancy", "trainer.progress must be one of auto, bar, plain, none"),
+])
+def test_bad_values_fail_before_data_loads(tmp_path, override, expected):
+    # data.root points nowhere and downloads are off: if data were loaded first,
+    # the error would be about the missing dataset instead.
+    cfg = compose_config([override, f"data.root={tmp_path}", "data.download=false"])
+    with pytest.raises(ConfigError) as err:
+        train(cfg, run_dir=tmp_path / "run")
+    assert expected in str(err.value)

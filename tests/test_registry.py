@@ -1,0 +1,66 @@
+import pytest
+
+from cnntrain.data import DATASETS
+from cnntrain.errors import ConfigError
+from cnntrain.models import MODELS
+from cnntrain.optim import OPTIMIZERS, SCHEDULERS
+from cnntrain.registry import Registry
+
+
+def make_registry() -> Registry:
+    registry = Registry("widget", "widget.name")
+
+    @registry.register("small")
+    def small(size: int = 1, colour: str = "red"):
+        return ("small", size, colour)
+
+    @registry.register()
+    def large():
+        return "large"
+
+    return registry
+
+
+def test_build_passes_settings_and_extras():
+    registry = make_registry()
+    assert registry.build("small", {"size": 3}, colour="blue") == ("small", 3, "blue")
+    assert registry.names() == ["large", "small"]
+    assert "large" in registry
+
+
+def test_duplicate_name_is_rejected():
+    registry = make_registry()
+    with pytest.raises(ValueError, match="widget 'small' is registered twice"):
+        registry.register("small")(lambda: None)
+
+
+def test_unknown_name_lists_choices_and_suggests():
+    with pytest.raises(ConfigError) as err:
+        make_registry().get("smal")
+    assert str(err.value) == "Unknown widget 'smal' (widget.name). Did you mean 'small'? Available: large, small"
+
+
+def test_unknown_name_without_close_match_has_no_suggestion():
+    with pytest.raises(ConfigError) as err:
+        make_registry().get("zzz")
+    assert "Did you mean" not in str(err.value)
+    assert "Available: large, small" in str(err.value)
+
+
+def test_unknown_setting_names_the_key_and_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        make_registry().build("small", {"colur": "green"})
+    assert str(err.value) == ("widget 'small' has no setting 'colur' (widget.colur). Did you mean 'colour'? "
+                              "Valid settings: size, colour")
+
+
+def test_real_registries_hold_the_first_components():
+    assert {"lenet", "lenet_classic", "mlp", "softmax"} <= set(MODELS.names())
+    assert {"fashion_mnist", "mnist", "synthetic"} <= set(DATASETS.names())
+    assert OPTIMIZERS.names() == ["adam", "sgd"]
+    assert SCHEDULERS.names() == ["none", "step"]
+
+
+def test_model_typo_suggests_the_real_model():
+    with pytest.raises(ConfigError, match=r"Unknown model 'lenet_clasic' \(model.name\)\. Did you mean 'lenet_classic'\?"):
+        MODELS.get("lenet_clasic")
