@@ -89,6 +89,36 @@ def _run_job(cfg: DictConfig) -> float | None:
     return None
 
 
+def info_main() -> None:
+    """`cnntrain-info [overrides]`: each layer's output shape and size for a config; no training."""
+    args = sys.argv[1:]
+    if args and args[0] in ("-h", "--help"):
+        print("usage: cnntrain-info [overrides]   e.g. cnntrain-info model=alexnet data=fashion_mnist\n"
+              "Prints each layer's name, type, output shape, parameters and multiply-adds for one image,\n"
+              "then totals and the activation memory of one batch (data.batch_size).")
+        return
+    problem = check_group_choices(args)
+    if problem:
+        print_error(problem)
+        sys.exit(EXIT_USAGE)
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cnntrain.inspector import render_table
+    from cnntrain.run import inspect_model
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=args)
+        rows, totals, size = inspect_model(cfg)
+    except (CnnTrainError, HydraException, OmegaConfBaseException) as err:
+        print_error(str(err))
+        sys.exit(EXIT_USAGE)
+    title = f"{cfg.model.name}: {totals.input_shape[0]}x{size}x{size} input from {cfg.data.name}"
+    Console(highlight=False).print(render_table(rows, totals, title=title))
+
+
 def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination."""
     problem = check_group_choices(sys.argv[1:])

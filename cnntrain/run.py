@@ -28,6 +28,7 @@ from cnntrain.checkpoint import load_checkpoint
 from cnntrain.data import DATASETS, LOADER_KEYS, DatasetSpec, load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, InMemoryLoader
 from cnntrain.errors import ConfigError
+from cnntrain.inspector import check_input_size
 from cnntrain.models import MODELS, init_weights
 from cnntrain.models.init import check_init_scheme
 from cnntrain.optim import OPTIMIZERS, SCHEDULERS
@@ -116,6 +117,25 @@ def build_model(recipe: dict[str, Any]) -> torch.nn.Module:
     return init_weights(model, recipe["init"])
 
 
+def build_checked_model(cfg: DictConfig, spec: DatasetSpec) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model for this data, after checking that an image of the input size gets through it.
+
+    Catches e.g. the 224-pixel AlexNet asked to take 28-pixel images, before training,
+    with the layer whose output collapsed and the size to use instead.
+    """
+    size = input_size_for(cfg, spec)
+    recipe = model_recipe(cfg, spec, size)
+    native = cfg.model.get("input_size")
+    try:
+        model = build_model(recipe)
+    except (RuntimeError, ValueError) as err:  # e.g. a Linear sized from a collapsed feature map
+        size_hint = f" at input size {size} (native size: {native})" if native and native != size else ""
+        raise ConfigError(f"Cannot build model '{recipe['name']}'{size_hint}: {err}. "
+                          f"Check the model settings, or drop data.resize so it gets its native size.") from err
+    check_input_size(model, spec.channels, size, native_size=native)
+    return model, recipe
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
     """Rebuild a model from a checkpoint loaded with `load_checkpoint` and load its weights."""
     recipe = dict(checkpoint["model"], init="default")  # the weights come from the file
@@ -178,9 +198,8 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
     data = load_image_data(cfg.data.name, settings_of(cfg.data, LOADER_KEYS))
     prepared = prepare(cfg.data.name, data, cfg.data.val_fraction, cfg.seed)
     spec = prepared.spec
-    size = input_size_for(cfg, spec)
-    recipe = model_recipe(cfg, spec, size)
-    model = build_model(recipe)
+    model, recipe = build_checked_model(cfg, spec)
+    size = recipe["input_size"]
     channels_last = use_channels_last(cfg.trainer.channels_last, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = OPTIMIZERS.build(cfg.optimizer.name, settings_of(cfg.optimizer), params=model.parameters())
@@ -237,6 +256,23 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
     _write_json(run_dir / "summary.json", summary)
     reporter.renderable(summary_table(summary))
     return summary
+
+
+def inspect_model(cfg: DictConfig):
+    """The model this config would train, pushed through once: (layer rows, totals, input size).
+
+    What `cnntrain-info` prints; the data is loaded only to learn its channels and classes.
+    """
+    from cnntrain.inspector import layer_table, model_totals
+
+    import_user_modules(cfg.get("imports"))
+    check_config(cfg)
+    data = load_image_data(cfg.data.name, settings_of(cfg.data, LOADER_KEYS))
+    spec = prepare(cfg.data.name, data, cfg.data.val_fraction, cfg.seed).spec
+    model, recipe = build_checked_model(cfg, spec)
+    shape = (spec.channels, recipe["input_size"], recipe["input_size"])
+    rows = layer_table(model, shape)
+    return rows, model_totals(model, shape, rows, batch_size=cfg.data.batch_size), recipe["input_size"]
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

@@ -124,6 +124,9 @@ def test_user_model_module_from_imports(tmp_path, monkeypatch):
         "    return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
         "                         nn.Flatten(), nn.Linear(width, num_classes))\n")
     monkeypatch.chdir(tmp_path)  # the module is found in the current folder, as for a user
+    from cnntrain.models import MODELS
+
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # the test's model leaves with the test
     cfg = compose_config(["data=synthetic", "trainer.epochs=1", "trainer.progress=none", "device=cpu",
                           "imports=[user_models_for_test]", "model.name=user_tiny_for_test",
                           "model.init=default", "+model.width=5"])

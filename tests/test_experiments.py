@@ -1,0 +1,84 @@
+"""The book's recipes as experiment presets, the input-size check in a run, and cnntrain-info."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnntrain.cli import config_dir
+from cnntrain.errors import ConfigError
+from cnntrain.run import inspect_model, train
+from tests.conftest import compose_config
+
+# (preset, model, lr, batch, input size) as in TUTORIALS.md's recipe table.
+BOOK_RECIPES = [
+    ("d2l_lenet", "lenet", 0.9, 256, 28),
+    ("d2l_alexnet", "alexnet", 0.01, 128, 224),
+    ("d2l_vgg", "vgg", 0.05, 128, 224),
+    ("d2l_nin", "nin", 0.1, 128, 224),
+    ("d2l_googlenet", "googlenet", 0.1, 128, 96),
+    ("d2l_lenet_bn", "lenet_bn", 1.0, 256, 28),
+    ("d2l_resnet18", "resnet18", 0.05, 256, 96),
+]
+# One tiny step: 4 synthetic training images in 2 batches, 2 test images validate.
+TINY = ["data=synthetic", "data.train_size=4", "data.test_size=2", "data.batch_size=2", "data.val_fraction=0",
+        "trainer.epochs=1", "trainer.progress=none", "device=cpu"]
+
+
+def test_every_d2l_preset_is_listed_here():
+    presets = {p.stem for p in (config_dir() / "experiment").glob("d2l_*.yaml")}
+    assert presets == {recipe[0] for recipe in BOOK_RECIPES}
+
+
+@pytest.mark.parametrize("preset,model,lr,batch,size", BOOK_RECIPES, ids=[r[0] for r in BOOK_RECIPES])
+def test_preset_holds_the_book_recipe(preset, model, lr, batch, size):
+    cfg = compose_config([f"experiment={preset}"])
+    assert cfg.model.name == model and cfg.model.init == "xavier_uniform" and cfg.model.input_size == size
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("sgd", lr, 0.0)
+    assert (cfg.data.name, cfg.data.batch_size, cfg.data.val_fraction) == ("fashion_mnist", batch, 0)
+    assert cfg.trainer.epochs == 10 and cfg.scheduler.name == "none"
+
+
+@pytest.mark.parametrize("preset,model,lr,batch,size", BOOK_RECIPES, ids=[r[0] for r in BOOK_RECIPES])
+def test_preset_runs_one_tiny_step(tmp_path, preset, model, lr, batch, size):
+    cfg = compose_config([f"experiment={preset}", *TINY])
+    summary = train(cfg, run_dir=tmp_path)
+    assert summary["model"] == model and summary["input_size"] == size and summary["epochs"] == 1
+    assert summary["train_size"] == 4 and 0 <= summary["test_acc"] <= 1
+
+
+def test_too_small_input_fails_before_training_naming_the_layer(tmp_path):
+    cfg = compose_config(["model=alexnet", "data.resize=28", *TINY])
+    with pytest.raises(ConfigError) as err:
+        train(cfg, run_dir=tmp_path)
+    message = str(err.value)
+    assert "Input size 28 is too small" in message and "features.5 (MaxPool2d)" in message
+    assert "The smallest input size that works is 65. Fix: set data.resize=65" in message
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_inspect_model_from_python():
+    rows, totals, size = inspect_model(compose_config(["model=alexnet", *TINY]))
+    assert size == 224 and totals.params == 46_764_746 and totals.input_shape == (1, 224, 224)
+    shapes = {row.name: tuple(row.output_shape) for row in rows}
+    assert shapes["features.0"] == (96, 54, 54) and shapes["flatten"] == (6400,)
+
+
+def test_info_command_prints_the_layer_table(tmp_path):
+    script = str(Path(sys.executable).with_name("cnntrain-info"))
+    result = subprocess.run([script, "model=lenet", "data=synthetic"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={"COLUMNS": "120", "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    first_conv = next(line for line in lines if " 0 " in line and "Conv2d" in line)
+    assert "6x28x28" in first_conv and "156" in first_conv
+    assert any("Total" in line and "61,706" in line for line in lines)
+    assert not (tmp_path / "outputs").exists()  # inspecting writes no run folder
+
+
+def test_info_command_reports_a_bad_size(tmp_path):
+    script = str(Path(sys.executable).with_name("cnntrain-info"))
+    result = subprocess.run([script, "model=nin", "data=synthetic", "data.resize=20"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "too small" in result.stderr and "Traceback" not in result.stderr
