@@ -119,6 +119,54 @@ def info_main() -> None:
     Console(highlight=False).print(render_table(rows, totals, title=title))
 
 
+PREDICT_USAGE = """usage: cnntrain-predict run=<run folder> inputs=<image or folder> [topk=3] [checkpoint=best|last]
+Classifies images with the run's checkpoint, prints a table and writes predictions.csv
+into the run folder (or output=<file>)."""
+
+
+def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]:
+    """key=value arguments, checked against `allowed` (key -> default; '' = required)."""
+    values = dict(allowed)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise CnnTrainError(f"Unexpected argument '{arg}'.{did_you_mean(key, allowed)}\n{PREDICT_USAGE}")
+        values[key] = value
+    missing = [key for key, value in values.items() if value == ""]
+    if missing:
+        raise CnnTrainError(f"Missing {', '.join(k + '=' for k in missing)}\n{PREDICT_USAGE}")
+    return values
+
+
+def predict_main() -> None:
+    """`cnntrain-predict run=... inputs=...`: classify new images with a trained run."""
+    args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help"):
+        print(PREDICT_USAGE)
+        return
+    from rich.table import Table
+
+    from cnntrain.predict import predict, write_predictions
+
+    try:
+        options = parse_key_values(args, {"run": "", "inputs": "", "topk": "3", "checkpoint": "best", "output": "-"})
+        predictions = predict(Path(options["run"]), Path(options["inputs"]), topk=int(options["topk"]),
+                              checkpoint=options["checkpoint"])
+    except (CnnTrainError, ValueError) as err:
+        print_error(str(err))
+        sys.exit(EXIT_USAGE)
+    table = Table(title=f"predictions ({len(predictions)} images)", header_style="bold")
+    for column in ("file", "predicted", "probability", f"top {options['topk']}"):
+        table.add_column(column, overflow="fold")
+    for p in predictions:
+        table.add_row(p.file, p.label, f"{p.probability:.3f}", ", ".join(f"{n} {q:.2f}" for n, q in p.top))
+    output = Path(options["run"]) / "predictions.csv" if options["output"] == "-" else Path(options["output"])
+    write_predictions(predictions, output)
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"written to {output}")
+
+
 def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination."""
     problem = check_group_choices(sys.argv[1:])

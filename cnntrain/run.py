@@ -26,6 +26,7 @@ from rich.table import Table
 from cnntrain.callbacks import Checkpointer, MetricsWriter, ProgressDisplay, Reporter
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.data import DATASETS, LOADER_KEYS, DatasetSpec, load_image_data, prepare
+from cnntrain.data.augment import build_augmentations
 from cnntrain.data.loader import BatchTransform, InMemoryLoader
 from cnntrain.errors import ConfigError
 from cnntrain.inspector import check_input_size
@@ -70,6 +71,7 @@ def check_config(cfg: DictConfig) -> None:
     DATASETS.check_settings(cfg.data.name, settings_of(cfg.data, LOADER_KEYS))
     OPTIMIZERS.check_settings(cfg.optimizer.name, settings_of(cfg.optimizer))
     SCHEDULERS.check_settings(cfg.scheduler.name, settings_of(cfg.scheduler))
+    augment_entries(cfg)
     for key in ("trainer.epochs", "data.batch_size"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value < 1:
@@ -77,6 +79,14 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.trainer.progress not in PROGRESS_MODES:
         raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
                           f"got '{cfg.trainer.progress}'.")
+
+
+def augment_entries(cfg: DictConfig) -> list:
+    """data.augment as plain values, checked by building it once."""
+    entries = cfg.data.get("augment")
+    entries = OmegaConf.to_container(entries, resolve=True) if OmegaConf.is_config(entries) else list(entries or [])
+    build_augmentations(entries)
+    return entries
 
 
 def resolve_device(name: str) -> torch.device:
@@ -206,10 +216,13 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
     scheduler = SCHEDULERS.build(cfg.scheduler.name, settings_of(cfg.scheduler), optimizer=optimizer)
 
     normalize = cfg.data.get("normalize", False)
+    augment = augment_entries(cfg)
     transform = BatchTransform(size=(size, size), mean=spec.mean if normalize else None,
-                               std=spec.std if normalize else None, channels_last=channels_last)
+                               std=spec.std if normalize else None, channels_last=channels_last,
+                               augment=build_augmentations(augment))
     eval_batch = cfg.data.get("eval_batch_size") or 2 * cfg.data.batch_size
-    train_loader = InMemoryLoader(prepared.train, cfg.data.batch_size, transform, device, shuffle=True, seed=cfg.seed)
+    train_loader = InMemoryLoader(prepared.train, cfg.data.batch_size, transform, device, shuffle=True,
+                                  seed=cfg.seed, augment=True)
     val_loader = InMemoryLoader(prepared.val, eval_batch, transform, device)
     test_loader = InMemoryLoader(prepared.test, eval_batch, transform, device)
 
@@ -225,7 +238,10 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
             "classes": spec.classes, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": {"torch": torch.get_rng_state()},
-            "preprocess": {"size": size, "mean": list(transform.mean or []), "std": list(transform.std or [])},
+            # How images were prepared, so that prediction converts new images the same way.
+            "preprocess": {"stored_size": list(spec.image_size), "size": size, "channels": spec.channels,
+                           "mean": list(transform.mean or []), "std": list(transform.std or []),
+                           "augment": augment},
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
 

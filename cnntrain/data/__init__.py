@@ -18,7 +18,7 @@ from cnntrain.registry import Registry
 DATASETS = Registry("dataset", "data.name")
 
 # Keys of the data config that the loader uses; the others go to the dataset builder.
-LOADER_KEYS = ("name", "batch_size", "eval_batch_size", "val_fraction", "resize", "normalize")
+LOADER_KEYS = ("name", "batch_size", "eval_batch_size", "val_fraction", "resize", "normalize", "augment")
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ImageData:
 
     classes: list[str]
     train: ImageSet
-    test: ImageSet
+    test: ImageSet | None  # None: the dataset has no test split; validation data stands in
     val: ImageSet | None = None
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
@@ -104,17 +104,24 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int) -> Prepa
         n_val = max(1, round(len(train) * val_fraction))
         train, val = data.train.subset(order[n_val:]), data.train.subset(order[:n_val])
         source = f"{val_fraction:.0%} of train, held out with seed {seed}"
-    else:
+    elif data.test is not None:
         val = data.test
         source = "the test split (data.val_fraction=0)"
+    else:
+        raise ConfigError("This dataset has no val or test split, so data.val_fraction must be above 0 "
+                          "(e.g. data.val_fraction=0.2) to hold out validation data.")
+    test = data.test
+    if test is None:
+        test = val
+        source += "; no test split, so the final test is on the validation data"
     _, channels, height, width = train.images.shape
     spec = DatasetSpec(
         name=name, classes=list(data.classes), channels=channels, image_size=(height, width),
         mean=tuple(data.mean), std=tuple(data.std), train_size=len(train), val_size=len(val),
-        test_size=len(data.test), val_source=source,
+        test_size=len(test), val_source=source,
     )
-    return PreparedData(spec, train, val, data.test)
+    return PreparedData(spec, train, val, test)
 
 
 # Importing the dataset modules registers their builders.
-from cnntrain.data import mnist, synthetic  # noqa: E402,F401
+from cnntrain.data import cifar, folder, mnist, synthetic  # noqa: E402,F401

@@ -8,29 +8,38 @@ per batch as tensor operations. No per-image Python work and no worker processes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from cnntrain.data import ImageSet
+from cnntrain.data.augment import Augmentation
 
 
 @dataclass
 class BatchTransform:
-    """uint8 (B, C, H, W) -> float batch ready for the model."""
+    """uint8 (B, C, H, W) -> float batch ready for the model.
+
+    Order: to [0, 1] floats, resize, augmentations (only when given a generator, i.e.
+    for training batches), normalise, memory format.
+    """
 
     size: tuple[int, int] | None  # resize target; None keeps the stored size
     mean: tuple[float, ...] | None  # None: no normalisation (values stay in [0, 1])
     std: tuple[float, ...] | None
     channels_last: bool = False
+    augment: Sequence[Augmentation] = field(default_factory=list)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = images.float().div_(255)
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
             # Same interpolation as torchvision's Resize on tensors (bilinear, antialiased).
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        if generator is not None:
+            for augmentation in self.augment:
+                x = augmentation(x, generator)
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
             std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
@@ -45,16 +54,19 @@ class InMemoryLoader:
 
     With `shuffle`, epoch e uses the permutation drawn from `seed + e`, so the data
     order depends only on the seed and the epoch (a resumed run sees the same order).
+    With `augment`, the transform's augmentations draw from a generator seeded the same
+    way; loaders without it (evaluation) yield the same batches every time.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
-                 device: torch.device, shuffle: bool = False, seed: int = 0):
+                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.transform = transform
         self.shuffle = shuffle
         self.seed = seed
+        self.augment = augment and bool(transform.augment)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -69,6 +81,10 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
+        generator = None
+        if self.augment:
+            # A different stream from the shuffle's, on the device the images live on.
+            generator = torch.Generator(device=self.images.device).manual_seed(10_007 * (self.seed + 1) + self.epoch)
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
             order = order.to(self.images.device)
@@ -79,4 +95,4 @@ class InMemoryLoader:
             else:
                 images = self.images[start:start + self.batch_size]
                 labels = self.labels[start:start + self.batch_size]
-            yield self.transform(images), labels
+            yield self.transform(images, generator), labels

@@ -1,0 +1,149 @@
+"""Batched data augmentation on the training device (the `data.augment` list).
+
+Each entry of `data.augment` names an augmentation and its settings, e.g.
+
+    augment:
+      - {name: random_crop, padding: 4}
+      - {name: hflip}
+
+They run on a whole float batch in [0, 1] (after resize, before normalisation), each
+image drawing its own random parameters from the loader's seeded generator, so a run
+is repeatable and evaluation batches, which get no augmentation, stay deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cnntrain.errors import ConfigError
+from cnntrain.registry import Registry
+
+AUGMENTATIONS = Registry("augmentation", "data.augment[].name")
+
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return (torch.rand(n, generator=generator, device=generator.device) * (high - low) + low).to(device)
+
+
+def _chance(n: int, p: float, generator: torch.Generator, device) -> torch.Tensor:
+    """(n, 1, 1, 1) boolean mask: which images of the batch get the transform."""
+    return (torch.rand(n, generator=generator, device=generator.device) < p).to(device).view(n, 1, 1, 1)
+
+
+@AUGMENTATIONS.register("random_crop")
+def random_crop(padding: int = 4, fill: float = 0.0) -> Augmentation:
+    """Pad each side by `padding` pixels, then crop back to the original size at a random place."""
+
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        padded = F.pad(x, (padding,) * 4, value=fill)
+        top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=generator.device).to(x.device)
+        left = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=generator.device).to(x.device)
+        rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        channel = torch.arange(c, device=x.device)[None, :, None, None]
+        return padded[batch, channel, rows, cols]
+
+    return apply
+
+
+@AUGMENTATIONS.register("hflip")
+def hflip(p: float = 0.5) -> Augmentation:
+    """Mirror left-right with probability p."""
+    return lambda x, g: torch.where(_chance(len(x), p, g, x.device), x.flip(-1), x)
+
+
+@AUGMENTATIONS.register("vflip")
+def vflip(p: float = 0.5) -> Augmentation:
+    """Mirror top-bottom with probability p."""
+    return lambda x, g: torch.where(_chance(len(x), p, g, x.device), x.flip(-2), x)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Apply per-image 2x3 affine matrices (output -> input coordinates), zeros outside."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@AUGMENTATIONS.register("rotation")
+def rotation(degrees: float = 20.0) -> Augmentation:
+    """Rotate each image by a random angle in [-degrees, degrees] (corners filled with 0)."""
+
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        angle = _uniform(len(x), -degrees, degrees, generator, x.device) * math.pi / 180
+        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        return _warp(x, theta)
+
+    return apply
+
+
+@AUGMENTATIONS.register("random_resized_crop")
+def random_resized_crop(scale: Sequence[float] = (0.08, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Augmentation:
+    """Crop a random area fraction `scale` with aspect `ratio`, resized back to the batch size.
+
+    Unlike torchvision's version, the box is clipped to the image instead of retried.
+    """
+
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = len(x)
+        area = _uniform(n, scale[0], scale[1], generator, x.device)
+        log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, x.device)
+        aspect = log_ratio.exp()
+        width = (area * aspect).sqrt().clamp(max=1.0)  # fractions of the image side
+        height = (area / aspect).sqrt().clamp(max=1.0)
+        # Centre anywhere the box still fits, in [-1, 1] grid units.
+        cx = (_uniform(n, -1, 1, generator, x.device)) * (1 - width)
+        cy = (_uniform(n, -1, 1, generator, x.device)) * (1 - height)
+        zero = torch.zeros_like(width)
+        theta = torch.stack([torch.stack([width, zero, cx], 1), torch.stack([zero, height, cy], 1)], 1)
+        return _warp(x, theta)
+
+    return apply
+
+
+@AUGMENTATIONS.register("color_jitter")
+def color_jitter(brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0) -> Augmentation:
+    """Scale brightness, contrast and (3-channel images) saturation by random factors in [1-v, 1+v]."""
+
+    def factors(n, amount, generator, device):
+        return _uniform(n, max(0.0, 1 - amount), 1 + amount, generator, device).view(n, 1, 1, 1)
+
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = len(x)
+        if brightness:
+            x = x * factors(n, brightness, generator, x.device)
+        if contrast:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * factors(n, contrast, generator, x.device) + mean
+        if saturation and x.shape[1] == 3:
+            grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            x = (x - grey) * factors(n, saturation, generator, x.device) + grey
+        return x.clamp(0, 1)
+
+    return apply
+
+
+def build_augmentations(entries: Sequence[Any] | None) -> list[Augmentation]:
+    """Build the `data.augment` list; each entry is {name: ..., setting: value, ...}."""
+    built = []
+    for i, entry in enumerate(entries or []):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(
+                f"data.augment[{i}] must be a name or a mapping with a 'name' key, got {entry!r}. "
+                f"Example: data.augment='[{{name: random_crop, padding: 4}}, hflip]'. "
+                f"Available: {', '.join(AUGMENTATIONS.names())}"
+            )
+        settings = {k: v for k, v in entry.items() if k != "name"}
+        built.append(AUGMENTATIONS.build(entry["name"], settings))
+    return built

@@ -1,0 +1,140 @@
+"""`image_folder`: your own images, one subfolder per class.
+
+Two layouts are understood:
+
+    <path>/<class>/<image>                  one folder, split by data.val_fraction
+    <path>/train/<class>/<image>            train/ plus optional val/ and test/
+    <path>/val/<class>/...  <path>/test/<class>/...
+
+Class names are the folder names (sorted), saved with the run. Every image is decoded
+once with Pillow, converted to `channels` (1 = grey, 3 = RGB; mixed folders are fine)
+and resized to `image_size` x `image_size`, then kept in memory as one uint8 tensor
+like the built-in datasets, so training batches cost no decoding. `cache_limit_mb`
+bounds that memory: a folder that would need more is refused with the numbers and
+the fix (a smaller image_size). Normalisation statistics are computed from the
+training images.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cnntrain.data import DATASETS, ImageData, ImageSet
+from cnntrain.errors import ConfigError, DatasetError
+
+log = logging.getLogger("cnntrain")
+
+SPLITS = ("train", "val", "test")
+
+
+def image_extensions() -> set[str]:
+    """Every file extension Pillow can open (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, ...)."""
+    Image.init()
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def list_class_images(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names and (file, label) pairs below `folder`; `classes` fixes the names (val/test)."""
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        raise DatasetError(
+            f"{folder} has no class subfolders. Put each class's images in a folder of its own: "
+            f"{folder}/<class name>/<image>, or use train/, val/, test/ folders that each hold class folders."
+        )
+    if classes is None:
+        classes = subfolders
+    unknown = sorted(set(subfolders) - set(classes))
+    if unknown:
+        raise DatasetError(f"{folder} has class folders that train/ does not have: {', '.join(unknown)}. "
+                           f"Every class must have training images.")
+    extensions = image_extensions()
+    items = []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue  # a val/test split may lack a class
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        if not files:
+            raise DatasetError(f"Class folder {class_dir} holds no images (looked for files ending in "
+                               f"{', '.join(sorted(extensions)[:8])}, ...). Add images or remove the folder.")
+        items += [(path, label) for path in files]
+    return classes, items
+
+
+def decode(path: Path, channels: int, height: int, width: int | None = None) -> np.ndarray:
+    """One image as a uint8 (channels, height, width) array; raises OSError/ValueError if unreadable."""
+    with Image.open(path) as image:
+        image = image.convert("L" if channels == 1 else "RGB")
+        image = image.resize((width or height, height), Image.Resampling.BILINEAR)
+        array = np.array(image, dtype=np.uint8)  # a writable copy, so torch can share it
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def load_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad_files: bool) -> ImageSet:
+    def read(item):
+        try:
+            return decode(item[0], channels, size), item[1]
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            if not skip_bad_files:
+                raise DatasetError(f"Cannot read image {item[0]}: {err}. Remove or replace the file, or set "
+                                   f"data.skip_bad_files=true to skip unreadable images.") from err
+            log.warning("skipping unreadable image %s: %s", item[0], err)
+            return None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow decodes outside the GIL
+        decoded = [result for result in pool.map(read, items) if result is not None]
+    skipped = len(items) - len(decoded)
+    if skipped:
+        log.warning("skipped %d unreadable image(s) of %d", skipped, len(items))
+    if not decoded:
+        raise DatasetError("No readable images left in this split.")
+    images = torch.from_numpy(np.stack([array for array, _ in decoded]))
+    return ImageSet(images, torch.tensor([label for _, label in decoded], dtype=torch.long))
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp(min=1e-3).tolist())
+
+
+@DATASETS.register("image_folder")
+def image_folder(path: str | None = None, channels: int = 3, image_size: int = 64, skip_bad_files: bool = False,
+                 cache_limit_mb: int = 4096) -> ImageData:
+    """Images in class subfolders, decoded into memory at `image_size`."""
+    if not path:
+        raise ConfigError("data=image_folder needs data.path=<folder with one subfolder per class>.")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"Image folder {root} does not exist (data.path).")
+    if channels not in (1, 3):
+        raise ConfigError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels}.")
+    split_dirs = {split: root / split for split in SPLITS if (root / split).is_dir()}
+    if "train" not in split_dirs:
+        split_dirs = {"train": root}
+    classes, train_items = list_class_images(split_dirs["train"])
+    items = {"train": train_items}
+    for split in ("val", "test"):
+        if split in split_dirs:
+            items[split] = list_class_images(split_dirs[split], classes)[1]
+    _check_memory(sum(len(v) for v in items.values()), channels, image_size, cache_limit_mb)
+    sets = {split: load_split(split_items, channels, image_size, skip_bad_files) for split, split_items in items.items()}
+    mean, std = channel_stats(sets["train"].images)
+    return ImageData(classes=classes, train=sets["train"], val=sets.get("val"), test=sets.get("test"),
+                     mean=mean, std=std)
+
+
+def _check_memory(count: int, channels: int, size: int, limit_mb: int) -> None:
+    needed_mb = count * channels * size * size / 2**20
+    if needed_mb > limit_mb:
+        raise DatasetError(
+            f"{count:,} images at {channels}x{size}x{size} need {needed_mb:,.0f} MiB in memory, over "
+            f"data.cache_limit_mb={limit_mb}. Use a smaller data.image_size, or raise data.cache_limit_mb "
+            f"if this machine (and the GPU, when training there) has the memory."
+        )

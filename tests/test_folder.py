@@ -1,0 +1,153 @@
+"""image_folder on generated PNG/JPEG folders in both layouts, with the usual faults."""
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnntrain.data import load_image_data, prepare
+from cnntrain.data.folder import image_folder
+from cnntrain.errors import DatasetError
+from cnntrain.run import train
+from tests.conftest import compose_config
+
+COLOURS = {"cats": (220, 40, 40), "dogs": (40, 40, 220)}
+
+
+def write_image(path, colour, size=(20, 14), grey=False, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    if grey:
+        image = image.convert("L")
+    image.save(path, format=fmt)
+
+
+def make_class_folder(folder, per_class=6):
+    for name, colour in COLOURS.items():
+        for i in range(per_class):
+            suffix = ".jpg" if i % 2 else ".png"
+            write_image(folder / name / f"{name}{i}{suffix}", colour, grey=(i == 0))
+    return folder
+
+
+def test_single_folder_layout_mixed_grey_and_rgb(tmp_path):
+    data = image_folder(path=str(make_class_folder(tmp_path / "pets")), channels=3, image_size=16)
+    assert data.classes == ["cats", "dogs"]
+    assert data.train.images.shape == (12, 3, 16, 16) and data.train.images.dtype == torch.uint8
+    assert data.val is None and data.test is None
+    assert data.train.labels.tolist() == [0] * 6 + [1] * 6
+    red_cat = data.train.images[1].float().mean(dim=(1, 2))  # a colour JPEG of a "cat": red dominates
+    assert red_cat[0] > 150 and red_cat[2] < 100
+    grey_cat = data.train.images[0]  # saved as grey: all three channels equal
+    assert torch.equal(grey_cat[0], grey_cat[1]) and torch.equal(grey_cat[1], grey_cat[2])
+    assert len(data.mean) == 3 and all(0 < s for s in data.std)
+
+
+def test_grey_channels_and_train_val_test_layout(tmp_path):
+    for split, count in (("train", 4), ("val", 2), ("test", 3)):
+        make_class_folder(tmp_path / split, per_class=count)
+    data = image_folder(path=str(tmp_path), channels=1, image_size=8)
+    assert (len(data.train), len(data.val), len(data.test)) == (8, 4, 6)
+    assert data.train.images.shape[1:] == (1, 8, 8)
+    prepared = prepare("image_folder", data, 0.2, seed=0)
+    assert prepared.spec.val_source == "the dataset's own val split" and prepared.spec.test_size == 6
+
+
+def test_without_test_split_the_validation_data_is_the_test(tmp_path):
+    data = image_folder(path=str(make_class_folder(tmp_path / "pets")), image_size=8)
+    prepared = prepare("image_folder", data, 0.25, seed=0)
+    assert prepared.test is prepared.val and "no test split" in prepared.spec.val_source
+
+
+def test_corrupt_file_is_named_or_skipped(tmp_path):
+    folder = make_class_folder(tmp_path / "pets")
+    bad = folder / "dogs" / "broken.jpg"
+    good = folder / "dogs" / "dogs1.jpg"
+    bad.write_bytes(good.read_bytes()[:200])  # a truncated JPEG
+    with pytest.raises(DatasetError) as err:
+        image_folder(path=str(folder), image_size=8)
+    assert str(bad) in str(err.value) and "data.skip_bad_files=true" in str(err.value)
+    data = image_folder(path=str(folder), image_size=8, skip_bad_files=True)
+    assert len(data.train) == 12  # the 13th file was skipped
+
+
+def test_empty_class_and_no_class_folders_are_clear_errors(tmp_path):
+    folder = make_class_folder(tmp_path / "pets")
+    (folder / "birds").mkdir()
+    with pytest.raises(DatasetError, match=r"Class folder .*birds holds no images"):
+        image_folder(path=str(folder))
+    flat = tmp_path / "flat"
+    write_image(flat / "a.png", (1, 2, 3))
+    with pytest.raises(DatasetError, match="has no class subfolders"):
+        image_folder(path=str(flat))
+    with pytest.raises(DatasetError, match="does not exist"):
+        image_folder(path=str(tmp_path / "missing"))
+
+
+def test_memory_bound_refuses_with_numbers(tmp_path):
+    folder = make_class_folder(tmp_path / "pets")
+    with pytest.raises(DatasetError, match=r"12 images at 3x512x512 need 9 MiB in memory, over data.cache_limit_mb=1"):
+        image_folder(path=str(folder), image_size=512, cache_limit_mb=1)
+
+
+def test_training_on_a_folder_end_to_end(tmp_path):
+    folder = make_class_folder(tmp_path / "pets", per_class=10)
+    cfg = compose_config(["data=image_folder", f"data.path={folder}", "data.image_size=16", "model=cifar_cnn",
+                          "trainer.epochs=2", "trainer.progress=none", "device=cpu", "optimizer.lr=0.05"])
+    summary = train(cfg, run_dir=tmp_path / "run")
+    assert summary["train_size"] == 16 and summary["val_size"] == 4 and summary["input_size"] == 32
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert checkpoint["classes"] == ["cats", "dogs"] and len(checkpoint["preprocess"]["mean"]) == 3
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.fixture(scope="module")
+def trained_pets_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pets_run")
+    folder = make_class_folder(tmp_path / "pets", per_class=12)
+    cfg = compose_config(["data=image_folder", f"data.path={folder}", "data.image_size=16", "model=cifar_cnn",
+                          "trainer.epochs=4", "trainer.progress=none", "device=cpu", "optimizer.lr=0.05",
+                          "data.batch_size=8", "model.init=default"])
+    summary = train(cfg, run_dir=tmp_path / "run")
+    new_images = tmp_path / "new"
+    write_image(new_images / "a_red.png", COLOURS["cats"], size=(40, 30))
+    write_image(new_images / "b_blue_grey.jpg", COLOURS["dogs"], size=(10, 10))  # other size
+    write_image(new_images / "c_red_grey.png", COLOURS["cats"], grey=True)
+    return tmp_path / "run", new_images, summary
+
+
+def test_predict_names_the_classes(trained_pets_run):
+    from cnntrain.predict import predict
+
+    run_dir, new_images, summary = trained_pets_run
+    assert summary["best_val_acc"] == 1.0  # red vs blue is easy: the run has learned it
+    predictions = predict(run_dir, new_images, topk=2)
+    assert [p.label for p in predictions[:2]] == ["cats", "dogs"]
+    assert all(0.5 < p.probability <= 1 and [name for name, _ in p.top] == [p.label, ({"cats", "dogs"} - {p.label}).pop()]
+               for p in predictions)
+    assert len(predictions) == 3  # the grey image is converted to 3 channels like in training
+
+
+def test_predict_command_prints_and_writes_csv(trained_pets_run, tmp_path):
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run_dir, new_images, _ = trained_pets_run
+    script = str(Path(sys.executable).with_name("cnntrain-predict"))
+    result = subprocess.run([script, f"run={run_dir}", f"inputs={new_images / 'a_red.png'}", "topk=1",
+                             f"output={tmp_path / 'out.csv'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "cats" in result.stdout
+    with open(tmp_path / "out.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["predicted"] == "cats" and rows[0]["top_k"].startswith("cats:")
+    bad = subprocess.run([script, f"run={run_dir}", "inputs=/no/such/file", "topk=1"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
