@@ -120,21 +120,25 @@ def info_main() -> None:
 
 
 PREDICT_USAGE = """usage: cnntrain-predict run=<run folder> inputs=<image or folder> [topk=3] [checkpoint=best|last]
+                        [output=<csv file>]
 Classifies images with the run's checkpoint, prints a table and writes predictions.csv
-into the run folder (or output=<file>)."""
+into the run folder (or to output=<csv file>)."""
+PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best", "output": ""}  # None: required
 
 
-def parse_key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]:
-    """key=value arguments, checked against `allowed` (key -> default; '' = required)."""
-    values = dict(allowed)
+def parse_key_values(args: list[str], options: dict[str, str | None]) -> dict[str, str]:
+    """key=value arguments checked against `options` (key -> default, None when required)."""
+    values = dict(options)
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or key not in allowed:
-            raise CnnTrainError(f"Unexpected argument '{arg}'.{did_you_mean(key, allowed)}\n{PREDICT_USAGE}")
+        if not sep or key not in options:
+            raise CnnTrainError(f"Unexpected argument '{arg}'.{did_you_mean(key, options)}\n{PREDICT_USAGE}")
         values[key] = value
-    missing = [key for key, value in values.items() if value == ""]
+    missing = [key + "=" for key, value in values.items() if value is None]
     if missing:
-        raise CnnTrainError(f"Missing {', '.join(k + '=' for k in missing)}\n{PREDICT_USAGE}")
+        raise CnnTrainError(f"Missing {', '.join(missing)}\n{PREDICT_USAGE}")
+    if not values["topk"].isdigit() or int(values["topk"]) < 1:
+        raise CnnTrainError(f"topk must be a positive whole number, got '{values['topk']}'.")
     return values
 
 
@@ -144,26 +148,19 @@ def predict_main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(PREDICT_USAGE)
         return
-    from rich.table import Table
-
-    from cnntrain.predict import predict, write_predictions
+    from cnntrain.predict import predict, predictions_table, write_predictions
 
     try:
-        options = parse_key_values(args, {"run": "", "inputs": "", "topk": "3", "checkpoint": "best", "output": "-"})
+        options = parse_key_values(args, PREDICT_OPTIONS)
         predictions = predict(Path(options["run"]), Path(options["inputs"]), topk=int(options["topk"]),
                               checkpoint=options["checkpoint"])
-    except (CnnTrainError, ValueError) as err:
+    except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
-    table = Table(title=f"predictions ({len(predictions)} images)", header_style="bold")
-    for column in ("file", "predicted", "probability", f"top {options['topk']}"):
-        table.add_column(column, overflow="fold")
-    for p in predictions:
-        table.add_row(p.file, p.label, f"{p.probability:.3f}", ", ".join(f"{n} {q:.2f}" for n, q in p.top))
-    output = Path(options["run"]) / "predictions.csv" if options["output"] == "-" else Path(options["output"])
+    output = Path(options["output"] or Path(options["run"]) / "predictions.csv")
     write_predictions(predictions, output)
     console = Console(highlight=False)
-    console.print(table)
+    console.print(predictions_table(predictions))
     console.print(f"written to {output}")
 
 

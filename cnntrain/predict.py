@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.table import Table
 
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.data.folder import decode, image_extensions
@@ -46,7 +47,9 @@ def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best"
     state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
     model = model_from_checkpoint(state).eval()
     prep, classes = state["preprocess"], state["classes"]
-    height, width = prep["stored_size"]
+    channels = state["model"]["in_channels"]
+    # Runs saved before stored_size was recorded: their datasets were stored at the model size.
+    height, width = prep.get("stored_size", [prep["size"]] * 2)
     transform = BatchTransform(size=(prep["size"], prep["size"]), mean=prep["mean"] or None,
                                std=prep["std"] or None)
     files = find_images(Path(inputs))
@@ -54,7 +57,7 @@ def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best"
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         try:
-            images = torch.stack([torch.from_numpy(decode(f, prep["channels"], height, width)) for f in chunk])
+            images = torch.stack([torch.from_numpy(decode(f, channels, height, width)) for f in chunk])
         except (OSError, ValueError) as err:
             raise CnnTrainError(f"Cannot read an image in {inputs}: {err}") from err
         with torch.inference_mode():
@@ -73,3 +76,12 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
         for p in predictions:
             writer.writerow([p.file, p.label, f"{p.probability:.6f}",
                              "; ".join(f"{name}:{prob:.4f}" for name, prob in p.top)])
+
+
+def predictions_table(predictions: list[Prediction]) -> Table:
+    table = Table(title=f"predictions ({len(predictions)} images)", header_style="bold")
+    for column in ("file", "predicted", "probability", "top k"):
+        table.add_column(column, overflow="fold")
+    for p in predictions:
+        table.add_row(p.file, p.label, f"{p.probability:.3f}", ", ".join(f"{n} {q:.2f}" for n, q in p.top))
+    return table

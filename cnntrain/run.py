@@ -183,15 +183,19 @@ def hydra_run_dir() -> Path | None:
 
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
-    """Train as `cfg` says; returns the summary also written to `<run_dir>/summary.json`."""
-    import_user_modules(cfg.get("imports"))
-    check_config(cfg)
+    """Train as `cfg` says; returns the summary also written to `<run_dir>/summary.json`.
+
+    Any failure, a config error included, is recorded in summary.json (status
+    "failed" and the message) before it is raised, so a sweep's table can show it.
+    """
     run_dir = Path(run_dir) if run_dir else (hydra_run_dir() or new_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     _save_config_if_missing(cfg, run_dir)
-    reporter = Reporter(run_dir / "train.log", quiet=cfg.trainer.progress == "none")
+    reporter = Reporter(run_dir / "train.log", quiet=cfg.trainer.get("progress") == "none")
     started = time.time()
     try:
+        import_user_modules(cfg.get("imports"))
+        check_config(cfg)  # every name and setting, before any data is loaded
         return _train(cfg, run_dir, reporter, started)
     except Exception as err:  # recorded for the sweep table, then raised to the caller
         reporter.log_only(f"error: {err}")  # the CLI prints it on the console
@@ -239,7 +243,7 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": {"torch": torch.get_rng_state()},
             # How images were prepared, so that prediction converts new images the same way.
-            "preprocess": {"stored_size": list(spec.image_size), "size": size, "channels": spec.channels,
+            "preprocess": {"stored_size": list(spec.image_size), "size": size,
                            "mean": list(transform.mean or []), "std": list(transform.std or []),
                            "augment": augment},
             "config": OmegaConf.to_container(cfg, resolve=True),

@@ -1,5 +1,7 @@
 """Every config file composes, and wrong names fail before any data is loaded."""
 
+import json
+
 import pytest
 
 from cnntrain.cli import GROUPS, check_group_choices, config_dir
@@ -67,3 +69,6 @@ def test_bad_values_fail_before_data_loads(tmp_path, override, expected):
     with pytest.raises(ConfigError) as err:
         train(cfg, run_dir=tmp_path / "run")
     assert expected in str(err.value)
+    # Recorded for sweep tables: the job's folder says why it failed.
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and expected in summary["error"]
