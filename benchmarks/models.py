@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -34,21 +33,11 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from cnntrain import inspector  # noqa: E402
-from cnntrain.models import MODELS, init_weights  # noqa: E402
+from cnntrain.models import MODELS, builder_settings, init_weights, model_config  # noqa: E402
 
-CONFIGS = ROOT / "configs" / "model"
-NOT_SETTINGS = {"name", "input_size", "init"}
 # Forward multiply-adds one timed step may cost; above it the batch is halved, so that
 # full-width VGG-11 (7.6 G per 224 image) stays at seconds per step on a CPU.
 MAX_STEP_MACS = 48e9
-
-
-def model_config(name: str) -> dict:
-    path = CONFIGS / f"{name}.yaml"
-    if path.exists():
-        return yaml.safe_load(path.read_text())
-    params = inspect.signature(MODELS.get(name)).parameters
-    return {"name": name, "input_size": params["input_size"].default, "init": "default"}
 
 
 def default_batch(input_size: int, macs: int) -> int:
@@ -127,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         cfg = model_config(name)
         size = int(cfg["input_size"])
-        settings = {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}
+        settings = builder_settings(cfg)
         channels = inspect.signature(MODELS.get(name)).parameters["in_channels"].default
         model = MODELS.build(name, settings, num_classes=10, in_channels=channels, input_size=size)
         init_weights(model, cfg.get("init", "default"))

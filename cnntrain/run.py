@@ -30,13 +30,11 @@ from cnntrain.data.augment import build_augmentations
 from cnntrain.data.loader import BatchTransform, InMemoryLoader
 from cnntrain.errors import ConfigError
 from cnntrain.inspector import check_input_size
-from cnntrain.models import MODELS, init_weights
+from cnntrain.models import MODEL_KEYS, MODELS, init_weights
 from cnntrain.models.init import check_init_scheme
 from cnntrain.optim import OPTIMIZERS, SCHEDULERS
 from cnntrain.trainer import EpochMetrics, Trainer
 
-# Keys of the model config that are not builder settings.
-MODEL_KEYS = ("name", "input_size", "init")
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
 
 

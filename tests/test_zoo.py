@@ -18,27 +18,13 @@ from rich.table import Table
 
 from cnntrain import inspector
 from cnntrain.errors import ConfigError
-from cnntrain.models import MODELS, init_weights
+from cnntrain.models import MODELS, builder_settings, init_weights, model_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "model"
-NOT_SETTINGS = {"name", "input_size", "init"}  # model config keys the builder does not take
 
 # Forward/backward overrides that keep the test cheap on a 2-core CPU: full-width
 # VGG-11 is ~129M parameters; its count is checked by arithmetic below instead.
 CHEAP = {"vgg11": {"ratio": 8}}
-
-
-def model_config(name: str) -> dict:
-    """configs/model/<name>.yaml, or the builder's defaults when there is no file."""
-    path = CONFIGS / f"{name}.yaml"
-    if path.exists():
-        return yaml.safe_load(path.read_text())
-    params = inspect.signature(MODELS.get(name)).parameters
-    return {"name": name, "input_size": params["input_size"].default, "init": "default"}
-
-
-def settings(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}
 
 
 def count(model: torch.nn.Module) -> int:
@@ -48,7 +34,7 @@ def count(model: torch.nn.Module) -> int:
 def build(name: str, in_channels: int = 1, num_classes: int = 10, **overrides) -> torch.nn.Module:
     cfg = model_config(name)
     input_size = overrides.pop("input_size", cfg["input_size"])
-    return MODELS.build(name, {**settings(cfg), **overrides}, num_classes=num_classes,
+    return MODELS.build(name, {**builder_settings(cfg), **overrides}, num_classes=num_classes,
                         in_channels=in_channels, input_size=input_size)
 
 
@@ -70,7 +56,7 @@ def test_every_model_has_a_config_and_every_config_a_model():
         cfg = yaml.safe_load(text)
         assert cfg["name"] in MODELS, path.name
         assert isinstance(cfg["input_size"], int) and cfg["input_size"] > 0
-        MODELS.check_settings(cfg["name"], settings(cfg))  # raises on unknown keys
+        MODELS.check_settings(cfg["name"], builder_settings(cfg))  # raises on unknown keys
 
 
 # ---------------------------------------------------------------- training step
@@ -82,7 +68,7 @@ def test_forward_backward_at_native_size(name, in_channels):
     torch.manual_seed(0)
     cfg = model_config(name)
     size = cfg["input_size"]
-    model = MODELS.build(name, {**settings(cfg), **CHEAP.get(name, {})}, num_classes=10,
+    model = MODELS.build(name, {**builder_settings(cfg), **CHEAP.get(name, {})}, num_classes=10,
                          in_channels=in_channels, input_size=size)
     init_weights(model, cfg.get("init", "default"))
     model.train()

@@ -10,6 +10,29 @@ from cnntrain.registry import Registry
 
 MODELS = Registry("model", "model.name")
 
+# Keys of a model config that are not builder settings.
+MODEL_KEYS = ("name", "input_size", "init")
+
+
+def model_config(name: str) -> dict:
+    """configs/model/<name>.yaml as a plain dict, or the builder's defaults when there is none."""
+    import inspect
+
+    import yaml
+
+    from cnntrain.cli import config_dir
+
+    path = config_dir() / "model" / f"{name}.yaml"
+    if path.exists():
+        return yaml.safe_load(path.read_text())
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {"name": name, "input_size": params["input_size"].default, "init": "default"}
+
+
+def builder_settings(config: dict) -> dict:
+    """The keys of a model config that go to the builder as keyword arguments."""
+    return {k: v for k, v in config.items() if k not in MODEL_KEYS}
+
 # Importing the family modules registers their builders.
 from cnntrain.models import lenet, mlp  # noqa: E402,F401
 from cnntrain.models import alexnet, cifar_cnn, googlenet, lenet_bn, nin, resnet, vgg  # noqa: E402,F401
