@@ -27,7 +27,7 @@ from cnntrain.callbacks import Checkpointer, MetricsWriter, ProgressDisplay, Rep
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.data import DATASETS, LOADER_KEYS, DatasetSpec, load_image_data, prepare
 from cnntrain.data.augment import build_augmentations
-from cnntrain.data.loader import BatchTransform, InMemoryLoader
+from cnntrain.data.loader import BatchTransform, make_loader
 from cnntrain.errors import ConfigError
 from cnntrain.inspector import check_input_size
 from cnntrain.models import MODEL_KEYS, MODELS, init_weights
@@ -223,10 +223,10 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
                                std=spec.std if normalize else None, channels_last=channels_last,
                                augment=build_augmentations(augment))
     eval_batch = cfg.data.get("eval_batch_size") or 2 * cfg.data.batch_size
-    train_loader = InMemoryLoader(prepared.train, cfg.data.batch_size, transform, device, shuffle=True,
-                                  seed=cfg.seed, augment=True)
-    val_loader = InMemoryLoader(prepared.val, eval_batch, transform, device)
-    test_loader = InMemoryLoader(prepared.test, eval_batch, transform, device)
+    train_loader = make_loader(prepared.train, cfg.data.batch_size, transform, device, shuffle=True,
+                               seed=cfg.seed, augment=True)
+    val_loader = make_loader(prepared.val, eval_batch, transform, device)
+    test_loader = make_loader(prepared.test, eval_batch, transform, device)
 
     params = sum(p.numel() for p in model.parameters())
     reporter.line(f"cnntrain: {cfg.model.name} on {spec.name} ({spec.train_size:,} train / {spec.val_size:,} val "

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from cnntrain.data import load_image_data, prepare
+from cnntrain.data.augment import build_augmentations
 from cnntrain.data.folder import image_folder
 from cnntrain.errors import DatasetError
 from cnntrain.run import train
@@ -89,10 +90,35 @@ def test_empty_class_and_no_class_folders_are_clear_errors(tmp_path):
         image_folder(path=str(tmp_path / "missing"))
 
 
-def test_memory_bound_refuses_with_numbers(tmp_path):
+def test_folder_over_the_memory_bound_streams_the_same_batches(tmp_path, caplog):
+    from cnntrain.data.folder import FileImageSet
+    from cnntrain.data.loader import BatchTransform, StreamingLoader, make_loader
+
     folder = make_class_folder(tmp_path / "pets")
-    with pytest.raises(DatasetError, match=r"12 images at 3x512x512 need 9 MiB in memory, over data.cache_limit_mb=1"):
-        image_folder(path=str(folder), image_size=512, cache_limit_mb=1)
+    cached = image_folder(path=str(folder), image_size=16)
+    streamed = image_folder(path=str(folder), image_size=16, cache_limit_mb=0, workers=2)
+    assert isinstance(streamed.train, FileImageSet) and streamed.train.shape == (12, 3, 16, 16)
+    assert "over data.cache_limit_mb=0: streaming them from disk" in caplog.text
+    transform = BatchTransform(None, None, None, augment=build_augmentations(["hflip"]))
+    for shuffle, augment in ((False, False), (True, True)):
+        in_memory = make_loader(cached.train, 5, transform, torch.device("cpu"), shuffle, seed=3, augment=augment)
+        from_disk = make_loader(streamed.train, 5, transform, torch.device("cpu"), shuffle, seed=3, augment=augment)
+        assert isinstance(from_disk, StreamingLoader) and len(from_disk) == len(in_memory) == 3
+        in_memory.set_epoch(2), from_disk.set_epoch(2)
+        for (x1, y1), (x2, y2) in zip(in_memory, from_disk, strict=True):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_streamed_bad_file_is_named_or_skipped_during_training(tmp_path):
+    folder = make_class_folder(tmp_path / "pets", per_class=8)
+    (folder / "cats" / "zz_broken.png").write_bytes(b"not an image at all")
+    base = ["data=image_folder", f"data.path={folder}", "data.image_size=16", "data.cache_limit_mb=0",
+            "data.workers=1", "model=cifar_cnn", "trainer.epochs=1", "trainer.progress=none", "device=cpu"]
+    with pytest.raises(DatasetError) as err:
+        train(compose_config(base), run_dir=tmp_path / "strict")
+    assert "zz_broken.png" in str(err.value) and "data.skip_bad_files=true" in str(err.value)
+    summary = train(compose_config(base + ["data.skip_bad_files=true"]), run_dir=tmp_path / "skip")
+    assert summary["status"] == "completed" and summary["train_size"] + summary["val_size"] == 17
 
 
 def test_training_on_a_folder_end_to_end(tmp_path):

@@ -34,6 +34,10 @@ class ImageSet:
     def subset(self, index: torch.Tensor) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index])
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape)
+
 
 @dataclass
 class ImageData:
@@ -114,7 +118,7 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int) -> Prepa
     if test is None:
         test = val
         source += "; no test split, so the final test is on the validation data"
-    _, channels, height, width = train.images.shape
+    _, channels, height, width = train.shape
     spec = DatasetSpec(
         name=name, classes=list(data.classes), channels=channels, image_size=(height, width),
         mean=tuple(data.mean), std=tuple(data.std), train_size=len(train), val_size=len(val),

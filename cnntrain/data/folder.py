@@ -8,16 +8,20 @@ Two layouts are understood:
 
 Class names are the folder names (sorted), saved with the run. Every image is decoded
 once with Pillow, converted to `channels` (1 = grey, 3 = RGB; mixed folders are fine)
-and resized to `image_size` x `image_size`, then kept in memory as one uint8 tensor
-like the built-in datasets, so training batches cost no decoding. `cache_limit_mb`
-bounds that memory: a folder that would need more is refused with the numbers and
-the fix (a smaller image_size). Normalisation statistics are computed from the
-training images.
+and resized to `image_size` x `image_size`.
+
+Folders whose decoded images fit in `cache_limit_mb` are decoded once and kept in
+memory as one uint8 tensor like the built-in datasets, so training batches cost no
+decoding. Larger folders stay on disk (`FileImageSet`) and are decoded per batch by
+DataLoader worker processes (`data.workers`); the rest of the pipeline (resize,
+augmentation, normalisation on the device) is the same. Normalisation statistics
+come from the training images (all of them in memory, a sample of 512 when streaming).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,14 +80,22 @@ def decode(path: Path, channels: int, height: int, width: int | None = None) -> 
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
+READ_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
+
+
+def bad_file_error(path: Path, err: object) -> DatasetError:
+    return DatasetError(f"Cannot read image {path}: {err}. Remove or replace the file, or set "
+                        f"data.skip_bad_files=true to skip unreadable images.")
+
+
 def load_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad_files: bool) -> ImageSet:
+    """Decode every image of a split into one uint8 tensor."""
     def read(item):
         try:
             return decode(item[0], channels, size), item[1]
-        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        except READ_ERRORS as err:
             if not skip_bad_files:
-                raise DatasetError(f"Cannot read image {item[0]}: {err}. Remove or replace the file, or set "
-                                   f"data.skip_bad_files=true to skip unreadable images.") from err
+                raise bad_file_error(item[0], err) from err
             log.warning("skipping unreadable image %s: %s", item[0], err)
             return None
 
@@ -98,6 +110,44 @@ def load_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad
     return ImageSet(images, torch.tensor([label for _, label in decoded], dtype=torch.long))
 
 
+class FileImageSet(torch.utils.data.Dataset):
+    """A split that stays on disk; DataLoader workers decode its images batch by batch.
+
+    An unreadable file is not raised inside the worker (where the message would come
+    back wrapped in a traceback): `__getitem__` returns the error text, and the
+    loader raises it, or skips the image with `skip_bad_files`, in the main process.
+    """
+
+    def __init__(self, files: list[Path], labels: torch.Tensor, channels: int, size: int,
+                 skip_bad_files: bool, workers: int):
+        self.files, self.labels = list(files), labels
+        self.channels, self.size = channels, size
+        self.skip_bad_files, self.workers = skip_bad_files, workers
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), self.channels, self.size, self.size)
+
+    def subset(self, index: torch.Tensor) -> "FileImageSet":
+        return FileImageSet([self.files[i] for i in index.tolist()], self.labels[index], self.channels,
+                            self.size, self.skip_bad_files, self.workers)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            return torch.from_numpy(decode(self.files[i], self.channels, self.size)), i, ""
+        except READ_ERRORS as err:
+            return torch.zeros(self.shape[1:], dtype=torch.uint8), i, f"{err}"
+
+
+def file_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad_files: bool,
+               workers: int) -> FileImageSet:
+    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    return FileImageSet([path for path, _ in items], labels, channels, size, skip_bad_files, workers)
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""
     x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
@@ -106,8 +156,8 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 @DATASETS.register("image_folder")
 def image_folder(path: str | None = None, channels: int = 3, image_size: int = 64, skip_bad_files: bool = False,
-                 cache_limit_mb: int = 4096) -> ImageData:
-    """Images in class subfolders, decoded into memory at `image_size`."""
+                 cache_limit_mb: int = 4096, workers: int = 4) -> ImageData:
+    """Images in class subfolders at `image_size`: in memory when they fit, else streamed."""
     if not path:
         raise ConfigError("data=image_folder needs data.path=<folder with one subfolder per class>.")
     root = Path(path).expanduser()
@@ -123,18 +173,24 @@ def image_folder(path: str | None = None, channels: int = 3, image_size: int = 6
     for split in ("val", "test"):
         if split in split_dirs:
             items[split] = list_class_images(split_dirs[split], classes)[1]
-    _check_memory(sum(len(v) for v in items.values()), channels, image_size, cache_limit_mb)
-    sets = {split: load_split(split_items, channels, image_size, skip_bad_files) for split, split_items in items.items()}
-    mean, std = channel_stats(sets["train"].images)
+    if fits_in_memory(sum(len(v) for v in items.values()), channels, image_size, cache_limit_mb):
+        sets = {split: load_split(split_items, channels, image_size, skip_bad_files)
+                for split, split_items in items.items()}
+        mean, std = channel_stats(sets["train"].images)
+    else:
+        sets = {split: file_split(split_items, channels, image_size, skip_bad_files, workers)
+                for split, split_items in items.items()}
+        sample = random.Random(0).sample(items["train"], min(512, len(items["train"])))
+        mean, std = channel_stats(load_split(sample, channels, image_size, skip_bad_files=True).images)
     return ImageData(classes=classes, train=sets["train"], val=sets.get("val"), test=sets.get("test"),
                      mean=mean, std=std)
 
 
-def _check_memory(count: int, channels: int, size: int, limit_mb: int) -> None:
+def fits_in_memory(count: int, channels: int, size: int, limit_mb: int) -> bool:
     needed_mb = count * channels * size * size / 2**20
-    if needed_mb > limit_mb:
-        raise DatasetError(
-            f"{count:,} images at {channels}x{size}x{size} need {needed_mb:,.0f} MiB in memory, over "
-            f"data.cache_limit_mb={limit_mb}. Use a smaller data.image_size, or raise data.cache_limit_mb "
-            f"if this machine (and the GPU, when training there) has the memory."
-        )
+    if needed_mb <= limit_mb:
+        return True
+    log.warning("%d images at %dx%dx%d need %.0f MiB, over data.cache_limit_mb=%d: streaming them from disk "
+                "with data.workers processes instead of keeping them in memory.",
+                count, channels, size, size, needed_mb, limit_mb)
+    return False

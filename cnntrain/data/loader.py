@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from cnntrain.data import ImageSet
 from cnntrain.data.augment import Augmentation
+from cnntrain.data.folder import FileImageSet, bad_file_error
 
 
 @dataclass
@@ -49,13 +50,22 @@ class BatchTransform:
         return x
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffle of epoch `epoch`: depends only on the seed and the epoch (a resumed run sees the same)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+
+
+def augment_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The augmentations' random stream for an epoch, separate from the shuffle's, on the batch's device."""
+    return torch.Generator(device=device).manual_seed(10_007 * (seed + 1) + epoch)
+
+
 class InMemoryLoader:
     """Iterates (images, labels) batches over an `ImageSet` moved to `device`.
 
-    With `shuffle`, epoch e uses the permutation drawn from `seed + e`, so the data
-    order depends only on the seed and the epoch (a resumed run sees the same order).
-    With `augment`, the transform's augmentations draw from a generator seeded the same
-    way; loaders without it (evaluation) yield the same batches every time.
+    With `shuffle`, epoch e visits the examples in `epoch_order(n, seed, e)`. With
+    `augment`, the transform's augmentations draw from `augment_generator(seed, e)`;
+    loaders without it (evaluation) yield the same batches every time.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
@@ -81,13 +91,9 @@ class InMemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        generator = None
-        if self.augment:
-            # A different stream from the shuffle's, on the device the images live on.
-            generator = torch.Generator(device=self.images.device).manual_seed(10_007 * (self.seed + 1) + self.epoch)
+        generator = augment_generator(self.seed, self.epoch, self.images.device) if self.augment else None
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-            order = order.to(self.images.device)
+            order = epoch_order(n, self.seed, self.epoch).to(self.images.device)
         for start in range(0, n, self.batch_size):
             if self.shuffle:
                 index = order[start:start + self.batch_size]
@@ -96,3 +102,48 @@ class InMemoryLoader:
                 images = self.images[start:start + self.batch_size]
                 labels = self.labels[start:start + self.batch_size]
             yield self.transform(images, generator), labels
+
+
+class StreamingLoader(InMemoryLoader):
+    """The same batches as `InMemoryLoader`, decoded from disk by DataLoader workers.
+
+    For folders too large to keep in memory: workers decode uint8 batches (pinned for
+    a fast copy to a GPU), and the same `BatchTransform` then runs on the device.
+    """
+
+    def __init__(self, data: FileImageSet, batch_size: int, transform: BatchTransform,
+                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False):
+        self.data, self.device = data, device
+        self.labels = data.labels
+        self.batch_size, self.transform, self.shuffle, self.seed = batch_size, transform, shuffle, seed
+        self.augment = augment and bool(transform.augment)
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.data)
+        order = epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
+        generator = augment_generator(self.seed, self.epoch, self.device) if self.augment else None
+        batches = torch.utils.data.DataLoader(
+            self.data, batch_size=self.batch_size, sampler=order.tolist(), num_workers=self.data.workers,
+            pin_memory=self.device.type == "cuda")
+        for images, index, errors in batches:
+            images, index = self._without_bad_files(images, index, errors)
+            if len(index):
+                images = images.to(self.device, non_blocking=True)
+                yield self.transform(images, generator), self.data.labels[index].to(self.device)
+
+    def _without_bad_files(self, images, index, errors):
+        bad = [i for i, error in enumerate(errors) if error]
+        if not bad:
+            return images, index
+        if not self.data.skip_bad_files:
+            raise bad_file_error(self.data.files[int(index[bad[0]])], errors[bad[0]])
+        keep = torch.tensor([i not in bad for i in range(len(errors))])
+        return images[keep], index[keep]
+
+
+def make_loader(data: ImageSet | FileImageSet, batch_size: int, transform: BatchTransform, device: torch.device,
+                shuffle: bool = False, seed: int = 0, augment: bool = False) -> InMemoryLoader:
+    """A streaming loader for splits left on disk, the in-memory one otherwise."""
+    loader_class = StreamingLoader if isinstance(data, FileImageSet) else InMemoryLoader
+    return loader_class(data, batch_size, transform, device, shuffle=shuffle, seed=seed, augment=augment)
