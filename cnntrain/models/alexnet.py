@@ -53,29 +53,30 @@ def _assemble(features: nn.Module, classifier: nn.Sequential, pool: nn.Module | 
     return nn.Sequential(OrderedDict(parts))
 
 
+def _tutorial_alexnet(num_classes: int, in_channels: int, input_size: int, dropout: float,
+                      hidden_layers: int) -> nn.Module:
+    """The book's conv stack, then `hidden_layers` 4096-wide Linear-ReLU-Dropout blocks, then the output."""
+    width = 256 * _tutorial_side(input_size) ** 2
+    layers: list[nn.Module] = []
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(width, 4096), nn.ReLU(), nn.Dropout(dropout)]
+        width = 4096
+    classifier = nn.Sequential(*layers, nn.Linear(width, num_classes))
+    return _assemble(_tutorial_features(in_channels), classifier)
+
+
 @MODELS.register("alexnet")
 def alexnet(num_classes: int = 10, in_channels: int = 1, input_size: int = 224,
             dropout: float = 0.5) -> nn.Module:
     """The book's AlexNet: 5 convs, then 4096-4096-classes linears with dropout."""
-    flat = 256 * _tutorial_side(input_size) ** 2
-    classifier = nn.Sequential(
-        nn.Linear(flat, 4096), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(4096, num_classes),
-    )
-    return _assemble(_tutorial_features(in_channels), classifier)
+    return _tutorial_alexnet(num_classes, in_channels, input_size, dropout, hidden_layers=2)
 
 
 @MODELS.register("alexnet_small")
 def alexnet_small(num_classes: int = 10, in_channels: int = 1, input_size: int = 224,
                   dropout: float = 0.5) -> nn.Module:
     """The book's AlexNet without the second 4096-wide layer (~17M fewer parameters)."""
-    flat = 256 * _tutorial_side(input_size) ** 2
-    classifier = nn.Sequential(
-        nn.Linear(flat, 4096), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(4096, num_classes),
-    )
-    return _assemble(_tutorial_features(in_channels), classifier)
+    return _tutorial_alexnet(num_classes, in_channels, input_size, dropout, hidden_layers=1)
 
 
 @MODELS.register("alexnet_tv")
