@@ -60,20 +60,20 @@ def augment_generator(seed: int, epoch: int, device: torch.device) -> torch.Gene
     return torch.Generator(device=device).manual_seed(10_007 * (seed + 1) + epoch)
 
 
-class InMemoryLoader:
-    """Iterates (images, labels) batches over an `ImageSet` moved to `device`.
+class _EpochLoader:
+    """What both loaders share: batch count, epoch, and the seeded order and augmentation stream.
 
     With `shuffle`, epoch e visits the examples in `epoch_order(n, seed, e)`. With
     `augment`, the transform's augmentations draw from `augment_generator(seed, e)`;
     loaders without it (evaluation) yield the same batches every time.
     """
 
-    def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
-                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False):
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+    def __init__(self, labels: torch.Tensor, batch_size: int, transform: BatchTransform, device: torch.device,
+                 shuffle: bool, seed: int, augment: bool):
+        self.labels = labels
         self.batch_size = batch_size
         self.transform = transform
+        self.device = device
         self.shuffle = shuffle
         self.seed = seed
         self.augment = augment and bool(transform.augment)
@@ -89,9 +89,21 @@ class InMemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _generator(self) -> torch.Generator | None:
+        return augment_generator(self.seed, self.epoch, self.device) if self.augment else None
+
+
+class InMemoryLoader(_EpochLoader):
+    """Iterates (images, labels) batches over an `ImageSet` moved to `device`."""
+
+    def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
+                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False):
+        super().__init__(data.labels.to(device), batch_size, transform, device, shuffle, seed, augment)
+        self.images = data.images.to(device)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        generator = augment_generator(self.seed, self.epoch, self.images.device) if self.augment else None
+        generator = self._generator()
         if self.shuffle:
             order = epoch_order(n, self.seed, self.epoch).to(self.images.device)
         for start in range(0, n, self.batch_size):
@@ -104,7 +116,7 @@ class InMemoryLoader:
             yield self.transform(images, generator), labels
 
 
-class StreamingLoader(InMemoryLoader):
+class StreamingLoader(_EpochLoader):
     """The same batches as `InMemoryLoader`, decoded from disk by DataLoader workers.
 
     For folders too large to keep in memory: workers decode uint8 batches (pinned for
@@ -113,16 +125,13 @@ class StreamingLoader(InMemoryLoader):
 
     def __init__(self, data: FileImageSet, batch_size: int, transform: BatchTransform,
                  device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False):
-        self.data, self.device = data, device
-        self.labels = data.labels
-        self.batch_size, self.transform, self.shuffle, self.seed = batch_size, transform, shuffle, seed
-        self.augment = augment and bool(transform.augment)
-        self.epoch = 0
+        super().__init__(data.labels, batch_size, transform, device, shuffle, seed, augment)
+        self.data = data
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.data)
         order = epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
-        generator = augment_generator(self.seed, self.epoch, self.device) if self.augment else None
+        generator = self._generator()
         batches = torch.utils.data.DataLoader(
             self.data, batch_size=self.batch_size, sampler=order.tolist(), num_workers=self.data.workers,
             pin_memory=self.device.type == "cuda")
@@ -143,7 +152,7 @@ class StreamingLoader(InMemoryLoader):
 
 
 def make_loader(data: ImageSet | FileImageSet, batch_size: int, transform: BatchTransform, device: torch.device,
-                shuffle: bool = False, seed: int = 0, augment: bool = False) -> InMemoryLoader:
+                shuffle: bool = False, seed: int = 0, augment: bool = False) -> _EpochLoader:
     """A streaming loader for splits left on disk, the in-memory one otherwise."""
     loader_class = StreamingLoader if isinstance(data, FileImageSet) else InMemoryLoader
     return loader_class(data, batch_size, transform, device, shuffle=shuffle, seed=seed, augment=augment)
