@@ -1,4 +1,8 @@
-"""Trainer callbacks: console display, metrics.csv, checkpoints.
+"""Trainer callbacks: console display, metrics.csv, checkpoints, early stopping.
+
+A resumed run hands the trainer the finished epochs' metrics (`trainer.history`);
+the callbacks rebuild their state from it (best epoch, rows of metrics.csv, epochs
+without improvement), so nothing else needs saving for them.
 
 `Reporter` is the one way text reaches the user: it prints on the console (rich,
 plain when stdout is not a terminal) and writes the same text to the run's train.log.
@@ -8,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +22,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cnntrain.checkpoint import save_checkpoint
 from cnntrain.trainer import Callback, EpochMetrics, StepProgress, Trainer
-
-log = logging.getLogger("cnntrain")
 
 
 class Reporter:
@@ -112,18 +114,27 @@ METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
 
 
 class MetricsWriter(Callback):
-    """Appends one row per epoch to metrics.csv (flushed, so a crash keeps finished epochs)."""
+    """Keeps metrics.csv equal to the run's history: one row per finished epoch.
+
+    At the start it writes the rows of `trainer.history` (none for a new run, the
+    finished epochs for a resumed one: no duplicate or missing row, whatever was in
+    the file when the run was killed); then it appends a flushed row per epoch.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
-        is_new = not self.path.exists()
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
+    def on_fit_start(self, trainer: Trainer) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            if is_new:
-                writer.writeheader()
-            writer.writerow(metrics.as_dict())
+            writer.writeheader()
+            writer.writerows(m.as_dict() for m in trainer.history)
+        os.replace(tmp, self.path)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow(metrics.as_dict())
 
 
 class Checkpointer(Callback):
@@ -133,10 +144,50 @@ class Checkpointer(Callback):
         self.folder = Path(folder)
         self.make_state = make_state
         self.best: EpochMetrics | None = None
+        self.saved_epoch = 0  # the epoch last.pt holds
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.best = max(trainer.history, key=lambda m: m.val_acc, default=None)
+        self.saved_epoch = trainer.history[-1].epoch if trainer.history else 0
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         state = self.make_state(trainer, metrics)
-        save_checkpoint(state, self.folder / "last.pt")
         if self.best is None or metrics.val_acc > self.best.val_acc:
             self.best = metrics
             save_checkpoint(state, self.folder / "best.pt")
+        # last.pt after best.pt: a run killed in between resumes from the epoch before and redoes this one.
+        save_checkpoint(state, self.folder / "last.pt")
+        self.saved_epoch = metrics.epoch
+
+
+def epochs_without_improvement(values: list[float], minimize: bool, min_delta: float) -> tuple[int, int]:
+    """(epochs since the best value, index of the best value) for a metric's per-epoch values.
+
+    A value counts as better only when it beats the best so far by more than `min_delta`.
+    """
+    best_index = 0
+    for i, value in enumerate(values[1:], 1):
+        gain = values[best_index] - value if minimize else value - values[best_index]
+        if gain > min_delta:
+            best_index = i
+    return len(values) - 1 - best_index, best_index
+
+
+class EarlyStopping(Callback):
+    """Ends training when `metric` has not improved by more than `min_delta` for `patience` epochs."""
+
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0):
+        self.metric = metric
+        self.patience = patience
+        self.min_delta = min_delta
+        self.minimize = "loss" in metric
+
+    def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
+        values = [getattr(m, self.metric) for m in trainer.history]
+        stale, best_index = epochs_without_improvement(values, self.minimize, self.min_delta)
+        if stale >= self.patience:
+            best = trainer.history[best_index]
+            trainer.stop_reason = (
+                f"early stopping: {self.metric} has not improved by more than {self.min_delta:g} for {stale} epochs "
+                f"(best {getattr(best, self.metric):.4f} at epoch {best.epoch}; trainer.early_stopping.patience="
+                f"{self.patience})")

@@ -20,6 +20,7 @@ from cnntrain.registry import did_you_mean
 GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment")
 EXIT_USAGE = 2  # a config or data problem the message explains
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 
 
 def config_dir() -> Path:
@@ -164,13 +165,36 @@ def predict_main() -> None:
     console.print(f"written to {output}")
 
 
-def main() -> None:
-    """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination."""
-    problem = check_group_choices(sys.argv[1:])
-    if problem:
-        print_error(problem)
+def resume_main(args: list[str]) -> None:
+    """`cnntrain resume=<run folder> [key=value ...]`: continue a run in its folder (see resume.py)."""
+    if any(arg in ("-m", "--multirun") for arg in args):
+        print_error("resume= continues one run; it cannot be part of a sweep (-m).")
         sys.exit(EXIT_USAGE)
-    _run_job()
+    [run_dir] = [arg.split("=", 1)[1] for arg in args if arg.startswith("resume=")][:1]
+    from cnntrain.resume import resume
+
+    try:
+        resume(Path(run_dir), [arg for arg in args if not arg.startswith("resume=")])
+    except CnnTrainError as err:
+        print_error(str(err))
+        sys.exit(EXIT_USAGE)
+
+
+def main() -> None:
+    """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
+    `cnntrain resume=<run folder>`: continue a run."""
+    args = sys.argv[1:]
+    try:
+        if any(arg.startswith("resume=") and arg != "resume=null" for arg in args):
+            resume_main(args)
+            return
+        problem = check_group_choices(args)
+        if problem:
+            print_error(problem)
+            sys.exit(EXIT_USAGE)
+        _run_job()
+    except KeyboardInterrupt:  # train() has already said what was saved and how to resume
+        sys.exit(EXIT_INTERRUPTED)
     from cnntrain.sweep import last_sweep_failures
 
     if last_sweep_failures():

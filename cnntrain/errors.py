@@ -21,3 +21,14 @@ class DatasetError(CnnTrainError):
 
 class TrainingError(CnnTrainError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was saved and the command that resumes the run.
+
+    A KeyboardInterrupt still, so that a sweep stops too instead of going on to its next job.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

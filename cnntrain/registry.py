@@ -24,9 +24,11 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 class Registry:
     """Maps names to builder callables for one kind of component."""
 
-    def __init__(self, kind: str, config_key: str):
+    def __init__(self, kind: str, config_key: str, code_arguments: tuple[str, ...] = ()):
         self.kind = kind  # e.g. "model", used in messages
         self.config_key = config_key  # e.g. "model.name", tells the user where to fix it
+        # Arguments cnntrain passes itself (e.g. a scheduler's optimizer): not config settings.
+        self.code_arguments = code_arguments
         self._entries: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str | None = None) -> Callable[[Callable], Callable]:
@@ -67,11 +69,12 @@ class Registry:
         params = inspect.signature(self.get(name)).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
-        valid = [p for p, spec in params.items() if spec.kind is not inspect.Parameter.VAR_POSITIONAL]
+        valid = [p for p, spec in params.items()
+                 if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in self.code_arguments]
         section = self.config_key.rsplit(".", 1)[0]
         for key in settings:
-            if key not in params:
+            if key not in valid:
                 raise ConfigError(
                     f"{self.kind} '{name}' has no setting '{key}' ({section}.{key}).{did_you_mean(key, valid)} "
-                    f"Valid settings: {', '.join(valid)}"
+                    + (f"Valid settings: {', '.join(valid)}" if valid else "It takes no settings.")
                 )

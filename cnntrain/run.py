@@ -8,10 +8,12 @@ summary.json.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -20,22 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from cnntrain.callbacks import Checkpointer, MetricsWriter, ProgressDisplay, Reporter
+from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.data import DATASETS, LOADER_KEYS, DatasetSpec, load_image_data, prepare
 from cnntrain.data.augment import build_augmentations
 from cnntrain.data.loader import BatchTransform, make_loader
-from cnntrain.errors import ConfigError
+from cnntrain.errors import ConfigError, RunInterrupted
 from cnntrain.inspector import check_input_size
 from cnntrain.models import MODEL_KEYS, MODELS, init_weights
 from cnntrain.models.init import check_init_scheme
-from cnntrain.optim import OPTIMIZERS, SCHEDULERS
-from cnntrain.trainer import EpochMetrics, Trainer
+from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, parameter_groups
+from cnntrain.speed_switches import maybe_compile, resolve_precision, use_channels_last
+from cnntrain.trainer import EpochMetrics, StepOptions, Trainer
 
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
+EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
 
 
 def settings_of(section: DictConfig, reserved: tuple[str, ...] = ("name",)) -> dict[str, Any]:
@@ -67,16 +72,37 @@ def check_config(cfg: DictConfig) -> None:
     MODELS.check_settings(cfg.model.name, settings_of(cfg.model, MODEL_KEYS))
     check_init_scheme(cfg.model.get("init", "default"))
     DATASETS.check_settings(cfg.data.name, settings_of(cfg.data, LOADER_KEYS))
-    OPTIMIZERS.check_settings(cfg.optimizer.name, settings_of(cfg.optimizer))
+    OPTIMIZERS.check_settings(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS))
     SCHEDULERS.check_settings(cfg.scheduler.name, settings_of(cfg.scheduler))
     augment_entries(cfg)
-    for key in ("trainer.epochs", "data.batch_size"):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be a positive whole number, got {value!r}.")
-    if cfg.trainer.progress not in PROGRESS_MODES:
+    check_trainer_settings(cfg)
+
+
+def check_trainer_settings(cfg: DictConfig) -> None:
+    trainer = cfg.trainer
+    for key in ("trainer.epochs", "data.batch_size", "trainer.accumulate_grad_batches"):
+        _require(OmegaConf.select(cfg, key, default=1), key, "a positive whole number",
+                 lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    if trainer.progress not in PROGRESS_MODES:
         raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
-                          f"got '{cfg.trainer.progress}'.")
+                          f"got '{trainer.progress}'.")
+    _require(trainer.get("label_smoothing", 0.0), "trainer.label_smoothing", "a number from 0 up to (not) 1",
+             lambda v: isinstance(v, (int, float)) and 0 <= v < 1)
+    _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
+             lambda v: v is None or (isinstance(v, (int, float)) and v > 0))
+    _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
+    stopping = trainer.get("early_stopping") or {}
+    _require(stopping.get("patience"), "trainer.early_stopping.patience", "null (off) or a positive whole number",
+             lambda v: v is None or (isinstance(v, int) and v >= 1))
+    _require(stopping.get("metric", "val_loss"), "trainer.early_stopping.metric",
+             f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
+    _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
+             lambda v: isinstance(v, (int, float)) and v >= 0)
+
+
+def _require(value, key: str, expected: str, is_valid) -> None:
+    if not is_valid(value):
+        raise ConfigError(f"{key} must be {expected}, got {value!r}.")
 
 
 def augment_entries(cfg: DictConfig) -> list:
@@ -152,13 +178,6 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
-def use_channels_last(setting, device: torch.device) -> bool:
-    """channels_last speeds convolutions up on CPU (mkldnn) and CUDA; MPS gains nothing."""
-    if setting == "auto":
-        return device.type in ("cpu", "cuda")
-    return bool(setting)
-
-
 def new_run_dir(cfg: DictConfig) -> Path:
     """Run folder for calls from Python (the CLI gets its folder from Hydra)."""
     now = datetime.now()
@@ -180,11 +199,14 @@ def hydra_run_dir() -> Path | None:
         return None
 
 
-def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path | str | None = None,
+          resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train as `cfg` says; returns the summary also written to `<run_dir>/summary.json`.
 
+    `resume_from` is the run's last checkpoint when continuing it (see resume.py).
     Any failure, a config error included, is recorded in summary.json (status
-    "failed" and the message) before it is raised, so a sweep's table can show it.
+    "failed" and the message) before it is raised, so a sweep's table can show it;
+    Ctrl-C is recorded as "interrupted" with the command that resumes the run.
     """
     run_dir = Path(run_dir) if run_dir else (hydra_run_dir() or new_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +216,13 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
     try:
         import_user_modules(cfg.get("imports"))
         check_config(cfg)  # every name and setting, before any data is loaded
-        return _train(cfg, run_dir, reporter, started)
+        return _train(cfg, run_dir, reporter, started, resume_from)
+    except KeyboardInterrupt as err:
+        message = err.message if isinstance(err, RunInterrupted) else "Interrupted before the first epoch finished."
+        reporter.line(message, style="yellow")
+        _write_json(run_dir / "summary.json", {"status": "interrupted", "error": message, "run_dir": str(run_dir),
+                                                "wall_seconds": time.time() - started})
+        raise
     except Exception as err:  # recorded for the sweep table, then raised to the caller
         reporter.log_only(f"error: {err}")  # the CLI prints it on the console
         _write_json(run_dir / "summary.json", {"status": "failed", "error": str(err), "run_dir": str(run_dir),
@@ -204,7 +232,12 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> dict[str, Any]:
         reporter.close()
 
 
-def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -> dict[str, Any]:
+def resume_command(run_dir: Path) -> str:
+    return f"cnntrain resume={display_path(run_dir)}"
+
+
+def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
+           resume_from: dict[str, Any] | None) -> dict[str, Any]:
     device = resolve_device(cfg.device.type)
     torch.manual_seed(cfg.seed)
     data = load_image_data(cfg.data.name, settings_of(cfg.data, LOADER_KEYS))
@@ -212,10 +245,10 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
     spec = prepared.spec
     model, recipe = build_checked_model(cfg, spec)
     size = recipe["input_size"]
-    channels_last = use_channels_last(cfg.trainer.channels_last, device)
+    channels_last, layout_notice = use_channels_last(cfg.trainer.channels_last, device)
+    autocast_dtype, precision_notice = resolve_precision(cfg.trainer.get("precision", 32), device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = OPTIMIZERS.build(cfg.optimizer.name, settings_of(cfg.optimizer), params=model.parameters())
-    scheduler = SCHEDULERS.build(cfg.scheduler.name, settings_of(cfg.scheduler), optimizer=optimizer)
+    forward, compile_notice = maybe_compile(model, cfg.trainer.get("compile", False), device)
 
     normalize = cfg.data.get("normalize", False)
     augment = augment_entries(cfg)
@@ -228,18 +261,32 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
     val_loader = make_loader(prepared.val, eval_batch, transform, device)
     test_loader = make_loader(prepared.test, eval_batch, transform, device)
 
+    options = StepOptions(accumulate=cfg.trainer.get("accumulate_grad_batches", 1),
+                          grad_clip_norm=cfg.trainer.get("grad_clip_norm"), autocast_dtype=autocast_dtype,
+                          grad_scaler=autocast_dtype is torch.float16)
+    optimizer = OPTIMIZERS.build(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS),
+                                 params=parameter_groups(model, cfg.optimizer.get("no_decay_bias_norm", False)))
+    schedule = SCHEDULERS.build(cfg.scheduler.name, settings_of(cfg.scheduler), optimizer=optimizer,
+                                epochs=cfg.trainer.epochs, steps_per_epoch=-(-len(train_loader) // options.accumulate))
+
     params = sum(p.numel() for p in model.parameters())
     reporter.line(f"cnntrain: {cfg.model.name} on {spec.name} ({spec.train_size:,} train / {spec.val_size:,} val "
                   f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> {size}px, "
                   f"{params:,} parameters, device {device}")
     reporter.line(f"run folder: {display_path(run_dir)}")
+    for notice in (layout_notice, precision_notice, compile_notice):
+        if notice:
+            reporter.line(notice, style="yellow")
 
     def checkpoint_state(trainer: Trainer, metrics: EpochMetrics) -> dict[str, Any]:
         return {
             "format": 1, "epoch": metrics.epoch, "metrics": metrics.as_dict(), "model": recipe,
             "classes": spec.classes, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": {"torch": torch.get_rng_state()},
+            "scheduler": schedule.state_dict() if schedule is not None else None,
+            "grad_scaler": trainer.scaler.state_dict() if trainer.scaler else None,
+            "rng": rng_states(),
+            # Everything a resumed run needs to carry on as if it had never stopped.
+            "history": [m.as_dict() for m in trainer.history], "stop_reason": trainer.stop_reason,
             # How images were prepared, so that prediction converts new images the same way.
             "preprocess": {"stored_size": list(spec.image_size), "size": size,
                            "mean": list(transform.mean or []), "std": list(transform.std or []),
@@ -250,13 +297,28 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
     live = cfg.trainer.progress == "bar" or (cfg.trainer.progress == "auto" and reporter.console.is_terminal)
     display = ProgressDisplay(reporter, live=live)
     checkpointer = Checkpointer(run_dir / "checkpoints", checkpoint_state)
-    trainer = Trainer(model, optimizer, scheduler, train_loader, val_loader, device, cfg.trainer.epochs,
-                      callbacks=[display, MetricsWriter(run_dir / "metrics.csv"), checkpointer],
-                      log_every=cfg.trainer.log_every)
+    callbacks = [display, MetricsWriter(run_dir / "metrics.csv"), checkpointer]
+    stopping = cfg.trainer.get("early_stopping") or {}
+    if stopping.get("patience"):
+        callbacks.append(EarlyStopping(stopping.get("metric", "val_loss"), stopping["patience"],
+                                       stopping.get("min_delta", 0.0)))
+    loss_fn = functools.partial(F.cross_entropy, label_smoothing=float(cfg.trainer.get("label_smoothing", 0.0)))
+    trainer = Trainer(model, optimizer, schedule, train_loader, val_loader, device, cfg.trainer.epochs,
+                      callbacks=callbacks, log_every=cfg.trainer.log_every, loss_fn=loss_fn, options=options,
+                      forward=forward)
+    start_epoch = 1
+    if resume_from is not None:
+        start_epoch = restore_training_state(resume_from, trainer, schedule)
+        reporter.line(f"resumed from checkpoints/last.pt: {epochs_text(start_epoch - 1)} done, "
+                      f"continuing at epoch {start_epoch} of {cfg.trainer.epochs}")
     try:
-        history = trainer.fit()
+        history = trainer.fit(start_epoch)
+    except KeyboardInterrupt:
+        raise RunInterrupted(interrupted_message(run_dir, trainer, checkpointer)) from None
     finally:
         display.close()
+    if trainer.stop_reason:
+        reporter.line(f"stopped after epoch {history[-1].epoch}: {trainer.stop_reason}")
 
     best = checkpointer.best
     model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["state_dict"])
@@ -266,6 +328,7 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
         "epochs": len(history), "best_epoch": best.epoch, "best_metric": "val_acc",
         "best_val_acc": best.val_acc, "best_val_loss": best.val_loss,
         "test_loss": test_loss, "test_acc": test_acc, "final_epoch": history[-1].as_dict(),
+        "stopped_early": trainer.stop_reason,
         "params": params, "input_size": size, "train_size": spec.train_size, "val_size": spec.val_size,
         "test_size": spec.test_size, "val_source": spec.val_source, "device": describe_device(device),
         "versions": versions(), "git_commit": git_commit(), "wall_seconds": time.time() - started,
@@ -274,6 +337,48 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
     _write_json(run_dir / "summary.json", summary)
     reporter.renderable(summary_table(summary))
     return summary
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random stream training draws from (dropout, init, ...); data order and augmentation are seeded per epoch."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_training_state(checkpoint: dict[str, Any], trainer: Trainer, schedule) -> int:
+    """Load a last.pt into the trainer's model, optimizer, schedule and RNGs; returns the epoch to start at."""
+    trainer.model.load_state_dict(checkpoint["state_dict"])
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    if schedule is not None and checkpoint.get("scheduler") is not None:
+        schedule.load_state_dict(checkpoint["scheduler"])
+    if trainer.scaler and checkpoint.get("grad_scaler"):
+        trainer.scaler.load_state_dict(checkpoint["grad_scaler"])
+    trainer.history = [EpochMetrics(**row) for row in checkpoint["history"]]
+    trainer.stop_reason = checkpoint.get("stop_reason")
+    rng = checkpoint["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_as_tuples(rng["python"]))
+    if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return checkpoint["epoch"] + 1
+
+
+def _as_tuples(value):
+    """random.setstate wants the tuples getstate gave; a checkpoint may hand back lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def epochs_text(last: int) -> str:
+    return "epoch 1" if last == 1 else f"epochs 1-{last}"
+
+
+def interrupted_message(run_dir: Path, trainer: Trainer, checkpointer: Checkpointer) -> str:
+    saved = checkpointer.saved_epoch
+    where = f"Interrupted during epoch {saved + 1} of {trainer.epochs}."
+    if not saved:
+        return f"{where} No epoch had finished, so there is nothing to resume; start the run again."
+    return (f"{where} checkpoints/last.pt holds {epochs_text(saved)} (the unfinished epoch is redone on resume). "
+            f"Resume with: {resume_command(run_dir)}")
 
 
 def inspect_model(cfg: DictConfig):

@@ -1,13 +1,16 @@
 """The training loop: `Trainer.fit` runs epochs of `train_one_epoch` + `evaluate`.
 
-Everything around the loop (console display, metrics file, checkpoints) is a
-`Callback`, so the loop stays short and imports no display code. Loss and accuracy
-are summed on the device and read back every `log_every` steps and at the end of
-the epoch, never every step, so a GPU is not made to wait for the host.
+Everything around the loop (console display, metrics file, checkpoints, early
+stopping) is a `Callback`, so the loop stays short and imports no display code.
+Loss and accuracy are summed on the device and read back every `log_every` steps and
+at the end of the epoch, never every step, so a GPU is not made to wait for the host.
+How each optimizer step is taken (gradient accumulation, clipping, autocast, fp16
+loss scaling) is a `StepOptions`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -49,6 +52,16 @@ class StepProgress:
     examples_per_s: float
 
 
+@dataclass
+class StepOptions:
+    """How one optimizer step is taken."""
+
+    accumulate: int = 1  # batches whose gradients are summed before each optimizer step
+    grad_clip_norm: float | None = None  # clip the gradients' total norm to this; None: no clipping
+    autocast_dtype: torch.dtype | None = None  # bf16/fp16 mixed precision; None: float32
+    grad_scaler: bool = False  # scale the loss (fp16 on CUDA) so small gradients do not underflow
+
+
 class Callback:
     """Hooks the trainer calls; subclasses override what they need."""
 
@@ -60,16 +73,21 @@ class Callback:
 
 
 class _RunningStats:
-    """Loss and correct-prediction sums kept on the device."""
+    """Loss and correct-prediction sums kept on the device, and the first step whose loss was not finite."""
 
     def __init__(self, device: torch.device):
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.first_bad_step = torch.zeros((), device=device, dtype=torch.long)  # 0: none yet
         self.count = 0
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
-        self.loss_sum += loss.detach() * len(labels)
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor, step: int = 0) -> None:
+        loss = loss.detach().float()
+        self.loss_sum += loss * len(labels)
         self.correct += (logits.argmax(dim=1) == labels).sum()
+        if step:  # remembered on the device, so no step waits for the host to look at its loss
+            bad = ~torch.isfinite(loss) & (self.first_bad_step == 0)
+            self.first_bad_step = torch.where(bad, step, self.first_bad_step)
         self.count += len(labels)
 
     def read(self) -> tuple[float, float]:
@@ -79,20 +97,32 @@ class _RunningStats:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_loader,
+    """Runs epochs over `train_loader`, evaluating on `val_loader` after each.
+
+    `schedule` is an `optim.LrSchedule` (or None). `forward` is what computes the
+    logits (a torch.compile'd model, say); `model` is the module whose weights are
+    trained and saved. A callback ends training early by setting `stop_reason`.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule, train_loader,
                  val_loader, device: torch.device, epochs: int, callbacks: Sequence[Callback] = (),
-                 log_every: int = 20, loss_fn: Callable = F.cross_entropy):
+                 log_every: int = 20, loss_fn: Callable = F.cross_entropy, options: StepOptions | None = None,
+                 forward: Callable | None = None):
         self.model = model
+        self.forward = forward or model
         self.optimizer = optimizer
-        self.scheduler = scheduler
+        self.schedule = schedule
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.device = device
         self.epochs = epochs
         self.callbacks = list(callbacks)
         self.log_every = max(1, log_every)
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn  # training loss (label smoothing goes here); evaluation uses plain cross-entropy
+        self.options = options or StepOptions()
+        self.scaler = torch.amp.GradScaler(device.type) if self.options.grad_scaler else None
         self.history: list[EpochMetrics] = []
+        self.stop_reason: str | None = None
 
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -101,9 +131,15 @@ class Trainer:
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def optimizer_steps_per_epoch(self) -> int:
+        return -(-len(self.train_loader) // self.options.accumulate)
+
     def fit(self, start_epoch: int = 1) -> list[EpochMetrics]:
+        """Train epochs `start_epoch`..`epochs` (a resumed run starts later, with `history` filled in)."""
         self._call("on_fit_start")
         for epoch in range(start_epoch, self.epochs + 1):
+            if self.stop_reason:  # set by a callback, or restored from a run that had stopped
+                break
             lr = self.current_lr()
             started = time.perf_counter()
             train_loss, train_acc, train_seconds = self.train_one_epoch(epoch)
@@ -113,8 +149,7 @@ class Trainer:
                 lr=lr, epoch_seconds=time.perf_counter() - started,
                 train_examples_per_s=self.train_loader.num_examples / max(train_seconds, 1e-9),
             )
-            if self.scheduler is not None:
-                self.scheduler.step()
+            self._step_schedule_after_epoch(metrics)
             self.history.append(metrics)
             self._call("on_epoch_end", metrics)
         self._call("on_fit_end")
@@ -125,19 +160,24 @@ class Trainer:
         self.model.train()
         self.train_loader.set_epoch(epoch)
         steps = len(self.train_loader)
+        accumulate = self.options.accumulate
         self._call("on_epoch_start", epoch, steps)
         stats = _RunningStats(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
         started = time.perf_counter()
         for step, (images, labels) in enumerate(self.train_loader, 1):
-            logits = self.model(images)
-            loss = self.loss_fn(logits, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            stats.add(logits, labels, loss)
+            with self._autocast():
+                logits = self.forward(images)
+                loss = self.loss_fn(logits, labels)
+            # The mean over a group of batches, so accumulating N batches of B is one batch of N*B.
+            group_start = (step - 1) // accumulate * accumulate
+            self._backward(loss / min(accumulate, steps - group_start))
+            if step % accumulate == 0 or step == steps:
+                self._optimizer_step()
+            stats.add(logits, labels, loss, step)
             if step % self.log_every == 0 or step == steps:
                 loss_value, acc = stats.read()
-                self._check_finite(loss_value, epoch, step)
+                self._check_finite(loss_value, stats, epoch)
                 self._call("on_train_progress", StepProgress(
                     epoch, step, steps, loss_value, acc, stats.count / (time.perf_counter() - started)))
         loss_value, acc = stats.read()
@@ -145,18 +185,51 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, loader) -> tuple[float, float]:
-        """(mean loss, accuracy) over `loader`, without autograd."""
+        """(mean cross-entropy, accuracy) over `loader`, without autograd."""
         self.model.eval()
         stats = _RunningStats(self.device)
         for images, labels in loader:
-            logits = self.model(images)
-            stats.add(logits, labels, self.loss_fn(logits, labels))
+            with self._autocast():
+                logits = self.forward(images)
+            stats.add(logits, labels, F.cross_entropy(logits.float(), labels))
         return stats.read()
 
-    def _check_finite(self, loss: float, epoch: int, step: int) -> None:
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"The training loss became {loss} in epoch {epoch} by step {step} (lr {self.current_lr():g}). "
-                f"Training stopped; checkpoints of finished epochs are kept. Try a lower learning rate "
-                f"(optimizer.lr), a different init (model.init), or a model with normalisation layers."
-            )
+    def _autocast(self):
+        dtype = self.options.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def _optimizer_step(self) -> None:
+        if self.options.grad_clip_norm:
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.schedule is not None and self.schedule.interval == "step":
+            self.schedule.scheduler.step()
+
+    def _step_schedule_after_epoch(self, metrics: EpochMetrics) -> None:
+        if self.schedule is None or self.schedule.interval != "epoch":
+            return
+        if self.schedule.monitor:
+            self.schedule.scheduler.step(getattr(metrics, self.schedule.monitor))
+        else:
+            self.schedule.scheduler.step()
+
+    def _check_finite(self, loss: float, stats: _RunningStats, epoch: int) -> None:
+        if math.isfinite(loss):
+            return
+        bad_step = int(stats.first_bad_step.item())
+        raise TrainingError(
+            f"The training loss became {loss} in epoch {epoch} at step {bad_step} (lr {self.current_lr():g}). "
+            f"Training stopped; the checkpoints of finished epochs are kept. Try a lower learning rate "
+            f"(optimizer.lr), gradient clipping (trainer.grad_clip_norm=1.0), a different init (model.init), "
+            f"or a model with normalisation layers."
+        )

@@ -57,8 +57,28 @@ def test_unknown_setting_names_the_key_and_valid_ones():
 def test_real_registries_hold_the_first_components():
     assert {"lenet", "lenet_classic", "mlp", "softmax"} <= set(MODELS.names())
     assert {"fashion_mnist", "mnist", "synthetic"} <= set(DATASETS.names())
-    assert OPTIMIZERS.names() == ["adam", "sgd"]
-    assert SCHEDULERS.names() == ["none", "step"]
+    assert OPTIMIZERS.names() == ["adam", "adamw", "rmsprop", "sgd"]
+    assert SCHEDULERS.names() == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
+
+
+def test_every_optimizer_and_scheduler_has_a_config_file_with_valid_settings():
+    import yaml
+
+    from cnntrain.cli import config_dir
+    from cnntrain.optim import OPTIMIZER_KEYS
+
+    for group, registry, reserved in (("optimizer", OPTIMIZERS, OPTIMIZER_KEYS), ("scheduler", SCHEDULERS, ("name",))):
+        files = sorted(config_dir().glob(f"{group}/*.yaml"))
+        assert [f.stem for f in files] == registry.names()
+        for file in files:
+            config = yaml.safe_load(file.read_text())
+            assert config["name"] == file.stem
+            registry.check_settings(file.stem, {k: v for k, v in config.items() if k not in reserved})
+
+
+def test_settings_cnntrain_passes_itself_are_not_config_settings():
+    with pytest.raises(ConfigError, match=r"scheduler 'cosine' has no setting 'epochs' \(scheduler.epochs\)"):
+        SCHEDULERS.check_settings("cosine", {"epochs": 5})
 
 
 def test_model_typo_suggests_the_real_model():

@@ -8,7 +8,7 @@ builders, imported below.
 
 from cnntrain.registry import Registry
 
-MODELS = Registry("model", "model.name")
+MODELS = Registry("model", "model.name", code_arguments=("num_classes", "in_channels", "input_size"))
 
 # Keys of a model config that are not builder settings.
 MODEL_KEYS = ("name", "input_size", "init")

@@ -1,0 +1,87 @@
+"""The trainer's speed switches: precision, channels_last, torch.compile.
+
+Each is resolved against the device the run has. Where the device cannot do what was
+asked (fp16 autocast on a CPU, torch.compile with no compiler), the switch becomes a
+no-op and the caller gets a one-line notice to show, never an exception.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cnntrain.errors import ConfigError
+
+PRECISIONS = {"32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(setting, device: torch.device) -> tuple[torch.dtype | None, str | None]:
+    """trainer.precision -> (autocast dtype or None for float32, notice or None).
+
+    bf16 autocast runs on CUDA GPUs that support it and on CPUs; fp16 (with loss
+    scaling) only on CUDA, where it pays off.
+    """
+    key = str(setting).lower()
+    if key not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of 32, bf16, fp16, got '{setting}'.")
+    dtype = PRECISIONS[key]
+    if dtype is None:
+        return None, None
+    if device.type == "cuda":
+        if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return None, "notice: this GPU does not support bf16; training in float32 (try trainer.precision=fp16)."
+        return dtype, None
+    if device.type == "cpu" and dtype is torch.bfloat16:
+        return dtype, None
+    return None, f"notice: trainer.precision={key} is not supported on {device.type}; training in float32."
+
+
+def use_channels_last(setting, device: torch.device) -> tuple[bool, str | None]:
+    """trainer.channels_last (auto, true, false) -> (use it, notice or None).
+
+    channels_last speeds convolutions up on CPU (oneDNN) and CUDA; MPS gains nothing.
+    """
+    if setting == "auto":
+        return device.type in ("cpu", "cuda"), None
+    if setting not in (True, False):
+        raise ConfigError(f"trainer.channels_last must be auto, true or false, got '{setting}'.")
+    if setting and device.type not in ("cpu", "cuda"):
+        return False, f"notice: trainer.channels_last=true has no effect on {device.type}; left off."
+    return setting, None
+
+
+def compile_unavailable_reason(device: torch.device) -> str | None:
+    """Why torch.compile cannot run here, or None when it can."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile is not supported on this Python/platform"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "torch.compile on CUDA needs the triton package"
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        return "torch.compile on the CPU needs a C++ compiler (g++ or clang++)"
+    if device.type not in ("cpu", "cuda"):
+        return f"torch.compile is not supported on {device.type}"
+    return None
+
+
+def maybe_compile(model: nn.Module, setting: bool, device: torch.device) -> tuple[Callable, str | None]:
+    """The callable that computes the logits: torch.compile(model) when asked and possible, else the model.
+
+    The compiled module shares the model's parameters, so checkpoints keep saving the
+    plain model's state_dict. A graph that fails to compile later falls back to eager
+    mode for that part (dynamo's suppress_errors) instead of ending the run.
+    """
+    if not setting:
+        return model, None
+    reason = compile_unavailable_reason(device)
+    if reason:
+        return model, f"notice: {reason}; trainer.compile=true ignored."
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model), None

@@ -1,0 +1,234 @@
+"""Resume and failure safety: a run killed (SIGKILL, Ctrl-C, a kill in the middle of a
+checkpoint write) and resumed ends exactly as the uninterrupted run; finished runs,
+changed models and non-finite losses get clear answers."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnntrain.checkpoint import load_checkpoint
+from cnntrain.errors import ConfigError, TrainingError
+from cnntrain.resume import resume, resume_config
+from cnntrain.run import train
+from tests.conftest import compose_config
+
+# A model and a checkpoint writer that signal their own process at a chosen moment, so
+# that a kill lands at a known step. Loaded by the runs through `imports`, as a user's
+# own module would be; without the environment variables they change nothing.
+HOOKS = '''
+import io, os, signal
+import torch
+from torch import nn
+from cnntrain.models import MODELS
+from cnntrain.models.mlp import mlp
+
+
+class SignalAtStep(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.training_calls = 0
+
+    def forward(self, x):
+        if self.training:
+            self.training_calls += 1
+            if self.training_calls == int(os.environ.get("TEST_SIGNAL_AT_STEP", 0)):
+                os.kill(os.getpid(), getattr(signal, os.environ["TEST_SIGNAL"]))
+        return self.inner(x)
+
+
+@MODELS.register("test_signal_mlp")
+def signal_mlp(num_classes=10, in_channels=1, input_size=28):
+    return SignalAtStep(mlp(num_classes=num_classes, in_channels=in_channels, input_size=input_size))
+
+
+if os.environ.get("TEST_KILL_IN_SAVE_OF_EPOCH"):
+    real_save = torch.save
+
+    def half_save_then_kill(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == int(os.environ["TEST_KILL_IN_SAVE_OF_EPOCH"]):
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = half_save_then_kill
+'''
+
+# 400 train / 100 val images in batches of 32: 13 steps an epoch. Dropout, momentum, a
+# step schedule and random augmentation all depend on state the resume must restore.
+RUN = ["data=synthetic", "data.train_size=500", "data.test_size=100", "data.batch_size=32", "trainer.epochs=4",
+       "model=softmax", "model.name=test_signal_mlp", "imports=[test_resume_hooks]", "optimizer.momentum=0.9", "optimizer.lr=0.05",
+       "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.7", "data.augment=[hflip,{name:random_crop,padding:2}]",
+       "device=cpu", "trainer.progress=plain", "model.init=default"]
+STEPS_PER_EPOCH = 13
+TIMING = ("epoch_seconds", "train_examples_per_s")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume")
+    (folder / "test_resume_hooks.py").write_text(HOOKS)
+    return folder
+
+
+def cnntrain(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "cnntrain", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+def metrics_without_timing(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def weights(run_dir, name="last.pt"):
+    return load_checkpoint(run_dir / "checkpoints" / name)["state_dict"]
+
+
+def assert_same_weights(a, b):
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir):
+    run_dir = workdir / "uninterrupted"
+    result = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_sigkill_mid_epoch_then_resume_ends_exactly_as_the_uninterrupted_run(workdir, uninterrupted):
+    run_dir = workdir / "killed"
+    kill_step = 2 * STEPS_PER_EPOCH + 6  # in the middle of epoch 3
+    killed = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
+                      env={"TEST_SIGNAL_AT_STEP": str(kill_step), "TEST_SIGNAL": "SIGKILL"})
+    assert killed.returncode == -9
+    assert [row["epoch"] for row in metrics_without_timing(run_dir)] == ["1", "2"]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+
+    resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from checkpoints/last.pt: epochs 1-2 done, continuing at epoch 3 of 4" in resumed.stdout
+    assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)  # rows 1-4, none twice
+    assert_same_weights(weights(run_dir), weights(uninterrupted))
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, uninterrupted))
+    assert (ours["test_acc"], ours["test_loss"], ours["best_epoch"]) == \
+           (theirs["test_acc"], theirs["test_loss"], theirs["best_epoch"])
+
+
+def test_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_one_whole(workdir, uninterrupted):
+    run_dir = workdir / "killed_in_save"
+    killed = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir, env={"TEST_KILL_IN_SAVE_OF_EPOCH": "2"})
+    assert killed.returncode == -9
+    assert list((run_dir / "checkpoints").glob("*.tmp"))  # the half-written file never replaced a checkpoint
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["epoch"] == 1
+
+    resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+    assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
+    assert_same_weights(weights(run_dir), weights(uninterrupted))
+
+
+def test_ctrl_c_stops_at_once_and_prints_the_resume_command(workdir, uninterrupted):
+    run_dir = workdir / "interrupted"
+    interrupted = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
+                           env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT"})
+    assert interrupted.returncode == 130
+    assert "Traceback" not in interrupted.stderr
+    assert "Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1" in interrupted.stdout
+    assert "Resume with: cnntrain resume=interrupted\n" in interrupted.stdout  # relative to where it ran
+    assert "epoch 2/4" not in interrupted.stdout  # stopped in epoch 2, not at its end
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "cnntrain resume=" in summary["error"]
+
+    resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
+    assert_same_weights(weights(run_dir), weights(uninterrupted))
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(workdir, uninterrupted):
+    before = {p.name: p.stat().st_mtime_ns for p in uninterrupted.rglob("*") if p.is_file()}
+    result = cnntrain(f"resume={uninterrupted}", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert f"Run {uninterrupted} is already finished: it trained all 4 epochs" in result.stdout
+    assert f"cnntrain resume={uninterrupted} trainer.epochs=14" in result.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in uninterrupted.rglob("*") if p.is_file()} == before
+
+
+def test_resume_refuses_a_changed_model_with_a_message(workdir, uninterrupted):
+    result = cnntrain(f"resume={uninterrupted}", "model=alexnet", cwd=workdir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Cannot resume with model.name=alexnet (the run has model.name=test_signal_mlp)" in result.stderr
+    with pytest.raises(ConfigError, match="Cannot resume with optimizer.lr=0.5"):
+        resume_config(uninterrupted, ["optimizer.lr=0.5"])
+    cfg, _ = resume_config(uninterrupted, ["optimizer.lr=0.05", "trainer.epochs=6", "device=cpu"])  # unchanged lr
+    assert cfg.trainer.epochs == 6
+
+
+def test_resume_without_a_checkpoint_explains(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="has no checkpoints/last.pt, so no epoch of it finished"):
+        resume_config(tmp_path / "run", [])
+    with pytest.raises(ConfigError, match="is not a folder"):
+        resume_config(tmp_path / "nowhere", [])
+
+
+QUICK = ["data=synthetic", "data.train_size=128", "data.test_size=64", "data.batch_size=32", "model=mlp",
+         "trainer.progress=none", "device=cpu", "optimizer.lr=0.1", "optimizer.momentum=0.9"]
+
+
+def test_resume_with_more_epochs_equals_the_longer_run(tmp_path):
+    train(compose_config(QUICK + ["trainer.epochs=2"]), run_dir=tmp_path / "short")
+    summary = resume(tmp_path / "short", ["trainer.epochs=3"])
+    train(compose_config(QUICK + ["trainer.epochs=3"]), run_dir=tmp_path / "long")
+    assert summary["epochs"] == 3
+    assert metrics_without_timing(tmp_path / "short") == metrics_without_timing(tmp_path / "long")
+    assert_same_weights(weights(tmp_path / "short"), weights(tmp_path / "long"))
+
+
+def test_nan_loss_at_a_known_step_stops_with_advice_and_keeps_loadable_checkpoints(tmp_path, monkeypatch):
+    from torch import nn
+
+    from cnntrain.models import MODELS
+    from cnntrain.models.mlp import mlp
+
+    class NanAtStep(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, x):
+            self.calls += self.training
+            out = self.inner(x)
+            return out * float("nan") if self.training and self.calls == 4 + 3 else out
+
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    MODELS.register("nan_at_step_7")(lambda num_classes=10, in_channels=1, input_size=28, **settings:
+                                     NanAtStep(mlp(num_classes=num_classes, in_channels=in_channels,
+                                                   input_size=input_size, **settings)))
+    cfg = compose_config(QUICK + ["trainer.epochs=3", "model.name=nan_at_step_7", "model.init=default"])
+    with pytest.raises(TrainingError) as err:  # 4 steps an epoch: step 3 of epoch 2
+        train(cfg, run_dir=tmp_path / "run")
+    message = str(err.value)
+    assert "The training loss became nan in epoch 2 at step 3 (lr 0.1)" in message
+    assert "lower learning rate" in message and "trainer.grad_clip_norm" in message
+    for name in ("best.pt", "last.pt"):
+        checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / name)
+        assert checkpoint["epoch"] == 1
+        assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "epoch 2 at step 3" in summary["error"]
