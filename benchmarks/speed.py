@@ -1,18 +1,25 @@
 """cnntrain's training loop against the tutorials' own loop, same machine, same run.
 
 The reference is written the way the tutorials write it: torchvision's FashionMNIST
-dataset with a ToTensor transform, a DataLoader with 4 worker processes, and a
-`.item()` per step for the loss and accuracy. cnntrain's path: the dataset decoded
-once into a uint8 tensor, index batches converted on the device, channels_last,
-metrics summed on the device. Both train the book's LeNet (SGD lr 0.9, batch 256,
-Xavier-uniform init) on the same 60k images and evaluate on the 10k test images.
+dataset with a (Resize +) ToTensor transform, a DataLoader with 4 worker processes,
+and a `.item()` per step for the loss and accuracy. cnntrain's path: the dataset
+decoded once into a uint8 tensor, index batches converted (and resized) on the
+device, channels_last, metrics summed on the device. Both train the same model from
+the same initial weights with the book's recipe (experiment=d2l_<model>: SGD, its lr
+and batch, Xavier-uniform init, native input size).
 
-    python benchmarks/speed.py                 # 1 epoch each, prints a table, writes speed.md
-    python benchmarks/speed.py --epochs 10     # also compares test accuracy after 10 epochs
+    python benchmarks/speed.py                        # LeNet, 1 epoch each; writes speed.md
+    python benchmarks/speed.py --epochs 10            # also compares test accuracy after 10 epochs
+    python benchmarks/speed.py --zoo --steps 4        # + each zoo model at its native size, 4 steps a pass
 
-Needs the real Fashion-MNIST (apt-get install dataset-fashion-mnist, or data.root).
+For LeNet a pass is a whole epoch (train 60k + evaluate 10k). For the zoo models a
+pass is `--steps` training batches plus as many test images (a whole 224-pixel epoch
+takes over an hour on a CPU); the speed is the second pass's, after warm-up.
+Also measured per loop: time to the first batch (from creating the iterator to a
+batch on the device) and peak memory (CUDA: max allocated; CPU: the process's peak
+resident set, reset before each loop; the tutorial loop's worker processes are not
+included). Needs the real Fashion-MNIST (apt-get install dataset-fashion-mnist).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -20,6 +27,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,112 +40,229 @@ try:
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from cnntrain.cli import config_dir  # noqa: E402
+from cnntrain.data import ImageSet  # noqa: E402
 from cnntrain.data.idx import write_idx  # noqa: E402
 from cnntrain.data.loader import BatchTransform, InMemoryLoader  # noqa: E402
 from cnntrain.data.mnist import fashion_mnist  # noqa: E402
-from cnntrain.models import MODELS, init_weights  # noqa: E402
+from cnntrain.run import build_model, resolve_device, settings_of  # noqa: E402
+from cnntrain.models import MODEL_KEYS  # noqa: E402
 from cnntrain.trainer import Trainer  # noqa: E402
 
-BATCH, LR = 256, 0.9
+ZOO = ("lenet_bn", "alexnet", "vgg", "nin", "googlenet", "resnet18")
 
 
-def new_lenet(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return init_weights(MODELS.build("lenet", {}), "xavier_uniform")
+@dataclass
+class Recipe:
+    """What both loops train: the book's preset for one model."""
+
+    model: str
+    settings: dict
+    size: int
+    batch: int
+    lr: float
+
+    def new_model(self, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_model({"name": self.model, "settings": self.settings, "num_classes": 10, "in_channels": 1,
+                            "input_size": self.size, "init": "xavier_uniform"})
 
 
-def reference_epochs(root: Path, epochs: int, seed: int) -> tuple[list[float], float]:
-    """The tutorial loop; returns (seconds per epoch incl. evaluation, final test accuracy)."""
-    from torch.utils.data import DataLoader
+@dataclass
+class LoopResult:
+    seconds_per_pass: float
+    train_examples_per_s: float
+    first_batch_seconds: float
+    peak_mib: float
+    test_acc: float
+
+
+def recipe(model: str) -> Recipe:
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment=d2l_{model}"])
+    return Recipe(model, settings_of(cfg.model, MODEL_KEYS), cfg.model.input_size, cfg.data.batch_size,
+                  cfg.optimizer.lr)
+
+
+class PeakMemory:
+    """Peak memory of what runs inside the block, in MiB (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mib = float("nan")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:  # Linux: writing 5 resets the peak resident set (VmHWM) to the current one
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.mib = int(line.split()[1]) / 1024
+
+
+def timed_first_batch(loader, device: torch.device) -> float:
+    started = time.perf_counter()
+    images, _ = next(iter(loader))
+    images.to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def reference_loop(root: Path, rc: Recipe, device: torch.device, passes: int, limit: int | None,
+                   seed: int) -> LoopResult:
+    """The tutorial loop."""
+    from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
-    to_tensor = transforms.ToTensor()
-    train_set = datasets.FashionMNIST(str(root), train=True, transform=to_tensor, download=False)
-    test_set = datasets.FashionMNIST(str(root), train=False, transform=to_tensor, download=False)
-    train_iter = DataLoader(train_set, BATCH, shuffle=True, num_workers=4)
-    test_iter = DataLoader(test_set, BATCH, shuffle=False, num_workers=4)
-    model = new_lenet(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    seconds, accuracy = [], 0.0
-    for _ in range(epochs):
-        started = time.perf_counter()
-        model.train()
-        loss_sum = correct = seen = 0.0
-        for x, y in train_iter:
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(y)  # the tutorials' per-step host read
-            correct += (out.argmax(1) == y).sum().item()
-            seen += len(y)
-        model.eval()
-        hits = total = 0
-        with torch.no_grad():
-            for x, y in test_iter:
-                hits += (model(x).argmax(1) == y).sum().item()
-                total += len(y)
-        accuracy = hits / total
-        seconds.append(time.perf_counter() - started)
-    return seconds, accuracy
+    steps = [transforms.Resize(rc.size)] if rc.size != 28 else []
+    to_tensor = transforms.Compose(steps + [transforms.ToTensor()])
+    with PeakMemory(device) as peak:
+        train_set = datasets.FashionMNIST(str(root), train=True, transform=to_tensor, download=False)
+        test_set = datasets.FashionMNIST(str(root), train=False, transform=to_tensor, download=False)
+        if limit:
+            train_set, test_set = Subset(train_set, range(limit)), Subset(test_set, range(limit))
+        train_iter = DataLoader(train_set, rc.batch, shuffle=True, num_workers=4)
+        test_iter = DataLoader(test_set, rc.batch, shuffle=False, num_workers=4)
+        first_batch = timed_first_batch(train_iter, device)
+        model = rc.new_model(seed).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=rc.lr)
+        seconds, train_seconds, accuracy = [], [], 0.0
+        for _ in range(passes):
+            started = time.perf_counter()
+            model.train()
+            loss_sum = correct = 0.0
+            for x, y in train_iter:
+                x, y = x.to(device), y.to(device)
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(y)  # the tutorials' per-step host read
+                correct += (out.argmax(1) == y).sum().item()
+            train_seconds.append(time.perf_counter() - started)
+            model.eval()
+            hits = total = 0
+            with torch.no_grad():
+                for x, y in test_iter:
+                    hits += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+                    total += len(y)
+            accuracy = hits / total
+            seconds.append(time.perf_counter() - started)
+    return LoopResult(_steady(seconds), len(train_set) / _steady(train_seconds), first_batch, peak.mib, accuracy)
 
 
-def cnntrain_epochs(data, epochs: int, seed: int) -> tuple[list[float], float]:
-    device = torch.device("cpu")
-    model = new_lenet(seed).to(memory_format=torch.channels_last)
-    transform = BatchTransform(size=None, mean=None, std=None, channels_last=True)
-    train_loader = InMemoryLoader(data.train, BATCH, transform, device, shuffle=True, seed=seed)
-    test_loader = InMemoryLoader(data.test, 2 * BATCH, transform, device)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=LR), None, train_loader, test_loader,
-                      device, epochs, log_every=50)
-    history = trainer.fit()
-    return [m.epoch_seconds for m in history], history[-1].val_acc
+def cnntrain_loop(train: ImageSet, test: ImageSet, rc: Recipe, device: torch.device, passes: int,
+                  seed: int) -> LoopResult:
+    channels_last = device.type in ("cpu", "cuda")
+    with PeakMemory(device) as peak:
+        model = rc.new_model(seed).to(device, memory_format=torch.channels_last if channels_last
+                                      else torch.contiguous_format)
+        transform = BatchTransform(size=(rc.size, rc.size), mean=None, std=None, channels_last=channels_last)
+        train_loader = InMemoryLoader(train, rc.batch, transform, device, shuffle=True, seed=seed)
+        test_loader = InMemoryLoader(test, 2 * rc.batch, transform, device)
+        first_batch = timed_first_batch(train_loader, device)
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=rc.lr), None, train_loader, test_loader,
+                          device, passes, log_every=50)
+        history = trainer.fit()
+    return LoopResult(_steady([m.epoch_seconds for m in history]),
+                      _steady([m.train_examples_per_s for m in history]), first_batch, peak.mib, history[-1].val_acc)
+
+
+def _steady(values: list[float]) -> float:
+    """The mean without the first pass (warm-up) when there is more than one."""
+    values = values[1:] if len(values) > 1 else values
+    return sum(values) / len(values)
+
+
+def write_torchvision_copy(data, folder: Path) -> Path:
+    """torchvision wants the decompressed files in its own layout (and rejects the Debian
+    package's recompressed .gz by checksum), so write them out once."""
+    raw = folder / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", getattr(data, split).images[:, 0], compress=False)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", getattr(data, split).labels, compress=False)
+    return folder
+
+
+def result_row(label: str, rc: Recipe, result: LoopResult) -> str:
+    return (f"| {rc.model} | {rc.size} | {rc.batch} | {label} | {result.seconds_per_pass:.2f} | "
+            f"{result.train_examples_per_s:,.1f} | {result.first_batch_seconds:.3f} | {result.peak_mib:,.0f} | "
+            f"{result.test_acc:.4f} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help="LeNet epochs per loop")
+    parser.add_argument("--zoo", action="store_true", help="also each zoo model at its native size")
+    parser.add_argument("--models", default=",".join(ZOO), help="zoo models to measure with --zoo")
+    parser.add_argument("--steps", type=int, default=4, help="training batches per pass for the zoo models")
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default="data", help="data.root to look in before the system copy")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "speed.md"))
     args = parser.parse_args()
+    device = resolve_device(args.device)
 
     load_started = time.perf_counter()
     data = fashion_mnist(root=args.root, download=False)
     load_seconds = time.perf_counter() - load_started
+    plans = [(recipe("lenet"), args.epochs, None)]
+    if args.zoo:
+        plans += [(recipe(name), 2, None) for name in args.models.split(",")]
+    rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        # torchvision wants the decompressed files in its own layout (and would reject
-        # the Debian package's recompressed .gz by checksum), so write them out once.
-        raw = Path(tmp) / "FashionMNIST" / "raw"
-        raw.mkdir(parents=True)
-        for split, prefix in (("train", "train"), ("test", "t10k")):
-            images = getattr(data, split).images[:, 0]
-            write_idx(raw / f"{prefix}-images-idx3-ubyte", images, compress=False)
-            write_idx(raw / f"{prefix}-labels-idx1-ubyte", getattr(data, split).labels, compress=False)
-        ref_seconds, ref_acc = reference_epochs(Path(tmp), args.epochs, args.seed)
-    ours_seconds, ours_acc = cnntrain_epochs(data, args.epochs, args.seed)
+        root = write_torchvision_copy(data, Path(tmp))
+        for rc, passes, _ in plans:
+            limit = None if rc.model == "lenet" else args.steps * rc.batch
+            train = data.train if limit is None else data.train.subset(torch.arange(limit))
+            test = data.test if limit is None else data.test.subset(torch.arange(limit))
+            print(f"{rc.model}: tutorial loop ...", flush=True)
+            reference = reference_loop(root, rc, device, passes, limit, args.seed)
+            print(f"{rc.model}: cnntrain ...", flush=True)
+            ours = cnntrain_loop(train, test, rc, device, passes, args.seed)
+            rows += [result_row("tutorial loop", rc, reference), result_row("cnntrain", rc, ours)]
+            ratios.append(f"| {rc.model} | {ours.train_examples_per_s / reference.train_examples_per_s:.2f}x | "
+                          f"{reference.seconds_per_pass / ours.seconds_per_pass:.2f}x |")
 
-    ref, ours = sum(ref_seconds) / len(ref_seconds), sum(ours_seconds) / len(ours_seconds)
+    lenet = "the whole epoch (train 60k + test 10k)" + (f", {args.epochs} epochs" if args.epochs > 1 else "")
     lines = [
-        "# LeNet on Fashion-MNIST: cnntrain vs the tutorials' loop",
+        "# cnntrain vs the tutorials' loop",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, {args.epochs} epoch(s), batch {BATCH}, lr {LR}, seed {args.seed}. "
-        f"Epoch = train on 60k + evaluate on 10k. cnntrain decoded the IDX files in {load_seconds:.2f} s (once).",
+        f"{datetime.now(timezone.utc):%Y-%m-%d}, device {device} ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads), torch {torch.__version__}, seed {args.seed}. "
+        f"cnntrain decoded the IDX files in {load_seconds:.2f} s (once). LeNet: a pass is {lenet}; test acc "
+        f"after the last one. Zoo models: a pass is {args.steps} training batches + as many test images; "
+        f"figures from the second pass.",
         "",
-        "| loop | seconds per epoch | train examples/s | test acc after last epoch |",
-        "|---|---:|---:|---:|",
-        f"| tutorial (DataLoader, 4 workers, ToTensor, .item() per step) | {ref:.2f} | "
-        f"{len(data.train) / ref:,.0f}* | {ref_acc:.4f} |",
-        f"| cnntrain (in-memory uint8, device batches, channels_last) | {ours:.2f} | "
-        f"{len(data.train) / ours:,.0f}* | {ours_acc:.4f} |",
+        "| model | input | batch | loop | s per pass | train ex/s | first batch s | peak MiB | test acc |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        *rows,
         "",
-        f"**Speed-up: {ref / ours:.2f}x** per epoch. (*) examples/s here is 60k over the whole epoch, "
-        f"evaluation included.",
+        "| model | train ex/s ratio (cnntrain / tutorial) | pass time ratio (tutorial / cnntrain) |",
+        "|---|---:|---:|",
+        *ratios,
+        "",
+        "Peak MiB: CPU, the process's peak resident set during the loop (the tutorial loop's 4 DataLoader "
+        "workers come on top); CUDA, the most memory allocated on the GPU.",
     ]
     text = "\n".join(lines)
     print(text)
-    (ROOT / "benchmarks" / "speed.md").write_text(text + "\n")
+    Path(args.output).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from cnntrain.errors import CnnTrainError
-from cnntrain.registry import did_you_mean
+from cnntrain.registry import did_you_mean, unknown_name_message
 
 GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment")
+# Groups whose `name` picks a registry entry, and what the registry calls its entries.
+REGISTRY_GROUPS = {"model": "model", "data": "dataset", "optimizer": "optimizer", "scheduler": "scheduler"}
 EXIT_USAGE = 2  # a config or data problem the message explains
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
@@ -68,15 +70,37 @@ def check_group_choices(args: list[str]) -> str | None:
     return None
 
 
+def unknown_component_name(cfg: DictConfig) -> str | None:
+    """A message for a model/data/optimizer/scheduler `name` that nothing provides, found without torch.
+
+    The registries hold exactly the components that have a file in configs/<group>/
+    (tests/test_registry.py keeps it so), so a typo is caught here in a fraction of
+    the second importing torch takes. Names a user's own modules register (`imports`)
+    are left to the registries.
+    """
+    if cfg.get("imports"):
+        return None
+    for group, kind in REGISTRY_GROUPS.items():
+        name = cfg[group].get("name")
+        known = [p.stem for p in (config_dir() / group).glob("*.yaml")]
+        if name not in known:
+            return unknown_name_message(kind, f"{group}.name", name, known)
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _run_job(cfg: DictConfig) -> float | None:
     """One training job; returns the best validation accuracy (what a sweeper maximises)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from cnntrain.run import train
-
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    problem = None if in_sweep else unknown_component_name(cfg)  # a sweep job records its error in its folder
+    if problem:
+        print_error(problem)
+        sys.exit(EXIT_USAGE)
+    from cnntrain.run import train  # imports torch: after the checks that can do without it
+
     try:
         return train(cfg)["best_val_acc"]
     except CnnTrainError as err:

@@ -21,6 +21,11 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def unknown_name_message(kind: str, config_key: str, name: str, names: Iterable[str]) -> str:
+    names = sorted(names)
+    return f"Unknown {kind} '{name}' ({config_key}).{did_you_mean(str(name), names)} Available: {', '.join(names)}"
+
+
 class Registry:
     """Maps names to builder callables for one kind of component."""
 
@@ -51,10 +56,7 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:
-            raise ConfigError(
-                f"Unknown {self.kind} '{name}' ({self.config_key}).{did_you_mean(str(name), self._entries)} "
-                f"Available: {', '.join(self.names())}"
-            )
+            raise ConfigError(unknown_name_message(self.kind, self.config_key, name, self._entries))
         return self._entries[name]
 
     def build(self, name: str, settings: dict[str, Any] | None = None, **extra: Any) -> Any:

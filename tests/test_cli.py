@@ -101,3 +101,14 @@ def test_help_lists_the_groups(tmp_path):
     result = cnntrain("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "model: " in result.stdout and "lenet_classic" in result.stdout and "experiment: " in result.stdout
+
+
+def test_name_typo_is_reported_without_importing_torch(tmp_path):
+    script = ("import sys\n"
+              "sys.argv = ['cnntrain', 'optimizer.name=adamw2', 'trainer.progress=none']\n"
+              "from cnntrain.cli import main\n"
+              "try:\n    main()\n"
+              "except SystemExit as exit:\n    print('exit', exit.code, 'torch imported:', 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "exit 2 torch imported: False" in result.stdout
+    assert "Unknown optimizer 'adamw2' (optimizer.name). Did you mean 'adamw'?" in result.stderr

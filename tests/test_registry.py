@@ -84,3 +84,12 @@ def test_settings_cnntrain_passes_itself_are_not_config_settings():
 def test_model_typo_suggests_the_real_model():
     with pytest.raises(ConfigError, match=r"Unknown model 'lenet_clasic' \(model.name\)\. Did you mean 'lenet_classic'\?"):
         MODELS.get("lenet_clasic")
+
+
+def test_registry_names_are_the_config_file_names_the_cli_checks_without_torch():
+    from cnntrain.cli import REGISTRY_GROUPS, config_dir
+
+    registries = {"model": MODELS, "data": DATASETS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
+    assert set(registries) == set(REGISTRY_GROUPS)
+    for group, registry in registries.items():
+        assert sorted(p.stem for p in config_dir().glob(f"{group}/*.yaml")) == registry.names(), group
