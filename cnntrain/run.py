@@ -36,7 +36,7 @@ from cnntrain.inspector import check_input_size
 from cnntrain.models import MODEL_KEYS, MODELS, init_weights
 from cnntrain.models.init import check_init_scheme
 from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, parameter_groups
-from cnntrain.speed_switches import maybe_compile, resolve_precision, use_channels_last
+from cnntrain.speed_switches import PRECISIONS, maybe_compile, resolve_precision, use_channels_last
 from cnntrain.trainer import EpochMetrics, StepOptions, Trainer
 
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
@@ -91,6 +91,10 @@ def check_trainer_settings(cfg: DictConfig) -> None:
     _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
              lambda v: v is None or (isinstance(v, (int, float)) and v > 0))
     _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
+    _require(trainer.get("channels_last", "auto"), "trainer.channels_last", "auto, true or false",
+             lambda v: v in ("auto", True, False))
+    _require(trainer.get("precision", 32), "trainer.precision", "one of 32, bf16, fp16",
+             lambda v: str(v).lower() in PRECISIONS)
     stopping = trainer.get("early_stopping") or {}
     _require(stopping.get("patience"), "trainer.early_stopping.patience", "null (off) or a positive whole number",
              lambda v: v is None or (isinstance(v, int) and v >= 1))
@@ -218,7 +222,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None,
         check_config(cfg)  # every name and setting, before any data is loaded
         return _train(cfg, run_dir, reporter, started, resume_from)
     except KeyboardInterrupt as err:
-        message = err.message if isinstance(err, RunInterrupted) else "Interrupted before the first epoch finished."
+        message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(run_dir)
         reporter.line(message, style="yellow")
         _write_json(run_dir / "summary.json", {"status": "interrupted", "error": message, "run_dir": str(run_dir),
                                                 "wall_seconds": time.time() - started})
@@ -366,6 +370,13 @@ def restore_training_state(checkpoint: dict[str, Any], trainer: Trainer, schedul
 def _as_tuples(value):
     """random.setstate wants the tuples getstate gave; a checkpoint may hand back lists."""
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def interrupted_outside_training(run_dir: Path) -> str:
+    """Ctrl-C while loading data or testing: what is on disk says whether there is something to resume."""
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return f"Interrupted. Resume with: {resume_command(run_dir)}"
+    return "Interrupted before the first epoch finished; there is nothing to resume, start the run again."
 
 
 def epochs_text(last: int) -> str:

@@ -268,7 +268,8 @@ def test_early_stopping_ends_the_run_and_says_why_in_summary_json(tmp_path):
     ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm must be null (off) or a positive number, got -1"),
     ("trainer.early_stopping.patience=0", "trainer.early_stopping.patience must be null (off) or a positive whole"),
     ("trainer.early_stopping.metric=val_accuracy", "trainer.early_stopping.metric must be one of val_loss, val_acc"),
-    ("trainer.precision=16", "trainer.precision must be one of 32, bf16, fp16, got '16'"),
+    ("trainer.precision=16", "trainer.precision must be one of 32, bf16, fp16, got 16"),
+    ("trainer.channels_last=maybe", "trainer.channels_last must be auto, true or false, got 'maybe'"),
     ("trainer.compile=yes", "trainer.compile must be true or false, got 'yes'"),
     ("+optimizer.momentun=0.9", "optimizer 'sgd' has no setting 'momentun'"),
 ])
