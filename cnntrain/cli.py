@@ -17,7 +17,7 @@ from rich.console import Console
 from cnntrain.errors import CnnTrainError
 from cnntrain.registry import did_you_mean
 
-GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment")
+GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment", "logger")
 EXIT_USAGE = 2  # a config or data problem the message explains
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
 

@@ -30,6 +30,7 @@ from cnntrain.data.augment import build_augmentations
 from cnntrain.data.loader import BatchTransform, make_loader
 from cnntrain.errors import ConfigError
 from cnntrain.inspector import check_input_size
+from cnntrain.loggers import check_logger, logger_callbacks
 from cnntrain.models import MODEL_KEYS, MODELS, init_weights
 from cnntrain.models.init import check_init_scheme
 from cnntrain.optim import OPTIMIZERS, SCHEDULERS
@@ -70,6 +71,7 @@ def check_config(cfg: DictConfig) -> None:
     OPTIMIZERS.check_settings(cfg.optimizer.name, settings_of(cfg.optimizer))
     SCHEDULERS.check_settings(cfg.scheduler.name, settings_of(cfg.scheduler))
     augment_entries(cfg)
+    check_logger(cfg.get("logger"))
     for key in ("trainer.epochs", "data.batch_size"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value < 1:
@@ -251,7 +253,9 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float) -
     display = ProgressDisplay(reporter, live=live)
     checkpointer = Checkpointer(run_dir / "checkpoints", checkpoint_state)
     trainer = Trainer(model, optimizer, scheduler, train_loader, val_loader, device, cfg.trainer.epochs,
-                      callbacks=[display, MetricsWriter(run_dir / "metrics.csv"), checkpointer],
+                      callbacks=[display, MetricsWriter(run_dir / "metrics.csv"), checkpointer,
+                                 *logger_callbacks(cfg.get("logger"), run_dir, spec.classes, transform.mean,
+                                                   transform.std, f"{cfg.model.name} on {spec.name}", reporter.line)],
                       log_every=cfg.trainer.log_every)
     try:
         history = trainer.fit()
