@@ -17,7 +17,7 @@ from rich.console import Console
 from cnntrain.errors import CnnTrainError
 from cnntrain.registry import did_you_mean
 
-GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment", "logger")
+GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment", "logger", "hparams_search", "launcher")
 EXIT_USAGE = 2  # a config or data problem the message explains
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
 
@@ -69,7 +69,10 @@ def check_group_choices(args: list[str]) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _run_job(cfg: DictConfig) -> float | None:
-    """One training job; returns the best validation accuracy (what a sweeper maximises)."""
+    """One training job; returns the best validation accuracy (what a sweeper maximises).
+
+    A failed job of a sweep returns sweep.failed_job_result's score (or stops a fail-fast sweep).
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -86,7 +89,9 @@ def _run_job(cfg: DictConfig) -> float | None:
         if not in_sweep:
             raise
         print_error(f"job failed: {type(err).__name__}: {err}")
-    return None
+    from cnntrain.sweep import failed_job_result
+
+    return failed_job_result(cfg)
 
 
 def info_main() -> None:
@@ -166,7 +171,9 @@ def predict_main() -> None:
 
 def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination."""
-    problem = check_group_choices(sys.argv[1:])
+    from cnntrain.sweep import missing_plugin
+
+    problem = check_group_choices(sys.argv[1:]) or missing_plugin(sys.argv[1:])
     if problem:
         print_error(problem)
         sys.exit(EXIT_USAGE)

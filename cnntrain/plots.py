@@ -139,20 +139,27 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
         _plot_parameter(axes, key, column, rows, metric, best, floor)
     label = METRIC_LABELS.get(metric, metric)
     axes_list[0].set_ylabel(label)
-    title = f"sweep: {len(rows)} jobs, {len(failed)} failed"
+    title = f"sweep: {len(rows)} jobs, " + ", ".join(
+        f"{sum(row['status'] == status for row in failed)} {status}"
+        for status in sorted({row["status"] for row in failed} | {"failed"}))
     if best is not None:
-        title += f"; best {label}: {best:.4f} (star)"
+        title += f"; top {label}: {best:.4f} (star)"
     figure.suptitle(title, fontsize=10)
     if failed:
-        lines = [f"job {row['job']} failed: {row['error'] or row['status']}" for row in failed[:8]]
+        lines = [f"job {row['job']} {row['status']}: {row['error']}" for row in failed[:8]]
         if len(failed) > 8:
             lines.append(f"... and {len(failed) - 8} more (see sweep.csv)")
         # The failures' first lines, under the plot (clipped to stay inside the picture).
         figure.get_layout_engine().set(rect=(0, 0.22 * len(lines) / figure.get_figheight(), 1,
                                              1 - 0.22 * len(lines) / figure.get_figheight()))
-        figure.text(0.01, 0.01, "\n".join(line[:150] for line in lines), fontsize=8, color="tab:red",
+        width = int(figure.get_figwidth() * 14)  # characters of 8-point monospace that fit across
+        figure.text(0.01, 0.01, "\n".join(shorten(line, width) for line in lines), fontsize=8, color="tab:red",
                     va="bottom", ha="left", family="monospace")
     save_figure(figure, path)
+
+
+def shorten(line: str, width: int) -> str:
+    return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best, floor: float) -> None:
@@ -177,7 +184,7 @@ def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best, 
         else:
             # A failed job has no metric: an x at the bottom of the panel, labelled with its number.
             axes.plot(xi, floor, "x", color="tab:red", markersize=10, markeredgewidth=2)
-            axes.annotate(f"{row['job']} failed", (xi, floor), textcoords="offset points", xytext=(5, 4),
+            axes.annotate(f"{row['job']} {row['status']}", (xi, floor), textcoords="offset points", xytext=(5, 4),
                           fontsize=7, color="tab:red")
     axes.set_xlabel(key)
     axes.grid(True, alpha=0.3)

@@ -167,26 +167,33 @@ def first_batch(loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def labelled_grid(images: torch.Tensor, predicted: Sequence[int], actual: Sequence[int], classes: Sequence[str]):
-    """A matplotlib figure: the images in a grid, each titled "pred X / actual Y"."""
+    """A matplotlib figure: the images in a grid, each under the caption "pred X / actual Y".
+
+    One axes holding every image (each drawn into its own cell) and a text per image:
+    a subplot per image would cost ~1 s per epoch for 32 images, this ~0.1 s.
+    """
     from cnntrain.plots import new_figure
 
     count = len(images)
     columns = min(8, count)
     rows = math.ceil(count / columns)
-    figure = new_figure(1.6 * columns, 1.8 * rows)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.32 / (1.8 * rows), hspace=0.45,
-                           wspace=0.1)
-    for i, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
-        axes.axis("off")
-        if i >= count:
-            continue
+    cell_w, cell_h, caption = 1.6, 1.8, 0.38  # inches: each cell is a caption above a square image
+    figure = new_figure(cell_w * columns, cell_h * rows)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_xlim(0, cell_w * columns)
+    axes.set_ylim(cell_h * rows, 0)  # y down, like the grid's rows
+    axes.axis("off")
+    side = min(cell_w, cell_h - caption) - 0.12
+    for i in range(count):
+        left, top = (i % columns) * cell_w, (i // columns) * cell_h
+        x0, y0 = left + (cell_w - side) / 2, top + caption
         image = images[i].permute(1, 2, 0).numpy()
-        if image.shape[2] == 1:
-            axes.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=1)
-        else:
-            axes.imshow(image)
-        axes.set_title(f"pred {class_name(classes, predicted[i])} /\nactual {class_name(classes, actual[i])}",
-                       fontsize=7, color="tab:red")
+        gray = image.shape[2] == 1
+        axes.imshow(image[:, :, 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=1,
+                    extent=(x0, x0 + side, y0 + side, y0), interpolation="nearest")
+        axes.text(left + cell_w / 2, top + caption / 2,
+                  f"pred {class_name(classes, predicted[i])} /\nactual {class_name(classes, actual[i])}",
+                  ha="center", va="center", fontsize=7, color="tab:red")
     return figure
 
 

@@ -6,8 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from cnntrain import plots
 from cnntrain.errors import ConfigError
 from cnntrain.loggers import check_logger
 from cnntrain.run import train
@@ -31,13 +33,26 @@ def read_events(folder):
 
 @pytest.fixture(scope="module")
 def tensorboard_run(tmp_path_factory):
+    """One run with logger=tensorboard; it also records how often curves.png was drawn."""
     run_dir = tmp_path_factory.mktemp("tb") / "run"
-    train(compose_config(TINY + ["logger.histogram_every=2", "logger.images=8"]), run_dir=run_dir)
-    return run_dir, read_events(run_dir / "tensorboard")
+    drawn = []
+    real = plots.plot_curves
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "plot_curves", lambda rows, path, title="": (drawn.append(len(rows)),
+                                                                         real(rows, path, title)))
+        train(compose_config(TINY + ["logger.histogram_every=2", "logger.images=8"]), run_dir=run_dir)
+    return run_dir, read_events(run_dir / "tensorboard"), drawn
+
+
+def test_curves_png_is_drawn_after_each_epoch(tensorboard_run):
+    run_dir, _, drawn = tensorboard_run
+    assert drawn == [1, 2]  # once per epoch, each time with all epochs so far
+    with Image.open(run_dir / "curves.png") as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
 
 
 def test_scalars_per_epoch_with_the_expected_tags_and_steps(tensorboard_run):
-    run_dir, events = tensorboard_run
+    run_dir, events, _ = tensorboard_run
     tags = events.Tags()
     assert set(SCALARS) <= set(tags["scalars"])
     for tag in SCALARS:
@@ -51,7 +66,7 @@ def test_scalars_per_epoch_with_the_expected_tags_and_steps(tensorboard_run):
 
 
 def test_images_histograms_and_graph(tensorboard_run):
-    _, events = tensorboard_run
+    _, events, _ = tensorboard_run
     tags = events.Tags()
     [batch] = events.Images("train/augmented_batch")
     # 8 images of 28x28 (lenet_bn's input) in one row of make_grid, 2-pixel padding.
@@ -70,8 +85,10 @@ def test_images_histograms_and_graph(tensorboard_run):
 def test_misclassified_images_are_titled_with_class_names():
     images = torch.rand(3, 1, 8, 8)
     figure = labelled_grid(images, predicted=[0, 2, 1], actual=[1, 0, 2], classes=["shirt", "coat", "bag"])
-    titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
-    assert titles == ["pred shirt /\nactual coat", "pred bag /\nactual shirt", "pred coat /\nactual bag"]
+    [axes] = figure.axes
+    assert [text.get_text() for text in axes.texts] == [
+        "pred shirt /\nactual coat", "pred bag /\nactual shirt", "pred coat /\nactual bag"]
+    assert len(axes.images) == 3
 
 
 class AlwaysZero(nn.Module):
@@ -130,6 +147,7 @@ def test_bad_logger_settings_are_named():
     assert check_logger(None) == {"name": "csv"}
 
 
+@pytest.mark.slow  # a second training run (~6 s)
 def test_tensorboard_does_not_change_the_training(tensorboard_run, tmp_path):
     """Drawing a batch, tracing the graph and predicting on val must not move any random stream."""
     import csv
