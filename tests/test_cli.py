@@ -135,9 +135,11 @@ def test_fail_fast_stops_the_sweep_at_the_first_failed_job(tmp_path):
 
 
 def test_optuna_search_of_three_trials_records_the_best_trial(tmp_path):
+    # A study kept in SQLite, as the README suggests: this needs SQLAlchemy < 2 with Optuna 2.
     result = cnntrain("hparams_search=optuna", *SMOKE, *TINY_DATA, "hydra.sweeper.n_trials=3",
-                      "hydra.sweep.dir=sweep", cwd=tmp_path)
+                      "hydra.sweeper.storage=sqlite:///optuna.db", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert (tmp_path / "optuna.db").stat().st_size > 0
     sweep = tmp_path / "sweep"
     rows = read_sweep_csv(sweep)
     assert [r["job"] for r in rows] == ["0", "1", "2"] and all(r["status"] == "completed" for r in rows)
