@@ -119,6 +119,7 @@ def swept_parameters(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 METRIC_LABELS = {"best_val_acc": "best validation accuracy"}
+LINE_HEIGHT = 0.22  # inches per listed failure under the sweep plot
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_val_acc") -> None:
@@ -131,8 +132,11 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
     failed = [row for row in rows if row["status"] != "completed"]
     completed = [row[metric] for row in rows if row["status"] == "completed" and row.get(metric) is not None]
     best = max(completed) if completed else None
+    lines = [f"job {row['job']} {row['status']}: {row['error']}" for row in failed[:8]]
+    if len(failed) > 8:
+        lines.append(f"... and {len(failed) - 8} more (see sweep.csv)")
     panels = len(params)
-    figure = new_figure(max(4.5 * panels, 6), 4.2 + 0.22 * min(len(failed), 8), layout="constrained")
+    figure = new_figure(max(4.5 * panels, 6), 4.2 + LINE_HEIGHT * len(lines), layout="constrained")
     axes_list = figure.subplots(1, panels, sharey=True, squeeze=False)[0]
     floor = min(completed, default=0.0)
     for axes, (key, column) in zip(axes_list, params.items()):
@@ -143,15 +147,13 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
         f"{sum(row['status'] == status for row in failed)} {status}"
         for status in sorted({row["status"] for row in failed} | {"failed"}))
     if best is not None:
-        title += f"; top {label}: {best:.4f} (star)"
+        best_row = next(row for row in rows if row["status"] == "completed" and row.get(metric) == best)
+        title += f"; best: job {best_row['job']}, {best:.4f} (star)"
     figure.suptitle(title, fontsize=10)
-    if failed:
-        lines = [f"job {row['job']} {row['status']}: {row['error']}" for row in failed[:8]]
-        if len(failed) > 8:
-            lines.append(f"... and {len(failed) - 8} more (see sweep.csv)")
-        # The failures' first lines, under the plot (clipped to stay inside the picture).
-        figure.get_layout_engine().set(rect=(0, 0.22 * len(lines) / figure.get_figheight(), 1,
-                                             1 - 0.22 * len(lines) / figure.get_figheight()))
+    if lines:
+        # The failures' first lines, under the panels (the layout leaves them that strip).
+        strip = LINE_HEIGHT * len(lines) / figure.get_figheight()
+        figure.get_layout_engine().set(rect=(0, strip, 1, 1 - strip))
         width = int(figure.get_figwidth() * 14)  # characters of 8-point monospace that fit across
         figure.text(0.01, 0.01, "\n".join(shorten(line, width) for line in lines), fontsize=8, color="tab:red",
                     va="bottom", ha="left", family="monospace")
@@ -182,9 +184,10 @@ def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best, 
                       markersize=13 if is_best else 7)
             axes.annotate(str(row["job"]), (xi, value), textcoords="offset points", xytext=(5, 4), fontsize=7)
         else:
-            # A failed job has no metric: an x at the bottom of the panel, labelled with its number.
+            # A failed job has no metric: a red x at the bottom of the panel, with its job number
+            # (its error is listed under the panels).
             axes.plot(xi, floor, "x", color="tab:red", markersize=10, markeredgewidth=2)
-            axes.annotate(f"{row['job']} {row['status']}", (xi, floor), textcoords="offset points", xytext=(5, 4),
-                          fontsize=7, color="tab:red")
+            axes.annotate(str(row["job"]), (xi, floor), textcoords="offset points", xytext=(5, 4), fontsize=7,
+                          color="tab:red")
     axes.set_xlabel(key)
     axes.grid(True, alpha=0.3)
