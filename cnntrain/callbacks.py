@@ -133,8 +133,12 @@ class MetricsWriter(Callback):
         os.replace(tmp, self.path)
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
+        is_new = not self.path.exists()
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow(metrics.as_dict())
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if is_new:
+                writer.writeheader()
+            writer.writerow(metrics.as_dict())
 
 
 class Checkpointer(Callback):

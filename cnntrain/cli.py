@@ -17,7 +17,7 @@ from rich.console import Console
 from cnntrain.errors import CnnTrainError
 from cnntrain.registry import did_you_mean, unknown_name_message
 
-GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment")
+GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment", "logger", "hparams_search", "launcher")
 # Groups whose `name` picks a registry entry, and what the registry calls its entries.
 REGISTRY_GROUPS = {"model": "model", "data": "dataset", "optimizer": "optimizer", "scheduler": "scheduler"}
 EXIT_USAGE = 2  # a config or data problem the message explains
@@ -90,7 +90,10 @@ def unknown_component_name(cfg: DictConfig) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _run_job(cfg: DictConfig) -> float | None:
-    """One training job; returns the best validation accuracy (what a sweeper maximises)."""
+    """One training job; returns the best validation accuracy (what a sweeper maximises).
+
+    A failed job of a sweep returns sweep.failed_job_result's score (or stops a fail-fast sweep).
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -111,7 +114,9 @@ def _run_job(cfg: DictConfig) -> float | None:
         if not in_sweep:
             raise
         print_error(f"job failed: {type(err).__name__}: {err}")
-    return None
+    from cnntrain.sweep import failed_job_result
+
+    return failed_job_result(cfg)
 
 
 def info_main() -> None:
@@ -212,7 +217,9 @@ def main() -> None:
         if any(arg.startswith("resume=") and arg != "resume=null" for arg in args):
             resume_main(args)
             return
-        problem = check_group_choices(args)
+        from cnntrain.sweep import missing_plugin
+
+        problem = check_group_choices(args) or missing_plugin(args)
         if problem:
             print_error(problem)
             sys.exit(EXIT_USAGE)

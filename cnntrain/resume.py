@@ -20,7 +20,7 @@ from cnntrain.errors import ConfigError
 
 # Dotted prefixes a resume may change.
 MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "trainer.early_stopping", "device",
-              "data.root", "data.download", "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
+              "logger", "data.root", "data.download", "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
 # Group choices (model=alexnet) name a config file; on resume they are compared with the run's `name`.
 GROUP_KEYS = {"model": "model.name", "data": "data.name", "optimizer": "optimizer.name",
               "scheduler": "scheduler.name", "device": "device.type"}
@@ -56,6 +56,9 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
     key, sep, raw = override.lstrip("+").partition("=")
     if not sep:
         raise ConfigError(f"Unexpected argument '{override}' with resume=: give key=value overrides.")
+    if key == "logger":  # a group choice that may change: take the whole file, as Hydra would
+        cfg.logger = OmegaConf.load(_group_file("logger", raw))
+        return
     if key == "experiment":
         raise ConfigError(f"experiment={raw} cannot be applied on resume: {run_dir} keeps the settings it "
                           f"was started with.")
@@ -72,6 +75,16 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
             f"schedule, so that it ends as the uninterrupted run would. Start a new run to train something "
             f"different. A resume may change: {', '.join(MAY_CHANGE)}.")
     OmegaConf.update(cfg, key, value, force_add=True)
+
+
+def _group_file(group: str, choice: str) -> Path:
+    from cnntrain.cli import config_dir
+
+    path = config_dir() / group / f"{choice}.yaml"
+    if not path.is_file():
+        choices = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise ConfigError(f"Unknown {group} '{choice}' ({group}={choice}). Available: {choices}")
+    return path
 
 
 def finished_message(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any]) -> str | None:

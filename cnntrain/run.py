@@ -33,6 +33,7 @@ from cnntrain.data.augment import build_augmentations
 from cnntrain.data.loader import BatchTransform, make_loader
 from cnntrain.errors import ConfigError, RunInterrupted
 from cnntrain.inspector import check_input_size
+from cnntrain.loggers import check_logger, logger_callbacks
 from cnntrain.models import MODEL_KEYS, MODELS, init_weights
 from cnntrain.models.init import check_init_scheme
 from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, parameter_groups
@@ -75,6 +76,7 @@ def check_config(cfg: DictConfig) -> None:
     OPTIMIZERS.check_settings(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS))
     SCHEDULERS.check_settings(cfg.scheduler.name, settings_of(cfg.scheduler))
     augment_entries(cfg)
+    check_logger(cfg.get("logger"))
     check_trainer_settings(cfg)
 
 
@@ -301,7 +303,9 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
     live = cfg.trainer.progress == "bar" or (cfg.trainer.progress == "auto" and reporter.console.is_terminal)
     display = ProgressDisplay(reporter, live=live)
     checkpointer = Checkpointer(run_dir / "checkpoints", checkpoint_state)
-    callbacks = [display, MetricsWriter(run_dir / "metrics.csv"), checkpointer]
+    callbacks = [display, MetricsWriter(run_dir / "metrics.csv"), checkpointer,
+                 *logger_callbacks(cfg.get("logger"), run_dir, spec.classes, transform.mean, transform.std,
+                                   f"{cfg.model.name} on {spec.name}", reporter.line)]
     stopping = cfg.trainer.get("early_stopping") or {}
     if stopping.get("patience"):
         callbacks.append(EarlyStopping(stopping.get("metric", "val_loss"), stopping["patience"],

@@ -1,16 +1,24 @@
-"""The report at the end of a multirun: one row per job, on the console and in sweep.csv.
+"""The report at the end of a multirun, and what a failed job means for the sweep.
 
 `SweepReport` is a Hydra callback (configs/hydra/default.yaml). It reads each job's
 folder (overrides from .hydra/overrides.yaml, results from summary.json) instead of
 keeping results in memory, so it works with any launcher, including ones that run
-jobs in other processes.
+jobs in other processes (joblib). It writes, into the sweep folder: sweep.csv (one row
+per job), sweep.png (each swept parameter against the best validation accuracy,
+failed jobs marked and listed) and best.yaml (the best job's overrides), and prints
+the table and the best job.
+
+`failed_job_result` is what the train task does after a job failed in a sweep: stop
+the sweep when `sweep.fail_fast` is set, else return the score a sweeper records.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,17 @@ from rich.table import Table
 SWEEP_COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "best_epoch", "wall_seconds",
                  "run_dir", "error"]
 _failures = {"count": 0}
+NO_SUMMARY = "no summary.json"
+EXIT_FAILED_JOBS = 1  # the same status as cli.EXIT_FAILED_JOBS: some jobs of the sweep failed
+# What a failed job returns to the sweeper. Optuna's Hydra sweeper (1.2) aborts the whole
+# search on a value that is not a finite float (None and NaN included), so a failed trial
+# scores 0, the worst validation accuracy there is: the search goes on and steers away from it.
+FAILED_JOB_SCORE = 0.0
+# Optional Hydra plugins a config choice needs: (argument prefix, module, pip extra).
+PLUGINS = (("hparams_search=", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
+           ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
+           ("launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
+           ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"))
 
 
 def last_sweep_failures() -> int:
@@ -42,9 +61,9 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
         summary_file = folder / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {
-            "status": "failed", "error": "no summary.json (the job stopped before finishing)"}
+            "status": "failed", "error": f"{NO_SUMMARY} (the job stopped before finishing)"}
         rows.append({
-            "job": _job_number(folder), "overrides": " ".join(overrides), "status": summary.get("status"),
+            "job": _job_number(folder), "overrides": " ".join(overrides), "override_list": overrides, "status": summary.get("status"),
             "best_val_acc": summary.get("best_val_acc"), "test_acc": summary.get("test_acc"),
             "best_epoch": summary.get("best_epoch"), "wall_seconds": summary.get("wall_seconds"),
             "run_dir": str(folder), "error": (summary.get("error") or "").split("\n")[0],
@@ -54,9 +73,13 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def write_sweep_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float))
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> Table:
@@ -65,13 +88,94 @@ def sweep_table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(column)
 
     def number(value, fmt):
-        return format(value, fmt) if isinstance(value, (int, float)) else "-"
+        return format(value, fmt) if _is_number(value) else "-"
 
     for row in rows:
         status = row["status"] if row["status"] == "completed" else f"[red]{row['status']}: {row['error']}[/]"
         table.add_row(str(row["job"]), row["overrides"] or "(none)", status, number(row["best_val_acc"], ".4f"),
-                      number(row["test_acc"], ".4f"), number(row["wall_seconds"], ".1f") + "s")
+                      number(row["test_acc"], ".4f"), number(row["wall_seconds"], ".1f") + "s" * _is_number(row["wall_seconds"]))
     return table
+
+
+def best_job(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed job with the highest best_val_acc (the first of equals), or None."""
+    done = [row for row in rows if row["status"] == "completed" and row["best_val_acc"] is not None]
+    return max(done, key=lambda row: row["best_val_acc"]) if done else None
+
+
+def write_best(row: dict[str, Any], path: Path) -> None:
+    """best.yaml: the best job's overrides (ready to paste after `cnntrain`), score and folder."""
+    best = {"job": row["job"], "overrides": list(row["override_list"]), "best_val_acc": row["best_val_acc"],
+            "test_acc": row["test_acc"], "best_epoch": row["best_epoch"], "run_dir": row["run_dir"]}
+    path.write_text(yaml.safe_dump(best, sort_keys=False))
+
+
+def report_sweep(sweep_dir: Path, console: Console | None = None, stopping: bool = False) -> list[dict[str, Any]]:
+    """Writes sweep.csv, sweep.png and best.yaml for the jobs in `sweep_dir` and prints the table.
+
+    `stopping`: a fail-fast stop is under way, so a job without summary.json is one that
+    was still running (with a parallel launcher) and is being stopped, not one that failed.
+    """
+    console = console or Console(highlight=False)
+    rows = collect_jobs(sweep_dir)
+    if stopping:
+        for row in rows:
+            if row["error"].startswith(NO_SUMMARY):
+                row.update(status="stopped", error="stopped by sweep.fail_fast before it finished")
+    write_sweep_csv(rows, sweep_dir / "sweep.csv")
+    console.print(sweep_table(rows))
+    outputs = "table in sweep.csv"
+    if rows:
+        from cnntrain.plots import plot_sweep
+
+        try:
+            plot_sweep(rows, sweep_dir / "sweep.png")
+            outputs += ", plot in sweep.png"
+        except Exception as err:  # a picture must never hide the sweep's results
+            console.print(f"[yellow]sweep.png not drawn: {type(err).__name__}: {err}[/]")
+    best = best_job(rows)
+    if best:
+        write_best(best, sweep_dir / "best.yaml")
+        outputs += ", best job in best.yaml"
+        console.print(f"best job: {best['job']}  {best['overrides'] or '(no overrides)'}  "
+                      f"val acc {best['best_val_acc']:.4f}  ({best['run_dir']})")
+    console.print(f"sweep folder: {sweep_dir} ({outputs})")
+    failed = sum(row["status"] == "failed" for row in rows)
+    if failed:
+        console.print(f"[red]{failed} of {len(rows)} jobs failed.[/]")
+    return rows
+
+
+def failed_job_result(cfg: DictConfig) -> float:
+    """Called by the train task after a job of a sweep failed (its error already printed).
+
+    With sweep.fail_fast the sweep stops here: the report of the jobs so far is written
+    and the process exits with status 1 (SystemExit passes through Hydra's launchers,
+    which catch only Exception). Otherwise the sweep goes on and the job scores
+    FAILED_JOB_SCORE.
+    """
+    if cfg.get("sweep") is not None and cfg.sweep.get("fail_fast", False):
+        from hydra.core.hydra_config import HydraConfig
+
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        console = Console(highlight=False)
+        report_sweep(sweep_dir, console, stopping=True)
+        console.print("[red]sweep stopped at the first failed job (sweep.fail_fast=true).[/]")
+        _failures["count"] += 1
+        sys.stdout.flush()
+        raise SystemExit(EXIT_FAILED_JOBS)
+    return FAILED_JOB_SCORE
+
+
+def missing_plugin(args: list[str]) -> str | None:
+    """A message naming the pip extra to install when an argument needs a Hydra plugin that is missing."""
+    for prefix, module, extra in PLUGINS:
+        if any(arg.lstrip("+").startswith(prefix) and not arg.endswith("=null") for arg in args):
+            if importlib.util.find_spec(module) is None:
+                return (f"'{next(a for a in args if a.lstrip('+').startswith(prefix))}' needs Hydra's "
+                        f"{extra} plugin ({module.split('.')[-1].replace('_', '-')}), which is not installed. "
+                        f"Install it with: pip install 'cnntrain[{extra}]'")
+    return None
 
 
 class SweepReport(Callback):
@@ -79,12 +183,5 @@ class SweepReport(Callback):
         _failures["count"] = 0
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = collect_jobs(sweep_dir)
-        write_sweep_csv(rows, sweep_dir / "sweep.csv")
-        console = Console(highlight=False)
-        console.print(sweep_table(rows))
-        console.print(f"sweep folder: {sweep_dir} (table in sweep.csv)")
+        rows = report_sweep(Path(config.hydra.sweep.dir))
         _failures["count"] = sum(row["status"] != "completed" for row in rows)
-        if _failures["count"]:
-            console.print(f"[red]{_failures['count']} of {len(rows)} jobs failed.[/]")

@@ -163,7 +163,6 @@ class Trainer:
         accumulate = self.options.accumulate
         self._call("on_epoch_start", epoch, steps)
         stats = _RunningStats(self.device)
-        self.optimizer.zero_grad(set_to_none=True)
         started = time.perf_counter()
         for step, (images, labels) in enumerate(self.train_loader, 1):
             with self._autocast():
@@ -171,6 +170,10 @@ class Trainer:
                 loss = self.loss_fn(logits, labels)
             # The mean over a group of batches, so accumulating N batches of B is one batch of N*B.
             group_start = (step - 1) // accumulate * accumulate
+            if step - 1 == group_start:
+                # Cleared at the start of each group, not after the step: the last step's
+                # gradients stay readable at the epoch's end (TensorBoard's histograms).
+                self.optimizer.zero_grad(set_to_none=True)
             self._backward(loss / min(accumulate, steps - group_start))
             if step % accumulate == 0 or step == steps:
                 self._optimizer_step()
@@ -211,7 +214,6 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         if self.schedule is not None and self.schedule.interval == "step":
             self.schedule.scheduler.step()
 

@@ -6,7 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import yaml
+from PIL import Image
+
 SMOKE = ["experiment=smoke", "trainer.epochs=1"]
+# Smaller still, for sweeps of several jobs: most of a job's time is then start-up.
+TINY_DATA = ["data.train_size=160", "data.test_size=32"]
 
 
 def cnntrain(*args, cwd, script=False):
@@ -86,6 +92,13 @@ def test_failed_sweep_job_is_reported_and_the_exit_code_says_so(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["completed", "failed"]
     assert rows[1]["error"].startswith("data.val_fraction must be in [0, 1), got 1.5.")
+    # The other job's results are kept, and it is named the best.
+    assert float(rows[0]["best_val_acc"]) > 0.1
+    best = yaml.safe_load((tmp_path / "sweep" / "best.yaml").read_text())
+    assert best["job"] == 0 and best["overrides"] == ["experiment=smoke", "trainer.epochs=1", "data.val_fraction=0.2"]
+    assert "best job: 0" in result.stdout and "1 of 2 jobs failed" in result.stdout
+    with Image.open(tmp_path / "sweep" / "sweep.png") as image:
+        assert image.size == (600, 442)  # one panel (data.val_fraction) and one line listing the failed job
 
 
 def test_two_runs_started_together_get_two_folders(tmp_path):
@@ -112,3 +125,76 @@ def test_name_typo_is_reported_without_importing_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "exit 2 torch imported: False" in result.stdout
     assert "Unknown optimizer 'adamw2' (optimizer.name). Did you mean 'adamw'?" in result.stderr
+
+
+def read_sweep_csv(sweep_dir):
+    with open(sweep_dir / "sweep.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_fail_fast_stops_the_sweep_at_the_first_failed_job(tmp_path):
+    result = cnntrain("-m", *SMOKE, *TINY_DATA, "data.val_fraction=1.5,0.2", "sweep.fail_fast=true",
+                      "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1
+    # The second job never started; sweep.fail_fast does not change a result, so it is not in folder names.
+    [job] = [p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
+    assert job.startswith("0_") and "data.val_fraction=1.5" in job and "fail_fast" not in job
+    assert [(r["job"], r["status"]) for r in read_sweep_csv(tmp_path / "sweep")] == [("0", "failed")]
+    assert "sweep stopped at the first failed job (sweep.fail_fast=true)" in result.stdout
+    assert "data.val_fraction must be in [0, 1), got 1.5." in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_optuna_search_of_three_trials_records_the_best_trial(tmp_path):
+    # A study kept in SQLite, as the README suggests: this needs SQLAlchemy < 2 with Optuna 2.
+    result = cnntrain("hparams_search=optuna", *SMOKE, *TINY_DATA, "hydra.sweeper.n_trials=3",
+                      "hydra.sweeper.storage=sqlite:///optuna.db", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "optuna.db").stat().st_size > 0
+    sweep = tmp_path / "sweep"
+    rows = read_sweep_csv(sweep)
+    assert [r["job"] for r in rows] == ["0", "1", "2"] and all(r["status"] == "completed" for r in rows)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    best = yaml.safe_load((sweep / "best.yaml").read_text())
+    assert best["best_val_acc"] == pytest.approx(results["best_value"])
+    assert best["best_val_acc"] == max(float(r["best_val_acc"]) for r in rows)
+    chosen = dict(o.split("=", 1) for o in best["overrides"])
+    assert 0.001 <= float(chosen["optimizer.lr"]) <= 1.0 and chosen["data.batch_size"] in {"32", "64", "128", "256"}
+    assert f"best job: {best['job']}" in result.stdout
+    with Image.open(sweep / "sweep.png") as image:
+        assert image.size == (1350, 420)  # one panel per tuned parameter, no failures listed
+
+
+@pytest.mark.slow  # ~15 s; test_sweep.py checks the score a failed job returns, in-process
+def test_failed_optuna_trial_scores_zero_and_the_search_goes_on(tmp_path):
+    # The grid sampler tries both values, so exactly one trial fails.
+    result = cnntrain("-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.direction=maximize",
+                      *SMOKE, *TINY_DATA, "data.val_fraction=choice(0.2,1.5)", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1
+    rows = {dict(o.split("=", 1) for o in r["overrides"].split())["data.val_fraction"]: r
+            for r in read_sweep_csv(tmp_path / "sweep")}
+    assert rows["1.5"]["status"] == "failed" and rows["0.2"]["status"] == "completed"
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_params"] == {"data.val_fraction": 0.2}
+    assert results["best_value"] == pytest.approx(float(rows["0.2"]["best_val_acc"]))
+
+
+@pytest.mark.slow  # ~20 s: two worker processes each import torch and load data
+def test_joblib_launcher_runs_the_jobs_and_the_report_reads_them(tmp_path):
+    result = cnntrain("-m", "launcher=joblib", *SMOKE, "optimizer.lr=0.1,0.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    rows = read_sweep_csv(tmp_path / "sweep")
+    assert [(r["overrides"], r["status"]) for r in rows] == [
+        ("launcher=joblib experiment=smoke trainer.epochs=1 optimizer.lr=0.1", "completed"),
+        ("launcher=joblib experiment=smoke trainer.epochs=1 optimizer.lr=0.5", "completed")]
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
+
+
+def test_unknown_logger_or_search_gets_a_suggestion(tmp_path):
+    result = cnntrain("logger=tensorbord", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Unknown logger 'tensorbord' (logger=tensorbord). Did you mean 'tensorboard'?" in result.stderr
+    result = cnntrain("hparams_search=optuan", cwd=tmp_path)
+    assert result.returncode == 2 and "Did you mean 'optuna'?" in result.stderr

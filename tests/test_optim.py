@@ -281,9 +281,15 @@ def test_bad_trainer_settings_fail_before_training_with_the_fix(tmp_path, overri
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
-def test_precision_switches_resolve_per_device():
+def test_precision_switches_resolve_per_device(monkeypatch):
+    import cnntrain.speed_switches as switches
+
     assert resolve_precision(32, CPU) == (None, None)
+    monkeypatch.setattr(switches, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("bf16", CPU) == (torch.bfloat16, None)
+    monkeypatch.setattr(switches, "cpu_has_native_bf16", lambda: False)
+    dtype, notice = resolve_precision("bf16", CPU)
+    assert dtype is None and notice.startswith("notice: this CPU has no native bf16")
     dtype, notice = resolve_precision("fp16", CPU)
     assert dtype is None and notice == "notice: trainer.precision=fp16 is not supported on cpu; training in float32."
     assert resolve_precision("fp16", torch.device("mps"))[0] is None

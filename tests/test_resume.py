@@ -175,8 +175,9 @@ def test_resume_refuses_a_changed_model_with_a_message(workdir, uninterrupted):
     assert "Cannot resume with model.name=alexnet (the run has model.name=test_signal_mlp)" in result.stderr
     with pytest.raises(ConfigError, match="Cannot resume with optimizer.lr=0.5"):
         resume_config(uninterrupted, ["optimizer.lr=0.5"])
-    cfg, _ = resume_config(uninterrupted, ["optimizer.lr=0.05", "trainer.epochs=6", "device=cpu"])  # unchanged lr
-    assert cfg.trainer.epochs == 6
+    cfg, _ = resume_config(uninterrupted, ["optimizer.lr=0.05", "trainer.epochs=6", "device=cpu",  # unchanged lr
+                                           "logger=tensorboard"])
+    assert cfg.trainer.epochs == 6 and cfg.logger.name == "tensorboard" and cfg.logger.histogram_every == 1
 
 
 def test_resume_without_a_checkpoint_explains(tmp_path):

@@ -1,0 +1,91 @@
+"""curves.png (every run) and sweep.png (every multirun): real PNGs, redrawn when they should be.
+
+That a training run redraws curves.png every epoch is checked in test_tensorboard.py, on its run.
+"""
+
+import sys
+
+import pytest
+from PIL import Image
+
+from cnntrain import plots
+from cnntrain.callbacks import MetricsWriter
+from cnntrain.plots import CurvesPlot, plot_sweep, save_figure, swept_parameters
+from cnntrain.trainer import EpochMetrics
+
+
+def epoch(n: int, val_acc: float) -> EpochMetrics:
+    return EpochMetrics(epoch=n, train_loss=2.0 / n, train_acc=val_acc - 0.05, val_loss=2.2 / n, val_acc=val_acc,
+                        lr=0.1, epoch_seconds=1.0, train_examples_per_s=100.0)
+
+
+def test_curves_png_is_redrawn_from_metrics_csv_every_epoch(tmp_path):
+    writer, curves = MetricsWriter(tmp_path / "metrics.csv"), CurvesPlot(tmp_path / "metrics.csv",
+                                                                          tmp_path / "curves.png", title="t")
+    contents = []
+    for n, acc in ((1, 0.4), (2, 0.7)):
+        writer.on_epoch_end(None, epoch(n, acc))
+        curves.on_epoch_end(None, epoch(n, acc))
+        contents.append((tmp_path / "curves.png").read_bytes())
+        with Image.open(tmp_path / "curves.png") as image:
+            assert image.format == "PNG" and image.size == (1000, 400) and image.mode == "RGBA"
+            # Not a blank canvas: lines and text in several colours.
+            assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 50
+    assert contents[0] != contents[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.csv"]  # no temp file left
+
+
+def test_a_failed_write_leaves_the_previous_png_whole(tmp_path, monkeypatch):
+    path = tmp_path / "curves.png"
+    plots.plot_curves([epoch(1, 0.5).as_dict()], path)
+    before = path.read_bytes()
+    figure = plots.new_figure(2, 2)
+
+    def killed_mid_write(target, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figure, "savefig", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(figure, path)
+    assert path.read_bytes() == before
+
+
+def test_plotting_leaves_pyplot_and_the_backend_alone(tmp_path):
+    import matplotlib
+
+    def backend_setting():
+        # The raw rcParams value: matplotlib.get_backend() would itself import pyplot to resolve "auto".
+        return dict.__getitem__(matplotlib.rcParams, "backend")
+
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    backend = backend_setting()
+    plots.plot_curves([epoch(1, 0.5).as_dict()], tmp_path / "c.png")
+    assert backend_setting() == backend
+    assert ("matplotlib.pyplot" in sys.modules) == had_pyplot  # pyplot was not imported by plotting
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def sweep_rows():
+    rows = []
+    for job, (lr, batch, acc) in enumerate([(0.001, 32, 0.41), (0.01, 64, 0.83), (0.1, 32, 0.77)]):
+        rows.append({"job": job, "override_list": ["experiment=smoke", f"optimizer.lr={lr}", f"data.batch_size={batch}"],
+                     "status": "completed", "best_val_acc": acc, "error": ""})
+    rows.append({"job": 3, "override_list": ["experiment=smoke", "optimizer.lr=5.0", "data.batch_size=64"],
+                 "status": "failed", "best_val_acc": None, "error": "The training loss became nan in epoch 1"})
+    return rows
+
+
+def test_swept_parameters_are_the_overrides_that_differ():
+    assert swept_parameters(sweep_rows()) == {"data.batch_size": ["32", "64", "32", "64"],
+                                              "optimizer.lr": ["0.001", "0.01", "0.1", "5.0"]}
+
+
+def test_sweep_png_has_a_panel_per_swept_parameter_and_lists_failures(tmp_path):
+    plot_sweep(sweep_rows(), tmp_path / "sweep.png")
+    with Image.open(tmp_path / "sweep.png") as image:
+        # Two panels of 4.5 inches at 100 dpi; 4.2 inches + one line for the failed job.
+        assert image.size == (900, 442) and image.mode == "RGBA"
+        # The failed job's red cross and error line are drawn in matplotlib's "tab:red".
+        assert (214, 39, 40) in {colour for _, colour in image.convert("RGB").getcolors(maxcolors=100_000)}

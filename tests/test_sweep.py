@@ -1,0 +1,86 @@
+"""The sweep report's pieces (best job, best.yaml, plugin checks), without running a sweep."""
+
+import csv
+import importlib.util
+import io
+import json
+
+import pytest
+import yaml
+
+from rich.console import Console
+
+from cnntrain.sweep import best_job, failed_job_result, missing_plugin, report_sweep, write_best
+
+
+def row(job, status, acc, overrides):
+    return {"job": job, "overrides": " ".join(overrides), "override_list": overrides, "status": status,
+            "best_val_acc": acc, "test_acc": acc, "best_epoch": 1, "wall_seconds": 1.0,
+            "run_dir": f"sweep/{job}", "error": "" if status == "completed" else "boom"}
+
+
+def test_best_job_is_the_first_completed_job_with_the_highest_accuracy(tmp_path):
+    rows = [row(0, "completed", 0.5, ["optimizer.lr=0.1"]), row(1, "failed", None, ["optimizer.lr=9"]),
+            row(2, "completed", 0.8, ["optimizer.lr=0.01"]), row(3, "completed", 0.8, ["optimizer.lr=0.02"])]
+    best = best_job(rows)
+    assert best["job"] == 2
+    write_best(best, tmp_path / "best.yaml")
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text()) == {
+        "job": 2, "overrides": ["optimizer.lr=0.01"], "best_val_acc": 0.8, "test_acc": 0.8, "best_epoch": 1,
+        "run_dir": "sweep/2"}
+    assert best_job([row(0, "failed", None, [])]) is None
+
+
+def test_a_missing_plugin_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert missing_plugin(["-m", "hparams_search=optuna"]) == (
+        "'hparams_search=optuna' needs Hydra's optuna plugin (hydra-optuna-sweeper), which is not installed. "
+        "Install it with: pip install 'cnntrain[optuna]'")
+    assert missing_plugin(["-m", "launcher=joblib"]).endswith("Install it with: pip install 'cnntrain[joblib]'")
+    assert missing_plugin(["hparams_search=null", "model=mlp"]) is None
+
+
+def test_the_plugins_are_installed_for_the_tests():
+    """`pip install -e '.[dev]'` brings both plugins, so CI runs the search and joblib tests."""
+    assert missing_plugin(["hparams_search=optuna", "launcher=joblib"]) is None
+
+
+def test_a_failed_job_scores_zero_a_value_the_optuna_sweeper_accepts():
+    from omegaconf import OmegaConf
+
+    score = failed_job_result(OmegaConf.create({"sweep": {"fail_fast": False}}))
+    assert score == 0.0
+    optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install 'cnntrain[optuna]')")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(), score)
+    assert study.best_value == 0.0
+    # Why not NaN (or None, which the sweeper cannot turn into a float): Optuna refuses it,
+    # and hydra-optuna-sweeper 1.2 then aborts the whole search.
+    with pytest.raises(ValueError):
+        study.tell(study.ask(), float("nan"))
+
+
+def make_job(sweep_dir, name, overrides, summary=None):
+    folder = sweep_dir / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if summary:
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_writes_csv_png_and_best_and_marks_jobs_a_fail_fast_stop_cut_short(tmp_path):
+    make_job(tmp_path, "0_optimizer.lr=0.1", ["optimizer.lr=0.1"],
+             {"status": "completed", "best_val_acc": 0.75, "test_acc": 0.7, "best_epoch": 2, "wall_seconds": 3.0})
+    make_job(tmp_path, "1_optimizer.lr=9", ["optimizer.lr=9"], {"status": "failed", "error": "loss became nan\nmore"})
+    make_job(tmp_path, "2_optimizer.lr=0.5", ["optimizer.lr=0.5"])  # still running when the sweep stopped
+    console = Console(file=io.StringIO(), width=200)
+    rows = report_sweep(tmp_path, console, stopping=True)
+    assert [(r["job"], r["status"], r["error"]) for r in rows] == [
+        (0, "completed", ""), (1, "failed", "loss became nan"),
+        (2, "stopped", "stopped by sweep.fail_fast before it finished")]
+    printed = console.file.getvalue()
+    assert "best job: 0  optimizer.lr=0.1  val acc 0.7500" in printed and "1 of 3 jobs failed." in printed
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["best.yaml", "sweep.csv", "sweep.png"]
+    with open(tmp_path / "sweep.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["completed", "failed", "stopped"]

@@ -1,0 +1,161 @@
+"""logger=tensorboard: event files read back with TensorBoard's own reader."""
+
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cnntrain import plots
+from cnntrain.errors import ConfigError
+from cnntrain.loggers import check_logger
+from cnntrain.run import train
+from cnntrain.tensorboard_logger import Denormalize, TensorBoardLogger, check_tensorboard, labelled_grid
+from tests.conftest import compose_config
+
+pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'cnntrain[tensorboard]')")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+# lenet_bn: its BatchNorm statistics would change if the graph were traced in train mode.
+TINY = ["experiment=smoke", "model=lenet_bn", "trainer.epochs=2", "trainer.progress=none", "data.train_size=160", "data.test_size=32",
+        "logger=tensorboard"]
+SCALARS = ["loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"]
+
+
+def read_events(folder):
+    events = EventAccumulator(str(folder), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+@pytest.fixture(scope="module")
+def tensorboard_run(tmp_path_factory):
+    """One run with logger=tensorboard; it also records how often curves.png was drawn."""
+    run_dir = tmp_path_factory.mktemp("tb") / "run"
+    drawn = []
+    real = plots.plot_curves
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "plot_curves", lambda rows, path, title="": (drawn.append(len(rows)),
+                                                                         real(rows, path, title)))
+        train(compose_config(TINY + ["logger.histogram_every=2", "logger.images=8"]), run_dir=run_dir)
+    return run_dir, read_events(run_dir / "tensorboard"), drawn
+
+
+def test_curves_png_is_drawn_after_each_epoch(tensorboard_run):
+    run_dir, _, drawn = tensorboard_run
+    assert drawn == [1, 2]  # once per epoch, each time with all epochs so far
+    with Image.open(run_dir / "curves.png") as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
+
+
+def test_scalars_per_epoch_with_the_expected_tags_and_steps(tensorboard_run):
+    run_dir, events, _ = tensorboard_run
+    tags = events.Tags()
+    assert set(SCALARS) <= set(tags["scalars"])
+    for tag in SCALARS:
+        assert [event.step for event in events.Scalars(tag)] == [1, 2]
+    # The same numbers as metrics.csv (float32 in the event file).
+    import csv
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [round(e.value, 5) for e in events.Scalars("accuracy/val")] == [round(float(r["val_acc"]), 5) for r in rows]
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.1, 0.1])
+
+
+def test_images_histograms_and_graph(tensorboard_run):
+    _, events, _ = tensorboard_run
+    tags = events.Tags()
+    [batch] = events.Images("train/augmented_batch")
+    # 8 images of 28x28 (lenet_bn's input) in one row of make_grid, 2-pixel padding.
+    assert (batch.step, batch.width, batch.height) == (0, 8 * 30 + 2, 32)
+    shown = [(e.step, e.value) for e in events.Scalars("val/misclassified_shown")]
+    assert [step for step, _ in shown] == [1, 2] and all(0 <= value <= 8 for _, value in shown)
+    assert [e.step for e in events.Images("val/misclassified")] == [step for step, value in shown if value > 0]
+    # histogram_every=2: weights and gradients at epoch 2 only, for every parameter of the model.
+    assert "weights/0.weight" in tags["histograms"] and "gradients/0.weight" in tags["histograms"]
+    assert [e.step for e in events.Histograms("gradients/0.weight")] == [2]
+    weights = [t for t in tags["histograms"] if t.startswith("weights/")]
+    assert len(weights) == 18  # lenet_bn: 5 conv/linear + 4 BatchNorm layers, weight and bias each
+    assert tags["graph"] is True
+
+
+def test_misclassified_images_are_titled_with_class_names():
+    images = torch.rand(3, 1, 8, 8)
+    figure = labelled_grid(images, predicted=[0, 2, 1], actual=[1, 0, 2], classes=["shirt", "coat", "bag"])
+    [axes] = figure.axes
+    assert [text.get_text() for text in axes.texts] == [
+        "pred shirt /\nactual coat", "pred bag /\nactual shirt", "pred coat /\nactual bag"]
+    assert len(axes.images) == 3
+
+
+class AlwaysZero(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([5.0, 0.0, 0.0]))
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            raise RuntimeError("this model cannot be traced\nsecond line")
+        return self.bias.expand(len(x), 3)
+
+
+def test_only_wrong_predictions_are_shown_and_a_failed_trace_is_a_notice(tmp_path):
+    notices = []
+    logger = TensorBoardLogger(tmp_path, classes=["a", "b", "c"], images=8, notify=notices.append)
+    batches = [(torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 2])), (torch.rand(2, 1, 4, 4), torch.tensor([1, 0]))]
+    trainer = SimpleNamespace(model=AlwaysZero(), train_loader=batches, val_loader=batches)
+    logger.on_fit_start(trainer)
+    assert notices == ["tensorboard: no model graph (tracing failed: this model cannot be traced)"]
+    logger._add_misclassified(trainer.model, batches, step=1)
+    logger.on_fit_end(trainer)
+    events = read_events(tmp_path)
+    assert [e.value for e in events.Scalars("val/misclassified_shown")] == [3.0]  # labels 1, 2 and 1
+    assert trainer.model.training is True  # put back in the mode it was in
+
+
+def test_denormalize_gives_back_the_images():
+    images = torch.rand(2, 3, 5, 5)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    normalized = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(Denormalize(mean, std)(normalized), images, atol=1e-6)
+    assert torch.equal(Denormalize(None, None)(images), images)
+
+
+def test_missing_tensorboard_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
+    with pytest.raises(ConfigError, match=r"logger=tensorboard needs the tensorboard package.*"
+                                          r"pip install 'cnntrain\[tensorboard\]'"):
+        check_tensorboard()
+    # Through train(): refused before any data is loaded, and recorded in summary.json.
+    with pytest.raises(ConfigError, match=r"cnntrain\[tensorboard\]"):
+        train(compose_config(TINY), run_dir=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "or use logger=csv" in summary["error"]
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_bad_logger_settings_are_named():
+    with pytest.raises(ConfigError, match=r"Unknown logger 'tensorbord' \(logger.name\). Did you mean 'tensorboard'"):
+        check_logger({"name": "tensorbord"})
+    with pytest.raises(ConfigError, match=r"logger.images must be a whole number >= 0"):
+        check_logger({"name": "tensorboard", "images": -1})
+    with pytest.raises(ConfigError, match=r"Unknown logger setting\(s\) histograms for logger=tensorboard"):
+        check_logger({"name": "tensorboard", "histograms": 3})
+    assert check_logger(None) == {"name": "csv"}
+
+
+@pytest.mark.slow  # a second training run (~6 s)
+def test_tensorboard_does_not_change_the_training(tensorboard_run, tmp_path):
+    """Drawing a batch, tracing the graph and predicting on val must not move any random stream."""
+    import csv
+
+    train(compose_config([o for o in TINY if o != "logger=tensorboard"]), run_dir=tmp_path / "csv")
+
+    def numbers(run_dir):
+        with open(run_dir / "metrics.csv") as f:
+            return [(r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"]) for r in csv.DictReader(f)]
+
+    assert numbers(tmp_path / "csv") == numbers(tensorboard_run[0])
