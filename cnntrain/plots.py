@@ -170,7 +170,15 @@ def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best, 
     if numeric:
         x = numbers
         if min(x) > 0 and max(x) / min(x) > 20:
+            from matplotlib.ticker import NullFormatter
+
             axes.set_xscale("log")
+            # matplotlib's labelled minor ticks overlap on a short axis: label a grid's few values
+            # themselves, and only the powers of ten for a search's many.
+            axes.xaxis.set_minor_formatter(NullFormatter())
+            values = sorted(set(x))
+            if len(values) <= 8:
+                axes.set_xticks(values, [format(v, "g") for v in values])
     else:
         categories = sorted(set(column), key=lambda value: (_number(value) is None, _number(value) or 0, value))
         x = [categories.index(value) for value in column]

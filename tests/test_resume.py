@@ -43,6 +43,12 @@ class SignalAtStep(nn.Module):
         return self.inner(x)
 
 
+# A shell that starts a job in the background (as CI may) makes it ignore SIGINT, and
+# Python then never raises KeyboardInterrupt; a user at a terminal has the default.
+if os.environ.get("TEST_SIGNAL") == "SIGINT":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @MODELS.register("test_signal_mlp")
 def signal_mlp(num_classes=10, in_channels=1, input_size=28):
     return SignalAtStep(mlp(num_classes=num_classes, in_channels=in_channels, input_size=input_size))
