@@ -47,7 +47,8 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
         apply_override(cfg, override, run_dir)
     if cfg.trainer.epochs != saved_epochs and cfg.scheduler.name in LENGTH_BOUND_SCHEDULERS:
         raise ConfigError(f"Cannot change trainer.epochs on resume: scheduler={cfg.scheduler.name} spreads its "
-                          f"learning-rate curve over the run's {saved_epochs} epochs. Start a new run for a longer one.")
+                          f"learning-rate curve over the run's {saved_epochs} epochs. "
+                          f"Start a new run for a longer one.")
     return cfg, checkpoint
 
 

@@ -348,7 +348,7 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
 
 
 def rng_states() -> dict[str, Any]:
-    """Every random stream training draws from (dropout, init, ...); data order and augmentation are seeded per epoch."""
+    """Every random stream training draws from (dropout, ...); data order and augmentation are seeded per epoch."""
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 

@@ -63,7 +63,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {
             "status": "failed", "error": f"{NO_SUMMARY} (the job stopped before finishing)"}
         rows.append({
-            "job": _job_number(folder), "overrides": " ".join(overrides), "override_list": overrides, "status": summary.get("status"),
+            "job": _job_number(folder), "overrides": " ".join(overrides), "override_list": overrides,
+            "status": summary.get("status"),
             "best_val_acc": summary.get("best_val_acc"), "test_acc": summary.get("test_acc"),
             "best_epoch": summary.get("best_epoch"), "wall_seconds": summary.get("wall_seconds"),
             "run_dir": str(folder), "error": (summary.get("error") or "").split("\n")[0],
@@ -87,13 +88,13 @@ def sweep_table(rows: list[dict[str, Any]]) -> Table:
     for column in ("job", "overrides", "status", "best val acc", "test acc", "time"):
         table.add_column(column)
 
-    def number(value, fmt):
-        return format(value, fmt) if _is_number(value) else "-"
+    def number(value, fmt, unit=""):
+        return format(value, fmt) + unit if _is_number(value) else "-"
 
     for row in rows:
         status = row["status"] if row["status"] == "completed" else f"[red]{row['status']}: {row['error']}[/]"
         table.add_row(str(row["job"]), row["overrides"] or "(none)", status, number(row["best_val_acc"], ".4f"),
-                      number(row["test_acc"], ".4f"), number(row["wall_seconds"], ".1f") + "s" * _is_number(row["wall_seconds"]))
+                      number(row["test_acc"], ".4f"), number(row["wall_seconds"], ".1f", "s"))
     return table
 
 
