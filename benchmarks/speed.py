@@ -221,14 +221,14 @@ def main() -> None:
     load_started = time.perf_counter()
     data = fashion_mnist(root=args.root, download=False)
     load_seconds = time.perf_counter() - load_started
+    # (recipe, passes, examples per pass: None for whole epochs)
     plans = [(recipe("lenet"), args.epochs, None)]
     if args.zoo:
-        plans += [(recipe(name), 2, None) for name in args.models.split(",")]
+        plans += [(rc, 2, args.steps * rc.batch) for rc in map(recipe, args.models.split(","))]
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = write_torchvision_copy(data, Path(tmp))
-        for rc, passes, _ in plans:
-            limit = None if rc.model == "lenet" else args.steps * rc.batch
+        for rc, passes, limit in plans:
             train = data.train if limit is None else data.train.subset(torch.arange(limit))
             test = data.test if limit is None else data.test.subset(torch.arange(limit))
             print(f"{rc.model}: tutorial loop ...", flush=True)

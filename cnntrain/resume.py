@@ -16,14 +16,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import load_checkpoint
+from cnntrain.cli import REGISTRY_GROUPS, config_dir
 from cnntrain.errors import ConfigError
 
 # Dotted prefixes a resume may change.
 MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "trainer.early_stopping", "device",
               "logger", "data.root", "data.download", "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
 # Group choices (model=alexnet) name a config file; on resume they are compared with the run's `name`.
-GROUP_KEYS = {"model": "model.name", "data": "data.name", "optimizer": "optimizer.name",
-              "scheduler": "scheduler.name", "device": "device.type"}
+GROUP_KEYS = {**{group: f"{group}.name" for group in REGISTRY_GROUPS}, "device": "device.type"}
 # Schedules laid out over the run's length: more epochs would run past their end.
 LENGTH_BOUND_SCHEDULERS = ("cosine", "onecycle")
 
@@ -79,8 +79,6 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
 
 
 def _group_file(group: str, choice: str) -> Path:
-    from cnntrain.cli import config_dir
-
     path = config_dir() / group / f"{choice}.yaml"
     if not path.is_file():
         choices = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))

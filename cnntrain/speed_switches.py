@@ -14,8 +14,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from cnntrain.errors import ConfigError
-
 PRECISIONS = {"32": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -28,9 +26,7 @@ def resolve_precision(setting, device: torch.device) -> tuple[torch.dtype | None
     (LeNet and ResNet-18), so it is turned off with a notice.
     """
     key = str(setting).lower()
-    if key not in PRECISIONS:
-        raise ConfigError(f"trainer.precision must be one of 32, bf16, fp16, got '{setting}'.")
-    dtype = PRECISIONS[key]
+    dtype = PRECISIONS[key]  # a valid key: run.check_trainer_settings refused others before any data loaded
     if dtype is None:
         return None, None
     if device.type == "cuda":
@@ -50,14 +46,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def use_channels_last(setting, device: torch.device) -> tuple[bool, str | None]:
-    """trainer.channels_last (auto, true, false) -> (use it, notice or None).
+    """trainer.channels_last (auto, true, false; checked by run.check_trainer_settings) -> (use it, notice or None).
 
     channels_last speeds convolutions up on CPU (oneDNN) and CUDA; MPS gains nothing.
     """
     if setting == "auto":
         return device.type in ("cpu", "cuda"), None
-    if setting not in (True, False):
-        raise ConfigError(f"trainer.channels_last must be auto, true or false, got '{setting}'.")
     if setting and device.type not in ("cpu", "cuda"):
         return False, f"notice: trainer.channels_last=true has no effect on {device.type}; left off."
     return setting, None
