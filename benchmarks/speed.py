@@ -4,13 +4,14 @@ The reference is written the way the tutorials write it: torchvision's FashionMN
 dataset with a (Resize +) ToTensor transform, a DataLoader with 4 worker processes,
 and a `.item()` per step for the loss and accuracy. cnntrain's path: the dataset
 decoded once into a uint8 tensor, index batches converted (and resized) on the
-device, channels_last, metrics summed on the device. Both train the same model from
-the same initial weights with the book's recipe (experiment=d2l_<model>: SGD, its lr
-and batch, Xavier-uniform init, native input size).
+device, channels_last as trainer.channels_last=auto chooses, metrics summed on the
+device. Both train the same model from the same initial weights with the book's
+recipe (experiment=d2l_<model>: SGD, its lr and batch, Xavier-uniform init, native
+input size).
 
-    python benchmarks/speed.py                        # LeNet, 1 epoch each; writes speed.md
-    python benchmarks/speed.py --epochs 10            # also compares test accuracy after 10 epochs
-    python benchmarks/speed.py --zoo --steps 4        # + each zoo model at its native size, 4 steps a pass
+    python benchmarks/speed.py                              # LeNet, 1 epoch each; writes speed.md
+    python benchmarks/speed.py --epochs 10 --seeds 0,1,2    # + LeNet's test accuracy after 10 epochs, per seed
+    python benchmarks/speed.py --zoo --steps 4              # + each zoo model at its native size, 4 steps a pass
 
 For LeNet a pass is a whole epoch (train 60k + evaluate 10k). For the zoo models a
 pass is `--steps` training batches plus as many test images (a whole 224-pixel epoch
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ from cnntrain.data.idx import write_idx  # noqa: E402
 from cnntrain.data.loader import BatchTransform, InMemoryLoader  # noqa: E402
 from cnntrain.data.mnist import fashion_mnist  # noqa: E402
 from cnntrain.run import build_model, resolve_device, settings_of  # noqa: E402
+from cnntrain.speed_switches import use_channels_last  # noqa: E402
 from cnntrain.models import MODEL_KEYS  # noqa: E402
 from cnntrain.trainer import Trainer  # noqa: E402
 
@@ -167,10 +170,10 @@ def reference_loop(root: Path, rc: Recipe, device: torch.device, passes: int, li
 
 def cnntrain_loop(train: ImageSet, test: ImageSet, rc: Recipe, device: torch.device, passes: int,
                   seed: int) -> LoopResult:
-    channels_last = device.type in ("cpu", "cuda")
     with PeakMemory(device) as peak:
-        model = rc.new_model(seed).to(device, memory_format=torch.channels_last if channels_last
-                                      else torch.contiguous_format)
+        model = rc.new_model(seed)
+        channels_last, _ = use_channels_last("auto", device, model)
+        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         transform = BatchTransform(size=(rc.size, rc.size), mean=None, std=None, channels_last=channels_last)
         train_loader = InMemoryLoader(train, rc.batch, transform, device, shuffle=True, seed=seed)
         test_loader = InMemoryLoader(test, 2 * rc.batch, transform, device)
@@ -205,6 +208,18 @@ def result_row(label: str, rc: Recipe, result: LoopResult) -> str:
             f"{result.test_acc:.4f} |")
 
 
+def accuracy_table(accuracies: list[tuple[int, float, float]], epochs: int) -> list[str]:
+    """LeNet's test accuracy per seed for both loops, with the mean and the spread across seeds."""
+    lines = [f"LeNet test accuracy after {epochs} epochs, per seed (same initial weights for both loops; "
+             "each loop shuffles in its own order):", "",
+             "| seed | tutorial loop | cnntrain |", "|---|---:|---:|"]
+    lines += [f"| {seed} | {reference:.4f} | {ours:.4f} |" for seed, reference, ours in accuracies]
+    for label, column in (("mean", statistics.mean), ("max - min", lambda v: max(v) - min(v))):
+        lines.append(f"| {label} | {column([a[1] for a in accuracies]):.4f} | "
+                     f"{column([a[2] for a in accuracies]):.4f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1, help="LeNet epochs per loop")
@@ -212,11 +227,14 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(ZOO), help="zoo models to measure with --zoo")
     parser.add_argument("--steps", type=int, default=4, help="training batches per pass for the zoo models")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds: LeNet runs once per seed (the accuracy's noise); "
+                             "the zoo and the timing table use the first")
     parser.add_argument("--root", default="data", help="data.root to look in before the system copy")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "speed.md"))
     args = parser.parse_args()
     device = resolve_device(args.device)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
 
     load_started = time.perf_counter()
     data = fashion_mnist(root=args.root, download=False)
@@ -231,10 +249,15 @@ def main() -> None:
         for rc, passes, limit in plans:
             train = data.train if limit is None else data.train.subset(torch.arange(limit))
             test = data.test if limit is None else data.test.subset(torch.arange(limit))
-            print(f"{rc.model}: tutorial loop ...", flush=True)
-            reference = reference_loop(root, rc, device, passes, limit, args.seed)
-            print(f"{rc.model}: cnntrain ...", flush=True)
-            ours = cnntrain_loop(train, test, rc, device, passes, args.seed)
+            results = []
+            for seed in seeds if limit is None else seeds[:1]:  # the zoo's few-batch accuracies mean nothing
+                print(f"{rc.model}, seed {seed}: tutorial loop ...", flush=True)
+                reference = reference_loop(root, rc, device, passes, limit, seed)
+                print(f"{rc.model}, seed {seed}: cnntrain ...", flush=True)
+                results.append((seed, reference, cnntrain_loop(train, test, rc, device, passes, seed)))
+            if limit is None:
+                lenet_accuracies = [(seed, reference.test_acc, ours.test_acc) for seed, reference, ours in results]
+            _, reference, ours = results[0]
             rows += [result_row("tutorial loop", rc, reference), result_row("cnntrain", rc, ours)]
             ratios.append(f"| {rc.model} | {ours.train_examples_per_s / reference.train_examples_per_s:.2f}x | "
                           f"{reference.seconds_per_pass / ours.seconds_per_pass:.2f}x |")
@@ -244,7 +267,7 @@ def main() -> None:
         "# cnntrain vs the tutorials' loop",
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d}, device {device} ({platform.machine()}, "
-        f"{torch.get_num_threads()} threads), torch {torch.__version__}, seed {args.seed}. "
+        f"{torch.get_num_threads()} threads), torch {torch.__version__}, seed {seeds[0]}. "
         f"cnntrain decoded the IDX files in {load_seconds:.2f} s (once). LeNet: a pass is {lenet}; test acc "
         f"after the last one. Zoo models: a pass is {args.steps} training batches + as many test images; "
         f"figures from the second pass.",
@@ -260,6 +283,8 @@ def main() -> None:
         "Peak MiB: CPU, the process's peak resident set during the loop (the tutorial loop's 4 DataLoader "
         "workers come on top); CUDA, the most memory allocated on the GPU.",
     ]
+    if len(seeds) > 1:
+        lines += ["", *accuracy_table(lenet_accuracies, args.epochs)]
     text = "\n".join(lines)
     print(text)
     Path(args.output).write_text(text + "\n")

@@ -251,7 +251,7 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
     spec = prepared.spec
     model, recipe = build_checked_model(cfg, spec)
     size = recipe["input_size"]
-    channels_last, layout_notice = use_channels_last(cfg.trainer.channels_last, device)
+    channels_last, layout_notice = use_channels_last(cfg.trainer.channels_last, device, model)
     autocast_dtype, precision_notice = resolve_precision(cfg.trainer.get("precision", 32), device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     forward, compile_notice = maybe_compile(model, cfg.trainer.get("compile", False), device)
@@ -338,6 +338,8 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
         "test_loss": test_loss, "test_acc": test_acc, "final_epoch": history[-1].as_dict(),
         "stopped_early": trainer.stop_reason,
         "params": params, "input_size": size, "train_size": spec.train_size, "val_size": spec.val_size,
+        # What the speed switches resolved to on this device (the config may say auto).
+        "channels_last": channels_last, "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
         "test_size": spec.test_size, "val_source": spec.val_source, "device": describe_device(device),
         "versions": versions(), "git_commit": git_commit(), "wall_seconds": time.time() - started,
         "mean_epoch_seconds": sum(m.epoch_seconds for m in history) / len(history),

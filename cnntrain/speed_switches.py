@@ -45,16 +45,34 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def use_channels_last(setting, device: torch.device) -> tuple[bool, str | None]:
+def use_channels_last(setting, device: torch.device, model: nn.Module) -> tuple[bool, str | None]:
     """trainer.channels_last (auto, true, false; checked by run.check_trainer_settings) -> (use it, notice or None).
 
     channels_last speeds convolutions up on CPU (oneDNN) and CUDA; MPS gains nothing.
+    `auto` turns it on there, except on a CPU for models with a BatchNorm2d whose
+    channel count is not a multiple of 16 (see `slow_channels_last_batchnorms`).
     """
     if setting == "auto":
-        return device.type in ("cpu", "cuda"), None
+        if device.type == "cpu":
+            return not slow_channels_last_batchnorms(model), None
+        return device.type == "cuda", None
     if setting and device.type not in ("cpu", "cuda"):
         return False, f"notice: trainer.channels_last=true has no effect on {device.type}; left off."
     return setting, None
+
+
+def slow_channels_last_batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """The BatchNorm2d layers that the CPU runs several times slower in channels_last.
+
+    Measured (torch 2.14, AVX2, batch 256, forward + backward): channels_last takes
+    5-8x as long as contiguous at 3, 4, 6, 10 and 12 channels, 1.3-1.6x at 8 and 24,
+    and is faster at 16, 32, 64 and 128. For BN-LeNet (BatchNorm2d of 6 and 16
+    channels) that made a whole step 0.70-0.74x the contiguous speed, while LeNet,
+    VGG, NiN, GoogLeNet and ResNet-18 ran 1.06-1.51x faster in channels_last and
+    AlexNet 0.97x (benchmarks/choices.md).
+    """
+    return [layer for layer in model.modules()
+            if isinstance(layer, nn.BatchNorm2d) and layer.num_features % 16 != 0]
 
 
 def compile_unavailable_reason(device: torch.device) -> str | None:

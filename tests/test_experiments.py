@@ -46,6 +46,7 @@ def test_preset_runs_one_tiny_step(tmp_path, preset, model, lr, batch, size):
     summary = train(cfg, run_dir=tmp_path)
     assert summary["model"] == model and summary["input_size"] == size and summary["epochs"] == 1
     assert summary["train_size"] == 4 and 0 <= summary["test_acc"] <= 1
+    assert summary["channels_last"] is (model != "lenet_bn")  # trainer.channels_last=auto on the CPU
 
 
 def test_too_small_input_fails_before_training_naming_the_layer(tmp_path):

@@ -17,7 +17,7 @@ from cnntrain.data.synthetic import synthetic
 from cnntrain.errors import ConfigError
 from cnntrain.optim import OPTIMIZERS, SCHEDULERS, parameter_groups
 from cnntrain.run import train
-from cnntrain.speed_switches import maybe_compile, resolve_precision
+from cnntrain.speed_switches import maybe_compile, resolve_precision, use_channels_last
 from cnntrain.trainer import Callback, EpochMetrics, StepOptions, Trainer
 from tests.conftest import compose_config
 
@@ -295,10 +295,25 @@ def test_precision_switches_resolve_per_device(monkeypatch):
     assert resolve_precision("fp16", torch.device("mps"))[0] is None
 
 
+def test_channels_last_auto_skips_cpu_models_with_batchnorms_it_slows_down():
+    from cnntrain.models import MODELS
+
+    lenet, lenet_bn, resnet18 = (MODELS.build(name, {}) for name in ("lenet", "lenet_bn", "resnet18"))
+    assert use_channels_last("auto", CPU, lenet) == (True, None)
+    assert use_channels_last("auto", CPU, lenet_bn) == (False, None)  # BatchNorm2d(6): 5-8x slower in channels_last
+    assert use_channels_last("auto", CPU, resnet18) == (True, None)  # 64-512 channels: faster
+    assert use_channels_last("auto", torch.device("cuda"), lenet_bn) == (True, None)
+    assert use_channels_last(True, CPU, lenet_bn) == (True, None)  # an explicit setting wins
+    assert use_channels_last(False, CPU, lenet) == (False, None)
+    used, notice = use_channels_last(True, torch.device("mps"), lenet)
+    assert not used and notice == "notice: trainer.channels_last=true has no effect on mps; left off."
+
+
 def test_fp16_on_cpu_trains_in_float32_with_a_notice(tmp_path):
     cfg = compose_config(QUICK + ["trainer.epochs=1", "trainer.precision=fp16"])
     summary = train(cfg, run_dir=tmp_path / "run")
     assert summary["status"] == "completed" and math.isfinite(summary["final_epoch"]["train_loss"])
+    assert summary["precision"] == "float32"
     assert "notice: trainer.precision=fp16 is not supported on cpu" in (tmp_path / "run" / "train.log").read_text()
 
 
