@@ -12,10 +12,12 @@ input size).
     python benchmarks/speed.py                              # LeNet, 1 epoch each; writes speed.md
     python benchmarks/speed.py --epochs 10 --seeds 0,1,2    # + LeNet's test accuracy after 10 epochs, per seed
     python benchmarks/speed.py --zoo --steps 4              # + each zoo model at its native size, 4 steps a pass
+    python benchmarks/speed.py --epochs 3 --zoo --device cuda --precision bf16 --compile   # cnntrain's switches
 
 For LeNet a pass is a whole epoch (train 60k + evaluate 10k). For the zoo models a
 pass is `--steps` training batches plus as many test images (a whole 224-pixel epoch
-takes over an hour on a CPU); the speed is the second pass's, after warm-up.
+takes over an hour on a CPU). With more than one pass, the speed figures leave out
+the first (warm-up, torch.compile's compilation and cuDNN's autotuning included).
 Also measured per loop: time to the first batch (from creating the iterator to a
 batch on the device) and peak memory (CUDA: max allocated; CPU: the process's peak
 resident set, reset before each loop; the tutorial loop's worker processes are not
@@ -50,9 +52,9 @@ from cnntrain.data.idx import write_idx  # noqa: E402
 from cnntrain.data.loader import BatchTransform, InMemoryLoader  # noqa: E402
 from cnntrain.data.mnist import fashion_mnist  # noqa: E402
 from cnntrain.run import build_model, resolve_device, settings_of  # noqa: E402
-from cnntrain.speed_switches import use_channels_last  # noqa: E402
+from cnntrain.speed_switches import maybe_compile, resolve_precision, tune_backend, use_channels_last  # noqa: E402
 from cnntrain.models import MODEL_KEYS  # noqa: E402
-from cnntrain.trainer import Trainer  # noqa: E402
+from cnntrain.trainer import StepOptions, Trainer  # noqa: E402
 
 ZOO = ("lenet_bn", "alexnet", "vgg", "nin", "googlenet", "resnet18")
 
@@ -168,19 +170,38 @@ def reference_loop(root: Path, rc: Recipe, device: torch.device, passes: int, li
     return LoopResult(_steady(seconds), len(train_set) / _steady(train_seconds), first_batch, peak.mib, accuracy)
 
 
+@dataclass
+class Switches:
+    """The speed switches cnntrain's loop runs with (trainer.precision, trainer.compile)."""
+
+    precision: str = "32"
+    compile: bool = False
+
+    def describe(self) -> str:
+        return f"trainer.precision={self.precision}, trainer.compile={str(self.compile).lower()}"
+
+
 def cnntrain_loop(train: ImageSet, test: ImageSet, rc: Recipe, device: torch.device, passes: int,
-                  seed: int) -> LoopResult:
+                  seed: int, switches: Switches) -> LoopResult:
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    tune_backend(device)  # as a cnntrain run does; put back afterwards for the next tutorial loop
     with PeakMemory(device) as peak:
         model = rc.new_model(seed)
         channels_last, _ = use_channels_last("auto", device, model)
         model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        autocast_dtype, precision_notice = resolve_precision(switches.precision, device)
+        forward, compile_notice = maybe_compile(model, switches.compile, device)
+        for notice in filter(None, (precision_notice, compile_notice)):
+            print(notice, flush=True)
         transform = BatchTransform(size=(rc.size, rc.size), mean=None, std=None, channels_last=channels_last)
         train_loader = InMemoryLoader(train, rc.batch, transform, device, shuffle=True, seed=seed)
         test_loader = InMemoryLoader(test, 2 * rc.batch, transform, device)
         first_batch = timed_first_batch(train_loader, device)
+        options = StepOptions(autocast_dtype=autocast_dtype, grad_scaler=autocast_dtype is torch.float16)
         trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=rc.lr), None, train_loader, test_loader,
-                          device, passes, log_every=50)
+                          device, passes, log_every=50, options=options, forward=forward)
         history = trainer.fit()
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     return LoopResult(_steady([m.epoch_seconds for m in history]),
                       _steady([m.train_examples_per_s for m in history]), first_batch, peak.mib, history[-1].val_acc)
 
@@ -230,11 +251,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0",
                         help="comma-separated seeds: LeNet runs once per seed (the accuracy's noise); "
                              "the zoo and the timing table use the first")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"],
+                        help="cnntrain's trainer.precision (autocast; unsupported on this device: float32 + a notice)")
+    parser.add_argument("--compile", action="store_true", help="cnntrain's trainer.compile=true (torch.compile)")
     parser.add_argument("--root", default="data", help="data.root to look in before the system copy")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "speed.md"))
     args = parser.parse_args()
     device = resolve_device(args.device)
     seeds = [int(seed) for seed in args.seeds.split(",")]
+    switches = Switches(args.precision, args.compile)
 
     load_started = time.perf_counter()
     data = fashion_mnist(root=args.root, download=False)
@@ -254,7 +279,7 @@ def main() -> None:
                 print(f"{rc.model}, seed {seed}: tutorial loop ...", flush=True)
                 reference = reference_loop(root, rc, device, passes, limit, seed)
                 print(f"{rc.model}, seed {seed}: cnntrain ...", flush=True)
-                results.append((seed, reference, cnntrain_loop(train, test, rc, device, passes, seed)))
+                results.append((seed, reference, cnntrain_loop(train, test, rc, device, passes, seed, switches)))
             if limit is None:
                 lenet_accuracies = [(seed, reference.test_acc, ours.test_acc) for seed, reference, ours in results]
             _, reference, ours = results[0]
@@ -268,7 +293,7 @@ def main() -> None:
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d}, device {device} ({platform.machine()}, "
         f"{torch.get_num_threads()} threads), torch {torch.__version__}, seed {seeds[0]}. "
-        f"cnntrain decoded the IDX files in {load_seconds:.2f} s (once). LeNet: a pass is {lenet}; test acc "
+        f"cnntrain ran with {switches.describe()}. cnntrain decoded the IDX files in {load_seconds:.2f} s (once). LeNet: a pass is {lenet}; test acc "
         f"after the last one. Zoo models: a pass is {args.steps} training batches + as many test images; "
         f"figures from the second pass.",
         "",

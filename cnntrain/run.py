@@ -37,7 +37,7 @@ from cnntrain.loggers import check_logger, logger_callbacks
 from cnntrain.models import MODEL_KEYS, MODELS, init_weights
 from cnntrain.models.init import check_init_scheme
 from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, parameter_groups
-from cnntrain.speed_switches import PRECISIONS, maybe_compile, resolve_precision, use_channels_last
+from cnntrain.speed_switches import PRECISIONS, maybe_compile, resolve_precision, tune_backend, use_channels_last
 from cnntrain.trainer import EpochMetrics, StepOptions, Trainer
 
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
@@ -245,6 +245,7 @@ def resume_command(run_dir: Path) -> str:
 def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
            resume_from: dict[str, Any] | None) -> dict[str, Any]:
     device = resolve_device(cfg.device.type)
+    tune_backend(device)
     torch.manual_seed(cfg.seed)
     data = load_image_data(cfg.data.name, settings_of(cfg.data, LOADER_KEYS))
     prepared = prepare(cfg.data.name, data, cfg.data.val_fraction, cfg.seed)

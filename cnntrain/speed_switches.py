@@ -1,4 +1,4 @@
-"""The trainer's speed switches: precision, channels_last, torch.compile.
+"""The trainer's speed switches: precision, channels_last, torch.compile, cuDNN autotuning.
 
 Each is resolved against the device the run has. Where the device cannot do what was
 asked (fp16 autocast on a CPU, torch.compile with no compiler), the switch becomes a
@@ -73,6 +73,14 @@ def slow_channels_last_batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
     """
     return [layer for layer in model.modules()
             if isinstance(layer, nn.BatchNorm2d) and layer.num_features % 16 != 0]
+
+
+def tune_backend(device: torch.device) -> None:
+    """Backend settings that change only speed: on CUDA, cuDNN times the convolution
+    algorithms for each new input shape and keeps the fastest (a run meets few
+    shapes: every batch has one size but an epoch's last)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def compile_unavailable_reason(device: torch.device) -> str | None:

@@ -17,7 +17,7 @@ from cnntrain.data.synthetic import synthetic
 from cnntrain.errors import ConfigError
 from cnntrain.optim import OPTIMIZERS, SCHEDULERS, parameter_groups
 from cnntrain.run import train
-from cnntrain.speed_switches import maybe_compile, resolve_precision, use_channels_last
+from cnntrain.speed_switches import maybe_compile, resolve_precision, tune_backend, use_channels_last
 from cnntrain.trainer import Callback, EpochMetrics, StepOptions, Trainer
 from tests.conftest import compose_config
 
@@ -307,6 +307,14 @@ def test_channels_last_auto_skips_cpu_models_with_batchnorms_it_slows_down():
     assert use_channels_last(False, CPU, lenet) == (False, None)
     used, notice = use_channels_last(True, torch.device("mps"), lenet)
     assert not used and notice == "notice: trainer.channels_last=true has no effect on mps; left off."
+
+
+def test_cudnn_autotuning_is_turned_on_for_cuda_runs_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # put back after the test
+    tune_backend(CPU)
+    assert torch.backends.cudnn.benchmark is False
+    tune_backend(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
 
 
 def test_fp16_on_cpu_trains_in_float32_with_a_notice(tmp_path):

@@ -1,0 +1,55 @@
+"""The benchmark scripts run end to end on tiny data and write the tables they promise.
+
+No timing is asserted (figures depend on the machine); these keep the scripts from
+rotting between the sessions that measure with them (a GPU session among them).
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import write_fake_mnist
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in markdown.splitlines() if line.startswith(f"| {first_cell} ")]
+
+
+def test_speed_script_compares_both_loops_and_reports_each_seed(tmp_path):
+    write_fake_mnist(tmp_path / "FashionMNIST" / "raw", train_size=300, test_size=300)  # the zoo pass takes 256 of each
+    output = tmp_path / "speed.md"
+    run_script("speed.py", "--root", str(tmp_path), "--seeds", "0,1", "--zoo", "--models", "lenet_bn",
+               "--steps", "1", "--device", "cpu", "--output", str(output), cwd=tmp_path)
+    text = output.read_text()
+    assert "cnntrain ran with trainer.precision=32, trainer.compile=false" in text
+    timings = [row for row in table_rows(text, "lenet") if len(row) == 9]
+    ratios = [row for row in table_rows(text, "lenet") if len(row) == 3]
+    assert [row[3] for row in timings] == ["tutorial loop", "cnntrain"]  # only the first seed's loops
+    tutorial, ours = (float(row[5].replace(",", "")) for row in timings)  # train examples/s
+    assert abs(float(ratios[0][1].removesuffix("x")) - ours / tutorial) < 0.01 + 0.001 * ours / tutorial
+    assert table_rows(text, "lenet_bn")[0][:4] == ["lenet_bn", "28", "256", "tutorial loop"]
+    assert "LeNet test accuracy after 1 epochs, per seed" in text
+    seeds = [table_rows(text, seed) for seed in ("0", "1")]
+    assert all(len(rows) == 1 and all(0 <= float(acc) <= 1 for acc in rows[0][1:]) for rows in seeds)
+    mean = table_rows(text, "mean")[0]
+    assert abs(float(mean[1]) - (float(seeds[0][0][1]) + float(seeds[1][0][1])) / 2) < 2e-4
+
+
+def test_choices_script_reports_what_channels_last_auto_picks(tmp_path):
+    output = tmp_path / "choices.md"
+    run_script("choices.py", "--models", "lenet,lenet_bn", "--steps", "1", "--device", "cpu",
+               "--output", str(output), cwd=tmp_path)
+    rows = {row[0]: row for row in table_rows(output.read_text(), "lenet") + table_rows(output.read_text(),
+                                                                                          "lenet_bn")}
+    assert rows["lenet"][6] == "channels_last" and rows["lenet_bn"][6] == "contiguous"
+    assert all(float(rows[name][3].replace(",", "")) > 0 for name in rows)  # step milliseconds, contiguous
