@@ -293,9 +293,9 @@ def main() -> None:
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d}, device {device} ({platform.machine()}, "
         f"{torch.get_num_threads()} threads), torch {torch.__version__}, seed {seeds[0]}. "
-        f"cnntrain ran with {switches.describe()}. cnntrain decoded the IDX files in {load_seconds:.2f} s (once). LeNet: a pass is {lenet}; test acc "
-        f"after the last one. Zoo models: a pass is {args.steps} training batches + as many test images; "
-        f"figures from the second pass.",
+        f"cnntrain ran with {switches.describe()} and decoded the IDX files in {load_seconds:.2f} s (once). "
+        f"LeNet: a pass is {lenet}; test acc after the last one. Zoo models: a pass is {args.steps} training "
+        f"batches + as many test images; figures from the second pass.",
         "",
         "| model | input | batch | loop | s per pass | train ex/s | first batch s | peak MiB | test acc |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|",

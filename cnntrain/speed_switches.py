@@ -67,7 +67,7 @@ def slow_channels_last_batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
     Measured (torch 2.14, AVX2, batch 256, forward + backward): channels_last takes
     5-8x as long as contiguous at 3, 4, 6, 10 and 12 channels, 1.3-1.6x at 8 and 24,
     and is faster at 16, 32, 64 and 128. For BN-LeNet (BatchNorm2d of 6 and 16
-    channels) that made a whole step 0.70-0.74x the contiguous speed, while LeNet,
+    channels) that made a whole step 0.67-0.74x the contiguous speed, while LeNet,
     VGG, NiN, GoogLeNet and ResNet-18 ran 1.06-1.51x faster in channels_last and
     AlexNet 0.97x (benchmarks/choices.md).
     """

@@ -31,7 +31,7 @@ def test_speed_script_compares_both_loops_and_reports_each_seed(tmp_path):
     run_script("speed.py", "--root", str(tmp_path), "--seeds", "0,1", "--zoo", "--models", "lenet_bn",
                "--steps", "1", "--device", "cpu", "--output", str(output), cwd=tmp_path)
     text = output.read_text()
-    assert "cnntrain ran with trainer.precision=32, trainer.compile=false" in text
+    assert "cnntrain ran with trainer.precision=32, trainer.compile=false and decoded" in text
     timings = [row for row in table_rows(text, "lenet") if len(row) == 9]
     ratios = [row for row in table_rows(text, "lenet") if len(row) == 3]
     assert [row[3] for row in timings] == ["tutorial loop", "cnntrain"]  # only the first seed's loops
