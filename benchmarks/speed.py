@@ -197,9 +197,9 @@ def cnntrain_loop(train: ImageSet, test: ImageSet, rc: Recipe, device: torch.dev
         train_loader = InMemoryLoader(train, rc.batch, transform, device, shuffle=True, seed=seed)
         test_loader = InMemoryLoader(test, 2 * rc.batch, transform, device)
         first_batch = timed_first_batch(train_loader, device)
-        options = StepOptions(autocast_dtype=autocast_dtype, grad_scaler=autocast_dtype is torch.float16)
         trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=rc.lr), None, train_loader, test_loader,
-                          device, passes, log_every=50, options=options, forward=forward)
+                          device, passes, log_every=50, options=StepOptions(autocast_dtype=autocast_dtype),
+                          forward=forward)
         history = trainer.fit()
     torch.backends.cudnn.benchmark = cudnn_benchmark
     return LoopResult(_steady([m.epoch_seconds for m in history]),

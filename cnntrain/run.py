@@ -269,8 +269,7 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
     test_loader = make_loader(prepared.test, eval_batch, transform, device)
 
     options = StepOptions(accumulate=cfg.trainer.get("accumulate_grad_batches", 1),
-                          grad_clip_norm=cfg.trainer.get("grad_clip_norm"), autocast_dtype=autocast_dtype,
-                          grad_scaler=autocast_dtype is torch.float16)
+                          grad_clip_norm=cfg.trainer.get("grad_clip_norm"), autocast_dtype=autocast_dtype)
     optimizer = OPTIMIZERS.build(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS),
                                  params=parameter_groups(model, cfg.optimizer.get("no_decay_bias_norm", False)))
     schedule = SCHEDULERS.build(cfg.scheduler.name, settings_of(cfg.scheduler), optimizer=optimizer,

@@ -59,7 +59,11 @@ class StepOptions:
     accumulate: int = 1  # batches whose gradients are summed before each optimizer step
     grad_clip_norm: float | None = None  # clip the gradients' total norm to this; None: no clipping
     autocast_dtype: torch.dtype | None = None  # bf16/fp16 mixed precision; None: float32
-    grad_scaler: bool = False  # scale the loss (fp16 on CUDA) so small gradients do not underflow
+
+    @property
+    def grad_scaler(self) -> bool:
+        """fp16 scales the loss so that small gradients do not underflow (bf16 has float32's range)."""
+        return self.autocast_dtype is torch.float16
 
 
 class Callback:
