@@ -273,7 +273,7 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
     optimizer = OPTIMIZERS.build(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS),
                                  params=parameter_groups(model, cfg.optimizer.get("no_decay_bias_norm", False)))
     schedule = SCHEDULERS.build(cfg.scheduler.name, settings_of(cfg.scheduler), optimizer=optimizer,
-                                epochs=cfg.trainer.epochs, steps_per_epoch=-(-len(train_loader) // options.accumulate))
+                                epochs=cfg.trainer.epochs, steps_per_epoch=options.optimizer_steps(len(train_loader)))
 
     params = sum(p.numel() for p in model.parameters())
     reporter.line(f"cnntrain: {cfg.model.name} on {spec.name} ({spec.train_size:,} train / {spec.val_size:,} val "
@@ -316,7 +316,7 @@ def _train(cfg: DictConfig, run_dir: Path, reporter: Reporter, started: float,
                       forward=forward)
     start_epoch = 1
     if resume_from is not None:
-        start_epoch = restore_training_state(resume_from, trainer, schedule)
+        start_epoch = restore_training_state(resume_from, trainer)
         reporter.line(f"resumed from checkpoints/last.pt: {epochs_text(start_epoch - 1)} done, "
                       f"continuing at epoch {start_epoch} of {cfg.trainer.epochs}")
     try:
@@ -355,12 +355,12 @@ def rng_states() -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def restore_training_state(checkpoint: dict[str, Any], trainer: Trainer, schedule) -> int:
+def restore_training_state(checkpoint: dict[str, Any], trainer: Trainer) -> int:
     """Load a last.pt into the trainer's model, optimizer, schedule and RNGs; returns the epoch to start at."""
     trainer.model.load_state_dict(checkpoint["state_dict"])
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    if schedule is not None and checkpoint.get("scheduler") is not None:
-        schedule.load_state_dict(checkpoint["scheduler"])
+    if trainer.schedule is not None and checkpoint.get("scheduler") is not None:
+        trainer.schedule.load_state_dict(checkpoint["scheduler"])
     if trainer.scaler and checkpoint.get("grad_scaler"):
         trainer.scaler.load_state_dict(checkpoint["grad_scaler"])
     trainer.history = [EpochMetrics(**row) for row in checkpoint["history"]]

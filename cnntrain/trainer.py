@@ -60,6 +60,10 @@ class StepOptions:
     grad_clip_norm: float | None = None  # clip the gradients' total norm to this; None: no clipping
     autocast_dtype: torch.dtype | None = None  # bf16/fp16 mixed precision; None: float32
 
+    def optimizer_steps(self, batches: int) -> int:
+        """Optimizer steps in an epoch of `batches` batches (a short last group still steps)."""
+        return -(-batches // self.accumulate)
+
     @property
     def grad_scaler(self) -> bool:
         """fp16 scales the loss so that small gradients do not underflow (bf16 has float32's range)."""
@@ -136,7 +140,7 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def optimizer_steps_per_epoch(self) -> int:
-        return -(-len(self.train_loader) // self.options.accumulate)
+        return self.options.optimizer_steps(len(self.train_loader))
 
     def fit(self, start_epoch: int = 1) -> list[EpochMetrics]:
         """Train epochs `start_epoch`..`epochs` (a resumed run starts later, with `history` filled in)."""
