@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from speed import Recipe, recipe  # noqa: E402  (also puts cnntrain on the path)
 
 from cnntrain.data.loader import BatchTransform  # noqa: E402
-from cnntrain.run import resolve_device  # noqa: E402
+from cnntrain.build import resolve_device  # noqa: E402
 from cnntrain.speed_switches import use_channels_last  # noqa: E402
 
 MODELS = ("lenet", "lenet_bn", "alexnet", "vgg", "nin", "googlenet", "resnet18")

@@ -44,17 +44,12 @@ try:
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from cnntrain.cli import config_dir  # noqa: E402
-from cnntrain.data import ImageSet  # noqa: E402
+from cnntrain.build import build_training, check_config, resolve_device  # noqa: E402
+from cnntrain.config import compose, settings_of  # noqa: E402
+from cnntrain.data import ImageData  # noqa: E402
 from cnntrain.data.idx import write_idx  # noqa: E402
-from cnntrain.data.loader import BatchTransform, InMemoryLoader  # noqa: E402
 from cnntrain.data.mnist import fashion_mnist  # noqa: E402
-from cnntrain.run import build_model, resolve_device, settings_of  # noqa: E402
-from cnntrain.speed_switches import maybe_compile, resolve_precision, tune_backend, use_channels_last  # noqa: E402
-from cnntrain.models import MODEL_KEYS  # noqa: E402
-from cnntrain.trainer import StepOptions, Trainer  # noqa: E402
+from cnntrain.models import MODEL_KEYS, build_model  # noqa: E402
 
 ZOO = ("lenet_bn", "alexnet", "vgg", "nin", "googlenet", "resnet18")
 
@@ -85,8 +80,7 @@ class LoopResult:
 
 
 def recipe(model: str) -> Recipe:
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment=d2l_{model}"])
+    cfg = compose([f"experiment=d2l_{model}"])
     return Recipe(model, settings_of(cfg.model, MODEL_KEYS), cfg.model.input_size, cfg.data.batch_size,
                   cfg.optimizer.lr)
 
@@ -181,27 +175,21 @@ class Switches:
         return f"trainer.precision={self.precision}, trainer.compile={str(self.compile).lower()}"
 
 
-def cnntrain_loop(train: ImageSet, test: ImageSet, rc: Recipe, device: torch.device, passes: int,
-                  seed: int, switches: Switches) -> LoopResult:
+def cnntrain_loop(data: ImageData, rc: Recipe, device: torch.device, passes: int, seed: int,
+                  switches: Switches) -> LoopResult:
+    """A cnntrain run of the book's preset, built as `cnntrain experiment=d2l_<model>` builds it
+    (validated on the test split, as the book does), without the run folder's callbacks."""
     cudnn_benchmark = torch.backends.cudnn.benchmark
-    tune_backend(device)  # as a cnntrain run does; put back afterwards for the next tutorial loop
+    cfg = compose([f"experiment=d2l_{rc.model}", f"trainer.epochs={passes}", f"seed={seed}", f"device={device.type}",
+                   f"trainer.precision={switches.precision}", f"trainer.compile={str(switches.compile).lower()}",
+                   "trainer.log_every=50", "trainer.progress=none"])
     with PeakMemory(device) as peak:
-        model = rc.new_model(seed)
-        channels_last, _ = use_channels_last("auto", device, model)
-        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        autocast_dtype, precision_notice = resolve_precision(switches.precision, device)
-        forward, compile_notice = maybe_compile(model, switches.compile, device)
-        for notice in filter(None, (precision_notice, compile_notice)):
+        parts = build_training(check_config(cfg), data=data)  # the same initial weights as rc.new_model(seed)
+        for notice in parts.notices:
             print(notice, flush=True)
-        transform = BatchTransform(size=(rc.size, rc.size), mean=None, std=None, channels_last=channels_last)
-        train_loader = InMemoryLoader(train, rc.batch, transform, device, shuffle=True, seed=seed)
-        test_loader = InMemoryLoader(test, 2 * rc.batch, transform, device)
-        first_batch = timed_first_batch(train_loader, device)
-        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=rc.lr), None, train_loader, test_loader,
-                          device, passes, log_every=50, options=StepOptions(autocast_dtype=autocast_dtype),
-                          forward=forward)
-        history = trainer.fit()
-    torch.backends.cudnn.benchmark = cudnn_benchmark
+        first_batch = timed_first_batch(parts.train_loader, device)
+        history = parts.trainer().fit()
+    torch.backends.cudnn.benchmark = cudnn_benchmark  # put back for the next tutorial loop
     return LoopResult(_steady([m.epoch_seconds for m in history]),
                       _steady([m.train_examples_per_s for m in history]), first_batch, peak.mib, history[-1].val_acc)
 
@@ -272,14 +260,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_torchvision_copy(data, Path(tmp))
         for rc, passes, limit in plans:
-            train = data.train if limit is None else data.train.subset(torch.arange(limit))
-            test = data.test if limit is None else data.test.subset(torch.arange(limit))
+            subset = data if limit is None else ImageData(data.classes, data.train.subset(torch.arange(limit)),
+                                                          data.test.subset(torch.arange(limit)))
             results = []
             for seed in seeds if limit is None else seeds[:1]:  # the zoo's few-batch accuracies mean nothing
                 print(f"{rc.model}, seed {seed}: tutorial loop ...", flush=True)
                 reference = reference_loop(root, rc, device, passes, limit, seed)
                 print(f"{rc.model}, seed {seed}: cnntrain ...", flush=True)
-                results.append((seed, reference, cnntrain_loop(train, test, rc, device, passes, seed, switches)))
+                results.append((seed, reference, cnntrain_loop(subset, rc, device, passes, seed, switches)))
             if limit is None:
                 lenet_accuracies = [(seed, reference.test_acc, ours.test_acc) for seed, reference, ours in results]
             _, reference, ours = results[0]

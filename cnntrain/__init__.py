@@ -1,7 +1,22 @@
 """cnntrain: train classic CNN image classifiers from YAML configs.
 
-Kept free of heavy imports so that `cnntrain --help` and config errors answer fast;
-torch is imported only when training starts.
+The Python API (`cnntrain.train`, `cnntrain.load_run`, `cnntrain.Callback`, ...) is
+loaded on first use, so that `cnntrain --help`, `--version` and config errors answer
+without importing torch.
 """
 
 __version__ = "0.1.0"
+
+_API = {"train": "cnntrain.api", "resume": "cnntrain.api", "compose": "cnntrain.api",
+        "load_run": "cnntrain.api", "RunResult": "cnntrain.api", "LoadedRun": "cnntrain.api",
+        "Callback": "cnntrain.trainer", "EpochMetrics": "cnntrain.trainer", "StepProgress": "cnntrain.trainer",
+        "CnnTrainError": "cnntrain.errors", "ConfigError": "cnntrain.errors"}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'cnntrain' has no attribute '{name}'")

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cnntrain.checkpoint import save_checkpoint
+from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback, EpochMetrics, StepProgress, Trainer
 
 
@@ -144,8 +145,8 @@ class MetricsWriter(Callback):
 class Checkpointer(Callback):
     """Saves checkpoints/last.pt every epoch and best.pt when validation accuracy improves."""
 
-    def __init__(self, folder: Path, make_state: Callable[[Trainer, EpochMetrics], dict]):
-        self.folder = Path(folder)
+    def __init__(self, folder: RunFolder, make_state: Callable[[Trainer, EpochMetrics], dict]):
+        self.folder = folder
         self.make_state = make_state
         self.best: EpochMetrics | None = None
         self.saved_epoch = 0  # the epoch last.pt holds
@@ -158,9 +159,9 @@ class Checkpointer(Callback):
         state = self.make_state(trainer, metrics)
         if self.best is None or metrics.val_acc > self.best.val_acc:
             self.best = metrics
-            save_checkpoint(state, self.folder / "best.pt")
+            save_checkpoint(state, self.folder.best_checkpoint)
         # last.pt after best.pt: a run killed in between resumes from the epoch before and redoes this one.
-        save_checkpoint(state, self.folder / "last.pt")
+        save_checkpoint(state, self.folder.last_checkpoint)
         self.saved_epoch = metrics.epoch
 
 

@@ -1,21 +1,35 @@
-"""Checkpoints: written atomically, loaded without running anyone's code.
+"""The checkpoint format: written atomically, loaded without running anyone's code, read in one place.
 
-A checkpoint is a plain dict of tensors and primitive values (model, optimizer and
-scheduler state, epoch, RNG state, how to rebuild the model, the resolved config),
-so `torch.load(weights_only=True)` can open it: loading a checkpoint someone sent
-you cannot execute code.
+A checkpoint is a plain dict of tensors and primitive values, so
+`torch.load(weights_only=True)` can open it: loading a checkpoint someone sent you
+cannot execute code. Its keys (format 1):
+
+- "format", "epoch", "metrics": the format version, the epoch it holds and that epoch's metrics;
+- `Trainer.state_dict()`: "state_dict" (the model's weights), "optimizer", "scheduler",
+  "grad_scaler", "history" (every finished epoch's metrics), "stop_reason";
+- "rng": the random streams training draws from (dropout, ...);
+- "model": the recipe that rebuilds the model (name, settings, classes, channels, input size);
+- "classes", "preprocess" (how images were converted: stored size, model size, mean/std,
+  augmentations) and "config" (the resolved config it trained with).
+
+`training_checkpoint` writes it, `restore_training` puts a trainer back from it, and
+`RunCheckpoint` is the one reader that prediction, resume and users share.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnntrain.errors import CnnTrainError
+
+FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -39,10 +53,98 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint at `path` as a dict (weights_only: no code in it can run)."""
     path = Path(path)
     if not path.is_file():
         raise CnnTrainError(f"Checkpoint {path} does not exist.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CnnTrainError(f"Cannot load checkpoint {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CnnTrainError(f"Cannot read checkpoint {path}: it is not in a checkpoint format this cnntrain "
+                            f"knows (format {FORMAT_VERSION}). It may come from a newer cnntrain: upgrade it.")
+    return state
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random stream training draws from (dropout, ...); data order and augmentation are seeded per epoch."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_states(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_as_tuples(rng["python"]))
+    if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _as_tuples(value):
+    """random.setstate wants the tuples getstate gave; a checkpoint may hand back lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def training_checkpoint(trainer, metrics, run_info: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of `trainer` after the epoch `metrics` describes.
+
+    `run_info` holds what the trainer does not know: "model" (recipe), "classes",
+    "preprocess" and "config".
+    """
+    return {"format": FORMAT_VERSION, "epoch": metrics.epoch, "metrics": metrics.as_dict(),
+            **trainer.state_dict(), "rng": rng_states(), **run_info}
+
+
+def restore_training(checkpoint: dict[str, Any], trainer) -> int:
+    """Put `trainer` (weights, optimizer, schedule, scaler, history) and the RNGs back as a
+    checkpoint left them; returns the epoch to continue at."""
+    trainer.load_state_dict(checkpoint)
+    restore_rng_states(checkpoint["rng"])
+    return checkpoint["epoch"] + 1
+
+
+@dataclass
+class RunCheckpoint:
+    """A checkpoint read back: the model it holds, its classes, how its images were prepared."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: Path | str) -> "RunCheckpoint":
+        return cls(Path(path), load_checkpoint(path))
+
+    @property
+    def epoch(self) -> int:
+        return self.state["epoch"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.state["classes"])
+
+    @property
+    def model_recipe(self) -> dict[str, Any]:
+        return dict(self.state["model"])
+
+    @property
+    def in_channels(self) -> int:
+        return self.state["model"]["in_channels"]
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        prep = dict(self.state["preprocess"])
+        # Runs saved before stored_size was recorded: their datasets were stored at the model size.
+        prep.setdefault("stored_size", [prep["size"]] * 2)
+        return prep
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.state["config"]
+
+    def build_model(self) -> torch.nn.Module:
+        """The model with the checkpoint's weights (on the CPU, in training mode)."""
+        from cnntrain.models import build_model
+
+        model = build_model(dict(self.state["model"], init="default"))  # the weights come from the file
+        model.load_state_dict(self.state["state_dict"])
+        return model

@@ -1,12 +1,12 @@
 """Command-line entry points: `cnntrain` and `python -m cnntrain`.
 
-Only argument checks and Hydra wiring live here; torch is imported when a job
-starts, so `cnntrain --help` and a mistyped group choice answer quickly.
+Entry points only: parse, print, exit codes. What the config tree holds is config.py's
+business, running a job run.py's; torch is imported when a job starts, so
+`cnntrain --help`, `--version` and a mistyped group choice answer quickly.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -14,78 +14,19 @@ import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 
+from cnntrain import __version__
+from cnntrain.config import check_group_choices, config_dir, unknown_component_name
 from cnntrain.errors import CnnTrainError
-from cnntrain.registry import did_you_mean, unknown_name_message
+from cnntrain.registry import did_you_mean
+from cnntrain.run_folder import RunFolder
 
-GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment", "logger", "hparams_search", "launcher")
-# Groups whose `name` picks a registry entry, and what the registry calls its entries.
-REGISTRY_GROUPS = {"model": "model", "data": "dataset", "optimizer": "optimizer", "scheduler": "scheduler"}
 EXIT_USAGE = 2  # a config or data problem the message explains
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 
 
-def config_dir() -> Path:
-    """configs/ inside the installed package (wheel), else the checkout's top-level configs/."""
-    package = Path(__file__).resolve().parent
-    packaged = package / "configs"
-    return packaged if packaged.is_dir() else package.parent / "configs"
-
-
 def print_error(message: str) -> None:
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
-
-
-def _extra_config_dirs(args: list[str]) -> list[Path]:
-    """Folders given with --config-dir/-cd: their group files are valid choices too."""
-    dirs = []
-    for i, arg in enumerate(args):
-        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
-            dirs.append(Path(args[i + 1]))
-        elif arg.startswith("--config-dir="):
-            dirs.append(Path(arg.split("=", 1)[1]))
-    return dirs
-
-
-def check_group_choices(args: list[str]) -> str | None:
-    """A message for the first unknown group choice (e.g. model=resnet81), else None.
-
-    Hydra would also refuse it, but without suggesting the name the user meant.
-    Choices that Hydra resolves in ways we cannot see (search paths, sweep functions)
-    are left to Hydra.
-    """
-    if any("hydra.searchpath" in arg for arg in args):
-        return None
-    dirs = [config_dir(), *_extra_config_dirs(args)]
-    for arg in args:
-        match = re.fullmatch(rf"\+?({'|'.join(GROUPS)})=([\w.,\-]+)", arg)
-        if not match:
-            continue
-        group, values = match.groups()
-        available = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
-        for value in values.split(","):
-            if value not in available and value != "null":
-                return (f"Unknown {group} '{value}' ({group}={value}).{did_you_mean(value, available)} "
-                        f"Available: {', '.join(available)}")
-    return None
-
-
-def unknown_component_name(cfg: DictConfig) -> str | None:
-    """A message for a model/data/optimizer/scheduler `name` that nothing provides, found without torch.
-
-    The registries hold exactly the components that have a file in configs/<group>/
-    (tests/test_registry.py keeps it so), so a typo is caught here in a fraction of
-    the second importing torch takes. Names a user's own modules register (`imports`)
-    are left to the registries.
-    """
-    if cfg.get("imports"):
-        return None
-    for group, kind in REGISTRY_GROUPS.items():
-        name = cfg[group].get("name")
-        known = [p.stem for p in (config_dir() / group).glob("*.yaml")]
-        if name not in known:
-            return unknown_name_message(kind, f"{group}.name", name, known)
-    return None
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -131,18 +72,14 @@ def info_main() -> None:
     if problem:
         print_error(problem)
         sys.exit(EXIT_USAGE)
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
+    from cnntrain.build import inspect_model
+    from cnntrain.config import compose
     from cnntrain.inspector import render_table
-    from cnntrain.run import inspect_model
 
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=args)
+        cfg = compose(args)
         rows, totals, size = inspect_model(cfg)
-    except (CnnTrainError, HydraException, OmegaConfBaseException) as err:
+    except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
     title = f"{cfg.model.name}: {totals.input_shape[0]}x{size}x{size} input from {cfg.data.name}"
@@ -187,7 +124,7 @@ def predict_main() -> None:
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
-    output = Path(options["output"] or Path(options["run"]) / "predictions.csv")
+    output = Path(options["output"]) if options["output"] else RunFolder(options["run"]).predictions_csv
     write_predictions(predictions, output)
     console = Console(highlight=False)
     console.print(predictions_table(predictions))
@@ -195,12 +132,12 @@ def predict_main() -> None:
 
 
 def resume_main(args: list[str]) -> None:
-    """`cnntrain resume=<run folder> [key=value ...]`: continue a run in its folder (see resume.py)."""
+    """`cnntrain resume=<run folder> [key=value ...]`: continue a run in its folder (see resuming.py)."""
     if any(arg in ("-m", "--multirun") for arg in args):
         print_error("resume= continues one run; it cannot be part of a sweep (-m).")
         sys.exit(EXIT_USAGE)
     [run_dir] = [arg.split("=", 1)[1] for arg in args if arg.startswith("resume=")][:1]
-    from cnntrain.resume import resume
+    from cnntrain.resuming import resume
 
     try:
         resume(Path(run_dir), [arg for arg in args if not arg.startswith("resume=")])
@@ -213,6 +150,9 @@ def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
     `cnntrain resume=<run folder>`: continue a run."""
     args = sys.argv[1:]
+    if args in (["--version"], ["-V"]):
+        print(f"cnntrain {__version__}")
+        return
     try:
         if any(arg.startswith("resume=") and arg != "resume=null" for arg in args):
             resume_main(args)

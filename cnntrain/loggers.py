@@ -3,20 +3,21 @@
 - every run: metrics.csv (`callbacks.MetricsWriter`) and curves.png (`plots.CurvesPlot`);
 - `logger=tensorboard`: TensorBoard event files as well (`tensorboard_logger`).
 
-run.py asks for the callbacks with `logger_callbacks` and checks the settings with
-`check_logger` before any data is loaded, so a missing tensorboard package is reported
-in a second, not after the dataset has been read.
+The builder checks the settings with `check_logger` before any data is loaded (so a
+missing tensorboard package is reported in a second, not after the dataset has been
+read) and hands the checked settings to `logger_callbacks`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from cnntrain.config import settings_of
 from cnntrain.errors import ConfigError
-from cnntrain.registry import did_you_mean
+from cnntrain.registry import unknown_name_message
+from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback
 
 LOGGERS = ("csv", "tensorboard")
@@ -25,9 +26,7 @@ TENSORBOARD_DEFAULTS = {"histogram_every": 1, "images": 32, "graph": True}
 
 def logger_settings(section: DictConfig | None) -> dict[str, Any]:
     """The `logger` section as plain values; a config without one means logger=csv."""
-    if section is None:
-        return {"name": "csv"}
-    return OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else dict(section)
+    return {"name": "csv"} if section is None else settings_of(section, reserved=())
 
 
 def check_logger(section: DictConfig | None) -> dict[str, Any]:
@@ -35,8 +34,7 @@ def check_logger(section: DictConfig | None) -> dict[str, Any]:
     settings = logger_settings(section)
     name = settings.get("name")
     if name not in LOGGERS:
-        raise ConfigError(f"Unknown logger '{name}' (logger.name).{did_you_mean(str(name), LOGGERS)} "
-                          f"Available: {', '.join(LOGGERS)}")
+        raise ConfigError(unknown_name_message("logger", "logger.name", str(name), LOGGERS))
     if name == "tensorboard":
         unknown = set(settings) - set(TENSORBOARD_DEFAULTS) - {"name"}
         if unknown:
@@ -52,23 +50,22 @@ def check_logger(section: DictConfig | None) -> dict[str, Any]:
     return settings
 
 
-def logger_callbacks(section: DictConfig | None, run_dir: Path, classes: Sequence[str],
+def logger_callbacks(settings: dict[str, Any], folder: RunFolder, classes: Sequence[str],
                      mean: Sequence[float] | None, std: Sequence[float] | None, title: str = "",
                      notify: Callable[[str], None] = print) -> list[Callback]:
     """The callbacks that keep the pictures and logs of a run; they go after MetricsWriter.
 
+    `settings` are what `check_logger` returned.
     `mean`/`std` are the normalisation the batches went through (None: not normalised),
     so that images can be shown as they were.
     """
     from cnntrain.plots import CurvesPlot
 
-    run_dir = Path(run_dir)
-    callbacks: list[Callback] = [CurvesPlot(run_dir / "metrics.csv", run_dir / "curves.png", title=title)]
-    settings = check_logger(section)
+    callbacks: list[Callback] = [CurvesPlot(folder.metrics_csv, folder.curves_png, title=title)]
     if settings["name"] == "tensorboard":
         from cnntrain.tensorboard_logger import TensorBoardLogger
 
         options = {key: settings.get(key, default) for key, default in TENSORBOARD_DEFAULTS.items()}
-        callbacks.append(TensorBoardLogger(run_dir / "tensorboard", classes, mean=mean, std=std, notify=notify,
+        callbacks.append(TensorBoardLogger(folder.tensorboard, classes, mean=mean, std=std, notify=notify,
                                            **options))
     return callbacks

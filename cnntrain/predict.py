@@ -1,4 +1,4 @@
-"""Predict classes of new images with a finished run's best checkpoint.
+"""A finished run, loaded for use: `load_run(folder).predict(images)`, and `cnntrain-predict`.
 
 New images go through the same conversion as the training data: Pillow converts them
 to the run's channel count and resizes them to the size the dataset was stored at,
@@ -11,23 +11,115 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 import torch
+from PIL import Image
 from rich.table import Table
 
-from cnntrain.checkpoint import load_checkpoint
-from cnntrain.data.folder import decode, image_extensions
+from cnntrain.checkpoint import RunCheckpoint
+from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform
 from cnntrain.errors import CnnTrainError
-from cnntrain.run import model_from_checkpoint
+from cnntrain.run_folder import RunFolder
+
+CHECKPOINTS = ("best", "last")
 
 
 @dataclass
 class Prediction:
-    file: str
+    file: str  # the image's path, or "<image i>" for images given as objects
     label: str
     probability: float
     top: list[tuple[str, float]]
+
+
+@dataclass
+class LoadedRun:
+    """A run's model with its weights (in eval mode, on the CPU), class names and preprocessing."""
+
+    folder: RunFolder
+    checkpoint: RunCheckpoint
+    model: torch.nn.Module
+
+    @property
+    def classes(self) -> list[str]:
+        return self.checkpoint.classes
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """stored_size, size (the model's input), mean and std (empty: not normalised), augment."""
+        return self.checkpoint.preprocess
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.folder.read_summary()
+
+    def transform(self) -> BatchTransform:
+        prep = self.preprocess
+        return BatchTransform(size=(prep["size"], prep["size"]), mean=prep["mean"] or None, std=prep["std"] or None)
+
+    def to_array(self, image) -> torch.Tensor:
+        """One image (a path, a Pillow image, or a (C, H, W) / (H, W) tensor: uint8, or float in [0, 1])
+        as the uint8 (C, H, W) tensor the run's data was stored as."""
+        height, width = self.preprocess["stored_size"]
+        channels = self.checkpoint.in_channels
+        if isinstance(image, (str, Path)):
+            try:
+                with Image.open(image) as opened:
+                    return torch.from_numpy(image_to_array(opened, channels, height, width))
+            except READ_ERRORS as err:
+                raise CnnTrainError(f"Cannot read image {image}: {err}") from err
+        if isinstance(image, torch.Tensor):
+            from torchvision.transforms.functional import to_pil_image
+
+            image = to_pil_image(image.detach().cpu())
+        if isinstance(image, Image.Image):
+            return torch.from_numpy(image_to_array(image, channels, height, width))
+        raise CnnTrainError(f"Cannot predict on a {type(image).__name__}: give image paths, Pillow images "
+                            f"or image tensors.")
+
+    def predict(self, images, topk: int = 3, batch_size: int = 64) -> list[Prediction]:
+        """The top-`topk` classes of each image: a path (file or folder of images), a Pillow image, a tensor
+        ((C, H, W), or (N, C, H, W) for several), or a list of these."""
+        items = list(_image_items(images))
+        transform = self.transform()
+        predictions = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            batch = torch.stack([self.to_array(image) for _, image in chunk])
+            with torch.inference_mode():
+                probabilities = self.model(transform(batch)).softmax(dim=1)
+            values, indices = probabilities.topk(min(topk, len(self.classes)), dim=1)
+            for (name, _), top_p, top_i in zip(chunk, values.tolist(), indices.tolist()):
+                top = [(self.classes[i], p) for i, p in zip(top_i, top_p)]
+                predictions.append(Prediction(name, top[0][0], top[0][1], top))
+        return predictions
+
+
+def load_run(run_dir: Path | str, checkpoint: str = "best") -> LoadedRun:
+    """The run in `run_dir` with the weights of checkpoints/<checkpoint>.pt (best or last)."""
+    folder = RunFolder(run_dir)
+    if checkpoint not in CHECKPOINTS:
+        raise CnnTrainError(f"checkpoint must be best or last, got '{checkpoint}'.")
+    if not folder.path.is_dir():
+        raise CnnTrainError(f"{run_dir} is not a folder. Give a run folder (outputs/<date>/<time>_<model>_<data>).")
+    state = RunCheckpoint.read(folder.checkpoint(checkpoint))
+    return LoadedRun(folder, state, state.build_model().eval())
+
+
+def _image_items(images) -> Iterable[tuple[str, Any]]:
+    """(name, image) pairs: a folder gives its image files, a batch tensor its images."""
+    if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.dim() <= 3):
+        images = [images]
+    for i, image in enumerate(images):
+        if isinstance(image, (str, Path)):
+            for path in find_images(Path(image)):
+                yield str(path), path
+        elif isinstance(image, torch.Tensor) and image.dim() == 4:
+            yield from ((f"<image {i}.{j}>", single) for j, single in enumerate(image))
+        else:
+            yield f"<image {i}>", image
 
 
 def find_images(inputs: Path) -> list[Path]:
@@ -44,29 +136,8 @@ def find_images(inputs: Path) -> list[Path]:
 
 def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best",
             batch_size: int = 64) -> list[Prediction]:
-    state = load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.pt")
-    model = model_from_checkpoint(state).eval()
-    prep, classes = state["preprocess"], state["classes"]
-    channels = state["model"]["in_channels"]
-    # Runs saved before stored_size was recorded: their datasets were stored at the model size.
-    height, width = prep.get("stored_size", [prep["size"]] * 2)
-    transform = BatchTransform(size=(prep["size"], prep["size"]), mean=prep["mean"] or None,
-                               std=prep["std"] or None)
-    files = find_images(Path(inputs))
-    predictions = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        try:
-            images = torch.stack([torch.from_numpy(decode(f, channels, height, width)) for f in chunk])
-        except (OSError, ValueError) as err:
-            raise CnnTrainError(f"Cannot read an image in {inputs}: {err}") from err
-        with torch.inference_mode():
-            probabilities = model(transform(images)).softmax(dim=1)
-        values, indices = probabilities.topk(min(topk, len(classes)), dim=1)
-        for path, top_p, top_i in zip(chunk, values.tolist(), indices.tolist()):
-            top = [(classes[i], p) for i, p in zip(top_i, top_p)]
-            predictions.append(Prediction(str(path), top[0][0], top[0][1], top))
-    return predictions
+    """What `cnntrain-predict` prints: the run's predictions for an image file or a folder of images."""
+    return load_run(run_dir, checkpoint).predict(Path(inputs), topk=topk, batch_size=batch_size)
 
 
 def write_predictions(predictions: list[Prediction], path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from cnntrain.errors import ConfigError
@@ -24,6 +25,19 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 def unknown_name_message(kind: str, config_key: str, name: str, names: Iterable[str]) -> str:
     names = sorted(names)
     return f"Unknown {kind} '{name}' ({config_key}).{did_you_mean(str(name), names)} Available: {', '.join(names)}"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registry entry and config settings already checked against its signature: ready to build."""
+
+    name: str
+    builder: Callable[..., Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, **extra: Any) -> Any:
+        """Call the entry with the checked settings and `extra` (what code passes: a model's classes, ...)."""
+        return self.builder(**self.settings, **extra)
 
 
 class Registry:
@@ -59,12 +73,15 @@ class Registry:
             raise ConfigError(unknown_name_message(self.kind, self.config_key, name, self._entries))
         return self._entries[name]
 
-    def build(self, name: str, settings: dict[str, Any] | None = None, **extra: Any) -> Any:
-        """Call the entry `name` with `settings` (from the config) and `extra` (from code)."""
-        fn = self.get(name)
+    def checked(self, name: str, settings: dict[str, Any] | None = None) -> Component:
+        """The entry `name` with its config `settings`, after checking both (ConfigError otherwise)."""
         settings = dict(settings or {})
         self.check_settings(name, settings)
-        return fn(**settings, **extra)
+        return Component(name, self.get(name), settings)
+
+    def build(self, name: str, settings: dict[str, Any] | None = None, **extra: Any) -> Any:
+        """Call the entry `name` with `settings` (from the config) and `extra` (from code)."""
+        return self.checked(name, settings).build(**extra)
 
     def check_settings(self, name: str, settings: dict[str, Any]) -> None:
         """Reject config keys the entry does not accept, naming the valid ones."""

@@ -71,7 +71,27 @@ class StepOptions:
 
 
 class Callback:
-    """Hooks the trainer calls; subclasses override what they need."""
+    """The public extension point: subclass it and override the hooks you need.
+
+    Pass instances to `cnntrain.train(..., callbacks=[...])`, or list them in the config
+    (`callbacks: [{_target_: my_module.MyCallback, some_arg: 1}]`). The trainer calls
+    each hook on every callback, in order, with itself as the first argument; the
+    built-in display, metrics.csv, checkpoints and loggers are callbacks too and run
+    before the user's. These names and arguments are stable:
+
+    - `on_fit_start(trainer)`: before the first epoch (of a resumed run too, with
+      `trainer.history` holding the finished epochs).
+    - `on_epoch_start(trainer, epoch, steps)`: before an epoch's first training step.
+    - `on_train_progress(trainer, progress)`: every `trainer.log_every` steps and at an
+      epoch's last step, with a `StepProgress` (running loss, accuracy, examples/s).
+    - `on_epoch_end(trainer, metrics)`: after the epoch's validation, with its
+      `EpochMetrics` (also the last item of `trainer.history`).
+    - `on_fit_end(trainer)`: after the last epoch.
+
+    To end training after the current epoch (early stopping, a pruned trial), set
+    `trainer.stop_reason` to a sentence saying why; it is printed and saved in the
+    summary. An exception raised in a hook ends the run as failed.
+    """
 
     def on_fit_start(self, trainer: "Trainer") -> None: ...
     def on_epoch_start(self, trainer: "Trainer", epoch: int, steps: int) -> None: ...
@@ -131,6 +151,31 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.options.grad_scaler else None
         self.history: list[EpochMetrics] = []
         self.stop_reason: str | None = None
+
+    def state_dict(self) -> dict:
+        """Everything of the training that a checkpoint keeps to resume it exactly (see checkpoint.py).
+
+        The key names are those of the checkpoint format (`state_dict` is the model's weights).
+        """
+        return {
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
+            "grad_scaler": self.scaler.state_dict() if self.scaler else None,
+            "history": [m.as_dict() for m in self.history],
+            "stop_reason": self.stop_reason,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Put back what `state_dict` gave: weights, optimizer, schedule, loss scaler, history, stop reason."""
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None and state.get("scheduler") is not None:
+            self.schedule.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.history = [EpochMetrics(**row) for row in state["history"]]
+        self.stop_reason = state.get("stop_reason")
 
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks:

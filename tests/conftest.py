@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from cnntrain.cli import config_dir
+from cnntrain.config import config_dir
 from cnntrain.data.idx import write_idx
 from cnntrain.data.synthetic import synthetic
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from cnntrain.cli import GROUPS, check_group_choices, config_dir
+from cnntrain.config import GROUPS, check_group_choices, config_dir
 from cnntrain.errors import ConfigError
-from cnntrain.run import check_config, train
+from cnntrain.build import check_config
+from cnntrain.run import train
 from tests.conftest import compose_config
 
 GROUP_CHOICES = [(group, path.stem) for group in GROUPS for path in sorted((config_dir() / group).glob("*.yaml"))]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from cnntrain.cli import config_dir
+from cnntrain.config import config_dir
 from cnntrain.errors import ConfigError
-from cnntrain.run import inspect_model, train
+from cnntrain.build import inspect_model
+from cnntrain.run import train
 from tests.conftest import compose_config
 
 # (preset, model, lr, batch, input size) as in TUTORIALS.md's recipe table.

@@ -64,7 +64,7 @@ def test_real_registries_hold_the_first_components():
 def test_every_optimizer_and_scheduler_has_a_config_file_with_valid_settings():
     import yaml
 
-    from cnntrain.cli import config_dir
+    from cnntrain.config import config_dir
     from cnntrain.optim import OPTIMIZER_KEYS
 
     for group, registry, reserved in (("optimizer", OPTIMIZERS, OPTIMIZER_KEYS), ("scheduler", SCHEDULERS, ("name",))):
@@ -87,7 +87,7 @@ def test_model_typo_suggests_the_real_model():
 
 
 def test_registry_names_are_the_config_file_names_the_cli_checks_without_torch():
-    from cnntrain.cli import REGISTRY_GROUPS, config_dir
+    from cnntrain.config import REGISTRY_GROUPS, config_dir
 
     registries = {"model": MODELS, "data": DATASETS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
     assert set(registries) == set(REGISTRY_GROUPS)

@@ -14,7 +14,7 @@ import torch
 
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.errors import ConfigError, TrainingError
-from cnntrain.resume import resume, resume_config
+from cnntrain.resuming import resume, resume_config
 from cnntrain.run import train
 from tests.conftest import compose_config
 

@@ -10,7 +10,8 @@ import torch
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.data import load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, InMemoryLoader
-from cnntrain.run import model_from_checkpoint, train
+from cnntrain.checkpoint import RunCheckpoint
+from cnntrain.run import train
 from cnntrain.trainer import Trainer
 from tests.conftest import compose_config
 
@@ -62,7 +63,7 @@ def test_best_checkpoint_reloads_and_reproduces_test_accuracy(finished_run, fash
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")  # weights_only=True inside
     assert best["epoch"] == summary["best_epoch"]
     assert best["model"]["name"] == "mlp" and best["classes"][0] == "T-shirt/top"
-    model = model_from_checkpoint(best)
+    model = RunCheckpoint(run_dir / "checkpoints" / "best.pt", best).build_model()
 
     data = prepare("fashion_mnist", load_image_data("fashion_mnist", {"root": str(fashion_root),
                                                                       "download": False}), 0.1, 42)

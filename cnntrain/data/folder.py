@@ -74,9 +74,14 @@ def list_class_images(folder: Path, classes: list[str] | None = None) -> tuple[l
 def decode(path: Path, channels: int, height: int, width: int | None = None) -> np.ndarray:
     """One image as a uint8 (channels, height, width) array; raises OSError/ValueError if unreadable."""
     with Image.open(path) as image:
-        image = image.convert("L" if channels == 1 else "RGB")
-        image = image.resize((width or height, height), Image.Resampling.BILINEAR)
-        array = np.array(image, dtype=np.uint8)  # a writable copy, so torch can share it
+        return image_to_array(image, channels, height, width)
+
+
+def image_to_array(image: Image.Image, channels: int, height: int, width: int | None = None) -> np.ndarray:
+    """A Pillow image as a uint8 (channels, height, width) array: grey or RGB, resized bilinearly."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    image = image.resize((width or height, height), Image.Resampling.BILINEAR)
+    array = np.array(image, dtype=np.uint8)  # a writable copy, so torch can share it
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 

@@ -6,6 +6,7 @@ rest from the model config. Adding a family: a new module with `@MODELS.register
 builders, imported below.
 """
 
+from cnntrain.config import config_dir, settings_of
 from cnntrain.registry import Registry
 
 MODELS = Registry("model", "model.name", code_arguments=("num_classes", "in_channels", "input_size"))
@@ -20,8 +21,6 @@ def model_config(name: str) -> dict:
 
     import yaml
 
-    from cnntrain.cli import config_dir
-
     path = config_dir() / "model" / f"{name}.yaml"
     if path.exists():
         return yaml.safe_load(path.read_text())
@@ -29,9 +28,17 @@ def model_config(name: str) -> dict:
     return {"name": name, "input_size": params["input_size"].default, "init": "default"}
 
 
-def builder_settings(config: dict) -> dict:
+def builder_settings(config) -> dict:
     """The keys of a model config that go to the builder as keyword arguments."""
-    return {k: v for k, v in config.items() if k not in MODEL_KEYS}
+    return settings_of(config, MODEL_KEYS)
+
+
+def build_model(recipe: dict):
+    """The model a recipe describes (what checkpoints save as "model": name, settings, classes,
+    channels, input size, init), with freshly initialised weights."""
+    model = MODELS.build(recipe["name"], recipe["settings"], num_classes=recipe["num_classes"],
+                         in_channels=recipe["in_channels"], input_size=recipe["input_size"])
+    return init_weights(model, recipe.get("init", "default"))
 
 # Importing the family modules registers their builders.
 from cnntrain.models import lenet, mlp  # noqa: E402,F401

@@ -8,7 +8,6 @@ schedule stay, so the resumed run ends exactly where the uninterrupted one would
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import load_checkpoint
-from cnntrain.cli import REGISTRY_GROUPS, config_dir
+from cnntrain.config import REGISTRY_GROUPS, group_file
 from cnntrain.errors import ConfigError
+from cnntrain.run_folder import RunFolder
 
 # Dotted prefixes a resume may change.
 MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "trainer.early_stopping", "device",
-              "logger", "data.root", "data.download", "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
+              "logger", "callbacks", "data.root", "data.download", "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
 # Group choices (model=alexnet) name a config file; on resume they are compared with the run's `name`.
 GROUP_KEYS = {**{group: f"{group}.name" for group in REGISTRY_GROUPS}, "device": "device.type"}
 # Schedules laid out over the run's length: more epochs would run past their end.
@@ -33,7 +33,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
     if not run_dir.is_dir():
         raise ConfigError(f"Cannot resume: {run_dir} is not a folder. Give a run folder, "
                           f"e.g. resume=outputs/2026-11-23/10-00-00-000000_lenet_fashion_mnist.")
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunFolder(run_dir).last_checkpoint
     if not last.is_file():
         raise ConfigError(f"Cannot resume {run_dir}: it has no checkpoints/last.pt, so no epoch of it finished. "
                           f"Start the run again instead.")
@@ -42,6 +42,8 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
         raise ConfigError(f"Cannot resume {run_dir}: its checkpoint was written by an older cnntrain without "
                           f"the state a resume needs. Start the run again.")
     cfg = OmegaConf.create(checkpoint["config"])
+    # A run folder is data, never code: callbacks the run was started with are not created from it.
+    cfg.callbacks = []
     saved_epochs = cfg.trainer.epochs
     for override in overrides:
         apply_override(cfg, override, run_dir)
@@ -58,7 +60,7 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
     if not sep:
         raise ConfigError(f"Unexpected argument '{override}' with resume=: give key=value overrides.")
     if key == "logger":  # a group choice that may change: take the whole file, as Hydra would
-        cfg.logger = OmegaConf.load(_group_file("logger", raw))
+        cfg.logger = OmegaConf.load(group_file("logger", raw))
         return
     if key == "experiment":
         raise ConfigError(f"experiment={raw} cannot be applied on resume: {run_dir} keeps the settings it "
@@ -78,18 +80,9 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
     OmegaConf.update(cfg, key, value, force_add=True)
 
 
-def _group_file(group: str, choice: str) -> Path:
-    path = config_dir() / group / f"{choice}.yaml"
-    if not path.is_file():
-        choices = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-        raise ConfigError(f"Unknown {group} '{choice}' ({group}={choice}). Available: {choices}")
-    return path
-
-
 def finished_message(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any]) -> str | None:
     """What to say when the run has nothing left to do (its summary says completed), else None."""
-    summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary = RunFolder(run_dir).read_summary()
     if summary.get("status") != "completed":
         return None
     stopped = checkpoint.get("stop_reason")
@@ -101,16 +94,46 @@ def finished_message(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any])
             f"cnntrain resume={run_dir} trainer.epochs={checkpoint['epoch'] + 10}")
 
 
-def resume(run_dir: Path | str, overrides: list[str] = ()) -> dict[str, Any]:
+def resume(run_dir: Path | str, overrides: list[str] = (), callbacks: list = ()) -> dict[str, Any]:
     """Continue the run in `run_dir`; returns its summary (the existing one when it was finished)."""
-    from cnntrain.run import train
+    folder, cfg, checkpoint = _resumable(run_dir, overrides)
+    if checkpoint is None:
+        return folder.read_summary()
+    return _continue(folder, cfg, checkpoint, callbacks).summary
 
-    run_dir = Path(run_dir)
-    cfg, checkpoint = resume_config(run_dir, list(overrides))
-    message = finished_message(run_dir, cfg, checkpoint)
+
+def resume_run(run_dir: Path | str, overrides: list[str] = (), callbacks: list = ()):
+    """Continue the run in `run_dir` and return its `run.RunResult`; a finished run's result is read from disk.
+
+    `callbacks`: user callbacks for the resumed part (those the run was started with are not restored).
+    """
+    folder, cfg, checkpoint = _resumable(run_dir, overrides)
+    if checkpoint is not None:
+        return _continue(folder, cfg, checkpoint, callbacks)
+    from cnntrain.build import import_user_modules
+    from cnntrain.checkpoint import RunCheckpoint
+    from cnntrain.run import RunResult
+    from cnntrain.trainer import EpochMetrics
+
+    import_user_modules(cfg.get("imports"))  # the model may be one of the user's
+    best = RunCheckpoint.read(folder.best_checkpoint)
+    history = [EpochMetrics(**row) for row in RunCheckpoint.read(folder.last_checkpoint).state["history"]]
+    return RunResult(best.build_model(), folder.read_summary(), history, best.classes)
+
+
+def _resumable(run_dir: Path | str, overrides) -> tuple[RunFolder, DictConfig, dict[str, Any] | None]:
+    """(folder, config, last checkpoint); the checkpoint is None when the run had finished (said on stdout)."""
+    folder = RunFolder(run_dir)
+    cfg, checkpoint = resume_config(folder.path, list(overrides))
+    message = finished_message(folder.path, cfg, checkpoint)
     if message:
         print(message)
-        return json.loads((run_dir / "summary.json").read_text())
-    for stale in (run_dir / "checkpoints").glob("*.tmp"):  # left by a kill in the middle of a save
-        stale.unlink()
-    return train(cfg, run_dir=run_dir, resume_from=checkpoint)
+        return folder, cfg, None
+    return folder, cfg, checkpoint
+
+
+def _continue(folder: RunFolder, cfg: DictConfig, checkpoint: dict[str, Any], callbacks):
+    from cnntrain.run import run
+
+    folder.remove_stale_temp_files()
+    return run(cfg, run_dir=folder.path, resume_from=checkpoint, callbacks=callbacks)

@@ -1,0 +1,46 @@
+"""The Python API: what the `cnntrain` command does, as functions.
+
+    from cnntrain import train, load_run
+    result = train("model=lenet", "trainer.epochs=2", callbacks=[MyCallback()])
+    result.test_acc, result.run_dir, result.model
+    run = load_run(result.run_dir)
+    run.predict(["shoe.png", pil_image, tensor])
+
+Arguments are the command line's overrides (or a composed config), errors are
+`cnntrain.errors.CnnTrainError`s with the same messages the CLI prints, and runs land
+in the same folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cnntrain.config import compose
+from cnntrain.predict import LoadedRun, load_run
+from cnntrain.resuming import resume_run
+from cnntrain.run import RunResult, run
+from cnntrain.trainer import Callback
+
+__all__ = ["train", "resume", "load_run", "compose", "RunResult", "LoadedRun", "Callback"]
+
+
+def train(*overrides: str | DictConfig, callbacks: list[Callback] = (), run_dir: Path | str | None = None) -> RunResult:
+    """Train one run: `train("model=alexnet", "data=fashion_mnist")`, or `train(cfg)` with a composed config.
+
+    `callbacks` are called after the built-in ones (see `cnntrain.Callback`); `run_dir`
+    defaults to a new timestamped folder under outputs/ in the current folder.
+    """
+    if len(overrides) == 1 and isinstance(overrides[0], DictConfig):
+        cfg = overrides[0]
+    else:
+        if not all(isinstance(item, str) for item in overrides):
+            raise TypeError("train() takes override strings such as 'model=alexnet', or one composed config.")
+        cfg = compose(overrides)
+    return run(cfg, run_dir=run_dir, callbacks=callbacks)
+
+
+def resume(run_dir: Path | str, *overrides: str, callbacks: list[Callback] = ()) -> RunResult:
+    """Continue the run in `run_dir` (e.g. `resume(folder, "trainer.epochs=20")`), as `cnntrain resume=...`."""
+    return resume_run(run_dir, list(overrides), callbacks)

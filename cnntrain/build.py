@@ -1,0 +1,351 @@
+"""The builder: a composed config -> checked settings -> the objects a run trains with.
+
+`check_config` looks at every name and setting before any data is loaded (a typo
+costs a second, not a dataset parse) and returns a `CheckedConfig`: the registry
+entries with their checked settings, the built augmentations, logger settings and
+user callbacks. `build_training` builds from exactly those checked values: device,
+data, model, optimizer, schedule, loaders (`TrainingParts`); `build_callbacks` adds
+what writes the run folder. Training (run.py), resuming, `cnntrain-info` and the
+benchmarks all come through here, so they cannot wire a run differently.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter
+from cnntrain.checkpoint import training_checkpoint
+from cnntrain.config import as_plain, settings_of
+from cnntrain.data import DATASETS, LOADER_KEYS, DatasetSpec, ImageData, PreparedData, load_image_data, prepare
+from cnntrain.data.augment import Augmentation, build_augmentations
+from cnntrain.data.loader import BatchTransform, make_loader
+from cnntrain.errors import ConfigError
+from cnntrain.inspector import check_input_size
+from cnntrain.loggers import check_logger, logger_callbacks
+from cnntrain.models import MODEL_KEYS, MODELS, build_model
+from cnntrain.models.init import check_init_scheme
+from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, parameter_groups
+from cnntrain.registry import Component
+from cnntrain.run_folder import RunFolder
+from cnntrain.speed_switches import PRECISIONS, maybe_compile, resolve_precision, tune_backend, use_channels_last
+from cnntrain.trainer import Callback, StepOptions, Trainer
+
+PROGRESS_MODES = ("auto", "bar", "plain", "none")
+EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
+
+
+@dataclass
+class CheckedConfig:
+    """A config whose names and settings have been checked; what `build_training` builds from."""
+
+    cfg: DictConfig
+    dataset: Component
+    optimizer: Component
+    scheduler: Component
+    augment: list  # data.augment as plain values (saved with checkpoints, for prediction)
+    augmentations: list[Augmentation]
+    logger: dict[str, Any]
+    callbacks: list[Callback] = field(default_factory=list)  # the user's, from config and from Python
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.cfg.data.get("eval_batch_size") or 2 * self.cfg.data.batch_size
+
+
+def import_user_modules(modules) -> None:
+    """Import the modules listed in `imports` so that their registrations take effect.
+
+    The current folder is searched too: the `cnntrain` script's own folder is what
+    Python puts on sys.path, not the folder the user is working in.
+    """
+    _search_current_folder()
+    for module in modules or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(
+                f"Cannot import '{module}' (imports): {err}. Make sure it is on PYTHONPATH "
+                f"(e.g. run from the folder that holds it)."
+            ) from err
+
+
+def _search_current_folder() -> None:
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
+def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConfig:
+    """Every name and setting checked, before any data is loaded (ConfigError naming the key otherwise).
+
+    `callbacks` are user callbacks given from Python; those the config lists are created here.
+    """
+    import_user_modules(cfg.get("imports"))
+    MODELS.check_settings(cfg.model.name, settings_of(cfg.model, MODEL_KEYS))
+    check_init_scheme(cfg.model.get("init", "default"))
+    augment = as_plain(cfg.data.get("augment")) or []
+    checked = CheckedConfig(
+        cfg=cfg,
+        dataset=DATASETS.checked(cfg.data.name, settings_of(cfg.data, LOADER_KEYS)),
+        optimizer=OPTIMIZERS.checked(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS)),
+        scheduler=SCHEDULERS.checked(cfg.scheduler.name, settings_of(cfg.scheduler)),
+        augment=list(augment),
+        augmentations=build_augmentations(augment),
+        logger=check_logger(cfg.get("logger")),
+    )
+    check_trainer_settings(cfg)
+    checked.callbacks = config_callbacks(cfg.get("callbacks")) + check_callbacks(callbacks, "callbacks=")
+    return checked
+
+
+def check_trainer_settings(cfg: DictConfig) -> None:
+    trainer = cfg.trainer
+    for key in ("trainer.epochs", "data.batch_size", "trainer.accumulate_grad_batches"):
+        _require(OmegaConf.select(cfg, key, default=1), key, "a positive whole number", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    if trainer.progress not in PROGRESS_MODES:
+        raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
+                          f"got '{trainer.progress}'.")
+    _require(trainer.get("label_smoothing", 0.0), "trainer.label_smoothing", "a number from 0 up to (not) 1",
+             lambda v: isinstance(v, (int, float)) and 0 <= v < 1)
+    _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
+             lambda v: v is None or (isinstance(v, (int, float)) and v > 0))
+    _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
+    _require(trainer.get("channels_last", "auto"), "trainer.channels_last", "auto, true or false",
+             lambda v: v in ("auto", True, False))
+    _require(trainer.get("precision", 32), "trainer.precision", "one of 32, bf16, fp16",
+             lambda v: str(v).lower() in PRECISIONS)
+    stopping = trainer.get("early_stopping") or {}
+    _require(stopping.get("patience"), "trainer.early_stopping.patience", "null (off) or a positive whole number",
+             lambda v: v is None or (isinstance(v, int) and v >= 1))
+    _require(stopping.get("metric", "val_loss"), "trainer.early_stopping.metric",
+             f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
+    _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
+             lambda v: isinstance(v, (int, float)) and v >= 0)
+
+
+def _require(value, key: str, expected: str, is_valid) -> None:
+    if not is_valid(value):
+        raise ConfigError(f"{key} must be {expected}, got {value!r}.")
+
+
+def config_callbacks(entries) -> list[Callback]:
+    """The `callbacks` config list: each entry `{_target_: module.Class, arg: value, ...}`, created once."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    entries = as_plain(entries) or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"callbacks must be a list of {{_target_: module.Class, ...}} entries, got {entries!r}.")
+    _search_current_folder()  # a callback module beside the user's config, as for `imports`
+    created = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "_target_" not in entry:
+            raise ConfigError(f"callbacks[{i}] must be a mapping with a _target_ key naming a Callback class, "
+                              f"got {entry!r}. Example: callbacks='[{{_target_: my_callbacks.Recorder}}]'.")
+        try:
+            created.append(instantiate(entry))
+        except InstantiationException as err:
+            raise ConfigError(f"Cannot create callbacks[{i}] ({entry['_target_']}): {err}") from err
+    return check_callbacks(created, "callbacks")
+
+
+def check_callbacks(callbacks, where: str) -> list[Callback]:
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise ConfigError(f"{type(callback).__name__} ({where}) is not a cnntrain Callback: subclass "
+                              f"cnntrain.Callback and override the hooks you need.")
+    return list(callbacks)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit choice must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for but PyTorch sees no CUDA GPU. Use device=auto or device=cpu.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps was asked for but this machine has no Apple GPU. Use device=auto or device=cpu.")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"Unknown device.type '{name}'. Use auto, cpu, cuda or mps.")
+    return torch.device(name)
+
+
+def input_size_for(cfg: DictConfig, spec: DatasetSpec) -> int:
+    """data.resize if set, else the model's native input_size, else the data's own size."""
+    size = cfg.data.get("resize") or cfg.model.get("input_size") or spec.image_size[0]
+    if not isinstance(size, int) or size < 1:
+        raise ConfigError(f"data.resize / model.input_size must be a positive whole number, got {size!r}.")
+    return size
+
+
+def model_recipe(cfg: DictConfig, spec: DatasetSpec, input_size: int) -> dict[str, Any]:
+    """Everything needed to rebuild the model; saved in every checkpoint."""
+    return {"name": cfg.model.name, "settings": settings_of(cfg.model, MODEL_KEYS),
+            "num_classes": spec.num_classes, "in_channels": spec.channels, "input_size": input_size,
+            "init": cfg.model.get("init", "default")}
+
+
+def build_checked_model(cfg: DictConfig, spec: DatasetSpec) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model for this data, after checking that an image of the input size gets through it.
+
+    Catches e.g. the 224-pixel AlexNet asked to take 28-pixel images, before training,
+    with the layer whose output collapsed and the size to use instead.
+    """
+    size = input_size_for(cfg, spec)
+    recipe = model_recipe(cfg, spec, size)
+    native = cfg.model.get("input_size")
+    try:
+        model = build_model(recipe)
+    except (RuntimeError, ValueError) as err:  # e.g. a Linear sized from a collapsed feature map
+        size_hint = f" at input size {size} (native size: {native})" if native and native != size else ""
+        raise ConfigError(f"Cannot build model '{recipe['name']}'{size_hint}: {err}. "
+                          f"Check the model settings, or drop data.resize so it gets its native size.") from err
+    check_input_size(model, spec.channels, size, native_size=native)
+    return model, recipe
+
+
+def build_data(checked: CheckedConfig, data: ImageData | None = None) -> PreparedData:
+    """The dataset (parsed once per process) split into train/val/test. `data`: use these images instead."""
+    cfg = checked.cfg
+    data = data or load_image_data(checked.dataset.name, checked.dataset.settings)
+    return prepare(cfg.data.name, data, cfg.data.val_fraction, cfg.seed)
+
+
+@dataclass
+class TrainingParts:
+    """Everything a run trains with, built from a `CheckedConfig`."""
+
+    checked: CheckedConfig
+    device: torch.device
+    data: PreparedData
+    model: torch.nn.Module
+    recipe: dict[str, Any]  # rebuilds the model (models.build_model); saved in checkpoints
+    forward: Callable  # what computes the logits: the model, or torch.compile(model)
+    transform: BatchTransform
+    train_loader: Any
+    val_loader: Any
+    test_loader: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any  # optim.LrSchedule or None
+    options: StepOptions
+    channels_last: bool
+    notices: list[str]  # speed switches that could not be honoured here
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.data.spec
+
+    @property
+    def precision(self) -> str:
+        """What autocast runs in, as summary.json records it (the config may ask for more than the device can)."""
+        return str(self.options.autocast_dtype or torch.float32).removeprefix("torch.")
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def run_info(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the trainer's state (see checkpoint.py)."""
+        return {
+            "model": self.recipe, "classes": self.spec.classes,
+            # How images were prepared, so that prediction converts new images the same way.
+            "preprocess": {"stored_size": list(self.spec.image_size), "size": self.recipe["input_size"],
+                           "mean": list(self.transform.mean or []), "std": list(self.transform.std or []),
+                           "augment": self.checked.augment},
+            "config": OmegaConf.to_container(self.checked.cfg, resolve=True),
+        }
+
+    def trainer(self, callbacks: list[Callback] = ()) -> Trainer:
+        cfg = self.checked.cfg
+        loss_fn = functools.partial(F.cross_entropy, label_smoothing=float(cfg.trainer.get("label_smoothing", 0.0)))
+        return Trainer(self.model, self.optimizer, self.schedule, self.train_loader, self.val_loader, self.device,
+                       cfg.trainer.epochs, callbacks=callbacks, log_every=cfg.trainer.log_every, loss_fn=loss_fn,
+                       options=self.options, forward=self.forward)
+
+
+def build_training(checked: CheckedConfig, data: ImageData | None = None) -> TrainingParts:
+    """Device, data, model, optimizer, schedule and loaders, in the order that fixes the random streams."""
+    cfg = checked.cfg
+    device = resolve_device(cfg.device.type)
+    tune_backend(device)
+    torch.manual_seed(cfg.seed)
+    prepared = build_data(checked, data)
+    spec = prepared.spec
+    model, recipe = build_checked_model(cfg, spec)
+    size = recipe["input_size"]
+    channels_last, layout_notice = use_channels_last(cfg.trainer.channels_last, device, model)
+    autocast_dtype, precision_notice = resolve_precision(cfg.trainer.get("precision", 32), device)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    forward, compile_notice = maybe_compile(model, cfg.trainer.get("compile", False), device)
+
+    normalize = cfg.data.get("normalize", False)
+    transform = BatchTransform(size=(size, size), mean=spec.mean if normalize else None,
+                               std=spec.std if normalize else None, channels_last=channels_last,
+                               augment=checked.augmentations)
+    train_loader = make_loader(prepared.train, cfg.data.batch_size, transform, device, shuffle=True,
+                               seed=cfg.seed, augment=True)
+    val_loader = make_loader(prepared.val, checked.eval_batch_size, transform, device)
+    test_loader = make_loader(prepared.test, checked.eval_batch_size, transform, device)
+
+    options = StepOptions(accumulate=cfg.trainer.get("accumulate_grad_batches", 1),
+                          grad_clip_norm=cfg.trainer.get("grad_clip_norm"), autocast_dtype=autocast_dtype)
+    optimizer = checked.optimizer.build(
+        params=parameter_groups(model, cfg.optimizer.get("no_decay_bias_norm", False)))
+    schedule = checked.scheduler.build(optimizer=optimizer, epochs=cfg.trainer.epochs,
+                                       steps_per_epoch=options.optimizer_steps(len(train_loader)))
+    notices = [n for n in (layout_notice, precision_notice, compile_notice) if n]
+    return TrainingParts(checked, device, prepared, model, recipe, forward, transform, train_loader, val_loader,
+                         test_loader, optimizer, schedule, options, channels_last, notices)
+
+
+@dataclass
+class RunCallbacks:
+    """The callbacks of a run; the display and checkpointer are also kept by name for the run's messages."""
+
+    display: ProgressDisplay
+    checkpointer: Checkpointer
+    all: list[Callback]
+
+
+def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> RunCallbacks:
+    """Display, metrics.csv, checkpoints, loggers, early stopping, then the user's callbacks."""
+    checked, cfg = parts.checked, parts.checked.cfg
+    live = cfg.trainer.progress == "bar" or (cfg.trainer.progress == "auto" and reporter.console.is_terminal)
+    display = ProgressDisplay(reporter, live=live)
+    run_info = parts.run_info()
+    checkpointer = Checkpointer(folder, lambda trainer, metrics: training_checkpoint(trainer, metrics, run_info))
+    callbacks = [display, MetricsWriter(folder.metrics_csv), checkpointer,
+                 *logger_callbacks(checked.logger, folder, parts.spec.classes, parts.transform.mean,
+                                   parts.transform.std, f"{cfg.model.name} on {parts.spec.name}", reporter.line)]
+    stopping = cfg.trainer.get("early_stopping") or {}
+    if stopping.get("patience"):
+        callbacks.append(EarlyStopping(stopping.get("metric", "val_loss"), stopping["patience"],
+                                       stopping.get("min_delta", 0.0)))
+    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks)
+
+
+def inspect_model(cfg: DictConfig):
+    """The model this config would train, pushed through once: (layer rows, totals, input size).
+
+    What `cnntrain-info` prints; the data is loaded only to learn its channels and classes.
+    """
+    from cnntrain.inspector import layer_table, model_totals
+
+    checked = check_config(cfg)
+    spec = build_data(checked).spec
+    model, recipe = build_checked_model(cfg, spec)
+    shape = (spec.channels, recipe["input_size"], recipe["input_size"])
+    rows = layer_table(model, shape)
+    return rows, model_totals(model, shape, rows, batch_size=cfg.data.batch_size), recipe["input_size"]
