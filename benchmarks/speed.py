@@ -44,7 +44,8 @@ try:
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from cnntrain.build import build_training, check_config, resolve_device  # noqa: E402
+from cnntrain.build import build_training, resolve_device  # noqa: E402
+from cnntrain.checks import check_config  # noqa: E402
 from cnntrain.config import compose, settings_of  # noqa: E402
 from cnntrain.data import ImageData  # noqa: E402
 from cnntrain.data.idx import write_idx  # noqa: E402

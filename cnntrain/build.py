@@ -1,21 +1,15 @@
-"""The builder: a composed config -> checked settings -> the objects a run trains with.
+"""The builder: a composed config -> checked settings (checks.py) -> the objects a run trains with.
 
-`check_config` looks at every name and setting before any data is loaded (a typo
-costs a second, not a dataset parse) and returns a `CheckedConfig`: the registry
-entries with their checked settings, the built augmentations, logger settings and
-user callbacks. `build_training` builds from exactly those checked values: device,
-data, model, optimizer, schedule, loaders (`TrainingParts`); `build_callbacks` adds
-what writes the run folder. Training (run.py), resuming, `cnntrain-info` and the
+`build_training` builds from exactly the values `check_config` checked: device, data,
+model, optimizer, schedule, loaders (`TrainingParts`); `build_callbacks` adds what
+writes the run folder and the user's callbacks. Training (run.py), resuming, `cnntrain-info` and the
 benchmarks all come through here, so they cannot wire a run differently.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import os
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -24,145 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter
 from cnntrain.checkpoint import training_checkpoint
-from cnntrain.config import as_plain, settings_of
-from cnntrain.data import DATASETS, LOADER_KEYS, DatasetSpec, ImageData, PreparedData, load_image_data, prepare
-from cnntrain.data.augment import Augmentation, build_augmentations
+from cnntrain.checks import CheckedConfig, check_config
+from cnntrain.config import settings_of
+from cnntrain.data import DatasetSpec, ImageData, PreparedData, load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, make_loader
 from cnntrain.errors import ConfigError
 from cnntrain.inspector import check_input_size
-from cnntrain.loggers import check_logger, logger_callbacks
-from cnntrain.models import MODEL_KEYS, MODELS, build_model
-from cnntrain.models.init import check_init_scheme
-from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, parameter_groups
-from cnntrain.registry import Component
+from cnntrain.loggers import logger_callbacks
+from cnntrain.models import MODEL_KEYS, build_model
+from cnntrain.optim import parameter_groups
 from cnntrain.run_folder import RunFolder
-from cnntrain.speed_switches import PRECISIONS, maybe_compile, resolve_precision, tune_backend, use_channels_last
+from cnntrain.speed_switches import maybe_compile, resolve_precision, tune_backend, use_channels_last
 from cnntrain.trainer import Callback, StepOptions, Trainer
-
-PROGRESS_MODES = ("auto", "bar", "plain", "none")
-EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
-
-
-@dataclass
-class CheckedConfig:
-    """A config whose names and settings have been checked; what `build_training` builds from."""
-
-    cfg: DictConfig
-    dataset: Component
-    optimizer: Component
-    scheduler: Component
-    augment: list  # data.augment as plain values (saved with checkpoints, for prediction)
-    augmentations: list[Augmentation]
-    logger: dict[str, Any]
-    callbacks: list[Callback] = field(default_factory=list)  # the user's, from config and from Python
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.cfg.data.get("eval_batch_size") or 2 * self.cfg.data.batch_size
-
-
-def import_user_modules(modules) -> None:
-    """Import the modules listed in `imports` so that their registrations take effect.
-
-    The current folder is searched too: the `cnntrain` script's own folder is what
-    Python puts on sys.path, not the folder the user is working in.
-    """
-    _search_current_folder()
-    for module in modules or []:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ConfigError(
-                f"Cannot import '{module}' (imports): {err}. Make sure it is on PYTHONPATH "
-                f"(e.g. run from the folder that holds it)."
-            ) from err
-
-
-def _search_current_folder() -> None:
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-
-
-def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConfig:
-    """Every name and setting checked, before any data is loaded (ConfigError naming the key otherwise).
-
-    `callbacks` are user callbacks given from Python; those the config lists are created here.
-    """
-    import_user_modules(cfg.get("imports"))
-    MODELS.check_settings(cfg.model.name, settings_of(cfg.model, MODEL_KEYS))
-    check_init_scheme(cfg.model.get("init", "default"))
-    augment = as_plain(cfg.data.get("augment")) or []
-    checked = CheckedConfig(
-        cfg=cfg,
-        dataset=DATASETS.checked(cfg.data.name, settings_of(cfg.data, LOADER_KEYS)),
-        optimizer=OPTIMIZERS.checked(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS)),
-        scheduler=SCHEDULERS.checked(cfg.scheduler.name, settings_of(cfg.scheduler)),
-        augment=list(augment),
-        augmentations=build_augmentations(augment),
-        logger=check_logger(cfg.get("logger")),
-    )
-    check_trainer_settings(cfg)
-    checked.callbacks = config_callbacks(cfg.get("callbacks")) + check_callbacks(callbacks, "callbacks=")
-    return checked
-
-
-def check_trainer_settings(cfg: DictConfig) -> None:
-    trainer = cfg.trainer
-    for key in ("trainer.epochs", "data.batch_size", "trainer.accumulate_grad_batches"):
-        _require(OmegaConf.select(cfg, key, default=1), key, "a positive whole number", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-    if trainer.progress not in PROGRESS_MODES:
-        raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
-                          f"got '{trainer.progress}'.")
-    _require(trainer.get("label_smoothing", 0.0), "trainer.label_smoothing", "a number from 0 up to (not) 1",
-             lambda v: isinstance(v, (int, float)) and 0 <= v < 1)
-    _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
-             lambda v: v is None or (isinstance(v, (int, float)) and v > 0))
-    _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
-    _require(trainer.get("channels_last", "auto"), "trainer.channels_last", "auto, true or false",
-             lambda v: v in ("auto", True, False))
-    _require(trainer.get("precision", 32), "trainer.precision", "one of 32, bf16, fp16",
-             lambda v: str(v).lower() in PRECISIONS)
-    stopping = trainer.get("early_stopping") or {}
-    _require(stopping.get("patience"), "trainer.early_stopping.patience", "null (off) or a positive whole number",
-             lambda v: v is None or (isinstance(v, int) and v >= 1))
-    _require(stopping.get("metric", "val_loss"), "trainer.early_stopping.metric",
-             f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
-    _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
-             lambda v: isinstance(v, (int, float)) and v >= 0)
-
-
-def _require(value, key: str, expected: str, is_valid) -> None:
-    if not is_valid(value):
-        raise ConfigError(f"{key} must be {expected}, got {value!r}.")
-
-
-def config_callbacks(entries) -> list[Callback]:
-    """The `callbacks` config list: each entry `{_target_: module.Class, arg: value, ...}`, created once."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    entries = as_plain(entries) or []
-    if not isinstance(entries, list):
-        raise ConfigError(f"callbacks must be a list of {{_target_: module.Class, ...}} entries, got {entries!r}.")
-    _search_current_folder()  # a callback module beside the user's config, as for `imports`
-    created = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "_target_" not in entry:
-            raise ConfigError(f"callbacks[{i}] must be a mapping with a _target_ key naming a Callback class, "
-                              f"got {entry!r}. Example: callbacks='[{{_target_: my_callbacks.Recorder}}]'.")
-        try:
-            created.append(instantiate(entry))
-        except InstantiationException as err:
-            raise ConfigError(f"Cannot create callbacks[{i}] ({entry['_target_']}): {err}") from err
-    return check_callbacks(created, "callbacks")
-
-
-def check_callbacks(callbacks, where: str) -> list[Callback]:
-    for callback in callbacks:
-        if not isinstance(callback, Callback):
-            raise ConfigError(f"{type(callback).__name__} ({where}) is not a cnntrain Callback: subclass "
-                              f"cnntrain.Callback and override the hooks you need.")
-    return list(callbacks)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -110,7 +110,7 @@ def resume_run(run_dir: Path | str, overrides: list[str] = (), callbacks: list =
     folder, cfg, checkpoint = _resumable(run_dir, overrides)
     if checkpoint is not None:
         return _continue(folder, cfg, checkpoint, callbacks)
-    from cnntrain.build import import_user_modules
+    from cnntrain.checks import import_user_modules
     from cnntrain.checkpoint import RunCheckpoint
     from cnntrain.run import RunResult
     from cnntrain.trainer import EpochMetrics

@@ -18,7 +18,8 @@ import torch
 from omegaconf import DictConfig
 from rich.table import Table
 
-from cnntrain.build import RunCallbacks, TrainingParts, build_callbacks, build_training, check_config
+from cnntrain.build import RunCallbacks, TrainingParts, build_callbacks, build_training
+from cnntrain.checks import check_config
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
 from cnntrain.errors import RunInterrupted

@@ -6,7 +6,7 @@ import pytest
 
 from cnntrain.config import GROUPS, check_group_choices, config_dir
 from cnntrain.errors import ConfigError
-from cnntrain.build import check_config
+from cnntrain.checks import check_config
 from cnntrain.run import train
 from tests.conftest import compose_config
 
