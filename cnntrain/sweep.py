@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import re
 import sys
 from pathlib import Path
@@ -27,6 +26,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
+
+from cnntrain.run_folder import RunFolder
 
 SWEEP_COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "best_epoch", "wall_seconds",
                  "run_dir", "error"]
@@ -59,8 +60,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for folder in sorted((p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")), key=_job_number):
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
-        summary_file = folder / "summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {
+        summary = RunFolder(folder).read_summary() or {
             "status": "failed", "error": f"{NO_SUMMARY} (the job stopped before finishing)"}
         rows.append({
             "job": _job_number(folder), "overrides": " ".join(overrides), "override_list": overrides,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnntrain.errors import ConfigError
-from cnntrain.registry import did_you_mean
+from cnntrain.registry import unknown_name_message
 
 INIT_SCHEMES = {
     "xavier_uniform": nn.init.xavier_uniform_,
@@ -21,10 +21,7 @@ INIT_SCHEMES = {
 
 def check_init_scheme(scheme: str) -> None:
     if scheme not in INIT_SCHEMES:
-        raise ConfigError(
-            f"Unknown weight init '{scheme}' (model.init).{did_you_mean(scheme, INIT_SCHEMES)} "
-            f"Available: {', '.join(INIT_SCHEMES)}"
-        )
+        raise ConfigError(unknown_name_message("weight init", "model.init", str(scheme), INIT_SCHEMES))
 
 
 def init_weights(model: nn.Module, scheme: str) -> nn.Module:
