@@ -9,6 +9,7 @@ benchmarks all come through here, so they cannot wire a run differently.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter
+from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter, TimeEstimate
 from cnntrain.checkpoint import training_checkpoint
 from cnntrain.checks import CheckedConfig, check_config
 from cnntrain.config import settings_of
 from cnntrain.data import DatasetSpec, ImageData, PreparedData, load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, make_loader
 from cnntrain.errors import ConfigError
-from cnntrain.inspector import check_input_size
+from cnntrain.inspector import check_input_size, smallest_input_size
 from cnntrain.loggers import logger_callbacks
 from cnntrain.models import MODEL_KEYS, build_model
 from cnntrain.optim import parameter_groups
@@ -87,7 +88,7 @@ def build_data(checked: CheckedConfig, data: ImageData | None = None) -> Prepare
     """The dataset (parsed once per process) split into train/val/test. `data`: use these images instead."""
     cfg = checked.cfg
     data = data or load_image_data(checked.dataset.name, checked.dataset.settings)
-    return prepare(cfg.data.name, data, cfg.data.val_fraction, cfg.seed)
+    return prepare(cfg.data.name, data, cfg.data.val_fraction, cfg.seed, subset=cfg.data.get("subset"))
 
 
 @dataclass
@@ -161,10 +162,14 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None) -> Tra
     transform = BatchTransform(size=(size, size), mean=spec.mean if normalize else None,
                                std=spec.std if normalize else None, channels_last=channels_last,
                                augment=checked.augmentations)
-    train_loader = make_loader(prepared.train, cfg.data.batch_size, transform, device, shuffle=True,
-                               seed=cfg.seed, augment=True)
-    val_loader = make_loader(prepared.val, checked.eval_batch_size, transform, device)
-    test_loader = make_loader(prepared.test, checked.eval_batch_size, transform, device)
+    def loader(split: str, batch_size: int, **options):
+        data = getattr(prepared, split)
+        limit = batch_limit(checked.limits.get(f"limit_{split}_batches"), len(data), batch_size)
+        return make_loader(data, batch_size, transform, device, limit_batches=limit, **options)
+
+    train_loader = loader("train", cfg.data.batch_size, shuffle=True, seed=cfg.seed, augment=True)
+    val_loader = loader("val", checked.eval_batch_size)
+    test_loader = loader("test", checked.eval_batch_size)
 
     options = StepOptions(accumulate=cfg.trainer.get("accumulate_grad_batches", 1),
                           grad_clip_norm=cfg.trainer.get("grad_clip_norm"), autocast_dtype=autocast_dtype)
@@ -175,6 +180,16 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None) -> Tra
     notices = [n for n in (layout_notice, precision_notice, compile_notice) if n]
     return TrainingParts(checked, device, prepared, model, recipe, forward, transform, train_loader, val_loader,
                          test_loader, optimizer, schedule, options, channels_last, notices)
+
+
+def batch_limit(setting: int | float | None, examples: int, batch_size: int) -> int | None:
+    """trainer.limit_*_batches as a batch count: a whole number is a count, a fraction (0, 1] a share
+    of the split's batches (at least one); None: no limit."""
+    if setting is None:
+        return None
+    if isinstance(setting, float):
+        return max(1, math.ceil(setting * math.ceil(examples / batch_size)))
+    return setting
 
 
 @dataclass
@@ -192,8 +207,10 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     live = cfg.trainer.progress == "bar" or (cfg.trainer.progress == "auto" and reporter.console.is_terminal)
     display = ProgressDisplay(reporter, live=live)
     run_info = parts.run_info()
-    checkpointer = Checkpointer(folder, lambda trainer, metrics: training_checkpoint(trainer, metrics, run_info))
-    callbacks = [display, MetricsWriter(folder.metrics_csv), checkpointer,
+    checkpointer = Checkpointer(folder, lambda trainer: training_checkpoint(trainer, run_info),
+                                every_minutes=cfg.trainer.get("checkpoint_every_minutes"))
+    estimate = TimeEstimate(reporter, lambda: quicker_options(parts))
+    callbacks = [display, estimate, MetricsWriter(folder.metrics_csv), checkpointer,
                  *logger_callbacks(checked.logger, folder, parts.spec.classes, parts.transform.mean,
                                    parts.transform.std, f"{cfg.model.name} on {parts.spec.name}", reporter.line)]
     stopping = cfg.trainer.get("early_stopping") or {}
@@ -201,6 +218,20 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
         callbacks.append(EarlyStopping(stopping.get("metric", "val_loss"), stopping["patience"],
                                        stopping.get("min_delta", 0.0)))
     return RunCallbacks(display, checkpointer, callbacks + checked.callbacks)
+
+
+def quicker_options(parts: TrainingParts) -> str:
+    """What would make this run's epochs shorter, for the long-epoch warning."""
+    size, name = parts.recipe["input_size"], parts.checked.cfg.model.name
+    smallest = smallest_input_size(parts.model, parts.spec.channels)
+    options = []
+    if smallest and smallest < size:
+        options.append(f"a smaller data.resize (now {size}; the smallest {name} takes is {smallest})")
+    options += ["a smaller model (e.g. model=lenet_bn or model=resnet18 data.resize=32)",
+                "trainer.limit_train_batches=20 or data.subset=2000 for a quick look"]
+    if parts.device.type == "cpu":
+        options.append("a GPU (device=cuda)")
+    return "; ".join(options)
 
 
 def inspect_model(cfg: DictConfig):

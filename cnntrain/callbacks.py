@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cnntrain.checkpoint import save_checkpoint
 from cnntrain.run_folder import RunFolder
@@ -68,34 +70,66 @@ def format_epoch(metrics: EpochMetrics, epochs: int) -> str:
             f"lr {metrics.lr:.4g}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s")
 
 
+def format_duration(seconds: float) -> str:
+    """1:02:03 style (h:mm:ss), or m:ss under an hour."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class ProgressDisplay(Callback):
-    """A live rich bar per epoch on a terminal; one line per epoch everywhere."""
+    """A live rich bar per epoch on a terminal; one line per epoch everywhere.
+
+    The bar moves every step (step counter, elapsed time, the epoch's and the run's
+    time left): counting steps needs no device sync. Loss and accuracy need one, so
+    they change every `log_every` steps and show `-` until their first value.
+    """
 
     def __init__(self, reporter: Reporter, live: bool):
         self.reporter = reporter
         self.live = live and not reporter.quiet
         self.progress: Progress | None = None
         self.task = None
+        self._epoch_started = 0.0
+        self._first_step = 0  # steps already done when this process started the epoch (a resumed one)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}  "
-                           "{task.fields[speed]:,.0f} ex/s"),
-                TimeRemainingColumn(), console=self.reporter.console, transient=True,
+                TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[speed]} ex/s"),
+                TimeElapsedColumn(), TextColumn("epoch left {task.fields[epoch_left]}  run left {task.fields[run_left]}"),
+                console=self.reporter.console, transient=True,
             )
             self.progress.start()
 
     def on_epoch_start(self, trainer: Trainer, epoch: int, steps: int) -> None:
+        self._epoch_started = time.perf_counter()
+        self._first_step = None
         if self.progress:
-            self.task = self.progress.add_task("train", total=steps, epoch=f"{epoch}/{trainer.epochs}",
-                                               loss=float("nan"), acc=float("nan"), speed=0.0)
+            self.task = self.progress.add_task("train", total=steps, epoch=f"{epoch}/{trainer.epochs}", loss="-",
+                                               acc="-", speed="-", epoch_left="-", run_left="-")
+
+    def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
+        if not self.progress:
+            return
+        if self._first_step is None:  # steps a resumed epoch had done before this process
+            self._first_step = step - 1
+        elapsed = time.perf_counter() - self._epoch_started
+        per_step = elapsed / (step - self._first_step)
+        epoch_left = per_step * (steps - step)
+        # Later epochs: the last finished one's length (validation included), else this one's pace.
+        epoch_seconds = trainer.history[-1].epoch_seconds if trainer.history else per_step * steps
+        epochs_after = trainer.epochs - (trainer.history[-1].epoch + 1 if trainer.history else 1)
+        fields = {"epoch_left": format_duration(epoch_left),
+                  "run_left": format_duration(epoch_left + max(epochs_after, 0) * epoch_seconds),
+                  "speed": f"{(step - self._first_step) * trainer.train_loader.batch_size / elapsed:,.0f}"}
+        self.progress.update(self.task, completed=step, **fields)
 
     def on_train_progress(self, trainer: Trainer, progress: StepProgress) -> None:
         if self.progress:
-            self.progress.update(self.task, completed=progress.step, loss=progress.loss, acc=progress.acc,
-                                 speed=progress.examples_per_s)
+            self.progress.update(self.task, loss=f"{progress.loss:.4f}", acc=f"{progress.acc:.4f}")
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         if self.progress:
@@ -109,6 +143,54 @@ class ProgressDisplay(Callback):
         if self.progress:
             self.progress.stop()
             self.progress = None
+
+
+class TimeEstimate(Callback):
+    """One line, early in the first epoch a process trains: the expected time per epoch and for the run.
+
+    Timed over a few steps after the first (which pays for warm-up), plus an allowance for
+    validation (a forward pass costs about a third of a training step per image). When an
+    epoch is expected to take over `long_minutes`, the line says so and names quicker
+    options (`quicker_options()`, asked only then).
+    """
+
+    TIMED_STEPS = 4
+
+    def __init__(self, reporter: Reporter, quicker_options: Callable[[], str], long_minutes: float = 10):
+        self.reporter = reporter
+        self.quicker_options = quicker_options
+        self.long_seconds = long_minutes * 60
+        self._done = False
+        self._start: tuple[int, float] | None = None
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int, steps: int) -> None:
+        self._start = None
+
+    def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
+        if self._done:
+            return
+        if self._start is None:  # the first step this process ran: warm-up, not timed
+            self._start = (step, time.perf_counter())
+            return
+        first, started = self._start
+        timed = step - first
+        if timed < self.TIMED_STEPS and step < steps:
+            return
+        self._done = True
+        if trainer.device.type == "cuda":  # steps are queued asynchronously: wait for them before timing
+            torch.cuda.synchronize(trainer.device)
+        per_step = (time.perf_counter() - started) / timed
+        loader = trainer.train_loader
+        validation = per_step / loader.batch_size * trainer.val_loader.num_examples / 3
+        epoch_seconds = per_step * steps + validation
+        epochs_left = trainer.epochs - len(trainer.history)
+        line = (f"time estimate: about {format_duration(epoch_seconds)} per epoch ({steps} steps of "
+                f"{per_step:.2f} s + validation), {format_duration(epoch_seconds * epochs_left)} for the "
+                f"{epochs_left} epoch{'s' if epochs_left != 1 else ''} to go (timed over {timed} steps)")
+        self.reporter.line(line)
+        if epoch_seconds > self.long_seconds:
+            self.reporter.line(f"That is a long epoch for this {trainer.device.type}. Quicker: "
+                               f"{self.quicker_options()}.", style="yellow")
 
 
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
@@ -143,26 +225,44 @@ class MetricsWriter(Callback):
 
 
 class Checkpointer(Callback):
-    """Saves checkpoints/last.pt every epoch and best.pt when validation accuracy improves."""
+    """Saves checkpoints/last.pt every epoch and best.pt when validation accuracy improves.
 
-    def __init__(self, folder: RunFolder, make_state: Callable[[Trainer, EpochMetrics], dict]):
+    Inside an epoch, last.pt is also saved every `every_minutes` (None: never) and when
+    the trainer is asked to stop (Ctrl-C, SIGTERM), between two optimizer steps, so a
+    long epoch interrupted loses at most those minutes.
+    """
+
+    def __init__(self, folder: RunFolder, make_state: Callable[[Trainer], dict], every_minutes: float | None = None):
         self.folder = folder
         self.make_state = make_state
+        self.every_seconds = every_minutes * 60 if every_minutes else None
         self.best: EpochMetrics | None = None
-        self.saved_epoch = 0  # the epoch last.pt holds
+        self.saved = (0, 0)  # what last.pt holds: (finished epochs, steps done of the next epoch)
+        self._last_save = time.monotonic()
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.best = max(trainer.history, key=lambda m: m.val_acc, default=None)
-        self.saved_epoch = trainer.history[-1].epoch if trainer.history else 0
+        self.saved = (trainer.history[-1].epoch if trainer.history else 0, 0)
+        self._last_save = time.monotonic()
+
+    def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
+        if step == steps or not trainer.between_optimizer_steps:
+            return  # the epoch's end is saved with its metrics; mid-group gradients cannot be saved
+        due = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
+        if due or trainer.stop_requested:
+            save_checkpoint(self.make_state(trainer), self.folder.last_checkpoint)
+            self.saved = (self.saved[0], step)
+            self._last_save = time.monotonic()
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
-        state = self.make_state(trainer, metrics)
+        state = self.make_state(trainer)
         if self.best is None or metrics.val_acc > self.best.val_acc:
             self.best = metrics
             save_checkpoint(state, self.folder.best_checkpoint)
         # last.pt after best.pt: a run killed in between resumes from the epoch before and redoes this one.
         save_checkpoint(state, self.folder.last_checkpoint)
-        self.saved_epoch = metrics.epoch
+        self.saved = (metrics.epoch, 0)
+        self._last_save = time.monotonic()
 
 
 def epochs_without_improvement(values: list[float], minimize: bool, min_delta: float) -> tuple[int, int]:

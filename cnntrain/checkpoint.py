@@ -6,7 +6,9 @@ cannot execute code. Its keys (format 1):
 
 - "format", "epoch", "metrics": the format version, the epoch it holds and that epoch's metrics;
 - `Trainer.state_dict()`: "state_dict" (the model's weights), "optimizer", "scheduler",
-  "grad_scaler", "history" (every finished epoch's metrics), "stop_reason";
+  "grad_scaler", "history" (every finished epoch's metrics), "stop_reason", and
+  "in_epoch" (None at an epoch's end; inside an epoch: its number, steps done, running
+  sums, the augmentation stream's state, so that a resume carries on mid-epoch);
 - "rng": the random streams training draws from (dropout, ...);
 - "model": the recipe that rebuilds the model (name, settings, classes, channels, input size);
 - "classes", "preprocess" (how images were converted: stored size, model size, mean/std,
@@ -85,14 +87,17 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def training_checkpoint(trainer, metrics, run_info: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint of `trainer` after the epoch `metrics` describes.
+def training_checkpoint(trainer, run_info: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of `trainer` now: at an epoch's end, or between two steps of an epoch.
 
+    "epoch" is the last finished epoch (0: none yet); a checkpoint taken inside an epoch
+    also has "in_epoch" (step, running sums, augmentation stream: see Trainer.state_dict).
     `run_info` holds what the trainer does not know: "model" (recipe), "classes",
     "preprocess" and "config".
     """
-    return {"format": FORMAT_VERSION, "epoch": metrics.epoch, "metrics": metrics.as_dict(),
-            **trainer.state_dict(), "rng": rng_states(), **run_info}
+    last = trainer.history[-1] if trainer.history else None
+    return {"format": FORMAT_VERSION, "epoch": last.epoch if last else 0,
+            "metrics": last.as_dict() if last else None, **trainer.state_dict(), "rng": rng_states(), **run_info}
 
 
 def restore_training(checkpoint: dict[str, Any], trainer) -> int:

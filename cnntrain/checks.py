@@ -30,6 +30,7 @@ from cnntrain.trainer import Callback
 
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
+LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
 
 @dataclass
@@ -44,6 +45,14 @@ class CheckedConfig:
     augmentations: list[Augmentation]
     logger: dict[str, Any]
     callbacks: list[Callback] = field(default_factory=list)  # the user's, from config and from Python
+
+    @property
+    def limits(self) -> dict[str, int | float]:
+        """The quick-look settings in force (trainer.limit_*_batches, data.subset); {} for a full run."""
+        trainer = self.cfg.trainer
+        limits = {key: trainer.get(key) for key in LIMIT_KEYS}
+        limits["subset"] = self.cfg.data.get("subset")
+        return {key: value for key, value in limits.items() if value is not None}
 
     @property
     def eval_batch_size(self) -> int:
@@ -98,7 +107,7 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
 def check_trainer_settings(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     for key in ("trainer.epochs", "data.batch_size", "trainer.accumulate_grad_batches"):
-        _require(OmegaConf.select(cfg, key, default=1), key, "a positive whole number", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        _require(OmegaConf.select(cfg, key, default=1), key, "a positive whole number", _is_count)
     if trainer.progress not in PROGRESS_MODES:
         raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
                           f"got '{trainer.progress}'.")
@@ -111,6 +120,13 @@ def check_trainer_settings(cfg: DictConfig) -> None:
              lambda v: v in ("auto", True, False))
     _require(trainer.get("precision", 32), "trainer.precision", "one of 32, bf16, fp16",
              lambda v: str(v).lower() in PRECISIONS)
+    for key in LIMIT_KEYS:
+        _require(trainer.get(key), f"trainer.{key}", "null (all batches), a whole number of batches >= 1, or a "
+                 "fraction of them in (0, 1] such as 0.1", _is_batch_limit)
+    _require(cfg.data.get("subset"), "data.subset", "null (all training images) or a whole number >= 1",
+             lambda v: v is None or _is_count(v))
+    _require(trainer.get("checkpoint_every_minutes"), "trainer.checkpoint_every_minutes",
+             "null (only at epoch ends) or a number of minutes > 0", lambda v: v is None or _is_positive_number(v))
     stopping = trainer.get("early_stopping") or {}
     _require(stopping.get("patience"), "trainer.early_stopping.patience", "null (off) or a positive whole number",
              lambda v: v is None or (isinstance(v, int) and v >= 1))
@@ -118,6 +134,18 @@ def check_trainer_settings(cfg: DictConfig) -> None:
              f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
     _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
              lambda v: isinstance(v, (int, float)) and v >= 0)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _is_batch_limit(value) -> bool:
+    return value is None or _is_count(value) or (isinstance(value, float) and 0 < value <= 1)
 
 
 def _require(value, key: str, expected: str, is_valid) -> None:

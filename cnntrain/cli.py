@@ -164,8 +164,8 @@ def main() -> None:
             print_error(problem)
             sys.exit(EXIT_USAGE)
         _run_job()
-    except KeyboardInterrupt:  # train() has already said what was saved and how to resume
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as err:  # train() has already said what was saved and how to resume
+        sys.exit(getattr(err, "exit_code", EXIT_INTERRUPTED))
     from cnntrain.sweep import last_sweep_failures
 
     if last_sweep_failures():

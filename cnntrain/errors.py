@@ -24,11 +24,12 @@ class TrainingError(CnnTrainError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the message says what was saved and the command that resumes the run.
+    """Ctrl-C or SIGTERM during a run; the message says what was saved and the command that resumes the run.
 
     A KeyboardInterrupt still, so that a sweep stops too instead of going on to its next job.
     """
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.message = message
+        self.exit_code = exit_code  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM

@@ -20,8 +20,9 @@ from cnntrain.errors import ConfigError
 from cnntrain.run_folder import RunFolder
 
 # Dotted prefixes a resume may change.
-MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "trainer.early_stopping", "device",
-              "logger", "callbacks", "data.root", "data.download", "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
+MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "trainer.early_stopping",
+              "trainer.checkpoint_every_minutes", "device", "logger", "callbacks", "data.root", "data.download",
+              "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
 # Group choices (model=alexnet) name a config file; on resume they are compared with the run's `name`.
 GROUP_KEYS = {**{group: f"{group}.name" for group in REGISTRY_GROUPS}, "device": "device.type"}
 # Schedules laid out over the run's length: more epochs would run past their end.

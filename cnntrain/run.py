@@ -9,6 +9,11 @@ with the command that resumes the run.
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,7 @@ from cnntrain.checks import check_config
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
 from cnntrain.errors import RunInterrupted
+from cnntrain.recipes import recipe_summary
 from cnntrain.run_folder import RunFolder, display_path, provenance
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
@@ -67,14 +73,16 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
     folder.save_config_if_missing(cfg)
     reporter = Reporter(folder.train_log, quiet=cfg.trainer.get("progress") == "none")
     started = time.time()
+    signals = StopOnSignals()
     try:
         checked = check_config(cfg, list(callbacks))  # every name and setting, before any data is loaded
-        return _fit_and_test(build_training(checked), folder, reporter, started, resume_from)
+        with signals:  # after check_config: the user's modules it imports may set handlers of their own
+            return _fit_and_test(build_training(checked), folder, reporter, started, resume_from, signals)
     except KeyboardInterrupt as err:
         message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(folder)
         reporter.line(message, style="yellow")
         _write_ended_summary(folder, "interrupted", message, started)
-        raise
+        raise RunInterrupted(message, signals.exit_code) from None
     except Exception as err:  # recorded for the sweep table, then raised to the caller
         reporter.log_only(f"error: {err}")  # the CLI prints it on the console
         _write_ended_summary(folder, "failed", str(err), started)
@@ -84,7 +92,7 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
 
 
 def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, started: float,
-                  resume_from: dict[str, Any] | None) -> RunResult:
+                  resume_from: dict[str, Any] | None, signals: "StopOnSignals") -> RunResult:
     cfg, spec = parts.checked.cfg, parts.spec
     report_start(parts, folder, reporter)
     callbacks = build_callbacks(parts, folder, reporter)
@@ -92,9 +100,11 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
     start_epoch = 1
     if resume_from is not None:
         start_epoch = restore_training(resume_from, trainer)
-        reporter.line(f"resumed from checkpoints/last.pt: {epochs_text(start_epoch - 1)} done, "
-                      f"continuing at epoch {start_epoch} of {cfg.trainer.epochs}")
+        reporter.line(f"resumed from checkpoints/last.pt: {saved_text(resume_from)}, continuing "
+                      f"{continue_text(resume_from)} of {cfg.trainer.epochs}")
+    signals.trainer = trainer
     history = fit(trainer, start_epoch, callbacks, folder)
+    signals.trainer = None
     if trainer.stop_reason:
         reporter.line(f"stopped after epoch {history[-1].epoch}: {trainer.stop_reason}")
 
@@ -114,6 +124,8 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         "test_size": spec.test_size, "val_source": spec.val_source, **provenance(parts.device),
         "wall_seconds": time.time() - started,
         "mean_epoch_seconds": sum(m.epoch_seconds for m in history) / len(history),
+        # A quick look (trainer.limit_*_batches, data.subset) is not a full run: say so.
+        "limits": parts.checked.limits or None,
     }
     folder.write_summary(summary)
     reporter.renderable(summary_table(summary))
@@ -126,19 +138,76 @@ def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter) ->
     reporter.line(f"cnntrain: {cfg.model.name} on {spec.name} ({spec.train_size:,} train / {spec.val_size:,} val "
                   f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> "
                   f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}")
+    reporter.line(recipe_summary(cfg))
     reporter.line(f"run folder: {display_path(folder.path)}")
+    if parts.checked.limits:
+        reporter.line(f"quick look, not a full run: {limits_text(parts)}", style="yellow")
     for notice in parts.notices:
         reporter.line(notice, style="yellow")
 
 
+def limits_text(parts: TrainingParts) -> str:
+    loaders = {"train": parts.train_loader, "val": parts.val_loader, "test": parts.test_loader}
+    texts = [f"{len(loaders[split])} {split} batches" for split in loaders
+             if f"limit_{split}_batches" in parts.checked.limits]
+    if "subset" in parts.checked.limits:
+        texts.append(f"a subset of {parts.spec.train_size:,} training images (data.subset)")
+    return ", ".join(texts)
+
+
 def fit(trainer: Trainer, start_epoch: int, callbacks: RunCallbacks, folder: RunFolder) -> list[EpochMetrics]:
-    """trainer.fit, with Ctrl-C turned into a message saying what is saved and how to resume."""
+    """trainer.fit, with an interruption turned into a message saying what is saved and how to resume."""
     try:
         return trainer.fit(start_epoch)
     except KeyboardInterrupt:
-        raise RunInterrupted(interrupted_message(folder, trainer, callbacks.checkpointer.saved_epoch)) from None
+        raise RunInterrupted(interrupted_message(folder, trainer, callbacks.checkpointer.saved)) from None
     finally:
         callbacks.display.close()
+
+
+class StopOnSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's time limit, `kill`) during a run.
+
+    While the trainer is fitting, the first one asks it to stop after the current step:
+    the checkpointer saves last.pt there (mid-epoch) and the run ends as interrupted.
+    Before training, after it, or at a second Ctrl-C, it stops at once. Signal handlers
+    can only be set from the main thread; elsewhere (a thread of the user's) nothing changes.
+    A SIGINT that the shell ignores (a background job) stays ignored.
+    """
+
+    def __init__(self):
+        self.trainer: Trainer | None = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int:
+        """What the process exits with: 128 + the signal's number, as shells report it."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    def __enter__(self) -> "StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.getsignal(signum)
+                if not (signum == signal.SIGINT and previous is signal.SIG_IGN):
+                    self._previous[signum] = previous
+                    signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.signum is None
+        self.signum = signum
+        if first and self.trainer is not None:
+            self.trainer.request_stop()
+            # os.write, not print: this runs between two bytecodes of whatever the main thread does.
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint "
+                        f"(press Ctrl-C again to stop at once).\n".encode())
+            return
+        raise KeyboardInterrupt
 
 
 def _write_ended_summary(folder: RunFolder, status: str, message: str, started: float) -> None:
@@ -147,7 +216,33 @@ def _write_ended_summary(folder: RunFolder, status: str, message: str, started: 
 
 
 def resume_command(folder: RunFolder) -> str:
-    return f"cnntrain resume={display_path(folder.path)}"
+    """The command that resumes the run, as it works from the current folder."""
+    return f"{cli_command()} resume={display_path(folder.path)}"
+
+
+def cli_command() -> str:
+    """`cnntrain` when that is the one on PATH, else the path of the script (or python -m cnntrain) running.
+
+    Paths are made absolute without resolving links: a venv's python is a link to the
+    system's, and only the link runs with the venv's packages.
+    """
+    on_path = shutil.which("cnntrain")
+    on_path = Path(os.path.abspath(on_path)) if on_path else None
+    script = Path(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == "cnntrain":
+        return "cnntrain" if on_path == script else _shown(script)
+    python = Path(os.path.abspath(sys.executable))
+    if on_path is not None and on_path.parent == python.parent:  # the cnntrain of this environment
+        return "cnntrain"
+    return f"{_shown(python)} -m cnntrain"
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the current folder when inside it (./.venv/bin/cnntrain), else absolute."""
+    try:
+        return f"./{path.relative_to(os.getcwd())}"
+    except ValueError:
+        return str(path)
 
 
 def interrupted_outside_training(folder: RunFolder) -> str:
@@ -161,13 +256,35 @@ def epochs_text(last: int) -> str:
     return "epoch 1" if last == 1 else f"epochs 1-{last}"
 
 
-def interrupted_message(folder: RunFolder, trainer: Trainer, saved: int) -> str:
-    """Ctrl-C during training; `saved` is the epoch last.pt holds (0: none)."""
-    where = f"Interrupted during epoch {saved + 1} of {trainer.epochs}."
-    if not saved:
-        return f"{where} No epoch had finished, so there is nothing to resume; start the run again."
-    return (f"{where} checkpoints/last.pt holds {epochs_text(saved)} (the unfinished epoch is redone on resume). "
-            f"Resume with: {resume_command(folder)}")
+def held_text(epochs: int, steps: int) -> str:
+    """What a checkpoint holds, e.g. 'epochs 1-2 and steps 1-57 of epoch 3'."""
+    inside = f"steps 1-{steps} of epoch {epochs + 1}" if steps else ""
+    if not epochs:
+        return inside
+    return f"{epochs_text(epochs)} and {inside}" if inside else epochs_text(epochs)
+
+
+def saved_text(checkpoint: dict[str, Any]) -> str:
+    position = checkpoint.get("in_epoch")
+    return held_text(checkpoint["epoch"], position["step"] if position else 0) + " done"
+
+
+def continue_text(checkpoint: dict[str, Any]) -> str:
+    position = checkpoint.get("in_epoch")
+    if position:
+        return f"at step {position['step'] + 1} of epoch {position['epoch']}"
+    return f"at epoch {checkpoint['epoch'] + 1}"
+
+
+def interrupted_message(folder: RunFolder, trainer: Trainer, saved: tuple[int, int]) -> str:
+    """An interrupted training; `saved` is what last.pt holds: (finished epochs, steps of the next one)."""
+    epochs, steps = saved
+    current = trainer.history[-1].epoch + 1 if trainer.history else 1
+    where = f"Interrupted during epoch {min(current, trainer.epochs)} of {trainer.epochs}."
+    if not epochs and not steps:
+        return f"{where} Nothing had been saved yet, so there is nothing to resume; start the run again."
+    redo = "" if steps or epochs >= current else " (the unfinished epoch is redone on resume)"
+    return f"{where} checkpoints/last.pt holds {held_text(epochs, steps)}{redo}. Resume with: {resume_command(folder)}"
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

@@ -82,6 +82,8 @@ class Callback:
     - `on_fit_start(trainer)`: before the first epoch (of a resumed run too, with
       `trainer.history` holding the finished epochs).
     - `on_epoch_start(trainer, epoch, steps)`: before an epoch's first training step.
+    - `on_train_step(trainer, step, steps)`: after every training step (1-based), with
+      no device sync: cheap enough for a step counter.
     - `on_train_progress(trainer, progress)`: every `trainer.log_every` steps and at an
       epoch's last step, with a `StepProgress` (running loss, accuracy, examples/s).
     - `on_epoch_end(trainer, metrics)`: after the epoch's validation, with its
@@ -90,11 +92,13 @@ class Callback:
 
     To end training after the current epoch (early stopping, a pruned trial), set
     `trainer.stop_reason` to a sentence saying why; it is printed and saved in the
-    summary. An exception raised in a hook ends the run as failed.
+    summary. An exception raised in a hook ends the run as failed. `trainer.request_stop()`
+    interrupts the run after the current step instead (what Ctrl-C and SIGTERM do).
     """
 
     def on_fit_start(self, trainer: "Trainer") -> None: ...
     def on_epoch_start(self, trainer: "Trainer", epoch: int, steps: int) -> None: ...
+    def on_train_step(self, trainer: "Trainer", step: int, steps: int) -> None: ...
     def on_train_progress(self, trainer: "Trainer", progress: StepProgress) -> None: ...
     def on_epoch_end(self, trainer: "Trainer", metrics: EpochMetrics) -> None: ...
     def on_fit_end(self, trainer: "Trainer") -> None: ...
@@ -122,6 +126,29 @@ class _RunningStats:
         """(mean loss, accuracy); this is the one place a host sync happens."""
         count = max(self.count, 1)
         return self.loss_sum.item() / count, self.correct.item() / count
+
+    def state_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum.detach().cpu(), "correct": self.correct.cpu(),
+                "first_bad_step": self.first_bad_step.cpu(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.loss_sum.device
+        self.loss_sum = state["loss_sum"].to(device)
+        self.correct = state["correct"].to(device)
+        self.first_bad_step = state["first_bad_step"].to(device)
+        self.count = state["count"]
+
+
+@dataclass
+class _EpochInProgress:
+    """The epoch being trained: what a checkpoint taken in its middle must hold to carry on exactly."""
+
+    epoch: int
+    steps: int
+    lr: float  # the learning rate at the epoch's start (what metrics.csv records)
+    stats: _RunningStats
+    started: float  # perf_counter of the epoch's start (moved back by the time a resumed part took)
+    step: int = 0  # steps done
 
 
 class Trainer:
@@ -151,6 +178,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.options.grad_scaler else None
         self.history: list[EpochMetrics] = []
         self.stop_reason: str | None = None
+        self.stop_requested = False  # set by request_stop(): interrupt after the current step
+        self._epoch: _EpochInProgress | None = None
+        self._resume_position: dict | None = None  # a mid-epoch checkpoint's "in_epoch", until used
 
     def state_dict(self) -> dict:
         """Everything of the training that a checkpoint keeps to resume it exactly (see checkpoint.py).
@@ -164,7 +194,28 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict() if self.scaler else None,
             "history": [m.as_dict() for m in self.history],
             "stop_reason": self.stop_reason,
+            "in_epoch": self._position(),
         }
+
+    def _position(self) -> dict | None:
+        """Where in an epoch training is, when asked between two of its steps; None at an epoch's end."""
+        current = self._epoch
+        if current is None or current.step == current.steps:
+            return None
+        generator = self.train_loader.generator
+        return {"epoch": current.epoch, "step": current.step, "lr": current.lr,
+                "stats": current.stats.state_dict(), "train_seconds": time.perf_counter() - current.started,
+                "augment_rng": generator.get_state() if generator is not None else None}
+
+    @property
+    def between_optimizer_steps(self) -> bool:
+        """True when no gradients are waiting to be accumulated: a checkpoint taken now is complete."""
+        current = self._epoch
+        return current is not None and (current.step % self.options.accumulate == 0 or current.step == current.steps)
+
+    def request_stop(self) -> None:
+        """Interrupt training (KeyboardInterrupt) after the current step, once callbacks have seen it."""
+        self.stop_requested = True
 
     def load_state_dict(self, state: dict) -> None:
         """Put back what `state_dict` gave: weights, optimizer, schedule, loss scaler, history, stop reason."""
@@ -176,6 +227,7 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.history = [EpochMetrics(**row) for row in state["history"]]
         self.stop_reason = state.get("stop_reason")
+        self._resume_position = state.get("in_epoch")
 
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -193,9 +245,10 @@ class Trainer:
         for epoch in range(start_epoch, self.epochs + 1):
             if self.stop_reason:  # set by a callback, or restored from a run that had stopped
                 break
-            lr = self.current_lr()
             started = time.perf_counter()
             train_loss, train_acc, train_seconds = self.train_one_epoch(epoch)
+            lr = self._epoch.lr
+            self._epoch = None
             val_loss, val_acc = self.evaluate(self.val_loader)
             metrics = EpochMetrics(
                 epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
@@ -205,8 +258,21 @@ class Trainer:
             self._step_schedule_after_epoch(metrics)
             self.history.append(metrics)
             self._call("on_epoch_end", metrics)
+            if self.stop_requested:
+                raise KeyboardInterrupt
         self._call("on_fit_end")
         return self.history
+
+    def _begin_epoch(self, epoch: int, steps: int) -> _EpochInProgress:
+        """The epoch's running state: fresh, or as a mid-epoch checkpoint of this epoch left it."""
+        position, self._resume_position = self._resume_position, None
+        current = _EpochInProgress(epoch, steps, self.current_lr(), _RunningStats(self.device), time.perf_counter())
+        if position is not None and position["epoch"] == epoch:
+            current.lr, current.step = position["lr"], position["step"]
+            current.stats.load_state_dict(position["stats"])
+            current.started -= position["train_seconds"]
+            self.train_loader.resume_at(current.step, position["augment_rng"])
+        return current
 
     def train_one_epoch(self, epoch: int) -> tuple[float, float, float]:
         """One pass over the training data; returns (loss, accuracy, seconds)."""
@@ -214,10 +280,10 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         steps = len(self.train_loader)
         accumulate = self.options.accumulate
+        self._epoch = current = self._begin_epoch(epoch, steps)
+        stats = current.stats
         self._call("on_epoch_start", epoch, steps)
-        stats = _RunningStats(self.device)
-        started = time.perf_counter()
-        for step, (images, labels) in enumerate(self.train_loader, 1):
+        for step, (images, labels) in enumerate(self.train_loader, current.step + 1):
             with self._autocast():
                 logits = self.forward(images)
                 loss = self.loss_fn(logits, labels)
@@ -231,13 +297,18 @@ class Trainer:
             if step % accumulate == 0 or step == steps:
                 self._optimizer_step()
             stats.add(logits, labels, loss, step)
+            current.step = step
+            self._call("on_train_step", step, steps)
             if step % self.log_every == 0 or step == steps:
                 loss_value, acc = stats.read()
                 self._check_finite(loss_value, stats, epoch)
+                seconds = time.perf_counter() - current.started
                 self._call("on_train_progress", StepProgress(
-                    epoch, step, steps, loss_value, acc, stats.count / (time.perf_counter() - started)))
+                    epoch, step, steps, loss_value, acc, stats.count / max(seconds, 1e-9)))
+            if self.stop_requested and self.between_optimizer_steps and step < steps:
+                raise KeyboardInterrupt
         loss_value, acc = stats.read()
-        return loss_value, acc, time.perf_counter() - started
+        return loss_value, acc, time.perf_counter() - current.started
 
     @torch.inference_mode()
     def evaluate(self, loader) -> tuple[float, float]:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -148,22 +147,63 @@ def test_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_one_whole(
     assert_same_weights(weights(run_dir), weights(uninterrupted))
 
 
-def test_ctrl_c_stops_at_once_and_prints_the_resume_command(workdir, uninterrupted):
+def test_ctrl_c_stops_after_the_step_saves_it_and_prints_a_resume_command_that_works(workdir, uninterrupted):
     run_dir = workdir / "interrupted"
     interrupted = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
                            env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT"})
     assert interrupted.returncode == 130
     assert "Traceback" not in interrupted.stderr
-    assert "Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1" in interrupted.stdout
-    assert "Resume with: cnntrain resume=interrupted\n" in interrupted.stdout  # relative to where it ran
+    assert "SIGINT: stopping after this step, with a checkpoint" in interrupted.stderr
+    assert ("Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 and steps 1-3 of epoch 2. "
+            "Resume with: ") in interrupted.stdout
+    # Run as `python -m cnntrain` with no cnntrain on PATH: the command names this python.
+    command = interrupted.stdout.split("Resume with: ")[1].splitlines()[0]
+    assert command == f"{sys.executable} -m cnntrain resume=interrupted"
     assert "epoch 2/4" not in interrupted.stdout  # stopped in epoch 2, not at its end
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and "cnntrain resume=" in summary["error"]
+    assert summary["status"] == "interrupted" and "-m cnntrain resume=interrupted" in summary["error"]
+    position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["in_epoch"]
+    assert (position["epoch"], position["step"]) == (2, 3)
+
+    resumed = subprocess.run(command.split(), cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from checkpoints/last.pt: epoch 1 and steps 1-3 of epoch 2 done, continuing at step 4 " \
+           "of epoch 2 of 4" in resumed.stdout
+    assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
+    assert_same_weights(weights(run_dir), weights(uninterrupted))
+
+
+def test_sigterm_mid_epoch_saves_there_and_resume_ends_exactly_as_the_uninterrupted_run(workdir, uninterrupted):
+    run_dir = workdir / "terminated"
+    stopped = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
+                       env={"TEST_SIGNAL_AT_STEP": str(2 * STEPS_PER_EPOCH + 5), "TEST_SIGNAL": "SIGTERM"})
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr
+    assert "checkpoints/last.pt holds epochs 1-2 and steps 1-5 of epoch 3." in stopped.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert [row["epoch"] for row in metrics_without_timing(run_dir)] == ["1", "2"]
 
     resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
     assert_same_weights(weights(run_dir), weights(uninterrupted))
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, uninterrupted))
+    assert (ours["test_acc"], ours["test_loss"]) == (theirs["test_acc"], theirs["test_loss"])
+
+
+def test_sigkill_after_a_timed_mid_epoch_checkpoint_then_resume_is_exact(workdir, uninterrupted):
+    """trainer.checkpoint_every_minutes tiny: last.pt is saved after every step, then a SIGKILL lands."""
+    run_dir = workdir / "killed_mid_epoch"
+    killed = cnntrain(*RUN, "trainer.checkpoint_every_minutes=1e-9", f"hydra.run.dir={run_dir}", cwd=workdir,
+                      env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 8), "TEST_SIGNAL": "SIGKILL"})
+    assert killed.returncode == -9
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["in_epoch"]["epoch"], last["in_epoch"]["step"]) == (1, 2, 7)
+
+    resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
+    assert_same_weights(weights(run_dir), weights(uninterrupted))
+    assert_same_weights(weights(run_dir, "best.pt"), weights(uninterrupted, "best.pt"))
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(workdir, uninterrupted):

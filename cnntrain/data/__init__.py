@@ -18,7 +18,7 @@ from cnntrain.registry import Registry
 DATASETS = Registry("dataset", "data.name")
 
 # Keys of the data config that the loader uses; the others go to the dataset builder.
-LOADER_KEYS = ("name", "batch_size", "eval_batch_size", "val_fraction", "resize", "normalize", "augment")
+LOADER_KEYS = ("name", "batch_size", "eval_batch_size", "val_fraction", "resize", "normalize", "augment", "subset")
 
 
 @dataclass
@@ -93,8 +93,9 @@ def load_image_data(name: str, settings: dict) -> ImageData:
     return _CACHE[key]
 
 
-def prepare(name: str, data: ImageData, val_fraction: float, seed: int) -> PreparedData:
-    """Split off validation data and describe the splits."""
+def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: int | None = None) -> PreparedData:
+    """Split off validation data and describe the splits; `subset`: keep that many training images
+    (a seeded random choice, drawn after the validation hold-out so that validation stays the same)."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(
             f"data.val_fraction must be in [0, 1), got {val_fraction}. "
@@ -118,6 +119,8 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int) -> Prepa
     if test is None:
         test = val
         source += "; no test split, so the final test is on the validation data"
+    if subset is not None and subset < len(train):
+        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))[:subset])
     _, channels, height, width = train.shape
     spec = DatasetSpec(
         name=name, classes=list(data.classes), channels=channels, image_size=(height, width),

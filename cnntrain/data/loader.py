@@ -65,11 +65,13 @@ class _EpochLoader:
 
     With `shuffle`, epoch e visits the examples in `epoch_order(n, seed, e)`. With
     `augment`, the transform's augmentations draw from `augment_generator(seed, e)`;
-    loaders without it (evaluation) yield the same batches every time.
+    loaders without it (evaluation) yield the same batches every time. `limit_batches`
+    keeps only an epoch's first batches (a quick look at a run). `resume_at` makes the
+    next pass start in the middle of the epoch, exactly where a checkpoint left it.
     """
 
     def __init__(self, labels: torch.Tensor, batch_size: int, transform: BatchTransform, device: torch.device,
-                 shuffle: bool, seed: int, augment: bool):
+                 shuffle: bool, seed: int, augment: bool, limit_batches: int | None = None):
         self.labels = labels
         self.batch_size = batch_size
         self.transform = transform
@@ -77,43 +79,63 @@ class _EpochLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.augment = augment and bool(transform.augment)
+        self.limit_batches = limit_batches
         self.epoch = 0
+        self.generator: torch.Generator | None = None  # the current pass's augmentation stream
+        self._start = (0, None)  # (first batch, augmentation generator state) of the next pass
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        batches = -(-len(self.labels) // self.batch_size)
+        return min(batches, self.limit_batches) if self.limit_batches else batches
 
     @property
     def num_examples(self) -> int:
-        return len(self.labels)
+        """Examples in one pass (fewer than the split's when `limit_batches` cuts it short)."""
+        return min(len(self.labels), len(self) * self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _generator(self) -> torch.Generator | None:
-        return augment_generator(self.seed, self.epoch, self.device) if self.augment else None
+    def resume_at(self, batch: int, generator_state: torch.Tensor | None) -> None:
+        """Start the next pass at `batch` (0-based), with the augmentation stream as it was there."""
+        self._start = (batch, generator_state)
+
+    def _begin_pass(self) -> int:
+        """The first batch of this pass; sets up its augmentation stream."""
+        start, state = self._start
+        self._start = (0, None)
+        self.generator = augment_generator(self.seed, self.epoch, self.device) if self.augment else None
+        if self.generator is not None and state is not None:
+            self.generator.set_state(state)
+        return start
+
+    def _order(self, n: int) -> torch.Tensor:
+        return epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
 
 
 class InMemoryLoader(_EpochLoader):
     """Iterates (images, labels) batches over an `ImageSet` moved to `device`."""
 
     def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
-                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False):
-        super().__init__(data.labels.to(device), batch_size, transform, device, shuffle, seed, augment)
+                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False,
+                 limit_batches: int | None = None):
+        super().__init__(data.labels.to(device), batch_size, transform, device, shuffle, seed, augment,
+                         limit_batches)
         self.images = data.images.to(device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start = self._begin_pass()
         n = len(self.labels)
-        generator = self._generator()
         if self.shuffle:
-            order = epoch_order(n, self.seed, self.epoch).to(self.images.device)
-        for start in range(0, n, self.batch_size):
+            order = self._order(n).to(self.images.device)
+        for begin in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
             if self.shuffle:
-                index = order[start:start + self.batch_size]
+                index = order[begin:begin + self.batch_size]
                 images, labels = self.images[index], self.labels[index]
             else:
-                images = self.images[start:start + self.batch_size]
-                labels = self.labels[start:start + self.batch_size]
-            yield self.transform(images, generator), labels
+                images = self.images[begin:begin + self.batch_size]
+                labels = self.labels[begin:begin + self.batch_size]
+            yield self.transform(images, self.generator), labels
 
 
 class StreamingLoader(_EpochLoader):
@@ -124,14 +146,14 @@ class StreamingLoader(_EpochLoader):
     """
 
     def __init__(self, data: FileImageSet, batch_size: int, transform: BatchTransform,
-                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False):
-        super().__init__(data.labels, batch_size, transform, device, shuffle, seed, augment)
+                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False,
+                 limit_batches: int | None = None):
+        super().__init__(data.labels, batch_size, transform, device, shuffle, seed, augment, limit_batches)
         self.data = data
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.data)
-        order = epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
-        generator = self._generator()
+        start = self._begin_pass()
+        order = self._order(len(self.data))[start * self.batch_size:len(self) * self.batch_size]
         batches = torch.utils.data.DataLoader(
             self.data, batch_size=self.batch_size, sampler=order.tolist(), num_workers=self.data.workers,
             pin_memory=self.device.type == "cuda")
@@ -139,7 +161,7 @@ class StreamingLoader(_EpochLoader):
             images, index = self._without_bad_files(images, index, errors)
             if len(index):
                 images = images.to(self.device, non_blocking=True)
-                yield self.transform(images, generator), self.data.labels[index].to(self.device)
+                yield self.transform(images, self.generator), self.data.labels[index].to(self.device)
 
     def _without_bad_files(self, images, index, errors):
         bad = [i for i, error in enumerate(errors) if error]
@@ -152,7 +174,9 @@ class StreamingLoader(_EpochLoader):
 
 
 def make_loader(data: ImageSet | FileImageSet, batch_size: int, transform: BatchTransform, device: torch.device,
-                shuffle: bool = False, seed: int = 0, augment: bool = False) -> _EpochLoader:
+                shuffle: bool = False, seed: int = 0, augment: bool = False,
+                limit_batches: int | None = None) -> _EpochLoader:
     """A streaming loader for splits left on disk, the in-memory one otherwise."""
     loader_class = StreamingLoader if isinstance(data, FileImageSet) else InMemoryLoader
-    return loader_class(data, batch_size, transform, device, shuffle=shuffle, seed=seed, augment=augment)
+    return loader_class(data, batch_size, transform, device, shuffle=shuffle, seed=seed, augment=augment,
+                        limit_batches=limit_batches)

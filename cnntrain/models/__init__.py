@@ -11,8 +11,9 @@ from cnntrain.registry import Registry
 
 MODELS = Registry("model", "model.name", code_arguments=("num_classes", "in_channels", "input_size"))
 
-# Keys of a model config that are not builder settings.
-MODEL_KEYS = ("name", "input_size", "init")
+# Keys of a model config that are not builder settings (`recipe`: how it trains, read by the
+# optimizer, data and trainer configs; see cnntrain/recipes.py).
+MODEL_KEYS = ("name", "input_size", "init", "recipe")
 
 
 def model_config(name: str) -> dict:

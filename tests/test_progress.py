@@ -1,0 +1,192 @@
+"""What a user sees while a run trains (a step counter that never goes quiet, a time estimate with
+advice for long epochs) and quick looks at a run (trainer.limit_*_batches, data.subset)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cnntrain import callbacks as callbacks_module
+from cnntrain.build import batch_limit, quicker_options
+from cnntrain.callbacks import TimeEstimate, format_duration
+from cnntrain.errors import ConfigError
+from cnntrain.models import build_model
+from cnntrain.run import train
+from tests.conftest import compose_config
+
+SMOKE = ["experiment=smoke", "data.train_size=320", "data.test_size=64"]
+
+
+class Lines:
+    """A Reporter stand-in that keeps what would be printed."""
+
+    def __init__(self):
+        self.lines = []
+
+    def line(self, text, style=None):
+        self.lines.append(text)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def fake_trainer(device="cpu", epochs=10, batch_size=128, val_examples=12_000, history=()):
+    return SimpleNamespace(device=torch.device(device), epochs=epochs, history=list(history),
+                           train_loader=SimpleNamespace(batch_size=batch_size),
+                           val_loader=SimpleNamespace(num_examples=val_examples))
+
+
+def run_steps(estimate, trainer, steps, seconds_per_step, clock, first=1, last=None):
+    estimate.on_epoch_start(trainer, 1, steps)
+    for step in range(first, (last or steps) + 1):
+        clock.now += seconds_per_step
+        estimate.on_train_step(trainer, step, steps)
+
+
+def test_time_estimate_names_epoch_and_run_time_and_advises_on_long_cpu_epochs(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    reporter = Lines()
+    estimate = TimeEstimate(reporter, lambda: "a smaller data.resize (now 224; the smallest alexnet takes is 65)")
+    trainer = fake_trainer()
+    run_steps(estimate, trainer, steps=469, seconds_per_step=25.0, clock=clock, last=20)
+    # 469 steps of 25 s = 11,725 s, + validation: 12,000 images at a third of 25/128 s each = 781 s.
+    assert reporter.lines[0] == ("time estimate: about 3:28:26 per epoch (469 steps of 25.00 s + validation), "
+                                 "34:44:22 for the 10 epochs to go (timed over 4 steps)")
+    assert reporter.lines[1] == ("That is a long epoch for this cpu. Quicker: a smaller data.resize (now 224; the "
+                                 "smallest alexnet takes is 65).")
+    assert len(reporter.lines) == 2  # said once, not every step
+
+
+def test_time_estimate_of_a_short_epoch_gives_no_advice_and_skips_the_warm_up_step(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    reporter = Lines()
+    estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
+    trainer = fake_trainer(epochs=3, history=[object()])  # a resumed run: 2 epochs to go
+    estimate.on_epoch_start(trainer, 2, 100)
+    clock.now += 50.0  # the first step (warm-up, e.g. torch.compile) is not timed
+    estimate.on_train_step(trainer, 1, 100)
+    for step in range(2, 6):
+        clock.now += 0.5
+        estimate.on_train_step(trainer, step, 100)
+    assert reporter.lines == ["time estimate: about 1:06 per epoch (100 steps of 0.50 s + validation), 2:11 for "
+                              "the 2 epochs to go (timed over 4 steps)"]
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0, 59.6, 61, 3600, 3 * 3600 + 62)] == ["0:00", "1:00", "1:01", "1:00:00",
+                                                                                 "3:01:02"]
+
+
+def test_quicker_options_name_the_smallest_input_size_the_model_takes():
+    recipe = {"name": "alexnet", "settings": {}, "num_classes": 10, "in_channels": 1, "input_size": 224}
+    parts = SimpleNamespace(recipe=recipe, model=build_model(recipe), spec=SimpleNamespace(channels=1),
+                            checked=SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(name="alexnet"))),
+                            device=torch.device("cpu"))
+    text = quicker_options(parts)
+    assert text.startswith("a smaller data.resize (now 224; the smallest alexnet takes is 65)")
+    assert "trainer.limit_train_batches=20" in text and "a GPU (device=cuda)" in text
+
+
+def test_batch_limits_are_counts_or_fractions():
+    assert batch_limit(None, 1000, 100) is None
+    assert batch_limit(3, 1000, 100) == 3
+    assert batch_limit(0.25, 1000, 100) == 3  # a quarter of 10 batches, rounded up
+    assert batch_limit(0.001, 1000, 100) == 1
+    assert batch_limit(1.0, 1001, 100) == 11
+
+
+class StepCounter:
+    def __init__(self):
+        from cnntrain import Callback
+
+        class Count(Callback):
+            def __init__(inner):
+                inner.steps, inner.epochs = [], 0
+
+            def on_epoch_start(inner, trainer, epoch, steps):
+                inner.steps.append(steps)
+
+        self.callback = Count()
+
+
+def test_a_quick_look_trains_and_tests_on_few_batches_and_says_so(tmp_path):
+    counter = StepCounter().callback
+    cfg = compose_config(SMOKE + ["trainer.epochs=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+                                  "trainer.limit_test_batches=0.5", "data.subset=200", "trainer.progress=plain"])
+    summary = train(cfg, run_dir=tmp_path / "run", callbacks=[counter])
+    assert counter.steps == [3, 3]
+    assert summary["limits"] == {"limit_train_batches": 3, "limit_val_batches": 1, "limit_test_batches": 0.5,
+                                 "subset": 200}
+    assert summary["train_size"] == 200 and summary["status"] == "completed"
+    assert {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert ("quick look, not a full run: 3 train batches, 1 val batches, 1 test batches, a subset of 200 training "
+            "images (data.subset)") in log
+
+
+def test_a_full_run_records_no_limits(tmp_path):
+    summary = train(compose_config(SMOKE + ["trainer.epochs=1", "trainer.progress=none"]), run_dir=tmp_path / "r")
+    assert summary["limits"] is None and summary["train_size"] == 256
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.limit_train_batches=0", "trainer.limit_train_batches must be null (all batches), a whole number"),
+    ("trainer.limit_val_batches=1.5", "trainer.limit_val_batches must be null"),
+    ("trainer.limit_test_batches=-2", "trainer.limit_test_batches must be null"),
+    ("trainer.limit_train_batches=all", "got 'all'"),
+    ("data.subset=0", "data.subset must be null (all training images) or a whole number >= 1, got 0"),
+    ("trainer.checkpoint_every_minutes=0", "trainer.checkpoint_every_minutes must be null"),
+])
+def test_bad_quick_look_settings_are_named(tmp_path, override, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        train(compose_config(SMOKE + [override, "trainer.progress=none"]), run_dir=tmp_path / "run")
+
+
+SLOW_STEPS = '''
+import time
+from cnntrain import Callback
+
+class SlowSteps(Callback):
+    def on_train_step(self, trainer, step, steps):
+        time.sleep(0.3)
+'''
+
+
+def test_the_live_bar_counts_every_step_before_the_first_loss_value(tmp_path):
+    """Under a terminal, with log_every far away: the step counter moves and loss shows '-'."""
+    (tmp_path / "slow_steps.py").write_text(SLOW_STEPS)
+    command = [sys.executable, "-m", "cnntrain", *SMOKE, "trainer.epochs=1", "trainer.limit_train_batches=6",
+               "trainer.log_every=1000", "trainer.progress=bar", "callbacks=[{_target_: slow_steps.SlowSteps}]"]
+    main, child = pty.openpty()
+    process = subprocess.Popen(command, cwd=tmp_path, stdin=child, stdout=child, stderr=child,
+                               env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=120) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))  # without colours
+    for step in range(1, 6):
+        assert re.search(rf"\b{step}/6\b", text), f"step {step}/6 never shown"
+    assert re.search(r"1/6 +loss - +acc -", text)
+    assert "epoch left" in text and "run left" in text
