@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -23,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cnntrain.checkpoint import save_checkpoint
-from cnntrain.run_folder import RunFolder
+from cnntrain.run_folder import RunFolder, write_atomically
 from cnntrain.trainer import Callback, EpochMetrics, StepProgress, Trainer
 
 
@@ -37,7 +36,7 @@ class Reporter:
 
     def line(self, text: str, style: str | None = None) -> None:
         if not self.quiet:
-            self.console.print(text, style=style, highlight=False, soft_wrap=True)
+            self.console.print(text, style=style, highlight=False, soft_wrap=True, markup=False)
         self._write(text)
 
     def renderable(self, item: Any) -> None:
@@ -208,12 +207,12 @@ class MetricsWriter(Callback):
         self.path = Path(path)
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        def write_rows(f) -> None:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(m.as_dict() for m in trainer.history)
-        os.replace(tmp, self.path)
+
+        write_atomically(self.path, write_rows, binary=False)
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         is_new = not self.path.exists()

@@ -20,9 +20,7 @@ cannot execute code. Its keys (format 1):
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,28 +28,15 @@ from typing import Any
 import torch
 
 from cnntrain.errors import CnnTrainError
+from cnntrain.run_folder import write_atomically
 
 FORMAT_VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename over `path`.
-
-    os.replace is atomic on POSIX and Windows, so a crash at any moment leaves either
-    the old checkpoint or the new one, never a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            torch.save(state, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write `state` to `path` atomically: a crash at any moment leaves either the old
+    checkpoint or the new one, never a half-written file (run_folder.write_atomically)."""
+    write_atomically(path, lambda f: torch.save(state, f), sync=True)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 
 from cnntrain import __version__
 from cnntrain.config import check_group_choices, config_dir, unknown_component_name
@@ -26,7 +27,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 
 
 def print_error(message: str) -> None:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    # escape(): text such as imports=[my_models] or [topk=3] is not rich markup.
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -87,10 +89,12 @@ def info_main() -> None:
 
 
 PREDICT_USAGE = """usage: cnntrain-predict run=<run folder> inputs=<image or folder> [topk=3] [checkpoint=best|last]
-                        [output=<csv file>]
+                        [output=<csv file>] [imports=[my_models]]
 Classifies images with the run's checkpoint, prints a table and writes predictions.csv
-into the run folder (or to output=<csv file>)."""
-PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best", "output": ""}  # None: required
+into the run folder (or to output=<csv file>). A run of your own model needs the modules
+it was trained with named again (imports=...): modules named in a run folder are never imported."""
+# key -> default; None: required. imports "": not given.
+PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best", "output": "", "imports": ""}
 
 
 def parse_key_values(args: list[str], options: dict[str, str | None]) -> dict[str, str]:
@@ -115,20 +119,21 @@ def predict_main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(PREDICT_USAGE)
         return
-    from cnntrain.predict import predict, predictions_table, write_predictions
+    from cnntrain.predict import check_output, predict, predictions_table, write_predictions
 
     try:
         options = parse_key_values(args, PREDICT_OPTIONS)
+        output = Path(options["output"]) if options["output"] else RunFolder(options["run"]).predictions_csv
+        check_output(output)  # before the work, so that a refusal costs nothing
         predictions = predict(Path(options["run"]), Path(options["inputs"]), topk=int(options["topk"]),
-                              checkpoint=options["checkpoint"])
+                              checkpoint=options["checkpoint"], imports=options["imports"] or None)
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
-    output = Path(options["output"]) if options["output"] else RunFolder(options["run"]).predictions_csv
     write_predictions(predictions, output)
     console = Console(highlight=False)
     console.print(predictions_table(predictions))
-    console.print(f"written to {output}")
+    console.print(f"written to {output}", markup=False, soft_wrap=True)
 
 
 def resume_main(args: list[str]) -> None:
@@ -146,6 +151,20 @@ def resume_main(args: list[str]) -> None:
         sys.exit(EXIT_USAGE)
 
 
+def existing_run_folder(args: list[str]) -> str | None:
+    """hydra.run.dir= naming a folder that holds a run: refused before Hydra writes its .hydra/ files there."""
+    if any(arg in ("-m", "--multirun") for arg in args):
+        return None
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "hydra.run.dir" and value and "${" not in value:
+            try:
+                RunFolder(Path(value).expanduser()).refuse_if_it_holds_a_run()
+            except CnnTrainError as err:
+                return str(err)
+    return None
+
+
 def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
     `cnntrain resume=<run folder>`: continue a run."""
@@ -159,7 +178,7 @@ def main() -> None:
             return
         from cnntrain.sweep import missing_plugin
 
-        problem = check_group_choices(args) or missing_plugin(args)
+        problem = check_group_choices(args) or missing_plugin(args) or existing_run_folder(args)
         if problem:
             print_error(problem)
             sys.exit(EXIT_USAGE)

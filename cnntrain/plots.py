@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from cnntrain.run_folder import write_atomically
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
 CURVES_DPI = 100
@@ -36,10 +36,7 @@ def new_figure(width: float, height: float, layout: str | None = None):
 
 def save_figure(figure, path: Path) -> None:
     """Write `figure` as a PNG to `path` atomically (temporary file, then os.replace)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: figure.savefig(f, format="png"))
 
 
 def figure_to_array(figure):

@@ -15,9 +15,11 @@ from typing import Any, Iterable
 
 import torch
 from PIL import Image
+from rich.markup import escape
 from rich.table import Table
 
 from cnntrain.checkpoint import RunCheckpoint
+from cnntrain.checks import confirmed_imports, import_user_modules
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform
 from cnntrain.errors import CnnTrainError
@@ -97,14 +99,19 @@ class LoadedRun:
         return predictions
 
 
-def load_run(run_dir: Path | str, checkpoint: str = "best") -> LoadedRun:
-    """The run in `run_dir` with the weights of checkpoints/<checkpoint>.pt (best or last)."""
+def load_run(run_dir: Path | str, checkpoint: str = "best", imports: list[str] | str | None = None) -> LoadedRun:
+    """The run in `run_dir` with the weights of checkpoints/<checkpoint>.pt (best or last).
+
+    `imports`: for a run of your own model, the modules the run was trained with (they
+    register the model). Modules named only in the run folder are never imported.
+    """
     folder = RunFolder(run_dir)
     if checkpoint not in CHECKPOINTS:
         raise CnnTrainError(f"checkpoint must be best or last, got '{checkpoint}'.")
     if not folder.path.is_dir():
         raise CnnTrainError(f"{run_dir} is not a folder. Give a run folder (outputs/<date>/<time>_<model>_<data>).")
     state = RunCheckpoint.read(folder.checkpoint(checkpoint))
+    import_user_modules(confirmed_imports(state.config.get("imports"), imports, folder.path))
     return LoadedRun(folder, state, state.build_model().eval())
 
 
@@ -134,16 +141,38 @@ def find_images(inputs: Path) -> list[Path]:
     raise CnnTrainError(f"{inputs} does not exist (inputs=). Give an image file or a folder of images.")
 
 
-def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best",
-            batch_size: int = 64) -> list[Prediction]:
+def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best", batch_size: int = 64,
+            imports: str | None = None) -> list[Prediction]:
     """What `cnntrain-predict` prints: the run's predictions for an image file or a folder of images."""
-    return load_run(run_dir, checkpoint).predict(Path(inputs), topk=topk, batch_size=batch_size)
+    return load_run(run_dir, checkpoint, imports).predict(Path(inputs), topk=topk, batch_size=batch_size)
+
+
+PREDICTIONS_HEADER = ["file", "predicted", "probability", "top_k"]
+
+
+def check_output(path: Path) -> None:
+    """output= may be a new file or a predictions CSV written before; never anything else (a checkpoint, a
+    folder, someone's data), since writing it would destroy it."""
+    if path.is_dir():
+        raise CnnTrainError(f"output={path} is a folder; give a CSV file name, e.g. output={path / 'predictions.csv'}.")
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise CnnTrainError(f"output={path}: the folder {path.parent} does not exist.")
+        return
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            first_row = next(csv.reader(f), None)
+    except (UnicodeDecodeError, csv.Error, OSError):
+        first_row = None
+    if first_row != PREDICTIONS_HEADER:
+        raise CnnTrainError(f"output={path} exists and is not a predictions CSV written by cnntrain-predict; "
+                            f"it is left as it is. Give another file name.")
 
 
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "predicted", "probability", "top_k"])
+        writer.writerow(PREDICTIONS_HEADER)
         for p in predictions:
             writer.writerow([p.file, p.label, f"{p.probability:.6f}",
                              "; ".join(f"{name}:{prob:.4f}" for name, prob in p.top)])
@@ -154,5 +183,6 @@ def predictions_table(predictions: list[Prediction]) -> Table:
     for column in ("file", "predicted", "probability", "top k"):
         table.add_column(column, overflow="fold")
     for p in predictions:
-        table.add_row(p.file, p.label, f"{p.probability:.3f}", ", ".join(f"{n} {q:.2f}" for n, q in p.top))
+        table.add_row(escape(p.file), escape(p.label), f"{p.probability:.3f}",
+                      escape(", ".join(f"{n} {q:.2f}" for n, q in p.top)))
     return table

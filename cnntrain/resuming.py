@@ -14,10 +14,13 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from cnntrain.checkpoint import load_checkpoint
+from cnntrain.checkpoint import RunCheckpoint, load_checkpoint
+from cnntrain.checks import confirmed_imports, import_user_modules
 from cnntrain.config import REGISTRY_GROUPS, group_file
 from cnntrain.errors import ConfigError
+from cnntrain.run import RunResult, resume_command, run
 from cnntrain.run_folder import RunFolder
+from cnntrain.trainer import EpochMetrics
 
 # Dotted prefixes a resume may change.
 MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "trainer.early_stopping",
@@ -43,8 +46,11 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
         raise ConfigError(f"Cannot resume {run_dir}: its checkpoint was written by an older cnntrain without "
                           f"the state a resume needs. Start the run again.")
     cfg = OmegaConf.create(checkpoint["config"])
-    # A run folder is data, never code: callbacks the run was started with are not created from it.
+    # A run folder is data, never code: callbacks the run was started with are not created from
+    # it, and its modules are imported only when the user names them (imports=...) too.
     cfg.callbacks = []
+    given, overrides = imports_override(overrides)
+    cfg.imports = confirmed_imports(cfg.get("imports"), given, run_dir)
     saved_epochs = cfg.trainer.epochs
     for override in overrides:
         apply_override(cfg, override, run_dir)
@@ -53,6 +59,18 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
                           f"learning-rate curve over the run's {saved_epochs} epochs. "
                           f"Start a new run for a longer one.")
     return cfg, checkpoint
+
+
+def imports_override(overrides: list[str]) -> tuple[str | None, list[str]]:
+    """(the value of an imports=... override, or None; the other overrides)."""
+    given, others = None, []
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        if key == "imports" and sep:
+            given = value
+        else:
+            others.append(override)
+    return given, others
 
 
 def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
@@ -92,7 +110,7 @@ def finished_message(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any])
     how = f"stopped early ({stopped})" if stopped else f"trained all {checkpoint['epoch']} epochs"
     return (f"Run {run_dir} is already finished: it {how}; best val acc {summary['best_val_acc']:.4f}, "
             f"test acc {summary['test_acc']:.4f}. Nothing to do. To train it for longer: "
-            f"cnntrain resume={run_dir} trainer.epochs={checkpoint['epoch'] + 10}")
+            f"{resume_command(RunFolder(run_dir), cfg)} trainer.epochs={checkpoint['epoch'] + 10}")
 
 
 def resume(run_dir: Path | str, overrides: list[str] = (), callbacks: list = ()) -> dict[str, Any]:
@@ -111,12 +129,7 @@ def resume_run(run_dir: Path | str, overrides: list[str] = (), callbacks: list =
     folder, cfg, checkpoint = _resumable(run_dir, overrides)
     if checkpoint is not None:
         return _continue(folder, cfg, checkpoint, callbacks)
-    from cnntrain.checks import import_user_modules
-    from cnntrain.checkpoint import RunCheckpoint
-    from cnntrain.run import RunResult
-    from cnntrain.trainer import EpochMetrics
-
-    import_user_modules(cfg.get("imports"))  # the model may be one of the user's
+    import_user_modules(cfg.imports)  # the model may be one of the user's (confirmed by resume_config)
     best = RunCheckpoint.read(folder.best_checkpoint)
     history = [EpochMetrics(**row) for row in RunCheckpoint.read(folder.last_checkpoint).state["history"]]
     return RunResult(best.build_model(), folder.read_summary(), history, best.classes)
@@ -134,7 +147,5 @@ def _resumable(run_dir: Path | str, overrides) -> tuple[RunFolder, DictConfig, d
 
 
 def _continue(folder: RunFolder, cfg: DictConfig, checkpoint: dict[str, Any], callbacks):
-    from cnntrain.run import run
-
     folder.remove_stale_temp_files()
     return run(cfg, run_dir=folder.path, resume_from=checkpoint, callbacks=callbacks)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from cnntrain.build import RunCallbacks, TrainingParts, build_callbacks, build_training
-from cnntrain.checks import check_config
+from cnntrain.checks import check_config, module_list, modules_text
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
 from cnntrain.errors import RunInterrupted
@@ -70,6 +70,18 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
     `callbacks` are user callbacks, called after the built-in ones.
     """
     folder = RunFolder.for_run(cfg, run_dir)
+    folder.lock()  # no second process in this folder while this one trains
+    try:
+        if resume_from is None:
+            folder.refuse_if_it_holds_a_run()
+        return _run_in(folder, cfg, resume_from, callbacks)
+    finally:
+        folder.unlock()
+
+
+def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | None,
+            callbacks: list[Callback]) -> RunResult:
+    """The run in its locked folder: its summary says how it ended, whatever happens."""
     folder.save_config_if_missing(cfg)
     reporter = Reporter(folder.train_log, quiet=cfg.trainer.get("progress") == "none")
     started = time.time()
@@ -79,7 +91,7 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
         with signals:  # after check_config: the user's modules it imports may set handlers of their own
             return _fit_and_test(build_training(checked), folder, reporter, started, resume_from, signals)
     except KeyboardInterrupt as err:
-        message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(folder)
+        message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(folder, cfg)
         reporter.line(message, style="yellow")
         _write_ended_summary(folder, "interrupted", message, started)
         raise RunInterrupted(message, signals.exit_code) from None
@@ -103,20 +115,21 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         reporter.line(f"resumed from checkpoints/last.pt: {saved_text(resume_from)}, continuing "
                       f"{continue_text(resume_from)} of {cfg.trainer.epochs}")
     signals.trainer = trainer
-    history = fit(trainer, start_epoch, callbacks, folder)
+    history = fit(trainer, start_epoch, callbacks, folder, cfg)
     signals.trainer = None
     if trainer.stop_reason:
         reporter.line(f"stopped after epoch {history[-1].epoch}: {trainer.stop_reason}")
 
     best = callbacks.checkpointer.best
-    parts.model.load_state_dict(load_checkpoint(folder.best_checkpoint)["state_dict"])
+    tested = tested_checkpoint(folder, reporter)
+    parts.model.load_state_dict(load_checkpoint(tested)["state_dict"])
     test_loss, test_acc = trainer.evaluate(parts.test_loader)
     summary = {
         "status": "completed", "run_dir": str(folder), "model": cfg.model.name, "data": cfg.data.name,
         "epochs": len(history), "best_epoch": best.epoch, "best_metric": "val_acc",
         "best_val_acc": best.val_acc, "best_val_loss": best.val_loss,
         "test_loss": test_loss, "test_acc": test_acc, "final_epoch": history[-1].as_dict(),
-        "stopped_early": trainer.stop_reason,
+        "stopped_early": trainer.stop_reason, "tested_checkpoint": tested.name,
         "params": parts.params, "input_size": parts.recipe["input_size"], "train_size": spec.train_size,
         "val_size": spec.val_size,
         # What the speed switches resolved to on this device (the config may say auto).
@@ -130,6 +143,15 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
     folder.write_summary(summary)
     reporter.renderable(summary_table(summary))
     return RunResult(parts.model, summary, history, list(spec.classes))
+
+
+def tested_checkpoint(folder: RunFolder, reporter: Reporter) -> Path:
+    """best.pt, the weights the test split is for; last.pt, with a notice, when best.pt was lost."""
+    if folder.best_checkpoint.is_file():
+        return folder.best_checkpoint
+    reporter.line(f"notice: {folder.best_checkpoint} is missing (deleted or lost since it was written): the test "
+                  f"split is evaluated with the last epoch's weights (last.pt) instead.", style="yellow")
+    return folder.last_checkpoint
 
 
 def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> None:
@@ -155,12 +177,13 @@ def limits_text(parts: TrainingParts) -> str:
     return ", ".join(texts)
 
 
-def fit(trainer: Trainer, start_epoch: int, callbacks: RunCallbacks, folder: RunFolder) -> list[EpochMetrics]:
+def fit(trainer: Trainer, start_epoch: int, callbacks: RunCallbacks, folder: RunFolder,
+        cfg: DictConfig) -> list[EpochMetrics]:
     """trainer.fit, with an interruption turned into a message saying what is saved and how to resume."""
     try:
         return trainer.fit(start_epoch)
     except KeyboardInterrupt:
-        raise RunInterrupted(interrupted_message(folder, trainer, callbacks.checkpointer.saved)) from None
+        raise RunInterrupted(interrupted_message(folder, cfg, trainer, callbacks.checkpointer.saved)) from None
     finally:
         callbacks.display.close()
 
@@ -215,9 +238,11 @@ def _write_ended_summary(folder: RunFolder, status: str, message: str, started: 
                           "wall_seconds": time.time() - started})
 
 
-def resume_command(folder: RunFolder) -> str:
-    """The command that resumes the run, as it works from the current folder."""
-    return f"{cli_command()} resume={display_path(folder.path)}"
+def resume_command(folder: RunFolder, cfg: DictConfig) -> str:
+    """The command that resumes the run, as it works from the current folder (with the run's
+    imports: a resume imports only modules the user names)."""
+    imports = module_list(cfg.get("imports"))
+    return f"{cli_command()} resume={display_path(folder.path)}" + (f" imports={modules_text(imports)}" if imports else "")
 
 
 def cli_command() -> str:
@@ -245,10 +270,10 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def interrupted_outside_training(folder: RunFolder) -> str:
+def interrupted_outside_training(folder: RunFolder, cfg: DictConfig) -> str:
     """Ctrl-C while loading data or testing: what is on disk says whether there is something to resume."""
     if folder.last_checkpoint.is_file():
-        return f"Interrupted. Resume with: {resume_command(folder)}"
+        return f"Interrupted. Resume with: {resume_command(folder, cfg)}"
     return "Interrupted before the first epoch finished; there is nothing to resume, start the run again."
 
 
@@ -276,7 +301,7 @@ def continue_text(checkpoint: dict[str, Any]) -> str:
     return f"at epoch {checkpoint['epoch'] + 1}"
 
 
-def interrupted_message(folder: RunFolder, trainer: Trainer, saved: tuple[int, int]) -> str:
+def interrupted_message(folder: RunFolder, cfg: DictConfig, trainer: Trainer, saved: tuple[int, int]) -> str:
     """An interrupted training; `saved` is what last.pt holds: (finished epochs, steps of the next one)."""
     epochs, steps = saved
     current = trainer.history[-1].epoch + 1 if trainer.history else 1
@@ -284,7 +309,7 @@ def interrupted_message(folder: RunFolder, trainer: Trainer, saved: tuple[int, i
     if not epochs and not steps:
         return f"{where} Nothing had been saved yet, so there is nothing to resume; start the run again."
     redo = "" if steps or epochs >= current else " (the unfinished epoch is redone on resume)"
-    return f"{where} checkpoints/last.pt holds {held_text(epochs, steps)}{redo}. Resume with: {resume_command(folder)}"
+    return f"{where} checkpoints/last.pt holds {held_text(epochs, steps)}{redo}. Resume with: {resume_command(folder, cfg)}"
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

@@ -9,6 +9,7 @@
       checkpoints/last.pt best.pt
       tensorboard/         with logger=tensorboard
       predictions.csv      written by cnntrain-predict
+      .cnntrain.lock       held by the process training in the folder (so that no second one can)
 
 Every other module gets these paths from a `RunFolder`, so a name is spelled once.
 """
@@ -16,13 +17,17 @@ Every other module gets these paths from a `RunFolder`, so a name is spelled onc
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
+import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
+
+from cnntrain.errors import ConfigError
 
 
 class RunFolder:
@@ -40,6 +45,8 @@ class RunFolder:
         self.config_yaml = self.path / ".hydra" / "config.yaml"
         self.tensorboard = self.path / "tensorboard"
         self.predictions_csv = self.path / "predictions.csv"
+        self.lock_file = self.path / ".cnntrain.lock"
+        self._lock: IO | None = None
 
     @classmethod
     def for_run(cls, cfg: DictConfig, path: Path | str | None = None) -> "RunFolder":
@@ -59,7 +66,49 @@ class RunFolder:
             self.config_yaml.write_text(OmegaConf.to_yaml(cfg))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomically(self.summary_json, lambda f: f.write(json.dumps(summary, indent=2) + "\n"), binary=False)
+
+    def holds_run(self) -> str | None:
+        """What shows that a run was trained here (its files), or None for a new or empty folder."""
+        found = [p.name for p in (self.summary_json, self.metrics_csv, self.last_checkpoint, self.best_checkpoint,
+                                  self.train_log) if p.is_file()]
+        return ", ".join(found) if found else None
+
+    def refuse_if_it_holds_a_run(self) -> None:
+        """A new run must not write over another run's files: say how to continue that one instead."""
+        found = self.holds_run()
+        if found:
+            raise ConfigError(
+                f"{self.path} already holds a run ({found}); a new run there would overwrite it. Continue that "
+                f"run with: cnntrain resume={display_path(self.path)}, or train in a new folder (leave out "
+                f"hydra.run.dir for a timestamped one under outputs/).")
+
+    def lock(self) -> None:
+        """Hold the folder for this process until `unlock` or its end (a crash releases it too): a second
+        process training in the same folder is refused instead of mixing its files with this one's."""
+        try:
+            import fcntl
+        except ImportError:  # not on Windows: no lock there
+            return
+        handle = open(self.lock_file, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            raise ConfigError(f"{self.path} is in use by another cnntrain process{f' (pid {owner})' if owner else ''}. "
+                              f"Wait for it to end, or train in another folder.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     def read_summary(self) -> dict[str, Any]:
         """summary.json, or {} when the run has none yet."""
@@ -72,6 +121,36 @@ class RunFolder:
 
     def __str__(self) -> str:
         return str(self.path)
+
+
+def write_atomically(path: Path | str, write: Callable[[IO], Any], binary: bool = True, sync: bool = False) -> None:
+    """`write(file)` into a temporary file of its own beside `path`, then renamed over `path`.
+
+    A crash at any moment leaves the old file or the new one, never half of one (os.replace
+    is atomic); two processes never share a temporary name (mkstemp); the file gets the mode
+    a plain open() would give it (mkstemp's own is 0600). `sync`: fsync before the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        text_options = {} if binary else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(fd, "wb" if binary else "w", **text_options) as f:
+            write(f)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _new_run_dir(cfg: DictConfig) -> Path:

@@ -25,6 +25,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cnntrain.run_folder import RunFolder
@@ -92,8 +93,8 @@ def sweep_table(rows: list[dict[str, Any]]) -> Table:
         return format(value, fmt) + unit if _is_number(value) else "-"
 
     for row in rows:
-        status = row["status"] if row["status"] == "completed" else f"[red]{row['status']}: {row['error']}[/]"
-        table.add_row(str(row["job"]), row["overrides"] or "(none)", status, number(row["best_val_acc"], ".4f"),
+        status = row["status"] if row["status"] == "completed" else f"[red]{escape(row['status'])}: {escape(row['error'])}[/]"
+        table.add_row(str(row["job"]), escape(row["overrides"] or "(none)"), status, number(row["best_val_acc"], ".4f"),
                       number(row["test_acc"], ".4f"), number(row["wall_seconds"], ".1f", "s"))
     return table
 
@@ -133,14 +134,14 @@ def report_sweep(sweep_dir: Path, console: Console | None = None, stopping: bool
             plot_sweep(rows, sweep_dir / "sweep.png")
             outputs += ", plot in sweep.png"
         except Exception as err:  # a picture must never hide the sweep's results
-            console.print(f"[yellow]sweep.png not drawn: {type(err).__name__}: {err}[/]")
+            console.print(f"[yellow]sweep.png not drawn: {type(err).__name__}: {escape(str(err))}[/]")
     best = best_job(rows)
     if best:
         write_best(best, sweep_dir / "best.yaml")
         outputs += ", best job in best.yaml"
         console.print(f"best job: {best['job']}  {best['overrides'] or '(no overrides)'}  "
-                      f"val acc {best['best_val_acc']:.4f}  ({best['run_dir']})")
-    console.print(f"sweep folder: {sweep_dir} ({outputs})")
+                      f"val acc {best['best_val_acc']:.4f}  ({best['run_dir']})", markup=False, soft_wrap=True)
+    console.print(f"sweep folder: {sweep_dir} ({outputs})", markup=False, soft_wrap=True)
     failed = sum(row["status"] == "failed" for row in rows)
     if failed:
         console.print(f"[red]{failed} of {len(rows)} jobs failed.[/]")

@@ -177,3 +177,21 @@ def test_predict_command_prints_and_writes_csv(trained_pets_run, tmp_path):
     bad = subprocess.run([script, f"run={run_dir}", "inputs=/no/such/file", "topk=1"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.uint16, 64), (np.int32, 64), (np.float32, 64 / 65535)])
+def test_16_and_32_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path, dtype, scale):
+    """A 16-bit gradient (saved as a 16-bit PNG where the format allows) keeps its shades:
+    Pillow's convert("L") alone would clip all but the darkest 1/256 to white."""
+    from cnntrain.data.folder import image_to_array
+
+    gradient = np.arange(1024).reshape(32, 32) * 64  # 0 .. 65472
+    image = Image.fromarray((gradient * (scale / 64)).astype(dtype))
+    if dtype == np.uint16:
+        image.save(tmp_path / "deep.png")
+        image = Image.open(tmp_path / "deep.png")
+        assert image.mode in ("I;16", "I")
+    array = image_to_array(image, channels=1, height=32)
+    expected = np.round(gradient / 257)
+    assert np.abs(array[0].astype(int) - expected).max() <= 1
+    assert (array == 255).mean() < 0.01

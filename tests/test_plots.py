@@ -42,14 +42,14 @@ def test_a_failed_write_leaves_the_previous_png_whole(tmp_path, monkeypatch):
     figure = plots.new_figure(2, 2)
 
     def killed_mid_write(target, **kwargs):
-        with open(target, "wb") as f:
-            f.write(b"\x89PNG half")
+        target.write(b"\x89PNG half")  # the temporary file
         raise KeyboardInterrupt
 
     monkeypatch.setattr(figure, "savefig", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
         save_figure(figure, path)
     assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # the temporary file is gone too
 
 
 def test_plotting_leaves_pyplot_and_the_backend_alone(tmp_path):

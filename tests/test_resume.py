@@ -68,10 +68,12 @@ if os.environ.get("TEST_KILL_IN_SAVE_OF_EPOCH"):
     torch.save = half_save_then_kill
 '''
 
+# A resume imports only the modules the user names again (a run folder is data, not code).
+HOOKS_IMPORT = "imports=[test_resume_hooks]"
 # 400 train / 100 val images in batches of 32: 13 steps an epoch. Dropout, momentum, a
 # step schedule and random augmentation all depend on state the resume must restore.
 RUN = ["data=synthetic", "data.train_size=500", "data.test_size=100", "data.batch_size=32", "trainer.epochs=4",
-       "model=softmax", "model.name=test_signal_mlp", "imports=[test_resume_hooks]", "optimizer.momentum=0.9", "optimizer.lr=0.05",
+       "model=softmax", "model.name=test_signal_mlp", HOOKS_IMPORT, "optimizer.momentum=0.9", "optimizer.lr=0.05",
        "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.7", "data.augment=[hflip,{name:random_crop,padding:2}]",
        "device=cpu", "trainer.progress=plain", "model.init=default"]
 STEPS_PER_EPOCH = 13
@@ -122,7 +124,7 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_as_the_uninterrupted_run(wor
     assert [row["epoch"] for row in metrics_without_timing(run_dir)] == ["1", "2"]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
 
-    resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
+    resumed = cnntrain(f"resume={run_dir}", HOOKS_IMPORT, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from checkpoints/last.pt: epochs 1-2 done, continuing at epoch 3 of 4" in resumed.stdout
     assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)  # rows 1-4, none twice
@@ -140,7 +142,7 @@ def test_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_one_whole(
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
     assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["epoch"] == 1
 
-    resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
+    resumed = cnntrain(f"resume={run_dir}", HOOKS_IMPORT, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
     assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
@@ -158,7 +160,7 @@ def test_ctrl_c_stops_after_the_step_saves_it_and_prints_a_resume_command_that_w
             "Resume with: ") in interrupted.stdout
     # Run as `python -m cnntrain` with no cnntrain on PATH: the command names this python.
     command = interrupted.stdout.split("Resume with: ")[1].splitlines()[0]
-    assert command == f"{sys.executable} -m cnntrain resume=interrupted"
+    assert command == f"{sys.executable} -m cnntrain resume=interrupted {HOOKS_IMPORT}"
     assert "epoch 2/4" not in interrupted.stdout  # stopped in epoch 2, not at its end
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "-m cnntrain resume=interrupted" in summary["error"]
@@ -182,7 +184,7 @@ def test_sigterm_mid_epoch_saves_there_and_resume_ends_exactly_as_the_uninterrup
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert [row["epoch"] for row in metrics_without_timing(run_dir)] == ["1", "2"]
 
-    resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
+    resumed = cnntrain(f"resume={run_dir}", HOOKS_IMPORT, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
     assert_same_weights(weights(run_dir), weights(uninterrupted))
@@ -199,7 +201,7 @@ def test_sigkill_after_a_timed_mid_epoch_checkpoint_then_resume_is_exact(workdir
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert (last["epoch"], last["in_epoch"]["epoch"], last["in_epoch"]["step"]) == (1, 2, 7)
 
-    resumed = cnntrain(f"resume={run_dir}", cwd=workdir)
+    resumed = cnntrain(f"resume={run_dir}", HOOKS_IMPORT, cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
     assert_same_weights(weights(run_dir), weights(uninterrupted))
@@ -208,20 +210,20 @@ def test_sigkill_after_a_timed_mid_epoch_checkpoint_then_resume_is_exact(workdir
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(workdir, uninterrupted):
     before = {p.name: p.stat().st_mtime_ns for p in uninterrupted.rglob("*") if p.is_file()}
-    result = cnntrain(f"resume={uninterrupted}", cwd=workdir)
+    result = cnntrain(f"resume={uninterrupted}", HOOKS_IMPORT, cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert f"Run {uninterrupted} is already finished: it trained all 4 epochs" in result.stdout
-    assert f"cnntrain resume={uninterrupted} trainer.epochs=14" in result.stdout
+    assert f"-m cnntrain resume=uninterrupted {HOOKS_IMPORT} trainer.epochs=14" in result.stdout
     assert {p.name: p.stat().st_mtime_ns for p in uninterrupted.rglob("*") if p.is_file()} == before
 
 
 def test_resume_refuses_a_changed_model_with_a_message(workdir, uninterrupted):
-    result = cnntrain(f"resume={uninterrupted}", "model=alexnet", cwd=workdir)
+    result = cnntrain(f"resume={uninterrupted}", HOOKS_IMPORT, "model=alexnet", cwd=workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Cannot resume with model.name=alexnet (the run has model.name=test_signal_mlp)" in result.stderr
     with pytest.raises(ConfigError, match="Cannot resume with optimizer.lr=0.5"):
-        resume_config(uninterrupted, ["optimizer.lr=0.5"])
-    cfg, _ = resume_config(uninterrupted, ["optimizer.lr=0.05", "trainer.epochs=6", "device=cpu",  # unchanged lr
+        resume_config(uninterrupted, [HOOKS_IMPORT, "optimizer.lr=0.5"])
+    cfg, _ = resume_config(uninterrupted, [HOOKS_IMPORT, "optimizer.lr=0.05", "trainer.epochs=6", "device=cpu",  # unchanged lr
                                            "logger=tensorboard"])
     assert cfg.trainer.epochs == 6 and cfg.logger.name == "tensorboard" and cfg.logger.histogram_every == 1
 

@@ -79,10 +79,31 @@ def decode(path: Path, channels: int, height: int, width: int | None = None) -> 
 
 def image_to_array(image: Image.Image, channels: int, height: int, width: int | None = None) -> np.ndarray:
     """A Pillow image as a uint8 (channels, height, width) array: grey or RGB, resized bilinearly."""
-    image = image.convert("L" if channels == 1 else "RGB")
+    image = to_8_bit(image).convert("L" if channels == 1 else "RGB")
     image = image.resize((width or height, height), Image.Resampling.BILINEAR)
     array = np.array(image, dtype=np.uint8)  # a writable copy, so torch can share it
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit grey image (Pillow modes I;16*, I, F) scaled to 8 bits; others as they are.
+
+    Pillow's own convert("L") clips such values at 255 instead of scaling them (a 16-bit
+    scan comes out almost all white). I;16 images are 16-bit by their format. For I
+    (32-bit integers, also what Pillow makes of some 16-bit PNGs) and F (floats) the range
+    is read from the image: at most 1.0 (floats) is [0, 1], at most 255 is 8-bit, at most
+    65535 is 16-bit, above that the full 32-bit range. Negative values become 0.
+    """
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        peak = float(values.max(initial=0.0))
+        top = (1.0 if image.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else
+               65535.0 if peak <= 65535 else 2.0 ** 32 - 1)
+    return Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8))  # 2-D uint8: mode L
 
 
 READ_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
