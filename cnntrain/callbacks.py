@@ -147,13 +147,15 @@ class ProgressDisplay(Callback):
 class TimeEstimate(Callback):
     """One line, early in the first epoch a process trains: the expected time per epoch and for the run.
 
-    Timed over a few steps after the first (which pays for warm-up), plus an allowance for
+    Timed over a few steps after the first (which pays for warm-up), and at least
+    MIN_SECONDS, plus an allowance for
     validation (a forward pass costs about a third of a training step per image). When an
     epoch is expected to take over `long_minutes`, the line says so and names quicker
     options (`quicker_options()`, asked only then).
     """
 
     TIMED_STEPS = 4
+    MIN_SECONDS = 2.0  # a small model's few steps take milliseconds: too short to time
 
     def __init__(self, reporter: Reporter, quicker_options: Callable[[], str], long_minutes: float = 10):
         self.reporter = reporter
@@ -173,7 +175,7 @@ class TimeEstimate(Callback):
             return
         first, started = self._start
         timed = step - first
-        if timed < self.TIMED_STEPS and step < steps:
+        if (timed < self.TIMED_STEPS or time.perf_counter() - started < self.MIN_SECONDS) and step < steps:
             return
         self._done = True
         if trainer.device.type == "cuda":  # steps are queued asynchronously: wait for them before timing

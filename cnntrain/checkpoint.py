@@ -20,6 +20,7 @@ cannot execute code. Its keys (format 1):
 
 from __future__ import annotations
 
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,19 +40,50 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     write_atomically(path, lambda f: torch.save(state, f), sync=True)
 
 
+# What every checkpoint a run writes holds (training_checkpoint); the rest depends on its kind.
+REQUIRED_KEYS = ("state_dict", "model", "classes", "config")
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint at `path` as a dict (weights_only: no code in it can run)."""
+    """The checkpoint at `path` as a dict (weights_only: no code in it can run).
+
+    Anything else is a CnnTrainError saying which: missing, refused (Python objects that
+    could run code), damaged (cut short, overwritten), or not a cnntrain checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise CnnTrainError(f"Checkpoint {path} does not exist.")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CnnTrainError(f"Cannot load checkpoint {path}: {err}") from err
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise _damaged(path, err) from None
+        # torch's own message goes on to advise weights_only=False: never pass that on.
+        raise CnnTrainError(
+            f"Refused to load checkpoint {path}: it holds Python objects besides tensors and plain values, and "
+            f"loading those could run code. cnntrain reads only the checkpoints runs write (tensors, numbers, "
+            f"text). Use a checkpoint from a run folder you trust.") from None
+    except Exception as err:  # a zip or pickle stream cut short or overwritten
+        raise _damaged(path, err) from None
     if not isinstance(state, dict) or state.get("format", FORMAT_VERSION) > FORMAT_VERSION:
         raise CnnTrainError(f"Cannot read checkpoint {path}: it is not in a checkpoint format this cnntrain "
                             f"knows (format {FORMAT_VERSION}). It may come from a newer cnntrain: upgrade it.")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        bare = all(isinstance(value, torch.Tensor) for value in state.values())
+        what = "a bare state dict (weights only)" if bare else f"a file without {', '.join(missing)}"
+        raise CnnTrainError(f"{path} is not a cnntrain checkpoint: it is {what}. cnntrain needs the checkpoints "
+                            f"a run writes (checkpoints/best.pt, last.pt), which also hold the model's recipe, "
+                            f"classes and config.")
     return state
+
+
+def _damaged(path: Path, err: Exception) -> CnnTrainError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    other = "best.pt" if path.name == "last.pt" else "last.pt"
+    return CnnTrainError(f"Checkpoint {path} is damaged ({reason}): it was cut short or overwritten. "
+                         f"checkpoints/{other} may still be whole; otherwise copy the file again from where it "
+                         f"came from.")
 
 
 def rng_states() -> dict[str, Any]:

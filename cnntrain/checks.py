@@ -142,6 +142,8 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
         logger=check_logger(cfg.get("logger")),
     )
     check_trainer_settings(cfg)
+    check_data_settings(cfg, checked.eval_batch_size)
+    check_optimizer_and_schedule(checked)
     checked.callbacks = config_callbacks(cfg.get("callbacks")) + check_callbacks(callbacks, "callbacks=")
     return checked
 
@@ -176,6 +178,55 @@ def check_trainer_settings(cfg: DictConfig) -> None:
              f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
     _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
              lambda v: isinstance(v, (int, float)) and v >= 0)
+
+
+# One batch of input images above this is a typo, not a plan (float32, before any activation).
+MAX_BATCH_INPUT_BYTES = 8 * 2**30
+
+
+def check_data_settings(cfg: DictConfig, eval_batch_size: int) -> None:
+    """The seed and the data settings every dataset shares, before any data loads."""
+    _require(cfg.get("seed"), "seed", "a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool))
+    data = cfg.data
+    _require(data.get("resize"), "data.resize", "null (the model's input size) or a whole number of pixels >= 1",
+             lambda v: v is None or _is_count(v))
+    _require(data.get("eval_batch_size"), "data.eval_batch_size", "null (2 x batch_size) or a whole number >= 1",
+             lambda v: v is None or _is_count(v))
+    size = data.get("resize") or cfg.model.get("input_size") or 0
+    batch = max(data.batch_size, eval_batch_size)
+    needed = batch * size * size * 4  # one grey float32 batch: a lower bound for any model
+    if needed > MAX_BATCH_INPUT_BYTES:
+        key = "data.resize" if data.get("resize") else "model.input_size"
+        raise ConfigError(f"{key}={size} would need at least {needed / 2**30:,.0f} GiB for one batch of "
+                          f"{batch} input images alone, before the model's activations. Use a size of a few "
+                          f"hundred pixels at most.")
+
+
+def check_optimizer_and_schedule(checked: CheckedConfig) -> None:
+    """Build the optimizer and the schedule on one dummy parameter and take a step, so that torch's
+    own checks (lr < 0, a string for lr, momentum < 0, a step_size of 0, ...) answer now, naming the settings."""
+    import torch
+
+    cfg = checked.cfg
+    parameter = torch.zeros(1, requires_grad=True)
+    try:
+        optimizer = checked.optimizer.build(params=[parameter])
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"optimizer={checked.optimizer.name} cannot take its settings "
+                          f"({_settings_text('optimizer', checked.optimizer.settings)}): {err}") from None
+    try:
+        schedule = checked.scheduler.build(optimizer=optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=1)
+        if schedule is not None:
+            optimizer.step()
+            schedule.scheduler.step(*([1.0] if schedule.monitor else []))
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as err:
+        raise ConfigError(f"scheduler={checked.scheduler.name} cannot take its settings "
+                          f"({_settings_text('scheduler', checked.scheduler.settings)}): "
+                          f"{type(err).__name__}: {err}") from None
+
+
+def _settings_text(section: str, settings: dict[str, Any]) -> str:
+    return ", ".join(f"{section}.{key}={value!r}" for key, value in settings.items()) or "none"
 
 
 def _is_count(value) -> bool:

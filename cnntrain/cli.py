@@ -7,6 +7,7 @@ business, running a job run.py's; torch is imported when a job starts, so
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cnntrain import __version__
-from cnntrain.config import check_group_choices, config_dir, unknown_component_name
+from cnntrain.config import check_group_choices, check_override_keys, config_dir, unknown_component_name
 from cnntrain.errors import CnnTrainError
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import RunFolder
@@ -115,7 +116,7 @@ def parse_key_values(args: list[str], options: dict[str, str | None]) -> dict[st
 
 def predict_main() -> None:
     """`cnntrain-predict run=... inputs=...`: classify new images with a trained run."""
-    args = sys.argv[1:]
+    args = expand_home(sys.argv[1:])
     if not args or args[0] in ("-h", "--help"):
         print(PREDICT_USAGE)
         return
@@ -159,16 +160,41 @@ def existing_run_folder(args: list[str]) -> str | None:
         key, _, value = arg.partition("=")
         if key == "hydra.run.dir" and value and "${" not in value:
             try:
-                RunFolder(Path(value).expanduser()).refuse_if_it_holds_a_run()
+                RunFolder(Path(value.strip("'\"")).expanduser()).refuse_if_it_holds_a_run()
             except CnnTrainError as err:
                 return str(err)
     return None
 
 
+def expand_home(args: list[str]) -> list[str]:
+    """key=~/folder as key=/home/me/folder: the shell leaves a ~ after `key=` alone."""
+    expanded = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and not key.startswith("-") and (value == "~" or value.startswith("~/")):
+            arg = f"{key}={os.path.expanduser(value)}"
+        expanded.append(arg)
+    return expanded
+
+
+def quote_for_hydra(args: list[str]) -> list[str]:
+    """A plain value with non-ASCII characters (a path such as /data/café) in quotes: Hydra's override
+    grammar cannot read such a value unquoted. Values with quotes, lists, commas or ${...} are left as
+    they are (they are Hydra syntax already)."""
+    quoted = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if (sep and not key.startswith("-") and not value.isascii()
+                and not any(c in value for c in "'\"[]{},$")):
+            arg = f"{key}='{value}'"
+        quoted.append(arg)
+    return quoted
+
+
 def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
     `cnntrain resume=<run folder>`: continue a run."""
-    args = sys.argv[1:]
+    args = expand_home(sys.argv[1:])
     if args in (["--version"], ["-V"]):
         print(f"cnntrain {__version__}")
         return
@@ -176,9 +202,11 @@ def main() -> None:
         if any(arg.startswith("resume=") and arg != "resume=null" for arg in args):
             resume_main(args)
             return
+        sys.argv[1:] = args = quote_for_hydra(args)  # Hydra reads sys.argv
         from cnntrain.sweep import missing_plugin
 
-        problem = check_group_choices(args) or missing_plugin(args) or existing_run_folder(args)
+        problem = (check_group_choices(args) or check_override_keys(args) or missing_plugin(args)
+                   or existing_run_folder(args))
         if problem:
             print_error(problem)
             sys.exit(EXIT_USAGE)

@@ -14,12 +14,15 @@ from typing import Any, Iterable, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.errors import ConfigError
-from cnntrain.registry import unknown_name_message
+from cnntrain.registry import did_you_mean, unknown_name_message
 
 GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment", "logger", "hparams_search", "launcher")
 # Groups whose `name` picks a registry entry, and what the registry calls its entries.
 REGISTRY_GROUPS = {"model": "model", "data": "dataset", "optimizer": "optimizer", "scheduler": "scheduler"}
 MAIN_CONFIG = "train"
+# Sections holding a builder's settings: a key their file does not list may be added with `+`
+# (+model.width=32); the builder's registry then checks it against the builder's arguments.
+BUILDER_SECTIONS = (*REGISTRY_GROUPS, "logger")
 
 
 def config_dir() -> Path:
@@ -126,3 +129,67 @@ def unknown_component_name(cfg: DictConfig) -> str | None:
         if name not in known:
             return unknown_name_message(kind, f"{group}.name", name, known)
     return None
+
+
+def check_override_keys(args: list[str]) -> str | None:
+    """A message for the first override whose key the config does not have, else None.
+
+    `trainer.epoch=3`, `lr=0.1` or `+trainer.epoch=3`: Hydra says "Key 'epoch' is not in
+    struct" for the first two and silently adds the third. Here the answer names the key and
+    the closest existing one. `+` may add settings to BUILDER_SECTIONS only. Configs that
+    Hydra finds elsewhere (--config-dir, search paths) are left to Hydra.
+    """
+    if _extra_config_dirs(args) or any("hydra.searchpath" in arg for arg in args):
+        return None
+    choices, settings = [], []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        bare = key.lstrip("+~")
+        if arg.startswith("-") or not sep or key.startswith("~") or bare.split(".")[0] == "hydra" or "/" in bare:
+            continue
+        if bare in GROUPS:
+            choices.append(f"{key}={value.split(',')[0]}")  # a sweep's first choice stands for all of them
+        else:
+            settings.append((key, bare, arg))
+    if not settings:
+        return None
+    try:
+        cfg = compose(choices)
+    except ConfigError:
+        return None  # a bad choice gets its own message
+    known = _dotted_keys(cfg)
+    for key, bare, arg in settings:
+        if bare in known or (key.startswith("+") and bare.split(".")[0] in BUILDER_SECTIONS and "." in bare):
+            continue
+        return unknown_key_message(bare, arg, known)
+    return None
+
+
+def unknown_key_message(key: str, arg: str, known: list[str]) -> str:
+    section, parent, leaf = key.split(".")[0], key.rpartition(".")[0], key.rpartition(".")[2]
+    # `lr=0.1`: the key with that name nearest the top (optimizer.lr, not model.recipe.sgd.lr).
+    same_leaf = sorted((k for k in known if k.rpartition(".")[2] == leaf), key=lambda k: k.count("."))
+    if same_leaf and (len(same_leaf) == 1 or same_leaf[0].count(".") < same_leaf[1].count(".")):
+        hint = f" Did you mean '{same_leaf[0]}'?"
+    else:
+        hint = did_you_mean(key, known)
+    message = f"Unknown setting '{key}' ({arg}).{hint}"
+    if section in BUILDER_SECTIONS and parent and not arg.startswith("+"):
+        message += (f" A {section} setting that configs/{section}/ does not list is added with +: "
+                    f"+{key}=... (the {section}'s builder then checks it).")
+    elif parent in known:
+        options = sorted(k[len(parent) + 1:] for k in known if k.startswith(parent + ".") and "." not in k[len(parent) + 1:])
+        message += f" {parent} has: {', '.join(options)}."
+    return message
+
+
+def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every key of `node` as a dotted path, sections included (trainer, trainer.early_stopping, ...)."""
+    keys = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            keys += _dotted_keys(child, path + ".")
+    return keys

@@ -141,7 +141,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         "limits": parts.checked.limits or None,
     }
     folder.write_summary(summary)
-    reporter.renderable(summary_table(summary))
+    report_end(summary, reporter)
     return RunResult(parts.model, summary, history, list(spec.classes))
 
 
@@ -313,10 +313,16 @@ def interrupted_message(folder: RunFolder, cfg: DictConfig, trainer: Trainer, sa
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    """The result table; the run folder goes on a line of its own after it (`report_end`), since a
+    table cell would break the path across lines."""
     table = Table(title="cnntrain result", show_header=True, header_style="bold")
     for column in ("best epoch", "val acc", "test acc", "time"):
         table.add_column(column)
-    table.add_column("run folder", overflow="fold")
     table.add_row(f"{summary['best_epoch']}/{summary['epochs']}", f"{summary['best_val_acc']:.4f}",
-                  f"{summary['test_acc']:.4f}", f"{summary['wall_seconds']:.1f}s", display_path(summary["run_dir"]))
+                  f"{summary['test_acc']:.4f}", f"{summary['wall_seconds']:.1f}s")
     return table
+
+
+def report_end(summary: dict[str, Any], reporter: Reporter) -> None:
+    reporter.renderable(summary_table(summary))
+    reporter.line(f"run folder: {display_path(summary['run_dir'])}")

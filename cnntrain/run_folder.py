@@ -111,8 +111,18 @@ class RunFolder:
             self._lock = None
 
     def read_summary(self) -> dict[str, Any]:
-        """summary.json, or {} when the run has none yet."""
-        return json.loads(self.summary_json.read_text()) if self.summary_json.is_file() else {}
+        """summary.json, or {} when the run has none yet; a damaged one is a ConfigError saying what to do."""
+        if not self.summary_json.is_file():
+            return {}
+        try:
+            summary = json.loads(self.summary_json.read_text(encoding="utf-8"))
+            problem = None if isinstance(summary, dict) else "not a JSON object"
+        except (ValueError, OSError) as err:
+            problem = str(err)
+        if problem:
+            raise ConfigError(f"{self.summary_json} is damaged ({problem}). It is only the run's report: delete it "
+                              f"and try again; the checkpoints hold the run.")
+        return summary
 
     def remove_stale_temp_files(self) -> None:
         """Temporary checkpoint files left by a kill in the middle of a save."""

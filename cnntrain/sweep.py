@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cnntrain.errors import CnnTrainError
 from cnntrain.run_folder import RunFolder
 
 SWEEP_COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "best_epoch", "wall_seconds",
@@ -61,8 +62,11 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for folder in sorted((p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")), key=_job_number):
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
-        summary = RunFolder(folder).read_summary() or {
-            "status": "failed", "error": f"{NO_SUMMARY} (the job stopped before finishing)"}
+        try:
+            summary = RunFolder(folder).read_summary() or {
+                "status": "failed", "error": f"{NO_SUMMARY} (the job stopped before finishing)"}
+        except CnnTrainError as err:
+            summary = {"status": "failed", "error": str(err)}
         rows.append({
             "job": _job_number(folder), "overrides": " ".join(overrides), "override_list": overrides,
             "status": summary.get("status"),

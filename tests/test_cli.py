@@ -36,6 +36,9 @@ def test_smoke_run_writes_a_run_folder_and_prints_plain_lines(tmp_path):
     assert recipe_line.endswith("set by you: optimizer.lr=0.1, data.batch_size=32, trainer.epochs=3")
     [run_dir] = run_folders(tmp_path)
     assert run_dir.name.endswith("_lenet_classic_synthetic")
+    # Paths to copy are never broken across lines (rich's width is 80 when stdout is not a terminal).
+    assert lines[-1] == f"run folder: {run_dir.relative_to(tmp_path)}"
+    assert lines.count(f"run folder: {run_dir.relative_to(tmp_path)}") == 2  # at the start and the end
     assert {p.name for p in run_dir.iterdir()} >= {".hydra", "metrics.csv", "summary.json", "train.log", "checkpoints"}
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
     with open(run_dir / "metrics.csv") as f:

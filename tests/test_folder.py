@@ -37,7 +37,7 @@ def make_class_folder(folder, per_class=6):
 
 
 def test_single_folder_layout_mixed_grey_and_rgb(tmp_path):
-    data = image_folder(path=str(make_class_folder(tmp_path / "pets")), channels=3, image_size=16)
+    data = image_folder(root=str(make_class_folder(tmp_path / "pets")), channels=3, image_size=16)
     assert data.classes == ["cats", "dogs"]
     assert data.train.images.shape == (12, 3, 16, 16) and data.train.images.dtype == torch.uint8
     assert data.val is None and data.test is None
@@ -52,7 +52,7 @@ def test_single_folder_layout_mixed_grey_and_rgb(tmp_path):
 def test_grey_channels_and_train_val_test_layout(tmp_path):
     for split, count in (("train", 4), ("val", 2), ("test", 3)):
         make_class_folder(tmp_path / split, per_class=count)
-    data = image_folder(path=str(tmp_path), channels=1, image_size=8)
+    data = image_folder(root=str(tmp_path), channels=1, image_size=8)
     assert (len(data.train), len(data.val), len(data.test)) == (8, 4, 6)
     assert data.train.images.shape[1:] == (1, 8, 8)
     prepared = prepare("image_folder", data, 0.2, seed=0)
@@ -60,7 +60,7 @@ def test_grey_channels_and_train_val_test_layout(tmp_path):
 
 
 def test_without_test_split_the_validation_data_is_the_test(tmp_path):
-    data = image_folder(path=str(make_class_folder(tmp_path / "pets")), image_size=8)
+    data = image_folder(root=str(make_class_folder(tmp_path / "pets")), image_size=8)
     prepared = prepare("image_folder", data, 0.25, seed=0)
     assert prepared.test is prepared.val and "no test split" in prepared.spec.val_source
 
@@ -71,9 +71,9 @@ def test_corrupt_file_is_named_or_skipped(tmp_path):
     good = folder / "dogs" / "dogs1.jpg"
     bad.write_bytes(good.read_bytes()[:200])  # a truncated JPEG
     with pytest.raises(DatasetError) as err:
-        image_folder(path=str(folder), image_size=8)
+        image_folder(root=str(folder), image_size=8)
     assert str(bad) in str(err.value) and "data.skip_bad_files=true" in str(err.value)
-    data = image_folder(path=str(folder), image_size=8, skip_bad_files=True)
+    data = image_folder(root=str(folder), image_size=8, skip_bad_files=True)
     assert len(data.train) == 12  # the 13th file was skipped
 
 
@@ -81,13 +81,13 @@ def test_empty_class_and_no_class_folders_are_clear_errors(tmp_path):
     folder = make_class_folder(tmp_path / "pets")
     (folder / "birds").mkdir()
     with pytest.raises(DatasetError, match=r"Class folder .*birds holds no images"):
-        image_folder(path=str(folder))
+        image_folder(root=str(folder))
     flat = tmp_path / "flat"
     write_image(flat / "a.png", (1, 2, 3))
     with pytest.raises(DatasetError, match="has no class subfolders"):
-        image_folder(path=str(flat))
+        image_folder(root=str(flat))
     with pytest.raises(DatasetError, match="does not exist"):
-        image_folder(path=str(tmp_path / "missing"))
+        image_folder(root=str(tmp_path / "missing"))
 
 
 def test_folder_over_the_memory_bound_streams_the_same_batches(tmp_path, caplog):
@@ -95,8 +95,8 @@ def test_folder_over_the_memory_bound_streams_the_same_batches(tmp_path, caplog)
     from cnntrain.data.loader import BatchTransform, StreamingLoader, make_loader
 
     folder = make_class_folder(tmp_path / "pets")
-    cached = image_folder(path=str(folder), image_size=16)
-    streamed = image_folder(path=str(folder), image_size=16, cache_limit_mb=0, workers=2)
+    cached = image_folder(root=str(folder), image_size=16)
+    streamed = image_folder(root=str(folder), image_size=16, cache_limit_mb=0, workers=2)
     assert isinstance(streamed.train, FileImageSet) and streamed.train.shape == (12, 3, 16, 16)
     assert "over data.cache_limit_mb=0: streaming them from disk" in caplog.text
     transform = BatchTransform(None, None, None, augment=build_augmentations(["hflip"]))
@@ -112,7 +112,7 @@ def test_folder_over_the_memory_bound_streams_the_same_batches(tmp_path, caplog)
 def test_streamed_bad_file_is_named_or_skipped_during_training(tmp_path):
     folder = make_class_folder(tmp_path / "pets", per_class=8)
     (folder / "cats" / "zz_broken.png").write_bytes(b"not an image at all")
-    base = ["data=image_folder", f"data.path={folder}", "data.image_size=16", "data.cache_limit_mb=0",
+    base = ["data=image_folder", f"data.root={folder}", "data.image_size=16", "data.cache_limit_mb=0",
             "data.workers=1", "model=cifar_cnn", "trainer.epochs=1", "trainer.progress=none", "device=cpu"]
     with pytest.raises(DatasetError) as err:
         train(compose_config(base), run_dir=tmp_path / "strict")
@@ -123,7 +123,7 @@ def test_streamed_bad_file_is_named_or_skipped_during_training(tmp_path):
 
 def test_training_on_a_folder_end_to_end(tmp_path):
     folder = make_class_folder(tmp_path / "pets", per_class=10)
-    cfg = compose_config(["data=image_folder", f"data.path={folder}", "data.image_size=16", "model=cifar_cnn",
+    cfg = compose_config(["data=image_folder", f"data.root={folder}", "data.image_size=16", "model=cifar_cnn",
                           "trainer.epochs=2", "trainer.progress=none", "device=cpu", "optimizer.lr=0.05"])
     summary = train(cfg, run_dir=tmp_path / "run")
     assert summary["train_size"] == 16 and summary["val_size"] == 4 and summary["input_size"] == 32
@@ -136,7 +136,7 @@ def test_training_on_a_folder_end_to_end(tmp_path):
 def trained_pets_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("pets_run")
     folder = make_class_folder(tmp_path / "pets", per_class=12)
-    cfg = compose_config(["data=image_folder", f"data.path={folder}", "data.image_size=16", "model=cifar_cnn",
+    cfg = compose_config(["data=image_folder", f"data.root={folder}", "data.image_size=16", "model=cifar_cnn",
                           "trainer.epochs=4", "trainer.progress=none", "device=cpu", "optimizer.lr=0.05",
                           "data.batch_size=8", "model.init=default"])
     summary = train(cfg, run_dir=tmp_path / "run")

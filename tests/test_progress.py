@@ -86,6 +86,20 @@ def test_time_estimate_of_a_short_epoch_gives_no_advice_and_skips_the_warm_up_st
                               "the 2 epochs to go (timed over 4 steps)"]
 
 
+def test_time_estimate_of_tiny_steps_waits_for_enough_time_to_measure(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    reporter = Lines()
+    estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
+    trainer = fake_trainer(epochs=2, history=[])
+    estimate.on_epoch_start(trainer, 1, 1000)
+    for step in range(1, 1001):
+        clock.now += 0.01
+        estimate.on_train_step(trainer, step, 1000)
+    [line] = reporter.lines
+    assert line.endswith("(timed over 200 steps)") and "(1000 steps of 0.01 s + validation)" in line
+
+
 def test_format_duration():
     assert [format_duration(s) for s in (0, 59.6, 61, 3600, 3 * 3600 + 62)] == ["0:00", "1:00", "1:01", "1:00:00",
                                                                                  "3:01:02"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cnntrain.errors import ConfigError
+from cnntrain.errors import ConfigError, DatasetError
 from cnntrain.registry import Registry
 
 DATASETS = Registry("dataset", "data.name")
@@ -119,6 +119,7 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: 
     if test is None:
         test = val
         source += "; no test split, so the final test is on the validation data"
+    check_splits(name, list(data.classes), {"train": train, "validation": val, "test": test})
     if subset is not None and subset < len(train):
         train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))[:subset])
     _, channels, height, width = train.shape
@@ -128,6 +129,28 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: 
         test_size=len(test), val_source=source,
     )
     return PreparedData(spec, train, val, test)
+
+
+def check_splits(name: str, classes: list[str], splits: dict[str, "ImageSet"]) -> None:
+    """Data nobody can train or measure on is refused, not trained on silently: fewer than two
+    classes, an empty split, labels outside the classes, images and labels that do not pair up."""
+    if len(classes) < 2:
+        raise DatasetError(f"{name} has {len(classes)} class{'es' if len(classes) != 1 else ''} "
+                           f"({', '.join(classes) or 'none'}): a classifier needs at least 2.")
+    for split, images in splits.items():
+        if len(images) == 0:
+            hint = (" Hold out more with data.val_fraction, or add a val/ folder." if split == "validation"
+                    else "")
+            raise DatasetError(f"{name} has no {split} image.{hint}")
+        labels = images.labels
+        stored = getattr(images, "images", None)
+        if isinstance(stored, torch.Tensor) and len(stored) != len(labels):
+            raise DatasetError(f"{name}'s {split} split has {len(stored)} images but {len(labels)} labels: "
+                               f"its files do not belong together.")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= len(classes):
+            raise DatasetError(f"{name}'s {split} labels run from {low} to {high}, but it has {len(classes)} "
+                               f"classes (labels 0-{len(classes) - 1}): the label file does not fit the dataset.")
 
 
 # Importing the dataset modules registers their builders.

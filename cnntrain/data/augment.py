@@ -145,5 +145,17 @@ def build_augmentations(entries: Sequence[Any] | None) -> list[Augmentation]:
                 f"Available: {', '.join(AUGMENTATIONS.names())}"
             )
         settings = {k: v for k, v in entry.items() if k != "name"}
-        built.append(AUGMENTATIONS.build(entry["name"], settings))
+        augmentation = AUGMENTATIONS.build(entry["name"], settings)
+        _try_on_a_sample(augmentation, f"data.augment[{i}] ({entry})")
+        built.append(augmentation)
     return built
+
+
+def _try_on_a_sample(augmentation: Augmentation, where: str) -> None:
+    """Run once on a tiny batch, so that a bad setting (a negative padding, a word where a number
+    goes) is reported now and named, not as a torch error in the first training step."""
+    sample = torch.rand(2, 3, 8, 8)
+    try:
+        augmentation(sample, torch.Generator().manual_seed(0))
+    except (ValueError, TypeError, RuntimeError, IndexError, ZeroDivisionError) as err:
+        raise ConfigError(f"{where} cannot run with these settings: {err}") from None

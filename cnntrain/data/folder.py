@@ -181,14 +181,20 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 @DATASETS.register("image_folder")
-def image_folder(path: str | None = None, channels: int = 3, image_size: int = 64, skip_bad_files: bool = False,
-                 cache_limit_mb: int = 4096, workers: int = 4) -> ImageData:
-    """Images in class subfolders at `image_size`: in memory when they fit, else streamed."""
-    if not path:
-        raise ConfigError("data=image_folder needs data.path=<folder with one subfolder per class>.")
-    root = Path(path).expanduser()
+def image_folder(root: str | None = None, channels: int = 3, image_size: int = 64, skip_bad_files: bool = False,
+                 cache_limit_mb: int = 4096, workers: int = 4, path: str | None = None) -> ImageData:
+    """Images in class subfolders at `image_size`: in memory when they fit, else streamed.
+
+    `root`, as every dataset names its folder; `path` is the older name, still accepted.
+    """
+    if root and path and Path(root).expanduser() != Path(path).expanduser():
+        raise ConfigError(f"data.root={root} and data.path={path} name two folders; data.path is the old name of "
+                          f"data.root: give only data.root.")
+    if not (root or path):
+        raise ConfigError("data=image_folder needs data.root=<folder with one subfolder per class>.")
+    root = Path(root or path).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"Image folder {root} does not exist (data.path).")
+        raise DatasetError(f"Image folder {root} does not exist (data.root).")
     if channels not in (1, 3):
         raise ConfigError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels}.")
     split_dirs = {split: root / split for split in SPLITS if (root / split).is_dir()}

@@ -1,0 +1,177 @@
+"""Bad input gets one clear message naming what was wrong, never a traceback (docs/errors.md lists them).
+
+The command-line cases run the real CLI in a subprocess; the value checks run
+`check_config` on the composed config, which is what the CLI calls before any data loads.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnntrain.checkpoint import load_checkpoint
+from cnntrain.checks import check_config
+from cnntrain.errors import CnnTrainError
+from cnntrain.run_folder import RunFolder
+from tests.conftest import compose_config
+
+SMOKE = ["experiment=smoke", "trainer.epochs=1"]
+
+
+def cnntrain(*args, cwd):
+    return subprocess.run([str(Path(sys.executable).with_name("cnntrain")), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+# ------------------------------------------------------------------ unknown keys, before Hydra
+
+@pytest.mark.parametrize("args, message", [
+    (["trainer.epoch=3"], "Unknown setting 'trainer.epoch' (trainer.epoch=3). Did you mean 'trainer.epochs'? "
+                          "trainer has: accumulate_grad_batches, channels_last,"),
+    (["lr=0.1"], "Unknown setting 'lr' (lr=0.1). Did you mean 'optimizer.lr'?"),
+    (["+trainer.epoch=3"], "Unknown setting 'trainer.epoch' (+trainer.epoch=3). Did you mean 'trainer.epochs'?"),
+    (["trainer.early_stopping.patiense=2"], "Did you mean 'trainer.early_stopping.patience'? "
+                                            "trainer.early_stopping has: metric, min_delta, patience."),
+    (["model.widht=3"], "A model setting that configs/model/ does not list is added with +: +model.widht=..."),
+    (["-m", "optimizer.lr=0.1,0.2", "trainer.epoch=1"], "Unknown setting 'trainer.epoch' (trainer.epoch=1)"),
+])
+def test_unknown_keys_get_a_did_you_mean_not_hydras_struct_error(tmp_path, args, message):
+    result = cnntrain(*SMOKE, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "not in struct" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_image_folder_takes_root_like_every_dataset_and_path_still_works(tmp_path):
+    for key in ("root", "path"):
+        cfg = compose_config(["data=image_folder", f"data.{key}={tmp_path / 'nowhere'}", "model=cifar_cnn"])
+        with pytest.raises(CnnTrainError, match=r"Image folder .*nowhere does not exist \(data.root\)"):
+            from cnntrain.build import build_data
+
+            build_data(check_config(cfg))
+
+
+def test_a_home_relative_path_is_expanded_and_a_non_ascii_one_read(tmp_path, monkeypatch):
+    from cnntrain.cli import expand_home, quote_for_hydra
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expand_home(["data.root=~/xray", "inputs=~", "a=b~"]) == [f"data.root={tmp_path}/xray",
+                                                                      f"inputs={tmp_path}", "a=b~"]
+    assert quote_for_hydra(["data.root=/data/café", "data.root=/plain", "x=[é]"]) == [
+        "data.root='/data/café'", "data.root=/plain", "x=[é]"]
+
+
+# ------------------------------------------------------------------ values, before data loads
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer.lr=-1"], "optimizer=sgd cannot take its settings (optimizer.lr=-1,"),
+    (["optimizer.lr=abc"], "optimizer=sgd cannot take its settings (optimizer.lr='abc',"),
+    (["optimizer.lr=[1,2]"], "optimizer.lr=[1, 2]"),
+    (["optimizer.momentum=-1"], "Invalid momentum value: -1"),
+    (["scheduler=step", "scheduler.step_size=0"], "scheduler=step cannot take its settings (scheduler.step_size=0"),
+    (["seed=abc"], "seed must be a whole number, got 'abc'."),
+    (["data.resize=0"], "data.resize must be null (the model's input size) or a whole number of pixels >= 1, got 0."),
+    (["data.resize=100000"], "data.resize=100000 would need at least 2,384 GiB for one batch of 64 input images"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size must be null (2 x batch_size) or a whole number >= 1"),
+    (["data.augment=[{name:rotation,degrees:abc}]"], "data.augment[0] ({'name': 'rotation', 'degrees': 'abc'}) "
+                                                     "cannot run with these settings"),
+    (["data.augment=[{name:random_crop,padding:-3}]"], "data.augment[0] ({'name': 'random_crop', 'padding': -3})"),
+])
+def test_bad_values_are_named_before_any_data_loads(overrides, message):
+    with pytest.raises(CnnTrainError) as caught:
+        check_config(compose_config(SMOKE + overrides))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("data.num_classes=1", "data.num_classes must be a whole number >= 2, got 1."),
+    ("data.train_size=0", "data.train_size must be a whole number >= 2, got 0."),
+    ("data.noise=-1", "data.noise must be a number >= 0, got -1."),
+    ("data.image_size=0", "data.image_size must be a whole number of pixels >= 4, got 0."),
+    ("data.channels=2", "data.channels must be 1 (grey) or 3 (RGB), got 2."),
+])
+def test_synthetic_data_settings_are_checked(setting, message):
+    from cnntrain.build import build_data
+
+    with pytest.raises(CnnTrainError) as caught:
+        build_data(check_config(compose_config(SMOKE + [setting])))
+    assert message in str(caught.value)
+
+
+def test_degenerate_data_is_refused():
+    from cnntrain.data import ImageData, ImageSet, prepare
+
+    def images(n, labels=None):
+        return ImageSet(torch.zeros(n, 1, 4, 4, dtype=torch.uint8),
+                        torch.tensor(labels if labels is not None else [i % 2 for i in range(n)]))
+
+    cases = [
+        (ImageData(["only"], images(4, [0] * 4), images(2, [0] * 2)),
+         "has 1 class (only): a classifier needs at least 2"),
+        (ImageData(["a", "b"], images(0, []), images(2)), "has no train image"),
+        (ImageData(["a", "b"], images(4), images(2, [0, 5])), "validation labels run from 0 to 5, but it has 2 classes"),
+        (ImageData(["a", "b"], ImageSet(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1])),
+                   images(2)), "train split has 3 images but 2 labels"),
+    ]
+    for data, message in cases:
+        with pytest.raises(CnnTrainError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            prepare("mine", data, val_fraction=0.0, seed=0)
+
+
+# ------------------------------------------------------------------ files
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("files") / "run"
+    from cnntrain import train
+
+    train(*SMOKE, "trainer.progress=none", run_dir=folder)
+    return folder
+
+
+def test_a_plain_state_dict_is_not_a_checkpoint(finished_run, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(load_checkpoint(finished_run / "checkpoints" / "best.pt")["state_dict"], path)
+    with pytest.raises(CnnTrainError, match=r"is not a cnntrain checkpoint: it is a bare state dict \(weights only\)"):
+        load_checkpoint(path)
+
+
+def test_a_damaged_checkpoint_says_damaged(finished_run, tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes((finished_run / "checkpoints" / "last.pt").read_bytes()[:1000])
+    with pytest.raises(CnnTrainError) as caught:
+        load_checkpoint(path)
+    assert "is damaged (" in str(caught.value) and "checkpoints/best.pt may still be whole" in str(caught.value)
+    assert "Errno" not in str(caught.value)
+
+
+class _Code:
+    def __reduce__(self):
+        return (print, ("this would run",))
+
+
+def test_an_unsafe_checkpoint_is_refused_without_torchs_advice(tmp_path):
+    path = tmp_path / "best.pt"
+    torch.save({"x": _Code()}, path)
+    with pytest.raises(CnnTrainError) as caught:
+        load_checkpoint(path)
+    assert "Refused to load checkpoint" in str(caught.value) and "could run code" in str(caught.value)
+    assert "weights_only" not in str(caught.value)
+
+
+def test_a_damaged_summary_on_resume_says_what_to_do(finished_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished_run, folder)
+    (folder / "summary.json").write_text("{bad json")
+    result = cnntrain(f"resume={folder}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "summary.json is damaged (" in result.stderr and "delete it and try again" in result.stderr
+    with pytest.raises(CnnTrainError, match="is damaged"):
+        RunFolder(folder).read_summary()
