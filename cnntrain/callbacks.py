@@ -53,8 +53,11 @@ class Reporter:
 
     def _write(self, text: str) -> None:
         if self._file:
-            self._file.write(text + "\n")
-            self._file.flush()
+            try:
+                self._file.write(text + "\n")
+                self._file.flush()
+            except OSError:  # a full disk: the console still shows it, and the error is reported there
+                self._file = None
 
     def close(self) -> None:
         if self._file:

@@ -152,17 +152,23 @@ def resume_main(args: list[str]) -> None:
         sys.exit(EXIT_USAGE)
 
 
-def existing_run_folder(args: list[str]) -> str | None:
-    """hydra.run.dir= naming a folder that holds a run: refused before Hydra writes its .hydra/ files there."""
+def run_folder_problem(args: list[str]) -> str | None:
+    """hydra.run.dir= naming a folder that holds a run, or one that cannot be made: refused before
+    Hydra writes its .hydra/ files there (or fails with a traceback)."""
     if any(arg in ("-m", "--multirun") for arg in args):
         return None
     for arg in args:
         key, _, value = arg.partition("=")
         if key == "hydra.run.dir" and value and "${" not in value:
+            path = Path(value.strip("'\"")).expanduser()
             try:
-                RunFolder(Path(value.strip("'\"")).expanduser()).refuse_if_it_holds_a_run()
+                RunFolder(path).refuse_if_it_holds_a_run()
+                path.mkdir(parents=True, exist_ok=True)
             except CnnTrainError as err:
                 return str(err)
+            except OSError as err:
+                return (f"Cannot create the run folder {path} (hydra.run.dir): {err.strerror or err}. "
+                        f"Give a folder you can write to.")
     return None
 
 
@@ -206,7 +212,7 @@ def main() -> None:
         from cnntrain.sweep import missing_plugin
 
         problem = (check_group_choices(args) or check_override_keys(args) or missing_plugin(args)
-                   or existing_run_folder(args))
+                   or run_folder_problem(args))
         if problem:
             print_error(problem)
             sys.exit(EXIT_USAGE)

@@ -27,7 +27,7 @@ from cnntrain.build import RunCallbacks, TrainingParts, build_callbacks, build_t
 from cnntrain.checks import check_config, module_list, modules_text
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
-from cnntrain.errors import RunInterrupted
+from cnntrain.errors import CnnTrainError, RunInterrupted
 from cnntrain.recipes import recipe_summary
 from cnntrain.run_folder import RunFolder, display_path, provenance
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
@@ -95,6 +95,11 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
         reporter.line(message, style="yellow")
         _write_ended_summary(folder, "interrupted", message, started)
         raise RunInterrupted(message, signals.exit_code) from None
+    except OSError as err:  # a full disk, a read-only folder: say what is safe and how to go on
+        message = file_error_message(err, folder, cfg)
+        reporter.log_only(f"error: {message}")
+        _write_ended_summary(folder, "failed", message, started)
+        raise CnnTrainError(message) from err
     except Exception as err:  # recorded for the sweep table, then raised to the caller
         reporter.log_only(f"error: {err}")  # the CLI prints it on the console
         _write_ended_summary(folder, "failed", str(err), started)
@@ -157,7 +162,8 @@ def tested_checkpoint(folder: RunFolder, reporter: Reporter) -> Path:
 def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> None:
     """The run's first lines: what trains on what, where the folder is, the switches not honoured."""
     spec, cfg = parts.spec, parts.checked.cfg
-    reporter.line(f"cnntrain: {cfg.model.name} on {spec.name} ({spec.train_size:,} train / {spec.val_size:,} val "
+    origin = f" {spec.source}" if spec.source else ""
+    reporter.line(f"cnntrain: {cfg.model.name} on {spec.name}{origin} ({spec.train_size:,} train / {spec.val_size:,} val "
                   f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> "
                   f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}")
     reporter.line(recipe_summary(cfg))
@@ -234,8 +240,25 @@ class StopOnSignals:
 
 
 def _write_ended_summary(folder: RunFolder, status: str, message: str, started: float) -> None:
-    folder.write_summary({"status": status, "error": message, "run_dir": str(folder),
-                          "wall_seconds": time.time() - started})
+    """The summary of a run that did not complete. A failure to write it (the disk that just filled
+    up) must not hide the error being reported, so it is given up silently."""
+    try:
+        folder.write_summary({"status": status, "error": message, "run_dir": str(folder),
+                              "wall_seconds": time.time() - started})
+    except OSError:
+        pass
+
+
+def file_error_message(err: OSError, folder: RunFolder, cfg: DictConfig) -> str:
+    """What went wrong with which file, what is whole on disk, and how to go on."""
+    where = f" {err.filename}" if err.filename else ""
+    message = f"Cannot write or read{where}: {err.strerror or err}."
+    if folder.last_checkpoint.is_file():  # files are replaced atomically: what is there is whole
+        message += (f" checkpoints/last.pt in {display_path(folder.path)} is whole. Free some space or fix the "
+                    f"permissions, then continue with: {resume_command(folder, cfg)}")
+    else:
+        message += " No checkpoint had been saved yet: fix the cause and start the run again."
+    return message
 
 
 def resume_command(folder: RunFolder, cfg: DictConfig) -> str:

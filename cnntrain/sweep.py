@@ -78,10 +78,27 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_sweep_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """One row per job; after `overrides`, one column per overridden key with the job's value as
+    YAML reads it (0.1 a number, true a boolean), so that pandas can pivot on it."""
+    keys = list(dict.fromkeys(key for row in rows for key in override_values(row["override_list"])))
+    columns = SWEEP_COLUMNS[:2] + keys + SWEEP_COLUMNS[2:]
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, **override_values(row["override_list"])} for row in rows)
+
+
+def override_values(overrides: list[str]) -> dict[str, Any]:
+    """{key: value} of a job's overrides (a leading + dropped), values typed as YAML reads them."""
+    values = {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if sep and not key.startswith("hydra."):
+            try:
+                values[key.lstrip("+")] = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                values[key.lstrip("+")] = raw
+    return values
 
 
 def _is_number(value) -> bool:

@@ -175,3 +175,32 @@ def test_a_damaged_summary_on_resume_says_what_to_do(finished_run, tmp_path):
     assert "summary.json is damaged (" in result.stderr and "delete it and try again" in result.stderr
     with pytest.raises(CnnTrainError, match="is damaged"):
         RunFolder(folder).read_summary()
+
+
+def test_a_data_root_with_only_some_files_is_an_error_naming_the_missing_ones(tmp_path):
+    from cnntrain.build import build_data
+    from tests.conftest import write_fake_mnist
+
+    raw = write_fake_mnist(tmp_path / "data" / "FashionMNIST" / "raw")
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    cfg = compose_config(["data=fashion_mnist", f"data.root={tmp_path / 'data'}", "data.download=false"])
+    with pytest.raises(CnnTrainError, match=r"raw holds only some of the dataset's files: t10k-labels-idx1-ubyte "
+                                            r"\(raw or .gz\) is missing"):
+        build_data(check_config(cfg))
+
+
+def test_the_first_line_names_where_the_data_came_from(fashion_root, tmp_path):
+    from cnntrain import train
+
+    train("data=fashion_mnist", f"data.root={fashion_root}", "trainer.epochs=1", "trainer.progress=none",
+          "data.download=false", run_dir=tmp_path / "run")
+    first = (tmp_path / "run" / "train.log").read_text().splitlines()[0]
+    assert first.startswith(f"cnntrain: lenet on fashion_mnist from {fashion_root / 'FashionMNIST' / 'raw'} (")
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_message(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = cnntrain(*SMOKE, f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"Cannot create the run folder {tmp_path / 'file' / 'run'} (hydra.run.dir): Not a directory." \
+           in result.stderr

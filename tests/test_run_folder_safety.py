@@ -8,6 +8,7 @@ nothing.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -207,3 +208,30 @@ def test_a_run_whose_best_checkpoint_was_lost_finishes_on_last_pt(tmp_path):
                    run_dir=tmp_path / "run")  # lr 0: no epoch after the first improves, best.pt stays lost
     assert result.summary["status"] == "completed" and result.summary["tested_checkpoint"] == "last.pt"
     assert "best.pt is missing (deleted or lost since it was written)" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_full_disk_mid_run_names_the_file_what_is_whole_and_how_to_go_on(tmp_path, monkeypatch):
+    import errno
+
+    import cnntrain.callbacks as callbacks_module
+    from cnntrain import train
+    from cnntrain.errors import CnnTrainError
+
+    real_save = callbacks_module.save_checkpoint
+
+    def save_until_full(state, path):
+        if state["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(state, path)
+
+    monkeypatch.setattr(callbacks_module, "save_checkpoint", save_until_full)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CnnTrainError) as caught:
+        train("experiment=smoke", "trainer.progress=none", run_dir=tmp_path / "run")
+    message = str(caught.value)
+    assert message.startswith(f"Cannot write or read {tmp_path / 'run' / 'checkpoints'}/")
+    assert ": No space left on device. checkpoints/last.pt in run is whole." in message
+    assert message.endswith("resume=run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == message
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1

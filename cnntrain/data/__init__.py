@@ -49,6 +49,7 @@ class ImageData:
     val: ImageSet | None = None
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    source: str = ""  # where the images came from ("from <folder>", "generated ..."), named in the run's first line
 
 
 @dataclass
@@ -65,6 +66,7 @@ class DatasetSpec:
     val_size: int
     test_size: int
     val_source: str  # where validation data comes from, for the log
+    source: str = ""  # where the images came from (ImageData.source)
 
     @property
     def num_classes(self) -> int:
@@ -126,7 +128,7 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: 
     spec = DatasetSpec(
         name=name, classes=list(data.classes), channels=channels, image_size=(height, width),
         mean=tuple(data.mean), std=tuple(data.std), train_size=len(train), val_size=len(val),
-        test_size=len(test), val_source=source,
+        test_size=len(test), val_source=source, source=data.source,
     )
     return PreparedData(spec, train, val, test)
 

@@ -192,7 +192,7 @@ def load_cifar(layout: _Layout, mean: tuple, std: tuple, root: str, download: bo
         classes=classes,
         train=ImageSet(torch.cat([images for images, _ in train]), train_labels),
         test=ImageSet(test_images, test_labels),
-        mean=mean, std=std,
+        mean=mean, std=std, source=f"from {folder}",
     )
 
 

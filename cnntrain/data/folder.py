@@ -215,7 +215,7 @@ def image_folder(root: str | None = None, channels: int = 3, image_size: int = 6
         sample = random.Random(0).sample(items["train"], min(512, len(items["train"])))
         mean, std = channel_stats(load_split(sample, channels, image_size, skip_bad_files=True).images)
     return ImageData(classes=classes, train=sets["train"], val=sets.get("val"), test=sets.get("test"),
-                     mean=mean, std=std)
+                     mean=mean, std=std, source=f"from {root}")
 
 
 def fits_in_memory(count: int, channels: int, size: int, limit_mb: int) -> bool:

@@ -35,10 +35,17 @@ def find_file(folder: Path, stem: str) -> Path | None:
 
 
 def find_idx_folder(candidates: list[Path]) -> Path | None:
-    """The first folder that holds all four IDX files."""
+    """The first folder that holds all four IDX files. A folder holding only some of them is an
+    error listing the missing ones: silently taking another copy would train on other data."""
     for folder in candidates:
-        if all(find_file(folder, stem) for stem in SPLIT_FILES.values()):
+        found = {stem: find_file(folder, stem) for stem in SPLIT_FILES.values()}
+        if all(found.values()):
             return folder
+        if any(found.values()):
+            missing = [stem for stem, path in found.items() if path is None]
+            raise DatasetError(f"{folder} holds only some of the dataset's files: {', '.join(missing)} (raw or .gz) "
+                               f"{'is' if len(missing) == 1 else 'are'} missing. Add them, or set data.root to a "
+                               f"folder that holds all four.")
     return None
 
 
@@ -72,7 +79,7 @@ def load_idx_dataset(torchvision_name: str, system_folder: str, apt_package: str
         classes=classes,
         train=ImageSet(_as_nchw(arrays["train_images"]), arrays["train_labels"].long()),
         test=ImageSet(_as_nchw(arrays["test_images"]), arrays["test_labels"].long()),
-        mean=(mean,), std=(std,),
+        mean=(mean,), std=(std,), source=f"from {folder}",
     )
 
 

@@ -54,5 +54,5 @@ def synthetic(num_classes: int = 10, channels: int = 1, image_size: int = 28, tr
         classes=[f"class_{i}" for i in range(num_classes)],
         train=_make_split(prototypes, train_size, noise, generator),
         test=_make_split(prototypes, test_size, noise, generator),
-        mean=(0.5,) * channels, std=(0.25,) * channels,
+        mean=(0.5,) * channels, std=(0.25,) * channels, source=f"generated with data.seed={seed}",
     )
