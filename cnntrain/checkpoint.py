@@ -51,6 +51,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     could run code), damaged (cut short, overwritten), or not a cnntrain checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CnnTrainError(f"Checkpoint {path} is a folder, not a checkpoint file.")
     if not path.is_file():
         raise CnnTrainError(f"Checkpoint {path} does not exist.")
     try:

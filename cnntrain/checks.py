@@ -8,6 +8,7 @@ these checked values, so nothing is checked twice or built from unchecked input.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -66,15 +67,31 @@ def import_user_modules(modules) -> None:
     The current folder is searched too: the `cnntrain` script's own folder is what
     Python puts on sys.path, not the folder the user is working in.
     """
-    _search_current_folder()
-    for module in modules or []:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ConfigError(
-                f"Cannot import '{module}' (imports): {err}. Make sure it is on PYTHONPATH "
-                f"(e.g. run from the folder that holds it)."
-            ) from err
+    with current_folder_on_path():
+        for module in module_list(modules):
+            try:
+                importlib.import_module(module)
+            except (ImportError, ValueError, TypeError) as err:
+                raise ConfigError(
+                    f"Cannot import '{module}' (imports): {err}. Make sure it is on PYTHONPATH "
+                    f"(e.g. run from the folder that holds it)."
+                ) from err
+
+
+@contextlib.contextmanager
+def current_folder_on_path():
+    """The current folder on sys.path while the user's named modules are imported, and only then:
+    left there it would shadow any module a library imports later (a run folder holding an
+    `olefile.py` would run as soon as Pillow loaded its plugins)."""
+    folder = os.getcwd()
+    added = folder not in sys.path
+    if added:
+        sys.path.append(folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
 
 
 def module_list(value: Any) -> list[str]:
@@ -118,11 +135,6 @@ def confirmed_imports(recorded: Any, given: Any, run_dir: Any) -> list[str]:
     return given
 
 
-def _search_current_folder() -> None:
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-
-
 def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConfig:
     """Every name and setting checked, before any data is loaded (ConfigError naming the key otherwise).
 
@@ -150,15 +162,15 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
 
 def check_trainer_settings(cfg: DictConfig) -> None:
     trainer = cfg.trainer
-    for key in ("trainer.epochs", "data.batch_size", "trainer.accumulate_grad_batches"):
+    for key in ("trainer.epochs", "trainer.log_every", "data.batch_size", "trainer.accumulate_grad_batches"):
         _require(OmegaConf.select(cfg, key, default=1), key, "a positive whole number", _is_count)
     if trainer.progress not in PROGRESS_MODES:
         raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
                           f"got '{trainer.progress}'.")
     _require(trainer.get("label_smoothing", 0.0), "trainer.label_smoothing", "a number from 0 up to (not) 1",
-             lambda v: isinstance(v, (int, float)) and 0 <= v < 1)
+             lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)
     _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
-             lambda v: v is None or (isinstance(v, (int, float)) and v > 0))
+             lambda v: v is None or _is_positive_number(v))
     _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
     _require(trainer.get("channels_last", "auto"), "trainer.channels_last", "auto, true or false",
              lambda v: v in ("auto", True, False))
@@ -172,12 +184,14 @@ def check_trainer_settings(cfg: DictConfig) -> None:
     _require(trainer.get("checkpoint_every_minutes"), "trainer.checkpoint_every_minutes",
              "null (only at epoch ends) or a number of minutes > 0", lambda v: v is None or _is_positive_number(v))
     stopping = trainer.get("early_stopping") or {}
+    _require(stopping, "trainer.early_stopping", "a section with patience, metric and min_delta",
+             lambda v: hasattr(v, "get"))
     _require(stopping.get("patience"), "trainer.early_stopping.patience", "null (off) or a positive whole number",
-             lambda v: v is None or (isinstance(v, int) and v >= 1))
+             lambda v: v is None or _is_count(v))
     _require(stopping.get("metric", "val_loss"), "trainer.early_stopping.metric",
              f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
     _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
-             lambda v: isinstance(v, (int, float)) and v >= 0)
+             lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)
 
 
 # One batch of input images above this is a typo, not a plan (float32, before any activation).
@@ -186,7 +200,8 @@ MAX_BATCH_INPUT_BYTES = 8 * 2**30
 
 def check_data_settings(cfg: DictConfig, eval_batch_size: int) -> None:
     """The seed and the data settings every dataset shares, before any data loads."""
-    _require(cfg.get("seed"), "seed", "a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool))
+    _require(cfg.get("seed"), "seed", "a whole number from 0 to 2**63 - 1",
+             lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63)
     data = cfg.data
     _require(data.get("resize"), "data.resize", "null (the model's input size) or a whole number of pixels >= 1",
              lambda v: v is None or _is_count(v))
@@ -211,18 +226,33 @@ def check_optimizer_and_schedule(checked: CheckedConfig) -> None:
     parameter = torch.zeros(1, requires_grad=True)
     try:
         optimizer = checked.optimizer.build(params=[parameter])
-    except (ValueError, TypeError, RuntimeError) as err:
+    except (ValueError, TypeError, RuntimeError, IndexError) as err:
         raise ConfigError(f"optimizer={checked.optimizer.name} cannot take its settings "
                           f"({_settings_text('optimizer', checked.optimizer.settings)}): {err}") from None
     try:
         schedule = checked.scheduler.build(optimizer=optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=1)
-        if schedule is not None:
-            optimizer.step()
-            schedule.scheduler.step(*([1.0] if schedule.monitor else []))
-    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as err:
+        lowest = _lowest_lr(optimizer, schedule, cfg.trainer.epochs)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as err:
         raise ConfigError(f"scheduler={checked.scheduler.name} cannot take its settings "
                           f"({_settings_text('scheduler', checked.scheduler.settings)}): "
                           f"{type(err).__name__}: {err}") from None
+    if lowest < 0:
+        raise ConfigError(f"scheduler={checked.scheduler.name} would set a negative learning rate ({lowest:.3g}) "
+                          f"with its settings ({_settings_text('scheduler', checked.scheduler.settings)}) and "
+                          f"optimizer.lr={optimizer.defaults['lr']}.")
+
+
+def _lowest_lr(optimizer, schedule, epochs: int) -> float:
+    """The lowest learning rate the schedule sets over a run of `epochs` one-step epochs (its shape
+    is the same at any number of steps per epoch)."""
+    lowest = optimizer.param_groups[0]["lr"]
+    if schedule is None:
+        return lowest
+    for _ in range(min(epochs, 1000)):
+        optimizer.step()
+        schedule.scheduler.step(*([1.0] if schedule.monitor else []))
+        lowest = min(lowest, optimizer.param_groups[0]["lr"])
+    return lowest
 
 
 def _settings_text(section: str, settings: dict[str, Any]) -> str:
@@ -254,14 +284,14 @@ def config_callbacks(entries) -> list[Callback]:
     entries = as_plain(entries) or []
     if not isinstance(entries, list):
         raise ConfigError(f"callbacks must be a list of {{_target_: module.Class, ...}} entries, got {entries!r}.")
-    _search_current_folder()  # a callback module beside the user's config, as for `imports`
     created = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "_target_" not in entry:
             raise ConfigError(f"callbacks[{i}] must be a mapping with a _target_ key naming a Callback class, "
                               f"got {entry!r}. Example: callbacks='[{{_target_: my_callbacks.Recorder}}]'.")
         try:
-            created.append(instantiate(entry))
+            with current_folder_on_path():  # a callback module beside the user's config, as for `imports`
+                created.append(instantiate(entry))
         except InstantiationException as err:
             raise ConfigError(f"Cannot create callbacks[{i}] ({entry['_target_']}): {err}") from err
     return check_callbacks(created, "callbacks")

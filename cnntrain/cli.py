@@ -109,7 +109,7 @@ def parse_key_values(args: list[str], options: dict[str, str | None]) -> dict[st
     missing = [key + "=" for key, value in values.items() if value is None]
     if missing:
         raise CnnTrainError(f"Missing {', '.join(missing)}\n{PREDICT_USAGE}")
-    if not values["topk"].isdigit() or int(values["topk"]) < 1:
+    if not (values["topk"].isascii() and values["topk"].isdigit()) or int(values["topk"]) < 1:
         raise CnnTrainError(f"topk must be a positive whole number, got '{values['topk']}'.")
     return values
 
@@ -124,6 +124,9 @@ def predict_main() -> None:
 
     try:
         options = parse_key_values(args, PREDICT_OPTIONS)
+        if not Path(options["run"]).is_dir():
+            raise CnnTrainError(f"run={options['run']} is not a folder. Give a run folder "
+                                f"(outputs/<date>/<time>_<model>_<data>).")
         output = Path(options["output"]) if options["output"] else RunFolder(options["run"]).predictions_csv
         check_output(output)  # before the work, so that a refusal costs nothing
         predictions = predict(Path(options["run"]), Path(options["inputs"]), topk=int(options["topk"]),
@@ -153,23 +156,55 @@ def resume_main(args: list[str]) -> None:
 
 
 def run_folder_problem(args: list[str]) -> str | None:
-    """hydra.run.dir= naming a folder that holds a run, or one that cannot be made: refused before
-    Hydra writes its .hydra/ files there (or fails with a traceback)."""
-    if any(arg in ("-m", "--multirun") for arg in args):
-        return None
+    """A hydra.run.dir (hydra.sweep.dir with -m) that holds a run (a sweep), or cannot be made, and a
+    sweep subdir that all jobs would share: refused before Hydra writes its .hydra/ files there."""
+    sweep = any(arg in ("-m", "--multirun") for arg in args)
     for arg in args:
-        key, _, value = arg.partition("=")
-        if key == "hydra.run.dir" and value and "${" not in value:
-            path = Path(value.strip("'\"")).expanduser()
-            try:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if sep and key == "hydra.sweep.subdir" and sweep and "hydra.job.num" not in value:
+            return (f"hydra.sweep.subdir={value} would put every job of the sweep in one folder, each "
+                    f"overwriting the last; keep ${{hydra.job.num}} in it.")
+        if key != ("hydra.sweep.dir" if sweep else "hydra.run.dir"):
+            continue
+        if value.strip().strip("'\"") in ("", "null"):
+            return f"{key}={value} needs a folder; leave it out for a new timestamped one under outputs/."
+        path = _folder_value(value)
+        if path is None:
+            continue
+        try:
+            if sweep:
+                _refuse_a_used_sweep_folder(path)
+            else:
                 RunFolder(path).refuse_if_it_holds_a_run()
-                path.mkdir(parents=True, exist_ok=True)
-            except CnnTrainError as err:
-                return str(err)
-            except OSError as err:
-                return (f"Cannot create the run folder {path} (hydra.run.dir): {err.strerror or err}. "
-                        f"Give a folder you can write to.")
+            path.mkdir(parents=True, exist_ok=True)
+        except CnnTrainError as err:
+            return str(err)
+        except OSError as err:
+            return f"Cannot create the folder {path} ({key}): {err.strerror or err}. Give a folder you can write to."
     return None
+
+
+def _folder_value(value: str) -> Path | None:
+    """The folder an override's value names (quotes dropped, ${oc.env:...} and ~ resolved); None
+    when it cannot be told before Hydra runs (e.g. ${now:...}, which makes a new folder anyway)."""
+    value = value.strip().strip("'\"")
+    if "${" in value:
+        from omegaconf import OmegaConf
+
+        try:
+            value = str(OmegaConf.create({"value": value}).value)
+        except Exception:  # an interpolation only Hydra can resolve
+            return None
+    return Path(value).expanduser()
+
+
+def _refuse_a_used_sweep_folder(path: Path) -> None:
+    used = (path / "sweep.csv").exists() or any(path.glob("*/.hydra"))
+    if used:
+        raise CnnTrainError(f"{path} already holds a sweep; a new sweep there would overwrite its jobs and "
+                            f"report their old results as its own. Give a new hydra.sweep.dir, or leave it out "
+                            f"for a timestamped one under outputs/multirun/.")
 
 
 def expand_home(args: list[str]) -> list[str]:
@@ -184,15 +219,22 @@ def expand_home(args: list[str]) -> list[str]:
 
 
 def quote_for_hydra(args: list[str]) -> list[str]:
-    """A plain value with non-ASCII characters (a path such as /data/café) in quotes: Hydra's override
-    grammar cannot read such a value unquoted. Values with quotes, lists, commas or ${...} are left as
-    they are (they are Hydra syntax already)."""
+    """A value Hydra's override grammar cannot read unquoted (a path such as /data/café or
+    /data/it's) put in quotes. Values Hydra reads (lists, sweeps, ${...}) are left as they are."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
     quoted = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        if (sep and not key.startswith("-") and not value.isascii()
-                and not any(c in value for c in "'\"[]{},$")):
-            arg = f"{key}='{value}'"
+        if sep and not key.startswith("-"):
+            try:
+                parser.parse_override(arg)
+            except HydraException:  # the lexer's and the parser's errors alike
+                quote = "'" if "'" not in value else '"'
+                if quote not in value:
+                    arg = f"{key}={quote}{value}{quote}"
         quoted.append(arg)
     return quoted
 
@@ -205,7 +247,12 @@ def main() -> None:
         print(f"cnntrain {__version__}")
         return
     try:
-        if any(arg.startswith("resume=") and arg != "resume=null" for arg in args):
+        args = [arg.lstrip("+") if arg.lstrip("+").startswith("resume=") else arg for arg in args]
+        resumes = [arg for arg in args if arg.startswith("resume=") and arg != "resume=null"]
+        if len(resumes) > 1:
+            print_error(f"Give one run folder to resume, got {', '.join(resumes)}.")
+            sys.exit(EXIT_USAGE)
+        if resumes:
             resume_main(args)
             return
         sys.argv[1:] = args = quote_for_hydra(args)  # Hydra reads sys.argv

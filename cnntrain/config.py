@@ -145,6 +145,9 @@ def check_override_keys(args: list[str]) -> str | None:
     for arg in args:
         key, sep, value = arg.partition("=")
         bare = key.lstrip("+~")
+        if key.startswith("~") and "." not in bare and not arg.startswith("-"):
+            return (f"{arg} would remove the whole '{bare}' section, which every run needs. "
+                    f"Choose another with {bare}=<choice>, or remove single keys ({bare}.<key>).")
         if arg.startswith("-") or not sep or key.startswith("~") or bare.split(".")[0] == "hydra" or "/" in bare:
             continue
         if bare in GROUPS:
@@ -157,8 +160,14 @@ def check_override_keys(args: list[str]) -> str | None:
         cfg = compose(choices)
     except ConfigError:
         return None  # a bad choice gets its own message
-    known = _dotted_keys(cfg)
+    known = dotted_keys(cfg)
     for key, bare, arg in settings:
+        if bare in known and isinstance(OmegaConf.select(cfg, bare, throw_on_resolution_failure=False), DictConfig):
+            value = arg.partition("=")[2].strip()
+            if not value.startswith("{"):
+                keys = ", ".join(k[len(bare) + 1:] for k in known if k.startswith(bare + ".") and "." not in k[len(bare) + 1:])
+                return (f"{bare} is a section ({keys}); {arg} would replace it with a single value. "
+                        f"Set one of its keys, e.g. {bare}.<key>=...")
         if bare in known or (key.startswith("+") and bare.split(".")[0] in BUILDER_SECTIONS and "." in bare):
             continue
         return unknown_key_message(bare, arg, known)
@@ -183,7 +192,7 @@ def unknown_key_message(key: str, arg: str, known: list[str]) -> str:
     return message
 
 
-def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
+def dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
     """Every key of `node` as a dotted path, sections included (trainer, trainer.early_stopping, ...)."""
     keys = []
     for key in node.keys():
@@ -191,5 +200,5 @@ def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
         keys.append(path)
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-            keys += _dotted_keys(child, path + ".")
+            keys += dotted_keys(child, path + ".")
     return keys

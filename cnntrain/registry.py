@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Callable, Iterable
 
 from cnntrain.errors import ConfigError
@@ -20,6 +21,23 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _type_mismatch(default: Any, value: Any) -> str | None:
+    """What `value` should be when it does not have the kind of its setting's default: a flag where
+    the default is true/false, a number (not true/false, not text) where it is a number; else None.
+    YAML reads `true` as a boolean and `abc` as text, so `momentum=true` would otherwise train as 1.0."""
+    if value is None or default is inspect.Parameter.empty or default is None:
+        return None
+    if isinstance(value, str) and value.startswith("${"):  # an unresolved interpolation: judged once resolved
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "a number"
+    if isinstance(default, (list, tuple)) and (isinstance(value, str) or not isinstance(value, Sequence)):
+        return f"a list such as {list(default)}"
+    return None
 
 
 def unknown_name_message(kind: str, config_key: str, name: str, names: Iterable[str]) -> str:
@@ -91,9 +109,12 @@ class Registry:
         valid = [p for p, spec in params.items()
                  if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in self.code_arguments]
         section = self.config_key.rsplit(".", 1)[0]
-        for key in settings:
+        for key, value in settings.items():
             if key not in valid:
                 raise ConfigError(
                     f"{self.kind} '{name}' has no setting '{key}' ({section}.{key}).{did_you_mean(key, valid)} "
                     + (f"Valid settings: {', '.join(valid)}" if valid else "It takes no settings.")
                 )
+            expected = _type_mismatch(params[key].default, value)
+            if expected:
+                raise ConfigError(f"{section}.{key} must be {expected}, got {value!r}.")

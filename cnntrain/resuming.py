@@ -15,8 +15,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import RunCheckpoint, load_checkpoint
-from cnntrain.checks import confirmed_imports, import_user_modules
-from cnntrain.config import REGISTRY_GROUPS, group_file
+from cnntrain.checks import check_trainer_settings, confirmed_imports, import_user_modules
+from cnntrain.config import REGISTRY_GROUPS, dotted_keys, group_file, unknown_key_message
 from cnntrain.errors import ConfigError
 from cnntrain.run import RunResult, resume_command, run
 from cnntrain.run_folder import RunFolder
@@ -54,6 +54,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
     saved_epochs = cfg.trainer.epochs
     for override in overrides:
         apply_override(cfg, override, run_dir)
+    check_trainer_settings(cfg)
     if cfg.trainer.epochs != saved_epochs and cfg.scheduler.name in LENGTH_BOUND_SCHEDULERS:
         raise ConfigError(f"Cannot change trainer.epochs on resume: scheduler={cfg.scheduler.name} spreads its "
                           f"learning-rate curve over the run's {saved_epochs} epochs. "
@@ -90,6 +91,8 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
     current = OmegaConf.select(cfg, key, default=missing)
     if current is not missing and current == value:
         return
+    if current is missing and key not in MAY_CHANGE:  # a typo: force_add below would add it silently
+        raise ConfigError(unknown_key_message(key, override, dotted_keys(cfg)))
     if not any(key == prefix or key.startswith(prefix + ".") for prefix in MAY_CHANGE):
         was = f" (the run has {key}={current})" if current is not missing else ""
         raise ConfigError(
@@ -108,8 +111,10 @@ def finished_message(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any])
     if not stopped and checkpoint["epoch"] < cfg.trainer.epochs:
         return None
     how = f"stopped early ({stopped})" if stopped else f"trained all {checkpoint['epoch']} epochs"
-    return (f"Run {run_dir} is already finished: it {how}; best val acc {summary['best_val_acc']:.4f}, "
-            f"test acc {summary['test_acc']:.4f}. Nothing to do. To train it for longer: "
+    scores = "".join(f", {label} {summary[key]:.4f}" for key, label in (("best_val_acc", "best val acc"),
+                                                                        ("test_acc", "test acc"))
+                     if isinstance(summary.get(key), (int, float)))
+    return (f"Run {run_dir} is already finished: it {how}{scores}. Nothing to do. To train it for longer: "
             f"{resume_command(RunFolder(run_dir), cfg)} trainer.epochs={checkpoint['epoch'] + 10}")
 
 

@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 from rich.table import Table
 
 from cnntrain.build import RunCallbacks, TrainingParts, build_callbacks, build_training
 from cnntrain.checks import check_config, module_list, modules_text
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
-from cnntrain.errors import CnnTrainError, RunInterrupted
+from cnntrain.errors import CnnTrainError, ConfigError, RunInterrupted
 from cnntrain.recipes import recipe_summary
 from cnntrain.run_folder import RunFolder, display_path, provenance
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
@@ -95,6 +96,12 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
         reporter.line(message, style="yellow")
         _write_ended_summary(folder, "interrupted", message, started)
         raise RunInterrupted(message, signals.exit_code) from None
+    except OmegaConfBaseException as err:  # a key removed with ~, a section replaced by a value
+        message = (f"The config has no usable '{err.full_key or err.key}': was it removed with ~, or a section "
+                   f"replaced by a plain value? `cnntrain --cfg job ...` shows the config a run gets.")
+        reporter.log_only(f"error: {message}")
+        _write_ended_summary(folder, "failed", message, started)
+        raise ConfigError(message) from err
     except OSError as err:  # a full disk, a read-only folder: say what is safe and how to go on
         message = file_error_message(err, folder, cfg)
         reporter.log_only(f"error: {message}")

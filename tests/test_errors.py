@@ -38,6 +38,10 @@ def cnntrain(*args, cwd):
                                             "trainer.early_stopping has: metric, min_delta, patience."),
     (["model.widht=3"], "A model setting that configs/model/ does not list is added with +: +model.widht=..."),
     (["-m", "optimizer.lr=0.1,0.2", "trainer.epoch=1"], "Unknown setting 'trainer.epoch' (trainer.epoch=1)"),
+    (["trainer=abc"], "trainer is a section (epochs, log_every,"),
+    (["~model"], "~model would remove the whole 'model' section, which every run needs."),
+    (["hydra.run.dir="], "hydra.run.dir= needs a folder; leave it out for a new timestamped one under outputs/."),
+    (["-m", "optimizer.lr=0.1,0.2", "hydra.sweep.subdir=same"], "hydra.sweep.subdir=same would put every job"),
 ])
 def test_unknown_keys_get_a_did_you_mean_not_hydras_struct_error(tmp_path, args, message):
     result = cnntrain(*SMOKE, *args, cwd=tmp_path)
@@ -45,6 +49,12 @@ def test_unknown_keys_get_a_did_you_mean_not_hydras_struct_error(tmp_path, args,
     assert message in result.stderr
     assert "not in struct" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_a_removed_key_the_run_needs_is_named(tmp_path):
+    result = cnntrain(*SMOKE, "~trainer.epochs", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "The config has no usable 'trainer.epochs': was it removed with ~" in result.stderr
 
 
 def test_image_folder_takes_root_like_every_dataset_and_path_still_works(tmp_path):
@@ -56,31 +66,52 @@ def test_image_folder_takes_root_like_every_dataset_and_path_still_works(tmp_pat
             build_data(check_config(cfg))
 
 
+def test_a_single_augmentation_and_a_single_import_are_not_spelled_out_letter_by_letter():
+    from cnntrain.checks import module_list
+    from cnntrain.data.augment import build_augmentations
+
+    assert len(build_augmentations("hflip")) == 1
+    assert module_list("os") == ["os"] and module_list("[a,b]") == ["a", "b"]
+
+
 def test_a_home_relative_path_is_expanded_and_a_non_ascii_one_read(tmp_path, monkeypatch):
     from cnntrain.cli import expand_home, quote_for_hydra
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert expand_home(["data.root=~/xray", "inputs=~", "a=b~"]) == [f"data.root={tmp_path}/xray",
                                                                       f"inputs={tmp_path}", "a=b~"]
-    assert quote_for_hydra(["data.root=/data/café", "data.root=/plain", "x=[é]"]) == [
-        "data.root='/data/café'", "data.root=/plain", "x=[é]"]
+    assert quote_for_hydra(["data.root=/data/café", "data.root=/plain", "x=[a,b]", "d=/data/it's"]) == [
+        "data.root='/data/café'", "data.root=/plain", "x=[a,b]", 'd="/data/it\'s"']
 
 
 # ------------------------------------------------------------------ values, before data loads
 
 @pytest.mark.parametrize("overrides, message", [
     (["optimizer.lr=-1"], "optimizer=sgd cannot take its settings (optimizer.lr=-1,"),
-    (["optimizer.lr=abc"], "optimizer=sgd cannot take its settings (optimizer.lr='abc',"),
-    (["optimizer.lr=[1,2]"], "optimizer.lr=[1, 2]"),
+    (["optimizer.lr=abc"], "optimizer.lr must be a number, got 'abc'."),
+    (["optimizer.lr=[1,2]"], "optimizer.lr must be a number, got [1, 2]."),
     (["optimizer.momentum=-1"], "Invalid momentum value: -1"),
     (["scheduler=step", "scheduler.step_size=0"], "scheduler=step cannot take its settings (scheduler.step_size=0"),
-    (["seed=abc"], "seed must be a whole number, got 'abc'."),
+    (["seed=abc"], "seed must be a whole number from 0 to 2**63 - 1, got 'abc'."),
     (["data.resize=0"], "data.resize must be null (the model's input size) or a whole number of pixels >= 1, got 0."),
     (["data.resize=100000"], "data.resize=100000 would need at least 2,384 GiB for one batch of 64 input images"),
     (["data.eval_batch_size=0"], "data.eval_batch_size must be null (2 x batch_size) or a whole number >= 1"),
-    (["data.augment=[{name:rotation,degrees:abc}]"], "data.augment[0] ({'name': 'rotation', 'degrees': 'abc'}) "
-                                                     "cannot run with these settings"),
+    (["data.augment=[{name:rotation,degrees:abc}]"], "degrees must be a number, got 'abc'."),
     (["data.augment=[{name:random_crop,padding:-3}]"], "data.augment[0] ({'name': 'random_crop', 'padding': -3})"),
+    # true/false and text where a number goes, and the other way round (YAML reads `true` as a boolean)
+    (["optimizer.momentum=true"], "optimizer.momentum must be a number, got True."),
+    (["optimizer.weight_decay=true"], "optimizer.weight_decay must be a number, got True."),
+    (["optimizer.nesterov=abc", "optimizer.momentum=0.9"], "optimizer.nesterov must be true or false, got 'abc'."),
+    (["scheduler=multistep", "scheduler.milestones=abc"], "scheduler.milestones must be a list such as [30, 60, 90]"),
+    (["trainer.grad_clip_norm=true"], "trainer.grad_clip_norm must be null (off) or a positive number, got True."),
+    (["trainer.early_stopping.patience=true"], "trainer.early_stopping.patience must be null (off) or a positive"),
+    (["trainer.log_every=abc"], "trainer.log_every must be a positive whole number, got 'abc'."),
+    (["optimizer=adam", "optimizer.betas=[0.9]"], "optimizer=adam cannot take its settings"),
+    (["seed=99999999999999999999"], "seed must be a whole number from 0 to 2**63 - 1"),
+    (["imports=[1]"], "imports must be a list of module names, e.g. imports=[my_models], got [1]."),
+    (["scheduler=step", "scheduler.gamma=-1", "scheduler.step_size=1", "trainer.epochs=3"],
+     "scheduler=step would set a negative learning rate (-0.1)"),
+    (["scheduler=cosine", "scheduler.min_lr=-1"], "scheduler=cosine would set a negative learning rate (-1)"),
 ])
 def test_bad_values_are_named_before_any_data_loads(overrides, message):
     with pytest.raises(CnnTrainError) as caught:
@@ -202,5 +233,5 @@ def test_a_run_folder_that_cannot_be_made_is_one_message(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     result = cnntrain(*SMOKE, f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"Cannot create the run folder {tmp_path / 'file' / 'run'} (hydra.run.dir): Not a directory." \
+    assert f"Cannot create the folder {tmp_path / 'file' / 'run'} (hydra.run.dir): Not a directory." \
            in result.stderr

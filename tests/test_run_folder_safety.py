@@ -235,3 +235,19 @@ def test_a_full_disk_mid_run_names_the_file_what_is_whole_and_how_to_go_on(tmp_p
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == message
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_a_module_lying_in_the_current_folder_is_not_imported_by_a_library(workdir):
+    """Only modules the user names are looked for in the current folder, and only while they are
+    imported: a run folder holding `olefile.py` (which Pillow imports for two of its plugins when
+    it lists the image formats) does not run it when you predict from inside it."""
+    folder = workdir / "olefile_run"
+    shutil.copytree(workdir / "run", folder)
+    (folder / "olefile.py").write_text(EVIL.replace('"PWNED"', '"PWNED_OLEFILE"'))
+    (folder / "images").mkdir()
+    shutil.copy(workdir / "image.png", folder / "images" / "a.png")
+    result = run(script("cnntrain-predict"), "run=.", "inputs=images", "imports=[user_models]", cwd=folder)
+    assert not (workdir / "PWNED_OLEFILE").exists()
+    assert result.returncode == 2 and "imports=[user_models] does not match" not in result.stderr  # user_models
+    # lives in workdir, not in the run folder: it is not found from here, and says so
+    assert "Cannot import 'user_models' (imports)" in result.stderr

@@ -135,6 +135,8 @@ def color_jitter(brightness: float = 0.0, contrast: float = 0.0, saturation: flo
 def build_augmentations(entries: Sequence[Any] | None) -> list[Augmentation]:
     """Build the `data.augment` list; each entry is {name: ..., setting: value, ...}."""
     built = []
+    if isinstance(entries, (str, dict)):  # data.augment=hflip: one augmentation, not a list of letters
+        entries = [entries]
     for i, entry in enumerate(entries or []):
         if isinstance(entry, str):
             entry = {"name": entry}
