@@ -93,6 +93,16 @@ def test_multirun_gives_one_folder_per_job_and_a_sweep_table(tmp_path):
     assert "sweep result" in result.stdout and "optimizer.lr=0.5" in result.stdout
 
 
+def test_a_second_sweep_into_a_used_sweep_folder_is_refused(tmp_path):
+    first = cnntrain("-m", *SMOKE, "optimizer.lr=0.1,0.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "sweep" / "sweep.csv").read_text()
+    second = cnntrain("-m", *SMOKE, "optimizer.lr=0.3", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert second.returncode == 2
+    assert "sweep already holds a sweep; a new sweep there would overwrite its jobs" in second.stderr
+    assert (tmp_path / "sweep" / "sweep.csv").read_text() == before
+
+
 def test_failed_sweep_job_is_reported_and_the_exit_code_says_so(tmp_path):
     result = cnntrain("-m", *SMOKE, "data.val_fraction=0.2,1.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 1

@@ -223,6 +223,11 @@ def test_resume_refuses_a_changed_model_with_a_message(workdir, uninterrupted):
     assert "Cannot resume with model.name=alexnet (the run has model.name=test_signal_mlp)" in result.stderr
     with pytest.raises(ConfigError, match="Cannot resume with optimizer.lr=0.5"):
         resume_config(uninterrupted, [HOOKS_IMPORT, "optimizer.lr=0.5"])
+    # A typo under a key a resume may change is not added silently.
+    with pytest.raises(ConfigError, match="Did you mean 'trainer.early_stopping.patience'"):
+        resume_config(uninterrupted, [HOOKS_IMPORT, "trainer.early_stopping.patiense=1"])
+    with pytest.raises(ConfigError, match="trainer.epochs must be a positive whole number, got 'abc'"):
+        resume_config(uninterrupted, [HOOKS_IMPORT, "trainer.epochs=abc"])
     cfg, _ = resume_config(uninterrupted, [HOOKS_IMPORT, "optimizer.lr=0.05", "trainer.epochs=6", "device=cpu",  # unchanged lr
                                            "logger=tensorboard"])
     assert cfg.trainer.epochs == 6 and cfg.logger.name == "tensorboard" and cfg.logger.histogram_every == 1
