@@ -7,7 +7,6 @@ business, running a job run.py's; torch is imported when a job starts, so
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,10 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from cnntrain import __version__
-from cnntrain.config import check_group_choices, check_override_keys, config_dir, unknown_component_name
+from cnntrain.config import (check_group_choices, check_override_keys, config_dir, expand_home, quote_for_hydra,
+                             unknown_component_name)
 from cnntrain.errors import CnnTrainError
 from cnntrain.registry import did_you_mean
-from cnntrain.run_folder import RunFolder
+from cnntrain.run_folder import RunFolder, run_folder_problem
 
 EXIT_USAGE = 2  # a config or data problem the message explains
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
@@ -153,90 +153,6 @@ def resume_main(args: list[str]) -> None:
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
-
-
-def run_folder_problem(args: list[str]) -> str | None:
-    """A hydra.run.dir (hydra.sweep.dir with -m) that holds a run (a sweep), or cannot be made, and a
-    sweep subdir that all jobs would share: refused before Hydra writes its .hydra/ files there."""
-    sweep = any(arg in ("-m", "--multirun") for arg in args)
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if sep and key == "hydra.sweep.subdir" and sweep and "hydra.job.num" not in value:
-            return (f"hydra.sweep.subdir={value} would put every job of the sweep in one folder, each "
-                    f"overwriting the last; keep ${{hydra.job.num}} in it.")
-        if key != ("hydra.sweep.dir" if sweep else "hydra.run.dir"):
-            continue
-        if value.strip().strip("'\"") in ("", "null"):
-            return f"{key}={value} needs a folder; leave it out for a new timestamped one under outputs/."
-        path = _folder_value(value)
-        if path is None:
-            continue
-        try:
-            if sweep:
-                _refuse_a_used_sweep_folder(path)
-            else:
-                RunFolder(path).refuse_if_it_holds_a_run()
-            path.mkdir(parents=True, exist_ok=True)
-        except CnnTrainError as err:
-            return str(err)
-        except OSError as err:
-            return f"Cannot create the folder {path} ({key}): {err.strerror or err}. Give a folder you can write to."
-    return None
-
-
-def _folder_value(value: str) -> Path | None:
-    """The folder an override's value names (quotes dropped, ${oc.env:...} and ~ resolved); None
-    when it cannot be told before Hydra runs (e.g. ${now:...}, which makes a new folder anyway)."""
-    value = value.strip().strip("'\"")
-    if "${" in value:
-        from omegaconf import OmegaConf
-
-        try:
-            value = str(OmegaConf.create({"value": value}).value)
-        except Exception:  # an interpolation only Hydra can resolve
-            return None
-    return Path(value).expanduser()
-
-
-def _refuse_a_used_sweep_folder(path: Path) -> None:
-    used = (path / "sweep.csv").exists() or any(path.glob("*/.hydra"))
-    if used:
-        raise CnnTrainError(f"{path} already holds a sweep; a new sweep there would overwrite its jobs and "
-                            f"report their old results as its own. Give a new hydra.sweep.dir, or leave it out "
-                            f"for a timestamped one under outputs/multirun/.")
-
-
-def expand_home(args: list[str]) -> list[str]:
-    """key=~/folder as key=/home/me/folder: the shell leaves a ~ after `key=` alone."""
-    expanded = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and not key.startswith("-") and (value == "~" or value.startswith("~/")):
-            arg = f"{key}={os.path.expanduser(value)}"
-        expanded.append(arg)
-    return expanded
-
-
-def quote_for_hydra(args: list[str]) -> list[str]:
-    """A value Hydra's override grammar cannot read unquoted (a path such as /data/café or
-    /data/it's) put in quotes. Values Hydra reads (lists, sweeps, ${...}) are left as they are."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    quoted = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and not key.startswith("-"):
-            try:
-                parser.parse_override(arg)
-            except HydraException:  # the lexer's and the parser's errors alike
-                quote = "'" if "'" not in value else '"'
-                if quote not in value:
-                    arg = f"{key}={quote}{value}{quote}"
-        quoted.append(arg)
-    return quoted
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ takes. Every other module that needs to know the tree's layout asks this one.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -202,3 +203,35 @@ def dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             keys += dotted_keys(child, path + ".")
     return keys
+
+
+def expand_home(args: list[str]) -> list[str]:
+    """key=~/folder as key=/home/me/folder: the shell leaves a ~ after `key=` alone."""
+    expanded = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and not key.startswith("-") and (value == "~" or value.startswith("~/")):
+            arg = f"{key}={os.path.expanduser(value)}"
+        expanded.append(arg)
+    return expanded
+
+
+def quote_for_hydra(args: list[str]) -> list[str]:
+    """A value Hydra's override grammar cannot read unquoted (a path such as /data/café or
+    /data/it's) put in quotes. Values Hydra reads (lists, sweeps, ${...}) are left as they are."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    quoted = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and not key.startswith("-"):
+            try:
+                parser.parse_override(arg)
+            except HydraException:  # the lexer's and the parser's errors alike
+                quote = "'" if "'" not in value else '"'
+                if quote not in value:
+                    arg = f"{key}={quote}{value}{quote}"
+        quoted.append(arg)
+    return quoted
