@@ -18,7 +18,8 @@ from cnntrain.checkpoint import RunCheckpoint, load_checkpoint
 from cnntrain.checks import check_trainer_settings, confirmed_imports, import_user_modules
 from cnntrain.config import REGISTRY_GROUPS, dotted_keys, group_file, unknown_key_message
 from cnntrain.errors import ConfigError
-from cnntrain.run import RunResult, resume_command, run
+from cnntrain.interruptions import resume_command
+from cnntrain.run import RunResult, run
 from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import EpochMetrics
 

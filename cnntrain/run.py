@@ -9,11 +9,6 @@ with the command that resumes the run.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +20,12 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.table import Table
 
 from cnntrain.build import RunCallbacks, TrainingParts, build_callbacks, build_training
-from cnntrain.checks import check_config, module_list, modules_text
+from cnntrain.checks import check_config
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
 from cnntrain.errors import CnnTrainError, ConfigError, RunInterrupted
+from cnntrain.interruptions import (StopOnSignals, continue_text, file_error_message, interrupted_message,
+                                    interrupted_outside_training, saved_text)
 from cnntrain.recipes import recipe_summary
 from cnntrain.run_folder import RunFolder, display_path, provenance
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
@@ -201,51 +198,6 @@ def fit(trainer: Trainer, start_epoch: int, callbacks: RunCallbacks, folder: Run
         callbacks.display.close()
 
 
-class StopOnSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (a cluster's time limit, `kill`) during a run.
-
-    While the trainer is fitting, the first one asks it to stop after the current step:
-    the checkpointer saves last.pt there (mid-epoch) and the run ends as interrupted.
-    Before training, after it, or at a second Ctrl-C, it stops at once. Signal handlers
-    can only be set from the main thread; elsewhere (a thread of the user's) nothing changes.
-    A SIGINT that the shell ignores (a background job) stays ignored.
-    """
-
-    def __init__(self):
-        self.trainer: Trainer | None = None
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def exit_code(self) -> int:
-        """What the process exits with: 128 + the signal's number, as shells report it."""
-        return 128 + (self.signum or signal.SIGINT)
-
-    def __enter__(self) -> "StopOnSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous = signal.getsignal(signum)
-                if not (signum == signal.SIGINT and previous is signal.SIG_IGN):
-                    self._previous[signum] = previous
-                    signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-
-    def _handle(self, signum: int, frame) -> None:
-        first = self.signum is None
-        self.signum = signum
-        if first and self.trainer is not None:
-            self.trainer.request_stop()
-            # os.write, not print: this runs between two bytecodes of whatever the main thread does.
-            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint "
-                        f"(press Ctrl-C again to stop at once).\n".encode())
-            return
-        raise KeyboardInterrupt
-
-
 def _write_ended_summary(folder: RunFolder, status: str, message: str, started: float) -> None:
     """The summary of a run that did not complete. A failure to write it (the disk that just filled
     up) must not hide the error being reported, so it is given up silently."""
@@ -254,92 +206,6 @@ def _write_ended_summary(folder: RunFolder, status: str, message: str, started: 
                               "wall_seconds": time.time() - started})
     except OSError:
         pass
-
-
-def file_error_message(err: OSError, folder: RunFolder, cfg: DictConfig) -> str:
-    """What went wrong with which file, what is whole on disk, and how to go on."""
-    where = f" {err.filename}" if err.filename else ""
-    message = f"Cannot write or read{where}: {err.strerror or err}."
-    if folder.last_checkpoint.is_file():  # files are replaced atomically: what is there is whole
-        message += (f" checkpoints/last.pt in {display_path(folder.path)} is whole. Free some space or fix the "
-                    f"permissions, then continue with: {resume_command(folder, cfg)}")
-    else:
-        message += " No checkpoint had been saved yet: fix the cause and start the run again."
-    return message
-
-
-def resume_command(folder: RunFolder, cfg: DictConfig) -> str:
-    """The command that resumes the run, as it works from the current folder (with the run's
-    imports: a resume imports only modules the user names)."""
-    imports = module_list(cfg.get("imports"))
-    return f"{cli_command()} resume={display_path(folder.path)}" + (f" imports={modules_text(imports)}" if imports else "")
-
-
-def cli_command() -> str:
-    """`cnntrain` when that is the one on PATH, else the path of the script (or python -m cnntrain) running.
-
-    Paths are made absolute without resolving links: a venv's python is a link to the
-    system's, and only the link runs with the venv's packages.
-    """
-    on_path = shutil.which("cnntrain")
-    on_path = Path(os.path.abspath(on_path)) if on_path else None
-    script = Path(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else None
-    if script is not None and script.name == "cnntrain":
-        return "cnntrain" if on_path == script else _shown(script)
-    python = Path(os.path.abspath(sys.executable))
-    if on_path is not None and on_path.parent == python.parent:  # the cnntrain of this environment
-        return "cnntrain"
-    return f"{_shown(python)} -m cnntrain"
-
-
-def _shown(path: Path) -> str:
-    """`path` relative to the current folder when inside it (./.venv/bin/cnntrain), else absolute."""
-    try:
-        return f"./{path.relative_to(os.getcwd())}"
-    except ValueError:
-        return str(path)
-
-
-def interrupted_outside_training(folder: RunFolder, cfg: DictConfig) -> str:
-    """Ctrl-C while loading data or testing: what is on disk says whether there is something to resume."""
-    if folder.last_checkpoint.is_file():
-        return f"Interrupted. Resume with: {resume_command(folder, cfg)}"
-    return "Interrupted before the first epoch finished; there is nothing to resume, start the run again."
-
-
-def epochs_text(last: int) -> str:
-    return "epoch 1" if last == 1 else f"epochs 1-{last}"
-
-
-def held_text(epochs: int, steps: int) -> str:
-    """What a checkpoint holds, e.g. 'epochs 1-2 and steps 1-57 of epoch 3'."""
-    inside = f"steps 1-{steps} of epoch {epochs + 1}" if steps else ""
-    if not epochs:
-        return inside
-    return f"{epochs_text(epochs)} and {inside}" if inside else epochs_text(epochs)
-
-
-def saved_text(checkpoint: dict[str, Any]) -> str:
-    position = checkpoint.get("in_epoch")
-    return held_text(checkpoint["epoch"], position["step"] if position else 0) + " done"
-
-
-def continue_text(checkpoint: dict[str, Any]) -> str:
-    position = checkpoint.get("in_epoch")
-    if position:
-        return f"at step {position['step'] + 1} of epoch {position['epoch']}"
-    return f"at epoch {checkpoint['epoch'] + 1}"
-
-
-def interrupted_message(folder: RunFolder, cfg: DictConfig, trainer: Trainer, saved: tuple[int, int]) -> str:
-    """An interrupted training; `saved` is what last.pt holds: (finished epochs, steps of the next one)."""
-    epochs, steps = saved
-    current = trainer.history[-1].epoch + 1 if trainer.history else 1
-    where = f"Interrupted during epoch {min(current, trainer.epochs)} of {trainer.epochs}."
-    if not epochs and not steps:
-        return f"{where} Nothing had been saved yet, so there is nothing to resume; start the run again."
-    redo = "" if steps or epochs >= current else " (the unfinished epoch is redone on resume)"
-    return f"{where} checkpoints/last.pt holds {held_text(epochs, steps)}{redo}. Resume with: {resume_command(folder, cfg)}"
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

@@ -21,7 +21,7 @@ LAYERS = [
      "cnntrain.inspector", "cnntrain.run_folder", "cnntrain.plots", "cnntrain.checkpoint"},
     {"cnntrain.callbacks", "cnntrain.loggers", "cnntrain.tensorboard_logger"},
     {"cnntrain.checks", "cnntrain.build"},
-    {"cnntrain.run", "cnntrain.resuming", "cnntrain.predict", "cnntrain.sweep"},
+    {"cnntrain.run", "cnntrain.interruptions", "cnntrain.resuming", "cnntrain.predict", "cnntrain.sweep"},
     {"cnntrain.api"},
     {"cnntrain.cli", "cnntrain.__main__"},
 ]
