@@ -142,7 +142,7 @@ def check_override_keys(args: list[str]) -> str | None:
     """
     if _extra_config_dirs(args) or any("hydra.searchpath" in arg for arg in args):
         return None
-    choices, settings = [], []
+    choices, settings = {}, []
     for arg in args:
         key, sep, value = arg.partition("=")
         bare = key.lstrip("+~")
@@ -152,21 +152,35 @@ def check_override_keys(args: list[str]) -> str | None:
         if arg.startswith("-") or not sep or key.startswith("~") or bare.split(".")[0] == "hydra" or "/" in bare:
             continue
         if bare in GROUPS:
-            choices.append(f"{key}={value.split(',')[0]}")  # a sweep's first choice stands for all of them
+            choices[key] = value.split(",")  # a sweep's choices: each is checked
         else:
             settings.append((key, bare, arg))
     if not settings:
         return None
-    try:
-        cfg = compose(choices)
-    except ConfigError:
-        return None  # a bad choice gets its own message
+    first = {key: values[0] for key, values in choices.items()}
+    # The first choice of every group, then each other choice of a swept group in its place.
+    combinations = [first] + [{**first, key: value} for key, values in choices.items() for value in values[1:]]
+    for combination in combinations:
+        try:
+            cfg = compose([f"{key}={value}" for key, value in combination.items()])
+        except ConfigError:
+            return None  # a bad choice gets its own message
+        problem = _unknown_setting(cfg, settings)
+        if problem:
+            swept = [f"{key}={value}" for key, value in combination.items() if len(choices[key]) > 1]
+            return problem + (f" (in the jobs with {', '.join(swept)})" if swept else "")
+    return None
+
+
+def _unknown_setting(cfg: DictConfig, settings: list[tuple[str, str, str]]) -> str | None:
+    """The message for the first of `settings` ((key as typed, bare key, argument)) `cfg` cannot take."""
     known = dotted_keys(cfg)
     for key, bare, arg in settings:
         if bare in known and isinstance(OmegaConf.select(cfg, bare, throw_on_resolution_failure=False), DictConfig):
             value = arg.partition("=")[2].strip()
             if not value.startswith("{"):
-                keys = ", ".join(k[len(bare) + 1:] for k in known if k.startswith(bare + ".") and "." not in k[len(bare) + 1:])
+                keys = ", ".join(k[len(bare) + 1:] for k in known
+                                 if k.startswith(bare + ".") and "." not in k[len(bare) + 1:])
                 return (f"{bare} is a section ({keys}); {arg} would replace it with a single value. "
                         f"Set one of its keys, e.g. {bare}.<key>=...")
         if bare in known or (key.startswith("+") and bare.split(".")[0] in BUILDER_SECTIONS and "." in bare):
@@ -177,19 +191,22 @@ def check_override_keys(args: list[str]) -> str | None:
 
 def unknown_key_message(key: str, arg: str, known: list[str]) -> str:
     section, parent, leaf = key.split(".")[0], key.rpartition(".")[0], key.rpartition(".")[2]
+    siblings = [k[len(parent) + 1:] for k in known if k.startswith(parent + ".") and "." not in k[len(parent) + 1:]]
     # `lr=0.1`: the key with that name nearest the top (optimizer.lr, not model.recipe.sgd.lr).
     same_leaf = sorted((k for k in known if k.rpartition(".")[2] == leaf), key=lambda k: k.count("."))
     if same_leaf and (len(same_leaf) == 1 or same_leaf[0].count(".") < same_leaf[1].count(".")):
         hint = f" Did you mean '{same_leaf[0]}'?"
+    elif parent in known:  # a typo among the section's own keys, not any key with a similar prefix
+        close = did_you_mean(leaf, siblings)
+        hint = close.replace(" Did you mean '", f" Did you mean '{parent}.") if close else ""
     else:
         hint = did_you_mean(key, known)
     message = f"Unknown setting '{key}' ({arg}).{hint}"
     if section in BUILDER_SECTIONS and parent and not arg.startswith("+"):
-        message += (f" A {section} setting that configs/{section}/ does not list is added with +: "
-                    f"+{key}=... (the {section}'s builder then checks it).")
+        message += (f" Settings that configs/{section}/<file> does not list are added with +: "
+                    f"+{key}=... (the {section} builder then checks them).")
     elif parent in known:
-        options = sorted(k[len(parent) + 1:] for k in known if k.startswith(parent + ".") and "." not in k[len(parent) + 1:])
-        message += f" {parent} has: {', '.join(options)}."
+        message += f" {parent} has: {', '.join(sorted(siblings))}."
     return message
 
 

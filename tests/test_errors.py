@@ -36,9 +36,13 @@ def cnntrain(*args, cwd):
     (["+trainer.epoch=3"], "Unknown setting 'trainer.epoch' (+trainer.epoch=3). Did you mean 'trainer.epochs'?"),
     (["trainer.early_stopping.patiense=2"], "Did you mean 'trainer.early_stopping.patience'? "
                                             "trainer.early_stopping has: metric, min_delta, patience."),
-    (["model.widht=3"], "A model setting that configs/model/ does not list is added with +: +model.widht=..."),
+    (["model.widht=3"], "Settings that configs/model/<file> does not list are added with +: +model.widht=..."),
     (["-m", "optimizer.lr=0.1,0.2", "trainer.epoch=1"], "Unknown setting 'trainer.epoch' (trainer.epoch=1)"),
     (["trainer=abc"], "trainer is a section (epochs, log_every,"),
+    (["-m", "optimizer=sgd,adam", "optimizer.momentum=0.5"],
+     "Unknown setting 'optimizer.momentum' (optimizer.momentum=0.5). Settings that configs/optimizer/<file> does "
+     "not list are added with +: +optimizer.momentum=... (the optimizer builder then checks them). (in the jobs with "
+     "optimizer=adam)"),
     (["~model"], "~model would remove the whole 'model' section, which every run needs."),
     (["hydra.run.dir="], "hydra.run.dir= needs a folder; leave it out for a new timestamped one under outputs/."),
     (["-m", "optimizer.lr=0.1,0.2", "hydra.sweep.subdir=same"], "hydra.sweep.subdir=same would put every job"),
