@@ -26,7 +26,7 @@ from cnntrain.loggers import check_logger
 from cnntrain.models import MODEL_KEYS, MODELS
 from cnntrain.models.init import check_init_scheme
 from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS
-from cnntrain.registry import Component
+from cnntrain.registry import Component, is_number, is_whole
 from cnntrain.speed_switches import PRECISIONS
 from cnntrain.trainer import Callback
 
@@ -168,7 +168,7 @@ def check_trainer_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
                           f"got '{trainer.progress}'.")
     _require(trainer.get("label_smoothing", 0.0), "trainer.label_smoothing", "a number from 0 up to (not) 1",
-             lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)
+             lambda v: is_number(v) and 0 <= v < 1)
     _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
              lambda v: v is None or _is_positive_number(v))
     _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
@@ -191,7 +191,7 @@ def check_trainer_settings(cfg: DictConfig) -> None:
     _require(stopping.get("metric", "val_loss"), "trainer.early_stopping.metric",
              f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
     _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
-             lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)
+             lambda v: is_number(v) and v >= 0)
 
 
 # One batch of input images above this is a typo, not a plan (float32, before any activation).
@@ -201,7 +201,7 @@ MAX_BATCH_INPUT_BYTES = 8 * 2**30
 def check_data_settings(cfg: DictConfig, eval_batch_size: int) -> None:
     """The seed and the data settings every dataset shares, before any data loads."""
     _require(cfg.get("seed"), "seed", "a whole number from 0 to 2**63 - 1",
-             lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63)
+             lambda v: is_whole(v) and 0 <= v < 2**63)
     data = cfg.data
     _require(data.get("resize"), "data.resize", "null (the model's input size) or a whole number of pixels >= 1",
              lambda v: v is None or _is_count(v))
@@ -260,11 +260,11 @@ def _settings_text(section: str, settings: dict[str, Any]) -> str:
 
 
 def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_whole(value) and value >= 1
 
 
 def _is_positive_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return is_number(value) and value > 0
 
 
 def _is_batch_limit(value) -> bool:

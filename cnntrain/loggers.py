@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from cnntrain.config import settings_of
 from cnntrain.errors import ConfigError
-from cnntrain.registry import unknown_name_message
+from cnntrain.registry import is_whole, unknown_name_message
 from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback
 
@@ -42,7 +42,7 @@ def check_logger(section: DictConfig | None) -> dict[str, Any]:
                               f"Available: {', '.join(TENSORBOARD_DEFAULTS)}")
         for key in ("histogram_every", "images"):
             value = settings.get(key, TENSORBOARD_DEFAULTS[key])
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_whole(value) or value < 0:
                 raise ConfigError(f"logger.{key} must be a whole number >= 0 (0 turns it off), got {value!r}.")
         from cnntrain.tensorboard_logger import check_tensorboard
 

@@ -23,6 +23,16 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (YAML reads `true` as a bool, and Python counts bools as ints)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_whole(value: Any) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _type_mismatch(default: Any, value: Any) -> str | None:
     """What `value` should be when it does not have the kind of its setting's default: a flag where
     the default is true/false, a number (not true/false, not text) where it is a number; else None.
@@ -33,7 +43,7 @@ def _type_mismatch(default: Any, value: Any) -> str | None:
         return None
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"
-    if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if isinstance(default, (int, float)) and not is_number(value):
         return "a number"
     if isinstance(default, (list, tuple)) and (isinstance(value, str) or not isinstance(value, Sequence)):
         return f"a list such as {list(default)}"

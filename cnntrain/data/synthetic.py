@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from cnntrain.data import DATASETS, ImageData, ImageSet
 from cnntrain.errors import ConfigError
+from cnntrain.registry import is_number, is_whole
 
 
 def _make_split(prototypes: torch.Tensor, size: int, noise: float, generator: torch.Generator) -> ImageSet:
@@ -23,21 +24,17 @@ def _make_split(prototypes: torch.Tensor, size: int, noise: float, generator: to
 
 def _check_settings(**settings) -> None:
     """Each setting's type and range, named as data.<key>, before anything is generated."""
-    rules = {"num_classes": ("a whole number >= 2", lambda v: _whole(v) and v >= 2),
-             "channels": ("1 (grey) or 3 (RGB)", lambda v: v in (1, 3) and _whole(v)),
-             "image_size": ("a whole number of pixels >= 4", lambda v: _whole(v) and v >= 4),
-             "train_size": ("a whole number >= 2", lambda v: _whole(v) and v >= 2),
-             "test_size": ("a whole number >= 1", lambda v: _whole(v) and v >= 1),
-             "noise": ("a number >= 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0),
-             "seed": ("a whole number", _whole)}
+    rules = {"num_classes": ("a whole number >= 2", lambda v: is_whole(v) and v >= 2),
+             "channels": ("1 (grey) or 3 (RGB)", lambda v: v in (1, 3) and is_whole(v)),
+             "image_size": ("a whole number of pixels >= 4", lambda v: is_whole(v) and v >= 4),
+             "train_size": ("a whole number >= 2", lambda v: is_whole(v) and v >= 2),
+             "test_size": ("a whole number >= 1", lambda v: is_whole(v) and v >= 1),
+             "noise": ("a number >= 0", lambda v: is_number(v) and v >= 0),
+             "seed": ("a whole number", is_whole)}
     for key, value in settings.items():
         expected, is_valid = rules[key]
         if not is_valid(value):
             raise ConfigError(f"data.{key} must be {expected}, got {value!r}.")
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @DATASETS.register("synthetic")
