@@ -18,16 +18,18 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter, TimeEstimate
-from cnntrain.checkpoint import training_checkpoint
+from cnntrain.checkpoint import save_checkpoint, training_checkpoint
 from cnntrain.checks import CheckedConfig, check_config
 from cnntrain.config import settings_of
 from cnntrain.data import DatasetSpec, ImageData, PreparedData, load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, make_loader
 from cnntrain.errors import ConfigError
+from cnntrain.finetune import TwoStageFinetune, freeze, scaled_optimizer
 from cnntrain.inspector import check_input_size, smallest_input_size
 from cnntrain.loggers import logger_callbacks
 from cnntrain.models import MODEL_KEYS, build_model
 from cnntrain.optim import parameter_groups
+from cnntrain.pretrained import Preprocessing, load_weights, weights_preprocessing
 from cnntrain.run_folder import RunFolder
 from cnntrain.speed_switches import maybe_compile, resolve_precision, tune_backend, use_channels_last
 from cnntrain.trainer import Callback, StepOptions, Trainer
@@ -50,9 +52,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def input_size_for(cfg: DictConfig, spec: DatasetSpec) -> int:
-    """data.resize if set, else the model's native input_size, else the data's own size."""
-    size = cfg.data.get("resize") or cfg.model.get("input_size") or spec.image_size[0]
+def input_size_for(cfg: DictConfig, spec: DatasetSpec, weights_prep: Preprocessing | None = None) -> int:
+    """data.resize if set, else the size pretrained weights were trained at, else the model's native
+    input_size, else the data's own size."""
+    size = (cfg.data.get("resize") or (weights_prep.size if weights_prep else None) or cfg.model.get("input_size")
+            or spec.image_size[0])
     if not isinstance(size, int) or size < 1:
         raise ConfigError(f"data.resize / model.input_size must be a positive whole number, got {size!r}.")
     return size
@@ -69,9 +73,10 @@ def build_checked_model(cfg: DictConfig, spec: DatasetSpec) -> tuple[torch.nn.Mo
     """The model for this data, after checking that an image of the input size gets through it.
 
     Catches e.g. the 224-pixel AlexNet asked to take 28-pixel images, before training,
-    with the layer whose output collapsed and the size to use instead.
+    with the layer whose output collapsed and the size to use instead. Fresh weights:
+    `load_starting_weights` puts in model.weights.
     """
-    size = input_size_for(cfg, spec)
+    size = input_size_for(cfg, spec, weights_preprocessing_for(cfg, spec))
     recipe = model_recipe(cfg, spec, size)
     native = cfg.model.get("input_size")
     try:
@@ -82,6 +87,26 @@ def build_checked_model(cfg: DictConfig, spec: DatasetSpec) -> tuple[torch.nn.Mo
                           f"Check the model settings, or drop data.resize so it gets its native size.") from err
     check_input_size(model, spec.channels, size, native_size=native)
     return model, recipe
+
+
+def weights_preprocessing_for(cfg: DictConfig, spec: DatasetSpec) -> Preprocessing | None:
+    """The preprocessing torchvision weights named by model.weights were trained with (None otherwise)."""
+    return weights_preprocessing(cfg.model.name, settings_of(cfg.model, MODEL_KEYS), cfg.model.get("weights"),
+                                 spec.channels)
+
+
+def load_starting_weights(cfg: DictConfig, model: torch.nn.Module, read_weights: bool = True) -> str | None:
+    """model.weights into `model`, then model.freeze applied; the line saying what was loaded and frozen."""
+    weights, setting = cfg.model.get("weights"), cfg.model.get("freeze")
+    lines = []
+    if weights is not None and read_weights:
+        lines.append(load_weights(model, str(weights), cfg.model.name, settings_of(cfg.model, MODEL_KEYS)))
+    if setting not in (None, "none", 0):
+        total = sum(p.numel() for p in model.parameters())
+        trainable = freeze(model, setting)
+        lines.append(f"frozen: {'the backbone' if setting == 'backbone' else f'the first {setting} stages'} "
+                     f"({total - trainable:,} of {total:,} parameters; {trainable:,} train)")
+    return "; ".join(lines) or None
 
 
 def build_data(checked: CheckedConfig, data: ImageData | None = None) -> PreparedData:
@@ -110,6 +135,18 @@ class TrainingParts:
     options: StepOptions
     channels_last: bool
     notices: list[str]  # speed switches that could not be honoured here
+    weights_note: str | None = None  # what model.weights loaded and model.freeze froze
+
+    def new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """The configured optimizer over the model's trainable parameters."""
+        cfg = self.checked.cfg
+        return self.checked.optimizer.build(params=parameter_groups(model, cfg.optimizer.get("no_decay_bias_norm",
+                                                                                              False)))
+
+    def new_schedule(self, optimizer: torch.optim.Optimizer, epochs: int):
+        """The configured learning-rate schedule for `epochs` epochs of this run's loader."""
+        return self.checked.scheduler.build(optimizer=optimizer, epochs=epochs,
+                                            steps_per_epoch=self.options.optimizer_steps(len(self.train_loader)))
 
     @property
     def spec(self) -> DatasetSpec:
@@ -131,6 +168,7 @@ class TrainingParts:
             # How images were prepared, so that prediction converts new images the same way.
             "preprocess": {"stored_size": list(self.spec.image_size), "size": self.recipe["input_size"],
                            "mean": list(self.transform.mean or []), "std": list(self.transform.std or []),
+                           "resize_before_crop": self.transform.resize_before_crop,
                            "augment": self.checked.augment},
             "config": OmegaConf.to_container(self.checked.cfg, resolve=True),
         }
@@ -143,8 +181,12 @@ class TrainingParts:
                        options=self.options, forward=self.forward)
 
 
-def build_training(checked: CheckedConfig, data: ImageData | None = None) -> TrainingParts:
-    """Device, data, model, optimizer, schedule and loaders, in the order that fixes the random streams."""
+def build_training(checked: CheckedConfig, data: ImageData | None = None, resuming: bool = False) -> TrainingParts:
+    """Device, data, model, optimizer, schedule and loaders, in the order that fixes the random streams.
+
+    `resuming`: the weights will come from the run's checkpoint, so model.weights is not read again
+    (the file may be gone by now); model.freeze still applies.
+    """
     cfg = checked.cfg
     device = resolve_device(cfg.device.type)
     tune_backend(device)
@@ -152,34 +194,68 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None) -> Tra
     prepared = build_data(checked, data)
     spec = prepared.spec
     model, recipe = build_checked_model(cfg, spec)
+    weights_note = load_starting_weights(cfg, model, read_weights=not resuming)
+    weights_prep = weights_preprocessing_for(cfg, spec)
     size = recipe["input_size"]
-    channels_last, layout_notice = use_channels_last(cfg.trainer.channels_last, device, model)
-    autocast_dtype, precision_notice = resolve_precision(cfg.trainer.get("precision", 32), device)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    forward, compile_notice = maybe_compile(model, cfg.trainer.get("compile", False), device)
+    placed = place_model(cfg, model, device)
+    model, forward, channels_last = placed.model, placed.forward, placed.channels_last
 
+    # Pretrained torchvision weights bring their own preprocessing: mean/std and a resize before the centre crop.
     normalize = cfg.data.get("normalize", False)
-    transform = BatchTransform(size=(size, size), mean=spec.mean if normalize else None,
-                               std=spec.std if normalize else None, channels_last=channels_last,
-                               augment=checked.augmentations)
+    mean, std = (weights_prep.mean, weights_prep.std) if weights_prep else (spec.mean, spec.std)
+    transform = BatchTransform(size=(size, size), mean=mean if normalize or weights_prep else None,
+                               std=std if normalize or weights_prep else None, channels_last=channels_last,
+                               augment=checked.augmentations,
+                               resize_before_crop=weights_prep.resize if weights_prep and not cfg.data.get("resize")
+                               else None)
     def loader(split: str, batch_size: int, **options):
-        data = getattr(prepared, split)
-        limit = batch_limit(checked.limits.get(f"limit_{split}_batches"), len(data), batch_size)
-        return make_loader(data, batch_size, transform, device, limit_batches=limit, **options)
+        return split_loader(checked, getattr(prepared, split), split, transform, device, batch_size, **options)
 
     train_loader = loader("train", cfg.data.batch_size, shuffle=True, seed=cfg.seed, augment=True)
     val_loader = loader("val", checked.eval_batch_size)
     test_loader = loader("test", checked.eval_batch_size)
 
     options = StepOptions(accumulate=cfg.trainer.get("accumulate_grad_batches", 1),
-                          grad_clip_norm=cfg.trainer.get("grad_clip_norm"), autocast_dtype=autocast_dtype)
-    optimizer = checked.optimizer.build(
-        params=parameter_groups(model, cfg.optimizer.get("no_decay_bias_norm", False)))
-    schedule = checked.scheduler.build(optimizer=optimizer, epochs=cfg.trainer.epochs,
-                                       steps_per_epoch=options.optimizer_steps(len(train_loader)))
-    notices = [n for n in (layout_notice, precision_notice, compile_notice) if n]
-    return TrainingParts(checked, device, prepared, model, recipe, forward, transform, train_loader, val_loader,
-                         test_loader, optimizer, schedule, options, channels_last, notices)
+                          grad_clip_norm=cfg.trainer.get("grad_clip_norm"), autocast_dtype=placed.autocast_dtype)
+    parts = TrainingParts(checked, device, prepared, model, recipe, forward, transform, train_loader, val_loader,
+                          test_loader, None, None, options, channels_last,
+                          placed.notices, weights_note)
+    parts.optimizer = parts.new_optimizer(model)
+    parts.schedule = parts.new_schedule(parts.optimizer, cfg.trainer.epochs)
+    return parts
+
+
+@dataclass
+class PlacedModel:
+    """A model on its device for a run: in the run's memory format, the callable that computes its logits,
+    and the speed switches as they resolved there."""
+
+    model: torch.nn.Module
+    forward: Callable  # the model, or torch.compile(model)
+    channels_last: bool
+    autocast_dtype: torch.dtype | None
+    notices: list[str]  # switches that could not be honoured here
+
+
+def place_model(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> PlacedModel:
+    """trainer.channels_last, trainer.precision and trainer.compile resolved for `device`, the model moved
+    there: what training and the evaluation of a run's weights (evaluation.py) both run with."""
+    channels_last, layout_notice = use_channels_last(cfg.trainer.channels_last, device, model)
+    autocast_dtype, precision_notice = resolve_precision(cfg.trainer.get("precision", 32), device)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    forward, compile_notice = maybe_compile(model, cfg.trainer.get("compile", False), device)
+    return PlacedModel(model, forward, channels_last, autocast_dtype,
+                       [n for n in (layout_notice, precision_notice, compile_notice) if n])
+
+
+def split_loader(checked: CheckedConfig, data, split: str, transform: BatchTransform, device: torch.device,
+                 batch_size: int | None = None, limited: bool = True, **options):
+    """The loader of one split (train, val or test): `batch_size` (default: the evaluation batch size),
+    cut to trainer.limit_<split>_batches unless `limited` is false (an evaluation covers the whole split)."""
+    batch_size = batch_size or checked.eval_batch_size
+    setting = checked.limits.get(f"limit_{split}_batches") if limited else None
+    return make_loader(data, batch_size, transform, device, limit_batches=batch_limit(setting, len(data), batch_size),
+                       **options)
 
 
 def batch_limit(setting: int | float | None, examples: int, batch_size: int) -> int | None:
@@ -199,6 +275,7 @@ class RunCallbacks:
     display: ProgressDisplay
     checkpointer: Checkpointer
     all: list[Callback]
+    finetune: TwoStageFinetune | None = None
 
 
 def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> RunCallbacks:
@@ -217,7 +294,23 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     if stopping.get("patience"):
         callbacks.append(EarlyStopping(stopping.get("metric", "val_loss"), stopping["patience"],
                                        stopping.get("min_delta", 0.0)))
-    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks)
+    finetune = two_stage_finetune(parts, folder, checkpointer, reporter)
+    if finetune:
+        callbacks.append(finetune)  # after the checkpointer: stage two starts from the best.pt it just wrote
+    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune)
+
+
+def two_stage_finetune(parts: TrainingParts, folder: RunFolder, checkpointer: Checkpointer,
+                       reporter: Reporter) -> TwoStageFinetune | None:
+    """The second stage of a fine-tuning (finetune.unfreeze_at), or None when the run has one stage."""
+    settings = parts.checked.cfg.get("finetune") or {}
+    if settings.get("unfreeze_at") is None:
+        return None
+    return TwoStageFinetune(settings["unfreeze_at"], settings.get("lr_scale", 0.01), folder.best_checkpoint,
+                            scaled_optimizer(parts.new_optimizer, parts.new_schedule),
+                            save_last=lambda trainer: save_checkpoint(checkpointer.make_state(trainer),
+                                                                      folder.last_checkpoint),
+                            say=reporter.line)
 
 
 def quicker_options(parts: TrainingParts) -> str:

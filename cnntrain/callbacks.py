@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cnntrain.checkpoint import save_checkpoint
 from cnntrain.run_folder import RunFolder, write_atomically
-from cnntrain.trainer import Callback, EpochMetrics, StepProgress, Trainer
+from cnntrain.trainer import OPTIONAL_METRICS, Callback, EpochMetrics, StepProgress, Trainer
 
 
 class Reporter:
@@ -197,7 +197,14 @@ class TimeEstimate(Callback):
                                f"{self.quicker_options()}.", style="yellow")
 
 
-METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]
+METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]  # every column metrics.csv can have, in order
+
+
+def metric_columns(rows: list[dict]) -> list[str]:
+    """metrics.csv's columns for `rows`: the required EpochMetrics fields and the optional ones
+    (val_top5, ...) that some row has, in the fields' order."""
+    present = {key for row in rows for key in row}
+    return [name for name in METRIC_COLUMNS if name in present or name not in OPTIONAL_METRICS]
 
 
 class MetricsWriter(Callback):
@@ -206,26 +213,45 @@ class MetricsWriter(Callback):
     At the start it writes the rows of `trainer.history` (none for a new run, the
     finished epochs for a resumed one: no duplicate or missing row, whatever was in
     the file when the run was killed); then it appends a flushed row per epoch.
+    The columns come from the rows (`metric_columns`): a row bringing a column the file
+    lacks (val_top5 at a run's first epoch, or after a resume of an older run) has the
+    file rewritten with it, so that every row has the same columns (empty where a row
+    lacks one).
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.columns: list[str] | None = None  # the file's header
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        def write_rows(f) -> None:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(m.as_dict() for m in trainer.history)
-
-        write_atomically(self.path, write_rows, binary=False)
+        self._write_all([m.as_dict() for m in trainer.history])
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
-        is_new = not self.path.exists()
+        row = metrics.as_dict()
+        if self.path.exists() and self.columns is None:  # a file this writer did not start
+            with open(self.path, newline="", encoding="utf-8") as f:
+                self.columns = next(csv.reader(f), [])
+        if not self.path.exists() or set(row) - set(self.columns):
+            self._write_all([*self._rows_on_disk(), row])
+            return
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            if is_new:
-                writer.writeheader()
-            writer.writerow(metrics.as_dict())
+            csv.DictWriter(f, fieldnames=self.columns).writerow(row)
+
+    def _rows_on_disk(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def _write_all(self, rows: list[dict]) -> None:
+        self.columns = metric_columns(rows)
+
+        def write_rows(f) -> None:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+        write_atomically(self.path, write_rows, binary=False)
 
 
 class Checkpointer(Callback):

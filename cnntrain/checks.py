@@ -22,6 +22,7 @@ from cnntrain.config import as_plain, settings_of
 from cnntrain.data import DATASETS, LOADER_KEYS
 from cnntrain.data.augment import Augmentation, build_augmentations
 from cnntrain.errors import ConfigError
+from cnntrain.finetune import check_freeze
 from cnntrain.loggers import check_logger
 from cnntrain.models import MODEL_KEYS, MODELS
 from cnntrain.models.init import check_init_scheme
@@ -143,6 +144,7 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
     import_user_modules(cfg.get("imports"))
     MODELS.check_settings(cfg.model.name, settings_of(cfg.model, MODEL_KEYS))
     check_init_scheme(cfg.model.get("init", "default"))
+    check_starting_weights(cfg)
     augment = as_plain(cfg.data.get("augment")) or []
     checked = CheckedConfig(
         cfg=cfg,
@@ -192,6 +194,24 @@ def check_trainer_settings(cfg: DictConfig) -> None:
              f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
     _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
              lambda v: is_number(v) and v >= 0)
+
+
+def check_starting_weights(cfg: DictConfig) -> None:
+    """model.weights, model.freeze and the finetune section: their kinds, and that they fit together."""
+    _require(cfg.model.get("weights"), "model.weights", "null, a torchvision weights name (DEFAULT), a weights "
+             "file or a cnntrain run folder", lambda v: v is None or (isinstance(v, str) and v.strip() != ""))
+    check_freeze(cfg.model.get("freeze"))
+    finetune = cfg.get("finetune") or {}
+    unfreeze_at = finetune.get("unfreeze_at")
+    if unfreeze_at is None:
+        return
+    epochs = cfg.trainer.epochs
+    _require(unfreeze_at, "finetune.unfreeze_at", f"null (one stage) or a whole number of epochs from 1 to "
+             f"{epochs - 1} (trainer.epochs={epochs})", lambda v: _is_count(v) and v < epochs)
+    _require(finetune.get("lr_scale", 0.01), "finetune.lr_scale", "a number > 0 (e.g. 0.01)", _is_positive_number)
+    if cfg.model.get("freeze") in (None, "none", 0):
+        raise ConfigError(f"finetune.unfreeze_at={unfreeze_at} unfreezes what model.freeze froze, but nothing is "
+                          f"frozen. Add model.freeze=backbone (train the head first), or drop finetune.unfreeze_at.")
 
 
 # One batch of input images above this is a typo, not a plan (float32, before any activation).

@@ -20,7 +20,7 @@ from cnntrain.config import (check_group_choices, check_override_keys, config_di
                              unknown_component_name)
 from cnntrain.errors import CnnTrainError
 from cnntrain.registry import did_you_mean
-from cnntrain.run_folder import RunFolder, run_folder_problem
+from cnntrain.run_folder import display_path, run_folder_problem
 
 EXIT_USAGE = 2  # a config or data problem the message explains
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
@@ -89,28 +89,28 @@ def info_main() -> None:
     Console(highlight=False).print(render_table(rows, totals, title=title))
 
 
-PREDICT_USAGE = """usage: cnntrain-predict run=<run folder> inputs=<image or folder> [topk=3] [checkpoint=best|last]
-                        [output=<csv file>] [imports=[my_models]]
+PREDICT_USAGE = """usage: cnntrain-predict run=<run folder or model.onnx> inputs=<image or folder> [topk=3]
+                        [checkpoint=best|last] [output=<csv file>] [imports=[my_models]]
 Classifies images with the run's checkpoint, prints a table and writes predictions.csv
 into the run folder (or to output=<csv file>). A run of your own model needs the modules
-it was trained with named again (imports=...): modules named in a run folder are never imported."""
+it was trained with named again (imports=...): modules named in a run folder are never imported.
+run= may also be an .onnx file written by cnntrain-export (with its .onnx.json beside it;
+needs onnxruntime): then predictions go to <file stem>.predictions.csv beside it."""
 # key -> default; None: required. imports "": not given.
 PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best", "output": "", "imports": ""}
 
 
-def parse_key_values(args: list[str], options: dict[str, str | None]) -> dict[str, str]:
+def parse_key_values(args: list[str], options: dict[str, str | None], usage: str = PREDICT_USAGE) -> dict[str, str]:
     """key=value arguments checked against `options` (key -> default, None when required)."""
     values = dict(options)
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep or key not in options:
-            raise CnnTrainError(f"Unexpected argument '{arg}'.{did_you_mean(key, options)}\n{PREDICT_USAGE}")
+            raise CnnTrainError(f"Unexpected argument '{arg}'.{did_you_mean(key, options)}\n{usage}")
         values[key] = value
     missing = [key + "=" for key, value in values.items() if value is None]
     if missing:
-        raise CnnTrainError(f"Missing {', '.join(missing)}\n{PREDICT_USAGE}")
-    if not (values["topk"].isascii() and values["topk"].isdigit()) or int(values["topk"]) < 1:
-        raise CnnTrainError(f"topk must be a positive whole number, got '{values['topk']}'.")
+        raise CnnTrainError(f"Missing {', '.join(missing)}\n{usage}")
     return values
 
 
@@ -120,14 +120,14 @@ def predict_main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(PREDICT_USAGE)
         return
-    from cnntrain.predict import check_output, predict, predictions_table, write_predictions
+    from cnntrain.predict import check_output, predict, predictions_path, predictions_table, write_predictions
 
     try:
         options = parse_key_values(args, PREDICT_OPTIONS)
-        if not Path(options["run"]).is_dir():
-            raise CnnTrainError(f"run={options['run']} is not a folder. Give a run folder "
-                                f"(outputs/<date>/<time>_<model>_<data>).")
-        output = Path(options["output"]) if options["output"] else RunFolder(options["run"]).predictions_csv
+        if not (options["topk"].isascii() and options["topk"].isdigit()) or int(options["topk"]) < 1:
+            raise CnnTrainError(f"topk must be a positive whole number, got '{options['topk']}'.")
+        default_output = predictions_path(Path(options["run"]))  # refuses a run= that is no run folder or .onnx
+        output = Path(options["output"]) if options["output"] else default_output
         check_output(output)  # before the work, so that a refusal costs nothing
         predictions = predict(Path(options["run"]), Path(options["inputs"]), topk=int(options["topk"]),
                               checkpoint=options["checkpoint"], imports=options["imports"] or None)
@@ -138,6 +138,74 @@ def predict_main() -> None:
     console = Console(highlight=False)
     console.print(predictions_table(predictions))
     console.print(f"written to {output}", markup=False, soft_wrap=True)
+
+
+EXPORT_USAGE = """usage: cnntrain-export run=<run folder> format=onnx|torchscript|exported_program
+                       [checkpoint=best|last] [output=<file>] [imports=[my_models]]
+Writes the run's model (default: <run folder>/export/model.onnx, model.torchscript.pt or
+model.pt2) taking a normalised float batch of any size, and <file>.json beside it (classes,
+preprocessing, where it came from), after checking the file against PyTorch on the run's
+validation images: it fails when a logit differs by more than 1e-4. format=onnx needs
+pip install 'cnntrain[onnx]'; cnntrain-predict run=<file.onnx> predicts with it."""
+EXPORT_OPTIONS = {"run": None, "format": None, "checkpoint": "best", "output": "", "imports": ""}
+
+
+def export_main() -> None:
+    """`cnntrain-export run=... format=...`: a trained run's model as an ONNX, TorchScript or torch.export file."""
+    args = expand_home(sys.argv[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print(EXPORT_USAGE)
+        return
+    from cnntrain.export import export_run
+
+    console = Console(highlight=False)
+    try:
+        options = parse_key_values(args, EXPORT_OPTIONS, EXPORT_USAGE)
+        result = export_run(options["run"], options["format"], checkpoint=options["checkpoint"],
+                            output=options["output"] or None, imports=options["imports"] or None,
+                            say=lambda line: console.print(line, markup=False, soft_wrap=True))
+    except CnnTrainError as err:
+        print_error(str(err))
+        sys.exit(EXIT_USAGE)
+    console.print(result.verification.summary(), markup=False, soft_wrap=True)
+    size = f"{result.path.stat().st_size / 2**20:.1f} MiB" + (", replacing the earlier one" if result.replaced else "")
+    console.print(f"written to {display_path(result.path)} ({size}) and {display_path(result.info_path)} in "
+                  f"{result.seconds:.1f} s", markup=False, soft_wrap=True)
+
+
+EVAL_USAGE = """usage: cnntrain-eval run=<run folder> [split=test|val|train|all] [checkpoint=best|last] [imports=[my_models]]
+                     [data=<name>] [data.<key>=<value> ...] [device=auto|cpu|cuda|mps]
+Measures the run's checkpoint on a split of its data, built as the run built it (the run's own
+test split gives the test figures of its summary.json), or on other labelled data with the run's
+classes (data=image_folder data.root=<folder>; split=all: every image of it). Prints loss, accuracy,
+top-5 (more than 5 classes), precision/recall/F1 per class and the confusion matrix, and writes them
+with the misclassified examples to <run folder>/eval/<split>_<checkpoint>/ (other data:
+eval/<data>-<root folder>-<digest>_<split>_<checkpoint>/)."""
+EVAL_OPTIONS = {"run": None, "split": "test", "checkpoint": "best", "imports": ""}
+EVAL_OVERRIDES = ("data", "device")  # key=value arguments of these sections go to the run's config
+
+
+def eval_main() -> None:
+    """`cnntrain-eval run=... [split=...] [data overrides]`: evaluate a trained run on labelled data."""
+    args = expand_home(sys.argv[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print(EVAL_USAGE)
+        return
+    # data=, device= and dotted keys (data.root=...) go to the run's config; evaluation.py says which may change.
+    keys = [arg.lstrip("+").partition("=")[0] if "=" in arg else "" for arg in args]
+    overrides = [arg for arg, key in zip(args, keys) if key in EVAL_OVERRIDES or "." in key]
+    from cnntrain.evaluation import evaluate_run, print_report
+
+    try:
+        options = parse_key_values([arg for arg in args if arg not in overrides], EVAL_OPTIONS, EVAL_USAGE)
+        result = evaluate_run(Path(options["run"]), split=options["split"], checkpoint=options["checkpoint"],
+                              overrides=overrides, imports=options["imports"] or None)
+    except CnnTrainError as err:
+        print_error(str(err))
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    print_report(result, Console(highlight=False))
 
 
 def resume_main(args: list[str]) -> None:

@@ -50,9 +50,10 @@ def figure_to_array(figure):
 # --- curves.png -------------------------------------------------------------------------------
 
 def read_metrics_csv(path: Path) -> list[dict[str, float]]:
-    """metrics.csv rows as numbers (every column is numeric)."""
+    """metrics.csv rows as numbers (every column is numeric; an empty cell, an optional column a row
+    lacks, is left out)."""
     with open(path, newline="", encoding="utf-8") as f:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+        return [{key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(f)]
 
 
 def plot_curves(rows: Sequence[dict[str, float]], path: Path, title: str = "") -> None:

@@ -4,14 +4,22 @@ New images go through the same conversion as the training data: Pillow converts 
 to the run's channel count and resizes them to the size the dataset was stored at,
 then the training batch transform (resize to the model's input size, normalisation
 with the run's mean/std) runs, without augmentation.
+
+A `Predictor` is what predicting needs: class names, that preprocessing, the channel
+count and a model (normalised float batch -> logits). `LoadedRun` takes them from a run
+folder's checkpoint, `ExportedModel` (`load_exported`) from an ONNX file written by
+`cnntrain-export` and the json beside it (run with onnxruntime); both convert images
+with the same code, so their predictions agree.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from PIL import Image
@@ -21,9 +29,9 @@ from rich.table import Table
 from cnntrain.checkpoint import RunCheckpoint
 from cnntrain.checks import confirmed_imports, import_user_modules
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
-from cnntrain.data.loader import BatchTransform
+from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
-from cnntrain.run_folder import RunFolder
+from cnntrain.run_folder import RunFolder, export_info_path, export_predictions_csv
 
 CHECKPOINTS = ("best", "last")
 
@@ -36,36 +44,24 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
-@dataclass
-class LoadedRun:
-    """A run's model with its weights (in eval mode, on the CPU), class names and preprocessing."""
+class Predictor:
+    """Images -> predictions, for any model that takes the run's normalised float batch (N, C, size, size)
+    and returns logits. Subclasses give `classes`, `preprocess` (stored_size, size, mean, std), `in_channels`
+    and `model`."""
 
-    folder: RunFolder
-    checkpoint: RunCheckpoint
-    model: torch.nn.Module
-
-    @property
-    def classes(self) -> list[str]:
-        return self.checkpoint.classes
-
-    @property
-    def preprocess(self) -> dict[str, Any]:
-        """stored_size, size (the model's input), mean and std (empty: not normalised), augment."""
-        return self.checkpoint.preprocess
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return self.folder.read_summary()
+    classes: list[str]
+    preprocess: dict[str, Any]
+    in_channels: int
+    model: Callable[[torch.Tensor], torch.Tensor]
 
     def transform(self) -> BatchTransform:
-        prep = self.preprocess
-        return BatchTransform(size=(prep["size"], prep["size"]), mean=prep["mean"] or None, std=prep["std"] or None)
+        return preprocess_transform(self.preprocess)
 
     def to_array(self, image) -> torch.Tensor:
         """One image (a path, a Pillow image, or a (C, H, W) / (H, W) tensor: uint8, or float in [0, 1])
         as the uint8 (C, H, W) tensor the run's data was stored as."""
         height, width = self.preprocess["stored_size"]
-        channels = self.checkpoint.in_channels
+        channels = self.in_channels
         if isinstance(image, (str, Path)):
             try:
                 with Image.open(image) as opened:
@@ -97,6 +93,143 @@ class LoadedRun:
                 top = [(self.classes[i], p) for i, p in zip(top_i, top_p)]
                 predictions.append(Prediction(name, top[0][0], top[0][1], top))
         return predictions
+
+
+@dataclass
+class LoadedRun(Predictor):
+    """A run's model with its weights (in eval mode, on the CPU), class names and preprocessing."""
+
+    folder: RunFolder
+    checkpoint: RunCheckpoint
+    model: torch.nn.Module
+
+    @property
+    def classes(self) -> list[str]:
+        return self.checkpoint.classes
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """stored_size, size (the model's input), mean and std (empty: not normalised), augment."""
+        return self.checkpoint.preprocess
+
+    @property
+    def in_channels(self) -> int:
+        return self.checkpoint.in_channels
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.folder.read_summary()
+
+
+@dataclass
+class ExportedModel(Predictor):
+    """An ONNX file written by cnntrain-export, run with onnxruntime, with the classes and preprocessing
+    of the json beside it (`info`: that json's content)."""
+
+    path: Path
+    info: dict[str, Any]
+    model: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return dict(self.info["preprocess"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.info["in_channels"])
+
+
+ONNX_RUNTIME_INSTALL = "pip install onnxruntime (or pip install 'cnntrain[onnx]')"
+
+
+def onnx_model(path: Path | str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ONNX file at `path` as a function: float batch -> logits, run by onnxruntime on the CPU."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise CnnTrainError(f"Running {path} needs onnxruntime, which is not installed. Install it with: "
+                            f"{ONNX_RUNTIME_INSTALL}.")
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own error kinds (InvalidProtobuf, Fail, ...)
+        raise CnnTrainError(f"onnxruntime cannot load {path}: {_first_line(err)}. Export it again with "
+                            f"cnntrain-export.") from None
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(session.run(None, {input_name: array})[0])
+
+    return run
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip().rstrip(".") if text else type(err).__name__
+
+
+def is_exported_file(run: Path | str) -> bool:
+    """run= names an exported ONNX file (cnntrain-predict's other kind of run=)."""
+    return Path(run).suffix.lower() == ".onnx"
+
+
+def read_export_info(model_file: Path) -> dict[str, Any]:
+    """The json cnntrain-export wrote beside `model_file` (CnnTrainError when it is missing or not one)."""
+    info_path = export_info_path(model_file)
+    if not info_path.is_file():
+        raise CnnTrainError(f"{info_path} is missing: the class names and preprocessing of {model_file} are in "
+                            f"the json cnntrain-export writes beside it. Keep the two files together, or export "
+                            f"again with: cnntrain-export run=<run folder> format=onnx.")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise CnnTrainError(f"{info_path} is damaged ({err}). Export again with cnntrain-export.") from None
+    needed = ("classes", "preprocess", "in_channels", "format")
+    if not isinstance(info, dict) or info.get("exported_by") != "cnntrain-export" or any(k not in info for k in needed):
+        raise CnnTrainError(f"{info_path} is not a json written by cnntrain-export (it needs {', '.join(needed)}). "
+                            f"Export again with cnntrain-export.")
+    return info
+
+
+def load_exported(path: Path | str) -> ExportedModel:
+    """An ONNX file written by `cnntrain-export format=onnx`, with the json beside it, ready to predict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnTrainError(f"{path} does not exist (run=). Give a run folder, or an .onnx file written by "
+                            f"cnntrain-export.")
+    info = read_export_info(path)
+    if info["format"] != "onnx":
+        raise CnnTrainError(f"{export_info_path(path)} describes a {info['format']} export, not the ONNX file "
+                            f"{path.name}. Export again with cnntrain-export format=onnx.")
+    return ExportedModel(path, info, onnx_model(path))
+
+
+def load_predictor(run: Path | str, checkpoint: str = "best", imports: list[str] | str | None = None) -> Predictor:
+    """A run folder (`load_run`) or an exported .onnx file (`load_exported`; checkpoint and imports do not apply:
+    the file holds the weights of the checkpoint it was exported from, and no Python code)."""
+    return load_exported(run) if is_exported_file(run) else load_run(run, checkpoint, imports)
+
+
+def predictions_path(run: Path | str) -> Path:
+    """Where cnntrain-predict writes without output=: predictions.csv in the run folder, or
+    <file stem>.predictions.csv beside an exported .onnx file."""
+    run = Path(run)
+    if is_exported_file(run):
+        if not run.is_file():
+            raise CnnTrainError(f"run={run} does not exist. Give a run folder, or an .onnx file written by "
+                                f"cnntrain-export.")
+        return export_predictions_csv(run)
+    if run.is_file():
+        raise CnnTrainError(f"run={run} is a file. Give a run folder (outputs/<date>/<time>_<model>_<data>) or "
+                            f"an .onnx file written by cnntrain-export.")
+    if not run.is_dir():
+        raise CnnTrainError(f"run={run} is not a folder. Give a run folder (outputs/<date>/<time>_<model>_<data>) "
+                            f"or an .onnx file written by cnntrain-export.")
+    return RunFolder(run).predictions_csv
 
 
 def load_run(run_dir: Path | str, checkpoint: str = "best", imports: list[str] | str | None = None) -> LoadedRun:
@@ -143,8 +276,9 @@ def find_images(inputs: Path) -> list[Path]:
 
 def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best", batch_size: int = 64,
             imports: str | None = None) -> list[Prediction]:
-    """What `cnntrain-predict` prints: the run's predictions for an image file or a folder of images."""
-    return load_run(run_dir, checkpoint, imports).predict(Path(inputs), topk=topk, batch_size=batch_size)
+    """What `cnntrain-predict` prints: the predictions of a run (or of an exported .onnx file) for an image
+    file or a folder of images."""
+    return load_predictor(run_dir, checkpoint, imports).predict(Path(inputs), topk=topk, batch_size=batch_size)
 
 
 PREDICTIONS_HEADER = ["file", "predicted", "probability", "top_k"]

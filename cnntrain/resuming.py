@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import RunCheckpoint, load_checkpoint
 from cnntrain.checks import check_trainer_settings, confirmed_imports, import_user_modules
-from cnntrain.config import REGISTRY_GROUPS, dotted_keys, group_file, unknown_key_message
+from cnntrain.config import BUILDER_SECTIONS, REGISTRY_GROUPS, dotted_keys, group_file, unknown_key_message
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import resume_command
 from cnntrain.run import RunResult, run
@@ -29,6 +29,8 @@ MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "traine
               "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
 # Group choices (model=alexnet) name a config file; on resume they are compared with the run's `name`.
 GROUP_KEYS = {**{group: f"{group}.name" for group in REGISTRY_GROUPS}, "device": "device.type"}
+# Group choices that, where they may change, take their group's whole file (logger=tensorboard).
+WHOLE_FILE_GROUPS = ("logger", "data")
 # Schedules laid out over the run's length: more epochs would run past their end.
 LENGTH_BOUND_SCHEDULERS = ("cosine", "onecycle")
 
@@ -75,13 +77,16 @@ def imports_override(overrides: list[str]) -> tuple[str | None, list[str]]:
     return given, others
 
 
-def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
-    """Apply `key=value` to the resumed config if it may change; one that keeps the value is fine."""
+def apply_override(cfg: DictConfig, override: str, run_dir: Path, may_change: tuple[str, ...] = MAY_CHANGE) -> None:
+    """Apply `key=value` to the resumed config if it may change; one that keeps the value is fine.
+
+    `may_change`: the dotted prefixes that may change (a resume's; cnntrain-eval's are data and device).
+    """
     key, sep, raw = override.lstrip("+").partition("=")
     if not sep:
         raise ConfigError(f"Unexpected argument '{override}' with resume=: give key=value overrides.")
-    if key == "logger":  # a group choice that may change: take the whole file, as Hydra would
-        cfg.logger = OmegaConf.load(group_file("logger", raw))
+    if key in WHOLE_FILE_GROUPS and key in may_change:  # a choice that may change: its whole file, as Hydra does
+        cfg[key] = OmegaConf.load(group_file(key, raw))
         return
     if key == "experiment":
         raise ConfigError(f"experiment={raw} cannot be applied on resume: {run_dir} keeps the settings it "
@@ -92,9 +97,10 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path) -> None:
     current = OmegaConf.select(cfg, key, default=missing)
     if current is not missing and current == value:
         return
-    if current is missing and key not in MAY_CHANGE:  # a typo: force_add below would add it silently
+    added = override.startswith("+") and "." in key and key.split(".")[0] in BUILDER_SECTIONS  # its builder checks it
+    if current is missing and key not in may_change and not added:  # a typo: force_add below would add it silently
         raise ConfigError(unknown_key_message(key, override, dotted_keys(cfg)))
-    if not any(key == prefix or key.startswith(prefix + ".") for prefix in MAY_CHANGE):
+    if not any(key == prefix or key.startswith(prefix + ".") for prefix in may_change):
         was = f" (the run has {key}={current})" if current is not missing else ""
         raise ConfigError(
             f"Cannot resume with {key}={raw}{was}: a resumed run keeps its model, data, optimizer and "

@@ -87,7 +87,8 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
     try:
         checked = check_config(cfg, list(callbacks))  # every name and setting, before any data is loaded
         with signals:  # after check_config: the user's modules it imports may set handlers of their own
-            return _fit_and_test(build_training(checked), folder, reporter, started, resume_from, signals)
+            parts = build_training(checked, resuming=resume_from is not None)
+            return _fit_and_test(parts, folder, reporter, started, resume_from, signals)
     except KeyboardInterrupt as err:
         message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(folder, cfg)
         reporter.line(message, style="yellow")
@@ -120,6 +121,8 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
     trainer = parts.trainer(callbacks.all)
     start_epoch = 1
     if resume_from is not None:
+        if callbacks.finetune:
+            callbacks.finetune.before_restore(trainer, resume_from)
         start_epoch = restore_training(resume_from, trainer)
         reporter.line(f"resumed from checkpoints/last.pt: {saved_text(resume_from)}, continuing "
                       f"{continue_text(resume_from)} of {cfg.trainer.epochs}")
@@ -132,12 +135,13 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
     best = callbacks.checkpointer.best
     tested = tested_checkpoint(folder, reporter)
     parts.model.load_state_dict(load_checkpoint(tested)["state_dict"])
-    test_loss, test_acc = trainer.evaluate(parts.test_loader)
+    test_loss, test_acc = test = trainer.evaluate(parts.test_loader)
     summary = {
         "status": "completed", "run_dir": str(folder), "model": cfg.model.name, "data": cfg.data.name,
         "epochs": len(history), "best_epoch": best.epoch, "best_metric": "val_acc",
         "best_val_acc": best.val_acc, "best_val_loss": best.val_loss,
-        "test_loss": test_loss, "test_acc": test_acc, "final_epoch": history[-1].as_dict(),
+        "test_loss": test_loss, "test_acc": test_acc, **({"test_top5": test.top5} if test.top5 is not None else {}),
+        "final_epoch": history[-1].as_dict(),
         "stopped_early": trainer.stop_reason, "tested_checkpoint": tested.name,
         "params": parts.params, "input_size": parts.recipe["input_size"], "train_size": spec.train_size,
         "val_size": spec.val_size,
@@ -171,6 +175,8 @@ def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter) ->
                   f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> "
                   f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}")
     reporter.line(recipe_summary(cfg))
+    if parts.weights_note:
+        reporter.line(parts.weights_note)
     reporter.line(f"run folder: {display_path(folder.path)}")
     if parts.checked.limits:
         reporter.line(f"quick look, not a full run: {limits_text(parts)}", style="yellow")

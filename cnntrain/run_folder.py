@@ -9,6 +9,10 @@
       checkpoints/last.pt best.pt
       tensorboard/         with logger=tensorboard
       predictions.csv      written by cnntrain-predict
+      eval/<name>/         written by cnntrain-eval (EvalFolder): eval.json, per_class.csv,
+                           confusion_matrix.csv/.png, misclassified.csv/.png
+      export/model.onnx    written by cnntrain-export (or model.torchscript.pt, model.pt2)
+      export/model.onnx.json   beside each: classes, preprocessing, verification (<model file>.json)
       .cnntrain.lock       held by the process training in the folder (so that no second one can)
 
 Every other module gets these paths from a `RunFolder`, so a name is spelled once.
@@ -45,6 +49,8 @@ class RunFolder:
         self.config_yaml = self.path / ".hydra" / "config.yaml"
         self.tensorboard = self.path / "tensorboard"
         self.predictions_csv = self.path / "predictions.csv"
+        self.evaluations = self.path / "eval"
+        self.export = self.path / "export"
         self.lock_file = self.path / ".cnntrain.lock"
         self._lock: IO | None = None
 
@@ -58,6 +64,16 @@ class RunFolder:
     def checkpoint(self, which: str) -> Path:
         """checkpoints/<which>.pt (which: best or last)."""
         return self.checkpoints / f"{which}.pt"
+
+    def export_file(self, format: str) -> Path:
+        """export/model.onnx, model.torchscript.pt or model.pt2: where cnntrain-export writes `format`."""
+        return self.export / EXPORT_FILE_NAMES[format]
+
+    def evaluation(self, split: str, checkpoint: str, data: str | None = None) -> "EvalFolder":
+        """eval/<split>_<checkpoint>/ for an evaluation on the run's own data; eval/<data>_<split>_<checkpoint>/
+        on other data (`data`: a name for it, e.g. image_folder-new_scans-1a2b3c4d), so results on
+        different data do not overwrite each other."""
+        return EvalFolder(self.evaluations / "_".join(part for part in (data, split, checkpoint) if part))
 
     def save_config_if_missing(self, cfg: DictConfig) -> None:
         """Hydra writes .hydra/config.yaml for CLI runs; calls from Python get the same file."""
@@ -128,6 +144,40 @@ class RunFolder:
         """Temporary checkpoint files left by a kill in the middle of a save."""
         for stale in self.checkpoints.glob("*.tmp"):
             stale.unlink()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+# cnntrain-export's formats and the file each is written to (in <run folder>/export/ by default).
+EXPORT_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "exported_program": "model.pt2"}
+
+
+def export_info_path(model_file: Path | str) -> Path:
+    """The json beside an exported model: its full file name + .json (model.onnx -> model.onnx.json), so that
+    the exports of several formats in one folder each keep their own."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.name + ".json")
+
+
+def export_predictions_csv(model_file: Path | str) -> Path:
+    """Where cnntrain-predict run=<file.onnx> writes by default: beside the file (model.onnx ->
+    model.predictions.csv)."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.stem + ".predictions.csv")
+
+
+class EvalFolder:
+    """The files of one evaluation of a run (cnntrain-eval), in `path` (RunFolder.evaluation)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.eval_json = self.path / "eval.json"  # every figure below, and what was evaluated
+        self.per_class_csv = self.path / "per_class.csv"  # precision, recall, F1, support per class
+        self.confusion_csv = self.path / "confusion_matrix.csv"  # rows: actual class, columns: predicted
+        self.confusion_png = self.path / "confusion_matrix.png"
+        self.misclassified_csv = self.path / "misclassified.csv"  # file (or index), actual, predicted, probability
+        self.misclassified_png = self.path / "misclassified.png"  # a grid of some of them, "pred X / actual Y"
 
     def __str__(self) -> str:
         return str(self.path)

@@ -1,7 +1,8 @@
 """`logger=tensorboard`: a trainer callback that writes TensorBoard event files.
 
 What it records, in `<run folder>/tensorboard/` (see it with `tensorboard --logdir outputs`):
-- scalars every epoch: loss/train, loss/val, accuracy/train, accuracy/val, lr;
+- scalars every epoch: loss/train, loss/val, accuracy/train, accuracy/val, lr (and
+  accuracy/val_top5 for data with more than 5 classes);
 - at the start: a grid of training images as the model sees them (after resize and
   augmentation, normalisation undone) and the model graph;
 - every epoch: up to `images` misclassified validation images, each titled
@@ -96,8 +97,10 @@ class TensorBoardLogger(Callback):
         step = metrics.epoch
         for tag, value in (("loss/train", metrics.train_loss), ("loss/val", metrics.val_loss),
                            ("accuracy/train", metrics.train_acc), ("accuracy/val", metrics.val_acc),
-                           ("lr", metrics.lr)):
-            self.writer.add_scalar(tag, value, global_step=step)
+                           ("lr", metrics.lr), ("accuracy/val_top5", metrics.val_top5),
+                           ("stage", metrics.stage)):
+            if value is not None:  # top-5: only for data with more than 5 classes; stage: two-stage runs
+                self.writer.add_scalar(tag, value, global_step=step)
         if self.histogram_every and step % self.histogram_every == 0:
             self._add_histograms(trainer.model, step)
         if self.images:

@@ -35,9 +35,32 @@ class EpochMetrics:
     lr: float
     epoch_seconds: float
     train_examples_per_s: float
+    # Optional columns: present only in runs that have them (as_dict leaves out the ones that are None).
+    stage: int | None = None  # 1 or 2 in a two-stage fine-tuning (finetune.unfreeze_at); None otherwise
+    val_top5: float | None = None  # top-5 validation accuracy, for data with more than 5 classes
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        return {key: value for key, value in row.items() if value is not None or key not in OPTIONAL_METRICS}
+
+
+OPTIONAL_METRICS = ("stage", "val_top5")
+
+
+@dataclass
+class Evaluation:
+    """What `Trainer.evaluate` measured. Unpacks as (loss, accuracy), as it always has."""
+
+    loss: float  # mean cross-entropy
+    acc: float
+    top5: float | None = None  # top-5 accuracy; None for 5 classes or fewer
+    # With keep_outputs (on the CPU, one row per example in the loader's order; None otherwise):
+    predicted: torch.Tensor | None = None  # (N,) the class of the highest logit, as the accuracy counts it
+    probabilities: torch.Tensor | None = None  # (N, classes) softmax, float32
+    labels: torch.Tensor | None = None  # (N,)
+
+    def __iter__(self):
+        return iter((self.loss, self.acc))
 
 
 @dataclass
@@ -105,18 +128,30 @@ class Callback:
 
 
 class _RunningStats:
-    """Loss and correct-prediction sums kept on the device, and the first step whose loss was not finite."""
+    """Loss and correct-prediction sums kept on the device, and the first step whose loss was not finite.
 
-    def __init__(self, device: torch.device):
+    With `top5`, also the examples whose label is among the 5 highest logits, counted when
+    the logits have more than 5 classes (on the device too: no extra host sync).
+    """
+
+    def __init__(self, device: torch.device, top5: bool = False):
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.first_bad_step = torch.zeros((), device=device, dtype=torch.long)  # 0: none yet
         self.count = 0
+        self.top5 = top5
+        self.top5_correct = torch.zeros((), device=device, dtype=torch.long)
+        self.top5_counted = False  # some batch had more than 5 classes
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor, step: int = 0) -> None:
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor, step: int = 0,
+            predicted: torch.Tensor | None = None) -> None:
         loss = loss.detach().float()
         self.loss_sum += loss * len(labels)
-        self.correct += (logits.argmax(dim=1) == labels).sum()
+        predicted = logits.argmax(dim=1) if predicted is None else predicted
+        self.correct += (predicted == labels).sum()
+        if self.top5 and logits.shape[1] > 5:
+            self.top5_correct += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
+            self.top5_counted = True
         if step:  # remembered on the device, so no step waits for the host to look at its loss
             bad = ~torch.isfinite(loss) & (self.first_bad_step == 0)
             self.first_bad_step = torch.where(bad, step, self.first_bad_step)
@@ -126,6 +161,10 @@ class _RunningStats:
         """(mean loss, accuracy); this is the one place a host sync happens."""
         count = max(self.count, 1)
         return self.loss_sum.item() / count, self.correct.item() / count
+
+    def read_top5(self) -> float | None:
+        """Top-5 accuracy; None when not counted (not asked for, or 5 classes or fewer)."""
+        return self.top5_correct.item() / max(self.count, 1) if self.top5_counted else None
 
     def state_dict(self) -> dict:
         return {"loss_sum": self.loss_sum.detach().cpu(), "correct": self.correct.cpu(),
@@ -179,6 +218,7 @@ class Trainer:
         self.history: list[EpochMetrics] = []
         self.stop_reason: str | None = None
         self.stop_requested = False  # set by request_stop(): interrupt after the current step
+        self.stage: int | None = None  # the stage of a staged training (finetune.py); recorded per epoch
         self._epoch: _EpochInProgress | None = None
         self._resume_position: dict | None = None  # a mid-epoch checkpoint's "in_epoch", until used
 
@@ -194,6 +234,7 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict() if self.scaler else None,
             "history": [m.as_dict() for m in self.history],
             "stop_reason": self.stop_reason,
+            "stage": self.stage,
             "in_epoch": self._position(),
         }
 
@@ -227,6 +268,7 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.history = [EpochMetrics(**row) for row in state["history"]]
         self.stop_reason = state.get("stop_reason")
+        self.stage = state.get("stage")
         self._resume_position = state.get("in_epoch")
 
     def _call(self, hook: str, *args) -> None:
@@ -249,11 +291,11 @@ class Trainer:
             train_loss, train_acc, train_seconds = self.train_one_epoch(epoch)
             lr = self._epoch.lr
             self._epoch = None
-            val_loss, val_acc = self.evaluate(self.val_loader)
+            val = self.evaluate(self.val_loader)
             metrics = EpochMetrics(
-                epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-                lr=lr, epoch_seconds=time.perf_counter() - started,
-                train_examples_per_s=self.train_loader.num_examples / max(train_seconds, 1e-9),
+                epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val.loss, val_acc=val.acc,
+                val_top5=val.top5, lr=lr, epoch_seconds=time.perf_counter() - started,
+                train_examples_per_s=self.train_loader.num_examples / max(train_seconds, 1e-9), stage=self.stage,
             )
             self._step_schedule_after_epoch(metrics)
             self.history.append(metrics)
@@ -311,15 +353,26 @@ class Trainer:
         return loss_value, acc, time.perf_counter() - current.started
 
     @torch.inference_mode()
-    def evaluate(self, loader) -> tuple[float, float]:
-        """(mean cross-entropy, accuracy) over `loader`, without autograd."""
+    def evaluate(self, loader, keep_outputs: bool = False) -> "Evaluation":
+        """Mean cross-entropy, accuracy (and top-5 accuracy for more than 5 classes) over `loader`, without
+        autograd; unpacks as (loss, accuracy). `keep_outputs`: also each example's predicted class,
+        probabilities and label, in the loader's order (what cnntrain-eval reports per class)."""
         self.model.eval()
-        stats = _RunningStats(self.device)
+        stats = _RunningStats(self.device, top5=True)
+        outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for images, labels in loader:
             with self._autocast():
                 logits = self.forward(images)
-            stats.add(logits, labels, F.cross_entropy(logits.float(), labels))
-        return stats.read()
+            predicted = logits.argmax(dim=1)
+            stats.add(logits, labels, F.cross_entropy(logits.float(), labels), predicted=predicted)
+            if keep_outputs:  # kept on the device until the end: no host sync per batch
+                outputs.append((predicted, logits.float().softmax(dim=1), labels))
+        loss, acc = stats.read()
+        evaluation = Evaluation(loss, acc, stats.read_top5())
+        if keep_outputs and outputs:
+            evaluation.predicted, evaluation.probabilities, evaluation.labels = (
+                torch.cat(parts).cpu() for parts in zip(*outputs))
+        return evaluation
 
     def _autocast(self):
         dtype = self.options.autocast_dtype

@@ -177,6 +177,9 @@ def test_predict_command_prints_and_writes_csv(trained_pets_run, tmp_path):
     bad = subprocess.run([script, f"run={run_dir}", "inputs=/no/such/file", "topk=1"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    zero = subprocess.run([script, f"run={run_dir}", f"inputs={new_images}", "topk=0"], capture_output=True,
+                          text=True, timeout=120)
+    assert zero.returncode == 2 and "topk must be a positive whole number, got '0'" in zero.stderr
 
 
 @pytest.mark.parametrize("dtype, scale", [(np.uint16, 64), (np.int32, 64), (np.float32, 64 / 65535)])

@@ -63,6 +63,9 @@ def test_scalars_per_epoch_with_the_expected_tags_and_steps(tensorboard_run):
         rows = list(csv.DictReader(f))
     assert [round(e.value, 5) for e in events.Scalars("accuracy/val")] == [round(float(r["val_acc"]), 5) for r in rows]
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.1, 0.1])
+    # 10 classes: top-5 validation accuracy too, as metrics.csv has it.
+    assert [round(e.value, 5) for e in events.Scalars("accuracy/val_top5")] == [round(float(r["val_top5"]), 5)
+                                                                                 for r in rows]
 
 
 def test_images_histograms_and_graph(tensorboard_run):

@@ -36,7 +36,7 @@ def test_run_folder_holds_metrics_summary_checkpoints_and_log(finished_run):
     rows = read_metrics(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                             "train_examples_per_s"]
+                             "train_examples_per_s", "val_top5"]  # top-5: fashion_mnist has 10 classes
     for row in rows:
         assert all(math.isfinite(float(v)) for v in row.values())
         assert float(row["lr"]) == 0.1 and 0 <= float(row["val_acc"]) <= 1

@@ -9,6 +9,7 @@ from which the model is built (classes, channels) and the loader configured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -23,16 +24,19 @@ LOADER_KEYS = ("name", "batch_size", "eval_batch_size", "val_fraction", "resize"
 
 @dataclass
 class ImageSet:
-    """One split: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """One split: uint8 images (N, C, H, W) and int64 labels (N,); `files`: the image file each came
+    from, for datasets read from files (image_folder), so that evaluation can name them; else None."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    files: list[Path] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[index], self.labels[index])
+        files = None if self.files is None else [self.files[i] for i in index.tolist()]
+        return ImageSet(self.images[index], self.labels[index], files)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -115,10 +115,10 @@ def bad_file_error(path: Path, err: object) -> DatasetError:
 
 
 def load_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad_files: bool) -> ImageSet:
-    """Decode every image of a split into one uint8 tensor."""
+    """Decode every image of a split into one uint8 tensor (the files, in the same order, kept as `files`)."""
     def read(item):
         try:
-            return decode(item[0], channels, size), item[1]
+            return decode(item[0], channels, size), item[1], item[0]
         except READ_ERRORS as err:
             if not skip_bad_files:
                 raise bad_file_error(item[0], err) from err
@@ -132,8 +132,9 @@ def load_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad
         log.warning("skipped %d unreadable image(s) of %d", skipped, len(items))
     if not decoded:
         raise DatasetError("No readable images left in this split.")
-    images = torch.from_numpy(np.stack([array for array, _ in decoded]))
-    return ImageSet(images, torch.tensor([label for _, label in decoded], dtype=torch.long))
+    images = torch.from_numpy(np.stack([array for array, _, _ in decoded]))
+    return ImageSet(images, torch.tensor([label for _, label, _ in decoded], dtype=torch.long),
+                    [path for _, _, path in decoded])
 
 
 class FileImageSet(torch.utils.data.Dataset):

@@ -32,12 +32,18 @@ class BatchTransform:
     std: tuple[float, ...] | None
     channels_last: bool = False
     augment: Sequence[Augmentation] = field(default_factory=list)
+    # Resize to this side first, then centre-crop `size` (the preprocessing of torchvision's
+    # pretrained weights, e.g. 232 then 224); None: resize straight to `size`.
+    resize_before_crop: int | None = None
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = images.float().div_(255)
-        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+        resize_to = (self.resize_before_crop,) * 2 if self.resize_before_crop else self.size
+        if resize_to is not None and tuple(x.shape[-2:]) != tuple(resize_to):
             # Same interpolation as torchvision's Resize on tensors (bilinear, antialiased).
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=resize_to, mode="bilinear", align_corners=False, antialias=True)
+        if self.resize_before_crop:
+            x = center_crop(x, self.size)
         if generator is not None:
             for augmentation in self.augment:
                 x = augmentation(x, generator)
@@ -48,6 +54,19 @@ class BatchTransform:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre `size` of a batch (torchvision's CenterCrop, on a batch at once)."""
+    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
+    return x[..., top:top + size[0], left:left + size[1]]
+
+
+def preprocess_transform(preprocess: dict) -> "BatchTransform":
+    """The evaluation transform a checkpoint's "preprocess" record describes (prediction, evaluation, export)."""
+    size = preprocess["size"]
+    return BatchTransform(size=(size, size), mean=preprocess.get("mean") or None, std=preprocess.get("std") or None,
+                          resize_before_crop=preprocess.get("resize_before_crop"))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

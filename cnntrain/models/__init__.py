@@ -12,8 +12,9 @@ from cnntrain.registry import Registry
 MODELS = Registry("model", "model.name", code_arguments=("num_classes", "in_channels", "input_size"))
 
 # Keys of a model config that are not builder settings (`recipe`: how it trains, read by the
-# optimizer, data and trainer configs; see cnntrain/recipes.py).
-MODEL_KEYS = ("name", "input_size", "init", "recipe")
+# optimizer, data and trainer configs; see cnntrain/recipes.py; `weights` and `freeze`: where
+# the starting weights come from and what stays fixed, see cnntrain/pretrained.py and finetune.py).
+MODEL_KEYS = ("name", "input_size", "init", "recipe", "weights", "freeze")
 
 
 def model_config(name: str) -> dict:
@@ -44,4 +45,5 @@ def build_model(recipe: dict):
 # Importing the family modules registers their builders.
 from cnntrain.models import lenet, mlp  # noqa: E402,F401
 from cnntrain.models import alexnet, cifar_cnn, googlenet, lenet_bn, nin, resnet, vgg  # noqa: E402,F401
+from cnntrain.models import torchvision_models  # noqa: E402,F401
 from cnntrain.models.init import INIT_SCHEMES, init_weights  # noqa: E402,F401

@@ -1,0 +1,223 @@
+"""Starting weights: `model.weights=DEFAULT|<torchvision weights name>|<file>|<run folder>`.
+
+- A torchvision weights name (`DEFAULT`, `IMAGENET1K_V2`, ...; model=torchvision only)
+  goes through torchvision's weights API: the file is read from torch's hub cache
+  (`$TORCH_HOME/hub/checkpoints/`, `~/.cache/torch/hub/checkpoints/` by default) and
+  downloaded there when missing and a network is reachable. The preprocessing the
+  weights were trained with (input size, resize before the centre crop, mean/std)
+  comes with them (`weights_preprocessing`).
+- A file: a cnntrain checkpoint, or a state dict (bare, or under "state_dict"/"model").
+- A cnntrain run folder: its checkpoints/best.pt.
+
+Loading (`load_weights`) fills every layer of the model from the file, except the head
+(the classifier, see `head_name`) when the file's was made for other classes: the head
+keeps its fresh initialisation, and the run says so. A stem made for 3 channels is
+summed over its colour channels for grey images (the average of what the RGB filters
+see). Any other difference is refused, naming the layer; weights that cannot be had
+are never replaced by a silent random initialisation.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnntrain.checkpoint import load_checkpoint
+from cnntrain.errors import ConfigError
+from cnntrain.models.torchvision_models import HEAD_ATTRIBUTE, first_conv
+from cnntrain.registry import did_you_mean
+from cnntrain.run_folder import RunFolder
+
+# Layers of torchvision checkpoints that cnntrain's builds leave out (auxiliary classifiers).
+AUXILIARY_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
+# Seconds a weights download may wait for the server before the run says how to get the file by hand.
+DOWNLOAD_TIMEOUT_S = 30
+
+
+def is_weights_name(weights: str) -> bool:
+    """`DEFAULT`, `IMAGENET1K_V2`: a torchvision weights name, not a path (names are upper case, no separators)."""
+    return weights.upper() == weights and "/" not in weights and "." not in weights and not Path(weights).exists()
+
+
+def torchvision_weights(arch: str, name: str):
+    """The torchvision weights enum member `name` of `arch` (ConfigError naming the choices otherwise)."""
+    import torchvision.models
+
+    enum = torchvision.models.get_model_weights(arch)
+    choices = list(enum.__members__)
+    if name not in choices:
+        raise ConfigError(f"model.weights={name}: torchvision has no such weights for {arch}."
+                          f"{did_you_mean(name, choices)} Available: {', '.join(choices)}, or a weights file, "
+                          f"or a cnntrain run folder.")
+    return enum[name]
+
+
+def _check_name_use(model_name: str, weights: str) -> None:
+    if model_name != "torchvision":
+        raise ConfigError(f"model.weights={weights} is a torchvision weights name, which only model=torchvision "
+                          f"(model.arch=...) has. For model={model_name} give a weights file or a cnntrain run "
+                          f"folder (model.weights=outputs/<date>/<run>).")
+
+
+@dataclass
+class Preprocessing:
+    """How the weights' images were prepared: resize the short side to `resize`, centre-crop `size`, normalise."""
+
+    size: int
+    resize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def weights_preprocessing(recipe_name: str, settings: dict[str, Any], weights: str | None,
+                          channels: int) -> Preprocessing | None:
+    """The preprocessing that comes with torchvision weights (None for files, run folders and no weights).
+
+    Mean and std are averaged over the colour channels for data with another channel count.
+    """
+    if not isinstance(weights, str) or not is_weights_name(weights):
+        return None
+    _check_name_use(recipe_name, weights)
+    member = torchvision_weights(settings.get("arch", "resnet18"), weights)
+    transform = member.transforms()
+    mean, std = tuple(transform.mean), tuple(transform.std)
+    if channels != len(mean):
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    return Preprocessing(size=transform.crop_size[0], resize=transform.resize_size[0], mean=mean, std=std)
+
+
+def weights_file_for(member) -> Path:
+    """Where torchvision's weights API keeps `member`'s file (what `load_state_dict_from_url` reads)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
+
+
+def torchvision_state_dict(arch: str, name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict of torchvision's `arch` weights `name`, from the hub cache or downloaded into it."""
+    member = torchvision_weights(arch, name)
+    path = weights_file_for(member)
+    if not path.is_file():
+        _download(member.url, path, name, arch)
+    return _read_state_dict(path), f"torchvision's {type(member).__name__}.{member.name} ({path})"
+
+
+def _download(url: str, path: Path, name: str, arch: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a network that drops packets must not hang the run
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except Exception as err:  # no network (URLError), a proxy, a full disk: the user needs the same steps
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"model.weights={name}: the {arch} weights are not in {path} and could not be downloaded ({reason}). "
+            f"On a machine with internet, download {url} and copy the file to {path} (TORCH_HOME moves the "
+            f"folder: $TORCH_HOME/hub/checkpoints/). Or give model.weights=<file> or model.weights=null to "
+            f"train from scratch.") from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file's tensors: a bare state dict, or one under "state_dict"/"model" (weights_only: no code runs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"Refused to load model.weights={path}: it holds Python objects besides tensors, and "
+                          f"loading those could run code. Save the weights with torch.save(model.state_dict(), "
+                          f"path).") from err
+    except Exception as err:
+        raise ConfigError(f"Cannot read model.weights={path}: {str(err).strip().splitlines()[0] if str(err) else err} "
+                          f"(is it a PyTorch weights file, and whole?).") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.weights={path} holds no state dict (a dict of tensors): save one with "
+                          f"torch.save(model.state_dict(), path), or give a cnntrain run folder.")
+    return state
+
+
+def read_weights(weights: str, model_name: str, settings: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, where it came from) for a `model.weights` value."""
+    if is_weights_name(weights):
+        _check_name_use(model_name, weights)
+        return torchvision_state_dict(settings.get("arch", "resnet18"), weights)
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        folder = RunFolder(path)
+        if not folder.best_checkpoint.is_file():
+            raise ConfigError(f"model.weights={weights} is a folder without checkpoints/best.pt: give a cnntrain "
+                              f"run folder (outputs/<date>/<run>) or a weights file.")
+        return load_checkpoint(folder.best_checkpoint)["state_dict"], f"run {path} (checkpoints/best.pt)"
+    if not path.is_file():
+        raise ConfigError(f"model.weights={weights} does not exist. Give a torchvision weights name (DEFAULT; "
+                          f"model=torchvision only), a weights file or a cnntrain run folder.")
+    return _read_state_dict(path), str(path)
+
+
+def head_name(model: nn.Module) -> str:
+    """The model's classifier head: what its builder named, else the last layer with weights (the zoo's heads)."""
+    named = getattr(model, HEAD_ATTRIBUTE, None)
+    if named:
+        return named
+    leaves = [name for name, module in model.named_modules()
+              if not list(module.children()) and any(True for _ in module.parameters(recurse=False))]
+    return leaves[-1] if leaves else ""
+
+
+def _under(key: str, prefix: str) -> bool:
+    return bool(prefix) and (key == prefix or key.startswith(prefix + "."))
+
+
+def _grey_stem(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """3-channel stem filters for `channels` input channels: summed for 1 channel (a grey image is R=G=B),
+    else cycled and rescaled so that the output keeps its scale (timm's adapt_input_conv does the same)."""
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-channels // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :channels] * (weight.shape[1] / channels)
+
+
+def load_weights(model: nn.Module, weights: str, model_name: str, settings: dict[str, Any]) -> str:
+    """Fill `model` from `weights` (see the module docstring); returns the line that says what was loaded."""
+    state, source = read_weights(weights, model_name, settings)
+    own = model.state_dict()
+    head = head_name(model)
+    stem = first_conv(model)[0] + ".weight" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else ""
+    merged, head_kept, adapted = {}, False, False
+    for key, value in own.items():
+        theirs = state.get(key)
+        if theirs is not None and theirs.shape == value.shape:
+            merged[key] = theirs.to(value.dtype)
+        elif _under(key, head):
+            merged[key], head_kept = value, True  # a head for other classes (or another head): a fresh one
+        elif key == stem and theirs is not None and theirs.shape[0] == value.shape[0] and theirs.shape[2:] == value.shape[2:]:
+            merged[key], adapted = _grey_stem(theirs, value.shape[1]).to(value.dtype), True
+        elif theirs is None:
+            raise ConfigError(f"model.weights: {source} has no weights for layer '{key}': it was made for another "
+                              f"model (model={model_name}{_arch_text(settings)}). Give weights of the same model.")
+        else:
+            raise ConfigError(f"model.weights: layer '{key}' has shape {tuple(theirs.shape)} in {source} but "
+                              f"{tuple(value.shape)} in this model (model={model_name}{_arch_text(settings)}). "
+                              f"Give weights of the same model and settings.")
+    unexpected = [key for key in state if key not in own and not _under(key, head)
+                  and not key.startswith(AUXILIARY_PREFIXES)]
+    if unexpected:
+        raise ConfigError(f"model.weights: {source} has layers this model does not have ({', '.join(unexpected[:3])}"
+                          f"{', ...' if len(unexpected) > 3 else ''}): it was made for another model. Give weights "
+                          f"of model={model_name}{_arch_text(settings)}.")
+    model.load_state_dict(merged)
+    notes = [note for note, applies in ((f"new head '{head}' for these classes", head_kept),
+                                        (f"stem summed over its colour channels for {own[stem].shape[1]}-channel "
+                                         f"images" if stem else "", adapted)) if applies]
+    return f"weights: {source}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _arch_text(settings: dict[str, Any]) -> str:
+    return f" model.arch={settings['arch']}" if "arch" in settings else ""

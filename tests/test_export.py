@@ -1,0 +1,318 @@
+"""cnntrain-export: each format round-trips within tolerance at batch sizes it was not exported with, the json
+beside the file, predicting with the ONNX file equals predicting with the run, the error messages, and every zoo
+model that exports (heavy ones under -m slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cnntrain import __version__, train
+from cnntrain.errors import CnnTrainError, DatasetError
+from cnntrain.export import (EXPORT_BATCH, FORMATS, TOLERANCE, TORCHSCRIPT_NOTICE, VERIFY_BATCHES,
+                             export_and_verify, export_run, load_exported_file)
+from cnntrain.models import MODELS, build_model, builder_settings, model_config
+from cnntrain.predict import load_exported, load_run, predict
+
+SMOKE = ("experiment=smoke", "trainer.progress=none", "trainer.epochs=1", "data.train_size=160",
+         "data.test_size=40", "data.channels=3", "data.num_classes=4", "data.normalize=true")
+SCRIPTS = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A one-epoch smoke run: 3-channel images stored at 28x28, the model at 32x32, normalised."""
+    return train(*SMOKE, run_dir=tmp_path_factory.mktemp("export") / "run").run_dir
+
+
+@pytest.fixture(scope="module")
+def exports(run_dir) -> dict:
+    """Each format exported once with the defaults (<run>/export/model.*), with the lines it said."""
+    results = {}
+    for format in FORMATS:
+        said = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = export_run(run_dir, format, say=said.append)
+        results[format] = result, said, [str(w.message) for w in caught]
+    return results
+
+
+@pytest.fixture(scope="module")
+def images(run_dir) -> Path:
+    folder = run_dir.parent / "new_images"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i, image in enumerate(torch.randint(0, 256, (5, 28, 28, 3), dtype=torch.uint8, generator=generator)):
+        Image.fromarray(image.numpy()).save(folder / f"{i}.png")
+    Image.fromarray(torch.full((40, 30), 200, dtype=torch.uint8).numpy()).save(folder / "grey_other_size.png")
+    return folder
+
+
+def run_script(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_each_format_round_trips_within_tolerance_at_other_batch_sizes(exports, run_dir, format):
+    result, said, caught = exports[format]
+    check = result.verification
+    assert check.max_abs_diff < TOLERANCE and check.passed
+    assert check.batch_sizes == list(VERIFY_BATCHES) and EXPORT_BATCH not in check.batch_sizes
+    assert check.export_batch_size == EXPORT_BATCH
+    assert check.inputs == "8 validation images of synthetic"
+    assert result.path == run_dir / "export" / {"onnx": "model.onnx", "torchscript": "model.torchscript.pt",
+                                                 "exported_program": "model.pt2"}[format]
+    assert result.info_path == result.path.with_name(result.path.name + ".json")
+    assert not [p for p in result.path.parent.iterdir() if p.name.startswith(".tmp-")]
+    # The file on its own, at two more batch sizes, against the run's model.
+    run = load_run(run_dir)
+    loaded = load_exported_file(result.path, format)
+    for n in (3, 5):
+        batch = torch.randn(n, 3, 32, 32)
+        with torch.inference_mode():
+            assert (loaded(batch) - run.model(batch)).abs().max().item() < TOLERANCE
+    assert said[0].startswith("exporting lenet_classic (") and said[0].endswith(f"as {format}")
+    if format == "torchscript":
+        assert said.count(TORCHSCRIPT_NOTICE) == 1
+    else:
+        assert not any("notice" in line for line in said)
+    assert not [m for m in caught if "torch.jit" in m or "TorchScript" in m]
+
+
+def test_the_json_beside_the_file_says_how_to_feed_it_and_where_it_came_from(exports, run_dir):
+    result, _, _ = exports["onnx"]
+    info = json.loads(result.info_path.read_text())
+    assert info == result.info
+    checkpoint = load_run(run_dir).checkpoint
+    assert info["classes"] == checkpoint.classes == [f"class_{i}" for i in range(4)]
+    expected = {key: value for key, value in checkpoint.preprocess.items() if key != "augment"}
+    assert info["preprocess"] == json.loads(json.dumps(expected))
+    assert set(info["preprocess"]) >= {"stored_size", "size", "mean", "std"} and len(info["preprocess"]["mean"]) == 3
+    assert info["input"] == {**info["input"], "name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}
+    assert info["output"]["shape"] == ["batch", 4]
+    assert info["format"] == "onnx" and info["file"] == "model.onnx" and info["cnntrain_version"] == __version__
+    assert info["run"] == str(run_dir) and info["checkpoint"] == "best" and info["epoch"] == 1
+    assert info["checkpoint_file"] == str(run_dir / "checkpoints" / "best.pt")
+    assert info["verification"] == result.verification.as_dict()
+    assert info["verification"]["runtime"].startswith("onnxruntime ")
+
+
+def test_exporting_again_replaces_the_earlier_export(exports, run_dir):
+    result, _, _ = exports["exported_program"]
+    again = export_run(run_dir, "exported_program", checkpoint="last", say=lambda line: None)
+    assert again.replaced and again.path == result.path and again.info["checkpoint"] == "last"
+
+
+# ---------------------------------------------------------------- predicting with the ONNX file
+
+
+def test_predicting_with_the_onnx_file_equals_predicting_with_the_run(exports, run_dir, images):
+    onnx_file = exports["onnx"][0].path
+    from_run = load_run(run_dir).predict(images, topk=4)
+    exported = load_exported(onnx_file)
+    assert exported.classes == load_run(run_dir).classes and exported.in_channels == 3
+    from_file = exported.predict(images, topk=4, batch_size=4)  # batches of 4 and 2: neither is the export's
+    assert [p.file for p in from_file] == [p.file for p in from_run]
+    assert [p.label for p in from_file] == [p.label for p in from_run]
+    assert [name for p in from_file for name, _ in p.top] == [name for p in from_run for name, _ in p.top]
+    assert [q for p in from_file for _, q in p.top] == pytest.approx([q for p in from_run for _, q in p.top],
+                                                                      abs=1e-4)
+    assert [p.label for p in predict(onnx_file, images)] == [p.label for p in from_run]
+
+
+def test_the_predict_command_takes_the_onnx_file_and_writes_beside_it(exports, run_dir, images):
+    onnx_file = exports["onnx"][0].path
+    done = run_script("cnntrain-predict", f"run={onnx_file}", f"inputs={images}")
+    assert done.returncode == 0, done.stderr
+    assert "predictions (6 images)" in done.stdout
+    written = onnx_file.with_name("model.predictions.csv")
+    assert f"written to {written}" in done.stdout.replace("\n", "")
+    with open(written, newline="") as f:
+        rows = list(csv.DictReader(f))
+    from_run = load_run(run_dir).predict(images)
+    assert [row["predicted"] for row in rows] == [p.label for p in from_run]
+    assert [float(row["probability"]) for row in rows] == pytest.approx([p.probability for p in from_run], abs=1e-4)
+
+
+def test_an_onnx_file_without_its_json_or_onnxruntime_is_explained(exports, tmp_path, monkeypatch):
+    alone = tmp_path / "alone.onnx"
+    alone.write_bytes(exports["onnx"][0].path.read_bytes())
+    with pytest.raises(CnnTrainError, match=r"alone\.onnx\.json is missing: the class names and preprocessing"):
+        load_exported(alone)
+    with pytest.raises(CnnTrainError, match="does not exist"):
+        load_exported(tmp_path / "nothing.onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(CnnTrainError, match=r"needs onnxruntime, which is not installed. Install it with: pip "
+                                            r"install onnxruntime"):
+        load_exported(exports["onnx"][0].path)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_errors_name_the_problem_and_the_fix(exports, run_dir, tmp_path, monkeypatch):
+    quiet = {"say": lambda line: None}
+    with pytest.raises(CnnTrainError, match=r"Unknown export format 'onx' \(format=onx\). Did you mean 'onnx'\? "
+                                            r"Choose one of: onnx, torchscript, exported_program"):
+        export_run(run_dir, "onx", **quiet)
+    with pytest.raises(CnnTrainError, match="run=.*nothing is not a folder. Give a run folder"):
+        export_run(tmp_path / "nothing", "onnx", **quiet)
+    with pytest.raises(CnnTrainError, match="is not a run folder"):
+        export_run(tmp_path, "onnx", **quiet)
+    with pytest.raises(CnnTrainError, match="checkpoint must be best or last"):
+        export_run(run_dir, "onnx", checkpoint="worst", **quiet)
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes")
+    with pytest.raises(CnnTrainError, match="exists and is not a model written by cnntrain-export .* left as it is"):
+        export_run(run_dir, "onnx", output=notes, **quiet)
+    assert notes.read_text() == "my notes"
+    best = run_dir / "checkpoints" / "best.pt"
+    before = best.read_bytes()
+    with pytest.raises(CnnTrainError, match="exists and is not a model written by cnntrain-export"):
+        export_run(run_dir, "torchscript", output=best, **quiet)
+    assert best.read_bytes() == before
+    with pytest.raises(CnnTrainError, match=r"a format=onnx file must end in \.onnx, e\.g\. output=.*model\.onnx"):
+        export_run(run_dir, "onnx", output=tmp_path / "model.pt", **quiet)
+    with pytest.raises(CnnTrainError, match="is a folder; give a file name"):
+        export_run(run_dir, "onnx", output=tmp_path, **quiet)
+    # A json beside the output name that is not an export's is not overwritten either.
+    (tmp_path / "other.onnx.json").write_text('{"mine": true}')
+    with pytest.raises(CnnTrainError, match=r"other\.onnx\.json exists and is not the json of a format=onnx export"):
+        export_run(run_dir, "onnx", output=tmp_path / "other.onnx", **quiet)
+    assert (tmp_path / "other.onnx.json").read_text() == '{"mine": true}'
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if it were not installed
+    with pytest.raises(CnnTrainError, match=r"format=onnx needs onnx, onnxruntime, onnxscript; not installed: "
+                                            r"onnxscript. Install them with: pip install 'cnntrain\[onnx\]'"):
+        export_run(run_dir, "onnx", output=tmp_path / "new.onnx", **quiet)
+    assert not (tmp_path / "new.onnx").exists()
+
+
+def test_a_run_without_the_checkpoint_asked_for_points_to_the_other(run_dir, tmp_path):
+    partial = tmp_path / "partial"
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "checkpoints" / "last.pt").write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes())
+    with pytest.raises(CnnTrainError, match=r"has no checkpoints/best\.pt\. It has checkpoints/last\.pt: export "
+                                            r"that with checkpoint=last"):
+        export_run(partial, "exported_program", say=lambda line: None)
+
+
+def test_the_command_exits_2_with_the_message_and_no_traceback(run_dir, tmp_path):
+    bad = run_script("cnntrain-export", f"run={run_dir}", "format=torchscrpt")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "Unknown export format 'torchscrpt'" in bad.stderr and "Did you mean 'torchscript'?" in bad.stderr
+    missing = run_script("cnntrain-export", f"run={tmp_path / 'gone'}", "format=onnx")
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+    usage = run_script("cnntrain-export", f"run={run_dir}")
+    assert usage.returncode == 2 and "Missing format=" in usage.stderr and "usage: cnntrain-export" in usage.stderr
+
+
+def test_the_command_exports_and_prints_the_difference(run_dir, tmp_path):
+    output = tmp_path / "lenet.pt"
+    done = run_script("cnntrain-export", f"run={run_dir}", "format=torchscript", f"output={output}")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.replace("\n", " ")
+    assert "notice: TorchScript is deprecated" in out and "max abs difference" in out
+    assert f"written to {output}" in out and output.with_name("lenet.pt.json").is_file()
+    assert "FutureWarning" not in done.stderr and "deprecated" not in done.stderr
+
+
+def test_random_images_stand_in_when_the_data_cannot_be_loaded(run_dir, tmp_path, monkeypatch):
+    def no_data(checked):
+        raise DatasetError("Image folder /gone does not exist (data.root).")
+
+    monkeypatch.setattr("cnntrain.export.build_data", no_data)
+    said = []
+    result = export_run(run_dir, "exported_program", output=tmp_path / "m.pt2", say=said.append)
+    assert ("notice: the run's data could not be loaded (Image folder /gone does not exist (data.root)); "
+            "verifying on 8 random images instead, converted the same way.") in said
+    assert result.verification.inputs == "8 random images" and result.verification.passed
+    assert result.info["verification"]["inputs"] == "8 random images"
+
+
+# ---------------------------------------------------------------- models that fail
+
+
+class BatchBakedIn(torch.nn.Module):
+    """Reshapes with a fixed batch size: exportable only for that batch."""
+
+    def forward(self, x):
+        return x.reshape(2, -1)[:, :3]
+
+
+class BranchOnData(torch.nn.Module):
+    """A data-dependent branch: tracing keeps the one the example took."""
+
+    def forward(self, x):
+        flat = x.flatten(1)[:, :3]
+        return flat * 2 if bool(x.sum() > 0) else -flat
+
+
+@pytest.mark.parametrize("model, format, error", [
+    (BatchBakedIn(), "exported_program", r"Constraints violated \(batch\)!"),
+    (BranchOnData(), "onnx", r"Failed to export the model with torch.export: Could not guard on data-dependent"),
+])
+def test_a_model_the_exporter_refuses_is_named_with_the_exporters_error(model, format, error, tmp_path, capfd):
+    example = torch.ones(2, 1, 4, 4)
+    name = type(model).__name__
+    others = " or ".join(f"format={other}" for other in FORMATS if other != format)
+    with pytest.raises(CnnTrainError, match=rf"Cannot export {name} as {format}: {error}.* Try another format "
+                                            rf"\({others}\)\.$"):
+        export_and_verify(model, example, format, tmp_path / f"m.{'onnx' if format == 'onnx' else 'pt2'}",
+                          [example[:1]], name=name)
+    assert list(tmp_path.iterdir()) == []
+    printed = capfd.readouterr()
+    assert "def forward" not in printed.err + printed.out  # torch.export's graph dump stays off the screen
+
+
+def test_an_export_that_does_not_match_pytorch_fails_and_writes_nothing(tmp_path):
+    example = torch.ones(2, 1, 4, 4)
+    negative = -torch.ones(3, 1, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TracerWarning about the branch
+        with pytest.raises(CnnTrainError, match=r"The torchscript export of BranchOnData does not match PyTorch: .*"
+                                                r"max abs difference 3\.00e\+00 .* Nothing was written"):
+            export_and_verify(BranchOnData(), example, "torchscript", tmp_path / "m.pt", [negative],
+                              name="BranchOnData")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the zoo
+
+# Quick at their native size on 2 cores (about a second per format); the others (224-pixel AlexNets and VGGs,
+# GoogLeNet, ResNet-18 at 96, any model added later) run with -m slow.
+QUICK_MODELS = {"softmax", "mlp", "lenet", "lenet_classic", "lenet_bn", "cifar_cnn", "nin"}
+ZOO_FORMATS = ("exported_program", "onnx", "torchscript")
+
+
+def zoo_cases():
+    for name in MODELS.names():
+        for format in ZOO_FORMATS:
+            marks = () if name in QUICK_MODELS else (pytest.mark.slow,)
+            yield pytest.param(name, format, id=f"{name}-{format}", marks=marks)
+
+
+@pytest.mark.parametrize("name, format", list(zoo_cases()))
+def test_every_zoo_model_exports_within_tolerance(name, format, tmp_path):
+    torch.manual_seed(0)
+    config = model_config(name)
+    size = config["input_size"]
+    model = build_model({"name": name, "settings": builder_settings(config), "num_classes": 5, "in_channels": 1,
+                         "input_size": size, "init": config.get("init", "default")})
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 1, size, size, generator=generator) for n in (1, 3)]
+    path = tmp_path / {"onnx": "m.onnx", "torchscript": "m.pt", "exported_program": "m.pt2"}[format]
+    check = export_and_verify(model, torch.randn(EXPORT_BATCH, 1, size, size), format, path, batches, name=name)
+    print(f"{name} {format}: max abs difference {check.max_abs_diff:.2e}")
+    assert check.max_abs_diff < TOLERANCE and check.batch_sizes == [1, 3]
