@@ -29,7 +29,7 @@ from cnntrain.inspector import check_input_size, smallest_input_size
 from cnntrain.loggers import logger_callbacks
 from cnntrain.models import MODEL_KEYS, build_model
 from cnntrain.optim import parameter_groups
-from cnntrain.pretrained import Preprocessing, load_weights, weights_preprocessing
+from cnntrain.pretrained import Preprocessing, implied_settings, load_weights, weights_preprocessing
 from cnntrain.run_folder import RunFolder
 from cnntrain.speed_switches import maybe_compile, resolve_precision, tune_backend, use_channels_last
 from cnntrain.trainer import Callback, StepOptions, Trainer
@@ -64,7 +64,9 @@ def input_size_for(cfg: DictConfig, spec: DatasetSpec, weights_prep: Preprocessi
 
 def model_recipe(cfg: DictConfig, spec: DatasetSpec, input_size: int) -> dict[str, Any]:
     """Everything needed to rebuild the model; saved in every checkpoint."""
-    return {"name": cfg.model.name, "settings": settings_of(cfg.model, MODEL_KEYS),
+    settings = settings_of(cfg.model, MODEL_KEYS)
+    settings.update(implied_settings(cfg.model.name, settings, cfg.model.get("weights"), spec.channels))
+    return {"name": cfg.model.name, "settings": settings,
             "num_classes": spec.num_classes, "in_channels": spec.channels, "input_size": input_size,
             "init": cfg.model.get("init", "default")}
 

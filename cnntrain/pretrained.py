@@ -41,16 +41,17 @@ DOWNLOAD_TIMEOUT_S = 30
 
 
 def is_weights_name(weights: str) -> bool:
-    """`DEFAULT`, `IMAGENET1K_V2`: a torchvision weights name, not a path (names are upper case, no separators)."""
-    return weights.upper() == weights and "/" not in weights and "." not in weights and not Path(weights).exists()
+    """`DEFAULT`, `IMAGENET1K_V2`: a torchvision weights name, not a path (no separators, no suffix, no such file)."""
+    return "/" not in weights and "." not in weights and not Path(weights).exists()
 
 
 def torchvision_weights(arch: str, name: str):
-    """The torchvision weights enum member `name` of `arch` (ConfigError naming the choices otherwise)."""
+    """The torchvision weights enum member `name` of `arch`, any case (ConfigError naming the choices otherwise)."""
     import torchvision.models
 
     enum = torchvision.models.get_model_weights(arch)
     choices = list(enum.__members__)
+    name = name.upper() if name.upper() in choices else name
     if name not in choices:
         raise ConfigError(f"model.weights={name}: torchvision has no such weights for {arch}."
                           f"{did_you_mean(name, choices)} Available: {', '.join(choices)}, or a weights file, "
@@ -60,9 +61,18 @@ def torchvision_weights(arch: str, name: str):
 
 def _check_name_use(model_name: str, weights: str) -> None:
     if model_name != "torchvision":
-        raise ConfigError(f"model.weights={weights} is a torchvision weights name, which only model=torchvision "
-                          f"(model.arch=...) has. For model={model_name} give a weights file or a cnntrain run "
-                          f"folder (model.weights=outputs/<date>/<run>).")
+        raise ConfigError(f"model.weights={weights}: there is no such file or folder, and torchvision weights "
+                          f"names (DEFAULT, IMAGENET1K_V1, ...) are only for model=torchvision. For model={model_name} "
+                          f"give a weights file or a cnntrain run folder (model.weights=outputs/<date>/<run>).")
+
+
+def implied_settings(model_name: str, settings: dict[str, Any], weights: str | None, channels: int) -> dict:
+    """Builder settings that torchvision weights imply: googlenet's and inception_v3's ImageNet weights expect
+    `transform_input` (torchvision turns it on with them), which only works on RGB images."""
+    if (model_name == "torchvision" and settings.get("arch") in ("googlenet", "inception_v3") and channels == 3
+            and isinstance(weights, str) and is_weights_name(weights) and "transform_input" not in settings):
+        return {"transform_input": True}
+    return {}
 
 
 @dataclass

@@ -94,12 +94,27 @@ def test_default_weights_load_from_torchs_cache_with_their_preprocessing(default
 
 
 def test_the_tutorials_head_on_pretrained_weights(default_weights):
-    parts = parts_for("model=torchvision", "model.arch=resnet18", "model.weights=DEFAULT", "model.head=concat_pool",
+    parts = parts_for("model=torchvision", "model.arch=resnet18", "model.weights=default", "model.head=concat_pool",
                       "data.resize=32")
     layers = [type(m).__name__ for m in parts.model.fc]
     assert layers == ["Flatten", "BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
     assert parts.model.fc[3].in_features == 1024 and parts.model.fc[7].out_features == 4
     assert torch.equal(parts.model.state_dict()["layer1.0.conv2.weight"], default_weights["layer1.0.conv2.weight"])
+
+
+def test_googlenet_imagenet_weights_get_their_input_transform_and_keep_it_in_the_recipe(torch_home):
+    torch.manual_seed(0)
+    state = torchvision.models.googlenet(aux_logits=True, init_weights=True).state_dict()  # with aux1/aux2
+    path = weights_file_for(torchvision.models.GoogLeNet_Weights.DEFAULT)
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    parts = parts_for("model=torchvision", "model.arch=googlenet", "model.weights=DEFAULT", "data.channels=3")
+    assert parts.model.transform_input and parts.recipe["settings"]["transform_input"] is True
+    assert torch.equal(parts.model.state_dict()["inception5b.branch1.conv.weight"],
+                       state["inception5b.branch1.conv.weight"])
+    assert build_model(parts.recipe).transform_input  # what prediction, eval and export rebuild
+    grey = parts_for("model=torchvision", "model.arch=googlenet", "model.weights=DEFAULT")
+    assert not grey.model.transform_input  # it reads three colour channels
 
 
 def test_missing_weights_say_where_the_file_goes_and_how_to_get_it(torch_home):
@@ -114,7 +129,8 @@ def test_missing_weights_say_where_the_file_goes_and_how_to_get_it(torch_home):
 def test_weights_name_errors(torch_home):
     with pytest.raises(ConfigError, match="no such weights for resnet18.*Did you mean 'IMAGENET1K_V1'"):
         parts_for(*TV, "model.weights=IMAGENET1K_V3")
-    with pytest.raises(ConfigError, match="only model=torchvision .* For model=lenet give a weights file"):
+    with pytest.raises(ConfigError, match="no such file or folder, and torchvision weights names .* are only for "
+                                          "model=torchvision. For model=lenet give a weights file"):
         parts_for("model=lenet", "model.weights=DEFAULT")
     with pytest.raises(ConfigError, match="model.weights=nowhere.pt does not exist"):
         parts_for(*TV, "model.weights=nowhere.pt")

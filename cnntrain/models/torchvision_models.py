@@ -115,8 +115,13 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> None:
 
 @MODELS.register("torchvision")
 def torchvision_model(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, arch: str = "resnet18",
-                      head: str = "linear", head_dropout: float = 0.5) -> nn.Module:
-    """torchvision's `arch`, its classifier replaced for `num_classes` and its stem for `in_channels`."""
+                      head: str = "linear", head_dropout: float = 0.5, transform_input: bool = False) -> nn.Module:
+    """torchvision's `arch`, its classifier replaced for `num_classes` and its stem for `in_channels`.
+
+    `transform_input` (googlenet, inception_v3): convert ImageNet-normalised input to the [-1, 1]
+    scale their ImageNet weights were trained on, as torchvision does when it loads those weights
+    (set for you with model.weights=<torchvision name> on RGB data: pretrained.implied_settings).
+    """
     import torchvision.models
 
     del input_size  # torchvision's classifiers pool globally; the input check in build.py tells what is too small
@@ -124,7 +129,12 @@ def torchvision_model(num_classes: int = 10, in_channels: int = 3, input_size: i
     if head not in HEADS:
         raise ConfigError(f"Unknown model.head '{head}'.{did_you_mean(str(head), HEADS)} Use linear (replace the "
                           f"classifier layer) or concat_pool (the tutorials' transfer-learning head).")
-    model = torchvision.models.get_model(arch, weights=None, **NO_AUX_LOGITS.get(arch, {}))
+    options = dict(NO_AUX_LOGITS.get(arch, {}))
+    if arch in NO_AUX_LOGITS:
+        options["transform_input"] = transform_input
+    elif transform_input:
+        raise ConfigError(f"model.transform_input is a setting of googlenet and inception_v3, not of {arch}.")
+    model = torchvision.models.get_model(arch, weights=None, **options)
     if head == "concat_pool":
         fc = getattr(model, "fc", None)
         if not isinstance(fc, nn.Linear) or not hasattr(model, "avgpool"):
