@@ -69,7 +69,8 @@ def format_epoch(metrics: EpochMetrics, epochs: int) -> str:
     return (f"epoch {metrics.epoch:>{len(str(epochs))}}/{epochs}  "
             f"train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}  "
             f"val loss {metrics.val_loss:.4f} acc {metrics.val_acc:.4f}  "
-            f"lr {metrics.lr:.4g}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s")
+            f"lr {metrics.lr:.4g}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s"
+            + (f"  stage {metrics.stage}" if metrics.stage is not None else ""))
 
 
 def format_duration(seconds: float) -> str:

@@ -356,8 +356,10 @@ def export_info(loaded: LoadedRun, format: str, path: Path, checkpoint: str,
     preprocess = {key: _plain(value) for key, value in prep.items() if key != "augment"}
     input_spec = {"shape": ["batch", loaded.in_channels, size, size], "dtype": "float32",
                   "batch": "dynamic (any size >= 1)",
-                  "is": "images as floats in [0, 1] (stored_size, then resized to size x size, bilinear with "
-                        "antialiasing), minus mean, divided by std (per channel; not normalised when empty)"}
+                  "is": "images as floats in [0, 1] (stored_size, then resized to size x size, or to "
+                        "resize_before_crop x resize_before_crop and centre-cropped to size x size when it is set; "
+                        "bilinear with antialiasing), minus mean, divided by std (per channel; not normalised "
+                        "when empty)"}
     if format == "onnx":
         input_spec = {"name": INPUT_NAME, **input_spec}
     output_spec = {"shape": ["batch", len(loaded.classes)], "is": "logits (softmax gives probabilities)"}

@@ -207,6 +207,10 @@ def test_two_stage_finetune_unfreezes_at_the_scaled_lr_from_the_best_checkpoint(
         rows = list(csv.DictReader(f))
     assert [row["stage"] for row in rows] == ["1", "1", "2"]
     assert [float(row["lr"]) for row in rows] == pytest.approx([0.05, 0.05, 0.0005])
+    log = (result.run_dir / "train.log").read_text()
+    assert "stage 2 after epoch 2: best checkpoint reloaded, all 11,172,292 parameters unfrozen, lr 0.0005" in log
+    epoch_lines = [line for line in log.splitlines() if line.startswith("epoch")]
+    assert [line.rsplit("  ", 1)[-1] for line in epoch_lines] == ["stage 1", "stage 1", "stage 2"]
     # Stage two starts from the best checkpoint of epochs 1-2 and moves every weight, the stem's too.
     stage_two_start, after = snapshots.after_epoch[1], snapshots.after_epoch[2]
     assert all(torch.equal(stage_two_start[k], snapshots.best_then[1][k]) for k in stage_two_start)
