@@ -312,7 +312,7 @@ def two_stage_finetune(parts: TrainingParts, folder: RunFolder, checkpointer: Ch
                             scaled_optimizer(parts.new_optimizer, parts.new_schedule),
                             save_last=lambda trainer: save_checkpoint(checkpointer.make_state(trainer),
                                                                       folder.last_checkpoint),
-                            say=reporter.line)
+                            say=reporter.line, keep_norm_statistics=settings.get("keep_norm_statistics", False))
 
 
 def quicker_options(parts: TrainingParts) -> str:

@@ -209,6 +209,8 @@ def check_starting_weights(cfg: DictConfig) -> None:
     _require(unfreeze_at, "finetune.unfreeze_at", f"null (one stage) or a whole number of epochs from 1 to "
              f"{epochs - 1} (trainer.epochs={epochs})", lambda v: _is_count(v) and v < epochs)
     _require(finetune.get("lr_scale", 0.01), "finetune.lr_scale", "a number > 0 (e.g. 0.01)", _is_positive_number)
+    _require(finetune.get("keep_norm_statistics", False), "finetune.keep_norm_statistics", "true or false",
+             lambda v: isinstance(v, bool))
     if cfg.model.get("freeze") in (None, "none", 0):
         raise ConfigError(f"finetune.unfreeze_at={unfreeze_at} unfreezes what model.freeze froze, but nothing is "
                           f"frozen. Add model.freeze=backbone (train the head first), or drop finetune.unfreeze_at.")

@@ -111,6 +111,8 @@ class ExportResult:
 
 
 def check_format(format: str) -> str:
+    """The format named, in any case (format=ONNX is onnx)."""
+    format = format.lower() if format.lower() in FORMATS else format
     if format not in FORMATS:
         raise CnnTrainError(f"Unknown export format '{format}' (format={format}).{did_you_mean(format, FORMATS)} "
                             f"Choose one of: {', '.join(FORMATS)}.")
@@ -165,7 +167,7 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, format: str, pat
                  name: str = "the model") -> None:
     """Write `model` (put in eval mode) to `path` in `format`, traced on `example` (N >= 2, C, H, W) with the batch
     dimension left free. A model the exporter refuses is a CnnTrainError naming it and the exporter's error."""
-    check_format(format)
+    format = check_format(format)
     path = Path(path)
     model.eval()
     batch = torch.export.Dim("batch", min=1)
@@ -258,7 +260,7 @@ def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", outpu
     """`cnntrain-export`: the run's checkpoint exported to `output` (default <run folder>/export/model.<...>)
     and verified; `say` gets the progress lines and notices."""
     start = time.perf_counter()
-    check_format(format)
+    format = check_format(format)
     folder = RunFolder(run_dir)
     if checkpoint not in CHECKPOINTS:
         raise CnnTrainError(f"checkpoint must be best or last, got '{checkpoint}'.")

@@ -92,11 +92,15 @@ def freeze(model: nn.Module, setting: Any) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def unfreeze(model: nn.Module) -> None:
-    """Every parameter trainable, every norm layer following model.train()/eval() again."""
-    for hook in getattr(model, _HOOKS, []):
-        hook.remove()
-    setattr(model, _HOOKS, [])
+def unfreeze(model: nn.Module, keep_norm_statistics: bool = False) -> None:
+    """Every parameter trainable; the norm layers frozen so far follow model.train()/eval() again, unless
+    `keep_norm_statistics`: then they go on normalising with their running statistics (their scale
+    and shift train), as Keras' fine-tuning guide advises: new batch statistics shift every feature
+    the head was trained on, which a small learning rate cannot repair."""
+    if not keep_norm_statistics:
+        for hook in getattr(model, _HOOKS, []):
+            hook.remove()
+        setattr(model, _HOOKS, [])
     model.requires_grad_(True)
 
 
@@ -109,9 +113,10 @@ class TwoStageFinetune(Callback):
     """
 
     def __init__(self, unfreeze_at: int, lr_scale: float, best_checkpoint, new_optimizer: Callable,
-                 save_last: Callable[[Trainer], None], say: Callable[[str], None]):
+                 save_last: Callable[[Trainer], None], say: Callable[[str], None], keep_norm_statistics: bool = False):
         self.unfreeze_at = unfreeze_at
         self.lr_scale = lr_scale
+        self.keep_norm_statistics = keep_norm_statistics
         self.best_checkpoint = best_checkpoint
         self.new_optimizer = new_optimizer
         self.save_last = save_last
@@ -137,7 +142,7 @@ class TwoStageFinetune(Callback):
     def enter_stage_two(self, trainer: Trainer, reload_best: bool) -> None:
         if reload_best:
             trainer.model.load_state_dict(load_checkpoint(self.best_checkpoint)["state_dict"])
-        unfreeze(trainer.model)
+        unfreeze(trainer.model, self.keep_norm_statistics)
         epochs_left = max(1, trainer.epochs - self.unfreeze_at)
         trainer.optimizer, trainer.schedule = self.new_optimizer(trainer.model, self.lr_scale, epochs_left)
         trainer.stage = 2

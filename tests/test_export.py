@@ -17,7 +17,7 @@ from PIL import Image
 
 from cnntrain import __version__, train
 from cnntrain.errors import CnnTrainError, DatasetError
-from cnntrain.export import (EXPORT_BATCH, FORMATS, TOLERANCE, TORCHSCRIPT_NOTICE, VERIFY_BATCHES,
+from cnntrain.export import (check_format, EXPORT_BATCH, FORMATS, TOLERANCE, TORCHSCRIPT_NOTICE, VERIFY_BATCHES,
                              export_and_verify, export_run, load_exported_file)
 from cnntrain.models import MODELS, build_model, builder_settings, model_config
 from cnntrain.predict import load_exported, load_run, predict
@@ -167,6 +167,7 @@ def test_errors_name_the_problem_and_the_fix(exports, run_dir, tmp_path, monkeyp
     with pytest.raises(CnnTrainError, match=r"Unknown export format 'onx' \(format=onx\). Did you mean 'onnx'\? "
                                             r"Choose one of: onnx, torchscript, exported_program"):
         export_run(run_dir, "onx", **quiet)
+    assert check_format("ONNX") == "onnx" and check_format("Exported_Program") == "exported_program"
     with pytest.raises(CnnTrainError, match="run=.*nothing is not a folder. Give a run folder"):
         export_run(tmp_path / "nothing", "onnx", **quiet)
     with pytest.raises(CnnTrainError, match="is not a run folder"):

@@ -218,6 +218,18 @@ def test_two_stage_finetune_unfreezes_at_the_scaled_lr_from_the_best_checkpoint(
     assert len(weights) == 41 and all(not torch.equal(stage_two_start[k], after[k]) for k in weights)
 
 
+def test_stage_two_can_keep_the_frozen_batchnorm_statistics(tmp_path, start_file):
+    snapshots = ParameterSnapshots()
+    train(*DATA, *TV, f"model.weights={start_file}", "model.freeze=backbone", "trainer.epochs=2",
+          "finetune.unfreeze_at=1", "finetune.keep_norm_statistics=true", callbacks=[snapshots],
+          run_dir=tmp_path / "keep")
+    start, after = snapshots.after_epoch
+    statistics = [k for k in after if k.endswith(("running_mean", "running_var")) and not k.startswith("fc")]
+    assert len(statistics) == 40 and all(torch.equal(start[k], after[k]) for k in statistics)
+    assert not torch.equal(start["layer1.0.bn1.weight"], after["layer1.0.bn1.weight"])  # scale and shift train
+    assert not torch.equal(start["conv1.weight"], after["conv1.weight"])
+
+
 class StopAt(Callback):
     """Interrupt the run at (epoch, step): what Ctrl-C does at that moment."""
 
@@ -251,6 +263,8 @@ def test_resume_in_either_stage_is_exact(tmp_path, start_file, stop_at):
      "finetune.unfreeze_at must be null .* from 1 to 2"),
     (["model.freeze=backbone", "finetune.unfreeze_at=1", "finetune.lr_scale=0"], "finetune.lr_scale must be a number > 0"),
     (["model.freeze=head"], "model.freeze must be backbone"),
+    (["model.freeze=backbone", "finetune.unfreeze_at=1", "finetune.keep_norm_statistics=yes"],
+     "finetune.keep_norm_statistics must be true or false"),
     (["model.freeze=9"], "model.freeze=9: this model has 7 stages"),
 ])
 def test_freeze_and_finetune_settings_are_checked(overrides, message):
