@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -23,6 +23,7 @@ from cnntrain.checks import CheckedConfig, check_config
 from cnntrain.config import settings_of
 from cnntrain.data import DatasetSpec, ImageData, PreparedData, load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, make_loader
+from cnntrain.distributed import Group, group_for
 from cnntrain.errors import ConfigError
 from cnntrain.finetune import TwoStageFinetune, freeze, scaled_optimizer
 from cnntrain.inspector import check_input_size, smallest_input_size
@@ -138,6 +139,7 @@ class TrainingParts:
     channels_last: bool
     notices: list[str]  # speed switches that could not be honoured here
     weights_note: str | None = None  # what model.weights loaded and model.freeze froze
+    group: Group = field(default_factory=Group.single)  # the processes of a distributed run
 
     def new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         """The configured optimizer over the model's trainable parameters."""
@@ -180,7 +182,7 @@ class TrainingParts:
         loss_fn = functools.partial(F.cross_entropy, label_smoothing=float(cfg.trainer.get("label_smoothing", 0.0)))
         return Trainer(self.model, self.optimizer, self.schedule, self.train_loader, self.val_loader, self.device,
                        cfg.trainer.epochs, callbacks=callbacks, log_every=cfg.trainer.log_every, loss_fn=loss_fn,
-                       options=self.options, forward=self.forward)
+                       options=self.options, forward=self.forward, group=self.group)
 
 
 def build_training(checked: CheckedConfig, data: ImageData | None = None, resuming: bool = False) -> TrainingParts:
@@ -190,17 +192,25 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
     (the file may be gone by now); model.freeze still applies.
     """
     cfg = checked.cfg
-    device = resolve_device(cfg.device.type)
+    group = group_for(cfg.trainer.get("strategy", "auto"))
+    device = group.device(resolve_device(cfg.device.type))
     tune_backend(device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same on every rank: the same data split and initial weights
     prepared = build_data(checked, data)
     spec = prepared.spec
     model, recipe = build_checked_model(cfg, spec)
     weights_note = load_starting_weights(cfg, model, read_weights=not resuming)
     weights_prep = weights_preprocessing_for(cfg, spec)
     size = recipe["input_size"]
-    placed = place_model(cfg, model, device)
+    if group.ddp and cfg.trainer.get("sync_batchnorm", False):
+        if device.type != "cuda":
+            raise ConfigError("trainer.sync_batchnorm=true needs CUDA GPUs: PyTorch's SyncBatchNorm does not run "
+                              "on CPUs. Leave it false here (each process normalises with its share of the batch).")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    placed = place_model(cfg, model, device, group)
     model, forward, channels_last = placed.model, placed.forward, placed.channels_last
+    if group.world_size > 1:
+        torch.manual_seed(cfg.seed + group.rank)  # each rank its own dropout masks
 
     # Pretrained torchvision weights bring their own preprocessing: mean/std and a resize before the centre crop.
     normalize = cfg.data.get("normalize", False)
@@ -211,7 +221,8 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
                                resize_before_crop=weights_prep.resize if weights_prep and not cfg.data.get("resize")
                                else None)
     def loader(split: str, batch_size: int, **options):
-        return split_loader(checked, getattr(prepared, split), split, transform, device, batch_size, **options)
+        return split_loader(checked, getattr(prepared, split), split, transform, device, batch_size,
+                            shard=(group.rank, group.world_size), **options)
 
     train_loader = loader("train", cfg.data.batch_size, shuffle=True, seed=cfg.seed, augment=True)
     val_loader = loader("val", checked.eval_batch_size)
@@ -221,7 +232,7 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
                           grad_clip_norm=cfg.trainer.get("grad_clip_norm"), autocast_dtype=placed.autocast_dtype)
     parts = TrainingParts(checked, device, prepared, model, recipe, forward, transform, train_loader, val_loader,
                           test_loader, None, None, options, channels_last,
-                          placed.notices, weights_note)
+                          placed.notices, weights_note, group)
     parts.optimizer = parts.new_optimizer(model)
     parts.schedule = parts.new_schedule(parts.optimizer, cfg.trainer.epochs)
     return parts
@@ -239,15 +250,26 @@ class PlacedModel:
     notices: list[str]  # switches that could not be honoured here
 
 
-def place_model(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> PlacedModel:
+def place_model(cfg: DictConfig, model: torch.nn.Module, device: torch.device,
+                group: Group | None = None) -> PlacedModel:
     """trainer.channels_last, trainer.precision and trainer.compile resolved for `device`, the model moved
     there: what training and the evaluation of a run's weights (evaluation.py) both run with."""
     channels_last, layout_notice = use_channels_last(cfg.trainer.channels_last, device, model)
     autocast_dtype, precision_notice = resolve_precision(cfg.trainer.get("precision", 32), device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    forward, compile_notice = maybe_compile(model, cfg.trainer.get("compile", False), device)
+    forward, compile_notice = forward_for(model, cfg, device, group or Group.single())
     return PlacedModel(model, forward, channels_last, autocast_dtype,
                        [n for n in (layout_notice, precision_notice, compile_notice) if n])
+
+
+def forward_for(model: torch.nn.Module, cfg: DictConfig, device: torch.device,
+                group: Group) -> tuple[Callable, str | None]:
+    """What computes the logits: DistributedDataParallel(model) in a distributed run (it averages the
+    gradients of the parameters that train *now*: rebuilt after an unfreeze), compiled when asked."""
+    if group.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return maybe_compile(model, cfg.trainer.get("compile", False), device)
 
 
 def split_loader(checked: CheckedConfig, data, split: str, transform: BatchTransform, device: torch.device,
@@ -283,15 +305,19 @@ class RunCallbacks:
 def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> RunCallbacks:
     """Display, metrics.csv, checkpoints, loggers, early stopping, then the user's callbacks."""
     checked, cfg = parts.checked, parts.checked.cfg
-    live = cfg.trainer.progress == "bar" or (cfg.trainer.progress == "auto" and reporter.console.is_terminal)
+    live = parts.group.writes and (cfg.trainer.progress == "bar"
+                                   or (cfg.trainer.progress == "auto" and reporter.console.is_terminal))
     display = ProgressDisplay(reporter, live=live)
     run_info = parts.run_info()
     checkpointer = Checkpointer(folder, lambda trainer: training_checkpoint(trainer, run_info),
                                 every_minutes=cfg.trainer.get("checkpoint_every_minutes"))
     estimate = TimeEstimate(reporter, lambda: quicker_options(parts))
-    callbacks = [display, estimate, MetricsWriter(folder.metrics_csv), checkpointer,
-                 *logger_callbacks(checked.logger, folder, parts.spec.classes, parts.transform.mean,
-                                   parts.transform.std, f"{cfg.model.name} on {parts.spec.name}", reporter.line)]
+    # In a distributed run only rank 0 writes metrics.csv, plots and logs (its reporter alone prints).
+    writes = parts.group.writes
+    callbacks = [display, estimate, *([MetricsWriter(folder.metrics_csv)] if writes else []), checkpointer,
+                 *(logger_callbacks(checked.logger, folder, parts.spec.classes, parts.transform.mean,
+                                    parts.transform.std, f"{cfg.model.name} on {parts.spec.name}", reporter.line)
+                   if writes else [])]
     stopping = cfg.trainer.get("early_stopping") or {}
     if stopping.get("patience"):
         callbacks.append(EarlyStopping(stopping.get("metric", "val_loss"), stopping["patience"],
@@ -310,9 +336,12 @@ def two_stage_finetune(parts: TrainingParts, folder: RunFolder, checkpointer: Ch
         return None
     return TwoStageFinetune(settings["unfreeze_at"], settings.get("lr_scale", 0.01), folder.best_checkpoint,
                             scaled_optimizer(parts.new_optimizer, parts.new_schedule),
-                            save_last=lambda trainer: save_checkpoint(checkpointer.make_state(trainer),
-                                                                      folder.last_checkpoint),
-                            say=reporter.line, keep_norm_statistics=settings.get("keep_norm_statistics", False))
+                            save_last=lambda trainer: parts.group.writes and save_checkpoint(
+                                checkpointer.make_state(trainer), folder.last_checkpoint),
+                            say=reporter.line, keep_norm_statistics=settings.get("keep_norm_statistics", False),
+                            new_forward=lambda model: forward_for(model, parts.checked.cfg, parts.device,
+                                                                  parts.group)[0],
+                            group=parts.group)
 
 
 def quicker_options(parts: TrainingParts) -> str:

@@ -280,18 +280,24 @@ class Checkpointer(Callback):
         if step == steps or not trainer.between_optimizer_steps:
             return  # the epoch's end is saved with its metrics; mid-group gradients cannot be saved
         due = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
-        if due or trainer.stop_requested:
-            save_checkpoint(self.make_state(trainer), self.folder.last_checkpoint)
+        # Every rank of a distributed run takes the state together (it sums their counters); rank 0 saves it.
+        if trainer.group.any(due, trainer.device) or trainer.stop_requested:
+            state = self.make_state(trainer)
+            if trainer.group.writes:
+                save_checkpoint(state, self.folder.last_checkpoint)
             self.saved = (self.saved[0], step)
             self._last_save = time.monotonic()
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
-        state = self.make_state(trainer)
-        if self.best is None or metrics.val_acc > self.best.val_acc:
+        improved = self.best is None or metrics.val_acc > self.best.val_acc
+        if improved:
             self.best = metrics
-            save_checkpoint(state, self.folder.best_checkpoint)
-        # last.pt after best.pt: a run killed in between resumes from the epoch before and redoes this one.
-        save_checkpoint(state, self.folder.last_checkpoint)
+        if trainer.group.writes:
+            state = self.make_state(trainer)
+            if improved:
+                save_checkpoint(state, self.folder.best_checkpoint)
+            # last.pt after best.pt: a run killed in between resumes from the epoch before and redoes this one.
+            save_checkpoint(state, self.folder.last_checkpoint)
         self.saved = (metrics.epoch, 0)
         self._last_save = time.monotonic()
 

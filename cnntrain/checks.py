@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnntrain.config import as_plain, settings_of
 from cnntrain.data import DATASETS, LOADER_KEYS
 from cnntrain.data.augment import Augmentation, build_augmentations
+from cnntrain.distributed import STRATEGIES
 from cnntrain.errors import ConfigError
 from cnntrain.finetune import check_freeze
 from cnntrain.loggers import check_logger
@@ -174,6 +175,10 @@ def check_trainer_settings(cfg: DictConfig) -> None:
     _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
              lambda v: v is None or _is_positive_number(v))
     _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
+    _require(trainer.get("strategy", "auto"), "trainer.strategy", f"one of {', '.join(STRATEGIES)}",
+             lambda v: v in STRATEGIES)
+    _require(trainer.get("sync_batchnorm", False), "trainer.sync_batchnorm", "true or false",
+             lambda v: isinstance(v, bool))
     _require(trainer.get("channels_last", "auto"), "trainer.channels_last", "auto, true or false",
              lambda v: v in ("auto", True, False))
     _require(trainer.get("precision", 32), "trainer.precision", "one of 32, bf16, fp16",

@@ -18,6 +18,7 @@ from rich.markup import escape
 from cnntrain import __version__
 from cnntrain.config import (check_group_choices, check_override_keys, config_dir, expand_home, quote_for_hydra,
                              unknown_component_name)
+from cnntrain.distributed import launched_by_torchrun, process_rank
 from cnntrain.errors import CnnTrainError
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import display_path, run_folder_problem
@@ -223,6 +224,26 @@ def resume_main(args: list[str]) -> None:
         sys.exit(EXIT_USAGE)
 
 
+def join_torchrun_group(args: list[str]) -> list[str]:
+    """Under torchrun: join the process group and take rank 0's start time (one run folder for all);
+    the extra overrides the other ranks run with (they leave .hydra/ to rank 0)."""
+    processes = launched_by_torchrun()
+    if processes <= 1:
+        return []
+    if any(arg in ("-m", "--multirun") for arg in args):
+        print_error(f"torchrun started {processes} processes for one training; a sweep (-m) cannot run inside "
+                    f"it. Run each job under torchrun, or sweep with a launcher (launcher=slurm).")
+        sys.exit(EXIT_USAGE)
+    from datetime import datetime
+
+    from cnntrain.config import share_start_time
+    from cnntrain.distributed import from_rank_zero, join_group
+
+    join_group()
+    share_start_time(from_rank_zero(datetime.now))  # the run folder's name: rank 0's, in every rank
+    return ["hydra.output_subdir=null"] if process_rank() > 0 else []
+
+
 def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
     `cnntrain resume=<run folder>`: continue a run."""
@@ -239,11 +260,12 @@ def main() -> None:
         if resumes:
             resume_main(args)
             return
-        sys.argv[1:] = args = quote_for_hydra(args)  # Hydra reads sys.argv
+        args = quote_for_hydra(args) + join_torchrun_group(args)
+        sys.argv[1:] = args  # Hydra reads sys.argv
         from cnntrain.sweep import missing_plugin
 
         problem = (check_group_choices(args) or check_override_keys(args) or missing_plugin(args)
-                   or run_folder_problem(args))
+                   or (run_folder_problem(args) if process_rank() == 0 else None))  # rank 0 makes the folder
         if problem:
             print_error(problem)
             sys.exit(EXIT_USAGE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -24,6 +25,21 @@ MAIN_CONFIG = "train"
 # Sections holding a builder's settings: a key their file does not list may be added with `+`
 # (+model.width=32); the builder's registry then checks it against the builder's arguments.
 BUILDER_SECTIONS = (*REGISTRY_GROUPS, "logger")
+
+
+# The run folder's timestamp (`${cnntrain_now:%H-%M-%S-%f}` in configs/hydra/default.yaml): like
+# Hydra's `now`, except that every process of a distributed run uses rank 0's start time (set by
+# the CLI under torchrun), so that they all write to one folder.
+_start_time: datetime | None = None
+
+
+def share_start_time(when: datetime) -> None:
+    global _start_time
+    _start_time = when
+
+
+OmegaConf.register_new_resolver("cnntrain_now", lambda pattern: (_start_time or datetime.now()).strftime(pattern),
+                                use_cache=True, replace=True)
 
 
 def config_dir() -> Path:

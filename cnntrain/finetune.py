@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cnntrain.checkpoint import load_checkpoint
+from cnntrain.distributed import Group
 from cnntrain.errors import ConfigError
 from cnntrain.pretrained import head_name
 from cnntrain.registry import is_whole
@@ -113,8 +114,11 @@ class TwoStageFinetune(Callback):
     """
 
     def __init__(self, unfreeze_at: int, lr_scale: float, best_checkpoint, new_optimizer: Callable,
-                 save_last: Callable[[Trainer], None], say: Callable[[str], None], keep_norm_statistics: bool = False):
+                 save_last: Callable[[Trainer], None], say: Callable[[str], None], keep_norm_statistics: bool = False,
+                 new_forward: Callable[[nn.Module], Callable] | None = None, group: Group | None = None):
         self.unfreeze_at = unfreeze_at
+        self.new_forward = new_forward  # a distributed run's DDP wrapper must be rebuilt for the unfrozen weights
+        self.group = group or Group.single()
         self.lr_scale = lr_scale
         self.keep_norm_statistics = keep_norm_statistics
         self.best_checkpoint = best_checkpoint
@@ -141,8 +145,11 @@ class TwoStageFinetune(Callback):
 
     def enter_stage_two(self, trainer: Trainer, reload_best: bool) -> None:
         if reload_best:
+            self.group.barrier()  # rank 0 has written best.pt before any rank reads it
             trainer.model.load_state_dict(load_checkpoint(self.best_checkpoint)["state_dict"])
         unfreeze(trainer.model, self.keep_norm_statistics)
+        if self.new_forward:
+            trainer.forward = self.new_forward(trainer.model)
         epochs_left = max(1, trainer.epochs - self.unfreeze_at)
         trainer.optimizer, trainer.schedule = self.new_optimizer(trainer.model, self.lr_scale, epochs_left)
         trainer.stage = 2

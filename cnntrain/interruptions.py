@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cnntrain.checks import module_list, modules_text
+from cnntrain.distributed import launched_by_torchrun
 from cnntrain.run_folder import RunFolder, display_path
 from cnntrain.trainer import Trainer
 
@@ -90,12 +91,18 @@ def cli_command() -> str:
     Paths are made absolute without resolving links: a venv's python is a link to the
     system's, and only the link runs with the venv's packages.
     """
+    python = Path(os.path.abspath(sys.executable))
+    processes = launched_by_torchrun()
+    if processes:  # a distributed run resumes under torchrun too (with any number of processes)
+        torchrun = shutil.which("torchrun")
+        ours = torchrun is not None and Path(os.path.abspath(torchrun)).parent == python.parent
+        launcher = "torchrun" if ours else f"{_shown(python)} -m torch.distributed.run"
+        return f"{launcher} --nproc_per_node={processes} -m cnntrain"
     on_path = shutil.which("cnntrain")
     on_path = Path(os.path.abspath(on_path)) if on_path else None
     script = Path(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else None
     if script is not None and script.name == "cnntrain":
         return "cnntrain" if on_path == script else _shown(script)
-    python = Path(os.path.abspath(sys.executable))
     if on_path is not None and on_path.parent == python.parent:  # the cnntrain of this environment
         return "cnntrain"
     return f"{_shown(python)} -m cnntrain"
@@ -114,6 +121,15 @@ def interrupted_outside_training(folder: RunFolder, cfg: DictConfig) -> str:
     if folder.last_checkpoint.is_file():
         return f"Interrupted. Resume with: {resume_command(folder, cfg)}"
     return "Interrupted before the first epoch finished; there is nothing to resume, start the run again."
+
+
+def lost_process_message(err: Exception, folder: RunFolder, cfg: DictConfig) -> str:
+    """A collective failed because another process of a distributed run died or stopped."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    saved = (f"The finished epochs are in checkpoints/last.pt; resume with: {resume_command(folder, cfg)}"
+             if folder.last_checkpoint.is_file() else "No epoch had finished; start the run again.")
+    return (f"Another process of this distributed run stopped, so this one cannot go on ({reason[:200]}). "
+            f"torchrun's report names the rank that failed first and why. {saved}")
 
 
 def epochs_text(last: int) -> str:

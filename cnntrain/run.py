@@ -23,9 +23,10 @@ from cnntrain.build import RunCallbacks, TrainingParts, build_callbacks, build_t
 from cnntrain.checks import check_config
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
+from cnntrain.distributed import from_rank_zero, join_group, launched_by_torchrun, lost_peer, process_rank
 from cnntrain.errors import CnnTrainError, ConfigError, RunInterrupted
 from cnntrain.interruptions import (StopOnSignals, continue_text, file_error_message, interrupted_message,
-                                    interrupted_outside_training, saved_text)
+                                    interrupted_outside_training, lost_process_message, saved_text)
 from cnntrain.recipes import recipe_summary
 from cnntrain.run_folder import RunFolder, display_path, provenance
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
@@ -67,7 +68,11 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
     `resume_from` is the run's last checkpoint when continuing it (see resuming.py);
     `callbacks` are user callbacks, called after the built-in ones.
     """
+    if launched_by_torchrun() > 1:  # rank 0 makes the folder (or takes Hydra's), every rank uses it
+        join_group()
+        run_dir = from_rank_zero(lambda: str(RunFolder.for_run(cfg, run_dir).path))
     folder = RunFolder.for_run(cfg, run_dir)
+    folder.writes = process_rank() == 0  # a distributed run's rank 0 writes the folder (distributed.py)
     folder.lock()  # no second process in this folder while this one trains
     try:
         if resume_from is None:
@@ -81,7 +86,8 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
             callbacks: list[Callback]) -> RunResult:
     """The run in its locked folder: its summary says how it ended, whatever happens."""
     folder.save_config_if_missing(cfg)
-    reporter = Reporter(folder.train_log, quiet=cfg.trainer.get("progress") == "none")
+    reporter = Reporter(folder.train_log if folder.writes else None,
+                        quiet=cfg.trainer.get("progress") == "none" or not folder.writes)
     started = time.time()
     signals = StopOnSignals()
     try:
@@ -106,8 +112,12 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
         _write_ended_summary(folder, "failed", message, started)
         raise CnnTrainError(message) from err
     except Exception as err:  # recorded for the sweep table, then raised to the caller
-        reporter.log_only(f"error: {err}")  # the CLI prints it on the console
-        _write_ended_summary(folder, "failed", str(err), started)
+        lost = launched_by_torchrun() and lost_peer(err)  # another rank died: say that, not gloo's words
+        message = lost_process_message(err, folder, cfg) if lost else str(err)
+        reporter.log_only(f"error: {message}")  # the CLI prints it on the console
+        _write_ended_summary(folder, "failed", message, started)
+        if lost:
+            raise CnnTrainError(message) from None
         raise
     finally:
         reporter.close()
@@ -133,6 +143,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         reporter.line(f"stopped after epoch {history[-1].epoch}: {trainer.stop_reason}")
 
     best = callbacks.checkpointer.best
+    parts.group.barrier()  # every rank reads the best.pt rank 0 wrote
     tested = tested_checkpoint(folder, reporter)
     parts.model.load_state_dict(load_checkpoint(tested)["state_dict"])
     test_loss, test_acc = test = trainer.evaluate(parts.test_loader)
@@ -173,7 +184,10 @@ def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter) ->
     origin = f" {spec.source}" if spec.source else ""
     reporter.line(f"cnntrain: {cfg.model.name} on {spec.name}{origin} ({spec.train_size:,} train / {spec.val_size:,} val "
                   f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> "
-                  f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}")
+                  f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}"
+                  + (f" x {parts.group.world_size} process{'es' if parts.group.world_size > 1 else ''} "
+                     f"(DistributedDataParallel; global batch "
+                     f"{cfg.data.batch_size})" if parts.group.ddp else ""))
     reporter.line(recipe_summary(cfg))
     if parts.weights_note:
         reporter.line(parts.weights_note)

@@ -53,6 +53,8 @@ class RunFolder:
         self.export = self.path / "export"
         self.lock_file = self.path / ".cnntrain.lock"
         self._lock: IO | None = None
+        # False in the ranks > 0 of a distributed run: rank 0 alone locks the folder and writes its files.
+        self.writes = True
 
     @classmethod
     def for_run(cls, cfg: DictConfig, path: Path | str | None = None) -> "RunFolder":
@@ -77,11 +79,13 @@ class RunFolder:
 
     def save_config_if_missing(self, cfg: DictConfig) -> None:
         """Hydra writes .hydra/config.yaml for CLI runs; calls from Python get the same file."""
-        if not self.config_yaml.exists():
+        if self.writes and not self.config_yaml.exists():
             self.config_yaml.parent.mkdir(parents=True, exist_ok=True)
             self.config_yaml.write_text(OmegaConf.to_yaml(cfg))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         write_atomically(self.summary_json, lambda f: f.write(json.dumps(summary, indent=2) + "\n"), binary=False)
 
     def holds_run(self) -> str | None:
@@ -92,6 +96,8 @@ class RunFolder:
 
     def refuse_if_it_holds_a_run(self) -> None:
         """A new run must not write over another run's files: say how to continue that one instead."""
+        if not self.writes:
+            return
         found = self.holds_run()
         if found:
             raise ConfigError(
@@ -102,6 +108,8 @@ class RunFolder:
     def lock(self) -> None:
         """Hold the folder for this process until `unlock` or its end (a crash releases it too): a second
         process training in the same folder is refused instead of mixing its files with this one's."""
+        if not self.writes:
+            return
         try:
             import fcntl
         except ImportError:  # not on Windows: no lock there

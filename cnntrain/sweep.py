@@ -3,7 +3,7 @@
 `SweepReport` is a Hydra callback (configs/hydra/default.yaml). It reads each job's
 folder (overrides from .hydra/overrides.yaml, results from summary.json) instead of
 keeping results in memory, so it works with any launcher, including ones that run
-jobs in other processes (joblib). It writes, into the sweep folder: sweep.csv (one row
+jobs in other processes (joblib, submitit). It writes, into the sweep folder: sweep.csv (one row
 per job), sweep.png (each swept parameter against the best validation accuracy,
 failed jobs marked and listed) and best.yaml (the best job's overrides), and prints
 the table and the best job.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnntrain.errors import CnnTrainError
-from cnntrain.run_folder import RunFolder
+from cnntrain.run_folder import RunFolder, display_path
 
 SWEEP_COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "best_epoch", "wall_seconds",
                  "run_dir", "error"]
@@ -44,7 +45,20 @@ FAILED_JOB_SCORE = 0.0
 PLUGINS = (("hparams_search=", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
            ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
            ("launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
-           ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"))
+           ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
+           ("launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "submitit"),
+           ("launcher=submitit_local", "hydra_plugins.hydra_submitit_launcher", "submitit"),
+           ("hydra/launcher=submitit", "hydra_plugins.hydra_submitit_launcher", "submitit"))
+# The submitit launchers (launcher=slurm, launcher=submitit_local) submit every job of a sweep at
+# once and wait for each job's result, so a failed job cannot stop the others (sweep.fail_fast).
+SUBMITIT_LAUNCHERS = "hydra_plugins.hydra_submitit_launcher."
+# Hydra's options that show something and run no job (nothing is submitted to Slurm).
+SHOW_ONLY_OPTIONS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc")
+# What submitit raises in a job that reached its time limit (hydra.launcher.timeout_min; the signal comes
+# signal_delay_s before it), recorded as the job's error; the table says it in cnntrain's words.
+SUBMITIT_TIMED_OUT = "Job not requeued because: timed-out"
+FAIL_FAST_WITH_SUBMITIT = ("notice: sweep.fail_fast=true cannot stop a sweep run by the submitit launcher: it submits "
+                           "every job at once. Failed jobs are in the table at the end, and the exit status is 1.")
 
 
 def last_sweep_failures() -> int:
@@ -72,9 +86,18 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "status": summary.get("status"),
             "best_val_acc": summary.get("best_val_acc"), "test_acc": summary.get("test_acc"),
             "best_epoch": summary.get("best_epoch"), "wall_seconds": summary.get("wall_seconds"),
-            "run_dir": str(folder), "error": (summary.get("error") or "").split("\n")[0],
+            "run_dir": str(folder), "error": _table_error((summary.get("error") or "").split("\n")[0], folder),
         })
     return rows
+
+
+def _table_error(error: str, folder: Path) -> str:
+    if error.startswith(SUBMITIT_TIMED_OUT):
+        if not RunFolder(folder).last_checkpoint.is_file():
+            return "stopped at its time limit (hydra.launcher.timeout_min) before its first epoch ended"
+        return (f"stopped at its time limit (hydra.launcher.timeout_min); checkpoints/last.pt holds its finished "
+                f"epochs: cnntrain resume={display_path(folder)}")
+    return error
 
 
 def write_sweep_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -175,11 +198,15 @@ def failed_job_result(cfg: DictConfig) -> float:
     With sweep.fail_fast the sweep stops here: the report of the jobs so far is written
     and the process exits with status 1 (SystemExit passes through Hydra's launchers,
     which catch only Exception). Otherwise the sweep goes on and the job scores
-    FAILED_JOB_SCORE.
+    FAILED_JOB_SCORE. So does a job of the submitit launcher with sweep.fail_fast: it runs in a
+    process of its own that submitit waits on (an exit there would only lose the job's result
+    and the table at the end), and the other jobs are already submitted.
     """
     if cfg.get("sweep") is not None and cfg.sweep.get("fail_fast", False):
         from hydra.core.hydra_config import HydraConfig
 
+        if submitit_launched(HydraConfig.get()):
+            return FAILED_JOB_SCORE
         sweep_dir = Path(HydraConfig.get().sweep.dir)
         console = Console(highlight=False)
         report_sweep(sweep_dir, console, stopping=True)
@@ -190,21 +217,54 @@ def failed_job_result(cfg: DictConfig) -> float:
     return FAILED_JOB_SCORE
 
 
+def submitit_launched(hydra_cfg: DictConfig) -> bool:
+    """Whether the sweep's jobs are run by the submitit launcher (`hydra_cfg`: the `hydra` section)."""
+    return str(hydra_cfg.launcher.get("_target_", "")).startswith(SUBMITIT_LAUNCHERS)
+
+
 def missing_plugin(args: list[str]) -> str | None:
-    """A message naming the pip extra to install when an argument needs a Hydra plugin that is missing."""
+    """A message naming the pip extra to install when an argument needs a Hydra plugin that is missing
+    (or, for launcher=slurm, saying that this machine has no Slurm to submit to)."""
     for prefix, module, extra in PLUGINS:
         if any(arg.lstrip("+").startswith(prefix) and not arg.endswith("=null") for arg in args):
             if importlib.util.find_spec(module) is None:
                 return (f"'{next(a for a in args if a.lstrip('+').startswith(prefix))}' needs Hydra's "
                         f"{extra} plugin ({module.split('.')[-1].replace('_', '-')}), which is not installed. "
                         f"Install it with: pip install 'cnntrain[{extra}]'")
+    slurm = next((arg for arg in args if arg.lstrip("+") in ("launcher=slurm", "hydra/launcher=submitit_slurm")), None)
+    only_shows = any(arg.split("=")[0] in SHOW_ONLY_OPTIONS for arg in args)  # --cfg job: nothing is submitted
+    if slurm and not only_shows and not (shutil.which("sbatch") and shutil.which("srun")):
+        return (f"'{slurm}' submits the sweep's jobs with Slurm's sbatch and srun, which this machine does not have "
+                f"(not on PATH). Run the command on the cluster's login node, or try the sweep here with "
+                f"launcher=submitit_local.")
     return None
 
 
 class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _failures["count"] = 0
+        if config.get("sweep") is not None and config.sweep.get("fail_fast", False) and submitit_launched(config.hydra):
+            Console(highlight=False).print(FAIL_FAST_WITH_SUBMITIT, style="yellow", markup=False, soft_wrap=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         rows = report_sweep(Path(config.hydra.sweep.dir))
         _failures["count"] = sum(row["status"] != "completed" for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cnntrain.sweep <sweep folder>`: the report again, from the job folders (table, sweep.csv,
+    sweep.png, best.yaml), e.g. after the process that ran a Slurm sweep was stopped (its jobs go on without
+    it) or a job was killed (the submitit launcher then stops with a traceback instead of the table).
+    Exit status 1 when a job did not complete, 2 when the folder holds no sweep (Hydra's multirun.yaml or
+    submitit's .submitit/: the report is written into it, so any other folder is refused)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not ((Path(args[0]) / "multirun.yaml").is_file() or (Path(args[0]) / ".submitit").is_dir()):
+        print("usage: python -m cnntrain.sweep <sweep folder>   (the folder of a `cnntrain -m` sweep, which holds "
+              "multirun.yaml or .submitit/ and a folder per job)", file=sys.stderr)
+        return 2
+    rows = report_sweep(Path(args[0]))
+    return EXIT_FAILED_JOBS if any(row["status"] != "completed" for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

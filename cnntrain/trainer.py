@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnntrain.distributed import Group
 from cnntrain.errors import TrainingError
 
 
@@ -131,10 +132,13 @@ class _RunningStats:
     """Loss and correct-prediction sums kept on the device, and the first step whose loss was not finite.
 
     With `top5`, also the examples whose label is among the 5 highest logits, counted when
-    the logits have more than 5 classes (on the device too: no extra host sync).
+    the logits have more than 5 classes (on the device too: no extra host sync). In a
+    distributed run the reads sum the counters of every rank (`group`), so every rank reads
+    the figures of the whole global batch or split.
     """
 
-    def __init__(self, device: torch.device, top5: bool = False):
+    def __init__(self, device: torch.device, top5: bool = False, group: Group | None = None):
+        self.group = group or Group.single()
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.first_bad_step = torch.zeros((), device=device, dtype=torch.long)  # 0: none yet
@@ -157,20 +161,34 @@ class _RunningStats:
             self.first_bad_step = torch.where(bad, step, self.first_bad_step)
         self.count += len(labels)
 
+    def _totals(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(loss sum, correct, count) over every rank."""
+        count = torch.tensor(self.count, device=self.loss_sum.device, dtype=torch.long)
+        loss_sum, correct, count = self.group.sum(self.loss_sum, self.correct, count)
+        return loss_sum, correct, int(count.item())
+
     def read(self) -> tuple[float, float]:
         """(mean loss, accuracy); this is the one place a host sync happens."""
-        count = max(self.count, 1)
-        return self.loss_sum.item() / count, self.correct.item() / count
+        loss_sum, correct, count = self._totals()
+        return loss_sum.item() / max(count, 1), correct.item() / max(count, 1)
 
     def read_top5(self) -> float | None:
         """Top-5 accuracy; None when not counted (not asked for, or 5 classes or fewer)."""
-        return self.top5_correct.item() / max(self.count, 1) if self.top5_counted else None
+        counted = torch.tensor(int(self.top5_counted), device=self.loss_sum.device)
+        count = torch.tensor(self.count, device=self.loss_sum.device, dtype=torch.long)
+        top5_correct, counted, count = self.group.sum(self.top5_correct, counted, count)
+        return top5_correct.item() / max(int(count.item()), 1) if counted.item() else None
 
     def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum.detach().cpu(), "correct": self.correct.cpu(),
-                "first_bad_step": self.first_bad_step.cpu(), "count": self.count}
+        """The counters of every rank summed (a distributed run's checkpoint holds the whole global batch's)."""
+        loss_sum, correct, count = self._totals()
+        return {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(),
+                "first_bad_step": self.first_bad_step.cpu(), "count": count}
 
     def load_state_dict(self, state: dict) -> None:
+        """Counters saved as every rank's sums: rank 0 takes them, the others start from zero."""
+        if self.group.rank != 0:
+            return
         device = self.loss_sum.device
         self.loss_sum = state["loss_sum"].to(device)
         self.correct = state["correct"].to(device)
@@ -201,8 +219,9 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule, train_loader,
                  val_loader, device: torch.device, epochs: int, callbacks: Sequence[Callback] = (),
                  log_every: int = 20, loss_fn: Callable = F.cross_entropy, options: StepOptions | None = None,
-                 forward: Callable | None = None):
+                 forward: Callable | None = None, group: Group | None = None):
         self.model = model
+        self.group = group or Group.single()  # the processes of a distributed run (distributed.py)
         self.forward = forward or model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -308,7 +327,8 @@ class Trainer:
     def _begin_epoch(self, epoch: int, steps: int) -> _EpochInProgress:
         """The epoch's running state: fresh, or as a mid-epoch checkpoint of this epoch left it."""
         position, self._resume_position = self._resume_position, None
-        current = _EpochInProgress(epoch, steps, self.current_lr(), _RunningStats(self.device), time.perf_counter())
+        current = _EpochInProgress(epoch, steps, self.current_lr(), _RunningStats(self.device, group=self.group),
+                                   time.perf_counter())
         if position is not None and position["epoch"] == epoch:
             current.lr, current.step = position["lr"], position["step"]
             current.stats.load_state_dict(position["stats"])
@@ -335,11 +355,13 @@ class Trainer:
                 # Cleared at the start of each group, not after the step: the last step's
                 # gradients stay readable at the epoch's end (TensorBoard's histograms).
                 self.optimizer.zero_grad(set_to_none=True)
-            self._backward(loss / min(accumulate, steps - group_start))
+            self._backward(loss * self._share(labels, step) / min(accumulate, steps - group_start))
             if step % accumulate == 0 or step == steps:
                 self._optimizer_step()
             stats.add(logits, labels, loss, step)
             current.step = step
+            if self.group.ddp:  # every rank stops at the same step, or the others would wait for it forever
+                self.stop_requested = self.group.any(self.stop_requested, self.device)
             self._call("on_train_step", step, steps)
             if step % self.log_every == 0 or step == steps:
                 loss_value, acc = stats.read()
@@ -352,13 +374,21 @@ class Trainer:
         loss_value, acc = stats.read()
         return loss_value, acc, time.perf_counter() - current.started
 
+    def _share(self, labels: torch.Tensor, step: int) -> float:
+        """This rank's weight in the global batch's mean loss. DDP averages the ranks' gradients, so
+        scaling each rank's mean by (its examples x ranks / global batch) makes the average the
+        gradient of the global batch's mean, as in one process (1.0 unless the batch splits unevenly)."""
+        if not self.group.ddp:
+            return 1.0
+        return len(labels) * self.group.world_size / self.train_loader.global_batch_size(step)
+
     @torch.inference_mode()
     def evaluate(self, loader, keep_outputs: bool = False) -> "Evaluation":
         """Mean cross-entropy, accuracy (and top-5 accuracy for more than 5 classes) over `loader`, without
         autograd; unpacks as (loss, accuracy). `keep_outputs`: also each example's predicted class,
         probabilities and label, in the loader's order (what cnntrain-eval reports per class)."""
         self.model.eval()
-        stats = _RunningStats(self.device, top5=True)
+        stats = _RunningStats(self.device, top5=True, group=self.group)
         outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for images, labels in loader:
             with self._autocast():

@@ -53,3 +53,11 @@ def test_choices_script_reports_what_channels_last_auto_picks(tmp_path):
                                                                                           "lenet_bn")}
     assert rows["lenet"][6] == "channels_last" and rows["lenet_bn"][6] == "contiguous"
     assert all(float(rows[name][3].replace(",", "")) > 0 for name in rows)  # step milliseconds, contiguous
+
+
+def test_distributed_script_compares_one_and_two_processes(tmp_path):
+    result = run_script("distributed.py", "--processes", "1,2", "--epochs", "1", "experiment=smoke",
+                        "data.train_size=256", cwd=tmp_path)
+    rows = table_rows(result.stdout, "1") + table_rows(result.stdout, "2")
+    assert [row[0] for row in rows] == ["1", "2"] and rows[0][2] == "1.00"
+    assert rows[0][5] == rows[1][5]  # the same global batches: the same validation accuracy

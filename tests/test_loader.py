@@ -53,3 +53,31 @@ def test_validation_holdout_is_seeded_and_disjoint():
     assert torch.equal(first.val.images, second.val.images)
     assert prepare("synthetic", data, 0.0, seed=5).val is data.test
     assert first.spec.channels == 1 and first.spec.image_size == (28, 28) and first.spec.num_classes == 10
+
+
+def test_distributed_shards_split_each_global_batch_and_each_evaluation_split_once(tmp_path):
+    """Rank r of N takes every N-th example of each global batch (training) and of the split
+    (evaluation): together the ranks see exactly what one process sees, each example once."""
+    from PIL import Image
+
+    from cnntrain.data.folder import file_split
+    from cnntrain.data.loader import make_loader
+
+    data = make_set(11)
+    for i in range(11):
+        Image.fromarray(data.images[i, 0].numpy()).save(tmp_path / f"{i}.png")
+    on_disk = file_split([(tmp_path / f"{i}.png", i) for i in range(11)], channels=1, size=4, skip_bad_files=False,
+                         workers=0)
+    plain = BatchTransform(None, None, None)
+    for split in (data, on_disk):
+        whole = make_loader(split, 4, plain, torch.device("cpu"), shuffle=True, seed=5)
+        shards = [make_loader(split, 4, plain, torch.device("cpu"), shuffle=True, seed=5, shard=(r, 2)) for r in (0, 1)]
+        assert len(whole) == len(shards[0]) == len(shards[1]) == 3
+        for (_, batch), (_, first), (_, second) in zip(whole, *shards):
+            assert first.tolist() == batch[0::2].tolist() and second.tolist() == batch[1::2].tolist()
+        assert [whole.global_batch_size(step) for step in (1, 2, 3)] == [4, 4, 3]
+        evaluation = [[y for _, b in make_loader(split, 4, plain, torch.device("cpu"), shard=(r, 3)) for y in b.tolist()]
+                      for r in range(3)]
+        assert sorted(sum(evaluation, [])) == list(range(11)) and evaluation[0] == [0, 3, 6, 9]
+    # A last global batch smaller than the number of processes is left out rather than leave a rank empty.
+    assert len(make_loader(make_set(9), 4, plain, torch.device("cpu"), shuffle=True, shard=(0, 2))) == 2

@@ -90,8 +90,12 @@ class _EpochLoader:
     """
 
     def __init__(self, labels: torch.Tensor, batch_size: int, transform: BatchTransform, device: torch.device,
-                 shuffle: bool, seed: int, augment: bool, limit_batches: int | None = None):
+                 shuffle: bool, seed: int, augment: bool, limit_batches: int | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         self.labels = labels
+        # (rank, processes) of a distributed run: a training loader yields this rank's share of
+        # each global batch (every processes-th example of it); see cnntrain/distributed.py.
+        self.rank, self.world = shard
         self.batch_size = batch_size
         self.transform = transform
         self.device = device
@@ -105,7 +109,13 @@ class _EpochLoader:
 
     def __len__(self) -> int:
         batches = -(-len(self.labels) // self.batch_size)
+        if 0 < len(self.labels) % self.batch_size < self.world:
+            batches -= 1  # a last global batch smaller than the number of processes would leave a rank without images
         return min(batches, self.limit_batches) if self.limit_batches else batches
+
+    def global_batch_size(self, step: int) -> int:
+        """Examples in global batch `step` (1-based) over all processes (the last one may be short)."""
+        return min(self.batch_size, len(self.labels) - (step - 1) * self.batch_size)
 
     @property
     def num_examples(self) -> int:
@@ -123,7 +133,9 @@ class _EpochLoader:
         """The first batch of this pass; sets up its augmentation stream."""
         start, state = self._start
         self._start = (0, None)
-        self.generator = augment_generator(self.seed, self.epoch, self.device) if self.augment else None
+        # Each rank draws its own augmentations (rank 0's are those of a single-process run).
+        seed = self.seed + 1_000_003 * self.rank
+        self.generator = augment_generator(seed, self.epoch, self.device) if self.augment else None
         if self.generator is not None and state is not None:
             self.generator.set_state(state)
         return start
@@ -137,9 +149,9 @@ class InMemoryLoader(_EpochLoader):
 
     def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
                  device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False,
-                 limit_batches: int | None = None):
+                 limit_batches: int | None = None, shard: tuple[int, int] = (0, 1)):
         super().__init__(data.labels.to(device), batch_size, transform, device, shuffle, seed, augment,
-                         limit_batches)
+                         limit_batches, shard)
         self.images = data.images.to(device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -149,7 +161,7 @@ class InMemoryLoader(_EpochLoader):
             order = self._order(n).to(self.images.device)
         for begin in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
             if self.shuffle:
-                index = order[begin:begin + self.batch_size]
+                index = order[begin:begin + self.batch_size][self.rank::self.world]
                 images, labels = self.images[index], self.labels[index]
             else:
                 images = self.images[begin:begin + self.batch_size]
@@ -166,16 +178,17 @@ class StreamingLoader(_EpochLoader):
 
     def __init__(self, data: FileImageSet, batch_size: int, transform: BatchTransform,
                  device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False,
-                 limit_batches: int | None = None):
-        super().__init__(data.labels, batch_size, transform, device, shuffle, seed, augment, limit_batches)
+                 limit_batches: int | None = None, shard: tuple[int, int] = (0, 1)):
+        super().__init__(data.labels, batch_size, transform, device, shuffle, seed, augment, limit_batches, shard)
         self.data = data
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start = self._begin_pass()
-        order = self._order(len(self.data))[start * self.batch_size:len(self) * self.batch_size]
+        order = self._order(len(self.data))
+        shares = [order[begin:begin + self.batch_size][self.rank::self.world].tolist()
+                  for begin in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size)]
         batches = torch.utils.data.DataLoader(
-            self.data, batch_size=self.batch_size, sampler=order.tolist(), num_workers=self.data.workers,
-            pin_memory=self.device.type == "cuda")
+            self.data, batch_sampler=shares, num_workers=self.data.workers, pin_memory=self.device.type == "cuda")
         for images, index, errors in batches:
             images, index = self._without_bad_files(images, index, errors)
             if len(index):
@@ -194,8 +207,17 @@ class StreamingLoader(_EpochLoader):
 
 def make_loader(data: ImageSet | FileImageSet, batch_size: int, transform: BatchTransform, device: torch.device,
                 shuffle: bool = False, seed: int = 0, augment: bool = False,
-                limit_batches: int | None = None) -> _EpochLoader:
-    """A streaming loader for splits left on disk, the in-memory one otherwise."""
+                limit_batches: int | None = None, shard: tuple[int, int] = (0, 1)) -> _EpochLoader:
+    """A streaming loader for splits left on disk, the in-memory one otherwise.
+
+    `shard` (rank, processes): a training (shuffled) loader takes its share of every global
+    batch; an evaluation loader gets every processes-th example of the split, so that the
+    ranks together see each example once (the metrics are summed across ranks).
+    """
     loader_class = StreamingLoader if isinstance(data, FileImageSet) else InMemoryLoader
+    rank, world = shard
+    if world > 1 and not shuffle:
+        data = data.subset(torch.arange(len(data))[rank::world])
+        shard = (0, 1)
     return loader_class(data, batch_size, transform, device, shuffle=shuffle, seed=seed, augment=augment,
-                        limit_batches=limit_batches)
+                        limit_batches=limit_batches, shard=shard)
