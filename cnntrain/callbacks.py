@@ -279,9 +279,10 @@ class Checkpointer(Callback):
     def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
         if step == steps or not trainer.between_optimizer_steps:
             return  # the epoch's end is saved with its metrics; mid-group gradients cannot be saved
-        due = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
         # Every rank of a distributed run takes the state together (it sums their counters); rank 0 saves it.
-        if trainer.group.any(due, trainer.device) or trainer.stop_requested:
+        due = self.every_seconds is not None and trainer.group.any(
+            time.monotonic() - self._last_save >= self.every_seconds, trainer.device)
+        if due or trainer.stop_requested:
             state = self.make_state(trainer)
             if trainer.group.writes:
                 save_checkpoint(state, self.folder.last_checkpoint)
