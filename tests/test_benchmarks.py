@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import write_fake_mnist
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -55,6 +57,7 @@ def test_choices_script_reports_what_channels_last_auto_picks(tmp_path):
     assert all(float(rows[name][3].replace(",", "")) > 0 for name in rows)  # step milliseconds, contiguous
 
 
+@pytest.mark.slow  # over 5 s: run with -m slow
 def test_distributed_script_compares_one_and_two_processes(tmp_path):
     result = run_script("distributed.py", "--processes", "1,2", "--epochs", "1", "experiment=smoke",
                         "data.train_size=256", cwd=tmp_path)

@@ -183,6 +183,7 @@ def test_strategy_single_refuses_torchrun(monkeypatch):
         group_for("dp")
 
 
+@pytest.mark.slow  # over 5 s: run with -m slow
 def test_distributed_settings_are_checked(workdir):
     sweep = cnntrain("-m", *RUN, cwd=workdir, processes=2)
     assert sweep.returncode != 0 and "a sweep (-m) cannot run inside it" in sweep.stderr
@@ -194,6 +195,7 @@ def test_distributed_settings_are_checked(workdir):
     assert "device cpu x 1 process (DistributedDataParallel" in forced.stdout
 
 
+@pytest.mark.slow  # over 5 s: run with -m slow
 def test_the_python_api_under_torchrun_writes_one_run_folder(workdir):
     script = workdir / "train_script.py"
     script.write_text("from cnntrain import train\n"

@@ -118,6 +118,7 @@ def test_a_failed_job_is_a_failed_row_and_exit_status_1_and_fail_fast_cannot_sto
     assert "Invalid learning rate: -0.1" in rows[0]["error"]
 
 
+@pytest.mark.slow  # over 5 s: run with -m slow
 def test_one_gpu_per_job_on_one_machine_through_hydras_env_set(tmp_path):
     """What the README's "one GPU per job" says, checked where the job runs: submitit gives every job
     CUDA_VISIBLE_DEVICES=0..gpus_per_node-1, and hydra.job.env_set overrides it with the job's number."""
@@ -172,6 +173,7 @@ os.execvp(args[0], args)
 '''
 
 
+@pytest.mark.slow  # over 5 s: run with -m slow
 def test_a_slurm_sweep_through_submitits_slurm_executor(tmp_path):
     """The real launcher=slurm path (sbatch script, job array, Slurm's job environment, results), with
     stand-ins for Slurm's commands; sacct answers nothing, so submitit waits for each job's result file."""
