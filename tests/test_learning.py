@@ -36,6 +36,7 @@ CASES = {
     "lenet_classic": (None, 300),
     "cifar_cnn": (None, 1500),
     "resnet18": (32, 60),
+    "resnet_small": (None, 60),
     "googlenet": (32, 600),
     "nin": (67, 1500),
     "vgg": (32, 2000),

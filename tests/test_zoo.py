@@ -196,6 +196,10 @@ def test_hand_counts_match_the_tutorials_totals():
     ("googlenet", {}, googlenet_count()),
     ("resnet18", {}, resnet18_count()),
     ("resnet18", {"conv_bias": True, "shortcut_bn": False}, resnet18_count(conv_bias=True, shortcut_bn=False)),
+    # 3x3 stem + BN; one block per stage (the 2nd and 3rd with a 1x1 projection + BN); fc.
+    ("resnet_small", {}, (9 * 32 + 64) + 2 * (9 * 32 * 32 + 64)
+     + (9 * 32 * 64 + 128 + 9 * 64 * 64 + 128 + 32 * 64 + 128)
+     + (9 * 64 * 128 + 256 + 9 * 128 * 128 + 256 + 64 * 128 + 256) + linear(128, 10)),
     ("cifar_cnn", {"in_channels": 3}, cifar_cnn_count(3)),
     ("cifar_cnn", {"in_channels": 1}, cifar_cnn_count(1)),
 ])
