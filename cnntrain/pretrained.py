@@ -164,7 +164,10 @@ def read_weights(weights: str, model_name: str, settings: dict[str, Any]) -> tup
         if not folder.best_checkpoint.is_file():
             raise ConfigError(f"model.weights={weights} is a folder without checkpoints/best.pt: give a cnntrain "
                               f"run folder (outputs/<date>/<run>) or a weights file.")
-        return load_checkpoint(folder.best_checkpoint)["state_dict"], f"run {path} (checkpoints/best.pt)"
+        checkpoint = load_checkpoint(folder.best_checkpoint)
+        trained = checkpoint["model"]
+        return checkpoint["state_dict"], (f"run {path} (checkpoints/best.pt of model={trained['name']}"
+                                          f"{_arch_text(trained.get('settings', {}))})")
     if not path.is_file():
         raise ConfigError(f"model.weights={weights} does not exist. Give a torchvision weights name (DEFAULT; "
                           f"model=torchvision only), a weights file or a cnntrain run folder.")
