@@ -23,7 +23,9 @@ from cnntrain.checks import CheckedConfig, check_config
 from cnntrain.config import settings_of
 from cnntrain.data import DatasetSpec, ImageData, PreparedData, load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, make_loader
+from cnntrain.data.mixing import BatchMixer
 from cnntrain.distributed import Group, group_for
+from cnntrain.ema import ModelEma
 from cnntrain.errors import ConfigError
 from cnntrain.finetune import TwoStageFinetune, freeze, scaled_optimizer
 from cnntrain.inspector import check_input_size, smallest_input_size
@@ -180,9 +182,12 @@ class TrainingParts:
     def trainer(self, callbacks: list[Callback] = ()) -> Trainer:
         cfg = self.checked.cfg
         loss_fn = functools.partial(F.cross_entropy, label_smoothing=float(cfg.trainer.get("label_smoothing", 0.0)))
+        decay = cfg.trainer.get("ema")  # the average starts from the weights the run starts from
+        ema = ModelEma(self.model, float(decay), cfg.trainer.get("ema_warmup", True)) if decay is not None else None
         return Trainer(self.model, self.optimizer, self.schedule, self.train_loader, self.val_loader, self.device,
                        cfg.trainer.epochs, callbacks=callbacks, log_every=cfg.trainer.log_every, loss_fn=loss_fn,
-                       options=self.options, forward=self.forward, group=self.group)
+                       options=self.options, forward=self.forward, group=self.group, ema=ema,
+                       tta=cfg.trainer.get("tta"))
 
 
 def build_training(checked: CheckedConfig, data: ImageData | None = None, resuming: bool = False) -> TrainingParts:
@@ -224,7 +229,9 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
         return split_loader(checked, getattr(prepared, split), split, transform, device, batch_size,
                             shard=(group.rank, group.world_size), **options)
 
-    train_loader = loader("train", cfg.data.batch_size, shuffle=True, seed=cfg.seed, augment=True)
+    # trainer.mixup: MixUp / CutMix after the augmentations, from the same stream; soft targets.
+    mixer = BatchMixer(spec.num_classes, **checked.mixup) if checked.mixup else None
+    train_loader = loader("train", cfg.data.batch_size, shuffle=True, seed=cfg.seed, augment=True, mixer=mixer)
     val_loader = loader("val", checked.eval_batch_size)
     test_loader = loader("test", checked.eval_batch_size)
 

@@ -9,6 +9,12 @@ cannot execute code. Its keys (format 1):
   "grad_scaler", "history" (every finished epoch's metrics), "stop_reason", and
   "in_epoch" (None at an epoch's end; inside an epoch: its number, steps done, running
   sums, the augmentation stream's state, so that a resume carries on mid-epoch);
+- with trainer.ema only: "state_dict" holds the weights' moving average (what validation,
+  the test, cnntrain-eval/predict/export and model.weights=<run> use), "raw_state_dict" the
+  trained weights (what a resume and fine-tuning's second stage go on training) and
+  "ema_updates" the average's update count (its warm-up). A checkpoint without them (no
+  EMA, or an older cnntrain) has its trained weights in "state_dict"; the format number
+  stays 1, since every reader of "state_dict" gets the weights to use;
 - "rng": the random streams training draws from (dropout, ...);
 - "model": the recipe that rebuilds the model (name, settings, classes, channels, input size);
 - "classes", "preprocess" (how images were converted: stored size, model size, mean/std,

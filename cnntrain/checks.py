@@ -28,13 +28,14 @@ from cnntrain.loggers import check_logger
 from cnntrain.models import MODEL_KEYS, MODELS
 from cnntrain.models.init import check_init_scheme
 from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS
-from cnntrain.registry import Component, is_number, is_whole
+from cnntrain.registry import Component, did_you_mean, is_number, is_whole
 from cnntrain.speed_switches import PRECISIONS
 from cnntrain.trainer import Callback
 
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
 LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+TTA_MODES = ("hflip",)  # trainer.tta (Trainer.evaluation_logits)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class CheckedConfig:
     augmentations: list[Augmentation]
     logger: dict[str, Any]
     callbacks: list[Callback] = field(default_factory=list)  # the user's, from config and from Python
+    mixup: dict[str, float] | None = None  # trainer.mixup's settings (data/mixing.py); None: no MixUp / CutMix
 
     @property
     def limits(self) -> dict[str, int | float]:
@@ -157,6 +159,7 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
         logger=check_logger(cfg.get("logger")),
     )
     check_trainer_settings(cfg)
+    checked.mixup = mixup_settings(cfg.trainer.get("mixup"))
     check_data_settings(cfg, checked.eval_batch_size)
     check_optimizer_and_schedule(checked)
     checked.callbacks = config_callbacks(cfg.get("callbacks")) + check_callbacks(callbacks, "callbacks=")
@@ -174,6 +177,11 @@ def check_trainer_settings(cfg: DictConfig) -> None:
              lambda v: is_number(v) and 0 <= v < 1)
     _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
              lambda v: v is None or _is_positive_number(v))
+    _require(trainer.get("ema"), "trainer.ema", "null (off) or the decay of the weights' moving average, a number "
+             "between 0 and 1 (both excluded) such as 0.999", lambda v: v is None or (is_number(v) and 0 < v < 1))
+    _require(trainer.get("ema_warmup", True), "trainer.ema_warmup", "true or false", lambda v: isinstance(v, bool))
+    _require(trainer.get("tta"), "trainer.tta", f"null (off) or one of {', '.join(TTA_MODES)} (hflip: evaluate "
+             f"each image and its mirror image, averaging their probabilities)", lambda v: v is None or v in TTA_MODES)
     _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
     _require(trainer.get("strategy", "auto"), "trainer.strategy", f"one of {', '.join(STRATEGIES)}",
              lambda v: v in STRATEGIES)
@@ -199,6 +207,37 @@ def check_trainer_settings(cfg: DictConfig) -> None:
              f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
     _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
              lambda v: is_number(v) and v >= 0)
+
+
+# trainer.mixup's settings and their defaults (timm's Mixup: mixup_alpha, cutmix_alpha, prob, switch_prob).
+MIXUP_DEFAULTS = {"alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5}
+
+
+def mixup_settings(section) -> dict[str, float] | None:
+    """trainer.mixup checked: its settings for a `data.mixing.BatchMixer`, or None when it mixes nothing
+    (null, both alphas 0, or prob 0)."""
+    section = as_plain(section)
+    if section is None:
+        return None
+    _require(section, "trainer.mixup", "a section such as {alpha: 0.2, cutmix_alpha: 1.0, prob: 1.0, switch_prob: "
+             "0.5} (or null: off)", lambda v: isinstance(v, dict))
+    for key in section:
+        if key not in MIXUP_DEFAULTS:
+            raise ConfigError(f"trainer.mixup has no setting '{key}'.{did_you_mean(str(key), MIXUP_DEFAULTS)} "
+                              f"It takes {', '.join(MIXUP_DEFAULTS)}.")
+    settings = {**MIXUP_DEFAULTS, **section}
+    _require(settings["alpha"], "trainer.mixup.alpha", "a number >= 0 (MixUp's Beta(alpha, alpha); 0: no MixUp; "
+             "0.2 to 1 are usual)", lambda v: is_number(v) and v >= 0)
+    _require(settings["cutmix_alpha"], "trainer.mixup.cutmix_alpha", "a number >= 0 (CutMix's Beta(alpha, alpha); "
+             "0: no CutMix; 1.0 is usual)", lambda v: is_number(v) and v >= 0)
+    _require(settings["prob"], "trainer.mixup.prob", "a number from 0 to 1 (the share of training batches mixed)",
+             lambda v: is_number(v) and 0 <= v <= 1)
+    _require(settings["switch_prob"], "trainer.mixup.switch_prob", "a number from 0 to 1 (with alpha and "
+             "cutmix_alpha both above 0: the share of the mixed batches that use CutMix)",
+             lambda v: is_number(v) and 0 <= v <= 1)
+    if settings["alpha"] == settings["cutmix_alpha"] == 0 or settings["prob"] == 0:
+        return None
+    return {key: float(value) for key, value in settings.items()}
 
 
 def check_starting_weights(cfg: DictConfig) -> None:

@@ -8,7 +8,8 @@ channels_last / precision / compile as `build.place_model` resolves them; the fi
 come from `Trainer.evaluate`, the code that measured the run's validation and test
 splits. So the run's own test split with the checkpoint it tested gives exactly the
 test_loss and test_acc of its summary.json. The weights are the checkpoint's
-(`RunCheckpoint.build_model`); model.weights (pretrained starting weights) is never loaded.
+(`RunCheckpoint.build_model`: with trainer.ema, the averaged ones, as the run's test measured);
+model.weights (pretrained starting weights) is never loaded. The run's trainer.tta applies.
 
 Other data: `data.<key>=...` changes a setting of the run's dataset (data.root for the
 same dataset somewhere else); `data=<name>` takes another dataset's config file, with
@@ -138,7 +139,8 @@ def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "be
     transform = dataclasses.replace(preprocess_transform(state.preprocess), channels_last=placed.channels_last)
     loader = split_loader(checked, examples, split, transform, device, limited=False)
     trainer = Trainer(placed.model, None, None, None, None, device, epochs=0,
-                      options=StepOptions(autocast_dtype=placed.autocast_dtype), forward=placed.forward)
+                      options=StepOptions(autocast_dtype=placed.autocast_dtype), forward=placed.forward,
+                      tta=cfg.trainer.get("tta"))  # the run's test-time augmentation, as its test used
     evaluation = trainer.evaluate(loader, keep_outputs=True)
     if evaluation.labels is None or len(evaluation.labels) != len(examples):
         raise CnnTrainError(f"Only {0 if evaluation.labels is None else len(evaluation.labels)} of the split's "

@@ -146,7 +146,8 @@ class TwoStageFinetune(Callback):
     def enter_stage_two(self, trainer: Trainer, reload_best: bool) -> None:
         if reload_best:
             self.group.barrier()  # rank 0 has written best.pt before any rank reads it
-            trainer.model.load_state_dict(load_checkpoint(self.best_checkpoint)["state_dict"])
+            # The weights best.pt trained and, with trainer.ema, its average: stage two goes on with both.
+            trainer.load_weights(load_checkpoint(self.best_checkpoint))
         unfreeze(trainer.model, self.keep_norm_statistics)
         if self.new_forward:
             trainer.forward = self.new_forward(trainer.model)

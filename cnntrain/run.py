@@ -145,7 +145,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
     best = callbacks.checkpointer.best
     parts.group.barrier()  # every rank reads the best.pt rank 0 wrote
     tested = tested_checkpoint(folder, reporter)
-    parts.model.load_state_dict(load_checkpoint(tested)["state_dict"])
+    trainer.use_weights(load_checkpoint(tested)["state_dict"])  # with trainer.ema, best.pt's average
     test_loss, test_acc = test = trainer.evaluate(parts.test_loader)
     summary = {
         "status": "completed", "run_dir": str(folder), "model": cfg.model.name, "data": cfg.data.name,
@@ -158,6 +158,9 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         "val_size": spec.val_size,
         # What the speed switches resolved to on this device (the config may say auto).
         "channels_last": parts.channels_last, "precision": parts.precision,
+        # What validation and the test measured: the weights' average (its decay) or the trained weights (null);
+        # each image alone (null) or with its mirror image (hflip).
+        "ema": cfg.trainer.get("ema"), "tta": cfg.trainer.get("tta"),
         "test_size": spec.test_size, "val_source": spec.val_source, **provenance(parts.device),
         "wall_seconds": time.time() - started,
         "mean_epoch_seconds": sum(m.epoch_seconds for m in history) / len(history),

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnntrain.distributed import Group
+from cnntrain.ema import ModelEma
 from cnntrain.errors import TrainingError
 
 
@@ -57,7 +58,7 @@ class Evaluation:
     top5: float | None = None  # top-5 accuracy; None for 5 classes or fewer
     # With keep_outputs (on the CPU, one row per example in the loader's order; None otherwise):
     predicted: torch.Tensor | None = None  # (N,) the class of the highest logit, as the accuracy counts it
-    probabilities: torch.Tensor | None = None  # (N, classes) softmax, float32
+    probabilities: torch.Tensor | None = None  # (N, classes) softmax, float32 (with tta=hflip: the two passes' mean)
     labels: torch.Tensor | None = None  # (N,)
 
     def __iter__(self):
@@ -134,7 +135,8 @@ class _RunningStats:
     With `top5`, also the examples whose label is among the 5 highest logits, counted when
     the logits have more than 5 classes (on the device too: no extra host sync). In a
     distributed run the reads sum the counters of every rank (`group`), so every rank reads
-    the figures of the whole global batch or split.
+    the figures of the whole global batch or split. Soft targets (trainer.mixup's class
+    probabilities) count a prediction as correct when it is their most likely class.
     """
 
     def __init__(self, device: torch.device, top5: bool = False, group: Group | None = None):
@@ -151,6 +153,8 @@ class _RunningStats:
             predicted: torch.Tensor | None = None) -> None:
         loss = loss.detach().float()
         self.loss_sum += loss * len(labels)
+        if labels.dim() == 2:  # soft targets (MixUp / CutMix): the class with the largest share
+            labels = labels.argmax(dim=1)
         predicted = logits.argmax(dim=1) if predicted is None else predicted
         self.correct += (predicted == labels).sum()
         if self.top5 and logits.shape[1] > 5:
@@ -214,12 +218,16 @@ class Trainer:
     `schedule` is an `optim.LrSchedule` (or None). `forward` is what computes the
     logits (a torch.compile'd model, say); `model` is the module whose weights are
     trained and saved. A callback ends training early by setting `stop_reason`.
+    `ema` (trainer.ema, an `ema.ModelEma`): the average of the weights, updated after every
+    optimizer step; then it is what `evaluate` measures and what checkpoints' "state_dict"
+    holds. `tta` (trainer.tta): "hflip" makes `evaluate` average over each batch and its mirror.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule, train_loader,
                  val_loader, device: torch.device, epochs: int, callbacks: Sequence[Callback] = (),
                  log_every: int = 20, loss_fn: Callable = F.cross_entropy, options: StepOptions | None = None,
-                 forward: Callable | None = None, group: Group | None = None):
+                 forward: Callable | None = None, group: Group | None = None, ema: ModelEma | None = None,
+                 tta: str | None = None):
         self.model = model
         self.group = group or Group.single()  # the processes of a distributed run (distributed.py)
         self.forward = forward or model
@@ -240,14 +248,20 @@ class Trainer:
         self.stage: int | None = None  # the stage of a staged training (finetune.py); recorded per epoch
         self._epoch: _EpochInProgress | None = None
         self._resume_position: dict | None = None  # a mid-epoch checkpoint's "in_epoch", until used
+        self.ema = ema  # trainer.ema: the average of the weights, updated every optimizer step; what evaluate measures
+        self.tta = tta  # trainer.tta: None, or "hflip" (evaluate averages each batch's and its mirror's probabilities)
 
     def state_dict(self) -> dict:
         """Everything of the training that a checkpoint keeps to resume it exactly (see checkpoint.py).
 
-        The key names are those of the checkpoint format (`state_dict` is the model's weights).
+        The key names are those of the checkpoint format (`state_dict` is the model's weights: with
+        EMA the averaged ones, the trained ones then under `raw_state_dict`).
         """
+        weights = {"state_dict": self.model.state_dict()} if self.ema is None else {
+            "state_dict": self.ema.state_dict(), "raw_state_dict": self.model.state_dict(),
+            "ema_updates": self.ema.updates}
         return {
-            "state_dict": self.model.state_dict(),
+            **weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
             "grad_scaler": self.scaler.state_dict() if self.scaler else None,
@@ -279,7 +293,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         """Put back what `state_dict` gave: weights, optimizer, schedule, loss scaler, history, stop reason."""
-        self.model.load_state_dict(state["state_dict"])
+        self.load_weights(state)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.schedule is not None and state.get("scheduler") is not None:
             self.schedule.load_state_dict(state["scheduler"])
@@ -289,6 +303,24 @@ class Trainer:
         self.stop_reason = state.get("stop_reason")
         self.stage = state.get("stage")
         self._resume_position = state.get("in_epoch")
+
+    def load_weights(self, state: dict) -> None:
+        """A checkpoint's weights: the trained ones into the model ("raw_state_dict" in a checkpoint of a
+        run with EMA, else "state_dict") and, with EMA, the average into it ("state_dict" and its
+        "ema_updates"; a checkpoint without an average starts it again from the model's weights)."""
+        raw = state.get("raw_state_dict")
+        self.model.load_state_dict(state["state_dict"] if raw is None else raw)
+        if self.ema is not None:
+            if raw is None:
+                self.ema.restart(self.model)
+            else:
+                self.ema.load_state_dict(state["state_dict"], state.get("ema_updates", 0))
+
+    def use_weights(self, state_dict: dict) -> None:
+        """Training over: the model takes `state_dict` (a checkpoint's "state_dict", the average with EMA)
+        and `evaluate` measures the model itself from now on, through `forward`, as cnntrain-eval does."""
+        self.model.load_state_dict(state_dict)
+        self.ema = None
 
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
@@ -386,13 +418,17 @@ class Trainer:
     def evaluate(self, loader, keep_outputs: bool = False) -> "Evaluation":
         """Mean cross-entropy, accuracy (and top-5 accuracy for more than 5 classes) over `loader`, without
         autograd; unpacks as (loss, accuracy). `keep_outputs`: also each example's predicted class,
-        probabilities and label, in the loader's order (what cnntrain-eval reports per class)."""
-        self.model.eval()
+        probabilities and label, in the loader's order (what cnntrain-eval reports per class).
+
+        With EMA the averaged weights are measured (uncompiled: `forward` computes the trained
+        model's logits); with tta=hflip, `evaluation_logits` says what is measured."""
+        model = self.model if self.ema is None else self.ema.module
+        forward = self.forward if self.ema is None else model
+        model.eval()
         stats = _RunningStats(self.device, top5=True, group=self.group)
         outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for images, labels in loader:
-            with self._autocast():
-                logits = self.forward(images)
+            logits = self.evaluation_logits(forward, images)
             predicted = logits.argmax(dim=1)
             stats.add(logits, labels, F.cross_entropy(logits.float(), labels), predicted=predicted)
             if keep_outputs:  # kept on the device until the end: no host sync per batch
@@ -403,6 +439,19 @@ class Trainer:
             evaluation.predicted, evaluation.probabilities, evaluation.labels = (
                 torch.cat(parts).cpu() for parts in zip(*outputs))
         return evaluation
+
+    def evaluation_logits(self, forward: Callable, images: torch.Tensor) -> torch.Tensor:
+        """What `evaluate` measures for a batch: `forward(images)`; with tta=hflip the log of the mean of the
+        softmax probabilities of the batch and of its horizontal mirror, float32. Log-probabilities are
+        logits whose softmax is that mean, so the accuracy, top-5 and probabilities are the averaged
+        probabilities' and the loss is the cross-entropy of the averaged probabilities, -log(mean p[label])."""
+        with self._autocast():
+            logits = forward(images)
+            if self.tta != "hflip":
+                return logits
+            mirrored = forward(images.flip(-1))
+        both = torch.stack((logits.float().log_softmax(dim=1), mirrored.float().log_softmax(dim=1)))
+        return torch.logsumexp(both, dim=0) - math.log(2)  # log((p + p_mirrored) / 2), without underflow
 
     def _autocast(self):
         dtype = self.options.autocast_dtype
@@ -421,6 +470,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         if self.schedule is not None and self.schedule.interval == "step":
             self.schedule.scheduler.step()
 

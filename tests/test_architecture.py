@@ -19,7 +19,7 @@ LAYERS = [
     {"cnntrain.config", "cnntrain.recipes"},
     {"cnntrain.trainer", "cnntrain.data", "cnntrain.models", "cnntrain.optim", "cnntrain.speed_switches",
      "cnntrain.inspector", "cnntrain.run_folder", "cnntrain.plots", "cnntrain.checkpoint", "cnntrain.pretrained",
-     "cnntrain.distributed"},
+     "cnntrain.distributed", "cnntrain.ema"},
     {"cnntrain.callbacks", "cnntrain.loggers", "cnntrain.tensorboard_logger", "cnntrain.finetune"},
     {"cnntrain.checks", "cnntrain.build"},
     {"cnntrain.run", "cnntrain.interruptions", "cnntrain.resuming", "cnntrain.predict", "cnntrain.sweep",

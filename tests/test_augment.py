@@ -94,3 +94,69 @@ def test_augment_from_the_command_line_syntax(tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["preprocess"]["augment"] == [{"name": "random_crop", "padding": 4}, "hflip",
                                                    {"name": "rotation", "degrees": 20}]
+
+
+def erased(entry, x, seed=0, value=2.0):
+    """Which pixels of each image random_erasing filled (with a value no image pixel has)."""
+    [augment] = build_augmentations([{"name": "random_erasing", "value": value, **entry}])
+    out = augment(x, gen(seed))
+    mask = out == value
+    assert torch.equal(out, torch.where(mask, out, x))  # nothing else changed
+    assert torch.equal(mask, mask[:, :1].expand_as(mask))  # every channel alike
+    return mask[:, 0]
+
+
+def test_random_erasing_is_seeded_and_p_zero_is_identity():
+    x = batch(n=16, size=20)
+    assert torch.equal(erased({"p": 0.7}, x, seed=1), erased({"p": 0.7}, x, seed=1))
+    assert not torch.equal(erased({"p": 0.7}, x, seed=1), erased({"p": 0.7}, x, seed=2))
+    [augment] = build_augmentations([{"name": "random_erasing", "p": 0.0}])
+    assert torch.equal(augment(x, gen()), x)
+
+
+def test_random_erasing_fills_one_rectangle_whose_area_is_within_the_scale_bounds():
+    """torchvision's rule: area = share x image, sides sqrt(area x ratio) and sqrt(area / ratio), each
+    rounded to whole pixels; so the share erased is within the bounds up to that rounding."""
+    size, scale, ratio = 40, (0.05, 0.2), (0.5, 2.0)
+    masks = erased({"p": 1.0, "scale": list(scale), "ratio": list(ratio)}, batch(n=64, c=1, size=size))
+    for mask in masks:
+        rows, cols = mask.nonzero(as_tuple=True)
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert len(rows) == height * width  # one solid rectangle
+        low, high = scale[0] * size**2, scale[1] * size**2
+        # each side off by at most half a pixel from sqrt(area * ratio) or sqrt(area / ratio)
+        assert (low**0.5 * ratio[0]**0.5 - 0.5) * (low**0.5 / ratio[1]**0.5 - 0.5) <= len(rows)
+        assert len(rows) <= (high**0.5 * ratio[1]**0.5 + 0.5) * (high**0.5 / ratio[0]**0.5 + 0.5)
+        assert ratio[0] * 0.7 <= height / width <= ratio[1] / 0.7
+    shares = masks.float().mean(dim=(1, 2))
+    assert shares.min() < 0.1 and shares.max() > 0.12  # the shares spread over the range
+    assert len({tuple(m.nonzero()[0].tolist()) for m in masks}) > 32  # each image its own place
+
+
+def test_random_erasing_erases_what_torchvision_erases_for_the_same_settings():
+    """A square of share 0.09 of a 20x20 image: 6x6 pixels in both, with the default probability 0.5."""
+    from torchvision.transforms import v2
+
+    x = batch(n=200, c=3, size=20)
+    ours = erased({"scale": [0.09, 0.09], "ratio": [1, 1]}, x).sum(dim=(1, 2))
+    theirs = torch.stack([(v2.RandomErasing(scale=(0.09, 0.09), ratio=(1, 1), value=2.0)(image) == 2.0)[0].sum()
+                          for image in x])
+    assert set(ours.tolist()) == set(theirs.tolist()) == {0, 36}
+    assert 0.35 < (ours > 0).float().mean() < 0.65
+
+
+def test_random_erasing_with_no_rectangle_that_fits_leaves_the_image():
+    x = batch(n=4, size=8)
+    assert not erased({"p": 1.0, "scale": [1.0, 1.0], "ratio": [1, 1]}, x).any()  # the whole image never fits
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"scale": [0.2, 1.5]}, r"scale must be \[min, max\] with 0 <= min <= max <= 1"),
+    ({"scale": [0.3, 0.1]}, r"scale must be \[min, max\]"),
+    ({"ratio": [0, 2]}, r"ratio must be \[min, max\] with 0 < min <= max"),
+    ({"p": 2}, "p must be a number from 0 to 1, got 2"),
+    ({"value": "random"}, r"data.augment\[\].value must be a number, got 'random'"),
+])
+def test_bad_random_erasing_settings_are_named(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        build_augmentations([{"name": "random_erasing", **entry}])

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cnntrain.errors import ConfigError
-from cnntrain.registry import Registry
+from cnntrain.registry import Registry, is_number
 
 AUGMENTATIONS = Registry("augmentation", "data.augment[].name")
 
@@ -132,6 +132,52 @@ def color_jitter(brightness: float = 0.0, contrast: float = 0.0, saturation: flo
     return apply
 
 
+# Tries per image for a rectangle that fits (torchvision's RandomErasing makes 10).
+ERASING_TRIES = 10
+
+
+@AUGMENTATIONS.register("random_erasing")
+def random_erasing(p: float = 0.5, scale: Sequence[float] = (0.02, 0.33), ratio: Sequence[float] = (0.3, 3.3),
+                   value: float = 0.0) -> Augmentation:
+    """With probability p, fill a random rectangle of the image with `value` (Zhong et al., Random Erasing).
+
+    torchvision.transforms.v2.RandomErasing's semantics and defaults, batched and drawing from the
+    loader's generator (torchvision's takes no generator): the rectangle covers a share `scale` of
+    the image, with a height/width ratio drawn log-uniformly from `ratio`, sides rounded to whole
+    pixels, at a random place where it fits; of 10 tries per image the first that fits is erased
+    (none fits: the image stays as it is). It runs before normalisation, so `value` is a pixel value
+    in [0, 1] (0: black), one for every channel (torchvision's per-channel values and 'random' noise
+    are not offered).
+    """
+    if not (is_number(p) and 0 <= p <= 1):
+        raise ValueError(f"p must be a number from 0 to 1, got {p!r}")
+    if len(scale) != 2 or not all(is_number(v) for v in scale) or not 0 <= scale[0] <= scale[1] <= 1:
+        raise ValueError(f"scale must be [min, max] with 0 <= min <= max <= 1 (shares of the image), got {scale!r}")
+    if len(ratio) != 2 or not all(is_number(v) for v in ratio) or not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"ratio must be [min, max] with 0 < min <= max (height / width), got {ratio!r}")
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+
+    def apply(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        area = _uniform(n * ERASING_TRIES, scale[0], scale[1], generator, x.device).view(n, ERASING_TRIES) * (h * w)
+        aspect = _uniform(n * ERASING_TRIES, *log_ratio, generator, x.device).view(n, ERASING_TRIES).exp()
+        heights, widths = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+        fits = (heights < h) & (widths < w)
+        first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits
+        height, width = heights.gather(1, first), widths.gather(1, first)  # (n, 1)
+        # A whole number of pixels from 0 to (side - erased side), as torch.randint(0, side - erased + 1) draws.
+        top = torch.minimum((_uniform(n, 0, 1, generator, x.device)[:, None] * (h - height + 1)).floor(), h - height)
+        left = torch.minimum((_uniform(n, 0, 1, generator, x.device)[:, None] * (w - width + 1)).floor(), w - width)
+        erase = _chance(n, p, generator, x.device).view(n, 1) & fits.any(dim=1, keepdim=True)
+        rows = torch.arange(h, device=x.device)
+        cols = torch.arange(w, device=x.device)
+        in_rows = (rows >= top) & (rows < top + height) & erase  # (n, h)
+        in_cols = (cols >= left) & (cols < left + width)  # (n, w)
+        return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], value)
+
+    return apply
+
+
 def build_augmentations(entries: Sequence[Any] | None) -> list[Augmentation]:
     """Build the `data.augment` list; each entry is {name: ..., setting: value, ...}."""
     built = []
@@ -147,7 +193,10 @@ def build_augmentations(entries: Sequence[Any] | None) -> list[Augmentation]:
                 f"Available: {', '.join(AUGMENTATIONS.names())}"
             )
         settings = {k: v for k, v in entry.items() if k != "name"}
-        augmentation = AUGMENTATIONS.build(entry["name"], settings)
+        try:
+            augmentation = AUGMENTATIONS.build(entry["name"], settings)
+        except ValueError as err:  # a setting its builder refuses (random_erasing's scale above 1, ...)
+            raise ConfigError(f"data.augment[{i}] ({entry}) cannot run with these settings: {err}") from None
         _try_on_a_sample(augmentation, f"data.augment[{i}] ({entry})")
         built.append(augmentation)
     return built

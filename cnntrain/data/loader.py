@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from cnntrain.data import ImageSet
 from cnntrain.data.augment import Augmentation
 from cnntrain.data.folder import FileImageSet, bad_file_error
+from cnntrain.data.mixing import BatchMixer
 
 
 @dataclass
@@ -84,14 +85,16 @@ class _EpochLoader:
 
     With `shuffle`, epoch e visits the examples in `epoch_order(n, seed, e)`. With
     `augment`, the transform's augmentations draw from `augment_generator(seed, e)`;
-    loaders without it (evaluation) yield the same batches every time. `limit_batches`
+    loaders without it (evaluation) yield the same batches every time. A training loader's
+    `mixer` (trainer.mixup) then mixes each batch, drawing from that stream too, and the loader
+    yields (images, soft targets) instead of (images, labels). `limit_batches`
     keeps only an epoch's first batches (a quick look at a run). `resume_at` makes the
     next pass start in the middle of the epoch, exactly where a checkpoint left it.
     """
 
     def __init__(self, labels: torch.Tensor, batch_size: int, transform: BatchTransform, device: torch.device,
                  shuffle: bool, seed: int, augment: bool, limit_batches: int | None = None,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), mixer: BatchMixer | None = None):
         self.labels = labels
         # (rank, processes) of a distributed run: a training loader yields this rank's share of
         # each global batch (every processes-th example of it); see cnntrain/distributed.py.
@@ -101,7 +104,8 @@ class _EpochLoader:
         self.device = device
         self.shuffle = shuffle
         self.seed = seed
-        self.augment = augment and bool(transform.augment)
+        self.mixer = mixer if augment else None  # MixUp / CutMix of training batches (data/mixing.py)
+        self.augment = augment and (bool(transform.augment) or self.mixer is not None)
         self.limit_batches = limit_batches
         self.epoch = 0
         self.generator: torch.Generator | None = None  # the current pass's augmentation stream
@@ -143,15 +147,20 @@ class _EpochLoader:
     def _order(self, n: int) -> torch.Tensor:
         return epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
 
+    def _batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 batch as the model gets it: transformed (augmented in training), then mixed with a mixer."""
+        images = self.transform(images, self.generator)
+        return (images, labels) if self.mixer is None else self.mixer(images, labels, self.generator)
+
 
 class InMemoryLoader(_EpochLoader):
     """Iterates (images, labels) batches over an `ImageSet` moved to `device`."""
 
     def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
                  device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False,
-                 limit_batches: int | None = None, shard: tuple[int, int] = (0, 1)):
+                 limit_batches: int | None = None, shard: tuple[int, int] = (0, 1), mixer: BatchMixer | None = None):
         super().__init__(data.labels.to(device), batch_size, transform, device, shuffle, seed, augment,
-                         limit_batches, shard)
+                         limit_batches, shard, mixer)
         self.images = data.images.to(device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -166,7 +175,7 @@ class InMemoryLoader(_EpochLoader):
             else:
                 images = self.images[begin:begin + self.batch_size]
                 labels = self.labels[begin:begin + self.batch_size]
-            yield self.transform(images, self.generator), labels
+            yield self._batch(images, labels)
 
 
 class StreamingLoader(_EpochLoader):
@@ -178,8 +187,9 @@ class StreamingLoader(_EpochLoader):
 
     def __init__(self, data: FileImageSet, batch_size: int, transform: BatchTransform,
                  device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False,
-                 limit_batches: int | None = None, shard: tuple[int, int] = (0, 1)):
-        super().__init__(data.labels, batch_size, transform, device, shuffle, seed, augment, limit_batches, shard)
+                 limit_batches: int | None = None, shard: tuple[int, int] = (0, 1), mixer: BatchMixer | None = None):
+        super().__init__(data.labels, batch_size, transform, device, shuffle, seed, augment, limit_batches, shard,
+                         mixer)
         self.data = data
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -193,7 +203,7 @@ class StreamingLoader(_EpochLoader):
             images, index = self._without_bad_files(images, index, errors)
             if len(index):
                 images = images.to(self.device, non_blocking=True)
-                yield self.transform(images, self.generator), self.data.labels[index].to(self.device)
+                yield self._batch(images, self.data.labels[index].to(self.device))
 
     def _without_bad_files(self, images, index, errors):
         bad = [i for i, error in enumerate(errors) if error]
@@ -207,12 +217,14 @@ class StreamingLoader(_EpochLoader):
 
 def make_loader(data: ImageSet | FileImageSet, batch_size: int, transform: BatchTransform, device: torch.device,
                 shuffle: bool = False, seed: int = 0, augment: bool = False,
-                limit_batches: int | None = None, shard: tuple[int, int] = (0, 1)) -> _EpochLoader:
+                limit_batches: int | None = None, shard: tuple[int, int] = (0, 1),
+                mixer: BatchMixer | None = None) -> _EpochLoader:
     """A streaming loader for splits left on disk, the in-memory one otherwise.
 
     `shard` (rank, processes): a training (shuffled) loader takes its share of every global
     batch; an evaluation loader gets every processes-th example of the split, so that the
-    ranks together see each example once (the metrics are summed across ranks).
+    ranks together see each example once (the metrics are summed across ranks). `mixer`: MixUp /
+    CutMix for a training loader (trainer.mixup), which then yields soft targets.
     """
     loader_class = StreamingLoader if isinstance(data, FileImageSet) else InMemoryLoader
     rank, world = shard
@@ -220,4 +232,4 @@ def make_loader(data: ImageSet | FileImageSet, batch_size: int, transform: Batch
         data = data.subset(torch.arange(len(data))[rank::world])
         shard = (0, 1)
     return loader_class(data, batch_size, transform, device, shuffle=shuffle, seed=seed, augment=augment,
-                        limit_batches=limit_batches, shard=shard)
+                        limit_batches=limit_batches, shard=shard, mixer=mixer)
