@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from cnntrain.config import config_dir
+from cnntrain.trainer import Callback
 from cnntrain.data.idx import write_idx
 from cnntrain.data.synthetic import synthetic
 
@@ -32,6 +33,17 @@ def write_fake_mnist(folder: Path, train_size: int = 400, test_size: int = 200, 
     write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", data.test.images[:, 0])
     write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", data.test.labels)
     return folder
+
+
+class StopAt(Callback):
+    """Interrupt a run after step `step` of epoch `epoch`: what Ctrl-C does at that moment."""
+
+    def __init__(self, epoch, step):
+        self.at = (epoch, step)
+
+    def on_train_step(self, trainer, step, steps):
+        if (trainer.history[-1].epoch + 1 if trainer.history else 1, step) == self.at:
+            trainer.request_stop()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from cnntrain.ema import ModelEma
 from cnntrain.errors import ConfigError, RunInterrupted
 from cnntrain.evaluation import evaluate_run
 from cnntrain.trainer import Trainer
-from tests.conftest import compose_config
+from tests.conftest import StopAt, compose_config
 
 CPU = torch.device("cpu")
 
@@ -192,17 +192,6 @@ def assert_same(a, b):
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     return train(*RUN, run_dir=tmp_path_factory.mktemp("ema") / "whole")
-
-
-class StopAt(Callback):
-    """Interrupt the run after (epoch, step), what Ctrl-C does then."""
-
-    def __init__(self, epoch, step):
-        self.at = (epoch, step)
-
-    def on_train_step(self, trainer, step, steps):
-        if (trainer.history[-1].epoch + 1 if trainer.history else 1, step) == self.at:
-            trainer.request_stop()
 
 
 def test_a_run_with_ema_and_tta_interrupted_mid_epoch_resumes_exactly(tmp_path, whole):

@@ -21,7 +21,7 @@ from cnntrain.checkpoint import load_checkpoint
 from cnntrain.errors import ConfigError, RunInterrupted
 from cnntrain.models import build_model
 from cnntrain.pretrained import weights_file_for
-from tests.conftest import compose_config
+from tests.conftest import StopAt, compose_config
 
 # A small grey dataset and the torchvision ResNet-18 at 32 pixels: seconds per run on a CPU.
 DATA = ["data=synthetic", "data.train_size=120", "data.test_size=40", "data.image_size=32", "data.batch_size=32",
@@ -228,17 +228,6 @@ def test_stage_two_can_keep_the_frozen_batchnorm_statistics(tmp_path, start_file
     assert len(statistics) == 40 and all(torch.equal(start[k], after[k]) for k in statistics)
     assert not torch.equal(start["layer1.0.bn1.weight"], after["layer1.0.bn1.weight"])  # scale and shift train
     assert not torch.equal(start["conv1.weight"], after["conv1.weight"])
-
-
-class StopAt(Callback):
-    """Interrupt the run at (epoch, step): what Ctrl-C does at that moment."""
-
-    def __init__(self, epoch, step):
-        self.at = (epoch, step)
-
-    def on_train_step(self, trainer, step, steps):
-        if (trainer.history[-1].epoch + 1 if trainer.history else 1, step) == self.at:
-            trainer.request_stop()
 
 
 @pytest.mark.parametrize("stop_at", [(3, 1), (2, 3)], ids=["mid-epoch-in-stage-two", "end-of-switching-epoch"])
