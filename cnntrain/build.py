@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter, TimeEstimate
-from cnntrain.checkpoint import save_checkpoint, training_checkpoint
+from cnntrain.checkpoint import training_checkpoint
 from cnntrain.checks import CheckedConfig, check_config
 from cnntrain.config import settings_of
 from cnntrain.data import DatasetSpec, ImageData, PreparedData, load_image_data, prepare
@@ -343,12 +343,10 @@ def two_stage_finetune(parts: TrainingParts, folder: RunFolder, checkpointer: Ch
         return None
     return TwoStageFinetune(settings["unfreeze_at"], settings.get("lr_scale", 0.01), folder.best_checkpoint,
                             scaled_optimizer(parts.new_optimizer, parts.new_schedule),
-                            save_last=lambda trainer: parts.group.writes and save_checkpoint(
-                                checkpointer.make_state(trainer), folder.last_checkpoint),
+                            save_last=checkpointer.save_last,
                             say=reporter.line, keep_norm_statistics=settings.get("keep_norm_statistics", False),
                             new_forward=lambda model: forward_for(model, parts.checked.cfg, parts.device,
-                                                                  parts.group)[0],
-                            group=parts.group)
+                                                                  parts.group)[0])
 
 
 def quicker_options(parts: TrainingParts) -> str:

@@ -289,6 +289,11 @@ class Checkpointer(Callback):
             self.saved = (self.saved[0], step)
             self._last_save = time.monotonic()
 
+    def save_last(self, trainer: Trainer) -> None:
+        """Rewrite last.pt with the trainer as it is now (e.g. after fine-tuning's switch to stage two)."""
+        if trainer.group.writes:
+            save_checkpoint(self.make_state(trainer), self.folder.last_checkpoint)
+
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         improved = self.best is None or metrics.val_acc > self.best.val_acc
         if improved:

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from cnntrain.checkpoint import load_checkpoint
-from cnntrain.distributed import Group
 from cnntrain.errors import ConfigError
 from cnntrain.pretrained import head_name
 from cnntrain.registry import is_whole
@@ -115,10 +114,9 @@ class TwoStageFinetune(Callback):
 
     def __init__(self, unfreeze_at: int, lr_scale: float, best_checkpoint, new_optimizer: Callable,
                  save_last: Callable[[Trainer], None], say: Callable[[str], None], keep_norm_statistics: bool = False,
-                 new_forward: Callable[[nn.Module], Callable] | None = None, group: Group | None = None):
+                 new_forward: Callable[[nn.Module], Callable] | None = None):
         self.unfreeze_at = unfreeze_at
         self.new_forward = new_forward  # a distributed run's DDP wrapper must be rebuilt for the unfrozen weights
-        self.group = group or Group.single()
         self.lr_scale = lr_scale
         self.keep_norm_statistics = keep_norm_statistics
         self.best_checkpoint = best_checkpoint
@@ -145,7 +143,7 @@ class TwoStageFinetune(Callback):
 
     def enter_stage_two(self, trainer: Trainer, reload_best: bool) -> None:
         if reload_best:
-            self.group.barrier()  # rank 0 has written best.pt before any rank reads it
+            trainer.group.barrier()  # rank 0 has written best.pt before any rank reads it
             # The weights best.pt trained and, with trainer.ema, its average: stage two goes on with both.
             trainer.load_weights(load_checkpoint(self.best_checkpoint))
         unfreeze(trainer.model, self.keep_norm_statistics)
