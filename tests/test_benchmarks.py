@@ -64,3 +64,15 @@ def test_distributed_script_compares_one_and_two_processes(tmp_path):
     rows = table_rows(result.stdout, "1") + table_rows(result.stdout, "2")
     assert [row[0] for row in rows] == ["1", "2"] and rows[0][2] == "1.00"
     assert rows[0][5] == rows[1][5]  # the same global batches: the same validation accuracy
+
+
+@pytest.mark.slow  # two whole runs: run with -m slow
+def test_recipes_script_reports_each_seed_and_their_mean(tmp_path):
+    output = tmp_path / "recipes.md"
+    run_script("recipes.py", "--seeds", "0,1", "--output", str(output),
+               "--recipe", "smoke=experiment=smoke trainer.epochs=1", cwd=tmp_path)
+    [row] = table_rows(output.read_text(), "smoke")
+    per_seed = [float(a) for a in row[1].split(", ")]
+    mean, spread = (float(x) for x in row[2].split(" ± "))
+    assert len(per_seed) == 2 and abs(mean - sum(per_seed) / 2) < 1e-4 and spread >= 0
+    assert "`cnntrain experiment=smoke trainer.epochs=1`" in output.read_text()
