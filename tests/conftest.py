@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -33,6 +36,23 @@ def write_fake_mnist(folder: Path, train_size: int = 400, test_size: int = 200, 
     write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", data.test.images[:, 0])
     write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", data.test.labels)
     return folder
+
+
+def make_job(sweep_dir, name, overrides, summary=None):
+    """A sweep job's folder as Hydra and a run leave it: .hydra/overrides.yaml and, when given, summary.json."""
+    folder = sweep_dir / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if summary:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def assert_same_weights(a, b):
+    """Two state dicts with the same keys, in the same order, and bit-equal tensors."""
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 class StopAt(Callback):

@@ -22,7 +22,7 @@ from cnntrain.ema import ModelEma
 from cnntrain.errors import ConfigError, RunInterrupted
 from cnntrain.evaluation import evaluate_run
 from cnntrain.trainer import Trainer
-from tests.conftest import StopAt, compose_config
+from tests.conftest import StopAt, assert_same_weights, compose_config
 
 CPU = torch.device("cpu")
 
@@ -183,12 +183,6 @@ def metrics_without_timing(run_dir):
                 for row in csv.DictReader(f)]
 
 
-def assert_same(a, b):
-    assert list(a) == list(b)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     return train(*RUN, run_dir=tmp_path_factory.mktemp("ema") / "whole")
@@ -211,15 +205,15 @@ def test_a_run_with_ema_and_tta_interrupted_mid_epoch_resumes_exactly(tmp_path, 
     assert metrics_without_timing(resumed.run_dir) == metrics_without_timing(whole.run_dir)
     for name in ("last.pt", "best.pt"):
         ours, theirs = (load_checkpoint(run / "checkpoints" / name) for run in (resumed.run_dir, whole.run_dir))
-        assert_same(ours["state_dict"], theirs["state_dict"])
-        assert_same(ours["raw_state_dict"], theirs["raw_state_dict"])
+        assert_same_weights(ours["state_dict"], theirs["state_dict"])
+        assert_same_weights(ours["raw_state_dict"], theirs["raw_state_dict"])
         assert ours["ema_updates"] == theirs["ema_updates"]
     assert (resumed.summary["test_loss"], resumed.summary["test_acc"]) == (summary["test_loss"], summary["test_acc"])
 
 
 def test_the_test_and_cnntrain_eval_measure_best_pt_s_average_with_tta(whole):
     best = load_checkpoint(whole.run_dir / "checkpoints" / "best.pt")
-    assert_same(whole.model.state_dict(), best["state_dict"])  # the returned model holds the average
+    assert_same_weights(whole.model.state_dict(), best["state_dict"])  # the returned model holds the average
     result = evaluate_run(whole.run_dir)
     assert (result.evaluation.loss, result.evaluation.acc) == (whole.summary["test_loss"], whole.summary["test_acc"])
 
@@ -244,11 +238,11 @@ def test_two_stage_finetune_with_ema_reloads_best_pt_s_trained_weights_and_avera
     assert [m.stage for m in result.history] == [1, 2, 2]
     trained, averaged, updates, best = both.seen[0]  # after epoch 1: stage two starts from best.pt (epoch 1)
     assert best["epoch"] == 1
-    assert_same(trained, best["raw_state_dict"])
-    assert_same(averaged, best["state_dict"])
+    assert_same_weights(trained, best["raw_state_dict"])
+    assert_same_weights(averaged, best["state_dict"])
     assert updates == best["ema_updates"] == 4
     assert math.isfinite(result.summary["test_loss"])
-    assert_same(result.model.state_dict(), load_checkpoint(run_dir / "checkpoints" / "best.pt")["state_dict"])
+    assert_same_weights(result.model.state_dict(), load_checkpoint(run_dir / "checkpoints" / "best.pt")["state_dict"])
 
 
 def test_ema_and_tta_are_off_by_default_and_checkpoints_stay_as_they_were():

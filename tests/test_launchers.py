@@ -18,6 +18,7 @@ from rich.console import Console
 
 from cnntrain.sweep import FAIL_FAST_WITH_SUBMITIT, main as report_main, missing_plugin, report_sweep
 from cnntrain.config import config_dir
+from tests.conftest import make_job
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install 'cnntrain[submitit]'")
 
@@ -199,15 +200,6 @@ def test_a_slurm_sweep_through_submitits_slurm_executor(tmp_path):
     # Where the README says each job's output goes: .submitit/<array id>_<n>/<array id>_<n>_0_log.out.
     assert "Invalid learning rate" in (sweep_dir / ".submitit" / "4242_0" / "4242_0_0_log.err").read_text()
     assert "run folder: " in (sweep_dir / ".submitit" / "4242_1" / "4242_1_0_log.out").read_text()
-
-
-def make_job(sweep_dir, name, overrides, summary=None):
-    folder = sweep_dir / name
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    if summary:
-        (folder / "summary.json").write_text(json.dumps(summary))
-    return folder
 
 
 def test_a_job_stopped_at_its_time_limit_says_so_and_how_to_continue(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from cnntrain.checkpoint import load_checkpoint
 from cnntrain.errors import ConfigError, TrainingError
 from cnntrain.resuming import resume, resume_config
 from cnntrain.run import train
-from tests.conftest import compose_config
+from tests.conftest import assert_same_weights, compose_config
 
 # A model and a checkpoint writer that signal their own process at a chosen moment, so
 # that a kill lands at a known step. Loaded by the runs through `imports`, as a user's
@@ -99,12 +99,6 @@ def metrics_without_timing(run_dir):
 
 def weights(run_dir, name="last.pt"):
     return load_checkpoint(run_dir / "checkpoints" / name)["state_dict"]
-
-
-def assert_same_weights(a, b):
-    assert list(a) == list(b)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.fixture(scope="module")

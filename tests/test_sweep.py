@@ -3,7 +3,6 @@
 import csv
 import importlib.util
 import io
-import json
 
 import pytest
 import yaml
@@ -11,6 +10,7 @@ import yaml
 from rich.console import Console
 
 from cnntrain.sweep import best_job, failed_job_result, missing_plugin, report_sweep, write_best
+from tests.conftest import make_job
 
 
 def row(job, status, acc, overrides):
@@ -59,14 +59,6 @@ def test_a_failed_job_scores_zero_a_value_the_optuna_sweeper_accepts():
     # and hydra-optuna-sweeper 1.2 then aborts the whole search.
     with pytest.raises(ValueError):
         study.tell(study.ask(), float("nan"))
-
-
-def make_job(sweep_dir, name, overrides, summary=None):
-    folder = sweep_dir / name
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    if summary:
-        (folder / "summary.json").write_text(json.dumps(summary))
 
 
 def test_report_writes_csv_png_and_best_and_marks_jobs_a_fail_fast_stop_cut_short(tmp_path):
