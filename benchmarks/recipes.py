@@ -5,7 +5,8 @@
 
 Each `--recipe "<name>=<cnntrain overrides>"` runs once per seed (`seed=<s>`), each in a
 fresh process with its own run folder, and the table gives per recipe: the test accuracy
-of every seed and their mean ± standard deviation, the wall time of the whole process
+of every seed and their mean ± standard deviation, the mean best validation accuracy (what
+to tune on), the wall time of the whole process
 (start to summary, as the user waits for it) and the training examples per second (the
 runs' mean over epochs after the first). Test accuracy is the run's own (its best.pt by
 validation accuracy, measured once on the test split): tune on validation, report test.
@@ -35,13 +36,15 @@ class RecipeResult:
     name: str
     overrides: list[str]
     test_acc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
     wall_seconds: list[float] = field(default_factory=list)
     examples_per_s: list[float] = field(default_factory=list)
 
     def row(self) -> str:
         spread = statistics.stdev(self.test_acc) if len(self.test_acc) > 1 else 0.0
         return (f"| {self.name} | {', '.join(f'{a:.4f}' for a in self.test_acc)} | "
-                f"{statistics.mean(self.test_acc):.4f} ± {spread:.4f} | {statistics.mean(self.wall_seconds):.0f} | "
+                f"{statistics.mean(self.test_acc):.4f} ± {spread:.4f} | {statistics.mean(self.val_acc):.4f} | "
+                f"{statistics.mean(self.wall_seconds):.0f} | "
                 f"{statistics.mean(self.examples_per_s):,.0f} |")
 
 
@@ -52,8 +55,9 @@ def parse_recipe(text: str) -> tuple[str, list[str]]:
     return name.strip(), shlex.split(overrides)
 
 
-def run_seed(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, float, float]:
-    """(test accuracy, wall seconds of the whole process, training examples/s) of one run."""
+def run_seed(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, float, float, float]:
+    """(test accuracy, best validation accuracy, wall seconds of the whole process, training examples/s)
+    of one run."""
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "cnntrain", *overrides, f"seed={seed}", "trainer.progress=none",
                              f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
@@ -64,7 +68,7 @@ def run_seed(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, flo
     with open(run_dir / "metrics.csv") as f:
         speeds = [float(row["train_examples_per_s"]) for row in csv.DictReader(f)]
     timed = speeds[1:] or speeds  # the first epoch warms up
-    return summary["test_acc"], wall, statistics.mean(timed)
+    return summary["test_acc"], summary["best_val_acc"], wall, statistics.mean(timed)
 
 
 def main() -> None:
@@ -80,17 +84,19 @@ def main() -> None:
             name, overrides = parse_recipe(text)
             result = RecipeResult(name, overrides + common)
             for seed in seeds:
-                acc, wall, speed = run_seed(result.overrides, seed, Path(tmp) / f"r{i}_s{seed}")
+                acc, val, wall, speed = run_seed(result.overrides, seed, Path(tmp) / f"r{i}_s{seed}")
                 result.test_acc.append(acc)
+                result.val_acc.append(val)
                 result.wall_seconds.append(wall)
                 result.examples_per_s.append(speed)
-                print(f"{name} seed {seed}: test acc {acc:.4f}, {wall:.0f} s, {speed:,.0f} ex/s", flush=True)
+                print(f"{name} seed {seed}: test acc {acc:.4f}, val acc {val:.4f}, {wall:.0f} s, {speed:,.0f} ex/s",
+                      flush=True)
             results.append(result)
     lines = [f"# Recipes, {len(seeds)} seed(s) each", "",
              f"{date.today()}, {platform.machine()}, Python {platform.python_version()}; whole `cnntrain` "
              f"processes, test accuracy of best.pt (chosen by validation accuracy).", "",
-             "| recipe | test acc per seed | mean ± std | wall s (whole process) | train ex/s |",
-             "|---|---|---|---:|---:|",
+             "| recipe | test acc per seed | mean ± std | best val acc (mean) | wall s (whole process) | train ex/s |",
+             "|---|---|---|---:|---:|---:|",
              *(r.row() for r in results), "",
              *(f"- {r.name}: `cnntrain {' '.join(r.overrides)}`" for r in results)]
     print("\n".join(lines))

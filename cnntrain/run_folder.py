@@ -315,15 +315,25 @@ def describe_device(device) -> str:
     return device.type
 
 
-def versions() -> dict[str, str]:
+def versions() -> dict[str, str | None]:
     import hydra
     import torch
-    import torchvision
 
     from cnntrain import __version__
 
     return {"cnntrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "hydra": hydra.__version__}
+            "torchvision": installed_version("torchvision"), "hydra": hydra.__version__}
+
+
+def installed_version(distribution: str) -> str | None:
+    """A package's version from its installed metadata: without importing it (torchvision's import
+    costs 0.3-1 s, and a run on IDX data never needs it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def git_commit() -> str | None:

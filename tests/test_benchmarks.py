@@ -75,4 +75,5 @@ def test_recipes_script_reports_each_seed_and_their_mean(tmp_path):
     per_seed = [float(a) for a in row[1].split(", ")]
     mean, spread = (float(x) for x in row[2].split(" ± "))
     assert len(per_seed) == 2 and abs(mean - sum(per_seed) / 2) < 1e-4 and spread >= 0
+    assert 0 <= float(row[3]) <= 1  # the mean best validation accuracy
     assert "`cnntrain experiment=smoke trainer.epochs=1`" in output.read_text()

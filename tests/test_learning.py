@@ -37,6 +37,7 @@ CASES = {
     "cifar_cnn": (None, 1500),
     "resnet18": (32, 60),
     "resnet_small": (None, 60),
+    "airnet": (None, 60),
     "googlenet": (32, 600),
     "nin": (67, 1500),
     "vgg": (32, 2000),

@@ -1,6 +1,6 @@
 """curves.png (every run) and sweep.png (every multirun): real PNGs, redrawn when they should be.
 
-That a training run redraws curves.png every epoch is checked in test_tensorboard.py, on its run.
+How often a training run draws curves.png is checked in test_tensorboard.py, on its run.
 """
 
 import sys
@@ -19,9 +19,9 @@ def epoch(n: int, val_acc: float) -> EpochMetrics:
                         lr=0.1, epoch_seconds=1.0, train_examples_per_s=100.0)
 
 
-def test_curves_png_is_redrawn_from_metrics_csv_every_epoch(tmp_path):
-    writer, curves = MetricsWriter(tmp_path / "metrics.csv"), CurvesPlot(tmp_path / "metrics.csv",
-                                                                          tmp_path / "curves.png", title="t")
+def test_curves_png_is_redrawn_from_metrics_csv(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.csv")
+    curves = CurvesPlot(tmp_path / "metrics.csv", tmp_path / "curves.png", title="t", min_seconds_between=0)
     contents = []
     for n, acc in ((1, 0.4), (2, 0.7)):
         writer.on_epoch_end(None, epoch(n, acc))
@@ -33,6 +33,25 @@ def test_curves_png_is_redrawn_from_metrics_csv_every_epoch(tmp_path):
             assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 50
     assert contents[0] != contents[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.csv"]  # no temp file left
+
+
+def test_curves_png_is_drawn_after_the_first_epoch_then_at_most_every_20_seconds_and_at_the_end(tmp_path,
+                                                                                               monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(plots.time, "monotonic", lambda: clock[0])
+    drawn = []
+    monkeypatch.setattr(plots, "plot_curves", lambda rows, path, title="": drawn.append([r["epoch"] for r in rows]))
+    writer, curves = MetricsWriter(tmp_path / "metrics.csv"), CurvesPlot(tmp_path / "metrics.csv",
+                                                                          tmp_path / "curves.png")
+    for n, seconds in ((1, 2.0), (2, 2.0), (3, 17.0), (4, 2.0), (5, 2.0)):  # epochs end at 102, 104, 121, 123, 125
+        clock[0] += seconds
+        writer.on_epoch_end(None, epoch(n, 0.5))
+        curves.on_epoch_end(None, epoch(n, 0.5))
+    assert drawn == [[1], [1, 2, 3, 4]]  # epoch 3 ended 19 s after the draw at 102: not yet; epoch 4 (21 s): drawn
+    curves.on_fit_end(None)
+    assert drawn == [[1], [1, 2, 3, 4], [1, 2, 3, 4, 5]]
+    curves.on_fit_end(None)  # nothing new since: not drawn again
+    assert len(drawn) == 3
 
 
 def test_a_failed_write_leaves_the_previous_png_whole(tmp_path, monkeypatch):

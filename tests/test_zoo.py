@@ -200,6 +200,11 @@ def test_hand_counts_match_the_tutorials_totals():
     ("resnet_small", {}, (9 * 32 + 64) + 2 * (9 * 32 * 32 + 64)
      + (9 * 32 * 64 + 128 + 9 * 64 * 64 + 128 + 32 * 64 + 128)
      + (9 * 64 * 128 + 256 + 9 * 128 * 128 + 256 + 64 * 128 + 256) + linear(128, 10)),
+    # 3x3 stem + BN; per block conv (BN) conv (BN), each BN 2 x channels; bias-free fc.
+    ("airnet", {}, (9 * 32 + 64) + (9 * 32 * 32 + 64 + 9 * 32 * 32 + 64) + (9 * 32 * 64 + 128 + 9 * 64 * 64 + 128)
+     + (9 * 64 * 128 + 256 + 9 * 128 * 128 + 256) + 128 * 10),
+    ("airnet", {"stem": 16, "widths": [8, 16]}, (9 * 16 + 32) + (9 * 16 * 8 + 16 + 9 * 8 * 8 + 16)
+     + (9 * 8 * 16 + 32 + 9 * 16 * 16 + 32) + 16 * 10),
     ("cifar_cnn", {"in_channels": 3}, cifar_cnn_count(3)),
     ("cifar_cnn", {"in_channels": 1}, cifar_cnn_count(1)),
 ])
@@ -347,3 +352,16 @@ def test_check_input_size_other_failures():
         inspector.check_input_size(model, 1, 100)  # classifier sized for 224
     with pytest.raises(ConfigError, match="positive"):
         inspector.check_input_size(model, 1, 0)
+
+
+def test_airnet_head_scales_logits_and_takes_any_size_from_8_pixels():
+    torch.manual_seed(0)
+    model = MODELS.build("airnet", {"logit_scale": 0.25}, num_classes=7, in_channels=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model[:-1](images)  # everything before the head: (2, 128) after the global max-pool
+        assert features.shape == (2, 128)
+        assert torch.allclose(model(images), features @ model.fc.weight.T * 0.25)
+        assert model(torch.randn(1, 3, 8, 8)).shape == (1, 7)
+    with pytest.raises(ConfigError, match="model.widths must be a list of positive whole numbers"):
+        MODELS.build("airnet", {"widths": [32, 0]})

@@ -45,5 +45,5 @@ def build_model(recipe: dict):
 # Importing the family modules registers their builders.
 from cnntrain.models import lenet, mlp  # noqa: E402,F401
 from cnntrain.models import alexnet, cifar_cnn, googlenet, lenet_bn, nin, resnet, vgg  # noqa: E402,F401
-from cnntrain.models import resnet_small, torchvision_models  # noqa: E402,F401
+from cnntrain.models import airnet, resnet_small, torchvision_models  # noqa: E402,F401
 from cnntrain.models.init import INIT_SCHEMES, init_weights  # noqa: E402,F401
