@@ -66,8 +66,9 @@ def run_book(root: Path, epochs: int, seed: int) -> ProcessResult:
     return ProcessResult(wall, result["epoch_seconds"], result["test_acc"], result["printed_examples_per_s"])
 
 
-def run_cnntrain(run_dir: Path, epochs: int, seed: int) -> ProcessResult:
+def run_cnntrain(run_dir: Path, root: str, epochs: int, seed: int) -> ProcessResult:
     wall, _ = timed([sys.executable, "-m", "cnntrain", "experiment=d2l_lenet", f"trainer.epochs={epochs}",
+                     f"data.root={Path(root).resolve()}",
                      f"seed={seed}", "trainer.progress=none", f"hydra.run.dir={run_dir}"])
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -100,11 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", default="0", help="comma-separated; each seed runs the book, then cnntrain")
+    parser.add_argument("--root", default="data", help="data.root to look in before the system copy")
     parser.add_argument("--output", help="also write the table here (markdown)")
     args = parser.parse_args()
     import torch
 
-    data = fashion_mnist(root="data", download=False)
+    data = fashion_mnist(root=args.root, download=False)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = write_torchvision_copy(data, Path(tmp) / "book")
@@ -112,7 +114,7 @@ def main() -> None:
             print(f"seed {seed}: the book's code ...", flush=True)
             book = run_book(root, args.epochs, seed)
             print(f"seed {seed}: cnntrain experiment=d2l_lenet ...", flush=True)
-            results.append((seed, book, run_cnntrain(Path(tmp) / f"run{seed}", args.epochs, seed)))
+            results.append((seed, book, run_cnntrain(Path(tmp) / f"run{seed}", args.root, args.epochs, seed)))
     lines = ["# The default LeNet: cnntrain against the book's own code", "",
              f"{date.today()}, {platform.machine()} CPU with {torch.get_num_threads()} threads, torch "
              f"{torch.__version__}, {args.epochs} epochs, back to back per seed (`python benchmarks/lenet_vs_book.py "

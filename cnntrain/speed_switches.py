@@ -78,41 +78,14 @@ def slow_channels_last_batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
 def tune_backend(device: torch.device) -> None:
     """Backend settings that change only speed: on CUDA, cuDNN times the convolution
     algorithms for each new input shape and keeps the fastest (a run meets few
-    shapes: every batch has one size but an epoch's last); on a CPU, freed memory is
-    kept for reuse (`keep_freed_host_memory`)."""
+    shapes: every batch has one size but an epoch's last).
+
+    Tried and left out (2026-11-30, 2-core CPU): glibc's mallopt keeping freed memory
+    (M_MMAP_THRESHOLD/M_TRIM_THRESHOLD) made a bare LeNet step loop 1.46x faster but whole
+    cnntrain runs no faster (25k ex/s either way: the run's allocation pattern already
+    reuses the heap); OMP_PROC_BIND/OMP_PLACES and flush-denormal changed nothing."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if device.type == "cpu":
-        keep_freed_host_memory()
-
-
-# glibc's mallopt parameters (malloc.h) and the values set: blocks up to 1 GiB come from the
-# reusable heap, and the heap's free top is never handed back.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-KEPT_BLOCK_BYTES = 1 << 30
-TRIM_THRESHOLD_BYTES = (1 << 31) - 1
-
-
-def keep_freed_host_memory() -> bool:
-    """Have glibc keep freed memory in the process for the next step instead of returning it
-    to the system. By default every activation or gradient over 128 KiB-32 MiB is its own
-    mmap, unmapped when freed, so each training step maps its tensors afresh and page-faults
-    on every first touch: measured on a 2-core CPU, LeNet's step 12 -> 8.2 ms (1.46x) and
-    airnet's 26 -> 24 ms, with the kernel's share of the time near zero; the peak resident
-    memory grew 2-3%. Process-wide and permanent (also for a Python program that calls
-    cnntrain.train). True when set; False where the C library is not glibc (macOS, musl,
-    Windows), which is left as it is."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, KEPT_BLOCK_BYTES) and libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                  TRIM_THRESHOLD_BYTES))
 
 
 def compile_unavailable_reason(device: torch.device) -> str | None:

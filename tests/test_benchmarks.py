@@ -47,6 +47,25 @@ def test_speed_script_compares_both_loops_and_reports_each_seed(tmp_path):
     assert abs(float(mean[1]) - (float(seeds[0][0][1]) + float(seeds[1][0][1])) / 2) < 2e-4
 
 
+@pytest.mark.slow  # two whole processes per seed: run with -m slow
+def test_lenet_vs_book_script_times_both_whole_processes(tmp_path):
+    # 6 batches of 256: the book's train_ch6 divides by batches // 5 (it fails below 5)
+    write_fake_mnist(tmp_path / "data" / "FashionMNIST" / "raw", train_size=1536, test_size=300)
+    output = tmp_path / "lenet.md"
+    run_script("lenet_vs_book.py", "--root", str(tmp_path / "data"), "--epochs", "2", "--seeds", "0,1",
+               "--output", str(output), cwd=tmp_path)
+    rows = [table_rows(output.read_text(), seed)[0] for seed in ("0", "1", "mean")]
+
+    def close(ratio: str, numerator: str, denominator: str) -> bool:  # the times are printed rounded
+        expected = float(numerator) / float(denominator)
+        return abs(float(ratio.removesuffix("x")) - expected) < 0.02 * expected + 0.01
+
+    for row in rows:
+        assert close(row[3], row[1], row[2]) and close(row[6], row[4], row[5])  # whole process, epoch
+        assert 0 < float(row[5]) < float(row[2])  # cnntrain's epoch is part of its process
+        assert all(0 <= float(acc) <= 1 for acc in row[7:9])
+
+
 def test_choices_script_reports_what_channels_last_auto_picks(tmp_path):
     output = tmp_path / "choices.md"
     run_script("choices.py", "--models", "lenet,lenet_bn", "--steps", "1", "--device", "cpu",
