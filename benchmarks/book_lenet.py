@@ -8,7 +8,8 @@ Accumulator and accuracy, the Animator's plot updates five times an epoch and af
 pass), evaluate_accuracy_gpu. The book's code samples are under its modified MIT licence
 (github.com/d2l-ai/d2l-en, LICENSE-SAMPLECODE). Changed for measuring only: the data root is an
 argument, torch is seeded, each epoch's wall time (training + test pass) is recorded, and a
-JSON line with the results is printed last; the Animator prints nothing (in a terminal the
+JSON line with the results is printed last; an epoch's training loop is a function of its own
+(`train_epoch_ch6`, which benchmarks/speed.py runs too); the Animator prints nothing (in a terminal the
 book's `display` prints the figure's repr) and needs matplotlib, as the book does.
 
     python benchmarks/book_lenet.py --root <folder with FashionMNIST/raw/> --epochs 10 --seed 0
@@ -134,6 +135,32 @@ def evaluate_accuracy_gpu(net, data_iter, device=None):
     return metric[0] / metric[1]
 
 
+def train_epoch_ch6(net, train_iter, optimizer, loss, device, animator, timer, epoch):
+    """One epoch of the book's train_ch6 loop, split out of it so that benchmarks/speed.py runs this
+    same code; returns (train loss, train accuracy, examples). The one change: the plot is updated
+    every max(1, batches // 5) steps, where the book divides by batches // 5 and fails below 5
+    batches (speed.py's zoo passes take a few)."""
+    metric = Accumulator(3)
+    net.train()
+    num_batches = len(train_iter)
+    for i, (X, y) in enumerate(train_iter):
+        timer.start()
+        optimizer.zero_grad()
+        X, y = X.to(device), y.to(device)
+        y_hat = net(X)
+        l = loss(y_hat, y)
+        l.backward()
+        optimizer.step()
+        with torch.no_grad():
+            metric.add(l * X.shape[0], accuracy(y_hat, y), X.shape[0])
+        timer.stop()
+        train_l = metric[0] / metric[2]
+        train_acc = metric[1] / metric[2]
+        if (i + 1) % max(1, num_batches // 5) == 0 or i == num_batches - 1:
+            animator.add(epoch + (i + 1) / num_batches, (train_l, train_acc, None))
+    return train_l, train_acc, metric[2]
+
+
 def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, epoch_seconds):
     """Train a model with a GPU (the book's; + epoch_seconds, each epoch's wall time)."""
     def init_weights(m):
@@ -145,32 +172,17 @@ def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, epoch_seconds)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     loss = nn.CrossEntropyLoss()
     animator = Animator(xlabel='epoch', xlim=[1, num_epochs], legend=['train loss', 'train acc', 'test acc'])
-    timer, num_batches = Timer(), len(train_iter)
+    timer = Timer()
     for epoch in range(num_epochs):
         started = time.perf_counter()
-        metric = Accumulator(3)
-        net.train()
-        for i, (X, y) in enumerate(train_iter):
-            timer.start()
-            optimizer.zero_grad()
-            X, y = X.to(device), y.to(device)
-            y_hat = net(X)
-            l = loss(y_hat, y)
-            l.backward()
-            optimizer.step()
-            with torch.no_grad():
-                metric.add(l * X.shape[0], accuracy(y_hat, y), X.shape[0])
-            timer.stop()
-            train_l = metric[0] / metric[2]
-            train_acc = metric[1] / metric[2]
-            if (i + 1) % (num_batches // 5) == 0 or i == num_batches - 1:
-                animator.add(epoch + (i + 1) / num_batches, (train_l, train_acc, None))
+        train_l, train_acc, examples = train_epoch_ch6(net, train_iter, optimizer, loss, device, animator, timer,
+                                                       epoch)
         test_acc = evaluate_accuracy_gpu(net, test_iter)
         animator.add(epoch + 1, (None, None, test_acc))
         epoch_seconds.append(time.perf_counter() - started)
     print(f'loss {train_l:.3f}, train acc {train_acc:.3f}, test acc {test_acc:.3f}')
-    print(f'{metric[2] * num_epochs / timer.sum():.1f} examples/sec on {str(device)}')
-    return test_acc, metric[2] * num_epochs / timer.sum()
+    print(f'{examples * num_epochs / timer.sum():.1f} examples/sec on {str(device)}')
+    return test_acc, examples * num_epochs / timer.sum()
 
 
 def main():

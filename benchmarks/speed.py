@@ -42,7 +42,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))  # book_lenet.py: the book's helpers
@@ -130,12 +129,13 @@ def timed_first_batch(loader, device: torch.device) -> float:
 
 def reference_loop(root: Path, rc: Recipe, device: torch.device, passes: int, limit: int | None,
                    seed: int) -> LoopResult:
-    """The tutorial loop: the book's train_ch6 (book_lenet.py) step for step, its per-step
-    Accumulator/accuracy host reads and Animator updates included, from `rc`'s initial weights."""
+    """The tutorial loop: the book's train_ch6 epoch (book_lenet.train_epoch_ch6, its per-step
+    Accumulator/accuracy host reads and Animator updates included) and test pass, from `rc`'s
+    initial weights (train_ch6 itself would re-initialise them)."""
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
-    from book_lenet import Accumulator, Animator, accuracy, evaluate_accuracy_gpu
+    from book_lenet import Animator, Timer, evaluate_accuracy_gpu, train_epoch_ch6
 
     steps = [transforms.Resize(rc.size)] if rc.size != 28 else []
     to_tensor = transforms.Compose(steps + [transforms.ToTensor()])
@@ -150,23 +150,11 @@ def reference_loop(root: Path, rc: Recipe, device: torch.device, passes: int, li
         model = rc.new_model(seed).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=rc.lr)
         animator = Animator(xlabel='epoch', xlim=[1, passes], legend=['train loss', 'train acc', 'test acc'])
-        num_batches = len(train_iter)
         seconds, train_seconds, accuracy_now = [], [], 0.0
         for epoch in range(passes):
             started = time.perf_counter()
-            metric = Accumulator(3)
-            model.train()
-            for i, (x, y) in enumerate(train_iter):
-                optimizer.zero_grad()
-                x, y = x.to(device), y.to(device)
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                loss.backward()
-                optimizer.step()
-                with torch.no_grad():
-                    metric.add(loss * x.shape[0], accuracy(out, y), x.shape[0])
-                if (i + 1) % max(1, num_batches // 5) == 0 or i == num_batches - 1:
-                    animator.add(epoch + (i + 1) / num_batches, (metric[0] / metric[2], metric[1] / metric[2], None))
+            train_epoch_ch6(model, train_iter, optimizer, torch.nn.CrossEntropyLoss(), device, animator, Timer(),
+                            epoch)
             train_seconds.append(time.perf_counter() - started)
             accuracy_now = evaluate_accuracy_gpu(model, test_iter)
             animator.add(epoch + 1, (None, None, accuracy_now))

@@ -49,7 +49,7 @@ def test_speed_script_compares_both_loops_and_reports_each_seed(tmp_path):
 
 @pytest.mark.slow  # two whole processes per seed: run with -m slow
 def test_lenet_vs_book_script_times_both_whole_processes(tmp_path):
-    # 6 batches of 256: the book's train_ch6 divides by batches // 5 (it fails below 5)
+    # 6 batches of 256: enough for the book's plot updates every batches // 5 steps
     write_fake_mnist(tmp_path / "data" / "FashionMNIST" / "raw", train_size=1536, test_size=300)
     output = tmp_path / "lenet.md"
     run_script("lenet_vs_book.py", "--root", str(tmp_path / "data"), "--epochs", "2", "--seeds", "0,1",
