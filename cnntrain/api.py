@@ -33,12 +33,10 @@ def train(*overrides: str | DictConfig, callbacks: list[Callback] = (), run_dir:
     defaults to a new timestamped folder under outputs/ in the current folder.
     """
     if len(overrides) == 1 and isinstance(overrides[0], DictConfig):
-        cfg = overrides[0]
-    else:
-        if not all(isinstance(item, str) for item in overrides):
-            raise TypeError("train() takes override strings such as 'model=alexnet', or one composed config.")
-        cfg = compose(overrides)
-    return run(cfg, run_dir=run_dir, callbacks=callbacks)
+        return run(overrides[0], run_dir=run_dir, callbacks=callbacks)
+    if not all(isinstance(item, str) for item in overrides):
+        raise TypeError("train() takes override strings such as 'model=alexnet', or one composed config.")
+    return run(compose(overrides), run_dir=run_dir, callbacks=callbacks, command_line=list(overrides))
 
 
 def resume(run_dir: Path | str, *overrides: str, callbacks: list[Callback] = ()) -> RunResult:

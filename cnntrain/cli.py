@@ -50,7 +50,7 @@ def _run_job(cfg: DictConfig) -> float | None:
     from cnntrain.run import train  # imports torch: after the checks that can do without it
 
     try:
-        return train(cfg)["best_val_acc"]
+        return train(cfg, command_line=list(HydraConfig.get().overrides.task))["best_val_acc"]
     except CnnTrainError as err:
         print_error(str(err))
         if not in_sweep:
@@ -175,14 +175,15 @@ def export_main() -> None:
 
 
 EVAL_USAGE = """usage: cnntrain-eval run=<run folder> [split=test|val|train|all] [checkpoint=best|last] [imports=[my_models]]
-                     [data=<name>] [data.<key>=<value> ...] [device=auto|cpu|cuda|mps]
+                     [tta=run|none|hflip] [data=<name>] [data.<key>=<value> ...] [device=auto|cpu|cuda|mps]
 Measures the run's checkpoint on a split of its data, built as the run built it (the run's own
 test split gives the test figures of its summary.json), or on other labelled data with the run's
 classes (data=image_folder data.root=<folder>; split=all: every image of it). Prints loss, accuracy,
 top-5 (more than 5 classes), precision/recall/F1 per class and the confusion matrix, and writes them
 with the misclassified examples to <run folder>/eval/<split>_<checkpoint>/ (other data:
-eval/<data>-<root folder>-<digest>_<split>_<checkpoint>/)."""
-EVAL_OPTIONS = {"run": None, "split": "test", "checkpoint": "best", "imports": ""}
+eval/<data>-<root folder>-<digest>_<split>_<checkpoint>/). tta=: the test-time augmentation, by
+default the run's trainer.tta; another one (none, hflip) writes to a folder ending in _tta-<it>."""
+EVAL_OPTIONS = {"run": None, "split": "test", "checkpoint": "best", "imports": "", "tta": "run"}
 EVAL_OVERRIDES = ("data", "device")  # key=value arguments of these sections go to the run's config
 
 
@@ -200,7 +201,7 @@ def eval_main() -> None:
     try:
         options = parse_key_values([arg for arg in args if arg not in overrides], EVAL_OPTIONS, EVAL_USAGE)
         result = evaluate_run(Path(options["run"]), split=options["split"], checkpoint=options["checkpoint"],
-                              overrides=overrides, imports=options["imports"] or None)
+                              overrides=overrides, imports=options["imports"] or None, tta=options["tta"])
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)

@@ -9,7 +9,8 @@ come from `Trainer.evaluate`, the code that measured the run's validation and te
 splits. So the run's own test split with the checkpoint it tested gives exactly the
 test_loss and test_acc of its summary.json. The weights are the checkpoint's
 (`RunCheckpoint.build_model`: with trainer.ema, the averaged ones, as the run's test measured);
-model.weights (pretrained starting weights) is never loaded. The run's trainer.tta applies.
+model.weights (pretrained starting weights) is never loaded. The run's trainer.tta applies, unless
+`tta=none` or `tta=hflip` says otherwise (results then go to a folder of their own, see below).
 
 Other data: `data.<key>=...` changes a setting of the run's dataset (data.root for the
 same dataset somewhere else); `data=<name>` takes another dataset's config file, with
@@ -24,7 +25,8 @@ What is written, in `RunFolder.evaluation(...)`: eval/<split>_<checkpoint>/ on t
 own data, eval/<data>_<split>_<checkpoint>/ on other data, where <data> is the dataset's
 name, the folder name of its data.root and a digest of its settings (so results on
 different data do not overwrite each other): eval.json (every figure), per_class.csv,
-confusion_matrix.csv/.png, misclassified.csv/.png (see run_folder.EvalFolder).
+confusion_matrix.csv/.png, misclassified.csv/.png (see run_folder.EvalFolder). With a test-time
+augmentation other than the run's, the folder name ends in _tta-<none|hflip>.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from rich.table import Table
 
 from cnntrain.build import build_data, place_model, resolve_device, split_loader
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import check_config, confirmed_imports
+from cnntrain.checks import TTA_MODES, check_config, confirmed_imports
 from cnntrain.config import group_file
 from cnntrain.data import ImageData, ImageSet, PreparedData, load_image_data
 from cnntrain.data.folder import READ_ERRORS, FileImageSet, decode
@@ -59,6 +61,7 @@ from cnntrain.trainer import Evaluation, StepOptions, Trainer
 
 SPLITS = ("test", "val", "train", "all")
 CHECKPOINTS = ("best", "last")
+TTA_CHOICES = ("run", "none", *TTA_MODES)  # tta=: run (the run's trainer.tta), none, or a mode
 # What an evaluation may change: the data (data=<name>, data.<key>=...) and where it runs (device=...).
 MAY_CHANGE = ("data", "device")
 # Data settings that change how the data is read, not which images it holds: left out of the
@@ -88,6 +91,8 @@ class EvalResult:
     misclassified: list[dict[str, Any]]  # most confident first
     notices: list[str] = field(default_factory=list)
     run_test: dict[str, Any] | None = None  # the run's summary.json test figures, when they are for this split
+    tta: str | None = None  # the test-time augmentation measured with (None: none)
+    run_tta: str | None = None  # the run's trainer.tta
 
     @property
     def size(self) -> int:
@@ -103,21 +108,28 @@ class EvalResult:
             figures["top5"] = evaluation.top5
         figures.update({"misclassified": len(self.misclassified), "classes": self.classes,
                         "per_class": self.per_class, "confusion_matrix": self.confusion.tolist(),
-                        "notices": self.notices, "run_test": self.run_test})
+                        "notices": self.notices, "run_test": self.run_test, "tta": self.tta})
         return figures
 
 
 def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "best", overrides: list[str] = (),
-                 imports: str | list[str] | None = None) -> EvalResult:
+                 imports: str | list[str] | None = None, tta: str = "run") -> EvalResult:
     """Evaluate checkpoints/<checkpoint>.pt of the run in `run_dir` on `split` (test, val, train or all) of
     its data, or of the data `overrides` (data=<name>, data.<key>=..., device=...) describe; writes the
-    results into the run folder (eval/...) and returns them."""
+    results into the run folder (eval/...) and returns them. `tta`: "run" (the run's trainer.tta),
+    "none" or "hflip"."""
     if split not in SPLITS:
         raise ConfigError(f"Unknown split '{split}' (split=).{did_you_mean(split, SPLITS)} Available: "
                           f"{', '.join(SPLITS)} (all: every image of the data).")
+    if tta not in TTA_CHOICES:
+        raise ConfigError(f"Unknown test-time augmentation '{tta}' (tta=).{did_you_mean(tta, TTA_CHOICES)} Use "
+                          f"tta=run (what the run used: its trainer.tta), tta=none (no augmentation) or tta=hflip "
+                          f"(the mean of each image's and its mirror's probabilities).")
     folder = RunFolder(run_dir)
     state = read_checkpoint(folder, checkpoint)
     cfg = run_config(state, folder, imports)
+    run_tta = cfg.trainer.get("tta")
+    used_tta = run_tta if tta == "run" else None if tta == "none" else tta
     run_data = OmegaConf.to_container(cfg.data, resolve=True)
     apply_data_overrides(cfg, list(overrides), state, folder)
     data_settings = OmegaConf.to_container(cfg.data, resolve=True)
@@ -140,7 +152,7 @@ def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "be
     loader = split_loader(checked, examples, split, transform, device, limited=False)
     trainer = Trainer(placed.model, None, None, None, None, device, epochs=0,
                       options=StepOptions(autocast_dtype=placed.autocast_dtype), forward=placed.forward,
-                      tta=cfg.trainer.get("tta"))  # the run's test-time augmentation, as its test used
+                      tta=used_tta)
     evaluation = trainer.evaluate(loader, keep_outputs=True)
     if evaluation.labels is None or len(evaluation.labels) != len(examples):
         raise CnnTrainError(f"Only {0 if evaluation.labels is None else len(evaluation.labels)} of the split's "
@@ -151,11 +163,13 @@ def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "be
     classes = state.classes
     confusion = confusion_matrix(evaluation.labels, evaluation.predicted, len(classes))
     result = EvalResult(
-        run=folder, folder=folder.evaluation(split, checkpoint, None if own_data else data_label(data_settings)),
+        run=folder, folder=folder.evaluation(split, checkpoint, None if own_data else data_label(data_settings),
+                                             tta=None if used_tta == run_tta else used_tta or "none"),
         checkpoint=checkpoint, epoch=state.epoch, model=cfg.model.name, data=prepared.spec.name,
         source=prepared.spec.source, own_data=own_data, split=split, classes=classes, evaluation=evaluation,
         confusion=confusion, per_class=per_class_metrics(confusion, classes),
-        misclassified=misclassified_rows(evaluation, examples, classes), notices=notices)
+        misclassified=misclassified_rows(evaluation, examples, classes), notices=notices, tta=used_tta,
+        run_tta=run_tta)
     result.run_test = comparable_run_test(folder, result, checked)
     write_results(result, examples, state)
     return result
@@ -354,7 +368,8 @@ def misclassified_rows(evaluation: Evaluation, examples, classes: list[str]) -> 
 def comparable_run_test(folder: RunFolder, result: EvalResult, checked) -> dict[str, Any] | None:
     """The run's own test figures (summary.json), when they measure what this evaluation measured."""
     summary = folder.read_summary()
-    if not (result.own_data and result.split == "test" and summary.get("status") == "completed"
+    if not (result.own_data and result.split == "test" and result.tta == result.run_tta
+            and summary.get("status") == "completed"
             and summary.get("tested_checkpoint") == f"{result.checkpoint}.pt"):
         return None
     if "limit_test_batches" in checked.limits:
@@ -474,6 +489,10 @@ def print_report(result: EvalResult, console: Console) -> None:
         f"epoch {result.epoch}) on {'all images' if result.split == 'all' else f'the {result.split} split'} of "
         f"{result.data}"
         f"{' ' + result.source if result.source and not result.own_data else ''} ({result.size:,} images)")
+    if result.tta != result.run_tta:
+        say(f"test-time augmentation: {result.tta or 'none'} (the run used trainer.tta={result.run_tta or 'null'})")
+    elif result.tta:
+        say(f"test-time augmentation: {result.tta} (the run's trainer.tta)")
     for notice in result.notices:
         say(notice, style="yellow")
     top5 = f"  top-5 {evaluation.top5:.4f}" if evaluation.top5 is not None else ""

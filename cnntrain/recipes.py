@@ -24,7 +24,7 @@ be written before torch is imported, and anything that reads configs can use it 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -104,7 +104,7 @@ def _values(pairs: list[tuple[str, Any]], family: str) -> list[str]:
     return words
 
 
-def recipe_summary(cfg: DictConfig) -> str:
+def recipe_summary(cfg: DictConfig, command_line: Sequence[str] | None = None) -> str:
     """One line for the start of a run: the model's recipe and which settings came from it, e.g.
 
     recipe: alexnet's (the book, ch. 8.1): sgd lr 0.01, batch 128, 10 epochs, init xavier_uniform;
@@ -112,9 +112,12 @@ def recipe_summary(cfg: DictConfig) -> str:
 
     The first part is the recipe's own values for the chosen optimizer family (the model's
     `init` with them); `defaults:` names the settings the recipe does not give, which take
-    the optimizer/data/trainer file's fallback; `set by you:` the values set on the command
-    line or in an experiment, which win. Optimizer settings not named (nesterov, betas, ...)
-    are the optimizer file's. On a resolved config the values used are stated instead.
+    the optimizer/data/trainer file's fallback; then the values set explicitly, which win:
+    with `command_line` (the overrides the config was composed from) those typed there are
+    `set by you:`, the others `set by experiment=<name>:` (or `set in the config files:`
+    when no experiment was chosen); without it all of them are `set by you:`. Optimizer
+    settings not named (nesterov, betas, ...) are the optimizer file's. On a resolved config
+    the values used are stated instead.
     """
     model = cfg.get("model") or {}
     name = model.get("name", "?")
@@ -139,8 +142,21 @@ def recipe_summary(cfg: DictConfig) -> str:
             if recipe is not None and recipe.get(setting) is not None]
     line = f"recipe: {head}: {', '.join(_values(own, family) + [init])}"
     found = origins(cfg)
-    for label, origin in (("defaults", DEFAULT), ("set by you", SET)):
-        named = [f"{key}={value}" for key, (where, value) in found.items() if where == origin]
-        if named:
-            line += f"; {label}: {', '.join(named)}"
+    explicit = [key for key, (where, _) in found.items() if where == SET]
+    groups = [("defaults", [key for key, (where, _) in found.items() if where == DEFAULT])]
+    groups += _explicit_groups(explicit, command_line)
+    for label, keys in groups:
+        if keys:
+            line += f"; {label}: {', '.join(f'{key}={found[key][1]}' for key in keys)}"
     return line
+
+
+def _explicit_groups(keys: list[str], command_line: Sequence[str] | None) -> list[tuple[str, list[str]]]:
+    """The explicitly set `keys` under the label saying who set them (see `recipe_summary`)."""
+    if command_line is None:
+        return [("set by you", keys)]
+    typed = {key.lstrip("+~") for key, _, _ in (arg.partition("=") for arg in command_line)}
+    experiments = [value for key, _, value in (arg.partition("=") for arg in command_line)
+                   if key.lstrip("+") == "experiment"]
+    others = f"set by experiment={experiments[-1]}" if experiments else "set in the config files"
+    return [("set by you", [key for key in keys if key in typed]), (others, [key for key in keys if key not in typed])]

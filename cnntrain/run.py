@@ -56,17 +56,19 @@ class RunResult:
 
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[str, Any] | None = None,
-          callbacks: list[Callback] = ()) -> dict[str, Any]:
+          callbacks: list[Callback] = (), command_line: list[str] | None = None) -> dict[str, Any]:
     """Train as `cfg` says; returns the summary also written to `<run_dir>/summary.json`."""
-    return run(cfg, run_dir, resume_from, callbacks).summary
+    return run(cfg, run_dir, resume_from, callbacks, command_line).summary
 
 
 def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[str, Any] | None = None,
-        callbacks: list[Callback] = ()) -> RunResult:
+        callbacks: list[Callback] = (), command_line: list[str] | None = None) -> RunResult:
     """Train as `cfg` says in `run_dir` (default: Hydra's folder, else a new one under outputs/).
 
     `resume_from` is the run's last checkpoint when continuing it (see resuming.py);
-    `callbacks` are user callbacks, called after the built-in ones.
+    `callbacks` are user callbacks, called after the built-in ones. `command_line`: the
+    overrides `cfg` was composed from, when known (the recipe line then tells the values
+    typed from those an experiment set).
     """
     if launched_by_torchrun() > 1:  # rank 0 makes the folder (or takes Hydra's), every rank uses it
         join_group()
@@ -77,13 +79,13 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
     try:
         if resume_from is None:
             folder.refuse_if_it_holds_a_run()
-        return _run_in(folder, cfg, resume_from, callbacks)
+        return _run_in(folder, cfg, resume_from, callbacks, command_line)
     finally:
         folder.unlock()
 
 
 def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | None,
-            callbacks: list[Callback]) -> RunResult:
+            callbacks: list[Callback], command_line: list[str] | None) -> RunResult:
     """The run in its locked folder: its summary says how it ended, whatever happens."""
     folder.save_config_if_missing(cfg)
     reporter = Reporter(folder.train_log if folder.writes else None,
@@ -94,7 +96,7 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
         checked = check_config(cfg, list(callbacks))  # every name and setting, before any data is loaded
         with signals:  # after check_config: the user's modules it imports may set handlers of their own
             parts = build_training(checked, resuming=resume_from is not None)
-            return _fit_and_test(parts, folder, reporter, started, resume_from, signals)
+            return _fit_and_test(parts, folder, reporter, started, resume_from, signals, command_line)
     except KeyboardInterrupt as err:
         message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(folder, cfg)
         reporter.line(message, style="yellow")
@@ -124,9 +126,10 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
 
 
 def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, started: float,
-                  resume_from: dict[str, Any] | None, signals: "StopOnSignals") -> RunResult:
+                  resume_from: dict[str, Any] | None, signals: "StopOnSignals",
+                  command_line: list[str] | None) -> RunResult:
     cfg, spec = parts.checked.cfg, parts.spec
-    report_start(parts, folder, reporter)
+    report_start(parts, folder, reporter, command_line)
     callbacks = build_callbacks(parts, folder, reporter)
     trainer = parts.trainer(callbacks.all)
     start_epoch = 1
@@ -181,7 +184,8 @@ def tested_checkpoint(folder: RunFolder, reporter: Reporter) -> Path:
     return folder.last_checkpoint
 
 
-def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> None:
+def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter,
+                 command_line: list[str] | None = None) -> None:
     """The run's first lines: what trains on what, where the folder is, the switches not honoured."""
     spec, cfg = parts.spec, parts.checked.cfg
     origin = f" {spec.source}" if spec.source else ""
@@ -191,7 +195,7 @@ def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter) ->
                   + (f" x {parts.group.world_size} process{'es' if parts.group.world_size > 1 else ''} "
                      f"(DistributedDataParallel; global batch "
                      f"{cfg.data.batch_size})" if parts.group.ddp else ""))
-    reporter.line(recipe_summary(cfg))
+    reporter.line(recipe_summary(cfg, command_line))
     if parts.weights_note:
         reporter.line(parts.weights_note)
     reporter.line(f"run folder: {display_path(folder.path)}")

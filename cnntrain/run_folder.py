@@ -71,11 +71,13 @@ class RunFolder:
         """export/model.onnx, model.torchscript.pt or model.pt2: where cnntrain-export writes `format`."""
         return self.export / EXPORT_FILE_NAMES[format]
 
-    def evaluation(self, split: str, checkpoint: str, data: str | None = None) -> "EvalFolder":
+    def evaluation(self, split: str, checkpoint: str, data: str | None = None, tta: str | None = None) -> "EvalFolder":
         """eval/<split>_<checkpoint>/ for an evaluation on the run's own data; eval/<data>_<split>_<checkpoint>/
         on other data (`data`: a name for it, e.g. image_folder-new_scans-1a2b3c4d), so results on
-        different data do not overwrite each other."""
-        return EvalFolder(self.evaluations / "_".join(part for part in (data, split, checkpoint) if part))
+        different data do not overwrite each other; `tta` (a test-time augmentation other than the
+        run's, "none" or "hflip") adds _tta-<tta>."""
+        parts = (data, split, checkpoint, f"tta-{tta}" if tta else None)
+        return EvalFolder(self.evaluations / "_".join(part for part in parts if part))
 
     def save_config_if_missing(self, cfg: DictConfig) -> None:
         """Hydra writes .hydra/config.yaml for CLI runs; calls from Python get the same file."""

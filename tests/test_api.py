@@ -54,6 +54,10 @@ def test_train_returns_the_model_summary_and_absolute_run_folder(trained):
     assert recorder.values == [m.val_acc for m in result.history]
     assert result.best_val_acc == max(recorder.values)
     assert recorder.hooks == ["fit_start", "epoch_start 1 4", "epoch_start 2 4", "fit_end"]  # 128 train / 32
+    # The recipe line tells the overrides given to train() from the experiment's values, as the CLI does.
+    [recipe_line] = [line for line in (result.run_dir / "train.log").read_text().splitlines() if "recipe: " in line]
+    assert recipe_line.endswith("; set by you: trainer.epochs=2; set by experiment=smoke: optimizer.lr=0.1, "
+                                "data.batch_size=32")
     best = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")["state_dict"]
     for name, tensor in result.model.state_dict().items():
         assert torch.equal(tensor.cpu(), best[name]), name
@@ -134,6 +138,9 @@ def test_train_takes_a_composed_config(tmp_path):
     cfg = cnntrain.compose([*SMOKE, "trainer.epochs=1"])
     result = train(cfg, run_dir=tmp_path / "run")
     assert result.summary["epochs"] == 1 and (tmp_path / "run" / "summary.json").is_file()
+    # Without the overrides it was composed from, the explicit values are all the user's.
+    assert "; set by you: optimizer.lr=0.1, data.batch_size=32, trainer.epochs=1" in (
+        tmp_path / "run" / "train.log").read_text()
 
 
 def test_resume_does_not_recreate_callbacks_from_the_run_folder(tmp_path, monkeypatch):

@@ -68,6 +68,22 @@ def test_lenet_vs_book_script_times_both_whole_processes(tmp_path):
         assert all(0 <= float(acc) <= 1 for acc in row[7:9])
 
 
+def test_lenet_floor_script_times_cnntrain_against_the_bare_loop(tmp_path):
+    write_fake_mnist(tmp_path / "data" / "FashionMNIST" / "raw", train_size=768, test_size=256)  # 3 steps of 256
+    output = tmp_path / "floor.md"
+    run_script("lenet_floor.py", "--root", str(tmp_path / "data"), "--reps", "2", "--no-compile",
+               "--output", str(output), cwd=tmp_path)
+    text = output.read_text()
+    assert "experiment=d2l_lenet (batch 256, 3 steps per epoch), 2 rounds" in text
+    ours, bare = table_rows(text, "cnntrain (Trainer.train_one_epoch)")[0], table_rows(text, "bare loop")[0]
+    assert not [line for line in text.splitlines() if line.startswith("| bare loop, torch.compile")]
+    for row in (ours, bare):
+        fastest, median, ratio = (float(cell) for cell in row[1:])
+        assert 0 < fastest <= median
+    assert float(bare[3]) == 1.0
+    assert abs(float(ours[3]) - float(ours[1]) / float(bare[1])) < 0.01 + 0.01 * float(ours[3])
+
+
 def test_choices_script_reports_what_channels_last_auto_picks(tmp_path):
     output = tmp_path / "choices.md"
     run_script("choices.py", "--models", "lenet,lenet_bn", "--steps", "1", "--device", "cpu",

@@ -33,7 +33,7 @@ def test_smoke_run_writes_a_run_folder_and_prints_plain_lines(tmp_path):
     # The recipe line: the model's recipe, and what the experiment set instead of it.
     [recipe_line] = [line for line in lines if line.startswith("recipe: ")]
     assert recipe_line.startswith("recipe: lenet_classic's (our choice: the book's LeNet batch at a ReLU-safe lr): ")
-    assert recipe_line.endswith("set by you: optimizer.lr=0.1, data.batch_size=32, trainer.epochs=3")
+    assert recipe_line.endswith("set by experiment=smoke: optimizer.lr=0.1, data.batch_size=32, trainer.epochs=3")
     [run_dir] = run_folders(tmp_path)
     assert run_dir.name.endswith("_lenet_classic_synthetic")
     # Paths to copy are never broken across lines (rich's width is 80 when stdout is not a terminal).

@@ -216,6 +216,20 @@ def test_the_test_and_cnntrain_eval_measure_best_pt_s_average_with_tta(whole):
     assert_same_weights(whole.model.state_dict(), best["state_dict"])  # the returned model holds the average
     result = evaluate_run(whole.run_dir)
     assert (result.evaluation.loss, result.evaluation.acc) == (whole.summary["test_loss"], whole.summary["test_acc"])
+    assert result.tta == "hflip" and result.folder.path.name == "test_best" and result.run_test is not None
+
+
+def test_cnntrain_eval_measures_without_the_runs_tta_into_a_folder_of_its_own(whole):
+    with_tta = evaluate_run(whole.run_dir, tta="hflip")  # the run's own: the same as the default
+    assert with_tta.folder.path.name == "test_best" and with_tta.run_test["test_acc"] == whole.summary["test_acc"]
+    without = evaluate_run(whole.run_dir, tta="none")
+    assert without.folder.path.name == "test_best_tta-none" and without.run_test is None
+    assert json.loads(without.folder.eval_json.read_text())["tta"] is None
+    # One pass per image: the probabilities are the softmax of the plain logits, not the two passes' mean.
+    assert not torch.allclose(without.evaluation.probabilities, with_tta.evaluation.probabilities)
+    assert without.evaluation.loss == pytest.approx(
+        -without.evaluation.probabilities[torch.arange(len(without.evaluation.labels)), without.evaluation.labels]
+        .log().mean().item(), rel=1e-5)
 
 
 class BothWeights(Callback):

@@ -245,6 +245,7 @@ def test_errors_are_messages_with_exit_status_2(smoke_run, pets, tmp_path, monke
         ((f"run={pets.run}", f"data.root={tmp_path / 'nowhere'}"), "does not exist (data.root)"),
         ((f"run={pets.run}", "split=all", f"data.root={pets.birds}"), "does not know 'birds'"),
         ((f"run={smoke_run}", "splt=val"), "Unexpected argument 'splt=val'. Did you mean 'split'?"),
+        ((f"run={smoke_run}", "tta=hflp"), "Unknown test-time augmentation 'hflp' (tta=). Did you mean 'hflip'?"),
     ]
     for args, expected in cases:
         code, out, err = run_eval_main(monkeypatch, capsys, *args)

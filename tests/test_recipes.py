@@ -242,6 +242,20 @@ def test_summary_of_an_experiment_and_of_other_optimizers():
     assert ": adamw lr 0.001, batch 128, 10 epochs, init xavier_uniform; defaults: optimizer.weight_decay=0.05" in line
 
 
+def test_summary_tells_typed_values_from_the_experiments():
+    command_line = ["experiment=d2l_vgg", "optimizer.lr=0.02", "+trainer.epochs=3"]
+    line = recipe_summary(compose_config(["experiment=d2l_vgg", "optimizer.lr=0.02", "trainer.epochs=3"]), command_line)
+    assert line.endswith("; set by you: optimizer.lr=0.02, trainer.epochs=3; "
+                         "set by experiment=d2l_vgg: data.batch_size=128")
+    line = recipe_summary(compose_config(["experiment=d2l_vgg"]), ["experiment=d2l_vgg"])
+    assert line.endswith("; set by experiment=d2l_vgg: optimizer.lr=0.05, data.batch_size=128, trainer.epochs=10")
+    assert "set by you" not in line
+    # Set explicitly, yet neither typed nor by an experiment: an edited config file (here: the composed
+    # config given without the command line that set it).
+    line = recipe_summary(compose_config(["data.batch_size=64"]), [])
+    assert line.endswith("; set in the config files: data.batch_size=64")
+
+
 def test_summary_of_a_model_without_recipe():
     line = recipe_summary(compose_config(["model=alexnet", "~model.recipe", "data.batch_size=32"]))
     assert line == ("recipe: model alexnet has none: init xavier_uniform; defaults: optimizer.lr=0.1, "
