@@ -10,6 +10,7 @@ from cnntrain.config import config_dir
 from cnntrain.errors import ConfigError
 from cnntrain.build import inspect_model
 from cnntrain.run import train
+from cnntrain.speed_switches import cpu_has_native_bf16
 from tests.conftest import compose_config, write_fake_mnist
 
 # (preset, model, lr, batch, input size) as in TUTORIALS.md's recipe table.
@@ -50,29 +51,30 @@ def test_preset_runs_one_tiny_step(tmp_path, preset, model, lr, batch, size):
     assert summary["channels_last"] is (model != "lenet_bn")  # trainer.channels_last=auto on the CPU
 
 
-# (preset, epochs, batch, widths, augmentations, parameters): the Fashion-MNIST accuracy recipes
-# (benchmarks/recipes.md has what they measured).
+# (preset, epochs, batch, widths, augmentations, precision, parameters): the Fashion-MNIST accuracy
+# recipes (benchmarks/recipes.md has what they measured).
 FMNIST_PRESETS = [
-    ("fmnist_fast", 4, 64, [32, 64, 128], ["hflip"], 297_440),
-    ("fmnist_5min", 10, 128, [32, 64, 128], ["hflip"], 297_440),
-    ("fmnist_best", 32, 128, [64, 128, 256], ["hflip", "random_crop", "random_erasing"], 1_165_920),
+    ("fmnist_fast", 4, 64, [32, 64, 128], ["hflip"], "bf16", 297_440),
+    ("fmnist_5min", 10, 128, [32, 64, 128], ["hflip"], "bf16", 297_440),
+    ("fmnist_best", 32, 128, [64, 128, 256], ["hflip", "random_crop", "random_erasing"], 32, 1_165_920),
 ]
 
 
-@pytest.mark.parametrize("preset,epochs,batch,widths,augment,params", FMNIST_PRESETS,
+@pytest.mark.parametrize("preset,epochs,batch,widths,augment,precision,params", FMNIST_PRESETS,
                          ids=[p[0] for p in FMNIST_PRESETS])
-def test_fmnist_preset_holds_its_recipe(preset, epochs, batch, widths, augment, params):
+def test_fmnist_preset_holds_its_recipe(preset, epochs, batch, widths, augment, precision, params):
     cfg = compose_config([f"experiment={preset}"])
     assert (cfg.model.name, list(cfg.model.widths), cfg.data.name) == ("airnet", widths, "fashion_mnist")
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.scheduler.name) == ("adamw", 0.004, "onecycle")
     assert (cfg.trainer.epochs, cfg.data.batch_size, cfg.data.val_fraction) == (epochs, batch, 0.1)
     assert [a["name"] for a in cfg.data.augment] == augment
     assert (cfg.trainer.label_smoothing, cfg.trainer.tta, cfg.trainer.ema) == (0.1, "hflip", None)
+    assert cfg.trainer.precision == precision
 
 
-@pytest.mark.parametrize("preset,epochs,batch,widths,augment,params", FMNIST_PRESETS,
+@pytest.mark.parametrize("preset,epochs,batch,widths,augment,precision,params", FMNIST_PRESETS,
                          ids=[p[0] for p in FMNIST_PRESETS])
-def test_fmnist_preset_runs_a_few_steps(tmp_path, preset, epochs, batch, widths, augment, params):
+def test_fmnist_preset_runs_a_few_steps(tmp_path, preset, epochs, batch, widths, augment, precision, params):
     root = tmp_path / "data"
     write_fake_mnist(root / "FashionMNIST" / "raw", train_size=400, test_size=100)
     cfg = compose_config([f"experiment={preset}", f"data.root={root}", "trainer.epochs=1", "trainer.progress=none",
@@ -81,6 +83,9 @@ def test_fmnist_preset_runs_a_few_steps(tmp_path, preset, epochs, batch, widths,
     assert (summary["model"], summary["params"], summary["tta"]) == ("airnet", params, "hflip")
     assert summary["train_size"] == 360 and summary["val_size"] == 40 and summary["test_size"] == 100
     assert summary["channels_last"] is True and 0 <= summary["test_acc"] <= 1
+    # bf16 where the CPU has it natively, else float32 (with a notice): never emulated.
+    native = precision == "bf16" and cpu_has_native_bf16()
+    assert summary["precision"] == ("bfloat16" if native else "float32")
 
 
 def test_too_small_input_fails_before_training_naming_the_layer(tmp_path):
