@@ -155,8 +155,8 @@ def _explicit_groups(keys: list[str], command_line: Sequence[str] | None) -> lis
     """The explicitly set `keys` under the label saying who set them (see `recipe_summary`)."""
     if command_line is None:
         return [("set by you", keys)]
-    typed = {key.lstrip("+~") for key, _, _ in (arg.partition("=") for arg in command_line)}
-    experiments = [value for key, _, value in (arg.partition("=") for arg in command_line)
-                   if key.lstrip("+") == "experiment"]
+    overrides = [arg.partition("=") for arg in command_line]
+    typed = {key.lstrip("+~") for key, _, _ in overrides}
+    experiments = [value for key, _, value in overrides if key.lstrip("+") == "experiment"]  # not ~experiment
     others = f"set by experiment={experiments[-1]}" if experiments else "set in the config files"
     return [("set by you", [key for key in keys if key in typed]), (others, [key for key in keys if key not in typed])]

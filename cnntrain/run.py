@@ -185,7 +185,7 @@ def tested_checkpoint(folder: RunFolder, reporter: Reporter) -> Path:
 
 
 def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter,
-                 command_line: list[str] | None = None) -> None:
+                 command_line: list[str] | None) -> None:
     """The run's first lines: what trains on what, where the folder is, the switches not honoured."""
     spec, cfg = parts.spec, parts.checked.cfg
     origin = f" {spec.source}" if spec.source else ""
