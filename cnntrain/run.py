@@ -164,15 +164,27 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         # What validation and the test measured: the weights' average (its decay) or the trained weights (null);
         # each image alone (null) or with its mirror image (hflip).
         "ema": cfg.trainer.get("ema"), "tta": cfg.trainer.get("tta"),
-        "test_size": spec.test_size, "val_source": spec.val_source, **provenance(parts.device),
+        "test_size": spec.test_size, "val_source": spec.val_source, "test_is_validation": spec.test_is_validation,
+        **provenance(parts.device),
         "wall_seconds": time.time() - started,
         "mean_epoch_seconds": sum(m.epoch_seconds for m in history) / len(history),
         # A quick look (trainer.limit_*_batches, data.subset) is not a full run: say so.
         "limits": parts.checked.limits or None,
     }
     folder.write_summary(summary)
-    report_end(summary, reporter)
+    chosen_on_test = spec.test_is_validation and tested == folder.best_checkpoint and best.val_acc > history[-1].val_acc
+    report_end(summary, reporter, chosen_on_test_notice(best.epoch, history[-1]) if chosen_on_test else None)
     return RunResult(parts.model, summary, history, list(spec.classes))
+
+
+def chosen_on_test_notice(best_epoch: int, last: EpochMetrics) -> str:
+    """Validation ran on the test images (or the test on the validation images), so best.pt was
+    picked on the images it is tested on: say so, with what the last epoch measured (the figure the
+    book reports in that set-up)."""
+    return (f"notice: validation and the test used the same images (the first line says why), so best.pt (epoch "
+            f"{best_epoch}) was chosen on the images it is tested on and its test accuracy flatters it; the "
+            f"last epoch ({last.epoch}) measured {last.val_acc:.4f}. For a test figure nothing was chosen on, keep "
+            f"the test images out of validation (data.val_fraction=0.1, or a dataset with a test split).")
 
 
 def tested_checkpoint(folder: RunFolder, reporter: Reporter) -> Path:
@@ -246,6 +258,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def report_end(summary: dict[str, Any], reporter: Reporter) -> None:
+def report_end(summary: dict[str, Any], reporter: Reporter, notice: str | None) -> None:
     reporter.renderable(summary_table(summary))
+    if notice:
+        reporter.line(notice, style="yellow")
     reporter.line(f"run folder: {display_path(summary['run_dir'])}")

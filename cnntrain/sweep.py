@@ -86,6 +86,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "status": summary.get("status"),
             "best_val_acc": summary.get("best_val_acc"), "test_acc": summary.get("test_acc"),
             "best_epoch": summary.get("best_epoch"), "wall_seconds": summary.get("wall_seconds"),
+            "test_is_validation": summary.get("test_is_validation", False),
             "run_dir": str(folder), "error": _table_error((summary.get("error") or "").split("\n")[0], folder),
         })
     return rows
@@ -185,6 +186,11 @@ def report_sweep(sweep_dir: Path, console: Console | None = None, stopping: bool
         outputs += ", best job in best.yaml"
         console.print(f"best job: {best['job']}  {best['overrides'] or '(no overrides)'}  "
                       f"val acc {best['best_val_acc']:.4f}  ({best['run_dir']})", markup=False, soft_wrap=True)
+        if best["test_is_validation"]:
+            console.print("notice: the best job validated on its test images (e.g. data.val_fraction=0), so it was "
+                          "chosen on them and its test accuracy flatters it. To pick a job on images the test does "
+                          "not use, hold out validation data (data.val_fraction=0.1).", style="yellow",
+                          markup=False, soft_wrap=True)
     console.print(f"sweep folder: {sweep_dir} ({outputs})", markup=False, soft_wrap=True)
     failed = sum(row["status"] == "failed" for row in rows)
     if failed:

@@ -173,3 +173,41 @@ def test_the_readme_optuna_example_prunes(tmp_path, monkeypatch):
     study = namespace["study"]
     assert len(study.trials) == 4 and 0 < study.best_value <= 1
     assert set(study.best_params) == {"lr"}
+
+
+class ZeroWeightsAtEpoch(Callback):
+    """From epoch `epoch` on, every weight is zero and stays so (lr 0): the model guesses one class."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch, steps):
+        if epoch == self.epoch:
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = 0.0
+            with torch.no_grad():
+                for parameter in trainer.model.parameters():
+                    parameter.zero_()
+
+
+def test_a_best_epoch_chosen_on_the_test_images_is_called_flattering(tmp_path, capsys):
+    result = train(*SMOKE, "trainer.progress=plain", "trainer.epochs=4", "data.val_fraction=0",
+                   callbacks=[ZeroWeightsAtEpoch(4)], run_dir=tmp_path / "run")
+    summary = result.summary
+    last_acc = result.history[-1].val_acc
+    assert summary["test_is_validation"] is True
+    assert summary["best_epoch"] < 4 and summary["test_acc"] == summary["best_val_acc"] > last_acc
+    out = " ".join(capsys.readouterr().out.split())
+    assert "from the test split (data.val_fraction=0)" in out
+    assert (f"notice: validation and the test used the same images (the first line says why), so best.pt (epoch "
+            f"{summary['best_epoch']}) was chosen on the images it is tested on and its test accuracy flatters it; "
+            f"the last epoch (4) measured {last_acc:.4f}.") in out
+
+
+def test_a_held_out_validation_split_gets_no_chosen_on_test_notice(tmp_path, capsys):
+    result = train(*SMOKE, "trainer.progress=plain", "trainer.epochs=4", callbacks=[ZeroWeightsAtEpoch(4)],
+                   run_dir=tmp_path / "run")
+    assert result.summary["test_is_validation"] is False
+    assert result.summary["best_val_acc"] > result.history[-1].val_acc
+    out = capsys.readouterr().out
+    assert "cnntrain result" in out and "flatters" not in out

@@ -114,3 +114,16 @@ def test_recipes_script_reports_each_seed_and_their_mean(tmp_path):
     assert len(per_seed) == 2 and abs(mean - sum(per_seed) / 2) < 1e-4 and spread >= 0
     assert 0 <= float(row[3]) <= 1  # the mean best validation accuracy
     assert "`cnntrain experiment=smoke trainer.epochs=1`" in output.read_text()
+    assert "validation ran on the test images" not in output.read_text()  # smoke holds out 20% of train
+
+
+@pytest.mark.slow  # two whole runs: run with -m slow
+def test_recipes_script_gives_the_last_epoch_when_validation_is_the_test_split(tmp_path):
+    output = tmp_path / "recipes.md"
+    run_script("recipes.py", "--seeds", "0,1", "--output", str(output),
+               "--recipe", "book=experiment=smoke trainer.epochs=2 data.val_fraction=0", cwd=tmp_path)
+    note = next(line for line in output.read_text().splitlines() if line.startswith("- book:"))
+    figures = note.split("After the last epoch: ")[1]
+    per_seed = [float(a) for a in figures.split(" (")[0].split(", ")]
+    assert len(per_seed) == 2 and all(0 <= a <= 1 for a in per_seed)
+    assert f"({sum(per_seed) / 2:.4f} ± " in figures

@@ -16,7 +16,7 @@ from tests.conftest import make_job
 def row(job, status, acc, overrides):
     return {"job": job, "overrides": " ".join(overrides), "override_list": overrides, "status": status,
             "best_val_acc": acc, "test_acc": acc, "best_epoch": 1, "wall_seconds": 1.0,
-            "run_dir": f"sweep/{job}", "error": "" if status == "completed" else "boom"}
+            "run_dir": f"sweep/{job}", "error": "" if status == "completed" else "boom", "test_is_validation": False}
 
 
 def test_best_job_is_the_first_completed_job_with_the_highest_accuracy(tmp_path):
@@ -76,3 +76,16 @@ def test_report_writes_csv_png_and_best_and_marks_jobs_a_fail_fast_stop_cut_shor
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["best.yaml", "sweep.csv", "sweep.png"]
     with open(tmp_path / "sweep.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["completed", "failed", "stopped"]
+
+
+@pytest.mark.parametrize("test_is_validation", [True, False])
+def test_a_best_job_chosen_on_its_test_images_is_called_flattering(tmp_path, test_is_validation):
+    make_job(tmp_path, "0_seed=1", ["seed=1"], {"status": "completed", "best_val_acc": 0.8, "test_acc": 0.8,
+                                                "best_epoch": 2, "wall_seconds": 3.0,
+                                                "test_is_validation": test_is_validation})
+    console = Console(file=io.StringIO(), width=400)
+    report_sweep(tmp_path, console)
+    printed = console.file.getvalue()
+    assert "best job: 0  seed=1  val acc 0.8000" in printed
+    assert ("notice: the best job validated on its test images (e.g. data.val_fraction=0), so it was chosen on them "
+            "and its test accuracy flatters it." in printed) is test_is_validation

@@ -71,6 +71,9 @@ class DatasetSpec:
     test_size: int
     val_source: str  # where validation data comes from, for the log
     source: str = ""  # where the images came from (ImageData.source)
+    # Validation and the test are the same images (data.val_fraction=0, or no test split): the
+    # epoch chosen on validation is then chosen on the test images, and run.py says so.
+    test_is_validation: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -132,7 +135,7 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: 
     spec = DatasetSpec(
         name=name, classes=list(data.classes), channels=channels, image_size=(height, width),
         mean=tuple(data.mean), std=tuple(data.std), train_size=len(train), val_size=len(val),
-        test_size=len(test), val_source=source, source=data.source,
+        test_size=len(test), val_source=source, source=data.source, test_is_validation=test is val,
     )
     return PreparedData(spec, train, val, test)
 
