@@ -211,3 +211,16 @@ def test_a_held_out_validation_split_gets_no_chosen_on_test_notice(tmp_path, cap
     assert result.summary["best_val_acc"] > result.history[-1].val_acc
     out = capsys.readouterr().out
     assert "cnntrain result" in out and "flatters" not in out
+
+
+def test_the_chosen_on_test_notice_names_the_remedy_for_each_cause():
+    from types import SimpleNamespace
+
+    from cnntrain.run import chosen_on_test_notice
+
+    last = SimpleNamespace(epoch=5, val_acc=0.81234)
+    validated_on_test = chosen_on_test_notice(3, last, val_fraction=0)
+    assert "best.pt (epoch 3)" in validated_on_test and "the last epoch (5) measured 0.8123" in validated_on_test
+    assert validated_on_test.endswith("hold out validation images with data.val_fraction=0.1.")
+    no_test_split = chosen_on_test_notice(3, last, val_fraction=0.2)
+    assert no_test_split.endswith("give the dataset a test split (a test/ folder).")
