@@ -36,6 +36,16 @@ PROGRESS_MODES = ("auto", "bar", "plain", "none")
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
 LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 TTA_MODES = ("hflip",)  # trainer.tta (Trainer.evaluation_logits)
+TTA_CHOICES = ("run", "none", *TTA_MODES)  # cnntrain-eval/-predict tta=: run (the run's trainer.tta), none, or a mode
+
+
+def resolve_tta(choice: str, run_tta: str | None) -> str | None:
+    """cnntrain-eval's and cnntrain-predict's tta= (run, none or a mode) -> the mode to use, None for none."""
+    if choice not in TTA_CHOICES:
+        raise ConfigError(f"Unknown test-time augmentation '{choice}' (tta=).{did_you_mean(choice, TTA_CHOICES)} Use "
+                          f"tta=run (what the run used: its trainer.tta), tta=none (no augmentation) or tta=hflip "
+                          f"(the mean of each image's and its mirror's probabilities).")
+    return run_tta if choice == "run" else None if choice == "none" else choice
 
 
 @dataclass

@@ -91,14 +91,17 @@ def info_main() -> None:
 
 
 PREDICT_USAGE = """usage: cnntrain-predict run=<run folder or model.onnx> inputs=<image or folder> [topk=3]
-                        [checkpoint=best|last] [output=<csv file>] [imports=[my_models]]
+                        [checkpoint=best|last] [output=<csv file>] [imports=[my_models]] [tta=run|none|hflip]
 Classifies images with the run's checkpoint, prints a table and writes predictions.csv
 into the run folder (or to output=<csv file>). A run of your own model needs the modules
 it was trained with named again (imports=...): modules named in a run folder are never imported.
 run= may also be an .onnx file written by cnntrain-export (with its .onnx.json beside it;
-needs onnxruntime): then predictions go to <file stem>.predictions.csv beside it."""
+needs onnxruntime): then predictions go to <file stem>.predictions.csv beside it.
+tta=: the test-time augmentation, by default the run's trainer.tta (as its test measured);
+none: one pass per image; hflip: the mean of each image's and its mirror's probabilities."""
 # key -> default; None: required. imports "": not given.
-PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best", "output": "", "imports": ""}
+PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best", "output": "", "imports": "",
+                   "tta": "run"}
 
 
 def parse_key_values(args: list[str], options: dict[str, str | None], usage: str = PREDICT_USAGE) -> dict[str, str]:
@@ -121,7 +124,8 @@ def predict_main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(PREDICT_USAGE)
         return
-    from cnntrain.predict import check_output, predict, predictions_path, predictions_table, write_predictions
+    from cnntrain.checks import resolve_tta
+    from cnntrain.predict import check_output, load_predictor, predictions_path, predictions_table, write_predictions
 
     try:
         options = parse_key_values(args, PREDICT_OPTIONS)
@@ -130,13 +134,18 @@ def predict_main() -> None:
         default_output = predictions_path(Path(options["run"]))  # refuses a run= that is no run folder or .onnx
         output = Path(options["output"]) if options["output"] else default_output
         check_output(output)  # before the work, so that a refusal costs nothing
-        predictions = predict(Path(options["run"]), Path(options["inputs"]), topk=int(options["topk"]),
-                              checkpoint=options["checkpoint"], imports=options["imports"] or None)
+        resolve_tta(options["tta"], None)  # a typo is answered before the model is loaded
+        predictor = load_predictor(Path(options["run"]), options["checkpoint"], options["imports"] or None)
+        predictions = predictor.predict(Path(options["inputs"]), topk=int(options["topk"]), tta=options["tta"])
+        tta = resolve_tta(options["tta"], predictor.run_tta)
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
     write_predictions(predictions, output)
     console = Console(highlight=False)
+    if tta:
+        console.print(f"test-time augmentation: {tta} (each image and its mirror image; tta=none for one pass)",
+                      markup=False, soft_wrap=True)
     console.print(predictions_table(predictions))
     console.print(f"written to {output}", markup=False, soft_wrap=True)
 

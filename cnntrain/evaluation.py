@@ -47,7 +47,7 @@ from rich.table import Table
 
 from cnntrain.build import build_data, place_model, resolve_device, split_loader
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import TTA_MODES, check_config, confirmed_imports
+from cnntrain.checks import check_config, confirmed_imports, resolve_tta
 from cnntrain.config import group_file
 from cnntrain.data import ImageData, ImageSet, PreparedData, load_image_data
 from cnntrain.data.folder import READ_ERRORS, FileImageSet, decode
@@ -61,7 +61,6 @@ from cnntrain.trainer import Evaluation, StepOptions, Trainer
 
 SPLITS = ("test", "val", "train", "all")
 CHECKPOINTS = ("best", "last")
-TTA_CHOICES = ("run", "none", *TTA_MODES)  # tta=: run (the run's trainer.tta), none, or a mode
 # What an evaluation may change: the data (data=<name>, data.<key>=...) and where it runs (device=...).
 MAY_CHANGE = ("data", "device")
 # Data settings that change how the data is read, not which images it holds: left out of the
@@ -121,15 +120,12 @@ def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "be
     if split not in SPLITS:
         raise ConfigError(f"Unknown split '{split}' (split=).{did_you_mean(split, SPLITS)} Available: "
                           f"{', '.join(SPLITS)} (all: every image of the data).")
-    if tta not in TTA_CHOICES:
-        raise ConfigError(f"Unknown test-time augmentation '{tta}' (tta=).{did_you_mean(tta, TTA_CHOICES)} Use "
-                          f"tta=run (what the run used: its trainer.tta), tta=none (no augmentation) or tta=hflip "
-                          f"(the mean of each image's and its mirror's probabilities).")
+    resolve_tta(tta, None)  # a typo is answered before the checkpoint is read
     folder = RunFolder(run_dir)
     state = read_checkpoint(folder, checkpoint)
     cfg = run_config(state, folder, imports)
     run_tta = cfg.trainer.get("tta")
-    used_tta = run_tta if tta == "run" else None if tta == "none" else tta
+    used_tta = resolve_tta(tta, run_tta)
     run_data = OmegaConf.to_container(cfg.data, resolve=True)
     apply_data_overrides(cfg, list(overrides), state, folder)
     data_settings = OmegaConf.to_container(cfg.data, resolve=True)

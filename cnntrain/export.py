@@ -379,6 +379,9 @@ def export_info(loaded: LoadedRun, format: str, path: Path, checkpoint: str,
         "preprocess": preprocess,
         "input": input_spec,
         "output": output_spec,
+        # The run's trainer.tta: the file computes one pass; cnntrain-predict run=<this file> averages each
+        # image with its mirror image when it is hflip, as the run's test did (tta=none: one pass).
+        "tta": loaded.run_tta,
         "run": str(loaded.folder.path.resolve()),
         "checkpoint": checkpoint,
         "checkpoint_file": str(loaded.checkpoint.path.resolve()),

@@ -6,10 +6,11 @@ then the training batch transform (resize to the model's input size, normalisati
 with the run's mean/std) runs, without augmentation.
 
 A `Predictor` is what predicting needs: class names, that preprocessing, the channel
-count and a model (normalised float batch -> logits). `LoadedRun` takes them from a run
-folder's checkpoint, `ExportedModel` (`load_exported`) from an ONNX file written by
-`cnntrain-export` and the json beside it (run with onnxruntime); both convert images
-with the same code, so their predictions agree.
+count, a model (normalised float batch -> logits) and the run's test-time augmentation
+(trainer.tta, applied by default as the run's test applied it; tta=none turns it off).
+`LoadedRun` takes them from a run folder's checkpoint, `ExportedModel` (`load_exported`)
+from an ONNX file written by `cnntrain-export` and the json beside it (run with
+onnxruntime); both convert images with the same code, so their predictions agree.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import confirmed_imports, import_user_modules
+from cnntrain.checks import confirmed_imports, import_user_modules, resolve_tta
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
 from cnntrain.run_folder import RunFolder, export_info_path, export_predictions_csv
+from cnntrain.trainer import mean_log_probabilities
 
 CHECKPOINTS = ("best", "last")
 
@@ -46,12 +48,13 @@ class Prediction:
 
 class Predictor:
     """Images -> predictions, for any model that takes the run's normalised float batch (N, C, size, size)
-    and returns logits. Subclasses give `classes`, `preprocess` (stored_size, size, mean, std), `in_channels`
-    and `model`."""
+    and returns logits. Subclasses give `classes`, `preprocess` (stored_size, size, mean, std), `in_channels`,
+    `run_tta` (the run's trainer.tta) and `model`."""
 
     classes: list[str]
     preprocess: dict[str, Any]
     in_channels: int
+    run_tta: str | None
     model: Callable[[torch.Tensor], torch.Tensor]
 
     def transform(self) -> BatchTransform:
@@ -77,17 +80,22 @@ class Predictor:
         raise CnnTrainError(f"Cannot predict on a {type(image).__name__}: give image paths, Pillow images "
                             f"or image tensors.")
 
-    def predict(self, images, topk: int = 3, batch_size: int = 64) -> list[Prediction]:
+    def predict(self, images, topk: int = 3, batch_size: int = 64, tta: str = "run") -> list[Prediction]:
         """The top-`topk` classes of each image: a path (file or folder of images), a Pillow image, a tensor
-        ((C, H, W), or (N, C, H, W) for several), or a list of these."""
+        ((C, H, W), or (N, C, H, W) for several), or a list of these. `tta`: "run" (the run's trainer.tta,
+        as its test measured), "none" or "hflip" (the mean of each image's and its mirror's probabilities)."""
+        used_tta = resolve_tta(tta, self.run_tta)
         items = list(_image_items(images))
         transform = self.transform()
         predictions = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            batch = torch.stack([self.to_array(image) for _, image in chunk])
+            batch = transform(torch.stack([self.to_array(image) for _, image in chunk]))
             with torch.inference_mode():
-                probabilities = self.model(transform(batch)).softmax(dim=1)
+                logits = self.model(batch)
+                if used_tta == "hflip":
+                    logits = mean_log_probabilities(logits, self.model(batch.flip(-1)))
+                probabilities = logits.softmax(dim=1)
             values, indices = probabilities.topk(min(topk, len(self.classes)), dim=1)
             for (name, _), top_p, top_i in zip(chunk, values.tolist(), indices.tolist()):
                 top = [(self.classes[i], p) for i, p in zip(top_i, top_p)]
@@ -117,6 +125,10 @@ class LoadedRun(Predictor):
         return self.checkpoint.in_channels
 
     @property
+    def run_tta(self) -> str | None:
+        return (self.checkpoint.config.get("trainer") or {}).get("tta")
+
+    @property
     def summary(self) -> dict[str, Any]:
         return self.folder.read_summary()
 
@@ -141,6 +153,10 @@ class ExportedModel(Predictor):
     @property
     def in_channels(self) -> int:
         return int(self.info["in_channels"])
+
+    @property
+    def run_tta(self) -> str | None:
+        return self.info.get("tta")  # absent from files exported before it was recorded: none
 
 
 ONNX_RUNTIME_INSTALL = "pip install onnxruntime (or pip install 'cnntrain[onnx]')"
@@ -275,10 +291,10 @@ def find_images(inputs: Path) -> list[Path]:
 
 
 def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best", batch_size: int = 64,
-            imports: str | None = None) -> list[Prediction]:
-    """What `cnntrain-predict` prints: the predictions of a run (or of an exported .onnx file) for an image
-    file or a folder of images."""
-    return load_predictor(run_dir, checkpoint, imports).predict(Path(inputs), topk=topk, batch_size=batch_size)
+            imports: str | None = None, tta: str = "run") -> list[Prediction]:
+    """The predictions of a run (or of an exported .onnx file) for an image file or a folder of images."""
+    return load_predictor(run_dir, checkpoint, imports).predict(Path(inputs), topk=topk, batch_size=batch_size,
+                                                                 tta=tta)
 
 
 PREDICTIONS_HEADER = ["file", "predicted", "probability", "top_k"]

@@ -212,6 +212,13 @@ class _EpochInProgress:
     step: int = 0  # steps done
 
 
+def mean_log_probabilities(logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
+    """log((p + p_mirrored) / 2), float32, without underflow: test-time flip augmentation (tta=hflip), for
+    `Trainer.evaluate` and cnntrain-predict alike. Its softmax is the mean of the two passes' probabilities."""
+    both = torch.stack((logits.float().log_softmax(dim=1), mirrored_logits.float().log_softmax(dim=1)))
+    return torch.logsumexp(both, dim=0) - math.log(2)
+
+
 class Trainer:
     """Runs epochs over `train_loader`, evaluating on `val_loader` after each.
 
@@ -450,8 +457,7 @@ class Trainer:
             if self.tta != "hflip":
                 return logits
             mirrored = forward(images.flip(-1))
-        both = torch.stack((logits.float().log_softmax(dim=1), mirrored.float().log_softmax(dim=1)))
-        return torch.logsumexp(both, dim=0) - math.log(2)  # log((p + p_mirrored) / 2), without underflow
+        return mean_log_probabilities(logits, mirrored)
 
     def _autocast(self):
         dtype = self.options.autocast_dtype

@@ -266,3 +266,26 @@ def test_ema_and_tta_are_off_by_default_and_checkpoints_stay_as_they_were():
     state = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, loader(), None, CPU,
                     epochs=1).state_dict()
     assert "raw_state_dict" not in state and "ema_updates" not in state  # checkpoints as before
+
+
+def test_predict_applies_the_runs_tta_as_its_test_did_and_tta_none_is_one_pass(whole):
+    from cnntrain.build import build_data
+    from cnntrain.checks import check_config
+    from cnntrain.predict import load_run
+
+    test_images = build_data(check_config(compose_config(RUN))).test.images  # uint8 (N, C, H, W), as evaluated
+    run = load_run(whole.run_dir)
+    assert run.run_tta == "hflip"
+    probabilities = torch.tensor([[p for _, p in sorted(prediction.top, key=lambda top: run.classes.index(top[0]))]
+                                  for prediction in run.predict(test_images, topk=len(run.classes))])
+    # The default (tta=run) gives the probabilities cnntrain-eval measured on the test split: the two passes' mean.
+    assert torch.allclose(probabilities, evaluate_run(whole.run_dir).evaluation.probabilities, atol=1e-5)
+    batch = run.transform()(test_images)
+    with torch.inference_mode():
+        one_pass = run.model(batch).softmax(dim=1)
+        mirrored = run.model(batch.flip(-1)).softmax(dim=1)
+    assert torch.allclose(probabilities, (one_pass + mirrored) / 2, atol=1e-5)
+    single = run.predict(test_images, topk=1, tta="none")
+    assert [p.probability for p in single] == pytest.approx(one_pass.max(dim=1).values.tolist(), abs=1e-6)
+    with pytest.raises(ConfigError, match=r"Unknown test-time augmentation 'hflp' \(tta=\)\. Did you mean 'hflip'\?"):
+        run.predict(test_images, tta="hflp")

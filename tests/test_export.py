@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -21,6 +22,7 @@ from cnntrain.export import (check_format, EXPORT_BATCH, FORMATS, TOLERANCE, TOR
                              export_and_verify, export_run, load_exported_file)
 from cnntrain.models import MODELS, build_model, builder_settings, model_config
 from cnntrain.predict import load_exported, load_run, predict
+from cnntrain.run_folder import export_info_path
 
 SMOKE = ("experiment=smoke", "trainer.progress=none", "trainer.epochs=1", "data.train_size=160",
          "data.test_size=40", "data.channels=3", "data.num_classes=4", "data.normalize=true")
@@ -107,6 +109,7 @@ def test_the_json_beside_the_file_says_how_to_feed_it_and_where_it_came_from(exp
     assert info["checkpoint_file"] == str(run_dir / "checkpoints" / "best.pt")
     assert info["verification"] == result.verification.as_dict()
     assert info["verification"]["runtime"].startswith("onnxruntime ")
+    assert info["tta"] is None  # the run's trainer.tta (the smoke run has none)
 
 
 def test_exporting_again_replaces_the_earlier_export(exports, run_dir):
@@ -130,6 +133,27 @@ def test_predicting_with_the_onnx_file_equals_predicting_with_the_run(exports, r
     assert [q for p in from_file for _, q in p.top] == pytest.approx([q for p in from_run for _, q in p.top],
                                                                       abs=1e-4)
     assert [p.label for p in predict(onnx_file, images)] == [p.label for p in from_run]
+
+
+def test_an_onnx_file_of_a_run_with_tta_predicts_with_it_as_the_run_does(exports, run_dir, images, tmp_path):
+    onnx_file = tmp_path / "model.onnx"  # as exported from a run trained with trainer.tta=hflip
+    shutil.copy(exports["onnx"][0].path, onnx_file)
+    info = json.loads(exports["onnx"][0].info_path.read_text())
+    export_info_path(onnx_file).write_text(json.dumps({**info, "tta": "hflip"}))
+    exported = load_exported(onnx_file)
+    assert exported.run_tta == "hflip"
+    with_tta = load_run(run_dir).predict(images, topk=4, tta="hflip")
+    without = load_run(run_dir).predict(images, topk=4, tta="none")
+    assert [q for p in exported.predict(images, topk=4) for _, q in p.top] == pytest.approx(
+        [q for p in with_tta for _, q in p.top], abs=1e-4)
+    assert [q for p in exported.predict(images, topk=4, tta="none") for _, q in p.top] == pytest.approx(
+        [q for p in without for _, q in p.top], abs=1e-4)
+    assert [p.probability for p in with_tta] != pytest.approx([p.probability for p in without], abs=1e-4)
+    done = run_script("cnntrain-predict", f"run={onnx_file}", f"inputs={images}")
+    assert done.returncode == 0, done.stderr
+    assert "test-time augmentation: hflip (each image and its mirror image; tta=none for one pass)" in done.stdout
+    done = run_script("cnntrain-predict", f"run={onnx_file}", f"inputs={images}", "tta=hflp")
+    assert done.returncode == 2 and "Unknown test-time augmentation 'hflp' (tta=). Did you mean 'hflip'?" in done.stderr
 
 
 def test_the_predict_command_takes_the_onnx_file_and_writes_beside_it(exports, run_dir, images):
