@@ -125,7 +125,8 @@ def predict_main() -> None:
         print(PREDICT_USAGE)
         return
     from cnntrain.checks import resolve_tta
-    from cnntrain.predict import check_output, load_predictor, predictions_path, predictions_table, write_predictions
+    from cnntrain.predict import (check_output, load_predictor, predict_tta_line, predictions_path, predictions_table,
+                                  write_predictions)
 
     try:
         options = parse_key_values(args, PREDICT_OPTIONS)
@@ -137,15 +138,14 @@ def predict_main() -> None:
         resolve_tta(options["tta"], None)  # a typo is answered before the model is loaded
         predictor = load_predictor(Path(options["run"]), options["checkpoint"], options["imports"] or None)
         predictions = predictor.predict(Path(options["inputs"]), topk=int(options["topk"]), tta=options["tta"])
-        tta = resolve_tta(options["tta"], predictor.run_tta)
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
     write_predictions(predictions, output)
     console = Console(highlight=False)
-    if tta:
-        console.print(f"test-time augmentation: {tta} (each image and its mirror image; tta=none for one pass)",
-                      markup=False, soft_wrap=True)
+    tta_line = predict_tta_line(resolve_tta(options["tta"], predictor.run_tta), predictor.run_tta)
+    if tta_line:
+        console.print(tta_line, markup=False, soft_wrap=True)
     console.print(predictions_table(predictions))
     console.print(f"written to {output}", markup=False, soft_wrap=True)
 

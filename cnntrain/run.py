@@ -174,16 +174,16 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
     folder.write_summary(summary)
     last = history[-1]
     chosen_on_test = spec.test_is_validation and tested == folder.best_checkpoint and best.val_acc > last.val_acc
-    notice = chosen_on_test_notice(best.epoch, last, cfg.data.val_fraction) if chosen_on_test else None
+    notice = chosen_on_test_notice(best.epoch, last, spec.has_test_split) if chosen_on_test else None
     report_end(summary, reporter, notice)
     return RunResult(parts.model, summary, history, list(spec.classes))
 
 
-def chosen_on_test_notice(best_epoch: int, last: EpochMetrics, val_fraction: float) -> str:
+def chosen_on_test_notice(best_epoch: int, last: EpochMetrics, has_test_split: bool) -> str:
     """Validation ran on the test images (data.val_fraction=0), or the test on the validation images
     (a dataset without a test split), so best.pt was picked on the images it is tested on: say so,
     with what the last epoch measured (the figure the book reports in that set-up)."""
-    remedy = ("hold out validation images with data.val_fraction=0.1" if val_fraction == 0
+    remedy = ("hold out validation images with data.val_fraction=0.1" if has_test_split
               else "give the dataset a test split (a test/ folder)")
     return (f"notice: validation and the test used the same images (the first line says why), so best.pt (epoch "
             f"{best_epoch}) was chosen on the images it is tested on and its test accuracy flatters it; the "

@@ -189,8 +189,8 @@ def report_sweep(sweep_dir: Path, console: Console | None = None, stopping: bool
         if best["test_is_validation"]:
             console.print("notice: the best job validated on its test images (e.g. data.val_fraction=0), so it was "
                           "chosen on them and its test accuracy flatters it. To pick a job on images the test does "
-                          "not use, hold out validation data (data.val_fraction=0.1).", style="yellow",
-                          markup=False, soft_wrap=True)
+                          "not use, hold out validation data (data.val_fraction=0.1; a dataset without a test split "
+                          "needs one, e.g. a test/ folder).", style="yellow", markup=False, soft_wrap=True)
     console.print(f"sweep folder: {sweep_dir} ({outputs})", markup=False, soft_wrap=True)
     failed = sum(row["status"] == "failed" for row in rows)
     if failed:

@@ -219,8 +219,24 @@ def test_the_chosen_on_test_notice_names_the_remedy_for_each_cause():
     from cnntrain.run import chosen_on_test_notice
 
     last = SimpleNamespace(epoch=5, val_acc=0.81234)
-    validated_on_test = chosen_on_test_notice(3, last, val_fraction=0)
+    validated_on_test = chosen_on_test_notice(3, last, has_test_split=True)
     assert "best.pt (epoch 3)" in validated_on_test and "the last epoch (5) measured 0.8123" in validated_on_test
     assert validated_on_test.endswith("hold out validation images with data.val_fraction=0.1.")
-    no_test_split = chosen_on_test_notice(3, last, val_fraction=0.2)
+    no_test_split = chosen_on_test_notice(3, last, has_test_split=False)
     assert no_test_split.endswith("give the dataset a test split (a test/ folder).")
+
+
+def test_a_dataset_without_a_test_split_is_told_to_get_one(tmp_path, capsys):
+    from tests.test_folder import make_class_folder
+
+    make_class_folder(tmp_path / "pets" / "train", per_class=6)
+    make_class_folder(tmp_path / "pets" / "val", per_class=3)  # its own val split, no test/: val_fraction is moot
+    result = train("model=lenet_classic", "data=image_folder", f"data.root={tmp_path / 'pets'}", "data.image_size=16",
+                   "data.val_fraction=0", "data.batch_size=4", "optimizer.lr=0.05", "trainer.epochs=3",
+                   "trainer.progress=plain", "device=cpu", callbacks=[ZeroWeightsAtEpoch(3)], run_dir=tmp_path / "run")
+    assert result.summary["test_is_validation"] is True
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no test split, so the final test is on the validation data" in out
+    assert result.summary["best_val_acc"] > result.history[-1].val_acc == 0.5  # zero weights: one class guessed
+    assert "For a test figure nothing was chosen on, give the dataset a test split (a test/ folder)." in out
+    assert "data.val_fraction=0.1" not in out

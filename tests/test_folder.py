@@ -57,14 +57,14 @@ def test_grey_channels_and_train_val_test_layout(tmp_path):
     assert data.train.images.shape[1:] == (1, 8, 8)
     prepared = prepare("image_folder", data, 0.2, seed=0)
     assert prepared.spec.val_source == "the dataset's own val split" and prepared.spec.test_size == 6
-    assert prepared.spec.test_is_validation is False
+    assert prepared.spec.test_is_validation is False and prepared.spec.has_test_split is True
 
 
 def test_without_test_split_the_validation_data_is_the_test(tmp_path):
     data = image_folder(root=str(make_class_folder(tmp_path / "pets")), image_size=8)
     prepared = prepare("image_folder", data, 0.25, seed=0)
     assert prepared.test is prepared.val and "no test split" in prepared.spec.val_source
-    assert prepared.spec.test_is_validation is True
+    assert prepared.spec.test_is_validation is True and prepared.spec.has_test_split is False
 
 
 def test_corrupt_file_is_named_or_skipped(tmp_path):

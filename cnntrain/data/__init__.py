@@ -74,6 +74,7 @@ class DatasetSpec:
     # Validation and the test are the same images (data.val_fraction=0, or no test split): the
     # epoch chosen on validation is then chosen on the test images, and run.py says so.
     test_is_validation: bool = False
+    has_test_split: bool = True  # False: the final test runs on the validation images
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +137,7 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: 
         name=name, classes=list(data.classes), channels=channels, image_size=(height, width),
         mean=tuple(data.mean), std=tuple(data.std), train_size=len(train), val_size=len(val),
         test_size=len(test), val_source=source, source=data.source, test_is_validation=test is val,
+        has_test_split=data.test is not None,
     )
     return PreparedData(spec, train, val, test)
 
