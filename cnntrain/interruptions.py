@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cnntrain.checks import module_list, modules_text
-from cnntrain.distributed import launched_by_torchrun
+from cnntrain.distributed import launched_by_torchrun, lost_peer
 from cnntrain.run_folder import RunFolder, display_path
 from cnntrain.trainer import Trainer
 
@@ -28,7 +28,8 @@ class StopOnSignals:
     the checkpointer saves last.pt there (mid-epoch) and the run ends as interrupted.
     Before training, after it, or at a second Ctrl-C, it stops at once. Signal handlers
     can only be set from the main thread; elsewhere (a thread of the user's) nothing changes.
-    A SIGINT that the shell ignores (a background job) stays ignored.
+    A SIGINT that the shell ignores (a background job) stays ignored. A rank of a distributed run
+    that leaves because another rank died ignores SIGTERM from then on (see `__exit__`).
     """
 
     def __init__(self):
@@ -50,8 +51,13 @@ class StopOnSignals:
                     signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         for signum, previous in self._previous.items():
+            if signum == signal.SIGTERM and exc is not None and launched_by_torchrun() and lost_peer(exc):
+                # Another rank died, and torchrun is about to SIGTERM the ranks left. This one is ending
+                # anyway; ignoring the signal lets it say why and where to resume (run.py) before it exits.
+                signal.signal(signum, signal.SIG_IGN)
+                continue
             signal.signal(signum, previous)
 
     def _handle(self, signum: int, frame) -> None:

@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.distributed import group_for
 from cnntrain.errors import ConfigError
+from cnntrain.interruptions import StopOnSignals
 
 HOOKS = '''
 import os, signal
@@ -209,3 +211,28 @@ def test_the_python_api_under_torchrun_writes_one_run_folder(workdir):
     runs = list((folder / "outputs").glob("*/*"))
     assert len(runs) == 1 and result.stdout.count(f"run {runs[0]}") == 2  # both ranks got rank 0's folder
     assert json.loads((runs[0] / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("torchrun, error, ignored", [
+    (True, RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234"), True),
+    (True, ValueError("a bug of ours"), False),
+    (False, RuntimeError("Connection closed by peer"), False),
+])
+def test_a_rank_whose_peer_died_ignores_torchruns_sigterm_so_it_can_say_why(monkeypatch, torchrun, error, ignored):
+    # torchrun SIGTERMs the ranks left as soon as one dies; a rank already leaving for that reason must get to
+    # print its message (where to resume), not be cut off by the default SIGTERM action.
+    if torchrun:
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    else:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(type(error)):
+            with StopOnSignals():
+                raise error
+        assert (signal.getsignal(signal.SIGTERM) is signal.SIG_IGN) is ignored
+        if not ignored:
+            assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, before)
