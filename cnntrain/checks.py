@@ -48,6 +48,14 @@ def resolve_tta(choice: str, run_tta: str | None) -> str | None:
     return run_tta if choice == "run" else None if choice == "none" else choice
 
 
+def tta_line(tta: str | None, run_tta: str | None) -> str | None:
+    """What cnntrain-eval and cnntrain-predict say of the test-time augmentation they used (`tta`, resolved)
+    against the run's trainer.tta; nothing when neither asks for one."""
+    if tta != run_tta:
+        return f"test-time augmentation: {tta or 'none'} (the run used trainer.tta={run_tta or 'null'})"
+    return f"test-time augmentation: {tta} (the run's trainer.tta)" if tta else None
+
+
 @dataclass
 class CheckedConfig:
     """A config whose names and settings have been checked; what `build_training` builds from."""

@@ -124,9 +124,8 @@ def predict_main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(PREDICT_USAGE)
         return
-    from cnntrain.checks import resolve_tta
-    from cnntrain.predict import (check_output, load_predictor, predict_tta_line, predictions_path, predictions_table,
-                                  write_predictions)
+    from cnntrain.checks import resolve_tta, tta_line
+    from cnntrain.predict import check_output, load_predictor, predictions_path, predictions_table, write_predictions
 
     try:
         options = parse_key_values(args, PREDICT_OPTIONS)
@@ -143,9 +142,9 @@ def predict_main() -> None:
         sys.exit(EXIT_USAGE)
     write_predictions(predictions, output)
     console = Console(highlight=False)
-    tta_line = predict_tta_line(resolve_tta(options["tta"], predictor.run_tta), predictor.run_tta)
-    if tta_line:
-        console.print(tta_line, markup=False, soft_wrap=True)
+    augmentation = tta_line(resolve_tta(options["tta"], predictor.run_tta), predictor.run_tta)
+    if augmentation:
+        console.print(augmentation, markup=False, soft_wrap=True)
     console.print(predictions_table(predictions))
     console.print(f"written to {output}", markup=False, soft_wrap=True)
 

@@ -47,7 +47,7 @@ from rich.table import Table
 
 from cnntrain.build import build_data, place_model, resolve_device, split_loader
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import check_config, confirmed_imports, resolve_tta
+from cnntrain.checks import check_config, confirmed_imports, resolve_tta, tta_line
 from cnntrain.config import group_file
 from cnntrain.data import ImageData, ImageSet, PreparedData, load_image_data
 from cnntrain.data.folder import READ_ERRORS, FileImageSet, decode
@@ -485,10 +485,9 @@ def print_report(result: EvalResult, console: Console) -> None:
         f"epoch {result.epoch}) on {'all images' if result.split == 'all' else f'the {result.split} split'} of "
         f"{result.data}"
         f"{' ' + result.source if result.source and not result.own_data else ''} ({result.size:,} images)")
-    if result.tta != result.run_tta:
-        say(f"test-time augmentation: {result.tta or 'none'} (the run used trainer.tta={result.run_tta or 'null'})")
-    elif result.tta:
-        say(f"test-time augmentation: {result.tta} (the run's trainer.tta)")
+    augmentation = tta_line(result.tta, result.run_tta)
+    if augmentation:
+        say(augmentation)
     for notice in result.notices:
         say(notice, style="yellow")
     top5 = f"  top-5 {evaluation.top5:.4f}" if evaluation.top5 is not None else ""

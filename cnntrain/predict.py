@@ -297,16 +297,6 @@ def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best"
                                                                  tta=tta)
 
 
-def predict_tta_line(tta: str | None, run_tta: str | None) -> str | None:
-    """What cnntrain-predict says of its test-time augmentation: nothing when neither the run nor tta= asks for one."""
-    if tta != run_tta:
-        return f"test-time augmentation: {tta or 'none'} (the run used trainer.tta={run_tta or 'null'})"
-    if tta:
-        return (f"test-time augmentation: {tta}, the run's trainer.tta (each image and its mirror image; "
-                f"tta=none: one pass)")
-    return None
-
-
 PREDICTIONS_HEADER = ["file", "predicted", "probability", "top_k"]
 
 
