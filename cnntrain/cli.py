@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cnntrain import __version__
+from cnntrain.command_line import always_sweeps, override_problem, read_command_line
 from cnntrain.config import (check_group_choices, check_override_keys, config_dir, expand_home, quote_for_hydra,
                              unknown_component_name)
 from cnntrain.distributed import launched_by_torchrun, process_rank
@@ -257,8 +258,10 @@ def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
     `cnntrain resume=<run folder>`: continue a run."""
     args = expand_home(sys.argv[1:])
-    if args in (["--version"], ["-V"]):
-        print(f"cnntrain {__version__}")
+    if "--version" in args or "-V" in args:  # anywhere, as Hydra's --version was
+        import hydra
+
+        print(f"cnntrain {__version__}\nHydra {hydra.__version__}")
         return
     try:
         args = [arg.lstrip("+") if arg.lstrip("+").startswith("resume=") else arg for arg in args]
@@ -267,21 +270,48 @@ def main() -> None:
             print_error(f"Give one run folder to resume, got {', '.join(resumes)}.")
             sys.exit(EXIT_USAGE)
         if resumes:
+            problem = override_problem([arg for arg in args if arg not in ("-m", "--multirun")], sweeps="")
+            if problem:
+                print_error(problem)
+                sys.exit(EXIT_USAGE)
             resume_main(args)
             return
-        args = quote_for_hydra(args) + join_torchrun_group(args)
-        sys.argv[1:] = args  # Hydra reads sys.argv
-        from cnntrain.sweep import missing_plugin
-
-        problem = (check_group_choices(args) or check_override_keys(args) or missing_plugin(args)
-                   or (run_folder_problem(args) if process_rank() == 0 else None))  # rank 0 makes the folder
-        if problem:
-            print_error(problem)
-            sys.exit(EXIT_USAGE)
-        _run_job()
+        _run_job_checked(args)
     except KeyboardInterrupt as err:  # train() has already said what was saved and how to resume
         sys.exit(getattr(err, "exit_code", EXIT_INTERRUPTED))
     from cnntrain.sweep import last_sweep_failures
 
     if last_sweep_failures():
         sys.exit(EXIT_FAILED_JOBS)
+
+
+def _run_job_checked(args: list[str]) -> None:
+    """Hydra's flags told from the overrides, the overrides checked (grammar, names, keys, plugins, the run
+    folder) without torch, then Hydra runs. -sc (tab completion) goes to Hydra as it is: its
+    install=bash / query=bash are not settings."""
+    try:
+        command = read_command_line(args)
+    except CnnTrainError as err:
+        print_error(str(err))
+        sys.exit(EXIT_USAGE)
+    if command.flags.shell_completion:
+        sys.argv[1:] = command.argv()
+        _run_job()
+        return
+    overrides = quote_for_hydra(command.overrides)
+    multirun = command.multirun or always_sweeps(overrides) or command.other_configs
+    problem = override_problem(command.overrides, overrides, multirun=multirun)
+    if problem:
+        print_error(problem)
+        sys.exit(EXIT_USAGE)
+    overrides += join_torchrun_group(command.argv())
+    args = command.options + overrides
+    sys.argv[1:] = args  # Hydra reads sys.argv
+    from cnntrain.sweep import missing_plugin
+
+    problem = (check_group_choices(args) or check_override_keys(args) or missing_plugin(args)
+               or (run_folder_problem(args) if process_rank() == 0 and command.runs_a_job else None))
+    if problem:  # rank 0 makes the folder; --cfg, --info and --help write none
+        print_error(problem)
+        sys.exit(EXIT_USAGE)
+    _run_job()

@@ -1,6 +1,7 @@
 """The command line, run as a user runs it: in a subprocess, in an empty folder."""
 
 import csv
+import os
 import json
 import subprocess
 import sys
@@ -215,3 +216,89 @@ def test_unknown_logger_or_search_gets_a_suggestion(tmp_path):
     assert "Unknown logger 'tensorbord' (logger=tensorbord). Did you mean 'tensorboard'?" in result.stderr
     result = cnntrain("hparams_search=optuan", cwd=tmp_path)
     assert result.returncode == 2 and "Did you mean 'optuna'?" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model:alexnet"], "Settings are written key=value, not key:value: write model=alexnet."),
+    (["trainer.epochs:3"], "Settings are written key=value, not key:value: write trainer.epochs=3."),
+    (["model", "=", "alexnet"], "No spaces around '=': write model=alexnet."),
+    (["model", "=alexnet"], "No spaces around '=': write model=alexnet."),
+    (["model=", "alexnet"], "No spaces around '=': write model=alexnet."),
+    (["model", "alexnet"], "'model alexnet': a key and its value are joined by '=' without spaces: write model=alexnet."),
+    (["alexnet"], "'alexnet' is not an override: write model=alexnet."),
+    (["-m", "optimizer.lr=0.1", "0.9"],
+     "'0.9' is not an override: values are comma-separated without spaces: write optimizer.lr=0.1,0.9."),
+    (["optimizer.lr=0.1", "0.5", "0.9", "model=mlp"], "write optimizer.lr=0.1,0.5,0.9; to sweep, add -m: cnntrain -m "
+                                                       "optimizer.lr=0.1,0.5,0.9."),
+    (["optimizer.lr=1e-3,1e-2"], "optimizer.lr=1e-3,1e-2 gives several values, which only a sweep runs: to sweep, "
+                                 "add -m (cnntrain -m optimizer.lr=1e-3,1e-2); values are comma-separated without spaces."),
+    (["optimizer.lr=range(0.1,1,0.1)"], "to sweep, add -m (cnntrain -m optimizer.lr=range(0.1,1,0.1))"),
+    (["a..b=1"], "Cannot read the override 'a..b=1' (token recognition error at: '.')."),
+    (["--epochs", "3"], "Unknown option '--epochs': cnntrain's settings are key=value overrides without dashes: "
+                        "write epochs=3."),
+    (["--model=alexnet"], "write model=alexnet."),
+    (["--cfg", "jbo"], "Argument --cfg/-c: invalid choice: 'jbo' (choose from 'job', 'hydra', 'all')."),
+    (["resume=outputs/x", "trainer.epochs:3"], "write trainer.epochs=3."),
+])
+def test_hydra_syntax_slips_get_one_line_with_the_fix(tmp_path, args, message):
+    result = cnntrain(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr.replace("\n", " ")
+    assert len(result.stderr.strip().splitlines()) <= 3  # one message (wrapped at most), no Hydra text
+    assert "HYDRA_FULL_ERROR" not in result.stderr and "hydra.cc" not in result.stderr and "Traceback" not in result.stderr
+    assert not Path(tmp_path, "outputs").exists()
+
+
+def test_flags_after_overrides_work_and_a_sweep_search_needs_no_m(tmp_path):
+    # Hydra's own parser refuses an override after --cfg job ("unrecognized arguments").
+    result = cnntrain("model=mlp", "--cfg", "job", "trainer.epochs=7", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["model"]["name"] == "mlp" and config["trainer"]["epochs"] == 7
+    assert not Path(tmp_path, "outputs").exists()
+    # hparams_search=optuna always sweeps (hydra.mode: MULTIRUN): a comma list there is not a slip.
+    from cnntrain.command_line import always_sweeps, override_problem
+
+    assert always_sweeps(["hparams_search=optuna"]) and not always_sweeps(["hparams_search=null", "model=mlp"])
+    assert override_problem(["optimizer.lr=0.1,0.2"], multirun=True) is None
+    assert "to sweep, add -m" in override_problem(["optimizer.lr=0.1,0.2"], multirun=False)
+
+
+def test_version_anywhere_prints_cnntrains_and_hydras(tmp_path):
+    import hydra
+
+    from cnntrain import __version__
+
+    for args in (["--version"], ["--version", "model=mlp"], ["model=mlp", "-V"]):
+        result = cnntrain(*args, cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (0, f"cnntrain {__version__}\nHydra {hydra.__version__}\n")
+
+
+def test_tab_completion_installs_and_answers_queries(tmp_path):
+    install = cnntrain("-sc", "install=bash", cwd=tmp_path, script=True)
+    assert install.returncode == 0, install.stderr
+    assert "hydra_bash_completion()" in install.stdout and install.stdout.rstrip().endswith("hydra_bash_completion cnntrain")
+    install = cnntrain("--shell-completion", "install=bash", cwd=tmp_path, script=True)
+    assert "complete -o nospace -o default -F hydra_bash_completion cnntrain" in install.stdout
+    uninstall = cnntrain("-sc", "uninstall=bash", cwd=tmp_path, script=True)
+    assert uninstall.returncode == 0 and "unset hydra_bash_completion" in uninstall.stdout
+
+    def query(line):  # what the installed bash function runs for each Tab
+        command = [str(Path(sys.executable).with_name("cnntrain")), "-sc", "query=bash"]
+        env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert "model=" in query("cnntrain mod")
+    assert {"model=alexnet", "model=alexnet_small", "model=alexnet_tv"} <= set(query("cnntrain model=ale"))
+    assert "trainer.epochs=" in query("cnntrain trainer.ep")
+    assert not Path(tmp_path, "outputs").exists()
+
+
+def test_help_names_the_other_commands_and_completion(tmp_path):
+    result = cnntrain("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("cnntrain-eval", "cnntrain-predict", "cnntrain-export", "cnntrain-info", "resume=",
+                    'eval "$(cnntrain -sc install=bash)"'):
+        assert command in result.stdout, command
