@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cnntrain import __version__
-from cnntrain.command_line import always_sweeps, override_problem, read_command_line
+from cnntrain.command_line import always_sweeps, key_value_slip, override_problem, read_command_line
 from cnntrain.config import (check_group_choices, check_override_keys, config_dir, expand_home, quote_for_hydra,
                              unknown_component_name)
 from cnntrain.distributed import launched_by_torchrun, process_rank
@@ -73,7 +73,7 @@ def info_main() -> None:
               "Prints each layer's name, type, output shape, parameters and multiply-adds for one image,\n"
               "then totals and the activation memory of one batch (data.batch_size).")
         return
-    problem = check_group_choices(args)
+    problem = override_problem(args, quote_for_hydra(args), sweeps="") or check_group_choices(args)
     if problem:
         print_error(problem)
         sys.exit(EXIT_USAGE)
@@ -93,11 +93,14 @@ def info_main() -> None:
 
 PREDICT_USAGE = """usage: cnntrain-predict run=<run folder or model.onnx> inputs=<image or folder> [topk=3]
                         [checkpoint=best|last] [output=<csv file>] [imports=[my_models]] [tta=run|none|hflip]
-Classifies images with the run's checkpoint, prints a table and writes predictions.csv
-into the run folder (or to output=<csv file>). A run of your own model needs the modules
-it was trained with named again (imports=...): modules named in a run folder are never imported.
-run= may also be an .onnx file written by cnntrain-export (with its .onnx.json beside it;
-needs onnxruntime): then predictions go to <file stem>.predictions.csv beside it.
+       cnntrain-predict <run folder> <image or folder> [...]
+Classifies images with the run's checkpoint, prints a table (more images than a screen holds: images per
+predicted class and the least confident) and writes every prediction to predictions-<inputs' name>.csv in
+the run folder, or predictions-<name>-2.csv, -3, ... when that exists: earlier predictions are kept.
+output=<csv file> writes there instead (replacing a predictions CSV written before, nothing else).
+A run of your own model needs the modules it was trained with named again (imports=...): modules named
+in a run folder are never imported. run= may also be an .onnx file written by cnntrain-export (with its
+.onnx.json beside it; needs onnxruntime): then predictions go to <file stem>.predictions-<name>.csv beside it.
 tta=: the test-time augmentation, by default the run's trainer.tta (as its test measured);
 none: one pass per image; hflip: the mean of each image's and its mirror's probabilities."""
 # key -> default; None: required. imports "": not given.
@@ -105,14 +108,38 @@ PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best
                    "tta": "run"}
 
 
-def parse_key_values(args: list[str], options: dict[str, str | None], usage: str = PREDICT_USAGE) -> dict[str, str]:
-    """key=value arguments checked against `options` (key -> default, None when required)."""
+def parse_key_values(args: list[str], options: dict[str, str | None], usage: str = PREDICT_USAGE,
+                     positional: tuple[str, ...] = ("run",), sections: tuple[str, ...] = ()) -> dict[str, str]:
+    """key=value arguments checked against `options` (key -> default, None when required).
+
+    A bare existing path fills the first of `positional` not given as key=value (`cnntrain-eval <run folder>`;
+    cnntrain-predict: the run, then the inputs). `run <path>`, `run:<path>`, `run = <path>` are answered
+    with run=<path>, for every key of `options` and of `sections` (cnntrain-eval's data.root=...)."""
     values = dict(options)
-    for arg in args:
+    given = {arg.partition("=")[0] for arg in args if "=" in arg}
+    free = [key for key in positional if key not in given]
+
+    def is_key(word: str) -> bool:
+        return word in options or word.split(".")[0] in sections
+
+    for i, arg in enumerate(args):
         key, sep, value = arg.partition("=")
-        if not sep or key not in options:
-            raise CnnTrainError(f"Unexpected argument '{arg}'.{did_you_mean(key, options)}\n{usage}")
-        values[key] = value
+        if sep and key in options:
+            values[key] = value
+            continue
+        after = args[i + 1] if i + 1 < len(args) else ""
+        # An existing path is the run (or the inputs), unless it is a key followed by its value: `run <path>`.
+        takes_value = after and ("=" not in after or after.startswith("="))
+        if not sep and free and Path(arg).exists() and not (is_key(arg) and takes_value):
+            values[free.pop(0)] = arg
+            continue
+        slip = None if sep and key else key_value_slip(args, i, is_key)
+        if slip:
+            raise CnnTrainError(slip)
+        if not sep and ("/" in arg or Path(arg).suffix):
+            raise CnnTrainError(f"Unexpected argument '{arg}': there is no such folder or file. Give the run as "
+                                f"run=<run folder>.\n{usage}")
+        raise CnnTrainError(f"Unexpected argument '{arg}'.{did_you_mean(key, options)}\n{usage}")
     missing = [key + "=" for key, value in values.items() if value is None]
     if missing:
         raise CnnTrainError(f"Missing {', '.join(missing)}\n{usage}")
@@ -125,14 +152,17 @@ def predict_main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(PREDICT_USAGE)
         return
-    from cnntrain.checks import resolve_tta, tta_line
-    from cnntrain.predict import check_output, load_predictor, predictions_path, predictions_table, write_predictions
-
     try:
-        options = parse_key_values(args, PREDICT_OPTIONS)
+        options = parse_key_values(args, PREDICT_OPTIONS, positional=("run", "inputs"))
+        # torch is imported after the arguments are read: a slip in them is answered at once
+        from cnntrain.checks import resolve_tta, tta_line
+        from cnntrain.predict import (SCREENFUL, check_output, load_predictor, predictions_path,
+                                      predictions_summary, predictions_table, write_predictions)
+
         if not (options["topk"].isascii() and options["topk"].isdigit()) or int(options["topk"]) < 1:
             raise CnnTrainError(f"topk must be a positive whole number, got '{options['topk']}'.")
-        default_output = predictions_path(Path(options["run"]))  # refuses a run= that is no run folder or .onnx
+        # predictions_path refuses a run= that is no run folder or .onnx file
+        default_output = predictions_path(Path(options["run"]), Path(options["inputs"]))
         output = Path(options["output"]) if options["output"] else default_output
         check_output(output)  # before the work, so that a refusal costs nothing
         resolve_tta(options["tta"], None)  # a typo is answered before the model is loaded
@@ -141,17 +171,25 @@ def predict_main() -> None:
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
-    write_predictions(predictions, output)
+    replaced = " (replacing the earlier predictions there)" if output.exists() else ""  # output= names it
+    write_predictions(predictions, output)  # first: the file is kept whatever happens to the console
     console = Console(highlight=False)
     augmentation = tta_line(resolve_tta(options["tta"], predictor.run_tta), predictor.run_tta)
     if augmentation:
         console.print(augmentation, markup=False, soft_wrap=True)
-    console.print(predictions_table(predictions))
-    console.print(f"written to {output}", markup=False, soft_wrap=True)
+    screenful = max(console.height - 10, 20) if console.is_terminal else SCREENFUL
+    if len(predictions) <= screenful:
+        console.print(predictions_table(predictions, options["inputs"], console.width))
+    else:  # thousands of rows scroll past unread: the CSV holds them
+        for table in predictions_summary(predictions, options["inputs"]):
+            console.print(table)
+    console.print(f"all {len(predictions)} predictions written to {display_path(output)}{replaced}", markup=False,
+                  soft_wrap=True)
 
 
 EXPORT_USAGE = """usage: cnntrain-export run=<run folder> format=onnx|torchscript|exported_program
                        [checkpoint=best|last] [output=<file>] [imports=[my_models]]
+       cnntrain-export <run folder> format=... [...]
 Writes the run's model (default: <run folder>/export/model.onnx, model.torchscript.pt or
 model.pt2) taking a normalised float batch of any size, and <file>.json beside it (classes,
 preprocessing, where it came from), after checking the file against PyTorch on the run's
@@ -166,11 +204,11 @@ def export_main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(EXPORT_USAGE)
         return
-    from cnntrain.export import export_run
-
     console = Console(highlight=False)
     try:
         options = parse_key_values(args, EXPORT_OPTIONS, EXPORT_USAGE)
+        from cnntrain.export import export_run  # torch: after the arguments are read
+
         result = export_run(options["run"], options["format"], checkpoint=options["checkpoint"],
                             output=options["output"] or None, imports=options["imports"] or None,
                             say=lambda line: console.print(line, markup=False, soft_wrap=True))
@@ -185,6 +223,7 @@ def export_main() -> None:
 
 EVAL_USAGE = """usage: cnntrain-eval run=<run folder> [split=test|val|train|all] [checkpoint=best|last] [imports=[my_models]]
                      [tta=run|none|hflip] [data=<name>] [data.<key>=<value> ...] [device=auto|cpu|cuda|mps]
+       cnntrain-eval <run folder> [...]
 Measures the run's checkpoint on a split of its data, built as the run built it (the run's own
 test split gives the test figures of its summary.json), or on other labelled data with the run's
 classes (data=image_folder data.root=<folder>; split=all: every image of it). Prints loss, accuracy,
@@ -205,10 +244,11 @@ def eval_main() -> None:
     # data=, device= and dotted keys (data.root=...) go to the run's config; evaluation.py says which may change.
     keys = [arg.lstrip("+").partition("=")[0] if "=" in arg else "" for arg in args]
     overrides = [arg for arg, key in zip(args, keys) if key in EVAL_OVERRIDES or "." in key]
-    from cnntrain.evaluation import evaluate_run, print_report
-
     try:
-        options = parse_key_values([arg for arg in args if arg not in overrides], EVAL_OPTIONS, EVAL_USAGE)
+        options = parse_key_values([arg for arg in args if arg not in overrides], EVAL_OPTIONS, EVAL_USAGE,
+                                   sections=EVAL_OVERRIDES)
+        from cnntrain.evaluation import evaluate_run, print_report  # torch: after the arguments are read
+
         result = evaluate_run(Path(options["run"]), split=options["split"], checkpoint=options["checkpoint"],
                               overrides=overrides, imports=options["imports"] or None, tta=options["tta"])
     except CnnTrainError as err:

@@ -55,7 +55,7 @@ from cnntrain.data.loader import preprocess_transform
 from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.registry import did_you_mean
 from cnntrain.resuming import apply_override
-from cnntrain.run_folder import EvalFolder, RunFolder, display_path, write_atomically
+from cnntrain.run_folder import EvalFolder, RunFolder, display_path, not_a_run_message, write_atomically
 from cnntrain.speed_switches import tune_backend
 from cnntrain.trainer import Evaluation, StepOptions, Trainer
 
@@ -182,6 +182,8 @@ def read_checkpoint(folder: RunFolder, checkpoint: str) -> RunCheckpoint:
     path = folder.checkpoint(checkpoint)
     if not path.is_file():
         saved = [which for which in CHECKPOINTS if folder.checkpoint(which).is_file()]
+        if not folder.holds_run():
+            raise CnnTrainError(not_a_run_message(folder.path, "cnntrain-eval run={}"))
         if not saved:
             raise CnnTrainError(f"{folder.path} is not a cnntrain run folder with a finished epoch: it has no "
                                 f"checkpoints/best.pt or checkpoints/last.pt. Give the folder a run was trained in "

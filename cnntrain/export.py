@@ -48,7 +48,8 @@ from cnntrain.checks import check_config
 from cnntrain.errors import CnnTrainError
 from cnntrain.predict import CHECKPOINTS, LoadedRun, load_run, onnx_model, read_export_info
 from cnntrain.registry import did_you_mean
-from cnntrain.run_folder import EXPORT_FILE_NAMES, RunFolder, display_path, export_info_path, write_atomically
+from cnntrain.run_folder import (EXPORT_FILE_NAMES, RunFolder, display_path, export_info_path, not_a_run_message,
+                                 write_atomically)
 
 FORMATS = tuple(EXPORT_FILE_NAMES)  # onnx, torchscript, exported_program
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
@@ -267,7 +268,7 @@ def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", outpu
     if not folder.path.is_dir():
         raise CnnTrainError(f"run={run_dir} is not a folder. Give a run folder (outputs/<date>/<time>_<model>_<data>).")
     if not folder.checkpoint(checkpoint).is_file():
-        raise CnnTrainError(_no_checkpoint(folder, checkpoint))
+        raise CnnTrainError(_no_checkpoint(folder, checkpoint, format))
     path = Path(output) if output else folder.export_file(format)
     if not output:
         path.parent.mkdir(exist_ok=True)
@@ -295,10 +296,9 @@ def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", outpu
     return ExportResult(path, info_path, info, verification, time.perf_counter() - start, replaced, notices)
 
 
-def _no_checkpoint(folder: RunFolder, checkpoint: str) -> str:
+def _no_checkpoint(folder: RunFolder, checkpoint: str, format: str) -> str:
     if not folder.holds_run():
-        return (f"{folder.path} is not a run folder (it has no checkpoints/, summary.json or metrics.csv). Give a "
-                f"run folder (outputs/<date>/<time>_<model>_<data>).")
+        return not_a_run_message(folder.path, f"cnntrain-export run={{}} format={format}")
     other = "last" if checkpoint == "best" else "best"
     hint = (f" It has checkpoints/{other}.pt: export that with checkpoint={other}."
             if folder.checkpoint(other).is_file() else " The run has no checkpoint yet (none was saved).")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -32,7 +33,7 @@ from cnntrain.checks import confirmed_imports, import_user_modules, resolve_tta
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
-from cnntrain.run_folder import RunFolder, export_info_path, export_predictions_csv
+from cnntrain.run_folder import RunFolder, export_info_path, export_predictions_csv, not_a_run_message
 from cnntrain.trainer import mean_log_probabilities
 
 CHECKPOINTS = ("best", "last")
@@ -230,22 +231,45 @@ def load_predictor(run: Path | str, checkpoint: str = "best", imports: list[str]
     return load_exported(run) if is_exported_file(run) else load_run(run, checkpoint, imports)
 
 
-def predictions_path(run: Path | str) -> Path:
-    """Where cnntrain-predict writes without output=: predictions.csv in the run folder, or
-    <file stem>.predictions.csv beside an exported .onnx file."""
+def predictions_path(run: Path | str, inputs: Path | str = "images") -> Path:
+    """Where cnntrain-predict writes without output=: predictions-<input name>.csv in the run folder, or
+    <file stem>.predictions-<input name>.csv beside an exported .onnx file; with -2, -3, ... added when
+    that file exists, so that earlier predictions are kept."""
     run = Path(run)
     if is_exported_file(run):
         if not run.is_file():
             raise CnnTrainError(f"run={run} does not exist. Give a run folder, or an .onnx file written by "
                                 f"cnntrain-export.")
-        return export_predictions_csv(run)
-    if run.is_file():
+        base = export_predictions_csv(run)
+    elif run.is_file():
         raise CnnTrainError(f"run={run} is a file. Give a run folder (outputs/<date>/<time>_<model>_<data>) or "
                             f"an .onnx file written by cnntrain-export.")
-    if not run.is_dir():
+    elif not run.is_dir():
         raise CnnTrainError(f"run={run} is not a folder. Give a run folder (outputs/<date>/<time>_<model>_<data>) "
                             f"or an .onnx file written by cnntrain-export.")
-    return RunFolder(run).predictions_csv
+    elif not RunFolder(run).holds_run():
+        raise CnnTrainError(not_a_run_message(run, f"cnntrain-predict run={{}} inputs={inputs}"))
+    else:
+        base = RunFolder(run).predictions_csv
+    named = base.with_name(f"{base.stem}-{_file_name_part(inputs)}{base.suffix}")
+    return _unused(named)
+
+
+def _file_name_part(inputs: Path | str) -> str:
+    """The inputs' name as part of a file name: a folder's name, an image's name without its extension."""
+    inputs = Path(inputs)
+    name = (inputs.stem if inputs.is_file() else inputs.resolve().name) or "images"
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or the first of path-2, path-3, ... (before the extension) that does not exist."""
+    number = 2
+    candidate = path
+    while candidate.exists() or candidate.is_symlink():
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+        number += 1
+    return candidate
 
 
 def load_run(run_dir: Path | str, checkpoint: str = "best", imports: list[str] | str | None = None) -> LoadedRun:
@@ -259,6 +283,8 @@ def load_run(run_dir: Path | str, checkpoint: str = "best", imports: list[str] |
         raise CnnTrainError(f"checkpoint must be best or last, got '{checkpoint}'.")
     if not folder.path.is_dir():
         raise CnnTrainError(f"{run_dir} is not a folder. Give a run folder (outputs/<date>/<time>_<model>_<data>).")
+    if not folder.holds_run():
+        raise CnnTrainError(not_a_run_message(folder.path, "load_run('{}')"))
     state = RunCheckpoint.read(folder.checkpoint(checkpoint))
     import_user_modules(confirmed_imports(state.config.get("imports"), imports, folder.path))
     return LoadedRun(folder, state, state.build_model().eval())
@@ -328,11 +354,59 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
                              "; ".join(f"{name}:{prob:.4f}" for name, prob in p.top)])
 
 
-def predictions_table(predictions: list[Prediction]) -> Table:
+# Rows cnntrain-predict prints as a table when the console's height is unknown (a pipe, a file); past it
+# (or past the terminal's height) it prints a summary: the CSV holds every row.
+SCREENFUL = 40
+
+
+def shown_path(file: str, inputs: Path | str) -> str:
+    """An image's path as the table shows it: relative to the input folder (a single image: its name)."""
+    inputs = Path(inputs)
+    if inputs.is_file():
+        return Path(file).name
+    try:
+        return str(Path(file).relative_to(inputs))
+    except ValueError:
+        return file
+
+
+def predictions_table(predictions: list[Prediction], inputs: Path | str = ".", width: int = 80) -> Table:
+    """One row per image, fitted to `width` columns. Paths and class names never break mid-name while the
+    top-k column can give way: it wraps between its entries, and is left out (the CSV has it) when the
+    paths need its room; only a path longer than the whole room is folded."""
+    files = [shown_path(p.file, inputs) for p in predictions]
+    tops = [", ".join(f"{n} {q:.2f}" for n, q in p.top) for p in predictions]
+    label = min(max([len("predicted"), *(len(p.label) for p in predictions)]), 30)
+    longest = max([len("file"), *map(len, files)])
+    room = width - 13 - label - len("probability")  # 13: the borders and each column's padding (4 columns)
+    with_top_k = longest <= room - 16
+    if not with_top_k:
+        room += 3  # one column less
+    file = min(longest, max(room - (16 if with_top_k else 0), 12))
     table = Table(title=f"predictions ({len(predictions)} images)", header_style="bold")
-    for column in ("file", "predicted", "probability", "top k"):
-        table.add_column(column, overflow="fold")
-    for p in predictions:
-        table.add_row(escape(p.file), escape(p.label), f"{p.probability:.3f}",
-                      escape(", ".join(f"{n} {q:.2f}" for n, q in p.top)))
+    table.add_column("file", overflow="fold", min_width=file, max_width=file)
+    table.add_column("predicted", no_wrap=True, overflow="fold", min_width=label, max_width=label)
+    table.add_column("probability", justify="right", no_wrap=True)
+    if with_top_k:
+        table.add_column("top k", overflow="fold", min_width=room - file, max_width=room - file)
+    for p, file, top in zip(predictions, files, tops):
+        table.add_row(escape(file), escape(p.label), f"{p.probability:.3f}", *([escape(top)] if with_top_k else []))
     return table
+
+
+def predictions_summary(predictions: list[Prediction], inputs: Path | str = ".", least: int = 5) -> list[Table]:
+    """For more images than a screen holds: images per predicted class, and the `least` confident."""
+    counts: dict[str, int] = {}
+    for p in predictions:
+        counts[p.label] = counts.get(p.label, 0) + 1
+    total = len(predictions)
+    per_class = Table(title=f"{total:,} images per predicted class", header_style="bold")
+    per_class.add_column("predicted", overflow="fold")
+    per_class.add_column("images", justify="right", no_wrap=True)
+    per_class.add_column("share", justify="right", no_wrap=True)
+    for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        per_class.add_row(escape(label), f"{count:,}", f"{count / total:.1%}")
+    unsure = sorted(predictions, key=lambda p: (p.probability, p.file))[:least]
+    low = predictions_table(unsure, inputs)
+    low.title = f"the {len(unsure)} least confident"
+    return [per_class, low]

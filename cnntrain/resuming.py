@@ -20,7 +20,7 @@ from cnntrain.config import BUILDER_SECTIONS, REGISTRY_GROUPS, dotted_keys, grou
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import resume_command
 from cnntrain.run import RunResult, run
-from cnntrain.run_folder import RunFolder
+from cnntrain.run_folder import RunFolder, not_a_run_message
 from cnntrain.trainer import EpochMetrics
 
 # Dotted prefixes a resume may change.
@@ -41,6 +41,8 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
         raise ConfigError(f"Cannot resume: {run_dir} is not a folder. Give a run folder, "
                           f"e.g. resume=outputs/2026-11-23/10-00-00-000000_lenet_fashion_mnist.")
     last = RunFolder(run_dir).last_checkpoint
+    if not RunFolder(run_dir).holds_run():  # outputs/<date>: say which runs it holds
+        raise ConfigError(not_a_run_message(run_dir, "cnntrain resume={}"))
     if not last.is_file():
         raise ConfigError(f"Cannot resume {run_dir}: it has no checkpoints/last.pt, so no epoch of it finished. "
                           f"Start the run again instead.")

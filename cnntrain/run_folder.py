@@ -8,7 +8,7 @@
       train.log            what the console showed
       checkpoints/last.pt best.pt
       tensorboard/         with logger=tensorboard
-      predictions.csv      written by cnntrain-predict
+      predictions-<inputs>.csv  written by cnntrain-predict (-2, -3, ... when it exists)
       eval/<name>/         written by cnntrain-eval (EvalFolder): eval.json, per_class.csv,
                            confusion_matrix.csv/.png, misclassified.csv/.png
       export/model.onnx    written by cnntrain-export (or model.torchscript.pt, model.pt2)
@@ -157,6 +157,41 @@ class RunFolder:
 
     def __str__(self) -> str:
         return str(self.path)
+
+
+def runs_in(folder: Path | str, depth: int = 2) -> list[Path]:
+    """The run folders inside `folder` (outputs/ holds <date>/<run>, a date folder <run>, a sweep <job>),
+    up to `depth` levels down, newest first (by their newest file)."""
+    found = []
+    level = [Path(folder)]
+    for _ in range(depth):
+        level = sorted(child for parent in level for child in parent.iterdir() if child.is_dir())
+        found += [child for child in level if RunFolder(child).holds_run()]
+        level = [child for child in level if not RunFolder(child).holds_run()]
+    return sorted(found, key=_newest_file_time, reverse=True)
+
+
+def _newest_file_time(run: Path) -> float:
+    files = (RunFolder(run).summary_json, RunFolder(run).metrics_csv, RunFolder(run).last_checkpoint)
+    return max((f.stat().st_mtime for f in files if f.is_file()), default=run.stat().st_mtime)
+
+
+def not_a_run_message(folder: Path | str, use: str, shown: int = 3) -> str:
+    """What cnntrain resume=, cnntrain-eval/-export/-predict run= say for a folder that holds no run: the runs
+    inside it when it holds some (outputs/, a date folder, a sweep), newest first, with the command for the
+    newest; `use`: that command, {} standing for the folder (e.g. "cnntrain resume={}")."""
+    folder = Path(folder)
+    try:
+        runs = runs_in(folder)
+    except OSError:
+        runs = []
+    if not runs:
+        return (f"{display_path(folder)} is not a run folder (it has no checkpoints/, summary.json or metrics.csv) "
+                f"and holds none. Give a run folder (outputs/<date>/<time>_<model>_<data>).")
+    names = ", ".join(display_path(run) for run in runs[:shown])
+    more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
+    return (f"{display_path(folder)} is not a run folder; the runs in it are, newest first: {names}{more}. "
+            f"The newest: {use.format(display_path(runs[0]))}")
 
 
 # cnntrain-export's formats and the file each is written to (in <run folder>/export/ by default).

@@ -302,3 +302,24 @@ def test_help_names_the_other_commands_and_completion(tmp_path):
     for command in ("cnntrain-eval", "cnntrain-predict", "cnntrain-export", "cnntrain-info", "resume=",
                     'eval "$(cnntrain -sc install=bash)"'):
         assert command in result.stdout, command
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("cnntrain-export", ["format:onnx", "run=x"], "Settings are written key=value, not key:value: write format=onnx."),
+    ("cnntrain-export", ["format", "onnx"], "'format' needs its value after '=' without spaces: write format=onnx."),
+    ("cnntrain-predict", ["run", "outputs/x", "inputs=y"], "'run' needs its value after '=' without spaces: write "
+                                                          "run=outputs/x."),
+    ("cnntrain-predict", ["topk", "=", "5"], "No spaces around '=': write topk=5."),
+    ("cnntrain-eval", ["split", "test"], "'split' needs its value after '=' without spaces: write split=test."),
+    ("cnntrain-eval", ["run=x", "data.root:/data/new"], "not key:value: write data.root=/data/new."),
+    ("cnntrain-eval", ["outputs/2026-01-01/typo"], "Unexpected argument 'outputs/2026-01-01/typo': there is no such "
+                                                   "folder or file. Give the run as run=<run folder>."),
+    ("cnntrain-info", ["model:alexnet"], "Settings are written key=value, not key:value: write model=alexnet."),
+    ("cnntrain-info", ["model=alexnet,vgg"], "model=alexnet,vgg gives several values (a sweep), and this command takes one"),
+])
+def test_companion_command_slips_get_the_key_value_to_write(tmp_path, command, args, message):
+    result = subprocess.run([str(Path(sys.executable).with_name(command)), *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert message in result.stderr.replace("\n", " ") and "Traceback" not in result.stderr
+    assert "Did you mean" not in result.stderr

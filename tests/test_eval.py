@@ -237,7 +237,8 @@ def test_errors_are_messages_with_exit_status_2(smoke_run, pets, tmp_path, monke
     cases = [
         ((f"run={smoke_run}", "split=tset"), "Unknown split 'tset' (split=). Did you mean 'test'?"),
         ((f"run={tmp_path / 'nowhere'}",), "is not a folder. Give a run folder"),
-        ((f"run={tmp_path / 'empty'}",), "is not a cnntrain run folder with a finished epoch"),
+        ((f"run={tmp_path / 'empty'}",), "empty is not a run folder (it has no checkpoints/, summary.json or "
+                                         "metrics.csv) and holds none."),
         ((f"run={smoke_run}", "checkpoint=bset"), "Unknown checkpoint 'bset' (checkpoint=). Did you mean 'best'?"),
         ((f"run={pets.run}", f"data.rooot={pets.new}"), "Unknown setting 'data.rooot'"),
         ((f"run={pets.run}", f"dta.root={pets.new}"), "Did you mean 'data.root'?"),
@@ -272,3 +273,26 @@ def test_the_installed_command_prints_the_figures_and_the_files(smoke_run):
     assert "per class" in result.stdout and "confusion matrix" in result.stdout
     assert lines[-1].endswith("val_last: eval.json, per_class.csv, confusion_matrix.csv, confusion_matrix.png, "
                               "misclassified.csv" + (", misclassified.png" if figures["misclassified"] else ""))
+
+
+def test_a_bare_run_folder_is_the_run_and_slips_get_the_key_value_to_write(smoke_run):
+    script = Path(sys.executable).with_name("cnntrain-eval")
+
+    def eval_command(*args):
+        return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, cwd=smoke_run.parent)
+
+    result = eval_command("run", "split=val", "checkpoint=last")  # `run` is the run folder's name here: a folder
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("cnntrain-eval: run (") and "on the val split of synthetic" in result.stdout
+    for args, message in [
+            (("run", "./run"), "'run' needs its value after '=' without spaces: write run=./run."),
+            (("run:./run",), "Settings are written key=value, not key:value: write run=./run."),
+            (("run", "=", "./run"), "No spaces around '=': write run=./run."),
+            (("run=", "./run"), "No spaces around '=': write run=./run."),
+            (("./run", "split", "val"), "'split' needs its value after '=' without spaces: write split=val."),
+            (("./run", "data.root", "/x"), "'data.root' needs its value after '=' without spaces: write data.root=/x."),
+            (("./runn",), "Unexpected argument './runn': there is no such folder or file."),
+            ((".",), "is not a run folder; the runs in it are, newest first: run. The newest: cnntrain-eval run=run")]:
+        result = eval_command(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Did you mean 'run'" not in result.stderr and "Traceback" not in result.stderr

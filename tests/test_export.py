@@ -163,8 +163,8 @@ def test_the_predict_command_takes_the_onnx_file_and_writes_beside_it(exports, r
     done = run_script("cnntrain-predict", f"run={onnx_file}", f"inputs={images}")
     assert done.returncode == 0, done.stderr
     assert "predictions (6 images)" in done.stdout
-    written = onnx_file.with_name("model.predictions.csv")
-    assert f"written to {written}" in done.stdout.replace("\n", "")
+    written = onnx_file.with_name("model.predictions-new_images.csv")
+    assert done.stdout.splitlines()[-1] == f"all 6 predictions written to {written}"
     with open(written, newline="") as f:
         rows = list(csv.DictReader(f))
     from_run = load_run(run_dir).predict(images)
@@ -343,3 +343,50 @@ def test_every_zoo_model_exports_within_tolerance(name, format, tmp_path):
     check = export_and_verify(model, torch.randn(EXPORT_BATCH, 1, size, size), format, path, batches, name=name)
     print(f"{name} {format}: max abs difference {check.max_abs_diff:.2e}")
     assert check.max_abs_diff < TOLERANCE and check.batch_sizes == [1, 3]
+
+
+def test_predict_keeps_earlier_predictions_and_fits_80_columns(run_dir, images, tmp_path):
+    first = run_script("cnntrain-predict", str(run_dir), str(images), cwd=tmp_path)  # bare run folder and inputs
+    assert first.returncode == 0, first.stderr
+    written = run_dir / "predictions-new_images.csv"
+    assert first.stdout.splitlines()[-1] == f"all 6 predictions written to {written}"
+    before = written.read_text()
+    second = run_script("cnntrain-predict", f"run={run_dir}", f"inputs={images}", "topk=2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines()[-1].endswith("predictions-new_images-2.csv")
+    assert written.read_text() == before  # the first one is kept
+    assert (run_dir / "predictions-new_images-2.csv").read_text() != before  # top 2 instead of top 3
+    # The table (80 columns when not a terminal): paths relative to the input folder, whole, in lines of 80.
+    table = first.stdout.splitlines()[:-1]
+    assert max(len(line) for line in table) <= 80
+    rows = [line.split("│")[1].strip() for line in table if line.startswith("│") and line.split("│")[1].strip()]
+    assert rows == ["0.png", "1.png", "2.png", "3.png", "4.png", "grey_other_size.png"]
+    assert str(images) not in first.stdout
+    one = run_script("cnntrain-predict", f"run={run_dir}", f"inputs={images / '3.png'}", cwd=tmp_path)
+    assert one.returncode == 0 and "│ 3.png " in one.stdout
+    assert one.stdout.splitlines()[-1] == f"all 1 predictions written to {run_dir / 'predictions-3.csv'}"
+
+
+def test_predict_on_more_images_than_a_screen_prints_a_summary(run_dir, images, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(45):
+        shutil.copy(images / f"{i % 5}.png", many / f"image_{i:02d}.png")
+    result = run_script("cnntrain-predict", f"run={run_dir}", f"inputs={many}", f"output={tmp_path / 'all.csv'}",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "all.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 45  # every prediction is in the CSV
+    counts = {}
+    for row in rows:
+        counts[row["predicted"]] = counts.get(row["predicted"], 0) + 1
+    assert "45 images per predicted class" in result.stdout and "the 5 least confident" in result.stdout
+    shown = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines()
+             if line.startswith("│") and line.count("│") == 4}
+    assert shown == {label: str(count) for label, count in counts.items()}  # the per-class table
+    least = sorted(rows, key=lambda row: (float(row["probability"]), row["file"]))[:5]
+    assert [Path(row["file"]).name for row in least] == [line.split("│")[1].strip() for line in
+                                                         result.stdout.splitlines() if "image_" in line]
+    assert len(result.stdout.splitlines()) < 30
+    assert result.stdout.splitlines()[-1] == f"all 45 predictions written to all.csv"

@@ -229,10 +229,37 @@ def test_resume_refuses_a_changed_model_with_a_message(workdir, uninterrupted):
 
 def test_resume_without_a_checkpoint_explains(tmp_path):
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.log").write_text("epoch 1/3 ...\n")  # started, stopped before its first checkpoint
     with pytest.raises(ConfigError, match="has no checkpoints/last.pt, so no epoch of it finished"):
         resume_config(tmp_path / "run", [])
     with pytest.raises(ConfigError, match="is not a folder"):
         resume_config(tmp_path / "nowhere", [])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"empty is not a run folder \(it has no checkpoints/, summary.json or "
+                                          r"metrics.csv\) and holds none\."):
+        resume_config(tmp_path / "empty", [])
+
+
+def test_resume_of_a_folder_of_runs_lists_them_newest_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    day = tmp_path / "outputs" / "2026-12-01"
+    for age, name in enumerate(["10-00-00-000000_mlp_synthetic", "09-00-00-000000_lenet_fashion_mnist",
+                                "08-00-00-000000_alexnet_fashion_mnist", "07-00-00-000000_vgg_cifar10"]):
+        (day / name).mkdir(parents=True)
+        (day / name / "summary.json").write_text("{}")
+        os.utime(day / name / "summary.json", (1e9 - age * 3600,) * 2)  # the first is the newest
+    newest, second, third = (f"outputs/2026-12-01/{name}" for name in
+                             ("10-00-00-000000_mlp_synthetic", "09-00-00-000000_lenet_fashion_mnist",
+                              "08-00-00-000000_alexnet_fashion_mnist"))
+    expected = (f"is not a run folder; the runs in it are, newest first: {newest}, {second}, {third} and 1 more. "
+                f"The newest: cnntrain resume={newest}")
+    for folder in (day, tmp_path / "outputs"):  # a date folder, and outputs/ (two levels down)
+        with pytest.raises(ConfigError) as caught:
+            resume_config(folder, [])
+        assert str(caught.value) == f"{folder.relative_to(tmp_path)} {expected}"
+    result = subprocess.run([sys.executable, "-m", "cnntrain", "resume=outputs/2026-12-01"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == f"error: outputs/2026-12-01 {expected}\n"
 
 
 QUICK = ["data=synthetic", "data.train_size=128", "data.test_size=64", "data.batch_size=32", "model=mlp",

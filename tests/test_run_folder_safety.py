@@ -83,7 +83,7 @@ def test_predict_on_a_run_of_your_own_model_needs_its_imports_named(workdir):
 
     done = run(predict, "run=run", "inputs=image.png", "imports=[user_models]", cwd=workdir)
     assert done.returncode == 0, done.stderr
-    assert "image.png" in done.stdout and (workdir / "run" / "predictions.csv").is_file()
+    assert "image.png" in done.stdout and (workdir / "run" / "predictions-image.csv").is_file()
 
     other = run(predict, "run=run", "inputs=image.png", "imports=[other_models]", cwd=workdir)
     assert other.returncode == 2
