@@ -137,10 +137,10 @@ def predict_main() -> None:
         resolve_tta(options["tta"], None)  # a typo is answered before the model is loaded
         predictor = load_predictor(Path(options["run"]), options["checkpoint"], options["imports"] or None)
         predictions = predictor.predict(Path(options["inputs"]), topk=int(options["topk"]), tta=options["tta"])
+        write_predictions(predictions, output)  # a full or read-only file system: a CnnTrainError offering output=
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
-    write_predictions(predictions, output)
     console = Console(highlight=False)
     augmentation = tta_line(resolve_tta(options["tta"], predictor.run_tta), predictor.run_tta)
     if augmentation:
