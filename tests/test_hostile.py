@@ -437,3 +437,19 @@ def test_torchs_serializer_failure_becomes_an_os_error_naming_the_file(tmp_path,
     assert error.errno == 5 and "the file could not be written ([enforce fail at inline_container.cc:1] . x)" \
         in error.strerror
     assert run_folder.write_failure(RuntimeError("CUDA out of memory"), tmp_path / "a.pt") is None
+
+
+# ---------------------------------------------------------------- docs/errors.md names tests that exist
+
+def test_every_test_docs_errors_md_names_exists():
+    """The test column of docs/errors.md: each `test_file::test_name` is a test of that file (a renamed or
+    removed test leaves a row that no longer says how its behaviour is checked)."""
+    import importlib
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"\b(test_\w+)::(test_\w+)", text))
+    assert len(named) > 50
+    missing = [f"{module}::{name}" for module, name in sorted(named)
+               if not hasattr(importlib.import_module(f"tests.{module}"), name)]
+    assert missing == []
