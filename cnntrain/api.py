@@ -17,7 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cnntrain.config import compose
+from cnntrain import config
+from cnntrain.errors import ConfigError
 from cnntrain.predict import LoadedRun, load_run
 from cnntrain.resuming import resume_run
 from cnntrain.run import RunResult, run
@@ -37,6 +38,16 @@ def train(*overrides: str | DictConfig, callbacks: list[Callback] = (), run_dir:
     if not all(isinstance(item, str) for item in overrides):
         raise TypeError("train() takes override strings such as 'model=alexnet', or one composed config.")
     return run(compose(overrides), run_dir=run_dir, callbacks=callbacks, command_line=list(overrides))
+
+
+def compose(overrides=()) -> DictConfig:
+    """The config `cnntrain <overrides>` runs with, after the command line's own checks of the overrides (an
+    unknown choice or key, `+trainer.epochz=3` that Hydra would add silently): the same ConfigError messages."""
+    overrides = config.quote_for_hydra(config.expand_home(list(overrides)))
+    problem = config.check_group_choices(overrides) or config.check_override_keys(overrides)
+    if problem:
+        raise ConfigError(problem)
+    return config.compose(overrides)
 
 
 def resume(run_dir: Path | str, *overrides: str, callbacks: list[Callback] = ()) -> RunResult:

@@ -133,6 +133,56 @@ def restore_training(checkpoint: dict[str, Any], trainer) -> int:
     return checkpoint["epoch"] + 1
 
 
+def check_model_description(classes: Any, in_channels: Any, preprocess: Any, where: str, fix: str) -> None:
+    """What a checkpoint or an export's json says of its model (class names, input channels, how images are
+    converted), checked before anything uses it: a wrong value there gave wrong answers with exit 0 (std 0:
+    NaN probabilities) or a traceback. `where` names the file, `fix` says what to do; `check_against_model`
+    (predict.py) then checks the model takes and gives what this says."""
+    def refuse(problem: str) -> None:
+        raise CnnTrainError(f"{where} {problem}. {fix}")
+
+    if not (isinstance(classes, (list, tuple)) and len(classes) >= 2
+            and all(isinstance(name, str) and name for name in classes)):
+        refuse(f"has classes={_short(classes)}; it needs the list of the model's class names (at least 2)")
+    if len(set(classes)) != len(classes):
+        refuse(f"names a class twice in classes={_short(classes)}")
+    if not (_whole(in_channels) and in_channels in (1, 3)):
+        refuse(f"has in_channels={in_channels!r}; the models take 1 (grey) or 3 (RGB) channels")
+    if not isinstance(preprocess, dict):
+        refuse(f"has preprocess={_short(preprocess)}; it needs stored_size, size, mean and std")
+    stored, size = preprocess.get("stored_size"), preprocess.get("size")
+    if not (isinstance(stored, (list, tuple)) and len(stored) == 2 and all(_whole(v) and v >= 1 for v in stored)):
+        refuse(f"has preprocess.stored_size={stored!r}; it needs [height, width] in pixels (>= 1)")
+    if not (_whole(size) and size >= 1):
+        refuse(f"has preprocess.size={size!r}; it needs the model's input size in pixels (>= 1)")
+    crop = preprocess.get("resize_before_crop")
+    if crop is not None and not (_whole(crop) and crop >= size):
+        refuse(f"has preprocess.resize_before_crop={crop!r}; it needs null or a size >= preprocess.size ({size})")
+    mean, std = preprocess.get("mean") or [], preprocess.get("std") or []
+    for key, values in (("mean", mean), ("std", std)):
+        if not (isinstance(values, (list, tuple)) and len(values) in (0, 1, in_channels)
+                and all(_finite(v) for v in values)):
+            refuse(f"has preprocess.{key}={_short(values)}; it needs one finite number per channel ({in_channels}), "
+                   f"or [] for none")
+    if len(mean) != len(std):
+        refuse(f"has preprocess.mean={_short(mean)} but preprocess.std={_short(std)}; they go together")
+    if any(v <= 0 for v in std):
+        refuse(f"has preprocess.std={_short(std)}; images are divided by it, so each must be above 0")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 @dataclass
 class RunCheckpoint:
     """A checkpoint read back: the model it holds, its classes, how its images were prepared."""
@@ -142,7 +192,15 @@ class RunCheckpoint:
 
     @classmethod
     def read(cls, path: Path | str) -> "RunCheckpoint":
-        return cls(Path(path), load_checkpoint(path))
+        """The checkpoint at `path`, its classes, channels and preprocessing checked (check_model_description)."""
+        checkpoint = cls(Path(path), load_checkpoint(path))
+        state = checkpoint.state
+        channels = state["model"].get("in_channels") if isinstance(state["model"], dict) else None
+        preprocess = checkpoint.preprocess if isinstance(state.get("preprocess"), dict) else state.get("preprocess")
+        check_model_description(state["classes"], channels, preprocess, f"Checkpoint {path}",
+                                "It was changed after the run wrote it: copy the run folder again from where it "
+                                "came from.")
+        return checkpoint
 
     @property
     def epoch(self) -> int:
@@ -176,5 +234,11 @@ class RunCheckpoint:
         from cnntrain.models import build_model
 
         model = build_model(dict(self.state["model"], init="default"))  # the weights come from the file
-        model.load_state_dict(self.state["state_dict"])
+        try:
+            model.load_state_dict(self.state["state_dict"])
+        except (RuntimeError, KeyError, TypeError) as err:  # weights of another shape, a recipe changed
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CnnTrainError(f"Checkpoint {self.path}: its weights do not fit the model its recipe builds "
+                                f"({reason[:300]}). It was changed after the run wrote it: copy the run folder "
+                                f"again from where it came from.") from None
         return model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -163,6 +164,7 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
     `callbacks` are user callbacks given from Python; those the config lists are created here.
     """
     import_user_modules(cfg.get("imports"))
+    check_finite_numbers(cfg)
     MODELS.check_settings(cfg.model.name, settings_of(cfg.model, MODEL_KEYS))
     check_init_scheme(cfg.model.get("init", "default"))
     check_starting_weights(cfg)
@@ -182,6 +184,30 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
     check_optimizer_and_schedule(checked)
     checked.callbacks = config_callbacks(cfg.get("callbacks")) + check_callbacks(callbacks, "callbacks=")
     return checked
+
+
+def check_finite_numbers(cfg: DictConfig) -> None:
+    """inf and nan, in any setting of any section (Hydra and YAML read both as numbers), refused by name.
+
+    No setting means anything with them: trainer.mixup.alpha=inf trained as without MixUp,
+    optimizer.lr=nan as a NaN loss one step later. Checked here once, for the whole config, so that
+    no setting (a builder's, an augmentation's, one added later) can let one through.
+    """
+    for key, value in _numbers(as_plain(cfg), ""):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}: no setting takes inf or nan.")
+
+
+def _numbers(node, key: str):
+    """(dotted key, value) for every float in a plain config tree (lists as key[i])."""
+    if isinstance(node, dict):
+        for name, child in node.items():
+            yield from _numbers(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, (list, tuple)):
+        for i, child in enumerate(node):
+            yield from _numbers(child, f"{key}[{i}]")
+    elif isinstance(node, float):
+        yield key, node
 
 
 def check_trainer_settings(cfg: DictConfig) -> None:
@@ -313,6 +339,10 @@ def check_optimizer_and_schedule(checked: CheckedConfig) -> None:
     except (ValueError, TypeError, RuntimeError, IndexError) as err:
         raise ConfigError(f"optimizer={checked.optimizer.name} cannot take its settings "
                           f"({_settings_text('optimizer', checked.optimizer.settings)}): {err}") from None
+    for key, usual in (("momentum", 0.9), ("alpha", 0.99)):  # torch takes any value >= 0; from 1 up, the
+        value = checked.optimizer.settings.get(key)       # updates grow without end (or never average)
+        if is_number(value) and not 0 <= value < 1:
+            raise ConfigError(f"optimizer.{key} must be a number from 0 up to (not) 1 ({usual} is usual), got {value}.")
     try:
         schedule = checked.scheduler.build(optimizer=optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=1)
         lowest = _lowest_lr(optimizer, schedule, cfg.trainer.epochs)

@@ -168,11 +168,13 @@ def predict_main() -> None:
         resolve_tta(options["tta"], None)  # a typo is answered before the model is loaded
         predictor = load_predictor(Path(options["run"]), options["checkpoint"], options["imports"] or None)
         predictions = predictor.predict(Path(options["inputs"]), topk=int(options["topk"]), tta=options["tta"])
+        replaced = " (replacing the earlier predictions there)" if output.exists() else ""  # output= names it
+        # first: the file is kept whatever happens to the console; a full or read-only file system is a
+        # CnnTrainError offering output=
+        write_predictions(predictions, output)
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
-    replaced = " (replacing the earlier predictions there)" if output.exists() else ""  # output= names it
-    write_predictions(predictions, output)  # first: the file is kept whatever happens to the console
     console = Console(highlight=False)
     augmentation = tta_line(resolve_tta(options["tta"], predictor.run_tta), predictor.run_tta)
     if augmentation:

@@ -123,6 +123,7 @@ def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "be
     resolve_tta(tta, None)  # a typo is answered before the checkpoint is read
     folder = RunFolder(run_dir)
     state = read_checkpoint(folder, checkpoint)
+    folder.refuse_links_out([folder.evaluations], LINK_FIX)  # before the work: eval/ is where it all goes
     cfg = run_config(state, folder, imports)
     run_tta = cfg.trainer.get("tta")
     used_tta = resolve_tta(tta, run_tta)
@@ -379,9 +380,13 @@ def comparable_run_test(folder: RunFolder, result: EvalResult, checked) -> dict[
 
 # --- the files --------------------------------------------------------------------------------
 
+LINK_FIX = "Replace the link with a folder, or evaluate a copy of the run folder."
+
+
 def write_results(result: EvalResult, examples, state: RunCheckpoint) -> None:
     """eval.json, per_class.csv, confusion_matrix.csv/.png, misclassified.csv/.png into the result's folder."""
     folder = result.folder
+    result.run.refuse_links_out(folder.files(), LINK_FIX)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
         write_atomically(folder.eval_json, lambda f: f.write(json.dumps(result.figures(), indent=2, default=str)

@@ -48,8 +48,9 @@ from cnntrain.checks import check_config
 from cnntrain.errors import CnnTrainError
 from cnntrain.predict import CHECKPOINTS, LoadedRun, load_run, onnx_model, read_export_info
 from cnntrain.registry import did_you_mean
-from cnntrain.run_folder import (EXPORT_FILE_NAMES, RunFolder, display_path, export_info_path, not_a_run_message,
-                                 write_atomically)
+from cnntrain.run_folder import (EXPORT_FILE_NAMES, RunFolder, cannot_write_message, check_writable, display_path,
+                                 export_info_path, not_a_run_message, refuse_links_out_of_run, write_atomically,
+                                 write_failure)
 
 FORMATS = tuple(EXPORT_FILE_NAMES)  # onnx, torchscript, exported_program
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported_program": ".pt2"}
@@ -146,6 +147,8 @@ def check_export_output(path: Path, format: str) -> bool:
     if not path.parent.is_dir():
         raise CnnTrainError(f"output={path}: the folder {path.parent} does not exist.")
     info_path = export_info_path(path)
+    for written in (path, info_path):
+        refuse_links_out_of_run(written, f"Replace the link, or write the export elsewhere with output=<file>{suffix}.")
     ours = False
     if info_path.exists():
         try:
@@ -180,15 +183,27 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, format: str, pat
                                   verbose=False)
             elif format == "exported_program":
                 program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-                torch.export.save(program, str(path))
+                _save_through_memory(lambda buffer: torch.export.save(program, buffer), path)
             else:
                 with _quiet_torchscript():
                     traced = torch.jit.trace(model, example, check_trace=False)
-                    torch.jit.save(traced, str(path))
+                    _save_through_memory(lambda buffer: torch.jit.save(traced, buffer), path)
     except Exception as err:  # each exporter has its own error kinds
+        failure = write_failure(err, path)
+        if failure is not None:  # not the model's fault: the file could not be written (a full disk)
+            raise failure from err
         others = " or ".join(f"format={other}" for other in FORMATS if other != format)
         raise CnnTrainError(f"Cannot export {name} as {format}: {_error_text(err)}. Try another format "
                             f"({others}).") from None
+
+
+def _save_through_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:
+    """`save` into memory, then the bytes to `path`. torch's zip writer, given a file name, cannot fail cleanly:
+    on a full disk its destructor throws again and the process aborts ("terminate called after throwing an
+    instance of 'c10::Error'"), where a write from Python raises an OSError that can be answered."""
+    buffer = io.BytesIO()
+    save(buffer)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
 def load_exported_file(path: Path | str, format: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -270,9 +285,18 @@ def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", outpu
     if not folder.checkpoint(checkpoint).is_file():
         raise CnnTrainError(_no_checkpoint(folder, checkpoint, format))
     path = Path(output) if output else folder.export_file(format)
+    elsewhere = (f"Write the export to a folder you can write to with output=<folder>/{EXPORT_FILE_NAMES[format]}." if
+                 not output else "Give output= a file in a folder you can write to.")
     if not output:
-        path.parent.mkdir(exist_ok=True)
+        folder.refuse_links_out([folder.export, path, export_info_path(path)],
+                                f"Replace the link with a folder, or write the export elsewhere with output=<file>"
+                                f"{SUFFIXES[format]}.")
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as err:  # a read-only run folder (a shared or mounted one)
+            raise CnnTrainError(cannot_write_message(path.parent, err, elsewhere)) from None
     replaced = check_export_output(path, format)
+    check_writable(path.parent, elsewhere)  # before the model is loaded and traced
     if format == "onnx":
         require_onnx()
     loaded = load_run(folder.path, checkpoint, imports)
@@ -289,10 +313,14 @@ def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", outpu
     for notice in notices:
         say(notice)
     batches = [images[:n] for n in VERIFY_BATCHES]
-    verification = export_and_verify(loaded.model, images[:EXPORT_BATCH], format, path, batches, name, inputs)
-    info = export_info(loaded, format, path, checkpoint, verification)
     info_path = export_info_path(path)
-    write_atomically(info_path, lambda f: f.write(_json(info)), binary=False)
+    try:
+        verification = export_and_verify(loaded.model, images[:EXPORT_BATCH], format, path, batches, name, inputs)
+        info = export_info(loaded, format, path, checkpoint, verification)
+        write_atomically(info_path, lambda f: f.write(_json(info)), binary=False)
+    except OSError as err:  # the disk filled up while the file was written
+        raise CnnTrainError(cannot_write_message(Path(err.filename or path).parent, err, "Free some space, or "
+                                                 + elsewhere[0].lower() + elsewhere[1:])) from None
     return ExportResult(path, info_path, info, verification, time.perf_counter() - start, replaced, notices)
 
 

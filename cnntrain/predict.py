@@ -28,12 +28,13 @@ from PIL import Image
 from rich.markup import escape
 from rich.table import Table
 
-from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import confirmed_imports, import_user_modules, resolve_tta
+from cnntrain.checkpoint import RunCheckpoint, check_model_description
+from cnntrain.checks import TTA_MODES, confirmed_imports, import_user_modules, resolve_tta
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
-from cnntrain.run_folder import RunFolder, export_info_path, export_predictions_csv, not_a_run_message
+from cnntrain.run_folder import (RunFolder, cannot_write_message, check_writable, export_info_path,
+                                 export_predictions_csv, not_a_run_message, refuse_links_out_of_run, write_atomically)
 from cnntrain.trainer import mean_log_probabilities
 
 CHECKPOINTS = ("best", "last")
@@ -75,7 +76,7 @@ class Predictor:
         if isinstance(image, torch.Tensor):
             from torchvision.transforms.functional import to_pil_image
 
-            image = to_pil_image(image.detach().cpu())
+            image = to_pil_image(checked_tensor(image))
         if isinstance(image, Image.Image):
             return torch.from_numpy(image_to_array(image, channels, height, width))
         raise CnnTrainError(f"Cannot predict on a {type(image).__name__}: give image paths, Pillow images "
@@ -86,7 +87,12 @@ class Predictor:
         ((C, H, W), or (N, C, H, W) for several), or a list of these. `tta`: "run" (the run's trainer.tta,
         as its test measured), "none" or "hflip" (the mean of each image's and its mirror's probabilities)."""
         used_tta = resolve_tta(tta, self.run_tta)
+        if not is_count(topk) or not is_count(batch_size):
+            raise CnnTrainError(f"topk and batch_size must be whole numbers >= 1, got topk={topk!r}, "
+                                f"batch_size={batch_size!r}.")
         items = list(_image_items(images))
+        if not items:
+            raise CnnTrainError("No images to predict on: the list or batch given is empty.")
         transform = self.transform()
         predictions = []
         for start in range(0, len(items), batch_size):
@@ -102,6 +108,43 @@ class Predictor:
                 top = [(self.classes[i], p) for i, p in zip(top_i, top_p)]
                 predictions.append(Prediction(name, top[0][0], top[0][1], top))
         return predictions
+
+
+# What a tensor image may hold: uint8 (0..255) or floats in [0, 1], as torchvision's conventions say.
+TENSOR_IMAGES = "a (C, H, W) or (H, W) tensor of uint8 (0..255) or of floats in [0, 1], C = 1 (grey), 3 (RGB) or 4 (RGBA)"
+
+
+def checked_tensor(image: torch.Tensor) -> torch.Tensor:
+    """A tensor image as to_pil_image takes it (on the CPU), or a CnnTrainError saying what was expected: other
+    dtypes, ranges and shapes gave a traceback or a silently wrong answer (0..255 in a float tensor is
+    white everywhere once clipped)."""
+    image = image.detach().cpu()
+    shape = tuple(image.shape)
+    if image.dim() not in (2, 3) or image.numel() == 0:
+        raise CnnTrainError(f"Cannot predict on a tensor of shape {shape}: give {TENSOR_IMAGES} (or a batch of them, "
+                            f"(N, C, H, W)).")
+    if image.dim() == 3 and image.shape[0] not in (1, 3, 4):
+        hint = (" It looks like (H, W, C): pass image.permute(2, 0, 1)." if image.shape[-1] in (1, 3, 4) else "")
+        raise CnnTrainError(f"Cannot predict on a tensor of shape {shape}: {image.shape[0]} channels. Give "
+                            f"{TENSOR_IMAGES}.{hint}")
+    if image.dtype == torch.uint8:
+        return image
+    if not image.is_floating_point():
+        raise CnnTrainError(f"Cannot predict on a {image.dtype} tensor: give {TENSOR_IMAGES}. Convert 0..255 "
+                            f"values with image.to(torch.uint8).")
+    if not torch.isfinite(image).all():
+        raise CnnTrainError(f"Cannot predict on a tensor holding nan or inf: give {TENSOR_IMAGES}.")
+    low, high = image.min().item(), image.max().item()
+    if low < 0 or high > 1:
+        raise CnnTrainError(f"Cannot predict on a float tensor with values from {low:g} to {high:g}: float images "
+                            f"must be in [0, 1]. For 0..255 values pass a uint8 tensor (image.to(torch.uint8)) or "
+                            f"divide by 255; a normalised tensor (minus mean, divided by std) goes straight to "
+                            f"the model instead.")
+    return image.float()
+
+
+def is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass
@@ -209,7 +252,32 @@ def read_export_info(model_file: Path) -> dict[str, Any]:
     if not isinstance(info, dict) or info.get("exported_by") != "cnntrain-export" or any(k not in info for k in needed):
         raise CnnTrainError(f"{info_path} is not a json written by cnntrain-export (it needs {', '.join(needed)}). "
                             f"Export again with cnntrain-export.")
+    check_model_description(info["classes"], info["in_channels"], info["preprocess"], str(info_path),
+                            EXPORT_AGAIN)
+    if info.get("tta") not in (None, *TTA_MODES):
+        raise CnnTrainError(f"{info_path} has tta={info['tta']!r}; it needs null or one of {', '.join(TTA_MODES)}. "
+                            f"{EXPORT_AGAIN}")
     return info
+
+
+EXPORT_AGAIN = "It does not describe the model it was written with: export again with cnntrain-export."
+
+
+def check_against_model(predictor: "Predictor", where: str, fix: str) -> None:
+    """The model takes what `where` (a checkpoint, an export's json) says it takes, a batch of in_channels x size
+    x size images, and gives one output per class it names: tried on one blank image, so that a class list of
+    another length or another channel count is a message now, not every image "class0" or a traceback later."""
+    size, channels, classes = predictor.preprocess["size"], predictor.in_channels, len(predictor.classes)
+    try:
+        with torch.inference_mode():
+            outputs = predictor.model(torch.zeros(1, channels, size, size))
+    except Exception as err:  # torch's and onnxruntime's own error kinds
+        raise CnnTrainError(f"{where} says the model takes {channels}-channel {size}x{size} images, but the model "
+                            f"refuses them: {' '.join(str(err).split())[:300] or type(err).__name__}. {fix}") from None
+    if tuple(outputs.shape) != (1, classes):
+        gives = (f"{outputs.shape[1]} outputs per image" if outputs.dim() == 2
+                 else f"outputs of shape {tuple(outputs.shape)} for one image")
+        raise CnnTrainError(f"{where} names {classes} classes, but the model gives {gives}. {fix}")
 
 
 def load_exported(path: Path | str) -> ExportedModel:
@@ -222,7 +290,9 @@ def load_exported(path: Path | str) -> ExportedModel:
     if info["format"] != "onnx":
         raise CnnTrainError(f"{export_info_path(path)} describes a {info['format']} export, not the ONNX file "
                             f"{path.name}. Export again with cnntrain-export format=onnx.")
-    return ExportedModel(path, info, onnx_model(path))
+    exported = ExportedModel(path, info, onnx_model(path))
+    check_against_model(exported, str(export_info_path(path)), EXPORT_AGAIN)
+    return exported
 
 
 def load_predictor(run: Path | str, checkpoint: str = "best", imports: list[str] | str | None = None) -> Predictor:
@@ -287,13 +357,21 @@ def load_run(run_dir: Path | str, checkpoint: str = "best", imports: list[str] |
         raise CnnTrainError(not_a_run_message(folder.path, "load_run('{}')"))
     state = RunCheckpoint.read(folder.checkpoint(checkpoint))
     import_user_modules(confirmed_imports(state.config.get("imports"), imports, folder.path))
-    return LoadedRun(folder, state, state.build_model().eval())
+    loaded = LoadedRun(folder, state, state.build_model().eval())
+    check_against_model(loaded, f"Checkpoint {state.path}", "It was changed after the run wrote it: copy the run "
+                                                            "folder again from where it came from.")
+    return loaded
 
 
 def _image_items(images) -> Iterable[tuple[str, Any]]:
     """(name, image) pairs: a folder gives its image files, a batch tensor its images."""
+    if isinstance(images, torch.Tensor) and images.dim() > 4:
+        raise CnnTrainError(f"Cannot predict on a tensor of shape {tuple(images.shape)}: give {TENSOR_IMAGES}, or "
+                            f"a batch of them (N, C, H, W).")
     if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.dim() <= 3):
         images = [images]
+    elif not isinstance(images, Iterable):
+        images = [images]  # to_array names what it is and what it takes
     for i, image in enumerate(images):
         if isinstance(image, (str, Path)):
             for path in find_images(Path(image)):
@@ -331,9 +409,11 @@ def check_output(path: Path) -> None:
     folder, someone's data), since writing it would destroy it."""
     if path.is_dir():
         raise CnnTrainError(f"output={path} is a folder; give a CSV file name, e.g. output={path / 'predictions.csv'}.")
+    refuse_links_out_of_run(path, "Replace the link, or write the predictions elsewhere with output=<csv file>.")
     if not path.exists():
         if not path.parent.is_dir():
             raise CnnTrainError(f"output={path}: the folder {path.parent} does not exist.")
+        check_writable(path.parent, WRITE_ELSEWHERE)
         return
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -343,15 +423,26 @@ def check_output(path: Path) -> None:
     if first_row != PREDICTIONS_HEADER:
         raise CnnTrainError(f"output={path} exists and is not a predictions CSV written by cnntrain-predict; "
                             f"it is left as it is. Give another file name.")
+    check_writable(path.parent, WRITE_ELSEWHERE)  # it is replaced by a new file beside it
+
+
+WRITE_ELSEWHERE = "Write the predictions to a folder you can write to with output=<folder>/predictions.csv."
 
 
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    """The predictions CSV, written whole or not at all (write_atomically); a file system that is read-only or
+    full is a CnnTrainError saying where and offering output=."""
+    def write(f) -> None:
         writer = csv.writer(f)
         writer.writerow(PREDICTIONS_HEADER)
         for p in predictions:
             writer.writerow([p.file, p.label, f"{p.probability:.6f}",
                              "; ".join(f"{name}:{prob:.4f}" for name, prob in p.top)])
+
+    try:
+        write_atomically(path, write, binary=False)
+    except OSError as err:
+        raise CnnTrainError(cannot_write_message(Path(path).parent, err, WRITE_ELSEWHERE)) from None
 
 
 # Rows cnntrain-predict prints as a table when the console's height is unknown (a pipe, a file); past it

@@ -31,6 +31,9 @@ MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "traine
 GROUP_KEYS = {**{group: f"{group}.name" for group in REGISTRY_GROUPS}, "device": "device.type"}
 # Group choices that, where they may change, take their group's whole file (logger=tensorboard).
 WHOLE_FILE_GROUPS = ("logger", "data")
+# Two spellings of one setting (data.path is image_folder's old name of data.root): the one given now
+# replaces the other saved in the run, else the run's old spelling and the new one would name two folders.
+SAME_SETTING = {"data.root": "data.path", "data.path": "data.root"}
 # Schedules laid out over the run's length: more epochs would run past their end.
 LENGTH_BOUND_SCHEDULERS = ("cosine", "onecycle")
 
@@ -108,6 +111,9 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path, may_change: tu
             f"Cannot resume with {key}={raw}{was}: a resumed run keeps its model, data, optimizer and "
             f"schedule, so that it ends as the uninterrupted run would. Start a new run to train something "
             f"different. A resume may change: {', '.join(MAY_CHANGE)}.")
+    other = SAME_SETTING.get(key)
+    if other and OmegaConf.select(cfg, other, default=None) is not None:
+        OmegaConf.update(cfg, other, None)
     OmegaConf.update(cfg, key, value, force_add=True)
 
 

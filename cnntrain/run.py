@@ -75,6 +75,8 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
         run_dir = from_rank_zero(lambda: str(RunFolder.for_run(cfg, run_dir).path))
     folder = RunFolder.for_run(cfg, run_dir)
     folder.writes = process_rank() == 0  # a distributed run's rank 0 writes the folder (distributed.py)
+    if folder.writes:
+        folder.refuse_links_out()  # train.log, checkpoints/, ... never written through a link out of the folder
     folder.lock()  # no second process in this folder while this one trains
     try:
         if resume_from is None:

@@ -20,9 +20,11 @@ Every other module gets these paths from a `RunFolder`, so a name is spelled onc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from datetime import datetime
@@ -150,6 +152,28 @@ class RunFolder:
                               f"and try again; the checkpoints hold the run.")
         return summary
 
+    def written_files(self) -> list[Path]:
+        """What training (and a resume) writes in the folder, folders first."""
+        return [self.checkpoints, self.last_checkpoint, self.best_checkpoint, self.metrics_csv, self.curves_png,
+                self.summary_json, self.train_log, self.config_yaml.parent, self.config_yaml, self.tensorboard,
+                self.lock_file]
+
+    def refuse_links_out(self, paths: list[Path] | None = None, fix: str = "") -> None:
+        """Refuse to write `paths` (default: `written_files`) when one of them, or a folder on the way to it, is a
+        link that leads out of the run folder: a run folder from elsewhere (or a careless `ln -s`) must not make
+        a command replace files outside it. Links that stay inside the folder, and the run folder itself being
+        a link, are fine."""
+        root = self.path.resolve()
+        for path in self.written_files() if paths is None else paths:
+            real = Path(path).resolve()
+            if real != root and root not in real.parents:
+                link = _first_link(self.path, Path(path))
+                raise CnnTrainError(
+                    f"{_unresolved(link)} is a link to {os.path.realpath(link)}, outside the run folder "
+                    f"{display_path(self.path)}; "
+                    f"cnntrain writes only inside a run folder (through a link it would replace files elsewhere). "
+                    f"{fix or 'Replace the link with a folder or file of the run folder itself.'}")
+
     def remove_stale_temp_files(self) -> None:
         """Temporary checkpoint files left by a kill in the middle of a save."""
         for stale in self.checkpoints.glob("*.tmp"):
@@ -194,6 +218,39 @@ def not_a_run_message(folder: Path | str, use: str, shown: int = 3) -> str:
             f"The newest: {use.format(display_path(runs[0]))}")
 
 
+def refuse_links_out_of_run(path: Path | str, fix: str) -> None:
+    """`path` is about to be written: when it lies in a run folder (the nearest folder above it that holds a
+    run), it must not leave that folder through a link (`RunFolder.refuse_links_out`)."""
+    path = Path(os.path.abspath(path))  # not resolved: the links on the way are what is checked
+    for folder in path.parents:
+        if RunFolder(folder).holds_run():
+            RunFolder(folder).refuse_links_out([path], fix)
+            return
+
+
+def _unresolved(path: Path) -> str:
+    """`path` relative to the current folder when inside it, its links left as they are (display_path
+    resolves them, which would name the link's target instead of the link)."""
+    try:
+        return str(Path(os.path.abspath(path)).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _first_link(root: Path, path: Path) -> Path:
+    """The first link on the way from `root` down to `path` (`path` itself when none is found on the way)."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return path
+    current = root
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return path
+
+
 # cnntrain-export's formats and the file each is written to (in <run folder>/export/ by default).
 EXPORT_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "exported_program": "model.pt2"}
 
@@ -223,6 +280,11 @@ class EvalFolder:
         self.confusion_png = self.path / "confusion_matrix.png"
         self.misclassified_csv = self.path / "misclassified.csv"  # file (or index), actual, predicted, probability
         self.misclassified_png = self.path / "misclassified.png"  # a grid of some of them, "pred X / actual Y"
+
+    def files(self) -> list[Path]:
+        """The folder and every file written in it."""
+        return [self.path, self.eval_json, self.per_class_csv, self.confusion_csv, self.confusion_png,
+                self.misclassified_csv, self.misclassified_png]
 
     def __str__(self) -> str:
         return str(self.path)
@@ -297,9 +359,51 @@ def write_atomically(path: Path | str, write: Callable[[IO], Any], binary: bool 
             if sync:
                 os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
+        failure = write_failure(err, path)  # before the unlink: a full disk is full while the file is there
         Path(tmp_name).unlink(missing_ok=True)
+        if failure is not None and failure is not err:
+            raise failure from err
         raise
+
+
+# One MiB: below it, a file system on which torch's writer failed is full (root's reserved blocks included).
+FULL_DISK_BYTES = 2**20
+
+
+def write_failure(err: BaseException, path: Path | str) -> OSError | None:
+    """`err` as the OSError it is when writing `path` failed: itself, or torch's serializer failing on a full disk
+    (torch.save's RuntimeError "[enforce fail at inline_container.cc:...] unexpected pos ...", which hides the
+    OSError of the write beneath it) as ENOSPC, or as EIO when the disk has room; None for other errors."""
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    if not (isinstance(err, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text)):
+        return None
+    try:
+        full = shutil.disk_usage(Path(path).parent).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return OSError(errno.EIO, f"the file could not be written ({reason})", str(path))
+
+
+def check_writable(folder: Path | str, fix: str) -> None:
+    """A file can be created in `folder` (tried with a temporary one), else a CnnTrainError saying where it
+    could not write, why, and `fix`: before the work, so that a read-only or full file system costs nothing."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".cnntrain-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise CnnTrainError(cannot_write_message(Path(folder), err, fix)) from None
+
+
+def cannot_write_message(path: Path, err: OSError, fix: str) -> str:
+    """Where a command could not write, why (the system's words) and how to go on."""
+    return f"Cannot write to {display_path(path)}: {err.strerror or err}. {fix}"
 
 
 def _umask() -> int:

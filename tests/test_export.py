@@ -390,3 +390,54 @@ def test_predict_on_more_images_than_a_screen_prints_a_summary(run_dir, images, 
                                                          result.stdout.splitlines() if "image_" in line]
     assert len(result.stdout.splitlines()) < 30
     assert result.stdout.splitlines()[-1] == f"all 45 predictions written to all.csv"
+
+
+# ---------------------------------------------------------------- the json is checked against the model it describes
+
+JSON_AGAIN = "It does not describe the model it was written with: export again with cnntrain-export."
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"classes": ["a", "b"]}, "names 2 classes, but the model gives 4 outputs per image."),
+    ({"classes": ["a", "b", "c", "d", "e"]}, "names 5 classes, but the model gives 4 outputs per image."),
+    ({"classes": "abcd"}, "has classes='abcd'; it needs the list of the model's class names (at least 2)."),
+    ({"classes": ["a", "a", "b", "c"]}, "names a class twice in classes=['a', 'a', 'b', 'c']."),
+    ({"in_channels": 1}, "has preprocess.mean=[0.5, 0.5, 0.5]; it needs one finite number per channel (1)"),
+    ({"in_channels": 1, "preprocess": {"mean": [], "std": []}},
+     "says the model takes 1-channel 32x32 images, but the model refuses them: "),
+    ({"in_channels": 5}, "has in_channels=5; the models take 1 (grey) or 3 (RGB) channels."),
+    ({"preprocess": {"std": [0, 0, 0]}}, "has preprocess.std=[0, 0, 0]; images are divided by it, so each must be "
+                                         "above 0."),
+    ({"preprocess": {"std": [-1, 1, 1]}}, "has preprocess.std=[-1, 1, 1]; images are divided by it"),
+    ({"preprocess": {"std": [float("nan")] * 3}}, "has preprocess.std=[nan, nan, nan]; it needs one finite number "
+                                                  "per channel (3), or [] for none."),
+    ({"preprocess": {"mean": [0.5, 0.5]}}, "has preprocess.mean=[0.5, 0.5]; it needs one finite number per channel"),
+    ({"preprocess": {"size": 0}}, "has preprocess.size=0; it needs the model's input size in pixels (>= 1)."),
+    ({"preprocess": {"stored_size": [28]}}, "has preprocess.stored_size=[28]; it needs [height, width]"),
+    ({"preprocess": {"resize_before_crop": 8}}, "has preprocess.resize_before_crop=8; it needs null or a size >= "
+                                                "preprocess.size (32)."),
+    ({"preprocess": None}, "has preprocess=None; it needs stored_size, size, mean and std."),
+    ({"tta": "vflip"}, "has tta='vflip'; it needs null or one of hflip."),
+])
+def test_a_json_that_does_not_fit_its_onnx_file_is_refused(exports, tmp_path, change, message):
+    onnx_file = tmp_path / "model.onnx"
+    shutil.copy(exports["onnx"][0].path, onnx_file)
+    info = json.loads(export_info_path(exports["onnx"][0].path).read_text())
+    if isinstance(change.get("preprocess"), dict):
+        change = {**change, "preprocess": {**info["preprocess"], **change["preprocess"]}}
+    export_info_path(onnx_file).write_text(json.dumps({**info, **change}))
+    with pytest.raises(CnnTrainError) as caught:
+        load_exported(onnx_file)
+    assert str(caught.value).startswith(f"{export_info_path(onnx_file)} {message}")
+    assert str(caught.value).endswith(JSON_AGAIN)
+
+
+def test_predict_with_a_json_whose_class_list_is_short_exits_2(exports, images, tmp_path):
+    onnx_file = tmp_path / "model.onnx"
+    shutil.copy(exports["onnx"][0].path, onnx_file)
+    info = json.loads(export_info_path(exports["onnx"][0].path).read_text())
+    export_info_path(onnx_file).write_text(json.dumps({**info, "classes": ["class0", "class1"]}))
+    done = run_script("cnntrain-predict", f"run={onnx_file}", f"inputs={images}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{onnx_file}.json names 2 classes, but the model gives 4 outputs per image." in done.stderr
+    assert not list(tmp_path.glob("model.predictions*.csv"))

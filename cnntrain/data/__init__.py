@@ -111,7 +111,8 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: 
             f"data.val_fraction must be in [0, 1), got {val_fraction}. "
             f"Use e.g. 0.1 to hold out 10% of train, or 0 to validate on the test split."
         )
-    train, val = data.train, data.val
+    check_pairs(name, {"train": data.train, "validation": data.val, "test": data.test})  # before any split
+    train, val = data.train, data.val  # mixes them: a hold-out of 300 images and 150 labels pairs them up
     if val is not None:
         source = "the dataset's own val split"
     elif val_fraction > 0:
@@ -154,14 +155,25 @@ def check_splits(name: str, classes: list[str], splits: dict[str, "ImageSet"]) -
                     else "")
             raise DatasetError(f"{name} has no {split} image.{hint}")
         labels = images.labels
-        stored = getattr(images, "images", None)
-        if isinstance(stored, torch.Tensor) and len(stored) != len(labels):
-            raise DatasetError(f"{name}'s {split} split has {len(stored)} images but {len(labels)} labels: "
-                               f"its files do not belong together.")
+        check_pairs(name, {split: images})
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= len(classes):
             raise DatasetError(f"{name}'s {split} labels run from {low} to {high}, but it has {len(classes)} "
                                f"classes (labels 0-{len(classes) - 1}): the label file does not fit the dataset.")
+
+
+def check_pairs(name: str, splits: dict[str, "ImageSet | None"]) -> None:
+    """Each split's images (N, C, H, W) and labels (N,) pair up one to one; else a DatasetError."""
+    for split, images in splits.items():
+        stored = getattr(images, "images", None)
+        if not isinstance(stored, torch.Tensor):  # None, or a split streamed from files (one label per file)
+            continue
+        if stored.dim() != 4:
+            raise DatasetError(f"{name}'s {split} images have shape {tuple(stored.shape)}; a dataset's images must "
+                               f"be (count, channels, height, width).")
+        if len(stored) != len(images.labels):
+            raise DatasetError(f"{name}'s {split} split has {len(stored)} images but {len(images.labels)} labels: "
+                               f"its files do not belong together.")
 
 
 # Importing the dataset modules registers their builders.

@@ -74,13 +74,33 @@ def load_idx_dataset(torchvision_name: str, system_folder: str, apt_package: str
         folder = find_idx_folder(candidates[:1])
     if folder is None:
         raise DatasetError(_not_found_message(torchvision_name, candidates, apt_package, download, failure))
-    arrays = {key: read_idx(find_file(folder, stem)) for key, stem in SPLIT_FILES.items()}
+    files = {key: find_file(folder, stem) for key, stem in SPLIT_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for split in ("train", "test"):
+        check_idx_pair(files[f"{split}_images"], arrays[f"{split}_images"], files[f"{split}_labels"],
+                       arrays[f"{split}_labels"])
     return ImageData(
         classes=classes,
         train=ImageSet(_as_nchw(arrays["train_images"]), arrays["train_labels"].long()),
         test=ImageSet(_as_nchw(arrays["test_images"]), arrays["test_labels"].long()),
         mean=(mean,), std=(std,), source=f"from {folder}",
     )
+
+
+def check_idx_pair(images_file: Path, images, labels_file: Path, labels) -> None:
+    """An images file and its labels file that belong together: (N, H, W) images, N labels. Anything else
+    is a DatasetError naming both files (2-D images were a traceback; more images than labels trained on
+    the labelled ones without a word)."""
+    if images.dim() != 3:
+        raise DatasetError(f"{images_file} holds an array of shape {tuple(images.shape)}; MNIST-format images are "
+                           f"3-D (count, height, width). The file is not an images file of this dataset: get it "
+                           f"again.")
+    if labels.dim() != 1:
+        raise DatasetError(f"{labels_file} holds an array of shape {tuple(labels.shape)}; MNIST-format labels are "
+                           f"1-D (one per image). The file is not a labels file of this dataset: get it again.")
+    if len(images) != len(labels):
+        raise DatasetError(f"{images_file} holds {len(images)} images but {labels_file} holds {len(labels)} labels: "
+                           f"the two files do not belong together. Get both again from the same source.")
 
 
 def _as_nchw(images):
