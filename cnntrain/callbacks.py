@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -65,12 +66,26 @@ class Reporter:
             self._file = None
 
 
-def format_epoch(metrics: EpochMetrics, epochs: int) -> str:
+def format_epoch(metrics: EpochMetrics, epochs: int, end_lr: float | None = None) -> str:
+    """The epoch's line. Its lr is the one its first step used (metrics.csv's `lr`), followed by
+    `->` and the lr after its last step when a per-step schedule moved it (`end_lr`, e.g. one-cycle's
+    warm-up: `lr 0.00016->0.00141`), so the line never passes an epoch's start value off as its lr."""
+    lr = f"lr {metrics.lr:.4g}"
+    if end_lr is not None and not math.isclose(end_lr, metrics.lr, rel_tol=1e-6, abs_tol=0.0):
+        lr += f"->{end_lr:.4g}"
     return (f"epoch {metrics.epoch:>{len(str(epochs))}}/{epochs}  "
             f"train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}  "
             f"val loss {metrics.val_loss:.4f} acc {metrics.val_acc:.4f}  "
-            f"lr {metrics.lr:.4g}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s"
+            f"{lr}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s"
             + (f"  stage {metrics.stage}" if metrics.stage is not None else ""))
+
+
+def epoch_end_lr(trainer: Trainer) -> float | None:
+    """The lr after the epoch's last step when a per-step schedule sets it (one-cycle, warm-up, cosine by
+    step), read at on_epoch_end; None for an epoch schedule or none, whose lr held all epoch (by
+    on_epoch_end an epoch schedule has already moved it to the next epoch's)."""
+    schedule = getattr(trainer, "schedule", None)
+    return trainer.current_lr() if schedule is not None and schedule.interval == "step" else None
 
 
 def format_duration(seconds: float) -> str:
@@ -86,7 +101,8 @@ class ProgressDisplay(Callback):
 
     The bar moves every step (step counter, elapsed time, the epoch's and the run's
     time left): counting steps needs no device sync. Loss and accuracy need one, so
-    they change every `log_every` steps and show `-` until their first value.
+    they change when the trainer reads them (`Trainer.reads_progress`: after steps 1, 2,
+    4, 8, ... and then every `log_every` steps) and show `-` only before the first step ends.
     """
 
     def __init__(self, reporter: Reporter, live: bool):
@@ -137,7 +153,7 @@ class ProgressDisplay(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         if self.progress:
             self.progress.remove_task(self.task)
-        self.reporter.line(format_epoch(metrics, trainer.epochs))
+        self.reporter.line(format_epoch(metrics, trainer.epochs, epoch_end_lr(trainer)))
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.close()
