@@ -96,6 +96,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def format_step_seconds(seconds: float) -> str:
+    """A step's time with figures that are not all zeros: 0.25 s, 4.2 ms, 0.31 ms."""
+    if seconds >= 0.01:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1000:.2g} ms" if seconds < 0.001 else f"{seconds * 1000:.1f} ms"
+
+
 class ProgressDisplay(Callback):
     """A live rich bar per epoch on a terminal; one line per epoch everywhere.
 
@@ -165,7 +172,8 @@ class ProgressDisplay(Callback):
 
 
 class TimeEstimate(Callback):
-    """One line, early in the first epoch a process trains: the expected time per epoch and for the run.
+    """One line, early in the first epoch a process trains: the expected time per epoch and for the run
+    (none when the run has under WORTH_SAYING_SECONDS to go).
 
     Timed over a few steps after the first (which pays for warm-up), and at least
     MIN_SECONDS, plus an allowance for
@@ -176,6 +184,9 @@ class TimeEstimate(Callback):
 
     TIMED_STEPS = 4
     MIN_SECONDS = 2.0  # a small model's few steps take milliseconds: too short to time
+    # Runs whose time to go is shorter than this get no line: they end before it would be of use (and a
+    # one- or two-step epoch's "0:00 ... steps of 0.00 s" says nothing).
+    WORTH_SAYING_SECONDS = 5.0
 
     def __init__(self, reporter: Reporter, quicker_options: Callable[[], str], long_minutes: float = 10):
         self.reporter = reporter
@@ -205,9 +216,12 @@ class TimeEstimate(Callback):
         validation = per_step / loader.batch_size * trainer.val_loader.num_examples / 3
         epoch_seconds = per_step * steps + validation
         epochs_left = trainer.epochs - len(trainer.history)
+        if epoch_seconds * epochs_left < self.WORTH_SAYING_SECONDS:
+            return
         line = (f"time estimate: about {format_duration(epoch_seconds)} per epoch ({steps} steps of "
-                f"{per_step:.2f} s + validation), {format_duration(epoch_seconds * epochs_left)} for the "
-                f"{epochs_left} epoch{'s' if epochs_left != 1 else ''} to go (timed over {timed} steps)")
+                f"{format_step_seconds(per_step)} + validation), {format_duration(epoch_seconds * epochs_left)} for "
+                f"the {epochs_left} epoch{'s' if epochs_left != 1 else ''} to go (timed over {timed} "
+                f"step{'s' if timed != 1 else ''})")
         self.reporter.line(line)
         if epoch_seconds > self.long_seconds:
             self.reporter.line(f"That is a long epoch for this {trainer.device.type}. Quicker: "

@@ -16,10 +16,10 @@ import torch
 
 from cnntrain import callbacks as callbacks_module
 from cnntrain.build import batch_limit, quicker_options
-from cnntrain.callbacks import TimeEstimate, format_duration, format_epoch
+from cnntrain.callbacks import TimeEstimate, format_duration, format_epoch, format_step_seconds
 from cnntrain.errors import ConfigError
 from cnntrain.models import build_model
-from cnntrain.run import train
+from cnntrain.run import one_step_epoch_notice, train
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 from tests.conftest import compose_config
 
@@ -278,3 +278,42 @@ def test_the_live_bar_shows_loss_and_accuracy_after_the_first_step(tmp_path):
                "trainer.log_every=20", "trainer.progress=bar", "callbacks=[{_target_: slow_progress.SlowProgress}]"]
     text = run_in_terminal(command, tmp_path)
     assert re.search(r"\b1/3 +loss \d+\.\d{4} +acc \d\.\d{4}", text), text[-2000:]
+
+
+def test_a_batch_holding_every_training_image_gets_a_notice(tmp_path):
+    # 80 images, 20% held out for validation: 64 to train on, in one batch of 256.
+    cfg = compose_config(["experiment=smoke", "data.train_size=80", "data.test_size=32", "data.batch_size=256",
+                          "trainer.epochs=1", "trainer.progress=plain"])
+    assert train(cfg, run_dir=tmp_path / "run")["status"] == "completed"
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert ("notice: data.batch_size=256 is larger than the 64 training images, so each epoch is one step of 64 "
+            "images. For more steps per epoch set a smaller batch, e.g. data.batch_size=16 (4 steps).") in log
+    assert "time estimate" not in log  # a one-step epoch of a tiny model: nothing worth estimating
+
+
+def test_the_one_step_notice_names_equal_sizes_and_stays_quiet_otherwise():
+    assert one_step_epoch_notice(72, 72).startswith("notice: data.batch_size=72 equals the 72 training images")
+    assert one_step_epoch_notice(256, 72).endswith("e.g. data.batch_size=16 (5 steps).")
+    assert one_step_epoch_notice(256, 3).endswith("e.g. data.batch_size=1 (3 steps).")
+    assert one_step_epoch_notice(256, 257) is None and one_step_epoch_notice(32, 60_000) is None
+
+
+def test_no_time_estimate_for_a_run_that_is_over_in_moments(monkeypatch):
+    """A 2-step epoch of 3-ms steps printed 'about 0:00 per epoch (2 steps of 0.00 s ...)': not any more."""
+    clock = FakeClock()
+    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    reporter = Lines()
+    estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
+    run_steps(estimate, fake_trainer(epochs=3, val_examples=64), steps=2, seconds_per_step=0.003, clock=clock)
+    assert reporter.lines == []
+    # Short steps, but a run long enough to be worth a line: the step's time in milliseconds, not "0.00 s".
+    estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
+    run_steps(estimate, fake_trainer(epochs=3, val_examples=64), steps=3000, seconds_per_step=0.004, clock=clock,
+              last=600)
+    [line] = reporter.lines
+    assert line.startswith("time estimate: about 0:12 per epoch (3000 steps of 4.0 ms + validation), 0:36 for the 3 ")
+
+
+def test_format_step_seconds_never_shows_only_zeros():
+    assert [format_step_seconds(s) for s in (2.5, 0.0123, 0.004, 0.00031)] == ["2.50 s", "0.01 s", "4.0 ms",
+                                                                               "0.31 ms"]
