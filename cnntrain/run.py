@@ -158,7 +158,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         "final_epoch": history[-1].as_dict(),
         "stopped_early": trainer.stop_reason, "tested_checkpoint": tested.name,
         "params": parts.params, "input_size": parts.recipe["input_size"], "train_size": spec.train_size,
-        "val_size": spec.val_size,
+        "val_size": spec.val_size, "num_classes": len(spec.classes),  # a sweep's table marks chance level by it
         # What the speed switches resolved to on this device (the config may say auto).
         "channels_last": parts.channels_last, "precision": parts.precision,
         # What validation and the test measured: the weights' average (its decay) or the trained weights (null);
