@@ -68,8 +68,8 @@ class Reporter:
 
 def format_epoch(metrics: EpochMetrics, epochs: int, end_lr: float | None = None) -> str:
     """The epoch's line. Its lr is the one its first step used (metrics.csv's `lr`), followed by
-    `->` and the lr after its last step when a per-step schedule moved it (`end_lr`, e.g. one-cycle's
-    warm-up: `lr 0.00016->0.00141`), so the line never passes an epoch's start value off as its lr."""
+    `->` and the lr after its last step when a per-step schedule moved it (`end_lr`; one-cycle's warm-up
+    in fmnist_fast's first epoch: `lr 0.00016->0.003745`), so a start value is never passed off as the epoch's."""
     lr = f"lr {metrics.lr:.4g}"
     if end_lr is not None and not math.isclose(end_lr, metrics.lr, rel_tol=1e-6, abs_tol=0.0):
         lr += f"->{end_lr:.4g}"
