@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -65,12 +66,26 @@ class Reporter:
             self._file = None
 
 
-def format_epoch(metrics: EpochMetrics, epochs: int) -> str:
+def format_epoch(metrics: EpochMetrics, epochs: int, end_lr: float | None = None) -> str:
+    """The epoch's line. Its lr is the one its first step used (metrics.csv's `lr`), followed by
+    `->` and the lr after its last step when a per-step schedule moved it (`end_lr`; one-cycle's warm-up
+    in fmnist_fast's first epoch: `lr 0.00016->0.003745`), so a start value is never passed off as the epoch's."""
+    lr = f"lr {metrics.lr:.4g}"
+    if end_lr is not None and not math.isclose(end_lr, metrics.lr, rel_tol=1e-6, abs_tol=0.0):
+        lr += f"->{end_lr:.4g}"
     return (f"epoch {metrics.epoch:>{len(str(epochs))}}/{epochs}  "
             f"train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}  "
             f"val loss {metrics.val_loss:.4f} acc {metrics.val_acc:.4f}  "
-            f"lr {metrics.lr:.4g}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s"
+            f"{lr}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s"
             + (f"  stage {metrics.stage}" if metrics.stage is not None else ""))
+
+
+def epoch_end_lr(trainer: Trainer) -> float | None:
+    """The lr after the epoch's last step when a per-step schedule sets it (one-cycle, warm-up, cosine by
+    step), read at on_epoch_end; None for an epoch schedule or none, whose lr held all epoch (by
+    on_epoch_end an epoch schedule has already moved it to the next epoch's)."""
+    schedule = getattr(trainer, "schedule", None)
+    return trainer.current_lr() if schedule is not None and schedule.interval == "step" else None
 
 
 def format_duration(seconds: float) -> str:
@@ -81,12 +96,20 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def format_step_seconds(seconds: float) -> str:
+    """A step's time with figures that are not all zeros: 0.25 s, 4.2 ms, 0.31 ms."""
+    if seconds >= 0.01:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1000:.2g} ms" if seconds < 0.001 else f"{seconds * 1000:.1f} ms"
+
+
 class ProgressDisplay(Callback):
     """A live rich bar per epoch on a terminal; one line per epoch everywhere.
 
     The bar moves every step (step counter, elapsed time, the epoch's and the run's
     time left): counting steps needs no device sync. Loss and accuracy need one, so
-    they change every `log_every` steps and show `-` until their first value.
+    they change when the trainer reads them (`Trainer.reads_progress`: after steps 1, 2,
+    4, 8, ... and then every `log_every` steps) and show `-` only before the first step ends.
     """
 
     def __init__(self, reporter: Reporter, live: bool):
@@ -137,7 +160,7 @@ class ProgressDisplay(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         if self.progress:
             self.progress.remove_task(self.task)
-        self.reporter.line(format_epoch(metrics, trainer.epochs))
+        self.reporter.line(format_epoch(metrics, trainer.epochs, epoch_end_lr(trainer)))
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.close()
@@ -149,7 +172,8 @@ class ProgressDisplay(Callback):
 
 
 class TimeEstimate(Callback):
-    """One line, early in the first epoch a process trains: the expected time per epoch and for the run.
+    """One line, early in the first epoch a process trains: the expected time per epoch and for the run
+    (none when the run has under WORTH_SAYING_SECONDS to go).
 
     Timed over a few steps after the first (which pays for warm-up), and at least
     MIN_SECONDS, plus an allowance for
@@ -160,6 +184,9 @@ class TimeEstimate(Callback):
 
     TIMED_STEPS = 4
     MIN_SECONDS = 2.0  # a small model's few steps take milliseconds: too short to time
+    # Runs whose time to go is shorter than this get no line: they end before it would be of use (and a
+    # one- or two-step epoch's "0:00 ... steps of 0.00 s" says nothing).
+    WORTH_SAYING_SECONDS = 5.0
 
     def __init__(self, reporter: Reporter, quicker_options: Callable[[], str], long_minutes: float = 10):
         self.reporter = reporter
@@ -189,9 +216,12 @@ class TimeEstimate(Callback):
         validation = per_step / loader.batch_size * trainer.val_loader.num_examples / 3
         epoch_seconds = per_step * steps + validation
         epochs_left = trainer.epochs - len(trainer.history)
+        if epoch_seconds * epochs_left < self.WORTH_SAYING_SECONDS:
+            return
         line = (f"time estimate: about {format_duration(epoch_seconds)} per epoch ({steps} steps of "
-                f"{per_step:.2f} s + validation), {format_duration(epoch_seconds * epochs_left)} for the "
-                f"{epochs_left} epoch{'s' if epochs_left != 1 else ''} to go (timed over {timed} steps)")
+                f"{format_step_seconds(per_step)} + validation), {format_duration(epoch_seconds * epochs_left)} for "
+                f"the {epochs_left} epoch{'s' if epochs_left != 1 else ''} to go (timed over {timed} "
+                f"step{'s' if timed != 1 else ''})")
         self.reporter.line(line)
         if epoch_seconds > self.long_seconds:
             self.reporter.line(f"That is a long epoch for this {trainer.device.type}. Quicker: "

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from rich.cells import cell_len
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
 from torch.func import functional_call
@@ -328,44 +330,154 @@ def _bytes(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+NUMBER_COLUMNS = ("Output shape", "Params", "MACs")
+MIN_NAME_WIDTH = 8  # below this a layer name says too little; the Type column goes first
+MIN_TYPE_WIDTH = 8
+
+
 def render_table(rows: Sequence[LayerRow], totals: ModelTotals, title: str | None = None,
                  max_depth: int | None = None) -> Table:
     """A `rich.table.Table` of the rows (blocks in bold, children indented) and totals.
 
     `max_depth` hides rows nested deeper than that (0 shows only the model's direct
-    children, as the tutorials print for GoogLeNet and ResNet).
+    children, as the tutorials print for GoogLeNet and ResNet). The table fits the width it is
+    printed at (`LayerTable`): numbers are never cut; long layer names are shortened in the middle.
     """
-    table = Table(title=title, title_justify="left")
-    table.add_column("Layer", no_wrap=True)
-    table.add_column("Type")
-    table.add_column("Output shape", justify="right")
-    table.add_column("Params", justify="right")
-    table.add_column("MACs", justify="right")
+    cells = []
     for row in rows:
         if max_depth is not None and row.depth > max_depth:
             continue
         block = not row.is_leaf and (max_depth is None or row.depth < max_depth)
-        name = "  " * row.depth + row.name
-        if row.calls > 1:
-            name += f" (x{row.calls})"
-        table.add_row(
-            name,
-            row.type,
-            _fmt_shape(row.output_shape),
-            f"{row.params:,}" if row.params else "",
-            _human(row.macs) if row.macs else "",
-            style="bold" if block else None,
-        )
-    table.add_section()
+        suffix = f" (x{row.calls})" if row.calls > 1 else ""
+        cells.append(_Cells(row.name, row.depth, suffix, row.type, _fmt_shape(row.output_shape),
+                            f"{row.params:,}" if row.params else "", _human(row.macs) if row.macs else "",
+                            "bold" if block else None))
     c, h, w = totals.input_shape
-    table.add_row("Input", "", f"{c}x{h}x{w}", "", "")
-    table.add_row("Total", "", _fmt_shape(totals.output_shape), f"{totals.params:,}", _human(totals.macs),
-                  style="bold")
+    footer = [_Cells("Input", 0, "", "", f"{c}x{h}x{w}", "", "")]
+    footer.append(_Cells("Total", 0, "", "", _fmt_shape(totals.output_shape), f"{totals.params:,}",
+                         _human(totals.macs), "bold"))
     if totals.trainable_params != totals.params:
-        table.add_row("Trainable", "", "", f"{totals.trainable_params:,}", "")
-    table.add_row(f"Activations, batch {totals.batch_size}", "", "", _bytes(totals.activation_bytes), "")
-    table.add_row("Parameter memory (fp32)", "", "", _bytes(totals.params * 4), "")
-    return table
+        footer.append(_Cells("Trainable", 0, "", "", "", f"{totals.trainable_params:,}", ""))
+    footer.append(_Cells(f"Activations, batch {totals.batch_size}", 0, "", "", "", _bytes(totals.activation_bytes), ""))
+    footer.append(_Cells("Parameter memory (fp32)", 0, "", "", "", _bytes(totals.params * 4), ""))
+    return LayerTable(cells, footer, title)
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """One line of the layer table, before it is fitted to a width."""
+
+    name: str
+    depth: int
+    suffix: str  # " (x2)" for a module the forward called twice
+    type: str
+    shape: str
+    params: str
+    macs: str
+    style: str | None = None
+
+    def layer(self, width: int | None = None) -> str:
+        """The indented name (with its suffix), shortened in the middle to `width` characters."""
+        if width is None:
+            return "  " * self.depth + self.name + self.suffix
+        room = width - len(self.suffix)
+        unit = 2 if room >= 24 else 1 if room >= 14 else 0  # a narrow column indents less, alike at every depth
+        indent = " " * min(unit * self.depth, max(0, room - MIN_NAME_WIDTH))
+        return indent + shorten_middle(self.name, room - len(indent)) + self.suffix
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """`text` in at most `width` characters, a third from its start and the rest from its end around an
+    ellipsis: a layer's path keeps its top block and its own name (encoder…layer_11.mlp.0); under 16
+    characters only its end (…layer_11.mlp.0)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[-max(width, 0):] if width > 0 else ""
+    head = (width - 1) // 3 if width >= 16 else 0
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+class LayerTable(Table):
+    """`render_table`'s table, which fits the width it is printed at.
+
+    At its natural width it is an ordinary table. Narrower, the number columns (output shape,
+    parameters, multiply-adds, memory) keep their full width, never cut or wrapped; the room
+    left goes to the Type column (shortened with an ellipsis, down to MIN_TYPE_WIDTH, then
+    dropped) and to the layer names, shortened in the middle (`shorten_middle`). Rich on its
+    own squeezes every column alike, numbers included ("19…", "32… MiB")."""
+
+    def __init__(self, cells: list[_Cells], footer: list[_Cells], title: str | None):
+        super().__init__(title=title, title_justify="left")
+        self._cells, self._footer = cells, footer
+        _fill(self, cells, footer, layer_width=None, type_width=None)
+
+    def __rich_console__(self, console, options):
+        yield from Table.__rich_console__(self._fitted(console, options), console, options)
+
+    def __rich_measure__(self, console, options):
+        return Table.__rich_measure__(self._fitted(console, options), console, options)
+
+    def _fitted(self, console, options) -> Table:
+        """This table, or a copy narrowed to options.max_width as the class docstring says."""
+        width = options.max_width
+        natural = self._width(self, console, options)
+        if natural <= width:
+            return self
+        widths = {column.header: max(cell_len(str(column.header)), *(cell_len(c) for c in column._cells))
+                  for column in self.columns}
+        room = width - (natural - sum(widths.values())) - sum(widths[name] for name in NUMBER_COLUMNS)
+        # The footer's labels ("Parameter memory (fp32)") wrap: only the layer names count, and the longest word.
+        longest_name = max([cell_len(line.layer()) for line in self._cells] + [len("Activations,")])
+        # The names first, up to a readable width; the Type column takes what is left, or goes.
+        name_target = min(longest_name, max(3 * MIN_NAME_WIDTH, room - widths["Type"]))
+        type_width = min(widths["Type"], max(MIN_TYPE_WIDTH, room - name_target))
+        if room - type_width < MIN_NAME_WIDTH:
+            type_width = None
+        fitted = None
+        for plain in (False, True):  # then without borders: each one is a character numbers can have
+            layer_width = max(1, room - (type_width or 0))
+            for _ in range(3):  # the freed border and padding of a left-out column give the names more room
+                fitted = self._narrowed(layer_width, type_width, plain)
+                excess = self._width(fitted, console, options) - width
+                if excess == 0 or (excess > 0 and layer_width == 1):
+                    break
+                layer_width = max(1, layer_width - excess)
+            if excess <= 0 and layer_width >= MIN_NAME_WIDTH:
+                return fitted
+        return fitted  # narrower than the numbers themselves: the terminal cuts the lines
+
+    def _narrowed(self, layer_width: int, type_width: int | None, plain: bool) -> Table:
+        table = Table(title=self.title, title_justify="left", **(dict(box=None, pad_edge=False) if plain else {}))
+        _fill(table, self._cells, self._footer, layer_width, type_width)
+        return table
+
+    @staticmethod
+    def _width(table: Table, console, options) -> int:
+        """The width `table` takes when nothing limits it."""
+        return Table.__rich_measure__(table, console, options.update(max_width=10**6)).maximum
+
+
+def _fill(table: Table, cells: list[_Cells], footer: list[_Cells], layer_width: int | None,
+          type_width: int | None) -> None:
+    """The columns and rows of a layer table: names shortened to `layer_width` (None: in full), the Type
+    column `type_width` wide (None with a `layer_width`: left out)."""
+    narrowed = layer_width is not None
+    show_type = not narrowed or type_width is not None
+    # Footer labels ("Parameter memory (fp32)") wrap in a narrowed Layer column; layer names never do.
+    table.add_column("Layer", no_wrap=not narrowed, width=layer_width)
+    if show_type:
+        table.add_column("Type", no_wrap=narrowed, overflow="ellipsis", width=type_width)
+    for header in NUMBER_COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
+    for line in cells:
+        type_cell = [escape(line.type)] if show_type else []
+        table.add_row(escape(line.layer(layer_width)), *type_cell, line.shape, line.params, line.macs,
+                      style=line.style)
+    table.add_section()
+    for line in footer:
+        type_cell = [""] if show_type else []
+        table.add_row(line.name, *type_cell, line.shape, line.params, line.macs, style=line.style)
 
 
 # --------------------------------------------------------------------------- size check

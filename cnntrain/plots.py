@@ -147,7 +147,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
     params = swept_parameters(rows) or {"job": [str(row["job"]) for row in rows]}
     failed = [row for row in rows if row["status"] != "completed"]
     completed = [row[metric] for row in rows if row["status"] == "completed" and row.get(metric) is not None]
-    best = max(completed) if completed else None
+    best_row = best_of(rows, metric)
     lines = [f"job {row['job']} {row['status']}: {row['error']}" for row in failed[:8]]
     if len(failed) > 8:
         lines.append(f"... and {len(failed) - 8} more (see sweep.csv)")
@@ -156,15 +156,19 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
     axes_list = figure.subplots(1, panels, sharey=True, squeeze=False)[0]
     floor = min(completed, default=0.0)
     for axes, (key, column) in zip(axes_list, params.items()):
-        _plot_parameter(axes, key, column, rows, metric, best, floor)
+        _plot_parameter(axes, key, column, rows, metric, best_row, floor)
     label = METRIC_LABELS.get(metric, metric)
     axes_list[0].set_ylabel(label)
     title = f"sweep: {len(rows)} jobs, " + ", ".join(
         f"{sum(row['status'] == status for row in failed)} {status}"
         for status in sorted({row["status"] for row in failed} | {"failed"}))
-    if best is not None:
-        best_row = next(row for row in rows if row["status"] == "completed" and row.get(metric) == best)
+    if best_row is not None:
+        best = best_row[metric]
+        ties = [str(row["job"]) for row in rows if row is not best_row and row["status"] == "completed"
+                and row.get(metric) == best]
         title += f"; best: job {best_row['job']}, {best:.4f} (star)"
+        if ties:  # the star goes to one job, as best.yaml does; the others are named so the tie is not hidden
+            title += f", tied with job{'s' if len(ties) > 1 else ''} {', '.join(ties)}"
     figure.suptitle(title, fontsize=10)
     if lines:
         # The failures' first lines, under the panels (the layout leaves them that strip).
@@ -176,11 +180,18 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
     save_figure(figure, path)
 
 
+def best_of(rows: Sequence[dict[str, Any]], metric: str = "best_val_acc") -> dict[str, Any] | None:
+    """The completed job with the highest `metric`, the first of equals: the one the sweep table and
+    best.yaml name (sweep.best_job), so the star and the title agree with them on a tie."""
+    done = [row for row in rows if row["status"] == "completed" and row.get(metric) is not None]
+    return max(done, key=lambda row: row[metric]) if done else None
+
+
 def shorten(line: str, width: int) -> str:
     return line if len(line) <= width else line[:width - 3] + "..."
 
 
-def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best, floor: float) -> None:
+def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best_row, floor: float) -> None:
     numbers = [_number(value) for value in column]
     numeric = all(number is not None for number in numbers)
     if numeric:
@@ -203,7 +214,7 @@ def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best, 
     for xi, row in zip(x, rows):
         value = row.get(metric)
         if row["status"] == "completed" and value is not None:
-            is_best = value == best
+            is_best = row is best_row  # one star, even when other jobs tie with it
             axes.plot(xi, value, "*" if is_best else "o", color="tab:green" if is_best else "tab:blue",
                       markersize=13 if is_best else 7)
             axes.annotate(str(row["job"]), (xi, value), textcoords="offset points", xytext=(5, 4), fontsize=7)

@@ -160,7 +160,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         "final_epoch": history[-1].as_dict(),
         "stopped_early": trainer.stop_reason, "tested_checkpoint": tested.name,
         "params": parts.params, "input_size": parts.recipe["input_size"], "train_size": spec.train_size,
-        "val_size": spec.val_size,
+        "val_size": spec.val_size, "num_classes": len(spec.classes),  # a sweep's table marks chance level by it
         # What the speed switches resolved to on this device (the config may say auto).
         "channels_last": parts.channels_last, "precision": parts.precision,
         # What validation and the test measured: the weights' average (its decay) or the trained weights (null);
@@ -221,6 +221,21 @@ def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter,
         reporter.line(f"quick look, not a full run: {limits_text(parts)}", style="yellow")
     for notice in parts.notices:
         reporter.line(notice, style="yellow")
+    notice = one_step_epoch_notice(cfg.data.batch_size, spec.train_size)
+    if notice:
+        reporter.line(notice, style="yellow")
+
+
+def one_step_epoch_notice(batch_size: int, train_size: int) -> str | None:
+    """A batch as large as the training set makes every epoch one optimizer step, which trains little (a tiny
+    image folder with the default batch of 256, say): say so, with a batch size that gives a few steps."""
+    if train_size < 2 or batch_size < train_size:
+        return None
+    smaller = 2 ** max(0, (train_size // 4).bit_length() - 1)  # a power of two, about a quarter of the images
+    relation = "is larger than" if batch_size > train_size else "equals"
+    return (f"notice: data.batch_size={batch_size} {relation} the {train_size:,} training images, so each epoch is "
+            f"one step of {train_size:,} images. For more steps per epoch set a smaller batch, e.g. "
+            f"data.batch_size={smaller} ({-(-train_size // smaller)} steps).")
 
 
 def limits_text(parts: TrainingParts) -> str:

@@ -37,7 +37,7 @@ SWEEP_COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "best
 _failures = {"count": 0}
 NO_SUMMARY = "no summary.json"
 EXIT_FAILED_JOBS = 1  # the same status as cli.EXIT_FAILED_JOBS: some jobs of the sweep failed
-# What a failed job returns to the sweeper. Optuna's Hydra sweeper (1.2) aborts the whole
+# What a failed job returns to the sweeper. Optuna's Hydra sweeper (1.2, 1.3) aborts the whole
 # search on a value that is not a finite float (None and NaN included), so a failed trial
 # scores 0, the worst validation accuracy there is: the search goes on and steers away from it.
 FAILED_JOB_SCORE = 0.0
@@ -86,7 +86,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "status": summary.get("status"),
             "best_val_acc": summary.get("best_val_acc"), "test_acc": summary.get("test_acc"),
             "best_epoch": summary.get("best_epoch"), "wall_seconds": summary.get("wall_seconds"),
-            "test_is_validation": summary.get("test_is_validation", False),
+            "test_is_validation": summary.get("test_is_validation", False), "num_classes": summary.get("num_classes"),
             "run_dir": str(folder), "error": _table_error((summary.get("error") or "").split("\n")[0], folder),
         })
     return rows
@@ -129,6 +129,29 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float))
 
 
+def at_chance_level(row: dict[str, Any]) -> bool:
+    """Whether a completed job's best validation accuracy is about what guessing scores (1/classes): within
+    2 points or a tenth of it (0.12 for 10 classes, 0.55 for 2). Needs summary.json's num_classes (runs
+    from before it was recorded are never marked)."""
+    classes, acc = row.get("num_classes"), row.get("best_val_acc")
+    if row["status"] != "completed" or not _is_number(acc) or not isinstance(classes, int) or classes < 2:
+        return False
+    return acc < 1 / classes + max(0.02, 0.1 / classes)
+
+
+def chance_level_note(rows: list[dict[str, Any]]) -> str | None:
+    """The line under the table that says what "chance level" means, when a job is marked so."""
+    marked = [row for row in rows if at_chance_level(row)]
+    if not marked:
+        return None
+    classes = sorted({row["num_classes"] for row in marked})
+    guess = " or ".join(f"1/{n} = {1 / n:.4f}" for n in classes)
+    jobs = ", ".join(str(row["job"]) for row in marked)
+    return (f"chance level (job{'s' if len(marked) > 1 else ''} {jobs}): a best validation accuracy about what "
+            f"guessing scores ({guess}), so the model did not learn. The lr may be too high or too low "
+            f"(optimizer.lr), or the epochs too few (trainer.epochs).")
+
+
 def sweep_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="sweep result", header_style="bold")
     for column in ("job", "overrides", "status", "best val acc", "test acc", "time"):
@@ -139,15 +162,18 @@ def sweep_table(rows: list[dict[str, Any]]) -> Table:
 
     for row in rows:
         status = row["status"] if row["status"] == "completed" else f"[red]{escape(row['status'])}: {escape(row['error'])}[/]"
+        if at_chance_level(row):
+            status = "completed, [yellow]chance level[/]"
         table.add_row(str(row["job"]), escape(row["overrides"] or "(none)"), status, number(row["best_val_acc"], ".4f"),
                       number(row["test_acc"], ".4f"), number(row["wall_seconds"], ".1f", "s"))
     return table
 
 
 def best_job(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The completed job with the highest best_val_acc (the first of equals), or None."""
-    done = [row for row in rows if row["status"] == "completed" and row["best_val_acc"] is not None]
-    return max(done, key=lambda row: row["best_val_acc"]) if done else None
+    """The completed job with the highest best_val_acc (the first of equals), or None: sweep.png's star too."""
+    from cnntrain.plots import best_of
+
+    return best_of(rows, "best_val_acc")
 
 
 def write_best(row: dict[str, Any], path: Path) -> None:
@@ -171,6 +197,9 @@ def report_sweep(sweep_dir: Path, console: Console | None = None, stopping: bool
                 row.update(status="stopped", error="stopped by sweep.fail_fast before it finished")
     write_sweep_csv(rows, sweep_dir / "sweep.csv")
     console.print(sweep_table(rows))
+    note = chance_level_note(rows)
+    if note:
+        console.print(note, style="yellow", markup=False, soft_wrap=True)
     outputs = "table in sweep.csv"
     if rows:
         from cnntrain.plots import plot_sweep

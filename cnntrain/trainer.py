@@ -2,8 +2,10 @@
 
 Everything around the loop (console display, metrics file, checkpoints, early
 stopping) is a `Callback`, so the loop stays short and imports no display code.
-Loss and accuracy are summed on the device and read back every `log_every` steps and
-at the end of the epoch, never every step, so a GPU is not made to wait for the host.
+Loss and accuracy are summed on the device and read back every `log_every` steps, at the
+end of the epoch and, so that a slow model shows figures from its first step, at steps
+1, 2, 4, 8, ... before the first `log_every` (`reads_progress`): never every step, so a
+GPU is not made to wait for the host.
 How each optimizer step is taken (gradient accumulation, clipping, autocast, fp16
 loss scaling) is a `StepOptions`.
 """
@@ -67,7 +69,7 @@ class Evaluation:
 
 @dataclass
 class StepProgress:
-    """What the display gets every `log_every` steps."""
+    """What the display gets when the running figures are read (`Trainer.reads_progress`)."""
 
     epoch: int
     step: int
@@ -109,8 +111,9 @@ class Callback:
     - `on_epoch_start(trainer, epoch, steps)`: before an epoch's first training step.
     - `on_train_step(trainer, step, steps)`: after every training step (1-based), with
       no device sync: cheap enough for a step counter.
-    - `on_train_progress(trainer, progress)`: every `trainer.log_every` steps and at an
-      epoch's last step, with a `StepProgress` (running loss, accuracy, examples/s).
+    - `on_train_progress(trainer, progress)`: every `trainer.log_every` steps, at an
+      epoch's last step and at its steps 1, 2, 4, 8, ... below `log_every` (so the first
+      figures come at once), with a `StepProgress` (running loss, accuracy, examples/s).
     - `on_epoch_end(trainer, metrics)`: after the epoch's validation, with its
       `EpochMetrics` (also the last item of `trainer.history`).
     - `on_fit_end(trainer)`: after the last epoch.
@@ -402,7 +405,7 @@ class Trainer:
             if self.group.ddp:  # every rank stops at the same step, or the others would wait for it forever
                 self.stop_requested = self.group.any(self.stop_requested, self.device)
             self._call("on_train_step", step, steps)
-            if step % self.log_every == 0 or step == steps:
+            if self.reads_progress(step, steps):
                 loss_value, acc = stats.read()
                 self._check_finite(loss_value, stats, epoch)
                 seconds = time.perf_counter() - current.started
@@ -412,6 +415,14 @@ class Trainer:
                 raise KeyboardInterrupt
         loss_value, acc = stats.read()
         return loss_value, acc, time.perf_counter() - current.started
+
+    def reads_progress(self, step: int, steps: int) -> bool:
+        """Whether the running loss and accuracy are read (a host sync) after `step` of `steps`: every
+        `log_every` steps and at the epoch's last step, and before the first `log_every` also at steps
+        1, 2, 4, 8, ...: a model whose 20 steps take minutes shows figures after its first step, for a
+        handful of extra syncs per epoch and none once training is under way."""
+        first_steps = step < self.log_every and step & (step - 1) == 0
+        return step % self.log_every == 0 or step == steps or first_steps
 
     def _share(self, labels: torch.Tensor, step: int) -> float:
         """This rank's weight in the global batch's mean loss. DDP averages the ranks' gradients, so

@@ -1,5 +1,7 @@
 """The book's recipes as experiment presets, the input-size check in a run, and cnntrain-info."""
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +117,49 @@ def test_info_command_prints_the_layer_table(tmp_path):
     assert "6x28x28" in first_conv and "156" in first_conv
     assert any("Total" in line and "61,706" in line for line in lines)
     assert not (tmp_path / "outputs").exists()  # inspecting writes no run folder
+
+
+def info_lines(tmp_path, columns, *overrides):
+    script = str(Path(sys.executable).with_name("cnntrain-info"))
+    result = subprocess.run([script, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "COLUMNS": str(columns)})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_info_keeps_every_number_whole_at_80_and_60_columns(tmp_path, columns):
+    lines = info_lines(tmp_path, columns, "model=resnet18", "data=synthetic")
+    assert max(map(len, lines)) <= columns
+    total = next(line for line in lines if "Total" in line)
+    assert re.search(r"│ +10 │ +11,175,370 │ +318\.66 M │", total), total  # output shape, parameters, MACs
+    assert any(re.search(r"Activations, .*│ +\d[\d,]*\.\d MiB │", line) for line in lines)
+    number_fields = [field for line in lines if line.startswith("│") for field in line.split("│")[-4:-1]]
+    assert len(number_fields) > 100 and not any("…" in field for field in number_fields)
+
+
+def test_the_readmes_cnntrain_info_sample_is_what_the_command_prints(tmp_path):
+    """README.md's sample (batch 256 / 1,302.4 MiB went stale when alexnet's recipe batch became 128)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    command = "$ cnntrain-info model=alexnet data=fashion_mnist\n"
+    sample = readme[readme.index(command) + len(command):].split("```")[0].splitlines()
+    assert len(sample) > 8 and "..." in sample and any("Activations, batch" in line for line in sample)
+    lines = [line.rstrip() for line in info_lines(tmp_path, 100, "model=alexnet", "data=fashion_mnist")]
+    for line in sample:
+        assert line == "..." or line in lines, f"README.md's line is not printed any more: {line!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("columns", [80, 60])
+def test_info_on_vit_b_16_keeps_numbers_whole_and_shortens_names(tmp_path, columns):
+    """The issue's case: ViT-B/16 (architecture only, no weights downloaded) at 80 columns printed "Pa…", "19…"."""
+    lines = info_lines(tmp_path, columns, "model=torchvision", "model.arch=vit_b_16")
+    text = "\n".join(lines)
+    assert max(map(len, lines)) <= columns
+    assert re.search(r"Total .* 10 .* 85,413,130 .* 11\.19 G", text) and "325.8 MiB" in text
+    assert "197x768" in text and "197x3072" in text and "768x14x14" in text
+    assert "…" in text  # long names shortened (encoder.layers.encoder_layer_0.self_attention ...)
+    assert not re.search(r"\d…|…\d", text.replace("…layer", ""))  # no number cut
 
 
 def test_info_command_reports_a_bad_size(tmp_path):

@@ -108,3 +108,19 @@ def test_sweep_png_has_a_panel_per_swept_parameter_and_lists_failures(tmp_path):
         assert image.size == (900, 442) and image.mode == "RGBA"
         # The failed job's red cross and error line are drawn in matplotlib's "tab:red".
         assert (214, 39, 40) in {colour for _, colour in image.convert("RGB").getcolors(maxcolors=100_000)}
+
+
+def test_sweep_png_stars_one_job_when_several_tie_the_one_best_yaml_names(tmp_path, monkeypatch):
+    """Both jobs at 0.0978 had both starred while the title named job 0."""
+    from cnntrain.sweep import best_job
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.update(figure=figure))
+    rows = [{"job": job, "override_list": [f"optimizer.lr={lr}"], "status": "completed", "best_val_acc": acc,
+             "error": ""} for job, (lr, acc) in enumerate([(0.01, 0.5), (0.1, 0.8), (0.9, 0.8), (0.3, 0.8)])]
+    plot_sweep(rows, tmp_path / "sweep.png")
+    [axes] = drawn["figure"].axes
+    stars = [line.get_xydata().tolist() for line in axes.lines if line.get_marker() == "*"]
+    assert best_job(rows)["job"] == 1 and stars == [[[0.1, 0.8]]]
+    assert len([line for line in axes.lines if line.get_marker() == "o"]) == 3
+    assert drawn["figure"]._suptitle.get_text().endswith("best: job 1, 0.8000 (star), tied with jobs 2, 3")

@@ -3,6 +3,7 @@ advice for long epochs) and quick looks at a run (trainer.limit_*_batches, data.
 
 from __future__ import annotations
 
+import csv
 import os
 import pty
 import re
@@ -15,10 +16,11 @@ import torch
 
 from cnntrain import callbacks as callbacks_module
 from cnntrain.build import batch_limit, quicker_options
-from cnntrain.callbacks import TimeEstimate, format_duration
+from cnntrain.callbacks import TimeEstimate, format_duration, format_epoch, format_step_seconds
 from cnntrain.errors import ConfigError
 from cnntrain.models import build_model
-from cnntrain.run import train
+from cnntrain.run import one_step_epoch_notice, train
+from cnntrain.trainer import Callback, EpochMetrics, Trainer
 from tests.conftest import compose_config
 
 SMOKE = ["experiment=smoke", "data.train_size=320", "data.test_size=64"]
@@ -170,6 +172,25 @@ def test_bad_quick_look_settings_are_named(tmp_path, override, expected):
         train(compose_config(SMOKE + [override, "trainer.progress=none"]), run_dir=tmp_path / "run")
 
 
+def run_in_terminal(command, cwd):
+    """What `command` shows on a 200-column terminal (a pty), without colours; it must exit 0."""
+    main, child = pty.openpty()
+    process = subprocess.Popen(command, cwd=cwd, stdin=child, stdout=child, stderr=child,
+                               env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=120) == 0
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))  # without colours
+
+
 SLOW_STEPS = '''
 import time
 from cnntrain import Callback
@@ -185,22 +206,114 @@ def test_the_live_bar_counts_every_step_before_the_first_loss_value(tmp_path):
     (tmp_path / "slow_steps.py").write_text(SLOW_STEPS)
     command = [sys.executable, "-m", "cnntrain", *SMOKE, "trainer.epochs=1", "trainer.limit_train_batches=6",
                "trainer.log_every=1000", "trainer.progress=bar", "callbacks=[{_target_: slow_steps.SlowSteps}]"]
-    main, child = pty.openpty()
-    process = subprocess.Popen(command, cwd=tmp_path, stdin=child, stdout=child, stderr=child,
-                               env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
-    os.close(child)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    assert process.wait(timeout=120) == 0
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))  # without colours
+    text = run_in_terminal(command, tmp_path)
     for step in range(1, 6):
         assert re.search(rf"\b{step}/6\b", text), f"step {step}/6 never shown"
     assert re.search(r"1/6 +loss - +acc -", text)
     assert "epoch left" in text and "run left" in text
+
+
+class ProgressSteps(Callback):
+    """The steps at which the trainer read its running loss and accuracy, with the figures."""
+
+    def __init__(self):
+        self.reads = []
+
+    def on_train_progress(self, trainer, progress):
+        self.reads.append((progress.epoch, progress.step, progress.loss, progress.acc))
+
+
+def test_loss_and_accuracy_are_read_from_the_first_step_then_every_log_every():
+    from tests.test_optim import tiny_loader, tiny_model
+
+    model, recorder = tiny_model(), ProgressSteps()
+    loader = tiny_loader(n=50 * 2, batch_size=2)  # 50 steps an epoch
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, loader, tiny_loader(n=8), torch.device("cpu"),
+            epochs=2, callbacks=[recorder], log_every=20).fit()
+    # Powers of two before the first log_every (5 host syncs), then every 20 steps and the epoch's last: each epoch.
+    assert [(epoch, step) for epoch, step, _, _ in recorder.reads] == [
+        (epoch, step) for epoch in (1, 2) for step in (1, 2, 4, 8, 16, 20, 40, 50)]
+    _, _, loss, acc = recorder.reads[0]
+    assert 0.5 < loss < 3.0 and acc in (0.0, 0.5, 1.0)  # one batch of 2: a real loss, not a placeholder
+
+
+def test_the_epoch_line_labels_an_lr_a_per_step_schedule_moved():
+    metrics = EpochMetrics(epoch=1, train_loss=2.3, train_acc=0.1, val_loss=2.2, val_acc=0.12, lr=0.00016,
+                           epoch_seconds=61.2, train_examples_per_s=980.4)
+    assert format_epoch(metrics, 10, 0.001412) == ("epoch  1/10  train loss 2.3000 acc 0.1000  val loss 2.2000 acc "
+                                                   "0.1200  lr 0.00016->0.001412  61.2s  980 ex/s")
+    assert "lr 0.00016  61.2s" in format_epoch(metrics, 10)  # no per-step schedule: the lr held all epoch
+    assert "lr 0.00016  61.2s" in format_epoch(metrics, 10, 0.00016)
+
+
+@pytest.mark.parametrize("scheduler, expected", [("onecycle", r"lr 0\.\d+->0\.\d+ "),
+                                                 ("step", r"lr 0\.1 ")])
+def test_a_run_prints_the_lr_an_epoch_started_and_ended_with(tmp_path, scheduler, expected):
+    summary = train(compose_config(SMOKE + ["trainer.epochs=2", f"scheduler={scheduler}", "optimizer.lr=0.1",
+                                            "trainer.limit_train_batches=3", "trainer.progress=plain"]),
+                    run_dir=tmp_path / "run")
+    assert summary["status"] == "completed"
+    lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(re.search(expected, line) for line in lines), lines
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        first_lrs = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert f"lr {first_lrs[0]:.4g}" in lines[0]  # metrics.csv's lr: the epoch's first step's
+
+
+FIRST_VALUES = '''
+import time
+from cnntrain import Callback
+
+class SlowProgress(Callback):
+    def on_train_progress(self, trainer, progress):
+        time.sleep(0.4)  # long enough for the live bar to be redrawn with the figures just read
+'''
+
+
+@pytest.mark.slow
+def test_the_live_bar_shows_loss_and_accuracy_after_the_first_step(tmp_path):
+    """Under a terminal, with the default log_every=20: figures appear at step 1, not step 20."""
+    (tmp_path / "slow_progress.py").write_text(FIRST_VALUES)
+    command = [sys.executable, "-m", "cnntrain", *SMOKE, "trainer.epochs=1", "trainer.limit_train_batches=3",
+               "trainer.log_every=20", "trainer.progress=bar", "callbacks=[{_target_: slow_progress.SlowProgress}]"]
+    text = run_in_terminal(command, tmp_path)
+    assert re.search(r"\b1/3 +loss \d+\.\d{4} +acc \d\.\d{4}", text), text[-2000:]
+
+
+def test_a_batch_holding_every_training_image_gets_a_notice(tmp_path):
+    # 80 images, 20% held out for validation: 64 to train on, in one batch of 256.
+    cfg = compose_config(["experiment=smoke", "data.train_size=80", "data.test_size=32", "data.batch_size=256",
+                          "trainer.epochs=1", "trainer.progress=plain"])
+    assert train(cfg, run_dir=tmp_path / "run")["status"] == "completed"
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert ("notice: data.batch_size=256 is larger than the 64 training images, so each epoch is one step of 64 "
+            "images. For more steps per epoch set a smaller batch, e.g. data.batch_size=16 (4 steps).") in log
+    assert "time estimate" not in log  # a one-step epoch of a tiny model: nothing worth estimating
+
+
+def test_the_one_step_notice_names_equal_sizes_and_stays_quiet_otherwise():
+    assert one_step_epoch_notice(72, 72).startswith("notice: data.batch_size=72 equals the 72 training images")
+    assert one_step_epoch_notice(256, 72).endswith("e.g. data.batch_size=16 (5 steps).")
+    assert one_step_epoch_notice(256, 3).endswith("e.g. data.batch_size=1 (3 steps).")
+    assert one_step_epoch_notice(256, 257) is None and one_step_epoch_notice(32, 60_000) is None
+
+
+def test_no_time_estimate_for_a_run_that_is_over_in_moments(monkeypatch):
+    """A 2-step epoch of 3-ms steps printed 'about 0:00 per epoch (2 steps of 0.00 s ...)': not any more."""
+    clock = FakeClock()
+    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    reporter = Lines()
+    estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
+    run_steps(estimate, fake_trainer(epochs=3, val_examples=64), steps=2, seconds_per_step=0.003, clock=clock)
+    assert reporter.lines == []
+    # Short steps, but a run long enough to be worth a line: the step's time in milliseconds, not "0.00 s".
+    estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
+    run_steps(estimate, fake_trainer(epochs=3, val_examples=64), steps=3000, seconds_per_step=0.004, clock=clock,
+              last=600)
+    [line] = reporter.lines
+    assert line.startswith("time estimate: about 0:12 per epoch (3000 steps of 4.0 ms + validation), 0:36 for the 3 ")
+
+
+def test_format_step_seconds_never_shows_only_zeros():
+    assert [format_step_seconds(s) for s in (2.5, 0.0123, 0.004, 0.00031)] == ["2.50 s", "0.01 s", "4.0 ms",
+                                                                               "0.31 ms"]

@@ -9,7 +9,7 @@ import yaml
 
 from rich.console import Console
 
-from cnntrain.sweep import best_job, failed_job_result, missing_plugin, report_sweep, write_best
+from cnntrain.sweep import at_chance_level, best_job, failed_job_result, missing_plugin, report_sweep, write_best
 from tests.conftest import make_job
 
 
@@ -89,3 +89,39 @@ def test_a_best_job_chosen_on_its_test_images_is_called_flattering(tmp_path, tes
     assert "best job: 0  seed=1  val acc 0.8000" in printed
     assert ("notice: the best job validated on its test images (e.g. data.val_fraction=0), so it was chosen on them "
             "and its test accuracy flatters it." in printed) is test_is_validation
+
+
+def test_a_job_at_chance_level_is_marked_and_the_table_says_what_that_means(tmp_path):
+    """The README's old example: LeNet, one epoch, both lrs at 0.0978 of 10 classes (guessing scores 0.1)."""
+    job = {"status": "completed", "test_acc": 0.1, "best_epoch": 1, "wall_seconds": 30.0, "num_classes": 10}
+    make_job(tmp_path, "0", ["optimizer.lr=0.1"], {**job, "best_val_acc": 0.0978})
+    make_job(tmp_path, "1", ["optimizer.lr=0.9"], {**job, "best_val_acc": 0.7645})
+    make_job(tmp_path, "2", ["optimizer.lr=5"], {**job, "best_val_acc": 0.1199})
+    make_job(tmp_path, "3", ["optimizer.lr=0.5"], {**{k: v for k, v in job.items() if k != "num_classes"},
+                                                   "best_val_acc": 0.1})  # a run from before num_classes: unmarked
+    console = Console(file=io.StringIO(), width=200)
+    report_sweep(tmp_path, console)
+    lines = console.file.getvalue().splitlines()
+    marked = [line.split("│")[1].strip() for line in lines if "chance level" in line and "│" in line]
+    assert marked == ["0", "2"]
+    assert not any("chance level" in line for line in lines if "│ 1 " in line or "│ 3 " in line)
+    note = next(line for line in lines if line.startswith("chance level"))
+    assert note == ("chance level (jobs 0, 2): a best validation accuracy about what guessing scores (1/10 = 0.1000), "
+                    "so the model did not learn. The lr may be too high or too low (optimizer.lr), or the epochs too "
+                    "few (trainer.epochs).")
+
+
+@pytest.mark.parametrize("acc, classes, marked", [(0.0978, 10, True), (0.1199, 10, True), (0.1201, 10, False),
+                                                  (0.54, 2, True), (0.56, 2, False), (0.029, 100, True),
+                                                  (0.9, 10, False), (0.1, None, False), (0.1, 1, False)])
+def test_chance_level_is_within_two_points_or_a_tenth_of_guessing(acc, classes, marked):
+    assert at_chance_level({"status": "completed", "best_val_acc": acc, "num_classes": classes}) is marked
+    assert at_chance_level({"status": "failed", "best_val_acc": acc, "num_classes": classes}) is False
+
+
+def test_a_sweep_without_a_job_at_chance_level_has_no_note(tmp_path):
+    make_job(tmp_path, "0", ["seed=1"], {"status": "completed", "best_val_acc": 0.8, "test_acc": 0.8, "best_epoch": 2,
+                                         "wall_seconds": 3.0, "num_classes": 10})
+    console = Console(file=io.StringIO(), width=200)
+    report_sweep(tmp_path, console)
+    assert "chance level" not in console.file.getvalue()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -313,6 +314,49 @@ def test_render_table():
     console.print(table)
     text = console.file.getvalue()
     assert "Conv2d" in text and "6x28x28" in text and "61,706" in text and "batch 256" in text
+
+
+def number_cells(table: Table) -> list[str]:
+    """Every non-empty cell of the number columns (output shape, parameters, MACs, memory) of a layer table."""
+    return [cell for column in table.columns if column.header in inspector.NUMBER_COLUMNS for cell in column._cells
+            if cell]
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 96), pytest.param("googlenet", 96, marks=pytest.mark.slow),
+                                        ("lenet", 28)])
+def test_a_layer_table_fits_any_width_and_never_cuts_a_number(name, size):
+    """Rich on its own squeezed every column at 80 columns ("Pa…", "19…", "32… MiB"): numbers are kept whole."""
+    model = build(name)
+    rows = inspector.layer_table(model, (1, size, size))
+    table = inspector.render_table(rows, inspector.model_totals(model, (1, size, size), rows, batch_size=256),
+                                   title=name)
+    numbers = number_cells(table)
+    assert "7.23 M" in numbers or name == "lenet"
+    for width in (120, 80, 60, 50, 45):
+        console = Console(file=io.StringIO(), width=width)
+        console.print(table)
+        lines = console.file.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width
+        # Each number whole, on one line (the lines of a row are never wrapped apart), in the rows' order.
+        found = [next((i for i, line in enumerate(lines) if re.search(rf"(^|\s){re.escape(cell)}(\s|$)", line)),
+                      None) for cell in numbers]
+        assert None not in found, (width, [cell for cell, i in zip(numbers, found) if i is None])
+        assert not any(line.rstrip(" │┃").endswith("…") for line in lines), width  # no number column cut
+
+
+def test_long_layer_names_are_shortened_in_the_middle():
+    assert inspector.shorten_middle("encoder.layers.encoder_layer_11.mlp.0", 22) == "encoder…layer_11.mlp.0"
+    assert inspector.shorten_middle("encoder.layers.encoder_layer_11.mlp.0", 12) == "…er_11.mlp.0"  # its end
+    assert inspector.shorten_middle("features.0", 22) == "features.0"
+
+
+def test_a_layer_table_at_its_natural_width_is_unchanged():
+    model = build("lenet")
+    rows = inspector.layer_table(model, (1, 28, 28))
+    table = inspector.render_table(rows, inspector.model_totals(model, (1, 28, 28), rows, batch_size=256))
+    console = Console(file=io.StringIO(), width=200)
+    console.print(table)
+    assert "Conv2d" in console.file.getvalue() and "…" not in console.file.getvalue()
 
 
 @pytest.mark.parametrize("built_at", [224, 28])
