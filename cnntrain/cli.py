@@ -20,6 +20,7 @@ from cnntrain.config import (check_group_choices, check_override_keys, config_di
                              unknown_component_name)
 from cnntrain.distributed import launched_by_torchrun, process_rank
 from cnntrain.errors import CnnTrainError
+from cnntrain.process import keep_console_optional
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import display_path, run_folder_problem
 
@@ -256,6 +257,7 @@ def join_torchrun_group(args: list[str]) -> list[str]:
 def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
     `cnntrain resume=<run folder>`: continue a run."""
+    keep_console_optional()  # a closed `| tee`, `| head` or terminal never fails a run, nor its last words
     args = expand_home(sys.argv[1:])
     if args in (["--version"], ["-V"]):
         print(f"cnntrain {__version__}")
