@@ -54,6 +54,7 @@ class StopOnSignals:
     def __init__(self, say: Callable[[str], None] | None = None):
         self.trainer: Trainer | None = None
         self.signum: int | None = None  # the first signal: the exit code's
+        self._counted = 0  # signals counted from the wake-up socket (or by the handler where there is none)
         self.say = say or (lambda text: None)
         self._previous: dict[int, Any] = {}
         self._previous_wakeup: int | None = None
@@ -131,8 +132,9 @@ class StopOnSignals:
             if self._echoes.get(signum):
                 self._echoes[signum] -= 1
                 return
-            first = self.signum is None
-            if first:
+            self._counted += 1
+            first = self._counted == 1
+            if self.signum is None:
                 self.signum = signum
             trainer = self.trainer
             if first and trainer is not None:
@@ -155,6 +157,11 @@ class StopOnSignals:
         """The Python-level handler, in the main thread between two bytecodes."""
         if self._watcher is None:
             self._received(signum)
+        else:  # when it runs before the thread does, the stop still lands on this step
+            if self.signum is None:
+                self.signum = signum
+            if self.trainer is not None:
+                self.trainer.request_stop()
         if self._stop_now:
             if hold_interrupt():  # a checkpoint is being written: raised once it is whole
                 return
