@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -23,47 +24,69 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cnntrain.checkpoint import save_checkpoint
+from cnntrain.process import interrupts_held, lost_console
 from cnntrain.run_folder import RunFolder, write_atomically
 from cnntrain.trainer import OPTIONAL_METRICS, Callback, EpochMetrics, StepProgress, Trainer
 
 
 class Reporter:
-    """Prints to the console and appends the same text to a log file."""
+    """Prints to the console and appends the same text to a log file.
+
+    Lines may come from two threads (interruptions.StopOnSignals answers a signal from its own);
+    a console that went away (process.ConsoleStream) leaves the log file with every line, and a
+    note in it saying when and why the console stopped getting them.
+    """
 
     def __init__(self, log_file: Path | None = None, console: Console | None = None, quiet: bool = False):
         self.console = console or Console(highlight=False)
         self.quiet = quiet
         self._file = open(log_file, "a", encoding="utf-8") if log_file else None
+        self._lock = threading.RLock()
+        self._console_lost_noted = False
 
     def line(self, text: str, style: str | None = None) -> None:
-        if not self.quiet:
-            self.console.print(text, style=style, highlight=False, soft_wrap=True, markup=False)
-        self._write(text)
+        with self._lock:
+            if not self.quiet:
+                self.console.print(text, style=style, highlight=False, soft_wrap=True, markup=False)
+            self._note_lost_console()
+            self._write(text)
+
+    def _note_lost_console(self) -> None:
+        """Once: the console went away (a closed pipe or terminal), so from here on only this file has the output."""
+        lost = lost_console()
+        if lost and not self._console_lost_noted:
+            self._console_lost_noted = True
+            self._write(f"(the console went away at {time.strftime('%H:%M:%S')}: {lost}; this file goes on "
+                        f"with everything the run says)")
 
     def renderable(self, item: Any) -> None:
         """A rich table or panel: rendered on the console, and as plain text in the log."""
-        if not self.quiet:
-            self.console.print(item)
-        if self._file:
-            buffer = io.StringIO()
-            Console(file=buffer, width=120, no_color=True, highlight=False).print(item)
-            self._write(buffer.getvalue().rstrip("\n"))
+        with self._lock:
+            if not self.quiet:
+                self.console.print(item)
+            self._note_lost_console()
+            if self._file:
+                buffer = io.StringIO()
+                Console(file=buffer, width=120, no_color=True, highlight=False).print(item)
+                self._write(buffer.getvalue().rstrip("\n"))
 
     def log_only(self, text: str) -> None:
         self._write(text)
 
     def _write(self, text: str) -> None:
-        if self._file:
-            try:
-                self._file.write(text + "\n")
-                self._file.flush()
-            except OSError:  # a full disk: the console still shows it, and the error is reported there
-                self._file = None
+        with self._lock:
+            if self._file:
+                try:
+                    self._file.write(text + "\n")
+                    self._file.flush()
+                except OSError:  # a full disk: the console still shows it, and the error is reported there
+                    self._file = None
 
     def close(self) -> None:
-        if self._file:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file:
+                self._file.close()
+                self._file = None
 
 
 def format_epoch(metrics: EpochMetrics, epochs: int, end_lr: float | None = None) -> str:
@@ -314,9 +337,10 @@ class Checkpointer(Callback):
             time.monotonic() - self._last_save >= self.every_seconds, trainer.device)
         if due or trainer.stop_requested:
             state = self.make_state(trainer)
-            if trainer.group.writes:
-                save_checkpoint(state, self.folder.last_checkpoint)
-            self.saved = (self.saved[0], step)
+            with interrupts_held():  # a second Ctrl-C now waits for last.pt and `saved` to agree
+                if trainer.group.writes:
+                    save_checkpoint(state, self.folder.last_checkpoint)
+                self.saved = (self.saved[0], step)
             self._last_save = time.monotonic()
 
     def save_last(self, trainer: Trainer) -> None:
@@ -328,13 +352,14 @@ class Checkpointer(Callback):
         improved = self.best is None or metrics.val_acc > self.best.val_acc
         if improved:
             self.best = metrics
-        if trainer.group.writes:
-            state = self.make_state(trainer)
-            if improved:
-                save_checkpoint(state, self.folder.best_checkpoint)
-            # last.pt after best.pt: a run killed in between resumes from the epoch before and redoes this one.
-            save_checkpoint(state, self.folder.last_checkpoint)
-        self.saved = (metrics.epoch, 0)
+        with interrupts_held():  # a second Ctrl-C now waits for last.pt and `saved` to agree
+            if trainer.group.writes:
+                state = self.make_state(trainer)
+                if improved:
+                    save_checkpoint(state, self.folder.best_checkpoint)
+                # last.pt after best.pt: a run killed in between resumes from the epoch before and redoes this one.
+                save_checkpoint(state, self.folder.last_checkpoint)
+            self.saved = (metrics.epoch, 0)
         self._last_save = time.monotonic()
 
 

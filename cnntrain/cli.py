@@ -21,6 +21,7 @@ from cnntrain.config import (check_group_choices, check_override_keys, config_di
                              unknown_component_name)
 from cnntrain.distributed import launched_by_torchrun, process_rank
 from cnntrain.errors import CnnTrainError
+from cnntrain.process import keep_console_optional
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import display_path, run_folder_problem
 
@@ -67,6 +68,7 @@ def _run_job(cfg: DictConfig) -> float | None:
 
 def info_main() -> None:
     """`cnntrain-info [overrides]`: each layer's output shape and size for a config; no training."""
+    keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
     args = sys.argv[1:]
     if args and args[0] in ("-h", "--help"):
         print("usage: cnntrain-info [overrides]   e.g. cnntrain-info model=alexnet data=fashion_mnist\n"
@@ -148,6 +150,7 @@ def parse_key_values(args: list[str], options: dict[str, str | None], usage: str
 
 def predict_main() -> None:
     """`cnntrain-predict run=... inputs=...`: classify new images with a trained run."""
+    keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
     args = expand_home(sys.argv[1:])
     if not args or args[0] in ("-h", "--help"):
         print(PREDICT_USAGE)
@@ -202,6 +205,7 @@ EXPORT_OPTIONS = {"run": None, "format": None, "checkpoint": "best", "output": "
 
 def export_main() -> None:
     """`cnntrain-export run=... format=...`: a trained run's model as an ONNX, TorchScript or torch.export file."""
+    keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
     args = expand_home(sys.argv[1:])
     if not args or args[0] in ("-h", "--help"):
         print(EXPORT_USAGE)
@@ -239,6 +243,7 @@ EVAL_OVERRIDES = ("data", "device")  # key=value arguments of these sections go 
 
 def eval_main() -> None:
     """`cnntrain-eval run=... [split=...] [data overrides]`: evaluate a trained run on labelled data."""
+    keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
     args = expand_home(sys.argv[1:])
     if not args or args[0] in ("-h", "--help"):
         print(EVAL_USAGE)
@@ -299,6 +304,7 @@ def join_torchrun_group(args: list[str]) -> list[str]:
 def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
     `cnntrain resume=<run folder>`: continue a run."""
+    keep_console_optional()  # a closed `| tee`, `| head` or terminal never fails a run, nor its last words
     args = expand_home(sys.argv[1:])
     if "--version" in args or "-V" in args:  # anywhere, as Hydra's --version was
         import hydra

@@ -1,4 +1,4 @@
-"""How a run that stops early is handled and told: Ctrl-C and SIGTERM (`StopOnSignals`), what
+"""How a run that stops early is handled and told: Ctrl-C, SIGTERM and SIGHUP (`StopOnSignals`), what
 the last checkpoint holds, the message for an interrupted run or a file error, and the command
 that resumes it as it works from the current folder.
 """
@@ -6,36 +6,63 @@ that resumes it as it works from the current folder.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 
 from cnntrain.checks import module_list, modules_text
 from cnntrain.distributed import launched_by_torchrun, lost_peer
+from cnntrain.process import hold_interrupt
 from cnntrain.run_folder import RunFolder, display_path
 from cnntrain.trainer import Trainer
 
 
-class StopOnSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (a cluster's time limit, `kill`) during a run.
+# The signals that ask a run to stop. SIGHUP: the terminal or SSH session closed; a run started with
+# nohup (SIGHUP ignored) keeps going, with its output in train.log.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+WHY = {"SIGHUP": "SIGHUP (the terminal or SSH session closed)"}
 
-    While the trainer is fitting, the first one asks it to stop after the current step:
-    the checkpointer saves last.pt there (mid-epoch) and the run ends as interrupted.
-    Before training, after it, or at a second Ctrl-C, it stops at once. Signal handlers
-    can only be set from the main thread; elsewhere (a thread of the user's) nothing changes.
-    A SIGINT that the shell ignores (a background job) stays ignored. A rank of a distributed run
-    that leaves because another rank died ignores SIGTERM from then on (see `__exit__`).
+
+class StopOnSignals:
+    """Ctrl-C (SIGINT), SIGTERM (a cluster's time limit, `kill`) and SIGHUP (a closed terminal) during a run.
+
+    While the trainer is fitting, the first one asks it to stop after the current step: the
+    checkpointer saves last.pt there (mid-epoch) and the run ends as interrupted. A Ctrl-C
+    after that stops at once (KeyboardInterrupt), though never in the middle of a checkpoint
+    being written (process.interrupts_held); a repeated SIGTERM or SIGHUP (a closing terminal
+    sends several) changes nothing. Before training and after it the first one stops at once.
+
+    Answered at once, from a thread of its own: Python runs a handler only between two bytecodes of
+    the main thread, which can be inside one torch call for seconds (AlexNet's backward pass on a
+    CPU), and merges signals that come meanwhile into one call. The C-level handler writes each
+    signal's number to `signal.set_wakeup_fd`'s socket as it comes, so the thread reading it counts
+    every press and says "stopping after this step" (`say`: the console and train.log) while the
+    main thread computes; the Python-level handler only raises the KeyboardInterrupt the thread decides on.
+
+    Handlers can only be set from the main thread; elsewhere (a thread of the user's) nothing changes.
+    A SIGINT or SIGHUP that the shell ignores (a background job, nohup) stays ignored. A rank of a
+    distributed run that leaves because another rank died ignores SIGTERM from then on (see `__exit__`).
     """
 
-    def __init__(self):
+    def __init__(self, say: Callable[[str], None] | None = None):
         self.trainer: Trainer | None = None
-        self.signum: int | None = None
+        self.signum: int | None = None  # the first signal: the exit code's
+        self._counted = 0  # signals counted from the wake-up socket (or by the handler where there is none)
+        self.say = say or (lambda text: None)
         self._previous: dict[int, Any] = {}
+        self._previous_wakeup: int | None = None
+        self._stop_now = False  # decided by the watching thread, raised by the handler in the main thread
+        self._echoes: dict[int, int] = {}  # wake-up bytes of our own interrupt_main calls, not signals
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._sockets: tuple[socket.socket, socket.socket] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -43,15 +70,54 @@ class StopOnSignals:
         return 128 + (self.signum or signal.SIGINT)
 
     def __enter__(self) -> "StopOnSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous = signal.getsignal(signum)
-                if not (signum == signal.SIGINT and previous is signal.SIG_IGN):
-                    self._previous[signum] = previous
-                    signal.signal(signum, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum in STOP_SIGNALS:
+            previous = signal.getsignal(signum)
+            if not (signum != signal.SIGTERM and previous is signal.SIG_IGN):
+                self._previous[signum] = previous
+                signal.signal(signum, self._handle)
+        self._watch_wakeups()
         return self
 
+    def _watch_wakeups(self) -> None:
+        """The socket every signal's number is written to by C as it comes, and the thread that reads it."""
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            self._previous_wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):  # no wake-up socket here: the handler decides alone, when it runs
+            reader.close()
+            writer.close()
+            return
+        self._sockets = (reader, writer)
+        self._watcher = threading.Thread(target=self._watch, args=(reader,), name="cnntrain-signals", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, reader: socket.socket) -> None:
+        while True:
+            try:
+                select.select([reader], [], [])
+                data = reader.recv(64)
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError):  # closed by __exit__
+                return
+            for signum in data:
+                if signum == 0:  # __exit__'s byte: the run is over
+                    return
+                self._received(signum)
+
     def __exit__(self, exc_type, exc, traceback) -> None:
+        if self._sockets:
+            signal.set_wakeup_fd(self._previous_wakeup if self._previous_wakeup is not None else -1)
+            reader, writer = self._sockets
+            writer.send(b"\0")
+            self._watcher.join(timeout=5)
+            reader.close()
+            writer.close()
+            self._sockets = self._watcher = None
         for signum, previous in self._previous.items():
             if signum == signal.SIGTERM and exc is not None and launched_by_torchrun() and lost_peer(exc):
                 # Another rank died, and torchrun is about to SIGTERM the ranks left. This one is ending
@@ -60,16 +126,46 @@ class StopOnSignals:
                 continue
             signal.signal(signum, previous)
 
+    def _received(self, signum: int) -> None:
+        """One signal, counted as it came (in the watching thread; in the handler where there is none)."""
+        with self._lock:
+            if self._echoes.get(signum):
+                self._echoes[signum] -= 1
+                return
+            self._counted += 1
+            first = self._counted == 1
+            if self.signum is None:
+                self.signum = signum
+            trainer = self.trainer
+            if first and trainer is not None:
+                trainer.request_stop()  # before saying so: a console that blocks cannot delay the stop
+            elif first or signum == signal.SIGINT:  # nothing to save yet (or any more), or Ctrl-C again
+                self._stop_now = True
+                if self._watcher is not None and threading.current_thread() is self._watcher:
+                    # The signal again, to the main thread: it wakes a sleep or a wait there (a torch call
+                    # finishes first), and the handler there raises. Its wake-up byte is ours, not a press.
+                    self._echoes[signum] = self._echoes.get(signum, 0) + 1
+                    signal.pthread_kill(threading.main_thread().ident, signum)
+                return
+            else:
+                return  # SIGTERM or SIGHUP again: the stop asked for is under way
+        name = signal.Signals(signum).name
+        again = " (press Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+        self.say(f"{WHY.get(name, name)}: stopping after this step, with a checkpoint{again}.")
+
     def _handle(self, signum: int, frame) -> None:
-        first = self.signum is None
-        self.signum = signum
-        if first and self.trainer is not None:
-            self.trainer.request_stop()
-            # os.write, not print: this runs between two bytecodes of whatever the main thread does.
-            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint "
-                        f"(press Ctrl-C again to stop at once).\n".encode())
-            return
-        raise KeyboardInterrupt
+        """The Python-level handler, in the main thread between two bytecodes."""
+        if self._watcher is None:
+            self._received(signum)
+        else:  # when it runs before the thread does, the stop still lands on this step
+            if self.signum is None:
+                self.signum = signum
+            if self.trainer is not None:
+                self.trainer.request_stop()
+        if self._stop_now:
+            if hold_interrupt():  # a checkpoint is being written: raised once it is whole
+                return
+            raise KeyboardInterrupt
 
 
 def file_error_message(err: OSError, folder: RunFolder, cfg: DictConfig) -> str:

@@ -26,7 +26,8 @@ from cnntrain.checkpoint import load_checkpoint, restore_training
 from cnntrain.distributed import from_rank_zero, join_group, launched_by_torchrun, lost_peer, process_rank
 from cnntrain.errors import CnnTrainError, ConfigError, RunInterrupted
 from cnntrain.interruptions import (StopOnSignals, continue_text, file_error_message, interrupted_message,
-                                    interrupted_outside_training, lost_process_message, saved_text)
+                                    interrupted_outside_training, lost_process_message, resume_command, saved_text)
+from cnntrain.process import console_may_go_away
 from cnntrain.recipes import recipe_summary
 from cnntrain.run_folder import RunFolder, display_path, provenance
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
@@ -81,7 +82,8 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
     try:
         if resume_from is None:
             folder.refuse_if_it_holds_a_run()
-        return _run_in(folder, cfg, resume_from, callbacks, command_line)
+        with console_may_go_away():  # `| tee` killed by the same Ctrl-C, a closed terminal: train.log goes on
+            return _run_in(folder, cfg, resume_from, callbacks, command_line)
     finally:
         folder.unlock()
 
@@ -93,7 +95,7 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
     reporter = Reporter(folder.train_log if folder.writes else None,
                         quiet=cfg.trainer.get("progress") == "none" or not folder.writes)
     started = time.time()
-    signals = StopOnSignals()
+    signals = StopOnSignals(say=lambda text: reporter.line(text, style="yellow"))
     try:
         checked = check_config(cfg, list(callbacks))  # every name and setting, before any data is loaded
         with signals:  # after check_config: the user's modules it imports may set handlers of their own
@@ -102,7 +104,7 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
     except KeyboardInterrupt as err:
         message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(folder, cfg)
         reporter.line(message, style="yellow")
-        _write_ended_summary(folder, "interrupted", message, started)
+        _write_ended_summary(folder, "interrupted", message, started, _resume_command(folder, cfg))
         raise RunInterrupted(message, signals.exit_code) from None
     except OmegaConfBaseException as err:  # a key removed with ~, a section replaced by a value
         message = (f"The config has no usable '{err.full_key or err.key}': was it removed with ~, or a section "
@@ -113,7 +115,7 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
     except OSError as err:  # a full disk, a read-only folder: say what is safe and how to go on
         message = file_error_message(err, folder, cfg)
         reporter.log_only(f"error: {message}")
-        _write_ended_summary(folder, "failed", message, started)
+        _write_ended_summary(folder, "failed", message, started, _resume_command(folder, cfg))
         raise CnnTrainError(message) from err
     except Exception as err:  # recorded for the sweep table, then raised to the caller
         lost = launched_by_torchrun() and lost_peer(err)  # another rank died: say that, not gloo's words
@@ -258,14 +260,22 @@ def fit(trainer: Trainer, start_epoch: int, callbacks: RunCallbacks, folder: Run
         callbacks.display.close()
 
 
-def _write_ended_summary(folder: RunFolder, status: str, message: str, started: float) -> None:
-    """The summary of a run that did not complete. A failure to write it (the disk that just filled
-    up) must not hide the error being reported, so it is given up silently."""
+def _write_ended_summary(folder: RunFolder, status: str, message: str, started: float,
+                         resume: str | None = None) -> None:
+    """The summary of a run that did not complete (`resume`: the command that continues it, when it
+    can be). A failure to write it (the disk that just filled up) must not hide the error being
+    reported, so it is given up silently."""
     try:
         folder.write_summary({"status": status, "error": message, "run_dir": str(folder),
-                              "wall_seconds": time.time() - started})
+                              "wall_seconds": time.time() - started,
+                              **({"resume_command": resume} if status == "interrupted" or resume else {})})
     except OSError:
         pass
+
+
+def _resume_command(folder: RunFolder, cfg: DictConfig) -> str | None:
+    """The command that continues the run, or None when no checkpoint was saved (nothing to continue)."""
+    return resume_command(folder, cfg) if folder.last_checkpoint.is_file() else None
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

@@ -34,6 +34,7 @@ from typing import IO, Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.errors import CnnTrainError, ConfigError
+from cnntrain.process import interrupts_held
 
 
 class RunFolder:
@@ -346,25 +347,27 @@ def write_atomically(path: Path | str, write: Callable[[IO], Any], binary: bool 
     A crash at any moment leaves the old file or the new one, never half of one (os.replace
     is atomic); two processes never share a temporary name (mkstemp); the file gets the mode
     a plain open() would give it (mkstemp's own is 0600). `sync`: fsync before the rename.
+    A second Ctrl-C waits for the file to be in place (`interrupts_held`): no temporary file is left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        text_options = {} if binary else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, "wb" if binary else "w", **text_options) as f:
-            write(f)
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as err:
-        failure = write_failure(err, path)  # before the unlink: a full disk is full while the file is there
-        Path(tmp_name).unlink(missing_ok=True)
-        if failure is not None and failure is not err:
-            raise failure from err
-        raise
+    with interrupts_held():
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.chmod(tmp_name, 0o666 & ~_umask())
+            text_options = {} if binary else {"encoding": "utf-8", "newline": ""}
+            with os.fdopen(fd, "wb" if binary else "w", **text_options) as f:
+                write(f)
+                f.flush()
+                if sync:
+                    os.fsync(f.fileno())
+            os.replace(tmp_name, path)
+        except BaseException as err:
+            failure = write_failure(err, path)  # before the unlink: a full disk is full while the file is there
+            Path(tmp_name).unlink(missing_ok=True)
+            if failure is not None and failure is not err:
+                raise failure from err
+            raise
 
 
 # One MiB: below it, a file system on which torch's writer failed is full (root's reserved blocks included).

@@ -5,8 +5,10 @@ changed models and non-finite losses get clear answers."""
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ from tests.conftest import assert_same_weights, compose_config
 # that a kill lands at a known step. Loaded by the runs through `imports`, as a user's
 # own module would be; without the environment variables they change nothing.
 HOOKS = '''
-import io, os, signal
+import io, os, signal, threading, time
 import torch
 from torch import nn
 from cnntrain.models import MODELS
@@ -38,14 +40,38 @@ class SignalAtStep(nn.Module):
         if self.training:
             self.training_calls += 1
             if self.training_calls == int(os.environ.get("TEST_SIGNAL_AT_STEP", 0)):
-                os.kill(os.getpid(), getattr(signal, os.environ["TEST_SIGNAL"]))
+                send_signals(getattr(signal, os.environ["TEST_SIGNAL"]), int(os.environ.get("TEST_SIGNAL_TIMES", 1)),
+                             float(os.environ.get("TEST_BUSY_SECONDS", 0)))
         return self.inner(x)
+
+
+def send_signals(signum, times, busy):
+    """`times` signals; with `busy` seconds, sent while this thread sleeps (as in a long torch call:
+    Python runs its handlers only between the main thread's bytecodes) to a thread of their own,
+    so that the sleep goes on; the time they were sent is written to TEST_SENT_AT."""
+    if not busy:
+        for _ in range(times):
+            os.kill(os.getpid(), signum)
+        return
+
+    def send():
+        time.sleep(0.2)  # the main thread is asleep by now
+        with open(os.environ["TEST_SENT_AT"], "w") as f:
+            f.write(repr(time.time()))
+        for _ in range(times):
+            signal.pthread_kill(threading.get_ident(), signum)
+
+    threading.Thread(target=send).start()
+    time.sleep(busy)
 
 
 # A shell that starts a job in the background (as CI may) makes it ignore SIGINT, and
 # Python then never raises KeyboardInterrupt; a user at a terminal has the default.
 if os.environ.get("TEST_SIGNAL") == "SIGINT":
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# Likewise SIGHUP under a test runner started with nohup, unless the test is about nohup.
+if os.environ.get("TEST_SIGNAL") == "SIGHUP" and not os.environ.get("TEST_NOHUP"):
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @MODELS.register("test_signal_mlp")
@@ -149,7 +175,8 @@ def test_ctrl_c_stops_after_the_step_saves_it_and_prints_a_resume_command_that_w
                            env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT"})
     assert interrupted.returncode == 130
     assert "Traceback" not in interrupted.stderr
-    assert "SIGINT: stopping after this step, with a checkpoint" in interrupted.stderr
+    assert "SIGINT: stopping after this step, with a checkpoint (press Ctrl-C again to stop at once)." \
+        in interrupted.stdout
     assert ("Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 and steps 1-3 of epoch 2. "
             "Resume with: ") in interrupted.stdout
     # Run as `python -m cnntrain` with no cnntrain on PATH: the command names this python.
@@ -184,6 +211,113 @@ def test_sigterm_mid_epoch_saves_there_and_resume_ends_exactly_as_the_uninterrup
     assert_same_weights(weights(run_dir), weights(uninterrupted))
     ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, uninterrupted))
     assert (ours["test_acc"], ours["test_loss"]) == (theirs["test_acc"], theirs["test_loss"])
+
+
+def start_into_a_pipe(args, cwd, env, nohup=False, stderr=subprocess.STDOUT):
+    """`cnntrain args 2>&1 | head -c 100`: the reader leaves after the first line, as a `| tee` killed by
+    Ctrl-C or a closed terminal does. `nohup`: SIGHUP ignored, as `nohup cnntrain ...` starts it."""
+    run = subprocess.Popen([sys.executable, "-m", "cnntrain", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=stderr,
+                           env={**os.environ, **env},
+                           preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None)
+    reader = subprocess.Popen(["head", "-c", "100"], stdin=run.stdout, stdout=subprocess.DEVNULL)
+    run.stdout.close()  # the reader's end is the pipe's only one
+    assert reader.wait(timeout=60) == 0
+    return run
+
+
+def log_lines(run_dir):
+    return (run_dir / "train.log").read_text().splitlines()
+
+
+def test_ctrl_c_after_the_pipe_reader_died_saves_mid_epoch_and_logs_the_resume_command(workdir, uninterrupted):
+    """`cnntrain ... 2>&1 | tee log.txt`, Ctrl-C: the shell's SIGINT kills tee too. Was: status failed
+    ("Cannot write or read: Broken pipe"), no mid-epoch checkpoint, nothing to resume in epoch 1."""
+    run_dir = workdir / "piped"
+    run = start_into_a_pipe([*RUN, f"hydra.run.dir={run_dir}"], workdir,
+                            {"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT"})
+    assert run.wait(timeout=300) == 130
+    command = f"{sys.executable} -m cnntrain resume=piped {HOOKS_IMPORT}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["resume_command"] == command
+    lines = log_lines(run_dir)
+    assert any(line.startswith("(the console went away at ") and "Broken pipe" in line for line in lines)
+    assert lines[-2:] == [
+        "SIGINT: stopping after this step, with a checkpoint (press Ctrl-C again to stop at once).",
+        f"Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 and steps 1-3 of epoch 2. "
+        f"Resume with: {command}"]
+    position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["in_epoch"]
+    assert (position["epoch"], position["step"]) == (2, 3)
+
+    resumed = subprocess.run(command.split(), cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
+    assert_same_weights(weights(run_dir), weights(uninterrupted))
+
+
+def test_sighup_stops_after_the_step_with_a_checkpoint_and_the_resume_command(workdir):
+    """A closed terminal or SSH session: stopped as an interruption (exit 129), nothing lost (SIGTERM's
+    path, whose resume is compared with the uninterrupted run above)."""
+    run_dir = workdir / "hung_up"
+    stopped = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
+                       env={"TEST_SIGNAL_AT_STEP": str(5), "TEST_SIGNAL": "SIGHUP"})
+    assert stopped.returncode == 129 and "Traceback" not in stopped.stderr
+    command = f"{sys.executable} -m cnntrain resume=hung_up {HOOKS_IMPORT}"
+    assert log_lines(run_dir)[-2:] == [
+        "SIGHUP (the terminal or SSH session closed): stopping after this step, with a checkpoint.",
+        f"Interrupted during epoch 1 of 4. checkpoints/last.pt holds steps 1-5 of epoch 1. Resume with: {command}"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["resume_command"] == command
+    position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["in_epoch"]
+    assert (position["epoch"], position["step"]) == (1, 5)
+
+
+def test_under_nohup_a_closed_terminal_and_a_dead_pipe_leave_the_run_going(workdir, uninterrupted):
+    """`nohup cnntrain ... | tee`: SIGHUP stays ignored and the console's going is no error; the run completes."""
+    run_dir = workdir / "nohup"
+    with open(workdir / "nohup_stderr.txt", "w") as stderr:
+        run = start_into_a_pipe([*RUN, f"hydra.run.dir={run_dir}"], workdir, nohup=True, stderr=stderr,
+                                env={"TEST_SIGNAL_AT_STEP": "5", "TEST_SIGNAL": "SIGHUP", "TEST_NOHUP": "1"})
+        assert run.wait(timeout=300) == 0
+    assert (workdir / "nohup_stderr.txt").read_text() == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert log_lines(run_dir)[-1] == "run folder: nohup"
+    assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
+
+
+def test_the_first_ctrl_c_is_answered_at_once_while_a_long_step_runs(workdir):
+    """Python runs a handler only between bytecodes: in a 4-s torch call the answer waited for it (9 s on AlexNet)."""
+    run_dir = workdir / "answered"
+    run = subprocess.Popen([sys.executable, "-m", "cnntrain", *RUN, f"hydra.run.dir={run_dir}"], cwd=workdir,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "TEST_SIGNAL_AT_STEP": "3", "TEST_SIGNAL": "SIGINT",
+                                "TEST_BUSY_SECONDS": "4", "TEST_SENT_AT": str(workdir / "answered_sent_at")})
+    for line in run.stdout:
+        if line.startswith("SIGINT: stopping after this step"):
+            answered = time.time()
+            break
+    rest, stderr = run.communicate(timeout=300)
+    assert run.returncode == 130, stderr
+    assert answered - float((workdir / "answered_sent_at").read_text()) < 2  # not the 4 s the step still took
+    assert "checkpoints/last.pt holds steps 1-3 of epoch 1." in rest
+
+
+def test_a_second_ctrl_c_stops_at_once_even_when_both_came_during_one_long_step(workdir):
+    """Two presses while the main thread is in one long call reach Python's handler as one: counted
+    from the wake-up socket, the second stops the step at once (not after its 60 s), last.pt whole."""
+    run_dir = workdir / "twice"
+    stopped = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
+                       env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT",
+                            "TEST_SIGNAL_TIMES": "2", "TEST_BUSY_SECONDS": "60",
+                            "TEST_SENT_AT": str(workdir / "twice_sent_at")})
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
+    assert time.time() - float((workdir / "twice_sent_at").read_text()) < 20
+    command = f"{sys.executable} -m cnntrain resume=twice {HOOKS_IMPORT}"
+    assert log_lines(run_dir)[-1] == ("Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 (the "
+                                      f"unfinished epoch is redone on resume). Resume with: {command}")
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1 and last.get("in_epoch") is None
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+    assert json.loads((run_dir / "summary.json").read_text())["resume_command"] == command
 
 
 def test_sigkill_after_a_timed_mid_epoch_checkpoint_then_resume_is_exact(workdir, uninterrupted):
