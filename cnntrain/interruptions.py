@@ -107,7 +107,8 @@ class StopOnSignals:
             for signum in data:
                 if signum == 0:  # __exit__'s byte: the run is over
                     return
-                self._received(signum)
+                if signum in self._previous:  # C writes every handled signal's number here: SIGCHLD of a
+                    self._received(signum)    # DataLoader's workers (torch's handler) too, which is no stop
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         if self._sockets:

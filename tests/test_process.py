@@ -120,6 +120,25 @@ def test_a_repeated_sigterm_is_one_request_and_a_ctrl_c_then_stops_at_once():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
 
 
+def test_other_signals_with_a_python_handler_are_no_stop_request():
+    """The wake-up socket carries every handled signal's number: SIGCHLD from a DataLoader's worker
+    processes (torch sets a handler for it) once stopped every run with data.workers >= 1."""
+    previous = signal.signal(signal.SIGCHLD, lambda *_: None)
+    said = []
+    try:
+        with StopOnSignals(say=said.append) as signals:
+            signals.trainer = trainer = fake_trainer()
+            signal.raise_signal(signal.SIGCHLD)
+            signal.raise_signal(signal.SIGCHLD)
+            time.sleep(0.5)  # the watching thread has read the socket by now
+            assert not trainer.stop_requested and said == [] and signals.signum is None
+            signal.raise_signal(signal.SIGTERM)
+            assert wait_for(lambda: said)
+            assert trainer.stop_requested and said == ["SIGTERM: stopping after this step, with a checkpoint."]
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
 def test_a_second_ctrl_c_during_a_checkpoint_write_waits_for_the_file_to_be_whole(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"old")
