@@ -275,6 +275,7 @@ def test_the_installed_command_prints_the_figures_and_the_files(smoke_run):
                               "misclassified.csv" + (", misclassified.png" if figures["misclassified"] else ""))
 
 
+@pytest.mark.slow
 def test_a_bare_run_folder_is_the_run_and_slips_get_the_key_value_to_write(smoke_run):
     script = Path(sys.executable).with_name("cnntrain-eval")
 

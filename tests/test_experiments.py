@@ -127,6 +127,7 @@ def info_lines(tmp_path, columns, *overrides):
     return result.stdout.splitlines()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [80, 60])
 def test_info_keeps_every_number_whole_at_80_and_60_columns(tmp_path, columns):
     lines = info_lines(tmp_path, columns, "model=resnet18", "data=synthetic")

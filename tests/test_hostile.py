@@ -279,6 +279,7 @@ def test_a_resume_does_not_write_through_a_link_out_of_the_run_folder(run_copy, 
     assert {p: p.read_bytes() for p in [moved, *moved.rglob("*")] if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_predict_does_not_write_through_a_predictions_link(finished_run, run_copy, tmp_path):
     outside = _outside(tmp_path)
     image = finished_run.parent / "image.png"
@@ -386,6 +387,7 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_export_and_predict_on_a_read_only_run_folder_say_where_and_offer_output(finished_run, small_fs, tmp_path):
     import shutil
 

@@ -254,6 +254,7 @@ def test_ctrl_c_after_the_pipe_reader_died_saves_mid_epoch_and_logs_the_resume_c
     assert_same_weights(weights(run_dir), weights(uninterrupted))
 
 
+@pytest.mark.slow
 def test_sighup_stops_after_the_step_with_a_checkpoint_and_the_resume_command(workdir):
     """A closed terminal or SSH session: stopped as an interruption (exit 129), nothing lost (SIGTERM's
     path, whose resume is compared with the uninterrupted run above)."""
@@ -271,6 +272,7 @@ def test_sighup_stops_after_the_step_with_a_checkpoint_and_the_resume_command(wo
     assert (position["epoch"], position["step"]) == (1, 5)
 
 
+@pytest.mark.slow
 def test_under_nohup_a_closed_terminal_and_a_dead_pipe_leave_the_run_going(workdir, uninterrupted):
     """`nohup cnntrain ... | tee`: SIGHUP stays ignored and the console's going is no error; the run completes."""
     run_dir = workdir / "nohup"
@@ -301,6 +303,7 @@ def test_the_first_ctrl_c_is_answered_at_once_while_a_long_step_runs(workdir):
     assert "checkpoints/last.pt holds steps 1-3 of epoch 1." in rest
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_even_when_both_came_during_one_long_step(workdir):
     """Two presses while the main thread is in one long call reach Python's handler as one: counted
     from the wake-up socket, the second stops the step at once (not after its 60 s), last.pt whole."""
