@@ -10,9 +10,10 @@ any other config error. Torch-free, like config.py: the answer comes in a fracti
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 
-from cnntrain.config import GROUPS, group_choices
+from cnntrain.config import GROUPS, check_override_keys, group_choices
 from cnntrain.errors import ConfigError
 
 EXAMPLE = "e.g. model=alexnet trainer.epochs=5"
@@ -66,6 +67,11 @@ def read_command_line(args: list[str]) -> CommandLine:
     flags, unknown = parser.parse_known_intermixed_args(args)
     if unknown:
         raise ConfigError(_unknown_option_message(unknown[0], args))
+    modes = [name for name, given in (("--run", flags.run), ("-m", flags.multirun), ("--cfg", flags.cfg),
+                                      ("--info", flags.info), ("-sc", flags.shell_completion)) if given]
+    if len(modes) > 1:  # Hydra raises a ValueError (a traceback) for these
+        raise ConfigError(f"{' and '.join(modes)} cannot be used together: give one of --run, -m, --cfg, --info "
+                          f"and -sc (e.g. cnntrain --cfg job model=alexnet to see a config, cnntrain -m ... to sweep).")
     options = []
     for action in parser._actions:
         value = getattr(flags, action.dest)
@@ -79,8 +85,17 @@ def _unknown_option_message(option: str, args: list[str]) -> str:
     if not sep:  # --epochs 3: argparse left 3 among the overrides
         following = args[args.index(option) + 1:] if option in args else []
         value = following[0] if following and "=" not in following[0] and not following[0].startswith("-") else "..."
+    known = _meant_key(key)
     return (f"Unknown option '{option}': cnntrain's settings are key=value overrides without dashes: write "
-            f"{key}={value}. Its options are Hydra's (-m, --cfg job, --info, -sc ...): see cnntrain --help.")
+            f"{known}={value}. Its options are Hydra's (-m, --cfg job, --info, -sc ...): see cnntrain --help.")
+
+
+def _meant_key(key: str) -> str:
+    """The config key `key` most likely stands for (`epochs` -> `trainer.epochs`), or `key` itself."""
+    key = key.replace("-", "_")
+    problem = check_override_keys([f"{key}=0"]) or ""
+    meant = re.search(r"Did you mean '([\w.]+)'\?", problem)
+    return meant.group(1) if meant else key
 
 
 def override_problem(raw: list[str], quoted: list[str] | None = None, multirun: bool = False,

@@ -119,14 +119,34 @@ def check_group_choices(args: list[str]) -> str | None:
         return None
     dirs = _extra_config_dirs(args)
     for arg in args:
-        match = re.fullmatch(rf"\+?({'|'.join(GROUPS)})=([\w.,\-]+)", arg)
+        match = re.fullmatch(rf"\+?({'|'.join(GROUPS)})=(.*)", arg, flags=re.DOTALL)
         if not match:
             continue
         group, values = match.groups()
+        if len(values) > 1 and values[0] == values[-1] and values[0] in "'\"":  # quoted by quote_for_hydra
+            values = values[1:-1]
+        if "(" in values or "${" in values:  # a sweep function (choice(...), glob(...)) or an interpolation
+            continue
+        shape = _group_value_shape_problem(group, values)
+        if shape:
+            return shape
         available = group_choices(group, dirs)
         for value in values.split(","):
             if value not in available and value != "null":
                 return unknown_name_message(group, f"{group}={value}", value, available)
+    return None
+
+
+def _group_value_shape_problem(group: str, value: str) -> str | None:
+    """A group's value that is a list or a section: Hydra would merge a list's files one over the other
+    (model=[alexnet,vgg] trained vgg) and refuse a section with its own words; a group takes one file's name."""
+    if value.startswith("[") and value.endswith("]"):
+        names = value[1:-1].replace(" ", "")
+        sweep = f" To train with each of them, sweep: cnntrain -m {group}={names}" if names else ""
+        return f"{group}={value}: {group} takes one choice (a file in configs/{group}/), not a list.{sweep}"
+    if value.startswith("{"):
+        return (f"{group}={value}: {group} takes the name of one of its files (configs/{group}/); to change a "
+                f"setting in it, write {group}.<key>=<value> (e.g. {group}.name=...).")
     return None
 
 

@@ -235,7 +235,15 @@ def test_unknown_logger_or_search_gets_a_suggestion(tmp_path):
     (["optimizer.lr=range(0.1,1,0.1)"], "to sweep, add -m (cnntrain -m optimizer.lr=range(0.1,1,0.1))"),
     (["a..b=1"], "Cannot read the override 'a..b=1' (token recognition error at: '.')."),
     (["--epochs", "3"], "Unknown option '--epochs': cnntrain's settings are key=value overrides without dashes: "
-                        "write epochs=3."),
+                        "write trainer.epochs=3."),
+    (["--batch-size", "64"], "write data.batch_size=64."),
+    (["model=[alexnet,vgg]"], "model=[alexnet,vgg]: model takes one choice (a file in configs/model/), not a list. "
+                              "To train with each of them, sweep: cnntrain -m model=alexnet,vgg"),  # trained vgg
+    (["model={a:1}"], "model={a:1}: model takes the name of one of its files (configs/model/); to change a setting "
+                      "in it, write model.<key>=<value>"),
+    (["model=[alexnet"], "Unknown model '[alexnet' (model=[alexnet). Did you mean 'alexnet'?"),
+    (["model=alex net"], "Unknown model 'alex net' (model=alex net). Did you mean 'alexnet'?"),
+    (["-m", "model=mlp,lenet", "--cfg", "job"], "-m and --cfg cannot be used together"),  # Hydra's ValueError
     (["--model=alexnet"], "write model=alexnet."),
     (["--cfg", "jbo"], "Argument --cfg/-c: invalid choice: 'jbo' (choose from 'job', 'hydra', 'all')."),
     (["resume=outputs/x", "trainer.epochs:3"], "write trainer.epochs=3."),
