@@ -7,6 +7,7 @@ business, running a job run.py's; torch is imported when a job starts, so
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -66,6 +67,20 @@ def _run_job(cfg: DictConfig) -> float | None:
     return failed_job_result(cfg)
 
 
+def stops_quietly_on_ctrl_c(command):
+    """A companion command (cnntrain-info, -eval, -export, -predict) stopped by Ctrl-C: one line and exit
+    130, not a traceback of wherever it was."""
+    @functools.wraps(command)
+    def run() -> None:
+        try:
+            command()
+        except KeyboardInterrupt:
+            print("Interrupted.", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
+    return run
+
+
+@stops_quietly_on_ctrl_c
 def info_main() -> None:
     """`cnntrain-info [overrides]`: each layer's output shape and size for a config; no training."""
     keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
@@ -148,6 +163,7 @@ def parse_key_values(args: list[str], options: dict[str, str | None], usage: str
     return values
 
 
+@stops_quietly_on_ctrl_c
 def predict_main() -> None:
     """`cnntrain-predict run=... inputs=...`: classify new images with a trained run."""
     keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
@@ -203,6 +219,7 @@ pip install 'cnntrain[onnx]'; cnntrain-predict run=<file.onnx> predicts with it.
 EXPORT_OPTIONS = {"run": None, "format": None, "checkpoint": "best", "output": "", "imports": ""}
 
 
+@stops_quietly_on_ctrl_c
 def export_main() -> None:
     """`cnntrain-export run=... format=...`: a trained run's model as an ONNX, TorchScript or torch.export file."""
     keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
@@ -241,6 +258,7 @@ EVAL_OPTIONS = {"run": None, "split": "test", "checkpoint": "best", "imports": "
 EVAL_OVERRIDES = ("data", "device")  # key=value arguments of these sections go to the run's config
 
 
+@stops_quietly_on_ctrl_c
 def eval_main() -> None:
     """`cnntrain-eval run=... [split=...] [data overrides]`: evaluate a trained run on labelled data."""
     keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
@@ -261,8 +279,6 @@ def eval_main() -> None:
     except CnnTrainError as err:
         print_error(str(err))
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
     print_report(result, Console(highlight=False))
 
 

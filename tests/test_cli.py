@@ -331,3 +331,18 @@ def test_companion_command_slips_get_the_key_value_to_write(tmp_path, command, a
     assert result.returncode == 2 and result.stderr.startswith("error: ")
     assert message in result.stderr.replace("\n", " ") and "Traceback" not in result.stderr
     assert "Did you mean" not in result.stderr
+
+
+def test_ctrl_c_in_a_companion_command_is_one_line_and_exit_130(tmp_path):
+    """cnntrain-info importing torch or building a model when Ctrl-C comes: was a KeyboardInterrupt traceback."""
+    import signal
+    import time
+
+    info = subprocess.Popen([str(Path(sys.executable).with_name("cnntrain-info")), "model=alexnet"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # past the arguments, inside the torch import or the model's build
+    info.send_signal(signal.SIGINT)
+    out, err = info.communicate(timeout=60)
+    if info.returncode == 0:
+        pytest.skip("cnntrain-info finished before the signal came")
+    assert info.returncode == 130 and err == "Interrupted.\n", err
