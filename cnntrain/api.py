@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cnntrain import config
+from cnntrain.command_line import override_problem
 from cnntrain.errors import ConfigError
 from cnntrain.predict import LoadedRun, load_run
 from cnntrain.resuming import resume_run
@@ -41,10 +42,13 @@ def train(*overrides: str | DictConfig, callbacks: list[Callback] = (), run_dir:
 
 
 def compose(overrides=()) -> DictConfig:
-    """The config `cnntrain <overrides>` runs with, after the command line's own checks of the overrides (an
-    unknown choice or key, `+trainer.epochz=3` that Hydra would add silently): the same ConfigError messages."""
-    overrides = config.quote_for_hydra(config.expand_home(list(overrides)))
-    problem = config.check_group_choices(overrides) or config.check_override_keys(overrides)
+    """The config `cnntrain <overrides>` runs with, after the command line's own checks of the overrides (a slip
+    in Hydra's grammar, an unknown choice or key, `+trainer.epochz=3` that Hydra would add silently): the same
+    ConfigError messages."""
+    raw = config.expand_home(list(overrides))
+    overrides = config.quote_for_hydra(raw)
+    problem = (override_problem(raw, overrides, sweeps="") or config.check_group_choices(overrides)
+               or config.check_override_keys(overrides))
     if problem:
         raise ConfigError(problem)
     return config.compose(overrides)
