@@ -210,10 +210,16 @@ def _numbers(node, key: str):
         yield key, node
 
 
+MAX_COUNT = 2**31 - 1
+
+
 def check_trainer_settings(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     for key in ("trainer.epochs", "trainer.log_every", "data.batch_size", "trainer.accumulate_grad_batches"):
-        _require(OmegaConf.select(cfg, key, default=1), key, "a positive whole number", _is_count)
+        # The upper bound: torch counts steps and batch sizes in 32-bit integers in places; beyond it a
+        # value means nothing a run could do (trainer.epochs=99999999999999999999 trained on and on).
+        _require(OmegaConf.select(cfg, key, default=1), key, f"a positive whole number up to {MAX_COUNT:,}",
+                 lambda v: _is_count(v) and v <= MAX_COUNT)
     if trainer.progress not in PROGRESS_MODES:
         raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
                           f"got '{trainer.progress}'.")

@@ -60,7 +60,7 @@ def test_choices_from_user_config_dir_are_accepted(tmp_path):
     ("data.name=fashion_mnst", "Unknown dataset 'fashion_mnst' (data.name). Did you mean 'fashion_mnist'?"),
     ("+optimizer.momentun=0.9", "optimizer 'sgd' has no setting 'momentun' (optimizer.momentun). Did you mean 'momentum'?"),
     ("model.init=xavier", "Unknown weight init 'xavier' (model.init)."),
-    ("trainer.epochs=0", "trainer.epochs must be a positive whole number, got 0."),
+    ("trainer.epochs=0", "trainer.epochs must be a positive whole number up to 2,147,483,647, got 0."),
     ("trainer.progress=fancy", "trainer.progress must be one of auto, bar, plain, none"),
 ])
 def test_bad_values_fail_before_data_loads(tmp_path, override, expected):

@@ -109,7 +109,9 @@ def test_a_home_relative_path_is_expanded_and_a_non_ascii_one_read(tmp_path, mon
     (["scheduler=multistep", "scheduler.milestones=abc"], "scheduler.milestones must be a list such as [30, 60, 90]"),
     (["trainer.grad_clip_norm=true"], "trainer.grad_clip_norm must be null (off) or a positive number, got True."),
     (["trainer.early_stopping.patience=true"], "trainer.early_stopping.patience must be null (off) or a positive"),
-    (["trainer.log_every=abc"], "trainer.log_every must be a positive whole number, got 'abc'."),
+    (["trainer.log_every=abc"], "trainer.log_every must be a positive whole number up to 2,147,483,647, got 'abc'."),
+    (["trainer.epochs=99999999999999999999"],  # trained on and on: no value past 2**31 - 1 means a run
+     "trainer.epochs must be a positive whole number up to 2,147,483,647, got 99999999999999999999."),
     (["optimizer=adam", "optimizer.betas=[0.9]"], "optimizer=adam cannot take its settings"),
     (["seed=99999999999999999999"], "seed must be a whole number from 0 to 2**63 - 1"),
     (["imports=[1]"], "imports must be a list of module names, e.g. imports=[my_models], got [1]."),

@@ -264,7 +264,7 @@ def test_early_stopping_ends_the_run_and_says_why_in_summary_json(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("trainer.label_smoothing=1.5", "trainer.label_smoothing must be a number from 0 up to (not) 1, got 1.5"),
-    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be a positive whole number, got 0"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be a positive whole number up to 2,147,483,647, got 0"),
     ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm must be null (off) or a positive number, got -1"),
     ("trainer.early_stopping.patience=0", "trainer.early_stopping.patience must be null (off) or a positive whole"),
     ("trainer.early_stopping.metric=val_accuracy", "trainer.early_stopping.metric must be one of val_loss, val_acc"),

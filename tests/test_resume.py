@@ -357,7 +357,7 @@ def test_resume_refuses_a_changed_model_with_a_message(workdir, uninterrupted):
     # A typo under a key a resume may change is not added silently.
     with pytest.raises(ConfigError, match="Did you mean 'trainer.early_stopping.patience'"):
         resume_config(uninterrupted, [HOOKS_IMPORT, "trainer.early_stopping.patiense=1"])
-    with pytest.raises(ConfigError, match="trainer.epochs must be a positive whole number, got 'abc'"):
+    with pytest.raises(ConfigError, match="trainer.epochs must be a positive whole number up to 2,147,483,647, got 'abc'"):
         resume_config(uninterrupted, [HOOKS_IMPORT, "trainer.epochs=abc"])
     cfg, _ = resume_config(uninterrupted, [HOOKS_IMPORT, "optimizer.lr=0.05", "trainer.epochs=6", "device=cpu",  # unchanged lr
                                            "logger=tensorboard"])
