@@ -17,6 +17,15 @@ from cnntrain.process import ConsoleStream, console_may_go_away, hold_interrupt,
 from cnntrain.run_folder import write_atomically
 from tests.conftest import REPO
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_at_a_terminal():
+    """SIGINT as a user at a terminal has it: a test run started in the background (CI may be) inherits
+    SIGINT ignored, which StopOnSignals rightly leaves ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 # Prints far more than a pipe holds, on both streams (print, rich, a write of its own), then says it got to the end.
 CHATTY = """
 import sys
