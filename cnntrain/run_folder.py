@@ -190,9 +190,10 @@ def runs_in(folder: Path | str, depth: int = 2) -> list[Path]:
     found = []
     level = [Path(folder)]
     for _ in range(depth):
-        level = sorted(child for parent in level for child in parent.iterdir() if child.is_dir())
-        found += [child for child in level if RunFolder(child).holds_run()]
-        level = [child for child in level if not RunFolder(child).holds_run()]
+        children = sorted(child for parent in level for child in parent.iterdir() if child.is_dir())
+        runs = {child for child in children if RunFolder(child).holds_run()}  # once each: it reads the disk
+        found += [child for child in children if child in runs]
+        level = [child for child in children if child not in runs]
     return sorted(found, key=_newest_file_time, reverse=True)
 
 
