@@ -115,6 +115,17 @@ def test_imports_only_point_down():
     assert upward == []
 
 
+def test_a_packages_modules_do_not_import_its_init():
+    """models/*.py and data/*.py take MODELS and DATASETS from models/catalog.py and data/catalog.py: an
+    import of the package's __init__ from inside it runs while that __init__ is half done."""
+    modules = all_modules()
+    inward = [f"{name} imports {target}" for name, path in modules.items() if path.name != "__init__.py"
+              for target in imported_modules(path, modules)
+              if target != "cnntrain" and modules.get(target, Path()).name == "__init__.py"
+              and name.startswith(target + ".")]  # cnntrain/__init__.py holds only the version
+    assert inward == []
+
+
 def test_every_module_has_a_layer_and_a_docstring():
     for name, path in all_modules().items():
         layer_of(name)

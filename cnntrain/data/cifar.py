@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnntrain.data import DATASETS, ImageData, ImageSet
+from cnntrain.data.catalog import DATASETS, ImageData, ImageSet
 from cnntrain.errors import DatasetError
 
 _PIXELS = 3 * 32 * 32  # one row of `data`: 1024 red, then 1024 green, then 1024 blue, each 32x32 row-major

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cnntrain.data import DATASETS, ImageData, ImageSet
+from cnntrain.data.catalog import DATASETS, ImageData, ImageSet
 from cnntrain.errors import ConfigError, DatasetError
 
 log = logging.getLogger("cnntrain")

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from cnntrain.data import ImageSet
+from cnntrain.data.catalog import ImageSet
 from cnntrain.data.augment import Augmentation
 from cnntrain.data.folder import FileImageSet, bad_file_error
 from cnntrain.data.mixing import BatchMixer

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnntrain.data import DATASETS, ImageData, ImageSet
+from cnntrain.data.catalog import DATASETS, ImageData, ImageSet
 from cnntrain.data.idx import read_idx
 from cnntrain.errors import DatasetError
 

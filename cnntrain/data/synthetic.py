@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cnntrain.data import DATASETS, ImageData, ImageSet
+from cnntrain.data.catalog import DATASETS, ImageData, ImageSet
 from cnntrain.errors import ConfigError
 from cnntrain.registry import is_number, is_whole
 

@@ -1,49 +1,13 @@
-"""The MODELS registry and the model families registered in it.
+"""The model zoo: the MODELS registry (models/catalog.py) and the model families registered in it.
 
-Every builder is called as `builder(num_classes=, in_channels=, input_size=, **settings)`:
-the first three come from the dataset spec and the model config's `input_size`, the
-rest from the model config. Adding a family: a new module with `@MODELS.register(...)`
-builders, imported below.
+Adding a family: a new module with `@MODELS.register(...)` builders (importing MODELS from
+cnntrain.models.catalog), imported below; `from cnntrain.models import MODELS` keeps working.
 """
 
-from cnntrain.config import config_dir, settings_of
-from cnntrain.registry import Registry
-
-MODELS = Registry("model", "model.name", code_arguments=("num_classes", "in_channels", "input_size"))
-
-# Keys of a model config that are not builder settings (`recipe`: how it trains, read by the
-# optimizer, data and trainer configs; see cnntrain/recipes.py; `weights` and `freeze`: where
-# the starting weights come from and what stays fixed, see cnntrain/pretrained.py and finetune.py).
-MODEL_KEYS = ("name", "input_size", "init", "recipe", "weights", "freeze")
-
-
-def model_config(name: str) -> dict:
-    """configs/model/<name>.yaml as a plain dict, or the builder's defaults when there is none."""
-    import inspect
-
-    import yaml
-
-    path = config_dir() / "model" / f"{name}.yaml"
-    if path.exists():
-        return yaml.safe_load(path.read_text())
-    params = inspect.signature(MODELS.get(name)).parameters
-    return {"name": name, "input_size": params["input_size"].default, "init": "default"}
-
-
-def builder_settings(config) -> dict:
-    """The keys of a model config that go to the builder as keyword arguments."""
-    return settings_of(config, MODEL_KEYS)
-
-
-def build_model(recipe: dict):
-    """The model a recipe describes (what checkpoints save as "model": name, settings, classes,
-    channels, input size, init), with freshly initialised weights."""
-    model = MODELS.build(recipe["name"], recipe["settings"], num_classes=recipe["num_classes"],
-                         in_channels=recipe["in_channels"], input_size=recipe["input_size"])
-    return init_weights(model, recipe.get("init", "default"))
+from cnntrain.models.catalog import MODEL_KEYS, MODELS, build_model, builder_settings, model_config  # noqa: F401
+from cnntrain.models.init import INIT_SCHEMES, init_weights  # noqa: F401
 
 # Importing the family modules registers their builders.
-from cnntrain.models import lenet, mlp  # noqa: E402,F401
-from cnntrain.models import alexnet, cifar_cnn, googlenet, lenet_bn, nin, resnet, vgg  # noqa: E402,F401
-from cnntrain.models import airnet, resnet_small, torchvision_models  # noqa: E402,F401
-from cnntrain.models.init import INIT_SCHEMES, init_weights  # noqa: E402,F401
+from cnntrain.models import lenet, mlp  # noqa: F401
+from cnntrain.models import alexnet, cifar_cnn, googlenet, lenet_bn, nin, resnet, vgg  # noqa: F401
+from cnntrain.models import airnet, resnet_small, torchvision_models  # noqa: F401

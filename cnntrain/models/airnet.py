@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cnntrain.errors import ConfigError
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 
 
 class ScaledLinear(nn.Linear):

@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 
 
 def conv_out(side: int, kernel: int, stride: int = 1, padding: int = 0) -> int:

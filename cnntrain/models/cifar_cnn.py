@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 
 
 @MODELS.register("cifar_cnn")

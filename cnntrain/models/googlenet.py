@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 
 
 class Inception(nn.Module):

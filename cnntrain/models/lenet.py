@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 
 
 def _feature_side(input_size: int, first_padding: int) -> int:

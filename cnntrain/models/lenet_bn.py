@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 from cnntrain.models.lenet import _feature_side
 
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import nn
 
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 
 
 @MODELS.register("mlp")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 
 
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> nn.Sequential:

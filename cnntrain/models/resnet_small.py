@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from cnntrain.errors import ConfigError
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 from cnntrain.models.resnet import Residual
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cnntrain.errors import ConfigError
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 from cnntrain.registry import did_you_mean
 
 # The attribute naming a model's head (a dotted module name), set by builders that know it.

@@ -13,7 +13,7 @@ from typing import Sequence
 from torch import nn
 
 from cnntrain.errors import ConfigError
-from cnntrain.models import MODELS
+from cnntrain.models.catalog import MODELS
 
 # VGG-11 (configuration "A" of the paper): 8 convs + 3 linears.
 VGG11_ARCH: tuple[tuple[int, int], ...] = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
