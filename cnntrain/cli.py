@@ -1,4 +1,5 @@
-"""Command-line entry points: `cnntrain` and `python -m cnntrain`.
+"""Command-line entry points: `cnntrain` and `python -m cnntrain`, and the companion commands
+cnntrain-info, -predict, -export and -eval (their arguments, help and errors: companion_line.py).
 
 Entry points only: parse, print, exit codes. What the config tree holds is config.py's
 business, running a job run.py's; torch is imported when a job starts, so
@@ -7,33 +8,24 @@ business, running a job run.py's; torch is imported when a job starts, so
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.markup import escape
 
 from cnntrain import __version__
-from cnntrain.command_line import always_sweeps, key_value_slip, override_problem, read_command_line
+from cnntrain.command_line import always_sweeps, override_problem, read_command_line
+from cnntrain.companion_line import EXIT_INTERRUPTED, EXIT_USAGE, Grammar, companion_command, print_error
 from cnntrain.config import (check_group_choices, check_override_keys, config_dir, expand_home, quote_for_hydra,
                              unknown_component_name)
 from cnntrain.distributed import launched_by_torchrun, process_rank
 from cnntrain.errors import CnnTrainError
 from cnntrain.process import keep_console_optional
-from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import display_path, run_folder_problem
 
-EXIT_USAGE = 2  # a config or data problem the message explains
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
-EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
-
-
-def print_error(message: str) -> None:
-    # escape(): text such as imports=[my_models] or [topk=3] is not rich markup.
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -67,43 +59,20 @@ def _run_job(cfg: DictConfig) -> float | None:
     return failed_job_result(cfg)
 
 
-def stops_quietly_on_ctrl_c(command):
-    """A companion command (cnntrain-info, -eval, -export, -predict) stopped by Ctrl-C: one line and exit
-    130, not a traceback of wherever it was."""
-    @functools.wraps(command)
-    def run() -> None:
-        try:
-            command()
-        except KeyboardInterrupt:
-            print("Interrupted.", file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
-    return run
+INFO_USAGE = """usage: cnntrain-info [overrides]   e.g. cnntrain-info model=alexnet data=fashion_mnist
+Prints each layer's name, type, output shape, parameters and multiply-adds for one image,
+then totals and the activation memory of one batch (data.batch_size)."""
 
 
-@stops_quietly_on_ctrl_c
-def info_main() -> None:
+@companion_command(Grammar("cnntrain-info", INFO_USAGE))
+def info_main(_: dict, overrides: list[str]) -> None:
     """`cnntrain-info [overrides]`: each layer's output shape and size for a config; no training."""
-    keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
-    args = sys.argv[1:]
-    if args and args[0] in ("-h", "--help"):
-        print("usage: cnntrain-info [overrides]   e.g. cnntrain-info model=alexnet data=fashion_mnist\n"
-              "Prints each layer's name, type, output shape, parameters and multiply-adds for one image,\n"
-              "then totals and the activation memory of one batch (data.batch_size).")
-        return
-    problem = override_problem(args, quote_for_hydra(args), sweeps="") or check_group_choices(args)
-    if problem:
-        print_error(problem)
-        sys.exit(EXIT_USAGE)
     from cnntrain.build import inspect_model
     from cnntrain.config import compose
     from cnntrain.inspector import render_table
 
-    try:
-        cfg = compose(args)
-        rows, totals, size = inspect_model(cfg)
-    except CnnTrainError as err:
-        print_error(str(err))
-        sys.exit(EXIT_USAGE)
+    cfg = compose(overrides)
+    rows, totals, size = inspect_model(cfg)
     title = f"{cfg.model.name}: {totals.input_shape[0]}x{size}x{size} input from {cfg.data.name}"
     Console(highlight=False).print(render_table(rows, totals, title=title))
 
@@ -125,75 +94,27 @@ PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best
                    "tta": "run"}
 
 
-def parse_key_values(args: list[str], options: dict[str, str | None], usage: str = PREDICT_USAGE,
-                     positional: tuple[str, ...] = ("run",), sections: tuple[str, ...] = ()) -> dict[str, str]:
-    """key=value arguments checked against `options` (key -> default, None when required).
-
-    A bare existing path fills the first of `positional` not given as key=value (`cnntrain-eval <run folder>`;
-    cnntrain-predict: the run, then the inputs). `run <path>`, `run:<path>`, `run = <path>` are answered
-    with run=<path>, for every key of `options` and of `sections` (cnntrain-eval's data.root=...)."""
-    values = dict(options)
-    given = {arg.partition("=")[0] for arg in args if "=" in arg}
-    free = [key for key in positional if key not in given]
-
-    def is_key(word: str) -> bool:
-        return word in options or word.split(".")[0] in sections
-
-    for i, arg in enumerate(args):
-        key, sep, value = arg.partition("=")
-        if sep and key in options:
-            values[key] = value
-            continue
-        after = args[i + 1] if i + 1 < len(args) else ""
-        # An existing path is the run (or the inputs), unless it is a key followed by its value: `run <path>`.
-        takes_value = after and ("=" not in after or after.startswith("="))
-        if not sep and free and Path(arg).exists() and not (is_key(arg) and takes_value):
-            values[free.pop(0)] = arg
-            continue
-        slip = None if sep and key else key_value_slip(args, i, is_key)
-        if slip:
-            raise CnnTrainError(slip)
-        if not sep and ("/" in arg or Path(arg).suffix):
-            raise CnnTrainError(f"Unexpected argument '{arg}': there is no such folder or file. Give the run as "
-                                f"run=<run folder>.\n{usage}")
-        raise CnnTrainError(f"Unexpected argument '{arg}'.{did_you_mean(key, options)}\n{usage}")
-    missing = [key + "=" for key, value in values.items() if value is None]
-    if missing:
-        raise CnnTrainError(f"Missing {', '.join(missing)}\n{usage}")
-    return values
-
-
-@stops_quietly_on_ctrl_c
-def predict_main() -> None:
+@companion_command(Grammar("cnntrain-predict", PREDICT_USAGE, PREDICT_OPTIONS, positional=("run", "inputs")))
+def predict_main(options: dict[str, str], _: list[str]) -> None:
     """`cnntrain-predict run=... inputs=...`: classify new images with a trained run."""
-    keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
-    args = expand_home(sys.argv[1:])
-    if not args or args[0] in ("-h", "--help"):
-        print(PREDICT_USAGE)
-        return
-    try:
-        options = parse_key_values(args, PREDICT_OPTIONS, positional=("run", "inputs"))
-        # torch is imported after the arguments are read: a slip in them is answered at once
-        from cnntrain.checks import resolve_tta, tta_line
-        from cnntrain.predict import (SCREENFUL, check_output, load_predictor, predictions_path,
-                                      predictions_summary, predictions_table, write_predictions)
+    # torch is imported after the arguments are read: a slip in them is answered at once
+    from cnntrain.checks import resolve_tta, tta_line
+    from cnntrain.predict import (SCREENFUL, check_output, load_predictor, predictions_path, predictions_summary,
+                                  predictions_table, write_predictions)
 
-        if not (options["topk"].isascii() and options["topk"].isdigit()) or int(options["topk"]) < 1:
-            raise CnnTrainError(f"topk must be a positive whole number, got '{options['topk']}'.")
-        # predictions_path refuses a run= that is no run folder or .onnx file
-        default_output = predictions_path(Path(options["run"]), Path(options["inputs"]))
-        output = Path(options["output"]) if options["output"] else default_output
-        check_output(output)  # before the work, so that a refusal costs nothing
-        resolve_tta(options["tta"], None)  # a typo is answered before the model is loaded
-        predictor = load_predictor(Path(options["run"]), options["checkpoint"], options["imports"] or None)
-        predictions = predictor.predict(Path(options["inputs"]), topk=int(options["topk"]), tta=options["tta"])
-        replaced = " (replacing the earlier predictions there)" if output.exists() else ""  # output= names it
-        # first: the file is kept whatever happens to the console; a full or read-only file system is a
-        # CnnTrainError offering output=
-        write_predictions(predictions, output)
-    except CnnTrainError as err:
-        print_error(str(err))
-        sys.exit(EXIT_USAGE)
+    if not (options["topk"].isascii() and options["topk"].isdigit()) or int(options["topk"]) < 1:
+        raise CnnTrainError(f"topk must be a positive whole number, got '{options['topk']}'.")
+    # predictions_path refuses a run= that is no run folder or .onnx file
+    default_output = predictions_path(Path(options["run"]), Path(options["inputs"]))
+    output = Path(options["output"]) if options["output"] else default_output
+    check_output(output)  # before the work, so that a refusal costs nothing
+    resolve_tta(options["tta"], None)  # a typo is answered before the model is loaded
+    predictor = load_predictor(Path(options["run"]), options["checkpoint"], options["imports"] or None)
+    predictions = predictor.predict(Path(options["inputs"]), topk=int(options["topk"]), tta=options["tta"])
+    replaced = " (replacing the earlier predictions there)" if output.exists() else ""  # output= names it
+    # first: the file is kept whatever happens to the console; a full or read-only file system is a
+    # CnnTrainError offering output=
+    write_predictions(predictions, output)
     console = Console(highlight=False)
     augmentation = tta_line(resolve_tta(options["tta"], predictor.run_tta), predictor.run_tta)
     if augmentation:
@@ -219,25 +140,15 @@ pip install 'cnntrain[onnx]'; cnntrain-predict run=<file.onnx> predicts with it.
 EXPORT_OPTIONS = {"run": None, "format": None, "checkpoint": "best", "output": "", "imports": ""}
 
 
-@stops_quietly_on_ctrl_c
-def export_main() -> None:
+@companion_command(Grammar("cnntrain-export", EXPORT_USAGE, EXPORT_OPTIONS))
+def export_main(options: dict[str, str], _: list[str]) -> None:
     """`cnntrain-export run=... format=...`: a trained run's model as an ONNX, TorchScript or torch.export file."""
-    keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
-    args = expand_home(sys.argv[1:])
-    if not args or args[0] in ("-h", "--help"):
-        print(EXPORT_USAGE)
-        return
-    console = Console(highlight=False)
-    try:
-        options = parse_key_values(args, EXPORT_OPTIONS, EXPORT_USAGE)
-        from cnntrain.export import export_run  # torch: after the arguments are read
+    from cnntrain.export import export_run  # torch: after the arguments are read
 
-        result = export_run(options["run"], options["format"], checkpoint=options["checkpoint"],
-                            output=options["output"] or None, imports=options["imports"] or None,
-                            say=lambda line: console.print(line, markup=False, soft_wrap=True))
-    except CnnTrainError as err:
-        print_error(str(err))
-        sys.exit(EXIT_USAGE)
+    console = Console(highlight=False)
+    result = export_run(options["run"], options["format"], checkpoint=options["checkpoint"],
+                        output=options["output"] or None, imports=options["imports"] or None,
+                        say=lambda line: console.print(line, markup=False, soft_wrap=True))
     console.print(result.verification.summary(), markup=False, soft_wrap=True)
     size = f"{result.path.stat().st_size / 2**20:.1f} MiB" + (", replacing the earlier one" if result.replaced else "")
     console.print(f"written to {display_path(result.path)} ({size}) and {display_path(result.info_path)} in "
@@ -258,27 +169,14 @@ EVAL_OPTIONS = {"run": None, "split": "test", "checkpoint": "best", "imports": "
 EVAL_OVERRIDES = ("data", "device")  # key=value arguments of these sections go to the run's config
 
 
-@stops_quietly_on_ctrl_c
-def eval_main() -> None:
+@companion_command(Grammar("cnntrain-eval", EVAL_USAGE, EVAL_OPTIONS, sections=EVAL_OVERRIDES))
+def eval_main(options: dict[str, str], overrides: list[str]) -> None:
     """`cnntrain-eval run=... [split=...] [data overrides]`: evaluate a trained run on labelled data."""
-    keep_console_optional()  # `| head` may close the pipe before the report ends: no traceback, no exit 1
-    args = expand_home(sys.argv[1:])
-    if not args or args[0] in ("-h", "--help"):
-        print(EVAL_USAGE)
-        return
-    # data=, device= and dotted keys (data.root=...) go to the run's config; evaluation.py says which may change.
-    keys = [arg.lstrip("+").partition("=")[0] if "=" in arg else "" for arg in args]
-    overrides = [arg for arg, key in zip(args, keys) if key in EVAL_OVERRIDES or "." in key]
-    try:
-        options = parse_key_values([arg for arg in args if arg not in overrides], EVAL_OPTIONS, EVAL_USAGE,
-                                   sections=EVAL_OVERRIDES)
-        from cnntrain.evaluation import evaluate_run, print_report  # torch: after the arguments are read
+    from cnntrain.evaluation import evaluate_run, print_report  # torch: after the arguments are read
 
-        result = evaluate_run(Path(options["run"]), split=options["split"], checkpoint=options["checkpoint"],
-                              overrides=overrides, imports=options["imports"] or None, tta=options["tta"])
-    except CnnTrainError as err:
-        print_error(str(err))
-        sys.exit(EXIT_USAGE)
+    # data=, device= and dotted keys (data.root=...) go to the run's config; evaluation.py says which may change.
+    result = evaluate_run(Path(options["run"]), split=options["split"], checkpoint=options["checkpoint"],
+                          overrides=overrides, imports=options["imports"] or None, tta=options["tta"])
     print_report(result, Console(highlight=False))
 
 

@@ -85,12 +85,12 @@ def _unknown_option_message(option: str, args: list[str]) -> str:
     if not sep:  # --epochs 3: argparse left 3 among the overrides
         following = args[args.index(option) + 1:] if option in args else []
         value = following[0] if following and "=" not in following[0] and not following[0].startswith("-") else "..."
-    known = _meant_key(key)
+    known = meant_key(key)
     return (f"Unknown option '{option}': cnntrain's settings are key=value overrides without dashes: write "
             f"{known}={value}. Its options are Hydra's (-m, --cfg job, --info, -sc ...): see cnntrain --help.")
 
 
-def _meant_key(key: str) -> str:
+def meant_key(key: str) -> str:
     """The config key `key` most likely stands for (`epochs` -> `trainer.epochs`), or `key` itself."""
     key = key.replace("-", "_")
     problem = check_override_keys([f"{key}=0"]) or ""
@@ -205,26 +205,3 @@ def always_sweeps(overrides: list[str]) -> bool:
         if (key == "hparams_search" and value not in ("", "null")) or (key == "hydra.mode" and value == "MULTIRUN"):
             return True
     return False
-
-
-def key_value_slip(args: list[str], i: int, is_key) -> str | None:
-    """What to write instead of `args[i]`, an argument without '=', when it is half of a key=value
-    (`run <path>`, `run:<path>`, `run = <path>`, `run= <path>`); `is_key(word)`: the command takes that key.
-    For the companion commands (cnntrain-eval, -export, -predict), whose arguments are key=value too."""
-    arg = args[i]
-    before = args[i - 1] if i else ""
-    after = args[i + 1] if i + 1 < len(args) else ""
-    key, colon, value = arg.partition(":")
-    if colon and value and is_key(key):
-        return f"Settings are written key=value, not key:value: write {key}={value}."
-    if arg.startswith("=") and is_key(before):  # `run =<path>`, `run = <path>`: said at the key already
-        return f"No spaces around '=': write {before}{arg}{after if arg == '=' else ''}."
-    if is_key(arg) and after.startswith("="):
-        fixed = arg + after + (args[i + 2] if after == "=" and i + 2 < len(args) else "")
-        return f"No spaces around '=': write {fixed}."
-    if before.endswith("=") and is_key(before[:-1]):
-        return f"No spaces around '=': write {before}{arg}."
-    if is_key(arg):
-        fixed = f"{arg}={after}" if after and "=" not in after else f"{arg}=<value>"
-        return f"'{arg}' needs its value after '=' without spaces: write {fixed}."
-    return None

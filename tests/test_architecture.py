@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnntrain"
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS = [
     {"cnntrain", "cnntrain.errors", "cnntrain.registry", "cnntrain.process"},
-    {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line"},
+    {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line", "cnntrain.companion_line"},
     {"cnntrain.trainer", "cnntrain.data", "cnntrain.models", "cnntrain.optim", "cnntrain.speed_switches",
      "cnntrain.inspector", "cnntrain.run_folder", "cnntrain.plots", "cnntrain.checkpoint", "cnntrain.pretrained",
      "cnntrain.distributed", "cnntrain.ema"},

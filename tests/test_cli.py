@@ -333,17 +333,100 @@ def test_companion_command_slips_get_the_key_value_to_write(tmp_path, command, a
     assert "Did you mean" not in result.stderr
 
 
-def test_ctrl_c_in_a_companion_command_is_one_line_and_exit_130(capsys):
+def test_ctrl_c_in_a_companion_command_is_one_line_and_exit_130(capsys, monkeypatch):
     """Ctrl-C while a companion command imports torch or builds a model was a KeyboardInterrupt traceback.
     (In-process: where a real SIGINT lands in a subprocess, inside torch's imports, is a race.)"""
     from cnntrain import cli
+    from cnntrain.companion_line import Grammar, companion_command
 
-    def interrupted():
+    @companion_command(Grammar("cnntrain-x", "usage: cnntrain-x", {"run": "r"}))
+    def interrupted(options, overrides):
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(sys, "argv", ["cnntrain-x"])
     with pytest.raises(SystemExit) as stopped:
-        cli.stops_quietly_on_ctrl_c(interrupted)()
+        interrupted()
     assert stopped.value.code == 130 and capsys.readouterr().err == "Interrupted.\n"
-    wrapper = cli.stops_quietly_on_ctrl_c(interrupted).__code__
     for command in (cli.info_main, cli.eval_main, cli.export_main, cli.predict_main):
-        assert command.__code__ is wrapper, command.__name__  # each runs inside the decorator
+        assert command.__code__ is interrupted.__code__, command.__name__  # each runs inside the decorator
+
+
+COMPANIONS = ("cnntrain-info", "cnntrain-eval", "cnntrain-export", "cnntrain-predict")
+
+
+def run_companion(monkeypatch, capsys, command, *args) -> tuple[int, str, str]:
+    """A companion command's main as its console script runs it, in this process: (exit status, stdout, stderr)."""
+    from cnntrain import cli
+
+    main = {"cnntrain-info": cli.info_main, "cnntrain-eval": cli.eval_main, "cnntrain-export": cli.export_main,
+            "cnntrain-predict": cli.predict_main}[command]
+    monkeypatch.setattr(sys, "argv", [command, *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMPANIONS)
+def test_companion_commands_answer_help_and_version_anywhere(monkeypatch, capsys, command):
+    from cnntrain import __version__
+
+    for args in (["--help"], ["-h"], ["run=x", "--help"]):
+        code, out, err = run_companion(monkeypatch, capsys, command, *args)
+        assert (code, err) == (0, "") and out.startswith(f"usage: {command} "), args
+    for args in (["--version"], ["run=x", "-V"]):
+        assert run_companion(monkeypatch, capsys, command, *args) == (0, f"{command} (cnntrain) {__version__}\n", "")
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("cnntrain-info", ["--epochs", "3"], "Unknown option '--epochs': cnntrain-info's settings are key=value without "
+                                         "dashes: write trainer.epochs=3. Its only options are --help and --version."),
+    ("cnntrain-info", ["model=lenet", "--bogus"], "Unknown option '--bogus': cnntrain-info's settings are key=value "
+                                                  "without dashes (see cnntrain-info --help)."),
+    ("cnntrain-eval", ["run=x", "--split=val"], "Unknown option '--split=val': cnntrain-eval's settings are key=value "
+                                                "without dashes: write split=val."),
+    ("cnntrain-eval", ["run=x", "--data.root", "/d"], "write data.root=/d."),
+    ("cnntrain-export", ["run=x", "--fromat", "onnx"], "Unknown option '--fromat': cnntrain-export's settings are "
+                                                       "key=value without dashes: write format=onnx."),
+    ("cnntrain-predict", ["run=x", "inputs=y", "--topk"], "write topk=<value>."),
+    ("cnntrain-predict", ["run=x", "inputs", "=y"], "No spaces around '=': write inputs=y."),
+    ("cnntrain-export", ["run:x"], "Settings are written key=value, not key:value: write run=x."),
+    ("cnntrain-eval", ["run=x", "data=a,b"], "data=a,b gives several values (a sweep), and this command takes one"),
+])
+def test_companion_command_options_with_dashes_and_slips_get_the_key_value(monkeypatch, capsys, command, args,
+                                                                           message):
+    code, out, err = run_companion(monkeypatch, capsys, command, *args)
+    assert (code, out) == (2, "") and err.startswith("error: ")
+    assert message in err.replace("\n", " ") and "usage:" not in err
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("cnntrain-eval", ["run=x", "splt=val"], "Unexpected argument 'splt=val'. Did you mean 'split'?"),
+    ("cnntrain-export", ["run=x", "fromat=onnx"], "Unexpected argument 'fromat=onnx'. Did you mean 'format'?"),
+    ("cnntrain-predict", ["run=x", "inputs=y", "topkk=3"], "Unexpected argument 'topkk=3'. Did you mean 'topk'?"),
+    ("cnntrain-eval", ["split=val"], "Missing run="),
+    ("cnntrain-export", ["run=x"], "Missing format="),
+    ("cnntrain-predict", ["topk=3"], "Missing run=, inputs="),
+])
+def test_companion_command_misspelt_and_missing_keys_are_named_with_the_usage(monkeypatch, capsys, command, args,
+                                                                              message):
+    code, out, err = run_companion(monkeypatch, capsys, command, *args)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: {message}\nusage: {command} "), err
+
+
+def test_companion_commands_read_quoted_values_and_home_as_hydra_does(monkeypatch):
+    from cnntrain.cli import PREDICT_OPTIONS
+    from cnntrain.companion_line import Grammar, read_arguments
+
+    monkeypatch.setenv("HOME", "/home/me")
+    grammar = Grammar("cnntrain-predict", "usage", PREDICT_OPTIONS, positional=("run", "inputs"))
+    options, _ = read_arguments(grammar, ["run=~/runs/a", "inputs='my images/'", 'imports="[my_models]"'])
+    assert (options["run"], options["inputs"], options["imports"]) == ("~/runs/a", "my images/", "[my_models]")
+    from cnntrain.config import expand_home
+
+    options, _ = read_arguments(grammar, expand_home(["run=~/runs/a", "inputs=x"]))
+    assert options["run"] == "/home/me/runs/a"
