@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import cnntrain
 from cnntrain import Callback, CnnTrainError, load_run, train
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.resuming import resume_config
+from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = ("experiment=smoke", "trainer.progress=none", "data.train_size=160", "data.test_size=40")
@@ -156,8 +156,7 @@ def test_resume_does_not_recreate_callbacks_from_the_run_folder(tmp_path, monkey
 
 
 def test_version_is_cnntrains():
-    result = subprocess.run([sys.executable, "-m", "cnntrain", "--version"], capture_output=True, text=True,
-                            timeout=60)
+    result = run_cli("python -m cnntrain", "--version", timeout=60)
     assert result.returncode == 0 and result.stdout.splitlines()[0] == f"cnntrain {cnntrain.__version__}"
 
 

@@ -1,7 +1,6 @@
 """The command line, run as a user runs it: in a subprocess, in an empty folder."""
 
 import csv
-import os
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from tests.helpers import run_cli
 
 SMOKE = ["experiment=smoke", "trainer.epochs=1"]
 # Smaller still, for sweeps of several jobs: most of a job's time is then start-up.
@@ -17,8 +17,7 @@ TINY_DATA = ["data.train_size=160", "data.test_size=32"]
 
 
 def cnntrain(*args, cwd, script=False):
-    command = [str(Path(sys.executable).with_name("cnntrain"))] if script else [sys.executable, "-m", "cnntrain"]
-    return subprocess.run(command + list(args), cwd=cwd, capture_output=True, text=True, timeout=300)
+    return run_cli("cnntrain" if script else "python -m cnntrain", *args, cwd=cwd)
 
 
 def run_folders(cwd):
@@ -292,9 +291,8 @@ def test_tab_completion_installs_and_answers_queries(tmp_path):
     assert uninstall.returncode == 0 and "unset hydra_bash_completion" in uninstall.stdout
 
     def query(line):  # what the installed bash function runs for each Tab
-        command = [str(Path(sys.executable).with_name("cnntrain")), "-sc", "query=bash"]
-        env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
-        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        env = {"COMP_LINE": line, "COMP_POINT": str(len(line))}
+        result = run_cli("cnntrain", "-sc", "query=bash", cwd=tmp_path, timeout=120, env=env)
         assert result.returncode == 0, result.stderr
         return result.stdout.split()
 
@@ -326,8 +324,7 @@ def test_help_names_the_other_commands_and_completion(tmp_path):
     ("cnntrain-info", ["model=alexnet,vgg"], "model=alexnet,vgg gives several values (a sweep), and this command takes one"),
 ])
 def test_companion_command_slips_get_the_key_value_to_write(tmp_path, command, args, message):
-    result = subprocess.run([str(Path(sys.executable).with_name(command)), *args], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    result = run_cli(command, *args, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: ")
     assert message in result.stderr.replace("\n", " ") and "Traceback" not in result.stderr
     assert "Did you mean" not in result.stderr

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from cnntrain.checkpoint import load_checkpoint
 from cnntrain.distributed import group_for
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import StopOnSignals
+from tests.helpers import run_cli
 
 HOOKS = '''
 import os, signal
@@ -71,10 +71,8 @@ def workdir(tmp_path_factory):
 
 def cnntrain(*args, cwd, processes=0, env=None):
     """cnntrain in one process, or under torchrun with `processes` processes."""
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-                if processes else [sys.executable])
-    return subprocess.run([*launcher, "-m", "cnntrain", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    launcher = ("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}") if processes else ()
+    return run_cli("python -m cnntrain", *args, cwd=cwd, env=env, python=launcher)
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -6,8 +6,6 @@ The command-line cases run the real CLI in a subprocess; the value checks run
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +16,13 @@ from cnntrain.checks import check_config
 from cnntrain.errors import CnnTrainError
 from cnntrain.run_folder import RunFolder
 from tests.conftest import compose_config
+from tests.helpers import run_cli
 
 SMOKE = ["experiment=smoke", "trainer.epochs=1"]
 
 
 def cnntrain(*args, cwd):
-    return subprocess.run([str(Path(sys.executable).with_name("cnntrain")), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return run_cli("cnntrain", *args, cwd=cwd)
 
 
 # ------------------------------------------------------------------ unknown keys, before Hydra

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ from cnntrain.evaluation import confusion_matrix, evaluate_run, per_class_metric
 from cnntrain.plots import read_metrics_csv
 from cnntrain.trainer import EpochMetrics
 from tests.test_folder import COLOURS, make_class_folder, write_image
+from tests.helpers import run_cli
 
 SMOKE = ("experiment=smoke", "trainer.epochs=1", "trainer.progress=none", "data.train_size=160", "data.test_size=64")
 
@@ -260,9 +260,7 @@ def test_errors_are_messages_with_exit_status_2(smoke_run, pets, tmp_path, monke
 
 
 def test_the_installed_command_prints_the_figures_and_the_files(smoke_run):
-    script = Path(sys.executable).with_name("cnntrain-eval")
-    result = subprocess.run([str(script), f"run={smoke_run}", "split=val", "checkpoint=last"], capture_output=True,
-                            text=True, timeout=120)
+    result = run_cli("cnntrain-eval", f"run={smoke_run}", "split=val", "checkpoint=last", timeout=120)
     assert result.returncode == 0, result.stderr
     figures = json.loads((smoke_run / "eval" / "val_last" / "eval.json").read_text())
     val = summary_of(smoke_run)["final_epoch"]  # one epoch: last.pt holds it, and its val figures
@@ -277,10 +275,8 @@ def test_the_installed_command_prints_the_figures_and_the_files(smoke_run):
 
 @pytest.mark.slow
 def test_a_bare_run_folder_is_the_run_and_slips_get_the_key_value_to_write(smoke_run):
-    script = Path(sys.executable).with_name("cnntrain-eval")
-
     def eval_command(*args):
-        return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, cwd=smoke_run.parent)
+        return run_cli("cnntrain-eval", *args, timeout=120, cwd=smoke_run.parent)
 
     result = eval_command("run", "split=val", "checkpoint=last")  # `run` is the run folder's name here: a folder
     assert result.returncode == 0, result.stderr

@@ -1,9 +1,6 @@
 """The book's recipes as experiment presets, the input-size check in a run, and cnntrain-info."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ from cnntrain.build import inspect_model
 from cnntrain.run import train
 from cnntrain.speed_switches import cpu_has_native_bf16
 from tests.conftest import compose_config, write_fake_mnist
+from tests.helpers import run_cli
 
 # (preset, model, lr, batch, input size) as in TUTORIALS.md's recipe table.
 BOOK_RECIPES = [
@@ -108,9 +106,8 @@ def test_inspect_model_from_python():
 
 
 def test_info_command_prints_the_layer_table(tmp_path):
-    script = str(Path(sys.executable).with_name("cnntrain-info"))
-    result = subprocess.run([script, "model=lenet", "data=synthetic"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env={"COLUMNS": "120", "PATH": ""})
+    result = run_cli("cnntrain-info", "model=lenet", "data=synthetic", cwd=tmp_path, timeout=120,
+                     env={"COLUMNS": "120", "PATH": ""}, inherit_env=False)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     first_conv = next(line for line in lines if " 0 " in line and "Conv2d" in line)
@@ -120,9 +117,7 @@ def test_info_command_prints_the_layer_table(tmp_path):
 
 
 def info_lines(tmp_path, columns, *overrides):
-    script = str(Path(sys.executable).with_name("cnntrain-info"))
-    result = subprocess.run([script, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "COLUMNS": str(columns)})
+    result = run_cli("cnntrain-info", *overrides, cwd=tmp_path, timeout=600, env={"COLUMNS": str(columns)})
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     return result.stdout.splitlines()
 
@@ -164,7 +159,5 @@ def test_info_on_vit_b_16_keeps_numbers_whole_and_shortens_names(tmp_path, colum
 
 
 def test_info_command_reports_a_bad_size(tmp_path):
-    script = str(Path(sys.executable).with_name("cnntrain-info"))
-    result = subprocess.run([script, "model=nin", "data=synthetic", "data.resize=20"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = run_cli("cnntrain-info", "model=nin", "data=synthetic", "data.resize=20", cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "too small" in result.stderr and "Traceback" not in result.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ from cnntrain.export import (check_format, EXPORT_BATCH, FORMATS, TOLERANCE, TOR
 from cnntrain.models import MODELS, build_model, builder_settings, model_config
 from cnntrain.predict import load_exported, load_run, predict
 from cnntrain.run_folder import export_info_path
+from tests.helpers import run_cli as run_script
 
 SMOKE = ("experiment=smoke", "trainer.progress=none", "trainer.epochs=1", "data.train_size=160",
          "data.test_size=40", "data.channels=3", "data.num_classes=4", "data.normalize=true")
@@ -57,10 +57,6 @@ def images(run_dir) -> Path:
         Image.fromarray(image.numpy()).save(folder / f"{i}.png")
     Image.fromarray(torch.full((40, 30), 200, dtype=torch.uint8).numpy()).save(folder / "grey_other_size.png")
     return folder
-
-
-def run_script(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 # ---------------------------------------------------------------- round trips

@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cnntrain.data import load_image_data, prepare
+from cnntrain.data import prepare
 from cnntrain.data.augment import build_augmentations
 from cnntrain.data.folder import image_folder
 from cnntrain.errors import DatasetError
 from cnntrain.run import train
 from tests.conftest import compose_config
+from tests.helpers import run_cli
 
 COLOURS = {"cats": (220, 40, 40), "dogs": (40, 40, 220)}
 
@@ -163,24 +164,18 @@ def test_predict_names_the_classes(trained_pets_run):
 
 def test_predict_command_prints_and_writes_csv(trained_pets_run, tmp_path):
     import csv
-    import subprocess
-    import sys
-    from pathlib import Path
 
     run_dir, new_images, _ = trained_pets_run
-    script = str(Path(sys.executable).with_name("cnntrain-predict"))
-    result = subprocess.run([script, f"run={run_dir}", f"inputs={new_images / 'a_red.png'}", "topk=1",
-                             f"output={tmp_path / 'out.csv'}"], capture_output=True, text=True, timeout=120)
+    result = run_cli("cnntrain-predict", f"run={run_dir}", f"inputs={new_images / 'a_red.png'}", "topk=1",
+                     f"output={tmp_path / 'out.csv'}", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "cats" in result.stdout
     with open(tmp_path / "out.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["predicted"] == "cats" and rows[0]["top_k"].startswith("cats:")
-    bad = subprocess.run([script, f"run={run_dir}", "inputs=/no/such/file", "topk=1"], capture_output=True,
-                         text=True, timeout=120)
+    bad = run_cli("cnntrain-predict", f"run={run_dir}", "inputs=/no/such/file", "topk=1", timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
-    zero = subprocess.run([script, f"run={run_dir}", f"inputs={new_images}", "topk=0"], capture_output=True,
-                          text=True, timeout=120)
+    zero = run_cli("cnntrain-predict", f"run={run_dir}", f"inputs={new_images}", "topk=0", timeout=120)
     assert zero.returncode == 2 and "topk must be a positive whole number, got '0'" in zero.stderr
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,9 @@ import pytest
 from cnntrain.checks import check_config
 from cnntrain.errors import CnnTrainError, ConfigError
 from tests.conftest import compose_config
+from tests.helpers import run_cli as run_command
 
 SMOKE = ["experiment=smoke", "trainer.epochs=1"]
-
-
-def script(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
-def run_command(*command, cwd, timeout=300):
-    return subprocess.run([script(command[0]), *command[1:]], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 # ---------------------------------------------------------------- settings that mean nothing

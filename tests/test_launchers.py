@@ -8,9 +8,7 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,6 +17,7 @@ from rich.console import Console
 from cnntrain.sweep import FAIL_FAST_WITH_SUBMITIT, main as report_main, missing_plugin, report_sweep
 from cnntrain.config import config_dir
 from tests.conftest import make_job
+from tests.helpers import run_cli
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install 'cnntrain[submitit]'")
 
@@ -26,9 +25,7 @@ SMOKE = ["experiment=smoke", "data.train_size=160", "data.test_size=32", "traine
 
 
 def cnntrain(*args, cwd, env=None):
-    command = [str(Path(sys.executable).with_name("cnntrain")), "-m", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, **(env or {})})
+    return run_cli("cnntrain", "-m", *args, cwd=cwd, env=env, timeout=180)
 
 
 def launcher_settings(overrides):

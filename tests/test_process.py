@@ -16,14 +16,10 @@ from cnntrain.interruptions import StopOnSignals
 from cnntrain.process import ConsoleStream, console_may_go_away, hold_interrupt, interrupts_held
 from cnntrain.run_folder import write_atomically
 from tests.conftest import REPO
+from tests.signals import ctrl_c_as_at_a_terminal  # noqa: F401  (a fixture: used by name)
 
-@pytest.fixture(autouse=True)
-def ctrl_c_as_at_a_terminal():
-    """SIGINT as a user at a terminal has it: a test run started in the background (CI may be) inherits
-    SIGINT ignored, which StopOnSignals rightly leaves ignored."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
+# SIGINT as a user at a terminal has it (tests/signals.py): this file's tests send it in-process.
+pytestmark = pytest.mark.usefixtures("ctrl_c_as_at_a_terminal")
 
 
 # Prints far more than a pipe holds, on both streams (print, rich, a write of its own), then says it got to the end.

@@ -7,9 +7,6 @@ Compose only: no data, no torch, no training.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,6 +15,7 @@ from omegaconf import OmegaConf
 from cnntrain.config import config_dir
 from cnntrain.recipes import RECIPE_KEYS, recipe_path, recipe_summary
 from tests.conftest import compose_config
+from tests.helpers import run_cli
 
 MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 FAMILIES = sorted(p.stem for p in (config_dir() / "optimizer").glob("*.yaml"))
@@ -193,22 +191,19 @@ def test_users_config_dir_model_brings_its_recipe(tmp_path):
     cfg = compose_config([f"hydra.searchpath=[file://{tmp_path}]", "model=tiny", "optimizer=adam"])
     assert cfg.optimizer.lr == 0.001  # the recipe has no adam entry: adam.yaml's fallback
     # The command line as the README shows it (--config-dir); --cfg job composes only.
-    script = str(Path(sys.executable).with_name("cnntrain"))
-    result = subprocess.run([script, "--config-dir", str(tmp_path), "--cfg", "job", "--resolve", "model=tiny"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = run_cli("cnntrain", "--config-dir", tmp_path, "--cfg", "job", "--resolve", "model=tiny", cwd=tmp_path,
+                     timeout=120)
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert (printed["optimizer"]["lr"], printed["optimizer"]["momentum"], printed["data"]["batch_size"]) == (0.05, 0.9, 64)
 
 
 def test_cfg_job_shows_the_interpolation_and_resolve_the_value(tmp_path):
-    script = str(Path(sys.executable).with_name("cnntrain"))
-    plain = subprocess.run([script, "--cfg", "job", "model=alexnet"], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=120)
+    plain = run_cli("cnntrain", "--cfg", "job", "model=alexnet", cwd=tmp_path, timeout=120)
     assert plain.returncode == 0, plain.stderr
     assert "lr: ${oc.select:model.recipe.sgd.lr,0.1}" in plain.stdout
-    resolved = subprocess.run([script, "--cfg", "job", "--resolve", "model=alexnet", "optimizer=adam"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+    resolved = run_cli("cnntrain", "--cfg", "job", "--resolve", "model=alexnet", "optimizer=adam", cwd=tmp_path,
+                       timeout=120)
     assert resolved.returncode == 0, resolved.stderr
     printed = yaml.safe_load(resolved.stdout)
     assert (printed["optimizer"]["lr"], printed["data"]["batch_size"]) == (0.001, 128)

@@ -5,7 +5,6 @@ changed models and non-finite losses get clear answers."""
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from cnntrain.errors import ConfigError, TrainingError
 from cnntrain.resuming import resume, resume_config
 from cnntrain.run import train
 from tests.conftest import assert_same_weights, compose_config
+from tests.helpers import run_cli
+from tests.signals import as_under_nohup, send_signals, source_of
 
 # A model and a checkpoint writer that signal their own process at a chosen moment, so
 # that a kill lands at a known step. Loaded by the runs through `imports`, as a user's
@@ -45,25 +46,7 @@ class SignalAtStep(nn.Module):
         return self.inner(x)
 
 
-def send_signals(signum, times, busy):
-    """`times` signals; with `busy` seconds, sent while this thread sleeps (as in a long torch call:
-    Python runs its handlers only between the main thread's bytecodes) to a thread of their own,
-    so that the sleep goes on; the time they were sent is written to TEST_SENT_AT."""
-    if not busy:
-        for _ in range(times):
-            os.kill(os.getpid(), signum)
-        return
-
-    def send():
-        time.sleep(0.2)  # the main thread is asleep by now
-        with open(os.environ["TEST_SENT_AT"], "w") as f:
-            f.write(repr(time.time()))
-        for _ in range(times):
-            signal.pthread_kill(threading.get_ident(), signum)
-
-    threading.Thread(target=send).start()
-    time.sleep(busy)
-
+''' + source_of(send_signals) + '''
 
 # A shell that starts a job in the background (as CI may) makes it ignore SIGINT, and
 # Python then never raises KeyboardInterrupt; a user at a terminal has the default.
@@ -114,8 +97,7 @@ def workdir(tmp_path_factory):
 
 
 def cnntrain(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "cnntrain", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    return run_cli("python -m cnntrain", *args, cwd=cwd, env=env)
 
 
 def metrics_without_timing(run_dir):
@@ -218,7 +200,7 @@ def start_into_a_pipe(args, cwd, env, nohup=False, stderr=subprocess.STDOUT):
     Ctrl-C or a closed terminal does. `nohup`: SIGHUP ignored, as `nohup cnntrain ...` starts it."""
     run = subprocess.Popen([sys.executable, "-m", "cnntrain", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=stderr,
                            env={**os.environ, **env},
-                           preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None)
+                           preexec_fn=as_under_nohup if nohup else None)
     reader = subprocess.Popen(["head", "-c", "100"], stdin=run.stdout, stdout=subprocess.DEVNULL)
     run.stdout.close()  # the reader's end is the pipe's only one
     assert reader.wait(timeout=60) == 0

@@ -22,6 +22,7 @@ from PIL import Image
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.errors import ConfigError
 from cnntrain.predict import load_run
+from tests.helpers import run_cli
 
 USER_MODELS = '''
 from torch import nn
@@ -38,12 +39,11 @@ Path(__file__).resolve().parent.parent.joinpath("PWNED").write_text("code from a
 '''
 
 
-def script(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
 def run(*command, cwd):
-    return subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, timeout=300)
+    """A console script (its name) or sys.executable with its arguments."""
+    if command[0] == sys.executable:
+        return subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, timeout=300)
+    return run_cli(*command, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def workdir(tmp_path_factory) -> Path:
     """A finished run of the user's own model (user_models.py, named in imports) and an image."""
     folder = tmp_path_factory.mktemp("safety")
     (folder / "user_models.py").write_text(USER_MODELS)
-    trained = run(script("cnntrain"), "experiment=smoke", "trainer.epochs=2", "imports=[user_models]",
+    trained = run("cnntrain", "experiment=smoke", "trainer.epochs=2", "imports=[user_models]",
                   "model.name=user_tiny", "model.init=default", "hydra.run.dir=run", cwd=folder)
     assert trained.returncode == 0, trained.stderr
     Image.fromarray(np.full((28, 28), 128, dtype=np.uint8)).save(folder / "image.png")
@@ -74,7 +74,7 @@ def shared_run(workdir) -> Path:
 
 
 def test_predict_on_a_run_of_your_own_model_needs_its_imports_named(workdir):
-    predict = script("cnntrain-predict")
+    predict = "cnntrain-predict"
     refused = run(predict, "run=run", "inputs=image.png", cwd=workdir)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "run was trained with imports=[user_models]. Modules named in a run folder are never imported" \
@@ -92,7 +92,7 @@ def test_predict_on_a_run_of_your_own_model_needs_its_imports_named(workdir):
 
 
 def test_resume_of_a_finished_run_of_your_own_model_with_its_imports(workdir):
-    result = run(script("cnntrain"), "resume=run", "imports=[user_models]", cwd=workdir)
+    result = run("cnntrain", "resume=run", "imports=[user_models]", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert "is already finished: it trained all 2 epochs" in result.stdout
     assert "resume=run imports=[user_models] trainer.epochs=12" in result.stdout
@@ -105,7 +105,7 @@ def test_resume_of_a_finished_run_of_your_own_model_with_its_imports(workdir):
     ["cnntrain-predict", "run=shared_run", "inputs=image.png", "checkpoint=last"],
 ])
 def test_a_module_named_only_in_a_shared_run_folder_never_runs(workdir, shared_run, command):
-    result = run(script(command[0]), *command[1:], cwd=workdir)
+    result = run(*command, cwd=workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "shared_run was trained with imports=[shared_run.evil]" in result.stderr
     assert "If you trust these modules, add imports=[shared_run.evil] to the command" in result.stderr
@@ -126,7 +126,7 @@ SMOKE = ["experiment=smoke", "trainer.epochs=1"]
 
 def test_a_new_run_in_a_folder_holding_a_run_is_refused_before_anything_is_written(workdir):
     before = {p: p.stat().st_mtime_ns for p in (workdir / "run").rglob("*") if p.is_file()}
-    result = run(script("cnntrain"), *SMOKE, "hydra.run.dir=run", cwd=workdir)
+    result = run("cnntrain", *SMOKE, "hydra.run.dir=run", cwd=workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "run already holds a run (summary.json, metrics.csv, last.pt, best.pt, train.log); a new run there " \
            "would overwrite it. Continue that run with: cnntrain resume=run" in result.stderr
@@ -147,7 +147,7 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_releases_the_lo
     holder.path.mkdir()
     holder.lock()
     try:
-        result = run(script("cnntrain"), *SMOKE, f"hydra.run.dir={holder.path}", cwd=tmp_path)
+        result = run("cnntrain", *SMOKE, f"hydra.run.dir={holder.path}", cwd=tmp_path)
         assert result.returncode == 2
         assert f"{holder.path} is in use by another cnntrain process (pid {__import__('os').getpid()})" \
                in result.stderr
@@ -158,7 +158,7 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_releases_the_lo
     crashed = run(sys.executable, "-c", "import os; from cnntrain.run_folder import RunFolder; "
                   f"RunFolder({str(holder.path)!r}).lock(); os._exit(1)", cwd=tmp_path)
     assert crashed.returncode == 1
-    result = run(script("cnntrain"), *SMOKE, f"hydra.run.dir={holder.path}", cwd=tmp_path)
+    result = run("cnntrain", *SMOKE, f"hydra.run.dir={holder.path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
 
 
@@ -178,7 +178,7 @@ def test_run_files_get_the_normal_mode_and_no_temporary_file_is_left(workdir):
 def test_predict_output_never_overwrites_what_is_not_its_own_csv(workdir, output):
     target = workdir / output
     before = target.read_bytes() if target.is_file() else None
-    result = run(script("cnntrain-predict"), "run=run", "inputs=image.png", "imports=[user_models]",
+    result = run("cnntrain-predict", "run=run", "inputs=image.png", "imports=[user_models]",
                  f"output={output}", cwd=workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"output={output}" in result.stderr or f"output={target}" in result.stderr
@@ -188,7 +188,7 @@ def test_predict_output_never_overwrites_what_is_not_its_own_csv(workdir, output
 
 def test_predict_output_rewrites_its_own_csv(workdir):
     for _ in range(2):
-        result = run(script("cnntrain-predict"), "run=run", "inputs=image.png", "imports=[user_models]",
+        result = run("cnntrain-predict", "run=run", "inputs=image.png", "imports=[user_models]",
                      "output=mine.csv", cwd=workdir)
         assert result.returncode == 0, result.stderr
     assert (workdir / "mine.csv").read_text().splitlines()[0] == "file,predicted,probability,top_k"
@@ -246,7 +246,7 @@ def test_a_module_lying_in_the_current_folder_is_not_imported_by_a_library(workd
     (folder / "olefile.py").write_text(EVIL.replace('"PWNED"', '"PWNED_OLEFILE"'))
     (folder / "images").mkdir()
     shutil.copy(workdir / "image.png", folder / "images" / "a.png")
-    result = run(script("cnntrain-predict"), "run=.", "inputs=images", "imports=[user_models]", cwd=folder)
+    result = run("cnntrain-predict", "run=.", "inputs=images", "imports=[user_models]", cwd=folder)
     assert not (workdir / "PWNED_OLEFILE").exists()
     assert result.returncode == 2 and "imports=[user_models] does not match" not in result.stderr  # user_models
     # lives in workdir, not in the run folder: it is not found from here, and says so
