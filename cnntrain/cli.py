@@ -174,7 +174,7 @@ def predict_main() -> None:
     try:
         options = parse_key_values(args, PREDICT_OPTIONS, positional=("run", "inputs"))
         # torch is imported after the arguments are read: a slip in them is answered at once
-        from cnntrain.checks import resolve_tta, tta_line
+        from cnntrain.evaluator import resolve_tta, tta_line
         from cnntrain.predict import (SCREENFUL, check_output, load_predictor, predictions_path,
                                       predictions_summary, predictions_table, write_predictions)
 
