@@ -179,7 +179,8 @@ class TrainingParts:
             "config": OmegaConf.to_container(self.checked.cfg, resolve=True),
         }
 
-    def trainer(self, callbacks: list[Callback] = ()) -> Trainer:
+    def trainer(self, callbacks: list[Callback] = (), run_folder: RunFolder | None = None) -> Trainer:
+        """The run's Trainer; `run_folder` and the config are what its callbacks see (trainer.run_folder/config)."""
         cfg = self.checked.cfg
         loss_fn = functools.partial(F.cross_entropy, label_smoothing=float(cfg.trainer.get("label_smoothing", 0.0)))
         decay = cfg.trainer.get("ema")  # the average starts from the weights the run starts from
@@ -187,7 +188,7 @@ class TrainingParts:
         return Trainer(self.model, self.optimizer, self.schedule, self.train_loader, self.val_loader, self.device,
                        cfg.trainer.epochs, callbacks=callbacks, log_every=cfg.trainer.log_every, loss_fn=loss_fn,
                        options=self.options, forward=self.forward, group=self.group, ema=ema,
-                       tta=cfg.trainer.get("tta"))
+                       tta=cfg.trainer.get("tta"), run_folder=run_folder and run_folder.path, config=cfg)
 
 
 def build_training(checked: CheckedConfig, data: ImageData | None = None, resuming: bool = False) -> TrainingParts:

@@ -8,7 +8,8 @@ cannot execute code. Its keys (format 1):
 - `Trainer.state_dict()`: "state_dict" (the model's weights), "optimizer", "scheduler",
   "grad_scaler", "history" (every finished epoch's metrics), "stop_reason", and
   "in_epoch" (None at an epoch's end; inside an epoch: its number, steps done, running
-  sums, the augmentation stream's state, so that a resume carries on mid-epoch);
+  sums, the augmentation stream's state, so that a resume carries on mid-epoch), and
+  "callbacks" when a callback keeps state ({Callback.state_key: its state_dict()}, hooks.py);
 - with trainer.ema only: "state_dict" holds the weights' moving average (what validation,
   the test, cnntrain-eval/predict/export and model.weights=<run> use), "raw_state_dict" the
   trained weights (what a resume and fine-tuning's second stage go on training) and

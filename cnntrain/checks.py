@@ -24,6 +24,7 @@ from cnntrain.data import DATASETS, LOADER_KEYS
 from cnntrain.data.augment import Augmentation, build_augmentations
 from cnntrain.distributed import STRATEGIES
 from cnntrain.errors import ConfigError
+from cnntrain.evaluator import TTA_MODES
 from cnntrain.finetune import check_freeze
 from cnntrain.loggers import check_logger
 from cnntrain.models import MODEL_KEYS, MODELS
@@ -36,27 +37,6 @@ from cnntrain.trainer import Callback
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
 LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
-TTA_MODES = ("hflip",)  # trainer.tta (Trainer.evaluation_logits)
-TTA_CHOICES = ("run", "none", *TTA_MODES)  # cnntrain-eval/-predict tta=: run (the run's trainer.tta), none, or a mode
-
-
-def resolve_tta(choice: str, run_tta: str | None) -> str | None:
-    """cnntrain-eval's and cnntrain-predict's tta= (run, none or a mode) -> the mode to use, None for none."""
-    if choice not in TTA_CHOICES:
-        raise ConfigError(f"Unknown test-time augmentation '{choice}' (tta=).{did_you_mean(choice, TTA_CHOICES)} Use "
-                          f"tta=run (what the run used: its trainer.tta), tta=none (no augmentation) or tta=hflip "
-                          f"(the mean of each image's and its mirror's probabilities).")
-    return run_tta if choice == "run" else None if choice == "none" else choice
-
-
-def tta_line(tta: str | None, run_tta: str | None) -> str | None:
-    """What cnntrain-eval and cnntrain-predict say of the test-time augmentation they used (`tta`, resolved)
-    against the run's trainer.tta; nothing when neither asks for one."""
-    if tta != run_tta:
-        return f"test-time augmentation: {tta or 'none'} (the run used trainer.tta={run_tta or 'null'})"
-    return f"test-time augmentation: {tta} (the run's trainer.tta)" if tta else None
-
-
 @dataclass
 class CheckedConfig:
     """A config whose names and settings have been checked; what `build_training` builds from."""
@@ -67,7 +47,7 @@ class CheckedConfig:
     scheduler: Component
     augment: list  # data.augment as plain values (saved with checkpoints, for prediction)
     augmentations: list[Augmentation]
-    logger: dict[str, Any]
+    logger: list[Component]  # the checked loggers (loggers.check_logger), built by build_callbacks
     callbacks: list[Callback] = field(default_factory=list)  # the user's, from config and from Python
     mixup: dict[str, float] | None = None  # trainer.mixup's settings (data/mixing.py); None: no MixUp / CutMix
 

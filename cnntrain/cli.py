@@ -98,7 +98,7 @@ PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best
 def predict_main(options: dict[str, str], _: list[str]) -> None:
     """`cnntrain-predict run=... inputs=...`: classify new images with a trained run."""
     # torch is imported after the arguments are read: a slip in them is answered at once
-    from cnntrain.checks import resolve_tta, tta_line
+    from cnntrain.evaluator import resolve_tta, tta_line
     from cnntrain.predict import (SCREENFUL, check_output, load_predictor, predictions_path, predictions_summary,
                                   predictions_table, write_predictions)
 

@@ -25,6 +25,7 @@ MAIN_CONFIG = "train"
 # Sections holding a builder's settings: a key their file does not list may be added with `+`
 # (+model.width=32); the builder's registry then checks it against the builder's arguments.
 BUILDER_SECTIONS = (*REGISTRY_GROUPS, "logger")
+MULTI_CHOICE_GROUPS = ("logger",)  # groups taking several files at once, each keyed by its name: logger=[csv,tensorboard]
 
 
 # The run folder's timestamp (`${cnntrain_now:%H-%M-%S-%f}` in configs/hydra/default.yaml): like
@@ -127,14 +128,20 @@ def check_group_choices(args: list[str]) -> str | None:
             values = values[1:-1]
         if "(" in values or "${" in values:  # a sweep function (choice(...), glob(...)) or an interpolation
             continue
-        shape = _group_value_shape_problem(group, values)
+        shape = None if group in MULTI_CHOICE_GROUPS else _group_value_shape_problem(group, values)
         if shape:
             return shape
         available = group_choices(group, dirs)
-        for value in values.split(","):
+        for value in choice_names(group, values):
             if value not in available and value != "null":
                 return unknown_name_message(group, f"{group}={value}", value, available)
     return None
+
+
+def choice_names(group: str, values: str) -> list[str]:
+    """The file names in a sweep's a,b; in MULTI_CHOICE_GROUPS' lists too ([csv,tensorboard], [], [a],[a,b])."""
+    return [name for name in re.split(r"[\s,\[\]]+", values) if name] if group in MULTI_CHOICE_GROUPS \
+        else values.split(",")
 
 
 def _group_value_shape_problem(group: str, value: str) -> str | None:
@@ -187,8 +194,11 @@ def check_override_keys(args: list[str]) -> str | None:
                     f"Choose another with {bare}=<choice>, or remove single keys ({bare}.<key>).")
         if arg.startswith("-") or not sep or key.startswith("~") or bare.split(".")[0] == "hydra" or "/" in bare:
             continue
-        if bare in GROUPS:
-            choices[key] = value.split(",")  # a sweep's choices: each is checked
+        if bare == "logger.name" and sep:  # the spelling from before several loggers at once
+            return (f"{arg} is the old spelling: choose loggers with logger={value} (several at once: "
+                    f"logger=[csv,{value}]), and set theirs with logger.{value}.<key>=...")
+        if bare in GROUPS:  # a sweep's choices: each is checked; a list of choices (logger=[a,b]) is one
+            choices[key] = [value] if value.startswith("[") else value.split(",")
         else:
             settings.append((key, bare, arg))
     if not settings:

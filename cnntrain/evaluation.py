@@ -47,12 +47,13 @@ from rich.table import Table
 
 from cnntrain.build import build_data, place_model, resolve_device, split_loader
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import check_config, confirmed_imports, resolve_tta, tta_line
+from cnntrain.checks import check_config, confirmed_imports
 from cnntrain.config import group_file
 from cnntrain.data import ImageData, ImageSet, PreparedData, load_image_data
 from cnntrain.data.folder import READ_ERRORS, FileImageSet, decode
 from cnntrain.data.loader import preprocess_transform
 from cnntrain.errors import CnnTrainError, ConfigError
+from cnntrain.evaluator import resolve_tta, tta_line
 from cnntrain.registry import did_you_mean
 from cnntrain.resuming import apply_override
 from cnntrain.run_folder import EvalFolder, RunFolder, display_path, not_a_run_message, write_atomically
@@ -456,7 +457,7 @@ def plot_misclassified(result: EvalResult, examples, state: RunCheckpoint) -> No
     """misclassified.png: the most confident mistakes (up to GRID_IMAGES), captioned "pred X / actual Y";
     none when nothing was misclassified (an older one is removed)."""
     from cnntrain.plots import save_figure
-    from cnntrain.tensorboard_logger import labelled_grid
+    from cnntrain.loggers.tensorboard import labelled_grid
 
     shown = result.misclassified[:GRID_IMAGES]
     if not shown:

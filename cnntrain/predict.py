@@ -29,10 +29,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnntrain.checkpoint import RunCheckpoint, check_model_description
-from cnntrain.checks import TTA_MODES, confirmed_imports, import_user_modules, resolve_tta
+from cnntrain.checks import confirmed_imports, import_user_modules
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
+from cnntrain.evaluator import TTA_MODES, resolve_tta
 from cnntrain.run_folder import (RunFolder, cannot_write_message, check_writable, export_info_path,
                                  export_predictions_csv, not_a_run_message, refuse_links_out_of_run, write_atomically)
 from cnntrain.trainer import mean_log_probabilities

@@ -101,24 +101,26 @@ class Registry:
             raise ConfigError(unknown_name_message(self.kind, self.config_key, name, self._entries))
         return self._entries[name]
 
-    def checked(self, name: str, settings: dict[str, Any] | None = None) -> Component:
-        """The entry `name` with its config `settings`, after checking both (ConfigError otherwise)."""
+    def checked(self, name: str, settings: dict[str, Any] | None = None, section: str | None = None) -> Component:
+        """The entry `name` with its config `settings`, after checking both (ConfigError otherwise).
+        `section`: where the settings live, for messages (default: the config key's section)."""
         settings = dict(settings or {})
-        self.check_settings(name, settings)
+        self.check_settings(name, settings, section)
         return Component(name, self.get(name), settings)
 
     def build(self, name: str, settings: dict[str, Any] | None = None, **extra: Any) -> Any:
         """Call the entry `name` with `settings` (from the config) and `extra` (from code)."""
         return self.checked(name, settings).build(**extra)
 
-    def check_settings(self, name: str, settings: dict[str, Any]) -> None:
-        """Reject config keys the entry does not accept, naming the valid ones."""
+    def check_settings(self, name: str, settings: dict[str, Any], section: str | None = None) -> None:
+        """Reject config keys the entry does not accept, naming the valid ones (`section`: where they live,
+        e.g. logger.tensorboard, when not the config key's section: model.name's settings are model.*)."""
         params = inspect.signature(self.get(name)).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
         valid = [p for p, spec in params.items()
                  if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in self.code_arguments]
-        section = self.config_key.rsplit(".", 1)[0]
+        section = section or self.config_key.rsplit(".", 1)[0]
         for key, value in settings.items():
             if key not in valid:
                 raise ConfigError(

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import RunCheckpoint, load_checkpoint
 from cnntrain.checks import check_trainer_settings, confirmed_imports, import_user_modules
-from cnntrain.config import BUILDER_SECTIONS, REGISTRY_GROUPS, dotted_keys, group_file, unknown_key_message
+from cnntrain.config import (BUILDER_SECTIONS, REGISTRY_GROUPS, choice_names, dotted_keys, group_file,
+                             unknown_key_message)
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import resume_command
 from cnntrain.run import RunResult, run
@@ -29,7 +30,7 @@ MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "traine
               "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
 # Group choices (model=alexnet) name a config file; on resume they are compared with the run's `name`.
 GROUP_KEYS = {**{group: f"{group}.name" for group in REGISTRY_GROUPS}, "device": "device.type"}
-# Group choices that, where they may change, take their group's whole file (logger=tensorboard).
+# Group choices that, where they may change, take their group's whole file (logger=tensorboard; logger=[a,b]: both).
 WHOLE_FILE_GROUPS = ("logger", "data")
 # Two spellings of one setting (data.path is image_folder's old name of data.root): the one given now
 # replaces the other saved in the run, else the run's old spelling and the new one would name two folders.
@@ -91,7 +92,7 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path, may_change: tu
     if not sep:
         raise ConfigError(f"Unexpected argument '{override}' with resume=: give key=value overrides.")
     if key in WHOLE_FILE_GROUPS and key in may_change:  # a choice that may change: its whole file, as Hydra does
-        cfg[key] = OmegaConf.load(group_file(key, raw))
+        cfg[key] = OmegaConf.merge({}, *(OmegaConf.load(group_file(key, name)) for name in choice_names(key, raw)))
         return
     if key == "experiment":
         raise ConfigError(f"experiment={raw} cannot be applied on resume: {run_dir} keeps the settings it "

@@ -25,6 +25,7 @@ from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
 from cnntrain.distributed import from_rank_zero, join_group, launched_by_torchrun, lost_peer, process_rank
 from cnntrain.errors import CnnTrainError, ConfigError, RunInterrupted
+from cnntrain.hooks import exceptions_told
 from cnntrain.interruptions import (StopOnSignals, continue_text, file_error_message, interrupted_message,
                                     interrupted_outside_training, lost_process_message, resume_command, saved_text)
 from cnntrain.process import console_may_go_away
@@ -135,7 +136,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
     cfg, spec = parts.checked.cfg, parts.spec
     report_start(parts, folder, reporter, command_line)
     callbacks = build_callbacks(parts, folder, reporter)
-    trainer = parts.trainer(callbacks.all)
+    trainer = parts.trainer(callbacks.all, folder)
     start_epoch = 1
     if resume_from is not None:
         if callbacks.finetune:
@@ -144,16 +145,19 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         reporter.line(f"resumed from checkpoints/last.pt: {saved_text(resume_from)}, continuing "
                       f"{continue_text(resume_from)} of {cfg.trainer.epochs}")
     signals.trainer = trainer
-    history = fit(trainer, start_epoch, callbacks, folder, cfg)
-    signals.trainer = None
-    if trainer.stop_reason:
-        reporter.line(f"stopped after epoch {history[-1].epoch}: {trainer.stop_reason}")
+    with exceptions_told(trainer, lambda problem: reporter.line(f"notice: {problem}", style="yellow")):
+        history = fit(trainer, start_epoch, callbacks, folder, cfg)
+        signals.trainer = None
+        if trainer.stop_reason:
+            reporter.line(f"stopped after epoch {history[-1].epoch}: {trainer.stop_reason}")
 
-    best = callbacks.checkpointer.best
-    parts.group.barrier()  # every rank reads the best.pt rank 0 wrote
-    tested = tested_checkpoint(folder, reporter)
-    trainer.use_weights(load_checkpoint(tested)["state_dict"])  # with trainer.ema, best.pt's average
-    test_loss, test_acc = test = trainer.evaluate(parts.test_loader)
+        best = callbacks.checkpointer.best
+        parts.group.barrier()  # every rank reads the best.pt rank 0 wrote
+        tested = tested_checkpoint(folder, reporter)
+        trainer.use_weights(load_checkpoint(tested)["state_dict"])  # with trainer.ema, best.pt's average
+        test_loss, test_acc = test = trainer.evaluate(parts.test_loader)
+    trainer.test_ended({"test_loss": test_loss, "test_acc": test_acc,
+                        **({"test_top5": test.top5} if test.top5 is not None else {})})
     summary = {
         "status": "completed", "run_dir": str(folder), "model": cfg.model.name, "data": cfg.data.name,
         "epochs": len(history), "best_epoch": best.epoch, "best_metric": "val_acc",

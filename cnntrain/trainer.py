@@ -7,7 +7,10 @@ end of the epoch and, so that a slow model shows figures from its first step, at
 1, 2, 4, 8, ... before the first `log_every` (`reads_progress`): never every step, so a
 GPU is not made to wait for the host.
 How each optimizer step is taken (gradient accumulation, clipping, autocast, fp16
-loss scaling) is a `StepOptions`.
+loss scaling) is a `StepOptions`. What a checkpoint keeps of the trainer is its base class,
+`trainer_state.TrainerState`; the evaluation loop and test-time augmentation are evaluator.py's.
+`Callback` (hooks.py), `EpochMetrics`, `StepProgress` (metrics.py), `Evaluation` and
+`mean_log_probabilities` (evaluator.py) are importable from here too, as they always were.
 """
 
 from __future__ import annotations
@@ -15,68 +18,26 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
 from cnntrain.distributed import Group
 from cnntrain.ema import ModelEma
 from cnntrain.errors import TrainingError
+from cnntrain.evaluator import Evaluation, evaluate, mean_log_probabilities
+from cnntrain.hooks import Callback, read_only_config
+from cnntrain.metrics import EpochMetrics, StepProgress, _RunningStats
+from cnntrain.trainer_state import TrainerState
 
-
-@dataclass
-class EpochMetrics:
-    """One row of metrics.csv."""
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    epoch_seconds: float
-    train_examples_per_s: float
-    # Optional columns: present only in runs that have them (as_dict leaves out the ones that are None).
-    stage: int | None = None  # 1 or 2 in a two-stage fine-tuning (finetune.unfreeze_at); None otherwise
-    val_top5: float | None = None  # top-5 validation accuracy, for data with more than 5 classes
-
-    def as_dict(self) -> dict:
-        row = asdict(self)
-        return {key: value for key, value in row.items() if value is not None or key not in OPTIONAL_METRICS}
-
-
-OPTIONAL_METRICS = ("stage", "val_top5")
-
-
-@dataclass
-class Evaluation:
-    """What `Trainer.evaluate` measured. Unpacks as (loss, accuracy), as it always has."""
-
-    loss: float  # mean cross-entropy
-    acc: float
-    top5: float | None = None  # top-5 accuracy; None for 5 classes or fewer
-    # With keep_outputs (on the CPU, one row per example in the loader's order; None otherwise):
-    predicted: torch.Tensor | None = None  # (N,) the class of the highest logit, as the accuracy counts it
-    probabilities: torch.Tensor | None = None  # (N, classes) softmax, float32 (with tta=hflip: the two passes' mean)
-    labels: torch.Tensor | None = None  # (N,)
-
-    def __iter__(self):
-        return iter((self.loss, self.acc))
-
-
-@dataclass
-class StepProgress:
-    """What the display gets when the running figures are read (`Trainer.reads_progress`)."""
-
-    epoch: int
-    step: int
-    steps: int
-    loss: float
-    acc: float
-    examples_per_s: float
+# Names other modules and users import from here (they moved to hooks.py, metrics.py, evaluator.py).
+__all__ = ["Callback", "EpochMetrics", "Evaluation", "StepOptions", "StepProgress", "Trainer",
+           "mean_log_probabilities"]
 
 
 @dataclass
@@ -97,112 +58,6 @@ class StepOptions:
         return self.autocast_dtype is torch.float16
 
 
-class Callback:
-    """The public extension point: subclass it and override the hooks you need.
-
-    Pass instances to `cnntrain.train(..., callbacks=[...])`, or list them in the config
-    (`callbacks: [{_target_: my_module.MyCallback, some_arg: 1}]`). The trainer calls
-    each hook on every callback, in order, with itself as the first argument; the
-    built-in display, metrics.csv, checkpoints and loggers are callbacks too and run
-    before the user's. These names and arguments are stable:
-
-    - `on_fit_start(trainer)`: before the first epoch (of a resumed run too, with
-      `trainer.history` holding the finished epochs).
-    - `on_epoch_start(trainer, epoch, steps)`: before an epoch's first training step.
-    - `on_train_step(trainer, step, steps)`: after every training step (1-based), with
-      no device sync: cheap enough for a step counter.
-    - `on_train_progress(trainer, progress)`: every `trainer.log_every` steps, at an
-      epoch's last step and at its steps 1, 2, 4, 8, ... below `log_every` (so the first
-      figures come at once), with a `StepProgress` (running loss, accuracy, examples/s).
-    - `on_epoch_end(trainer, metrics)`: after the epoch's validation, with its
-      `EpochMetrics` (also the last item of `trainer.history`).
-    - `on_fit_end(trainer)`: after the last epoch.
-
-    To end training after the current epoch (early stopping, a pruned trial), set
-    `trainer.stop_reason` to a sentence saying why; it is printed and saved in the
-    summary. An exception raised in a hook ends the run as failed. `trainer.request_stop()`
-    interrupts the run after the current step instead (what Ctrl-C and SIGTERM do).
-    """
-
-    def on_fit_start(self, trainer: "Trainer") -> None: ...
-    def on_epoch_start(self, trainer: "Trainer", epoch: int, steps: int) -> None: ...
-    def on_train_step(self, trainer: "Trainer", step: int, steps: int) -> None: ...
-    def on_train_progress(self, trainer: "Trainer", progress: StepProgress) -> None: ...
-    def on_epoch_end(self, trainer: "Trainer", metrics: EpochMetrics) -> None: ...
-    def on_fit_end(self, trainer: "Trainer") -> None: ...
-
-
-class _RunningStats:
-    """Loss and correct-prediction sums kept on the device, and the first step whose loss was not finite.
-
-    With `top5`, also the examples whose label is among the 5 highest logits, counted when
-    the logits have more than 5 classes (on the device too: no extra host sync). In a
-    distributed run the reads sum the counters of every rank (`group`), so every rank reads
-    the figures of the whole global batch or split. Soft targets (trainer.mixup's class
-    probabilities) count a prediction as correct when it is their most likely class.
-    """
-
-    def __init__(self, device: torch.device, top5: bool = False, group: Group | None = None):
-        self.group = group or Group.single()
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.first_bad_step = torch.zeros((), device=device, dtype=torch.long)  # 0: none yet
-        self.count = 0
-        self.top5 = top5
-        self.top5_correct = torch.zeros((), device=device, dtype=torch.long)
-        self.top5_counted = False  # some batch had more than 5 classes
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor, step: int = 0,
-            predicted: torch.Tensor | None = None) -> None:
-        loss = loss.detach().float()
-        self.loss_sum += loss * len(labels)
-        if labels.dim() == 2:  # soft targets (MixUp / CutMix): the class with the largest share
-            labels = labels.argmax(dim=1)
-        predicted = logits.argmax(dim=1) if predicted is None else predicted
-        self.correct += (predicted == labels).sum()
-        if self.top5 and logits.shape[1] > 5:
-            self.top5_correct += (logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum()
-            self.top5_counted = True
-        if step:  # remembered on the device, so no step waits for the host to look at its loss
-            bad = ~torch.isfinite(loss) & (self.first_bad_step == 0)
-            self.first_bad_step = torch.where(bad, step, self.first_bad_step)
-        self.count += len(labels)
-
-    def _totals(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(loss sum, correct, count) over every rank."""
-        count = torch.tensor(self.count, device=self.loss_sum.device, dtype=torch.long)
-        loss_sum, correct, count = self.group.sum(self.loss_sum, self.correct, count)
-        return loss_sum, correct, int(count.item())
-
-    def read(self) -> tuple[float, float]:
-        """(mean loss, accuracy); this is the one place a host sync happens."""
-        loss_sum, correct, count = self._totals()
-        return loss_sum.item() / max(count, 1), correct.item() / max(count, 1)
-
-    def read_top5(self) -> float | None:
-        """Top-5 accuracy; None when not counted (not asked for, or 5 classes or fewer)."""
-        counted = torch.tensor(int(self.top5_counted), device=self.loss_sum.device)
-        count = torch.tensor(self.count, device=self.loss_sum.device, dtype=torch.long)
-        top5_correct, counted, count = self.group.sum(self.top5_correct, counted, count)
-        return top5_correct.item() / max(int(count.item()), 1) if counted.item() else None
-
-    def state_dict(self) -> dict:
-        """The counters of every rank summed (a distributed run's checkpoint holds the whole global batch's)."""
-        loss_sum, correct, count = self._totals()
-        return {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(),
-                "first_bad_step": self.first_bad_step.cpu(), "count": count}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Counters saved as every rank's sums: rank 0 takes them, the others start from zero."""
-        if self.group.rank != 0:
-            return
-        device = self.loss_sum.device
-        self.loss_sum = state["loss_sum"].to(device)
-        self.correct = state["correct"].to(device)
-        self.first_bad_step = state["first_bad_step"].to(device)
-        self.count = state["count"]
-
-
 @dataclass
 class _EpochInProgress:
     """The epoch being trained: what a checkpoint taken in its middle must hold to carry on exactly."""
@@ -215,14 +70,7 @@ class _EpochInProgress:
     step: int = 0  # steps done
 
 
-def mean_log_probabilities(logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
-    """log((p + p_mirrored) / 2), float32, without underflow: test-time flip augmentation (tta=hflip), for
-    `Trainer.evaluate` and cnntrain-predict alike. Its softmax is the mean of the two passes' probabilities."""
-    both = torch.stack((logits.float().log_softmax(dim=1), mirrored_logits.float().log_softmax(dim=1)))
-    return torch.logsumexp(both, dim=0) - math.log(2)
-
-
-class Trainer:
+class Trainer(TrainerState):
     """Runs epochs over `train_loader`, evaluating on `val_loader` after each.
 
     `schedule` is an `optim.LrSchedule` (or None). `forward` is what computes the
@@ -231,13 +79,14 @@ class Trainer:
     `ema` (trainer.ema, an `ema.ModelEma`): the average of the weights, updated after every
     optimizer step; then it is what `evaluate` measures and what checkpoints' "state_dict"
     holds. `tta` (trainer.tta): "hflip" makes `evaluate` average over each batch and its mirror.
+    `run_folder` and `config` (the run's folder and resolved config) are shown to callbacks read-only.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule, train_loader,
                  val_loader, device: torch.device, epochs: int, callbacks: Sequence[Callback] = (),
                  log_every: int = 20, loss_fn: Callable = F.cross_entropy, options: StepOptions | None = None,
                  forward: Callable | None = None, group: Group | None = None, ema: ModelEma | None = None,
-                 tta: str | None = None):
+                 tta: str | None = None, run_folder: Path | str | None = None, config: DictConfig | None = None):
         self.model = model
         self.group = group or Group.single()  # the processes of a distributed run (distributed.py)
         self.forward = forward or model
@@ -260,36 +109,18 @@ class Trainer:
         self._resume_position: dict | None = None  # a mid-epoch checkpoint's "in_epoch", until used
         self.ema = ema  # trainer.ema: the average of the weights, updated every optimizer step; what evaluate measures
         self.tta = tta  # trainer.tta: None, or "hflip" (evaluate averages each batch's and its mirror's probabilities)
+        self._run_folder = Path(run_folder) if run_folder is not None else None
+        self._config = read_only_config(config)
 
-    def state_dict(self) -> dict:
-        """Everything of the training that a checkpoint keeps to resume it exactly (see checkpoint.py).
+    @property
+    def run_folder(self) -> Path | None:
+        """The run's folder (where a logger writes), None for a trainer outside a run."""
+        return self._run_folder
 
-        The key names are those of the checkpoint format (`state_dict` is the model's weights: with
-        EMA the averaged ones, the trained ones then under `raw_state_dict`).
-        """
-        weights = {"state_dict": self.model.state_dict()} if self.ema is None else {
-            "state_dict": self.ema.state_dict(), "raw_state_dict": self.model.state_dict(),
-            "ema_updates": self.ema.updates}
-        return {
-            **weights,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
-            "grad_scaler": self.scaler.state_dict() if self.scaler else None,
-            "history": [m.as_dict() for m in self.history],
-            "stop_reason": self.stop_reason,
-            "stage": self.stage,
-            "in_epoch": self._position(),
-        }
-
-    def _position(self) -> dict | None:
-        """Where in an epoch training is, when asked between two of its steps; None at an epoch's end."""
-        current = self._epoch
-        if current is None or current.step == current.steps:
-            return None
-        generator = self.train_loader.generator
-        return {"epoch": current.epoch, "step": current.step, "lr": current.lr,
-                "stats": current.stats.state_dict(), "train_seconds": time.perf_counter() - current.started,
-                "augment_rng": generator.get_state() if generator is not None else None}
+    @property
+    def config(self) -> DictConfig | None:
+        """The run's resolved config, read-only (a copy: changing it changes nothing), None outside a run."""
+        return self._config
 
     @property
     def between_optimizer_steps(self) -> bool:
@@ -301,40 +132,24 @@ class Trainer:
         """Interrupt training (KeyboardInterrupt) after the current step, once callbacks have seen it."""
         self.stop_requested = True
 
-    def load_state_dict(self, state: dict) -> None:
-        """Put back what `state_dict` gave: weights, optimizer, schedule, loss scaler, history, stop reason."""
-        self.load_weights(state)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.schedule is not None and state.get("scheduler") is not None:
-            self.schedule.load_state_dict(state["scheduler"])
-        if self.scaler and state.get("grad_scaler"):
-            self.scaler.load_state_dict(state["grad_scaler"])
-        self.history = [EpochMetrics(**row) for row in state["history"]]
-        self.stop_reason = state.get("stop_reason")
-        self.stage = state.get("stage")
-        self._resume_position = state.get("in_epoch")
-
-    def load_weights(self, state: dict) -> None:
-        """A checkpoint's weights: the trained ones into the model ("raw_state_dict" in a checkpoint of a
-        run with EMA, else "state_dict") and, with EMA, the average into it ("state_dict" and its
-        "ema_updates"; a checkpoint without an average starts it again from the model's weights)."""
-        raw = state.get("raw_state_dict")
-        self.model.load_state_dict(state["state_dict"] if raw is None else raw)
-        if self.ema is not None:
-            if raw is None:
-                self.ema.restart(self.model)
-            else:
-                self.ema.load_state_dict(state["state_dict"], state.get("ema_updates", 0))
-
-    def use_weights(self, state_dict: dict) -> None:
-        """Training over: the model takes `state_dict` (a checkpoint's "state_dict", the average with EMA)
-        and `evaluate` measures the model itself from now on, through `forward`, as cnntrain-eval does."""
-        self.model.load_state_dict(state_dict)
-        self.ema = None
-
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
+
+    def test_ended(self, metrics: dict[str, float]) -> None:
+        """Every callback's on_test_end, with the test's figures (run.py calls it after the test)."""
+        self._call("on_test_end", metrics)
+
+    def failed(self, exception: BaseException) -> list[str]:
+        """Every callback's on_exception, even when one of them fails: returns what those failures said,
+        so that the run reports them and still ends with `exception`."""
+        problems = []
+        for callback in self.callbacks:
+            try:
+                callback.on_exception(self, exception)
+            except Exception as err:
+                problems.append(f"{type(callback).__name__}.on_exception failed: {type(err).__name__}: {err}")
+        return problems
 
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -432,43 +247,13 @@ class Trainer:
             return 1.0
         return len(labels) * self.group.world_size / self.train_loader.global_batch_size(step)
 
-    @torch.inference_mode()
-    def evaluate(self, loader, keep_outputs: bool = False) -> "Evaluation":
-        """Mean cross-entropy, accuracy (and top-5 accuracy for more than 5 classes) over `loader`, without
-        autograd; unpacks as (loss, accuracy). `keep_outputs`: also each example's predicted class,
-        probabilities and label, in the loader's order (what cnntrain-eval reports per class).
-
-        With EMA the averaged weights are measured (uncompiled: `forward` computes the trained
-        model's logits); with tta=hflip, `evaluation_logits` says what is measured."""
+    def evaluate(self, loader, keep_outputs: bool = False) -> Evaluation:
+        """evaluator.evaluate with this trainer's model, device, precision and tta: validation, the run's test
+        and cnntrain-eval. With EMA the averaged weights are measured (uncompiled: `forward` computes the
+        trained model's logits)."""
         model = self.model if self.ema is None else self.ema.module
         forward = self.forward if self.ema is None else model
-        model.eval()
-        stats = _RunningStats(self.device, top5=True, group=self.group)
-        outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for images, labels in loader:
-            logits = self.evaluation_logits(forward, images)
-            predicted = logits.argmax(dim=1)
-            stats.add(logits, labels, F.cross_entropy(logits.float(), labels), predicted=predicted)
-            if keep_outputs:  # kept on the device until the end: no host sync per batch
-                outputs.append((predicted, logits.float().softmax(dim=1), labels))
-        loss, acc = stats.read()
-        evaluation = Evaluation(loss, acc, stats.read_top5())
-        if keep_outputs and outputs:
-            evaluation.predicted, evaluation.probabilities, evaluation.labels = (
-                torch.cat(parts).cpu() for parts in zip(*outputs))
-        return evaluation
-
-    def evaluation_logits(self, forward: Callable, images: torch.Tensor) -> torch.Tensor:
-        """What `evaluate` measures for a batch: `forward(images)`; with tta=hflip the log of the mean of the
-        softmax probabilities of the batch and of its horizontal mirror, float32. Log-probabilities are
-        logits whose softmax is that mean, so the accuracy, top-5 and probabilities are the averaged
-        probabilities' and the loss is the cross-entropy of the averaged probabilities, -log(mean p[label])."""
-        with self._autocast():
-            logits = forward(images)
-            if self.tta != "hflip":
-                return logits
-            mirrored = forward(images.flip(-1))
-        return mean_log_probabilities(logits, mirrored)
+        return evaluate(forward, model, loader, self.device, self.group, self.tta, self._autocast, keep_outputs)
 
     def _autocast(self):
         dtype = self.options.autocast_dtype
@@ -510,3 +295,4 @@ class Trainer:
             f"(optimizer.lr), gradient clipping (trainer.grad_clip_norm=1.0), a different init (model.init), "
             f"or a model with normalisation layers."
         )
+

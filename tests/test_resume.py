@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from cnntrain.checkpoint import load_checkpoint
-from cnntrain.errors import ConfigError, TrainingError
+from cnntrain.errors import ConfigError, RunInterrupted, TrainingError
 from cnntrain.resuming import resume, resume_config
 from cnntrain.run import train
+from cnntrain.trainer import Callback
 from tests.conftest import assert_same_weights, compose_config
 from tests.helpers import run_cli
 from tests.signals import as_under_nohup, send_signals, source_of
@@ -343,7 +344,9 @@ def test_resume_refuses_a_changed_model_with_a_message(workdir, uninterrupted):
         resume_config(uninterrupted, [HOOKS_IMPORT, "trainer.epochs=abc"])
     cfg, _ = resume_config(uninterrupted, [HOOKS_IMPORT, "optimizer.lr=0.05", "trainer.epochs=6", "device=cpu",  # unchanged lr
                                            "logger=tensorboard"])
-    assert cfg.trainer.epochs == 6 and cfg.logger.name == "tensorboard" and cfg.logger.histogram_every == 1
+    assert cfg.trainer.epochs == 6 and list(cfg.logger) == ["tensorboard"] and cfg.logger.tensorboard.histogram_every == 1
+    cfg, _ = resume_config(uninterrupted, [HOOKS_IMPORT, "logger=[csv,tensorboard]"])
+    assert list(cfg.logger) == ["csv", "tensorboard"] and cfg.logger.tensorboard.images == 32
 
 
 def test_resume_without_a_checkpoint_explains(tmp_path):
@@ -392,6 +395,87 @@ def test_resume_with_more_epochs_equals_the_longer_run(tmp_path):
     assert summary["epochs"] == 3
     assert metrics_without_timing(tmp_path / "short") == metrics_without_timing(tmp_path / "long")
     assert_same_weights(weights(tmp_path / "short"), weights(tmp_path / "long"))
+
+
+class StepCounter(Callback):
+    """Counts training steps (by `by`): state a resume must carry over. Its on_exception and on_test_end
+    record what they were told."""
+
+    def __init__(self, by=1):
+        self.by, self.count, self.told = by, 0, []
+
+    def on_train_step(self, trainer, step, steps):
+        self.count += self.by
+
+    def on_exception(self, trainer, exception):
+        self.told.append(("exception", type(exception).__name__, self.count))
+
+    def on_test_end(self, trainer, metrics):
+        self.told.append(("test", sorted(metrics), trainer.run_folder, trainer.config.trainer.epochs))
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+class StopInEpoch(Callback):
+    """Ctrl-C as a callback: stops the run after step `at` of epoch `epoch` (no checkpoint in between)."""
+
+    def __init__(self, epoch, at):
+        self.epoch, self.at = epoch, at
+
+    def on_train_step(self, trainer, step, steps):
+        if len(trainer.history) + 1 == self.epoch and step == self.at:
+            trainer.request_stop()
+
+
+def test_callback_state_is_kept_in_checkpoints_and_restored_on_resume(tmp_path):
+    """Two counters of one class (no collision), stopped mid-run and resumed, end with the uninterrupted counts."""
+    whole = [StepCounter(1), StepCounter(10)]
+    train(compose_config(QUICK + ["trainer.epochs=3"]), run_dir=tmp_path / "whole", callbacks=whole)
+    assert [c.count for c in whole] == [12, 120]  # 128 images in batches of 32: 4 steps x 3 epochs
+    saved = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    assert saved["callbacks"] == {"StepCounter": {"count": 12}, "StepCounter#2": {"count": 120}}
+
+    first = [StepCounter(1), StepCounter(10), StopInEpoch(epoch=2, at=3)]
+    with pytest.raises(RunInterrupted):
+        train(compose_config(QUICK + ["trainer.epochs=3"]), run_dir=tmp_path / "stopped", callbacks=first)
+    assert [c.count for c in first[:2]] == [7, 70] and first[0].told == [("exception", "RunInterrupted", 7)]
+    again = [StepCounter(1), StepCounter(10)]
+    resume(tmp_path / "stopped", callbacks=again)
+    assert [c.count for c in again] == [12, 120]  # epoch 1's 4 steps restored (last.pt), epochs 2 and 3 trained
+    assert again[0].told == [("test", ["test_acc", "test_loss", "test_top5"], tmp_path / "stopped", 3)]
+
+
+def test_the_trainer_shows_the_run_folder_and_a_read_only_config(tmp_path):
+    seen = {}
+
+    class Look(Callback):
+        def on_fit_start(self, trainer):
+            seen["folder"], seen["epochs"] = trainer.run_folder, trainer.config.trainer.epochs
+            with pytest.raises(Exception, match="read-only"):
+                trainer.config.trainer.epochs = 5
+
+    train(compose_config(QUICK + ["trainer.epochs=1"]), run_dir=tmp_path / "run", callbacks=[Look()])
+    assert seen == {"folder": tmp_path / "run", "epochs": 1}
+
+
+def test_a_failing_on_exception_is_a_notice_and_the_run_ends_with_its_own_error(tmp_path):
+    class Fails(Callback):
+        def on_epoch_end(self, trainer, metrics):
+            raise RuntimeError("the callback's own error")
+
+        def on_exception(self, trainer, exception):
+            raise ValueError("and its on_exception fails too")
+
+    counter = StepCounter()
+    with pytest.raises(RuntimeError, match="the callback's own error"):
+        train(compose_config(QUICK + ["trainer.epochs=2"]), run_dir=tmp_path / "run", callbacks=[Fails(), counter])
+    assert counter.told == [("exception", "RuntimeError", 4)]  # told although the one before it failed
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "notice: Fails.on_exception failed: ValueError: and its on_exception fails too" in log
 
 
 def test_nan_loss_at_a_known_step_stops_with_advice_and_keeps_loadable_checkpoints(tmp_path, monkeypatch):

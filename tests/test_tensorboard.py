@@ -1,6 +1,7 @@
 """logger=tensorboard: event files read back with TensorBoard's own reader."""
 
 import json
+import re
 import sys
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ from cnntrain import plots
 from cnntrain.errors import ConfigError
 from cnntrain.loggers import check_logger
 from cnntrain.run import train
-from cnntrain.tensorboard_logger import Denormalize, TensorBoardLogger, check_tensorboard, labelled_grid
+from cnntrain.loggers.tensorboard import Denormalize, TensorBoardLogger, check_tensorboard, labelled_grid
 from tests.conftest import compose_config
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'cnntrain[tensorboard]')")
@@ -40,7 +41,7 @@ def tensorboard_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(plots, "plot_curves", lambda rows, path, title="": (drawn.append(len(rows)),
                                                                          real(rows, path, title)))
-        train(compose_config(TINY + ["logger.histogram_every=2", "logger.images=8"]), run_dir=run_dir)
+        train(compose_config(TINY + ["logger.tensorboard.histogram_every=2", "logger.tensorboard.images=8"]), run_dir=run_dir)
     return run_dir, read_events(run_dir / "tensorboard"), drawn
 
 
@@ -114,7 +115,7 @@ def test_only_wrong_predictions_are_shown_and_a_failed_trace_is_a_notice(tmp_pat
     assert notices == ["tensorboard: no model graph (tracing failed: this model cannot be traced)"]
     logger._add_misclassified(trainer.model, batches, step=1)
     logger.on_fit_end(trainer)
-    events = read_events(tmp_path)
+    events = read_events(tmp_path / "tensorboard")
     assert [e.value for e in events.Scalars("val/misclassified_shown")] == [3.0]  # labels 1, 2 and 1
     assert trainer.model.training is True  # put back in the mode it was in
 
@@ -141,13 +142,31 @@ def test_missing_tensorboard_says_how_to_install_it(monkeypatch, tmp_path):
 
 
 def test_bad_logger_settings_are_named():
-    with pytest.raises(ConfigError, match=r"Unknown logger 'tensorbord' \(logger.name\). Did you mean 'tensorboard'"):
-        check_logger({"name": "tensorbord"})
-    with pytest.raises(ConfigError, match=r"logger.images must be a whole number >= 0"):
-        check_logger({"name": "tensorboard", "images": -1})
-    with pytest.raises(ConfigError, match=r"Unknown logger setting\(s\) histograms for logger=tensorboard"):
-        check_logger({"name": "tensorboard", "histograms": 3})
-    assert check_logger(None) == {"name": "csv"}
+    with pytest.raises(ConfigError, match=r"Unknown logger 'tensorbord' \(logger.tensorbord\). Did you mean 'tensorboard'"):
+        check_logger({"csv": {}, "tensorbord": {}})
+    with pytest.raises(ConfigError, match=r"logger.tensorboard.images must be a whole number >= 0 \(0 turns it off\), "
+                                          r"got -1"):
+        check_logger({"tensorboard": {"images": -1}})
+    with pytest.raises(ConfigError, match=r"logger 'tensorboard' has no setting 'histograms' "
+                                          r"\(logger.tensorboard.histograms\). Did you mean 'histogram_every'\? "
+                                          r"Valid settings: histogram_every, images, graph"):
+        check_logger({"tensorboard": {"histograms": 3}})
+    with pytest.raises(ConfigError, match=r"logger.tensorboard.graph must be true or false, got 'yes'"):
+        check_logger({"tensorboard": {"graph": "yes"}})
+    with pytest.raises(ConfigError, match=r"logger.csv must be the logger's settings \(a section, \{\} for none\)"):
+        check_logger({"csv": 3})
+    assert check_logger(None) == [] and check_logger({}) == []  # logger=[]: metrics.csv and curves.png only
+    assert [(c.name, c.settings) for c in check_logger({"csv": {}, "tensorboard": {"images": 0}})] == [
+        ("csv", {}), ("tensorboard", {"images": 0})]
+
+
+def test_the_old_one_logger_spelling_reads_as_the_new_one():
+    """Run folders from before the registry hold logger: {name: tensorboard, ...}: they resume and evaluate."""
+    old = check_logger({"name": "tensorboard", "images": 4, "histogram_every": 0, "graph": False})
+    assert [(c.name, c.settings) for c in old] == [("tensorboard", {"images": 4, "histogram_every": 0, "graph": False})]
+    with pytest.raises(ConfigError, match=r"logger.name=tensorboard is the old spelling of a logger choice: write "
+                                          r"logger=tensorboard \(several: logger=\[csv,tensorboard\]\)"):
+        check_logger({"name": "tensorboard", "csv": {}})
 
 
 @pytest.mark.slow  # a second training run (~6 s)
@@ -162,3 +181,26 @@ def test_tensorboard_does_not_change_the_training(tensorboard_run, tmp_path):
             return [(r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"]) for r in csv.DictReader(f)]
 
     assert numbers(tmp_path / "csv") == numbers(tensorboard_run[0])
+
+
+def test_logger_choices_compose_several_and_a_typo_in_any_is_named():
+    """logger=x and logger=[x,y] (lightning-hydra-template's spelling) from the command line's torch-free
+    checks and from cnntrain.compose; the registry holds exactly the files of configs/logger/."""
+    from cnntrain.config import check_group_choices, check_override_keys, compose, group_choices
+    from cnntrain.loggers import LOGGERS
+
+    assert LOGGERS.names() == group_choices("logger") == ["csv", "tensorboard"]
+    assert list(compose([]).logger) == ["csv"]
+    assert list(compose(["logger=[csv,tensorboard]"]).logger) == ["csv", "tensorboard"]
+    assert compose(["logger=[]"]).get("logger") is None and check_logger(compose(["logger=[]"]).get("logger")) == []
+    assert compose(["logger=tensorboard", "logger.tensorboard.images=8"]).logger.tensorboard.images == 8
+    typo = "Unknown logger 'tensorbord' (logger=tensorbord). Did you mean 'tensorboard'? Available: csv, tensorboard"
+    for args in (["logger=[csv,tensorbord]"], ["logger=tensorbord"], ["-m", "logger=[csv],[tensorbord]"]):
+        assert check_group_choices(args) == typo
+        with pytest.raises(ConfigError, match=re.escape(typo)):
+            compose([a for a in args if a != "-m"])
+    assert check_override_keys(["logger.name=tensorboard"]) == (
+        "logger.name=tensorboard is the old spelling: choose loggers with logger=tensorboard (several at once: "
+        "logger=[csv,tensorboard]), and set theirs with logger.tensorboard.<key>=...")
+    assert "Did you mean 'logger.tensorboard.images'?" in check_override_keys(
+        ["logger=[csv,tensorboard]", "logger.tensorboard.imags=3"])

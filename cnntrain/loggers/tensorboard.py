@@ -1,4 +1,4 @@
-"""`logger=tensorboard`: a trainer callback that writes TensorBoard event files.
+"""`logger=tensorboard` (configs/logger/tensorboard.yaml): a logger that writes TensorBoard event files.
 
 What it records, in `<run folder>/tensorboard/` (see it with `tensorboard --logdir outputs`):
 - scalars every epoch: loss/train, loss/val, accuracy/train, accuracy/val, lr (and
@@ -23,6 +23,9 @@ from typing import Callable, Sequence
 import torch
 
 from cnntrain.errors import ConfigError
+from cnntrain.loggers import LOGGERS
+from cnntrain.registry import is_whole
+from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
 INSTALL_HINT = "pip install 'cnntrain[tensorboard]'"
@@ -55,28 +58,39 @@ class Denormalize:
         return images.clamp(0, 1)
 
 
+@LOGGERS.register("tensorboard")
 class TensorBoardLogger(Callback):
-    """Writes scalars, images, histograms and the graph of one run to `log_dir`.
+    """Writes scalars, images, histograms and the graph of one run to `<run_folder>/tensorboard/`.
 
     The trainer gives it the model and both loaders; what it cannot know from the
     trainer comes in here: the class names (for the "pred / actual" titles), the
     normalisation to undo before showing images, and `notify`, which prints a line
-    to the user (used when the graph cannot be traced).
+    to the user (used when the graph cannot be traced). Its settings (logger.tensorboard.*):
+    histogram_every, images, graph.
     """
 
-    def __init__(self, log_dir: Path, classes: Sequence[str], mean: Sequence[float] | None = None,
+    def __init__(self, run_folder: Path, classes: Sequence[str], mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, histogram_every: int = 1, images: int = 32,
                  graph: bool = True, notify: Callable[[str], None] = print):
         check_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(RunFolder(run_folder).tensorboard))
         self.classes = list(classes)
         self.denormalize = Denormalize(mean, std)
         self.histogram_every = histogram_every
         self.images = images
         self.graph = graph
         self.notify = notify
+
+    @staticmethod
+    def check_settings(histogram_every: int = 1, images: int = 32, graph: bool = True) -> None:
+        """Bad numbers and a missing tensorboard package, answered before any data is loaded."""
+        for key, value in (("histogram_every", histogram_every), ("images", images)):
+            if not is_whole(value) or value < 0:
+                raise ConfigError(f"logger.tensorboard.{key} must be a whole number >= 0 (0 turns it off), "
+                                  f"got {value!r}.")
+        check_tensorboard()
 
     # --- hooks --------------------------------------------------------------------------------
 
@@ -109,6 +123,9 @@ class TensorBoardLogger(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.writer.close()
+
+    def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
+        self.writer.close()  # what the last epochs wrote is on disk for a run that failed or was stopped
 
     # --- pieces -------------------------------------------------------------------------------
 
