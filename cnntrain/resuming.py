@@ -11,58 +11,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from cnntrain.checkpoint import RunCheckpoint, load_checkpoint
-from cnntrain.checks import check_trainer_settings, confirmed_imports, import_user_modules
-from cnntrain.config import (BUILDER_SECTIONS, REGISTRY_GROUPS, choice_names, dotted_keys, group_file,
-                             unknown_key_message)
+from cnntrain.checkpoint import RunCheckpoint
+from cnntrain.checks import check_trainer_settings, import_user_modules
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import resume_command
+from cnntrain.opened_run import RunArgument, apply_override, open_run
 from cnntrain.run import RunResult, run
-from cnntrain.run_folder import RunFolder, not_a_run_message
+from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import EpochMetrics
 
 # Dotted prefixes a resume may change.
 MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "trainer.early_stopping",
               "trainer.checkpoint_every_minutes", "device", "logger", "callbacks", "data.root", "data.download",
               "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
-# Group choices (model=alexnet) name a config file; on resume they are compared with the run's `name`.
-GROUP_KEYS = {**{group: f"{group}.name" for group in REGISTRY_GROUPS}, "device": "device.type"}
-# Group choices that, where they may change, take their group's whole file (logger=tensorboard; logger=[a,b]: both).
-WHOLE_FILE_GROUPS = ("logger", "data")
-# Two spellings of one setting (data.path is image_folder's old name of data.root): the one given now
-# replaces the other saved in the run, else the run's old spelling and the new one would name two folders.
-SAME_SETTING = {"data.root": "data.path", "data.path": "data.root"}
+# How a resume names its run, for open_run's messages: it always continues checkpoints/last.pt.
+RESUME = RunArgument(key="resume=", use="cnntrain resume={}", choose=False)
 # Schedules laid out over the run's length: more epochs would run past their end.
 LENGTH_BOUND_SCHEDULERS = ("cosine", "onecycle")
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """(config to continue with, last checkpoint) for the run in `run_dir`."""
-    if not run_dir.is_dir():
-        raise ConfigError(f"Cannot resume: {run_dir} is not a folder. Give a run folder, "
-                          f"e.g. resume=outputs/2026-11-23/10-00-00-000000_lenet_fashion_mnist.")
-    last = RunFolder(run_dir).last_checkpoint
-    if not RunFolder(run_dir).holds_run():  # outputs/<date>: say which runs it holds
-        raise ConfigError(not_a_run_message(run_dir, "cnntrain resume={}"))
-    if not last.is_file():
-        raise ConfigError(f"Cannot resume {run_dir}: it has no checkpoints/last.pt, so no epoch of it finished. "
-                          f"Start the run again instead.")
-    checkpoint = load_checkpoint(last)
+    given, overrides = imports_override(overrides)
+    # Its modules are imported when the run is built (check_config), as at the start of any run.
+    opened = open_run(run_dir, "last", given, RESUME, import_modules=False)
+    checkpoint = opened.checkpoint.state
     if "history" not in checkpoint:
         raise ConfigError(f"Cannot resume {run_dir}: its checkpoint was written by an older cnntrain without "
                           f"the state a resume needs. Start the run again.")
-    cfg = OmegaConf.create(checkpoint["config"])
-    # A run folder is data, never code: callbacks the run was started with are not created from
-    # it, and its modules are imported only when the user names them (imports=...) too.
-    cfg.callbacks = []
-    given, overrides = imports_override(overrides)
-    cfg.imports = confirmed_imports(cfg.get("imports"), given, run_dir)
+    cfg = opened.config()  # a resume trains: its loggers, model.weights and data.download stay
     saved_epochs = cfg.trainer.epochs
     for override in overrides:
-        apply_override(cfg, override, run_dir)
+        apply_override(cfg, override, run_dir, MAY_CHANGE)
     check_trainer_settings(cfg)
     if cfg.trainer.epochs != saved_epochs and cfg.scheduler.name in LENGTH_BOUND_SCHEDULERS:
         raise ConfigError(f"Cannot change trainer.epochs on resume: scheduler={cfg.scheduler.name} spreads its "
@@ -81,41 +63,6 @@ def imports_override(overrides: list[str]) -> tuple[str | None, list[str]]:
         else:
             others.append(override)
     return given, others
-
-
-def apply_override(cfg: DictConfig, override: str, run_dir: Path, may_change: tuple[str, ...] = MAY_CHANGE) -> None:
-    """Apply `key=value` to the resumed config if it may change; one that keeps the value is fine.
-
-    `may_change`: the dotted prefixes that may change (a resume's; cnntrain-eval's are data and device).
-    """
-    key, sep, raw = override.lstrip("+").partition("=")
-    if not sep:
-        raise ConfigError(f"Unexpected argument '{override}' with resume=: give key=value overrides.")
-    if key in WHOLE_FILE_GROUPS and key in may_change:  # a choice that may change: its whole file, as Hydra does
-        cfg[key] = OmegaConf.merge({}, *(OmegaConf.load(group_file(key, name)) for name in choice_names(key, raw)))
-        return
-    if key == "experiment":
-        raise ConfigError(f"experiment={raw} cannot be applied on resume: {run_dir} keeps the settings it "
-                          f"was started with.")
-    key = GROUP_KEYS.get(key, key)
-    value = yaml.safe_load(raw) if raw else None
-    missing = object()
-    current = OmegaConf.select(cfg, key, default=missing)
-    if current is not missing and current == value:
-        return
-    added = override.startswith("+") and "." in key and key.split(".")[0] in BUILDER_SECTIONS  # its builder checks it
-    if current is missing and key not in may_change and not added:  # a typo: force_add below would add it silently
-        raise ConfigError(unknown_key_message(key, override, dotted_keys(cfg)))
-    if not any(key == prefix or key.startswith(prefix + ".") for prefix in may_change):
-        was = f" (the run has {key}={current})" if current is not missing else ""
-        raise ConfigError(
-            f"Cannot resume with {key}={raw}{was}: a resumed run keeps its model, data, optimizer and "
-            f"schedule, so that it ends as the uninterrupted run would. Start a new run to train something "
-            f"different. A resume may change: {', '.join(MAY_CHANGE)}.")
-    other = SAME_SETTING.get(key)
-    if other and OmegaConf.select(cfg, other, default=None) is not None:
-        OmegaConf.update(cfg, other, None)
-    OmegaConf.update(cfg, key, value, force_add=True)
 
 
 def finished_message(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any]) -> str | None:

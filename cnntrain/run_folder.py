@@ -1,4 +1,4 @@
-"""The run folder: its file names, summary.json and the provenance recorded in it.
+"""The run folder: its file names, summary.json, new folders.
 
     <run folder>/
       .hydra/config.yaml   the composed config (Hydra writes it; calls from Python get one too)
@@ -20,21 +20,26 @@ Every other module gets these paths from a `RunFolder`, so a name is spelled onc
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnntrain.companion_files import EXPORT_FILE_NAMES, EvalFolder, export_info_path, export_predictions_csv
 from cnntrain.errors import CnnTrainError, ConfigError
-from cnntrain.process import interrupts_held
+from cnntrain.provenance import describe_device, git_commit, installed_version, provenance, versions
+from cnntrain.safe_writes import (cannot_write_message, check_writable, display_path,
+                                  links_out_problem, write_atomically, write_failure)
+
+# Importable from here as before they got modules of their own: every command takes a run folder's
+# paths, its atomic writes and its provenance from run_folder.
+__all__ = ["RunFolder", "refuse_links_out_of_run", "run_folder_problem",
+           "EXPORT_FILE_NAMES", "EvalFolder", "export_info_path", "export_predictions_csv",
+           "cannot_write_message", "check_writable", "display_path", "write_atomically", "write_failure",
+           "describe_device", "git_commit", "installed_version", "provenance", "versions"]
 
 
 class RunFolder:
@@ -164,16 +169,11 @@ class RunFolder:
         link that leads out of the run folder: a run folder from elsewhere (or a careless `ln -s`) must not make
         a command replace files outside it. Links that stay inside the folder, and the run folder itself being
         a link, are fine."""
-        root = self.path.resolve()
-        for path in self.written_files() if paths is None else paths:
-            real = Path(path).resolve()
-            if real != root and root not in real.parents:
-                link = _first_link(self.path, Path(path))
-                raise CnnTrainError(
-                    f"{_unresolved(link)} is a link to {os.path.realpath(link)}, outside the run folder "
-                    f"{display_path(self.path)}; "
-                    f"cnntrain writes only inside a run folder (through a link it would replace files elsewhere). "
-                    f"{fix or 'Replace the link with a folder or file of the run folder itself.'}")
+        problem = links_out_problem(self.path, self.written_files() if paths is None else paths)
+        if problem:
+            raise CnnTrainError(
+                f"{problem}; cnntrain writes only inside a run folder (through a link it would replace files "
+                f"elsewhere). {fix or 'Replace the link with a folder or file of the run folder itself.'}")
 
     def remove_stale_temp_files(self) -> None:
         """Temporary checkpoint files left by a kill in the middle of a save."""
@@ -184,42 +184,6 @@ class RunFolder:
         return str(self.path)
 
 
-def runs_in(folder: Path | str, depth: int = 2) -> list[Path]:
-    """The run folders inside `folder` (outputs/ holds <date>/<run>, a date folder <run>, a sweep <job>),
-    up to `depth` levels down, newest first (by their newest file)."""
-    found = []
-    level = [Path(folder)]
-    for _ in range(depth):
-        children = sorted(child for parent in level for child in parent.iterdir() if child.is_dir())
-        runs = {child for child in children if RunFolder(child).holds_run()}  # once each: it reads the disk
-        found += [child for child in children if child in runs]
-        level = [child for child in children if child not in runs]
-    return sorted(found, key=_newest_file_time, reverse=True)
-
-
-def _newest_file_time(run: Path) -> float:
-    files = (RunFolder(run).summary_json, RunFolder(run).metrics_csv, RunFolder(run).last_checkpoint)
-    return max((f.stat().st_mtime for f in files if f.is_file()), default=run.stat().st_mtime)
-
-
-def not_a_run_message(folder: Path | str, use: str, shown: int = 3) -> str:
-    """What cnntrain resume=, cnntrain-eval/-export/-predict run= say for a folder that holds no run: the runs
-    inside it when it holds some (outputs/, a date folder, a sweep), newest first, with the command for the
-    newest; `use`: that command, {} standing for the folder (e.g. "cnntrain resume={}")."""
-    folder = Path(folder)
-    try:
-        runs = runs_in(folder)
-    except OSError:
-        runs = []
-    if not runs:
-        return (f"{display_path(folder)} is not a run folder (it has no checkpoints/, summary.json or metrics.csv) "
-                f"and holds none. Give a run folder (outputs/<date>/<time>_<model>_<data>).")
-    names = ", ".join(display_path(run) for run in runs[:shown])
-    more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
-    return (f"{display_path(folder)} is not a run folder; the runs in it are, newest first: {names}{more}. "
-            f"The newest: {use.format(display_path(runs[0]))}")
-
-
 def refuse_links_out_of_run(path: Path | str, fix: str) -> None:
     """`path` is about to be written: when it lies in a run folder (the nearest folder above it that holds a
     run), it must not leave that folder through a link (`RunFolder.refuse_links_out`)."""
@@ -228,68 +192,6 @@ def refuse_links_out_of_run(path: Path | str, fix: str) -> None:
         if RunFolder(folder).holds_run():
             RunFolder(folder).refuse_links_out([path], fix)
             return
-
-
-def _unresolved(path: Path) -> str:
-    """`path` relative to the current folder when inside it, its links left as they are (display_path
-    resolves them, which would name the link's target instead of the link)."""
-    try:
-        return str(Path(os.path.abspath(path)).relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _first_link(root: Path, path: Path) -> Path:
-    """The first link on the way from `root` down to `path` (`path` itself when none is found on the way)."""
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        return path
-    current = root
-    for part in parts:
-        current = current / part
-        if current.is_symlink():
-            return current
-    return path
-
-
-# cnntrain-export's formats and the file each is written to (in <run folder>/export/ by default).
-EXPORT_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "exported_program": "model.pt2"}
-
-
-def export_info_path(model_file: Path | str) -> Path:
-    """The json beside an exported model: its full file name + .json (model.onnx -> model.onnx.json), so that
-    the exports of several formats in one folder each keep their own."""
-    model_file = Path(model_file)
-    return model_file.with_name(model_file.name + ".json")
-
-
-def export_predictions_csv(model_file: Path | str) -> Path:
-    """Where cnntrain-predict run=<file.onnx> writes by default: beside the file (model.onnx ->
-    model.predictions.csv)."""
-    model_file = Path(model_file)
-    return model_file.with_name(model_file.stem + ".predictions.csv")
-
-
-class EvalFolder:
-    """The files of one evaluation of a run (cnntrain-eval), in `path` (RunFolder.evaluation)."""
-
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.eval_json = self.path / "eval.json"  # every figure below, and what was evaluated
-        self.per_class_csv = self.path / "per_class.csv"  # precision, recall, F1, support per class
-        self.confusion_csv = self.path / "confusion_matrix.csv"  # rows: actual class, columns: predicted
-        self.confusion_png = self.path / "confusion_matrix.png"
-        self.misclassified_csv = self.path / "misclassified.csv"  # file (or index), actual, predicted, probability
-        self.misclassified_png = self.path / "misclassified.png"  # a grid of some of them, "pred X / actual Y"
-
-    def files(self) -> list[Path]:
-        """The folder and every file written in it."""
-        return [self.path, self.eval_json, self.per_class_csv, self.confusion_csv, self.confusion_png,
-                self.misclassified_csv, self.misclassified_png]
-
-    def __str__(self) -> str:
-        return str(self.path)
 
 
 def run_folder_problem(args: list[str]) -> str | None:
@@ -342,80 +244,6 @@ def _refuse_a_used_sweep_folder(path: Path) -> None:
                             f"for a timestamped one under outputs/multirun/.")
 
 
-def write_atomically(path: Path | str, write: Callable[[IO], Any], binary: bool = True, sync: bool = False) -> None:
-    """`write(file)` into a temporary file of its own beside `path`, then renamed over `path`.
-
-    A crash at any moment leaves the old file or the new one, never half of one (os.replace
-    is atomic); two processes never share a temporary name (mkstemp); the file gets the mode
-    a plain open() would give it (mkstemp's own is 0600). `sync`: fsync before the rename.
-    A second Ctrl-C waits for the file to be in place (`interrupts_held`): no temporary file is left.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with interrupts_held():
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.chmod(tmp_name, 0o666 & ~_umask())
-            text_options = {} if binary else {"encoding": "utf-8", "newline": ""}
-            with os.fdopen(fd, "wb" if binary else "w", **text_options) as f:
-                write(f)
-                f.flush()
-                if sync:
-                    os.fsync(f.fileno())
-            os.replace(tmp_name, path)
-        except BaseException as err:
-            failure = write_failure(err, path)  # before the unlink: a full disk is full while the file is there
-            Path(tmp_name).unlink(missing_ok=True)
-            if failure is not None and failure is not err:
-                raise failure from err
-            raise
-
-
-# One MiB: below it, a file system on which torch's writer failed is full (root's reserved blocks included).
-FULL_DISK_BYTES = 2**20
-
-
-def write_failure(err: BaseException, path: Path | str) -> OSError | None:
-    """`err` as the OSError it is when writing `path` failed: itself, or torch's serializer failing on a full disk
-    (torch.save's RuntimeError "[enforce fail at inline_container.cc:...] unexpected pos ...", which hides the
-    OSError of the write beneath it) as ENOSPC, or as EIO when the disk has room; None for other errors."""
-    if isinstance(err, OSError):
-        return err
-    text = str(err)
-    if not (isinstance(err, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text)):
-        return None
-    try:
-        full = shutil.disk_usage(Path(path).parent).free < FULL_DISK_BYTES
-    except OSError:
-        full = False
-    if full:
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return OSError(errno.EIO, f"the file could not be written ({reason})", str(path))
-
-
-def check_writable(folder: Path | str, fix: str) -> None:
-    """A file can be created in `folder` (tried with a temporary one), else a CnnTrainError saying where it
-    could not write, why, and `fix`: before the work, so that a read-only or full file system costs nothing."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=".cnntrain-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as err:
-        raise CnnTrainError(cannot_write_message(Path(folder), err, fix)) from None
-
-
-def cannot_write_message(path: Path, err: OSError, fix: str) -> str:
-    """Where a command could not write, why (the system's words) and how to go on."""
-    return f"Cannot write to {display_path(path)}: {err.strerror or err}. {fix}"
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
-    os.umask(mask)
-    return mask
-
-
 def _new_run_dir(cfg: DictConfig) -> Path:
     """outputs/<date>/<time with microseconds>_<model>_<data>: two runs never share one."""
     now = datetime.now()
@@ -437,54 +265,3 @@ def _hydra_run_dir() -> Path | None:
         return None
 
 
-def display_path(path: Path | str) -> str:
-    """`path` relative to the current folder when it is inside it (shorter on screen)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def provenance(device) -> dict[str, Any]:
-    """What a run's numbers depend on besides its config: the device, library versions, the git commit."""
-    return {"device": describe_device(device), "versions": versions(), "git_commit": git_commit()}
-
-
-def describe_device(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    if device.type == "cpu":
-        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return device.type
-
-
-def versions() -> dict[str, str | None]:
-    import hydra
-    import torch
-
-    from cnntrain import __version__
-
-    return {"cnntrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": installed_version("torchvision"), "hydra": hydra.__version__}
-
-
-def installed_version(distribution: str) -> str | None:
-    """A package's version from its installed metadata: without importing it (torchvision's import
-    costs 0.3-1 s, and a run on IDX data never needs it)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit() -> str | None:
-    """The commit of the current folder's git checkout, if there is one."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return result.stdout.strip() if result.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None

@@ -91,7 +91,7 @@ def test_load_run_predicts_paths_pil_images_and_tensors_alike(trained, tmp_path)
 
 def test_load_run_and_predict_refuse_bad_input_with_a_message(trained, tmp_path):
     result, _ = trained
-    with pytest.raises(CnnTrainError, match="checkpoint must be best or last"):
+    with pytest.raises(CnnTrainError, match=r"Unknown checkpoint 'worst' \(checkpoint=\)\. Use checkpoint=best"):
         load_run(result.run_dir, checkpoint="worst")
     with pytest.raises(CnnTrainError, match="is not a folder"):
         load_run(tmp_path / "nothing")

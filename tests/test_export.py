@@ -194,7 +194,7 @@ def test_errors_name_the_problem_and_the_fix(exports, run_dir, tmp_path, monkeyp
         export_run(tmp_path / "nothing", "onnx", **quiet)
     with pytest.raises(CnnTrainError, match="is not a run folder"):
         export_run(tmp_path, "onnx", **quiet)
-    with pytest.raises(CnnTrainError, match="checkpoint must be best or last"):
+    with pytest.raises(CnnTrainError, match=r"Unknown checkpoint 'worst' \(checkpoint=\)\. Use checkpoint=best"):
         export_run(run_dir, "onnx", checkpoint="worst", **quiet)
     notes = tmp_path / "notes.onnx"
     notes.write_text("my notes")
@@ -226,8 +226,8 @@ def test_a_run_without_the_checkpoint_asked_for_points_to_the_other(run_dir, tmp
     partial = tmp_path / "partial"
     (partial / "checkpoints").mkdir(parents=True)
     (partial / "checkpoints" / "last.pt").write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes())
-    with pytest.raises(CnnTrainError, match=r"has no checkpoints/best\.pt\. It has checkpoints/last\.pt: export "
-                                            r"that with checkpoint=last"):
+    with pytest.raises(CnnTrainError, match=r"has no checkpoints/best\.pt \(it was deleted or lost\)\. It has "
+                                            r"checkpoints/last\.pt: use checkpoint=last\.$"):
         export_run(partial, "exported_program", say=lambda line: None)
 
 

@@ -418,7 +418,7 @@ def test_torchs_serializer_failure_becomes_an_os_error_naming_the_file(tmp_path,
     import json
 
     import cnntrain.checkpoint as checkpoint_module
-    import cnntrain.run_folder as run_folder
+    import cnntrain.safe_writes as safe_writes
     from cnntrain import train
 
     real_save = checkpoint_module.torch.save
@@ -429,7 +429,7 @@ def test_torchs_serializer_failure_becomes_an_os_error_naming_the_file(tmp_path,
         real_save(state, f)
 
     monkeypatch.setattr(checkpoint_module.torch, "save", save_until_full)
-    monkeypatch.setattr(run_folder, "FULL_DISK_BYTES", 2**62)  # any disk counts as full
+    monkeypatch.setattr(safe_writes, "FULL_DISK_BYTES", 2**62)  # any disk counts as full
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CnnTrainError) as caught:
         train(*SMOKE[:1], "trainer.epochs=3", "trainer.progress=none", run_dir=tmp_path / "run")
@@ -438,11 +438,11 @@ def test_torchs_serializer_failure_becomes_an_os_error_naming_the_file(tmp_path,
     assert ": No space left on device. checkpoints/last.pt in run is whole." in message
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 
-    monkeypatch.setattr(run_folder, "FULL_DISK_BYTES", 0)  # a disk with room: the write failed for another reason
-    error = run_folder.write_failure(RuntimeError("[enforce fail at inline_container.cc:1] . x"), tmp_path / "a.pt")
+    monkeypatch.setattr(safe_writes, "FULL_DISK_BYTES", 0)  # a disk with room: the write failed for another reason
+    error = safe_writes.write_failure(RuntimeError("[enforce fail at inline_container.cc:1] . x"), tmp_path / "a.pt")
     assert error.errno == 5 and "the file could not be written ([enforce fail at inline_container.cc:1] . x)" \
         in error.strerror
-    assert run_folder.write_failure(RuntimeError("CUDA out of memory"), tmp_path / "a.pt") is None
+    assert safe_writes.write_failure(RuntimeError("CUDA out of memory"), tmp_path / "a.pt") is None
 
 
 # ---------------------------------------------------------------- docs/errors.md names tests that exist

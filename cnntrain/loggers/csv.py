@@ -7,7 +7,7 @@ choice and of "no more than that" in a list (logger=[csv,tensorboard]).
 
 from __future__ import annotations
 
-from cnntrain.loggers import LOGGERS
+from cnntrain.loggers.catalog import LOGGERS
 from cnntrain.trainer import Callback
 
 

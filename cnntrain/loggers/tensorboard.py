@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from cnntrain.errors import ConfigError
-from cnntrain.loggers import LOGGERS
+from cnntrain.loggers.catalog import LOGGERS
 from cnntrain.registry import is_whole
 from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
