@@ -47,7 +47,8 @@ from rich.table import Table
 
 from cnntrain.build import build_data, place_model, resolve_device, split_loader
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import check_config, confirmed_imports, resolve_tta, tta_line
+from cnntrain.checks import check_config, resolve_tta, tta_line
+from cnntrain.user_code import confirmed_imports
 from cnntrain.config import group_file
 from cnntrain.data import ImageData, ImageSet, PreparedData, load_image_data
 from cnntrain.data.folder import READ_ERRORS, FileImageSet, decode

@@ -29,7 +29,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnntrain.checkpoint import RunCheckpoint, check_model_description
-from cnntrain.checks import TTA_MODES, confirmed_imports, import_user_modules, resolve_tta
+from cnntrain.checks import TTA_MODES, resolve_tta
+from cnntrain.user_code import confirmed_imports, import_user_modules
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError

@@ -15,7 +15,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import RunCheckpoint, load_checkpoint
-from cnntrain.checks import check_trainer_settings, confirmed_imports, import_user_modules
+from cnntrain.checks import check_trainer_settings
+from cnntrain.user_code import confirmed_imports, import_user_modules
 from cnntrain.config import BUILDER_SECTIONS, REGISTRY_GROUPS, dotted_keys, group_file, unknown_key_message
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import resume_command

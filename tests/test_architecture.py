@@ -16,10 +16,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnntrain"
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS = [
     {"cnntrain", "cnntrain.errors", "cnntrain.registry", "cnntrain.process"},
-    {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line"},
+    {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line", "cnntrain.user_code"},
     {"cnntrain.trainer", "cnntrain.data", "cnntrain.models", "cnntrain.optim", "cnntrain.speed_switches",
      "cnntrain.inspector", "cnntrain.run_folder", "cnntrain.plots", "cnntrain.checkpoint", "cnntrain.pretrained",
-     "cnntrain.distributed", "cnntrain.ema"},
+     "cnntrain.distributed", "cnntrain.ema", "cnntrain.settings"},
     {"cnntrain.callbacks", "cnntrain.loggers", "cnntrain.tensorboard_logger", "cnntrain.finetune"},
     {"cnntrain.checks", "cnntrain.build"},
     {"cnntrain.run", "cnntrain.interruptions", "cnntrain.resuming", "cnntrain.predict", "cnntrain.sweep",
