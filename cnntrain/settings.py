@@ -27,7 +27,7 @@ FALLBACKS: dict[str, Any] = {
     "data.augment": None,
     "model.weights": None, "model.freeze": None, "model.init": "default", "model.input_size": None,
     "finetune": None, "finetune.unfreeze_at": None, "finetune.lr_scale": 0.01,
-    "finetune.keep_norm_statistics": False,
+    "finetune.keep_norm_statistics": False, "optimizer.no_decay_bias_norm": False,
 }
 
 

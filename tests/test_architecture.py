@@ -21,7 +21,7 @@ LAYERS = [
      "cnntrain.inspector", "cnntrain.run_folder", "cnntrain.plots", "cnntrain.checkpoint", "cnntrain.pretrained",
      "cnntrain.distributed", "cnntrain.ema", "cnntrain.settings"},
     {"cnntrain.callbacks", "cnntrain.loggers", "cnntrain.tensorboard_logger", "cnntrain.finetune"},
-    {"cnntrain.checks", "cnntrain.build"},
+    {"cnntrain.checks", "cnntrain.setting_checks", "cnntrain.build", "cnntrain.model_setup", "cnntrain.run_callbacks"},
     {"cnntrain.run", "cnntrain.interruptions", "cnntrain.resuming", "cnntrain.predict", "cnntrain.sweep",
      "cnntrain.export", "cnntrain.evaluation"},
     {"cnntrain.api"},
