@@ -1,141 +1,74 @@
 """Checking a composed config: every name and setting, before any data is loaded.
 
-`check_config` returns a `CheckedConfig`: the registry entries with their checked
-settings, the built augmentations, the logger settings and the user's callbacks. A
-typo costs a second here, not a dataset parse; and build.py builds from exactly
-these checked values, so nothing is checked twice or built from unchecked input.
+`check_config` returns a frozen `CheckedConfig`: the trainer, data, model and fine-tuning
+settings typed (settings.py, checked by setting_checks.py), the registry entries with their
+checked settings, the built augmentations, the logger settings and the user's callbacks. A
+typo costs a second here, not a dataset parse; and build.py builds from exactly these
+checked values, so nothing is checked twice, read twice or built from unchecked input.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cnntrain.config import as_plain, settings_of
 from cnntrain.data import DATASETS, LOADER_KEYS
 from cnntrain.data.augment import Augmentation, build_augmentations
-from cnntrain.distributed import STRATEGIES
 from cnntrain.errors import ConfigError
-from cnntrain.evaluator import TTA_MODES
-from cnntrain.finetune import check_freeze
 from cnntrain.loggers import check_logger
-from cnntrain.models import MODEL_KEYS, MODELS
-from cnntrain.models.init import check_init_scheme
-from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS
-from cnntrain.registry import Component, did_you_mean, is_number, is_whole
-from cnntrain.speed_switches import PRECISIONS
+from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, check_optimizer_and_schedule
+from cnntrain.registry import Component, did_you_mean
+from cnntrain.setting_checks import (check_batch_memory, check_counts, check_data_settings,
+                                     check_finetune, check_model_plan, check_seed, check_trainer_settings)
+from cnntrain.settings import DataSettings, FinetuneSettings, ModelPlan, TrainerSettings, setting
 from cnntrain.trainer import Callback
+from cnntrain.user_code import current_folder_on_path, import_user_modules
 
-PROGRESS_MODES = ("auto", "bar", "plain", "none")
-EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
-LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
-@dataclass
+
+@dataclass(frozen=True)
 class CheckedConfig:
-    """A config whose names and settings have been checked; what `build_training` builds from."""
+    """A config whose names and settings have been checked, as typed settings: what `build_training`
+    builds from. `cfg` is kept for what records the config (the run folder, checkpoints, the recipe
+    line); nothing builds from it."""
 
     cfg: DictConfig
+    seed: int
+    device: str  # device.type: auto, cpu, cuda or mps (build.resolve_device)
+    trainer: TrainerSettings
+    data: DataSettings
+    model: ModelPlan
+    finetune: FinetuneSettings
     dataset: Component
     optimizer: Component
+    no_decay_bias_norm: bool  # optimizer.no_decay_bias_norm (optim.parameter_groups)
     scheduler: Component
-    augment: list  # data.augment as plain values (saved with checkpoints, for prediction)
     augmentations: list[Augmentation]
     logger: list[Component]  # the checked loggers (loggers.check_logger), built by build_callbacks
     callbacks: list[Callback] = field(default_factory=list)  # the user's, from config and from Python
-    mixup: dict[str, float] | None = None  # trainer.mixup's settings (data/mixing.py); None: no MixUp / CutMix
+
+    @property
+    def augment(self) -> list:
+        """data.augment as plain values (saved with checkpoints, for prediction)."""
+        return self.data.augment
+
+    @property
+    def mixup(self) -> dict[str, float] | None:
+        """trainer.mixup's settings (data/mixing.py); None: no MixUp / CutMix."""
+        return self.trainer.mixup
 
     @property
     def limits(self) -> dict[str, int | float]:
         """The quick-look settings in force (trainer.limit_*_batches, data.subset); {} for a full run."""
-        trainer = self.cfg.trainer
-        limits = {key: trainer.get(key) for key in LIMIT_KEYS}
-        limits["subset"] = self.cfg.data.get("subset")
-        return {key: value for key, value in limits.items() if value is not None}
+        subset = {"subset": self.data.subset} if self.data.subset is not None else {}
+        return {**self.trainer.batch_limits, **subset}
 
     @property
     def eval_batch_size(self) -> int:
-        return self.cfg.data.get("eval_batch_size") or 2 * self.cfg.data.batch_size
-
-
-def import_user_modules(modules) -> None:
-    """Import the modules listed in `imports` so that their registrations take effect.
-
-    The current folder is searched too: the `cnntrain` script's own folder is what
-    Python puts on sys.path, not the folder the user is working in.
-    """
-    with current_folder_on_path():
-        for module in module_list(modules):
-            try:
-                importlib.import_module(module)
-            except (ImportError, ValueError, TypeError) as err:
-                raise ConfigError(
-                    f"Cannot import '{module}' (imports): {err}. Make sure it is on PYTHONPATH "
-                    f"(e.g. run from the folder that holds it)."
-                ) from err
-
-
-@contextlib.contextmanager
-def current_folder_on_path():
-    """The current folder on sys.path while the user's named modules are imported, and only then:
-    left there it would shadow any module a library imports later (a run folder holding an
-    `olefile.py` would run as soon as Pillow loaded its plugins)."""
-    folder = os.getcwd()
-    added = folder not in sys.path
-    if added:
-        sys.path.append(folder)
-    try:
-        yield
-    finally:
-        if added and folder in sys.path:
-            sys.path.remove(folder)
-
-
-def module_list(value: Any) -> list[str]:
-    """`imports` as module names: from a config list, a YAML list text ('[a,b]'), one name, or nothing."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        value = yaml.safe_load(value) if value.lstrip().startswith("[") else [value]
-    value = as_plain(value)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) and name for name in value):
-        raise ConfigError(f"imports must be a list of module names, e.g. imports=[my_models], got {value!r}.")
-    return list(value)
-
-
-def modules_text(modules: list[str]) -> str:
-    """imports as typed on a command line: [a,b] (no spaces, so a shell passes it as one argument)."""
-    return f"[{','.join(modules)}]"
-
-
-def confirmed_imports(recorded: Any, given: Any, run_dir: Any) -> list[str]:
-    """The modules to import for a run folder's model: those the user names (`given`, None when
-    not given), which must be the ones the run recorded.
-
-    A run folder is data, not code: a module named only inside its checkpoint or saved config
-    is never imported, since a folder someone sends you could carry one beside it.
-    """
-    recorded, given = module_list(recorded), None if given is None else module_list(given)
-    if given is None and not recorded:
-        return []
-    retry = (f"add imports={modules_text(recorded)} to the command (imports={recorded!r} in Python)" if recorded
-             else "leave imports out")
-    if given is None:
-        raise ConfigError(
-            f"{run_dir} was trained with imports={modules_text(recorded)}. Modules named in a run folder are "
-            f"never imported on their own: a folder from someone else could carry code that would run. If you "
-            f"trust these modules, {retry}.")
-    if sorted(given) != sorted(recorded):
-        raise ConfigError(
-            f"imports={modules_text(given)} does not match the modules {run_dir} was trained with "
-            f"(imports={modules_text(recorded)}). To use the run's model, {retry}.")
-    return given
+        return self.data.eval_batch_size
 
 
 def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConfig:
@@ -145,25 +78,24 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
     """
     import_user_modules(cfg.get("imports"))
     check_finite_numbers(cfg)
-    MODELS.check_settings(cfg.model.name, settings_of(cfg.model, MODEL_KEYS))
-    check_init_scheme(cfg.model.get("init", "default"))
-    check_starting_weights(cfg)
-    augment = as_plain(cfg.data.get("augment")) or []
-    checked = CheckedConfig(
-        cfg=cfg,
+    augment = as_plain(setting(cfg.data, "data.augment")) or []
+    components = dict(
         dataset=DATASETS.checked(cfg.data.name, settings_of(cfg.data, LOADER_KEYS)),
         optimizer=OPTIMIZERS.checked(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS)),
+        no_decay_bias_norm=setting(cfg.optimizer, "optimizer.no_decay_bias_norm"),
         scheduler=SCHEDULERS.checked(cfg.scheduler.name, settings_of(cfg.scheduler)),
-        augment=list(augment),
-        augmentations=build_augmentations(augment),
-        logger=check_logger(cfg.get("logger")),
-    )
-    check_trainer_settings(cfg)
-    checked.mixup = mixup_settings(cfg.trainer.get("mixup"))
-    check_data_settings(cfg, checked.eval_batch_size)
-    check_optimizer_and_schedule(checked)
-    checked.callbacks = config_callbacks(cfg.get("callbacks")) + check_callbacks(callbacks, "callbacks=")
-    return checked
+        augmentations=build_augmentations(augment), logger=check_logger(cfg.get("logger")))
+    counts = check_counts(cfg)
+    trainer = check_trainer_settings(cfg, counts)
+    seed = check_seed(cfg)
+    data = check_data_settings(cfg.data, counts["data.batch_size"], list(augment))
+    plan = check_model_plan(cfg.model, data.resize)
+    finetune = check_finetune(cfg.get("finetune"), plan.freeze, trainer.epochs)
+    check_batch_memory(data, plan)
+    check_optimizer_and_schedule(components["optimizer"], components["scheduler"], trainer.epochs)
+    user_callbacks = config_callbacks(cfg.get("callbacks")) + check_callbacks(callbacks, "callbacks=")
+    return CheckedConfig(cfg=cfg, seed=seed, device=cfg.device.type, trainer=trainer, data=data, model=plan,
+                         finetune=finetune, callbacks=user_callbacks, **components)
 
 
 def check_finite_numbers(cfg: DictConfig) -> None:
@@ -188,192 +120,6 @@ def _numbers(node, key: str):
             yield from _numbers(child, f"{key}[{i}]")
     elif isinstance(node, float):
         yield key, node
-
-
-MAX_COUNT = 2**31 - 1
-
-
-def check_trainer_settings(cfg: DictConfig) -> None:
-    trainer = cfg.trainer
-    for key in ("trainer.epochs", "trainer.log_every", "data.batch_size", "trainer.accumulate_grad_batches"):
-        # The upper bound: torch counts steps and batch sizes in 32-bit integers in places; beyond it a
-        # value means nothing a run could do (trainer.epochs=99999999999999999999 trained on and on).
-        _require(OmegaConf.select(cfg, key, default=1), key, f"a positive whole number up to {MAX_COUNT:,}",
-                 lambda v: _is_count(v) and v <= MAX_COUNT)
-    if trainer.progress not in PROGRESS_MODES:
-        raise ConfigError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}, "
-                          f"got '{trainer.progress}'.")
-    _require(trainer.get("label_smoothing", 0.0), "trainer.label_smoothing", "a number from 0 up to (not) 1",
-             lambda v: is_number(v) and 0 <= v < 1)
-    _require(trainer.get("grad_clip_norm"), "trainer.grad_clip_norm", "null (off) or a positive number",
-             lambda v: v is None or _is_positive_number(v))
-    _require(trainer.get("ema"), "trainer.ema", "null (off) or the decay of the weights' moving average, a number "
-             "between 0 and 1 (both excluded) such as 0.999", lambda v: v is None or (is_number(v) and 0 < v < 1))
-    _require(trainer.get("ema_warmup", True), "trainer.ema_warmup", "true or false", lambda v: isinstance(v, bool))
-    _require(trainer.get("tta"), "trainer.tta", f"null (off) or one of {', '.join(TTA_MODES)} (hflip: evaluate "
-             f"each image and its mirror image, averaging their probabilities)", lambda v: v is None or v in TTA_MODES)
-    _require(trainer.get("compile", False), "trainer.compile", "true or false", lambda v: isinstance(v, bool))
-    _require(trainer.get("strategy", "auto"), "trainer.strategy", f"one of {', '.join(STRATEGIES)}",
-             lambda v: v in STRATEGIES)
-    _require(trainer.get("sync_batchnorm", False), "trainer.sync_batchnorm", "true or false",
-             lambda v: isinstance(v, bool))
-    _require(trainer.get("channels_last", "auto"), "trainer.channels_last", "auto, true or false",
-             lambda v: v in ("auto", True, False))
-    _require(trainer.get("precision", 32), "trainer.precision", "one of 32, bf16, fp16",
-             lambda v: str(v).lower() in PRECISIONS)
-    for key in LIMIT_KEYS:
-        _require(trainer.get(key), f"trainer.{key}", "null (all batches), a whole number of batches >= 1, or a "
-                 "fraction of them in (0, 1] such as 0.1", _is_batch_limit)
-    _require(cfg.data.get("subset"), "data.subset", "null (all training images) or a whole number >= 1",
-             lambda v: v is None or _is_count(v))
-    _require(trainer.get("checkpoint_every_minutes"), "trainer.checkpoint_every_minutes",
-             "null (only at epoch ends) or a number of minutes > 0", lambda v: v is None or _is_positive_number(v))
-    stopping = trainer.get("early_stopping") or {}
-    _require(stopping, "trainer.early_stopping", "a section with patience, metric and min_delta",
-             lambda v: hasattr(v, "get"))
-    _require(stopping.get("patience"), "trainer.early_stopping.patience", "null (off) or a positive whole number",
-             lambda v: v is None or _is_count(v))
-    _require(stopping.get("metric", "val_loss"), "trainer.early_stopping.metric",
-             f"one of {', '.join(EARLY_STOPPING_METRICS)}", lambda v: v in EARLY_STOPPING_METRICS)
-    _require(stopping.get("min_delta", 0.0), "trainer.early_stopping.min_delta", "a number >= 0",
-             lambda v: is_number(v) and v >= 0)
-
-
-# trainer.mixup's settings and their defaults (timm's Mixup: mixup_alpha, cutmix_alpha, prob, switch_prob).
-MIXUP_DEFAULTS = {"alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5}
-
-
-def mixup_settings(section) -> dict[str, float] | None:
-    """trainer.mixup checked: its settings for a `data.mixing.BatchMixer`, or None when it mixes nothing
-    (null, both alphas 0, or prob 0)."""
-    section = as_plain(section)
-    if section is None:
-        return None
-    _require(section, "trainer.mixup", "a section such as {alpha: 0.2, cutmix_alpha: 1.0, prob: 1.0, switch_prob: "
-             "0.5} (or null: off)", lambda v: isinstance(v, dict))
-    for key in section:
-        if key not in MIXUP_DEFAULTS:
-            raise ConfigError(f"trainer.mixup has no setting '{key}'.{did_you_mean(str(key), MIXUP_DEFAULTS)} "
-                              f"It takes {', '.join(MIXUP_DEFAULTS)}.")
-    settings = {**MIXUP_DEFAULTS, **section}
-    _require(settings["alpha"], "trainer.mixup.alpha", "a number >= 0 (MixUp's Beta(alpha, alpha); 0: no MixUp; "
-             "0.2 to 1 are usual)", lambda v: is_number(v) and v >= 0)
-    _require(settings["cutmix_alpha"], "trainer.mixup.cutmix_alpha", "a number >= 0 (CutMix's Beta(alpha, alpha); "
-             "0: no CutMix; 1.0 is usual)", lambda v: is_number(v) and v >= 0)
-    _require(settings["prob"], "trainer.mixup.prob", "a number from 0 to 1 (the share of training batches mixed)",
-             lambda v: is_number(v) and 0 <= v <= 1)
-    _require(settings["switch_prob"], "trainer.mixup.switch_prob", "a number from 0 to 1 (with alpha and "
-             "cutmix_alpha both above 0: the share of the mixed batches that use CutMix)",
-             lambda v: is_number(v) and 0 <= v <= 1)
-    if settings["alpha"] == settings["cutmix_alpha"] == 0 or settings["prob"] == 0:
-        return None
-    return {key: float(value) for key, value in settings.items()}
-
-
-def check_starting_weights(cfg: DictConfig) -> None:
-    """model.weights, model.freeze and the finetune section: their kinds, and that they fit together."""
-    _require(cfg.model.get("weights"), "model.weights", "null, a torchvision weights name (DEFAULT), a weights "
-             "file or a cnntrain run folder", lambda v: v is None or (isinstance(v, str) and v.strip() != ""))
-    check_freeze(cfg.model.get("freeze"))
-    finetune = cfg.get("finetune") or {}
-    unfreeze_at = finetune.get("unfreeze_at")
-    if unfreeze_at is None:
-        return
-    epochs = cfg.trainer.epochs
-    _require(unfreeze_at, "finetune.unfreeze_at", f"null (one stage) or a whole number of epochs from 1 to "
-             f"{epochs - 1} (trainer.epochs={epochs})", lambda v: _is_count(v) and v < epochs)
-    _require(finetune.get("lr_scale", 0.01), "finetune.lr_scale", "a number > 0 (e.g. 0.01)", _is_positive_number)
-    _require(finetune.get("keep_norm_statistics", False), "finetune.keep_norm_statistics", "true or false",
-             lambda v: isinstance(v, bool))
-    if cfg.model.get("freeze") in (None, "none", 0):
-        raise ConfigError(f"finetune.unfreeze_at={unfreeze_at} unfreezes what model.freeze froze, but nothing is "
-                          f"frozen. Add model.freeze=backbone (train the head first), or drop finetune.unfreeze_at.")
-
-
-# One batch of input images above this is a typo, not a plan (float32, before any activation).
-MAX_BATCH_INPUT_BYTES = 8 * 2**30
-
-
-def check_data_settings(cfg: DictConfig, eval_batch_size: int) -> None:
-    """The seed and the data settings every dataset shares, before any data loads."""
-    _require(cfg.get("seed"), "seed", "a whole number from 0 to 2**63 - 1",
-             lambda v: is_whole(v) and 0 <= v < 2**63)
-    data = cfg.data
-    _require(data.get("resize"), "data.resize", "null (the model's input size) or a whole number of pixels >= 1",
-             lambda v: v is None or _is_count(v))
-    _require(data.get("eval_batch_size"), "data.eval_batch_size", "null (2 x batch_size) or a whole number >= 1",
-             lambda v: v is None or _is_count(v))
-    size = data.get("resize") or cfg.model.get("input_size") or 0
-    batch = max(data.batch_size, eval_batch_size)
-    needed = batch * size * size * 4  # one grey float32 batch: a lower bound for any model
-    if needed > MAX_BATCH_INPUT_BYTES:
-        key = "data.resize" if data.get("resize") else "model.input_size"
-        raise ConfigError(f"{key}={size} would need at least {needed / 2**30:,.0f} GiB for one batch of "
-                          f"{batch} input images alone, before the model's activations. Use a size of a few "
-                          f"hundred pixels at most.")
-
-
-def check_optimizer_and_schedule(checked: CheckedConfig) -> None:
-    """Build the optimizer and the schedule on one dummy parameter and take a step, so that torch's
-    own checks (lr < 0, a string for lr, momentum < 0, a step_size of 0, ...) answer now, naming the settings."""
-    import torch
-
-    cfg = checked.cfg
-    parameter = torch.zeros(1, requires_grad=True)
-    try:
-        optimizer = checked.optimizer.build(params=[parameter])
-    except (ValueError, TypeError, RuntimeError, IndexError) as err:
-        raise ConfigError(f"optimizer={checked.optimizer.name} cannot take its settings "
-                          f"({_settings_text('optimizer', checked.optimizer.settings)}): {err}") from None
-    for key, usual in (("momentum", 0.9), ("alpha", 0.99)):  # torch takes any value >= 0; from 1 up, the
-        value = checked.optimizer.settings.get(key)       # updates grow without end (or never average)
-        if is_number(value) and not 0 <= value < 1:
-            raise ConfigError(f"optimizer.{key} must be a number from 0 up to (not) 1 ({usual} is usual), got {value}.")
-    try:
-        schedule = checked.scheduler.build(optimizer=optimizer, epochs=cfg.trainer.epochs, steps_per_epoch=1)
-        lowest = _lowest_lr(optimizer, schedule, cfg.trainer.epochs)
-    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as err:
-        raise ConfigError(f"scheduler={checked.scheduler.name} cannot take its settings "
-                          f"({_settings_text('scheduler', checked.scheduler.settings)}): "
-                          f"{type(err).__name__}: {err}") from None
-    if lowest < 0:
-        raise ConfigError(f"scheduler={checked.scheduler.name} would set a negative learning rate ({lowest:.3g}) "
-                          f"with its settings ({_settings_text('scheduler', checked.scheduler.settings)}) and "
-                          f"optimizer.lr={optimizer.defaults['lr']}.")
-
-
-def _lowest_lr(optimizer, schedule, epochs: int) -> float:
-    """The lowest learning rate the schedule sets over a run of `epochs` one-step epochs (its shape
-    is the same at any number of steps per epoch)."""
-    lowest = optimizer.param_groups[0]["lr"]
-    if schedule is None:
-        return lowest
-    for _ in range(min(epochs, 1000)):
-        optimizer.step()
-        schedule.scheduler.step(*([1.0] if schedule.monitor else []))
-        lowest = min(lowest, optimizer.param_groups[0]["lr"])
-    return lowest
-
-
-def _settings_text(section: str, settings: dict[str, Any]) -> str:
-    return ", ".join(f"{section}.{key}={value!r}" for key, value in settings.items()) or "none"
-
-
-def _is_count(value) -> bool:
-    return is_whole(value) and value >= 1
-
-
-def _is_positive_number(value) -> bool:
-    return is_number(value) and value > 0
-
-
-def _is_batch_limit(value) -> bool:
-    return value is None or _is_count(value) or (isinstance(value, float) and 0 < value <= 1)
-
-
-def _require(value, key: str, expected: str, is_valid) -> None:
-    if not is_valid(value):
-        raise ConfigError(f"{key} must be {expected}, got {value!r}.")
 
 
 def config_callbacks(entries) -> list[Callback]:

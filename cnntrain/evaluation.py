@@ -96,7 +96,7 @@ def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "be
     if not own_data and split in ("test", "val") and getattr(data, split) is None:
         notices.append(hold_out_notice(data, prepared, split, len(examples)))
 
-    placed = place_model(cfg, state.build_model(), device)
+    placed = place_model(checked.trainer, state.build_model(), device)
     notices += placed.notices
     transform = dataclasses.replace(preprocess_transform(state.preprocess), channels_last=placed.channels_last)
     loader = split_loader(checked, examples, split, transform, device, limited=False)

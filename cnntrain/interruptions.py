@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from cnntrain.checks import module_list, modules_text
+from cnntrain.user_code import module_list, modules_text
 from cnntrain.distributed import launched_by_torchrun, lost_peer
 from cnntrain.process import hold_interrupt
 from cnntrain.run_folder import RunFolder, display_path

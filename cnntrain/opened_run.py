@@ -23,7 +23,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import confirmed_imports, import_user_modules
+from cnntrain.user_code import confirmed_imports, import_user_modules
 from cnntrain.config import (BUILDER_SECTIONS, REGISTRY_GROUPS, choice_names, dotted_keys, group_file,
                              unknown_key_message)
 from cnntrain.errors import ConfigError

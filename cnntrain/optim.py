@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from cnntrain.errors import ConfigError
-from cnntrain.registry import Registry
+from cnntrain.registry import Component, Registry, is_number
 
 OPTIMIZERS = Registry("optimizer", "optimizer.name", code_arguments=("params",))
 SCHEDULERS = Registry("scheduler", "scheduler.name", code_arguments=("optimizer", "epochs", "steps_per_epoch"))
@@ -150,3 +150,50 @@ def plateau(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int,
     """Multiply the learning rate by `factor` when the validation loss stops falling for `patience` epochs."""
     return LrSchedule(lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience,
                                                      threshold=threshold, min_lr=min_lr), monitor="val_loss")
+
+
+def check_optimizer_and_schedule(optimizer: Component, scheduler: Component, epochs: int) -> None:
+    """Build the optimizer and the schedule on one dummy parameter and take a step, so that torch's
+    own checks (lr < 0, a string for lr, momentum < 0, a step_size of 0, ...) answer now, naming the settings.
+
+    This builds them a second time (build.py builds the run's over the model's parameters): the model
+    exists only once the data is loaded, and check_config promises every setting checked before any
+    data loads (a typo costs a second, not a dataset parse), so the check cannot wait for the real build.
+    """
+    parameter = torch.zeros(1, requires_grad=True)
+    try:
+        built = optimizer.build(params=[parameter])
+    except (ValueError, TypeError, RuntimeError, IndexError) as err:
+        raise ConfigError(f"optimizer={optimizer.name} cannot take its settings "
+                          f"({_settings_text('optimizer', optimizer.settings)}): {err}") from None
+    for key, usual in (("momentum", 0.9), ("alpha", 0.99)):  # torch takes any value >= 0; from 1 up, the
+        value = optimizer.settings.get(key)                # updates grow without end (or never average)
+        if is_number(value) and not 0 <= value < 1:
+            raise ConfigError(f"optimizer.{key} must be a number from 0 up to (not) 1 ({usual} is usual), got {value}.")
+    try:
+        schedule = scheduler.build(optimizer=built, epochs=epochs, steps_per_epoch=1)
+        lowest = _lowest_lr(built, schedule, epochs)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as err:
+        raise ConfigError(f"scheduler={scheduler.name} cannot take its settings "
+                          f"({_settings_text('scheduler', scheduler.settings)}): {type(err).__name__}: {err}") from None
+    if lowest < 0:
+        raise ConfigError(f"scheduler={scheduler.name} would set a negative learning rate ({lowest:.3g}) "
+                          f"with its settings ({_settings_text('scheduler', scheduler.settings)}) and "
+                          f"optimizer.lr={built.defaults['lr']}.")
+
+
+def _lowest_lr(optimizer, schedule, epochs: int) -> float:
+    """The lowest learning rate the schedule sets over a run of `epochs` one-step epochs (its shape
+    is the same at any number of steps per epoch)."""
+    lowest = optimizer.param_groups[0]["lr"]
+    if schedule is None:
+        return lowest
+    for _ in range(min(epochs, 1000)):
+        optimizer.step()
+        schedule.scheduler.step(*([1.0] if schedule.monitor else []))
+        lowest = min(lowest, optimizer.param_groups[0]["lr"])
+    return lowest
+
+
+def _settings_text(section: str, settings: dict[str, Any]) -> str:
+    return ", ".join(f"{section}.{key}={value!r}" for key, value in settings.items()) or "none"

@@ -84,22 +84,29 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    def for_channels(self, channels: int) -> Preprocessing:
+        """The same for data of `channels` channels: mean and std averaged over the colour channels
+        when the count differs."""
+        if channels == len(self.mean):
+            return self
+        mean, std = sum(self.mean) / len(self.mean), sum(self.std) / len(self.std)
+        return Preprocessing(self.size, self.resize, (mean,) * channels, (std,) * channels)
+
 
 def weights_preprocessing(recipe_name: str, settings: dict[str, Any], weights: str | None,
-                          channels: int) -> Preprocessing | None:
+                          channels: int | None = None) -> Preprocessing | None:
     """The preprocessing that comes with torchvision weights (None for files, run folders and no weights).
 
-    Mean and std are averaged over the colour channels for data with another channel count.
+    With `channels`, mean and std are averaged over the colour channels for data with another channel count.
     """
     if not isinstance(weights, str) or not is_weights_name(weights):
         return None
     _check_name_use(recipe_name, weights)
     member = torchvision_weights(settings.get("arch", "resnet18"), weights)
     transform = member.transforms()
-    mean, std = tuple(transform.mean), tuple(transform.std)
-    if channels != len(mean):
-        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
-    return Preprocessing(size=transform.crop_size[0], resize=transform.resize_size[0], mean=mean, std=std)
+    prep = Preprocessing(size=transform.crop_size[0], resize=transform.resize_size[0], mean=tuple(transform.mean),
+                         std=tuple(transform.std))
+    return prep.for_channels(channels) if channels else prep
 
 
 def weights_file_for(member) -> Path:

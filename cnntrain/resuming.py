@@ -14,7 +14,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import check_trainer_settings, import_user_modules
+from cnntrain.checks import check_trainer_settings
+from cnntrain.user_code import import_user_modules
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import resume_command
 from cnntrain.opened_run import RunArgument, apply_override, open_run

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from rich.table import Table
 
-from cnntrain.build import RunCallbacks, TrainingParts, build_callbacks, build_training
+from cnntrain.build import TrainingParts, build_training
 from cnntrain.checks import check_config
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
@@ -30,6 +30,7 @@ from cnntrain.interruptions import (StopOnSignals, continue_text, file_error_mes
                                     interrupted_outside_training, lost_process_message, resume_command, saved_text)
 from cnntrain.process import console_may_go_away
 from cnntrain.recipes import recipe_summary
+from cnntrain.run_callbacks import RunCallbacks, build_callbacks
 from cnntrain.run_folder import RunFolder, display_path, provenance
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
@@ -133,7 +134,7 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
 def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, started: float,
                   resume_from: dict[str, Any] | None, signals: "StopOnSignals",
                   command_line: list[str] | None) -> RunResult:
-    cfg, spec = parts.checked.cfg, parts.spec
+    cfg, settings, spec = parts.checked.cfg, parts.checked, parts.spec
     report_start(parts, folder, reporter, command_line)
     callbacks = build_callbacks(parts, folder, reporter)
     trainer = parts.trainer(callbacks.all, folder)
@@ -143,7 +144,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
             callbacks.finetune.before_restore(trainer, resume_from)
         start_epoch = restore_training(resume_from, trainer)
         reporter.line(f"resumed from checkpoints/last.pt: {saved_text(resume_from)}, continuing "
-                      f"{continue_text(resume_from)} of {cfg.trainer.epochs}")
+                      f"{continue_text(resume_from)} of {settings.trainer.epochs}")
     signals.trainer = trainer
     with exceptions_told(trainer, lambda problem: reporter.line(f"notice: {problem}", style="yellow")):
         history = fit(trainer, start_epoch, callbacks, folder, cfg)
@@ -159,7 +160,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
     trainer.test_ended({"test_loss": test_loss, "test_acc": test_acc,
                         **({"test_top5": test.top5} if test.top5 is not None else {})})
     summary = {
-        "status": "completed", "run_dir": str(folder), "model": cfg.model.name, "data": cfg.data.name,
+        "status": "completed", "run_dir": str(folder), "model": settings.model.name, "data": settings.data.name,
         "epochs": len(history), "best_epoch": best.epoch, "best_metric": "val_acc",
         "best_val_acc": best.val_acc, "best_val_loss": best.val_loss,
         "test_loss": test_loss, "test_acc": test_acc, **({"test_top5": test.top5} if test.top5 is not None else {}),
@@ -171,7 +172,7 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         "channels_last": parts.channels_last, "precision": parts.precision,
         # What validation and the test measured: the weights' average (its decay) or the trained weights (null);
         # each image alone (null) or with its mirror image (hflip).
-        "ema": cfg.trainer.get("ema"), "tta": cfg.trainer.get("tta"),
+        "ema": settings.trainer.ema, "tta": settings.trainer.tta,
         "test_size": spec.test_size, "val_source": spec.val_source, "test_is_validation": spec.test_is_validation,
         **provenance(parts.device),
         "wall_seconds": time.time() - started,
@@ -211,15 +212,15 @@ def tested_checkpoint(folder: RunFolder, reporter: Reporter) -> Path:
 def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter,
                  command_line: list[str] | None) -> None:
     """The run's first lines: what trains on what, where the folder is, the switches not honoured."""
-    spec, cfg = parts.spec, parts.checked.cfg
+    spec, checked = parts.spec, parts.checked
     origin = f" {spec.source}" if spec.source else ""
-    reporter.line(f"cnntrain: {cfg.model.name} on {spec.name}{origin} ({spec.train_size:,} train / {spec.val_size:,} val "
+    reporter.line(f"cnntrain: {checked.model.name} on {spec.name}{origin} ({spec.train_size:,} train / {spec.val_size:,} val "
                   f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> "
                   f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}"
                   + (f" x {parts.group.world_size} process{'es' if parts.group.world_size > 1 else ''} "
                      f"(DistributedDataParallel; global batch "
-                     f"{cfg.data.batch_size})" if parts.group.ddp else ""))
-    reporter.line(recipe_summary(cfg, command_line))
+                     f"{checked.data.batch_size})" if parts.group.ddp else ""))
+    reporter.line(recipe_summary(checked.cfg, command_line))
     if parts.weights_note:
         reporter.line(parts.weights_note)
     reporter.line(f"run folder: {display_path(folder.path)}")
@@ -227,7 +228,7 @@ def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter,
         reporter.line(f"quick look, not a full run: {limits_text(parts)}", style="yellow")
     for notice in parts.notices:
         reporter.line(notice, style="yellow")
-    notice = one_step_epoch_notice(cfg.data.batch_size, spec.train_size)
+    notice = one_step_epoch_notice(checked.data.batch_size, spec.train_size)
     if notice:
         reporter.line(notice, style="yellow")
 

@@ -16,13 +16,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnntrain"
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS = [
     {"cnntrain", "cnntrain.errors", "cnntrain.registry", "cnntrain.process"},
-    {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line", "cnntrain.companion_line"},
+    {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line", "cnntrain.companion_line", "cnntrain.user_code"},
     {"cnntrain.trainer", "cnntrain.data", "cnntrain.models", "cnntrain.optim", "cnntrain.speed_switches",
      "cnntrain.inspector", "cnntrain.run_folder", "cnntrain.plots", "cnntrain.checkpoint", "cnntrain.pretrained",
      "cnntrain.distributed", "cnntrain.ema", "cnntrain.metrics", "cnntrain.hooks", "cnntrain.evaluator",
-     "cnntrain.trainer_state", "cnntrain.safe_writes", "cnntrain.provenance", "cnntrain.companion_files"},
+     "cnntrain.trainer_state", "cnntrain.safe_writes", "cnntrain.provenance", "cnntrain.companion_files",
+     "cnntrain.settings"},
     {"cnntrain.callbacks", "cnntrain.display", "cnntrain.loggers", "cnntrain.finetune"},
-    {"cnntrain.checks", "cnntrain.build", "cnntrain.opened_run"},
+    {"cnntrain.checks", "cnntrain.setting_checks", "cnntrain.build", "cnntrain.model_setup", "cnntrain.run_callbacks",
+     "cnntrain.opened_run"},
     {"cnntrain.run", "cnntrain.interruptions", "cnntrain.resuming", "cnntrain.predict", "cnntrain.sweep",
      "cnntrain.export", "cnntrain.evaluation", "cnntrain.eval_result", "cnntrain.eval_data", "cnntrain.eval_files",
      "cnntrain.eval_report", "cnntrain.predictor", "cnntrain.exported_model", "cnntrain.predict_output",

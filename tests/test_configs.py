@@ -73,3 +73,59 @@ def test_bad_values_fail_before_data_loads(tmp_path, override, expected):
     # Recorded for sweep tables: the job's folder says why it failed.
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and expected in summary["error"]
+
+
+# ------------------------------------------------------------------ one typed settings object
+
+def test_check_config_returns_frozen_typed_settings_read_from_the_config():
+    import dataclasses
+
+    checked = check_config(compose_config(["data=synthetic", "trainer.epochs=3", "trainer.ema=0.99",
+                                           "data.batch_size=16", "data.resize=40", "trainer.limit_val_batches=2",
+                                           "trainer.early_stopping.patience=4", "model.freeze=backbone",
+                                           "finetune.unfreeze_at=1", "finetune.lr_scale=0.5"]))
+    trainer, data, plan, finetune = checked.trainer, checked.data, checked.model, checked.finetune
+    assert (trainer.epochs, trainer.ema, trainer.precision, trainer.batch_limits) == (3, 0.99, 32,
+                                                                                      {"limit_val_batches": 2})
+    assert (trainer.early_stopping.patience, trainer.early_stopping.metric) == (4, "val_loss")
+    assert (data.batch_size, data.eval_batch_size, data.resize) == (16, 32, 40)  # null eval size: 2 x batch_size
+    assert (plan.name, plan.resize, plan.native_size, plan.input_size()) == ("lenet", 40, 28, 40)
+    assert (finetune.unfreeze_at, finetune.lr_scale, finetune.keep_norm_statistics) == (1, 0.5, False)
+    assert checked.limits == {"limit_val_batches": 2}
+    for settings in (checked, trainer, data, plan, finetune):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            settings.epochs = 1
+
+
+def test_a_config_without_the_optional_keys_gets_the_yaml_defaults_once():
+    """A config saved by an older cnntrain (no finetune section, no trainer.precision ...) still checks,
+    with the values configs/train.yaml gives: settings.FALLBACKS, the one place Python writes them."""
+    from omegaconf import open_dict
+
+    from cnntrain.settings import FALLBACKS
+
+    full, cfg = compose_config(["data=synthetic"]), compose_config(["data=synthetic"])
+    with open_dict(cfg):
+        for section, key in (("finetune", None), ("trainer", "precision"), ("trainer", "ema"), ("model", "weights"),
+                             ("data", "resize"), ("trainer", "early_stopping")):
+            cfg.pop(section) if key is None else cfg[section].pop(key)
+    checked, reference = check_config(cfg), check_config(full)
+    assert checked.finetune == reference.finetune and checked.finetune.lr_scale == full.finetune.lr_scale == 0.01
+    assert checked.trainer.precision == full.trainer.precision == FALLBACKS["trainer.precision"]
+    assert checked.trainer.early_stopping == reference.trainer.early_stopping
+    assert checked.model.weights is None and checked.data.resize is None
+
+
+@pytest.mark.parametrize("resize, weights_size, native, data_size, expected", [
+    (40, 224, 28, 32, 40), (None, 224, 28, 32, 224), (None, None, 28, 32, 28), (None, None, None, 32, 32),
+    (None, None, None, None, None)])
+def test_one_input_size_rule(resize, weights_size, native, data_size, expected):
+    from cnntrain.settings import input_size
+
+    assert input_size(resize, weights_size, native, data_size) == expected
+
+
+def test_the_batch_memory_check_uses_the_same_input_size_as_the_build():
+    """model.input_size alone decides the size here: the check names it, as the build would use it."""
+    with pytest.raises(ConfigError, match=r"^model.input_size=100000 would need at least"):
+        check_config(compose_config(["data=synthetic", "model=mlp", "model.input_size=100000"]))

@@ -69,7 +69,7 @@ def test_image_folder_takes_root_like_every_dataset_and_path_still_works(tmp_pat
 
 
 def test_a_single_augmentation_and_a_single_import_are_not_spelled_out_letter_by_letter():
-    from cnntrain.checks import module_list
+    from cnntrain.user_code import module_list
     from cnntrain.data.augment import build_augmentations
 
     assert len(build_augmentations("hflip")) == 1

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from cnntrain import callbacks as callbacks_module
-from cnntrain.build import batch_limit, quicker_options
+from cnntrain.build import batch_limit
+from cnntrain.run_callbacks import quicker_options
 from cnntrain.callbacks import TimeEstimate, format_duration, format_epoch, format_step_seconds
 from cnntrain.errors import ConfigError
 from cnntrain.models import build_model
@@ -110,7 +111,6 @@ def test_format_duration():
 def test_quicker_options_name_the_smallest_input_size_the_model_takes():
     recipe = {"name": "alexnet", "settings": {}, "num_classes": 10, "in_channels": 1, "input_size": 224}
     parts = SimpleNamespace(recipe=recipe, model=build_model(recipe), spec=SimpleNamespace(channels=1),
-                            checked=SimpleNamespace(cfg=SimpleNamespace(model=SimpleNamespace(name="alexnet"))),
                             device=torch.device("cpu"))
     text = quicker_options(parts)
     assert text.startswith("a smaller data.resize (now 224; the smallest alexnet takes is 65)")
