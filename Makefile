@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup train test test-all smoke data clean
+.PHONY: setup train test test-all lint format smoke data clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,15 @@ train: setup data
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff (settings in pyproject.toml): what CI checks; `make format` rewrites the files to pass.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-all: setup data
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)

@@ -59,16 +59,32 @@ class Accumulator:
 class Animator:
     """For plotting data in animation (the book's, drawing into an off-screen figure)."""
 
-    def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None, xscale='linear',
-                 yscale='linear', fmts=('-', 'm--', 'g-.', 'r:'), nrows=1, ncols=1, figsize=(3.5, 2.5)):
+    def __init__(
+        self,
+        xlabel=None,
+        ylabel=None,
+        legend=None,
+        xlim=None,
+        ylim=None,
+        xscale="linear",
+        yscale="linear",
+        fmts=("-", "m--", "g-.", "r:"),
+        nrows=1,
+        ncols=1,
+        figsize=(3.5, 2.5),
+    ):
         import matplotlib
+
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
+
         if legend is None:
             legend = []
         self.fig, self.axes = plt.subplots(nrows, ncols, figsize=figsize)
         if nrows * ncols == 1:
-            self.axes = [self.axes, ]
+            self.axes = [
+                self.axes,
+            ]
         self.config_axes = lambda: set_axes(self.axes[0], xlabel, ylabel, xlim, ylim, xscale, yscale, legend)
         self.X, self.Y, self.fmts = None, None, fmts
 
@@ -116,8 +132,10 @@ def load_data_fashion_mnist(batch_size, root, resize=None):
     trans = transforms.Compose(trans)
     mnist_train = torchvision.datasets.FashionMNIST(root=root, train=True, transform=trans, download=True)
     mnist_test = torchvision.datasets.FashionMNIST(root=root, train=False, transform=trans, download=True)
-    return (torch.utils.data.DataLoader(mnist_train, batch_size, shuffle=True, num_workers=4),
-            torch.utils.data.DataLoader(mnist_test, batch_size, shuffle=False, num_workers=4))
+    return (
+        torch.utils.data.DataLoader(mnist_train, batch_size, shuffle=True, num_workers=4),
+        torch.utils.data.DataLoader(mnist_test, batch_size, shuffle=False, num_workers=4),
+    )
 
 
 def evaluate_accuracy_gpu(net, data_iter, device=None):
@@ -163,25 +181,26 @@ def train_epoch_ch6(net, train_iter, optimizer, loss, device, animator, timer, e
 
 def train_ch6(net, train_iter, test_iter, num_epochs, lr, device, epoch_seconds):
     """Train a model with a GPU (the book's; + epoch_seconds, each epoch's wall time)."""
+
     def init_weights(m):
         if type(m) == nn.Linear or type(m) == nn.Conv2d:
             nn.init.xavier_uniform_(m.weight)
+
     net.apply(init_weights)
-    print('training on', device)
+    print("training on", device)
     net.to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     loss = nn.CrossEntropyLoss()
-    animator = Animator(xlabel='epoch', xlim=[1, num_epochs], legend=['train loss', 'train acc', 'test acc'])
+    animator = Animator(xlabel="epoch", xlim=[1, num_epochs], legend=["train loss", "train acc", "test acc"])
     timer = Timer()
     for epoch in range(num_epochs):
         started = time.perf_counter()
-        train_l, train_acc, examples = train_epoch_ch6(net, train_iter, optimizer, loss, device, animator, timer,
-                                                       epoch)
+        train_l, train_acc, examples = train_epoch_ch6(net, train_iter, optimizer, loss, device, animator, timer, epoch)
         test_acc = evaluate_accuracy_gpu(net, test_iter)
         animator.add(epoch + 1, (None, None, test_acc))
         epoch_seconds.append(time.perf_counter() - started)
-    print(f'loss {train_l:.3f}, train acc {train_acc:.3f}, test acc {test_acc:.3f}')
-    print(f'{examples * num_epochs / timer.sum():.1f} examples/sec on {str(device)}')
+    print(f"loss {train_l:.3f}, train acc {train_acc:.3f}, test acc {test_acc:.3f}")
+    print(f"{examples * num_epochs / timer.sum():.1f} examples/sec on {str(device)}")
     return test_acc, examples * num_epochs / timer.sum()
 
 
@@ -193,14 +212,19 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     net = nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5, padding=2),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(),
-        nn.Linear(84, 10))
+        nn.Linear(16 * 5 * 5, 120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
+        nn.Linear(84, 10),
+    )
     batch_size = 256
     train_iter, test_iter = load_data_fashion_mnist(batch_size=batch_size, root=args.root)
     lr, num_epochs = 0.9, args.epochs

@@ -14,6 +14,7 @@ Inputs are random (the speed of these operations does not depend on the pixel
 values); models are built from the d2l presets (experiment=d2l_<model>). Writes
 benchmarks/choices.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from speed import Recipe, recipe  # noqa: E402  (also puts cnntrain on the path)
 
-from cnntrain.data.loader import BatchTransform  # noqa: E402
 from cnntrain.build import resolve_device  # noqa: E402
+from cnntrain.data.loader import BatchTransform  # noqa: E402
 from cnntrain.speed_switches import use_channels_last  # noqa: E402
 
 MODELS = ("lenet", "lenet_bn", "alexnet", "vgg", "nin", "googlenet", "resnet18")
@@ -88,8 +89,10 @@ def measure(rc: Recipe, device: torch.device, steps: int) -> str:
     contiguous = step_seconds(rc, device, False, steps)
     channels_last = step_seconds(rc, device, True, steps)
     auto, _ = use_channels_last("auto", device, rc.new_model(0))
-    row = (f"| {rc.model} | {rc.size} | {rc.batch} | {contiguous * 1000:,.1f} | {channels_last * 1000:,.1f} | "
-           f"{contiguous / channels_last:.2f}x | {'channels_last' if auto else 'contiguous'} |")
+    row = (
+        f"| {rc.model} | {rc.size} | {rc.batch} | {contiguous * 1000:,.1f} | {channels_last * 1000:,.1f} | "
+        f"{contiguous / channels_last:.2f}x | {'channels_last' if auto else 'contiguous'} |"
+    )
     if rc.size == 28:
         return row + " - | - | - |"
     per_batch = batch_seconds(rc, device, steps, cached=False)

@@ -30,12 +30,26 @@ import torch
 
 
 def run_once(processes: int, overrides: list[str], folder: Path, device: str) -> dict:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-                if processes > 1 else [sys.executable])
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        if processes > 1
+        else [sys.executable]
+    )
     run_dir = folder / f"p{processes}"
     started = time.perf_counter()
-    result = subprocess.run([*launcher, "-m", "cnntrain", *overrides, f"device={device}", "trainer.progress=none",
-                             f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            *launcher,
+            "-m",
+            "cnntrain",
+            *overrides,
+            f"device={device}",
+            "trainer.progress=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{processes} process(es) failed:\n{result.stderr[-3000:]}")
@@ -43,9 +57,14 @@ def run_once(processes: int, overrides: list[str], folder: Path, device: str) ->
         rows = list(csv.DictReader(f))
     timed = rows[1:] or rows
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"processes": processes, "examples_per_s": sum(float(r["train_examples_per_s"]) for r in timed) / len(timed),
-            "epoch_seconds": sum(float(r["epoch_seconds"]) for r in timed) / len(timed), "wall_seconds": wall,
-            "val_acc": float(rows[-1]["val_acc"]), "test_acc": summary["test_acc"]}
+    return {
+        "processes": processes,
+        "examples_per_s": sum(float(r["train_examples_per_s"]) for r in timed) / len(timed),
+        "epoch_seconds": sum(float(r["epoch_seconds"]) for r in timed) / len(timed),
+        "wall_seconds": wall,
+        "val_acc": float(rows[-1]["val_acc"]),
+        "test_acc": summary["test_acc"],
+    }
 
 
 def main() -> None:
@@ -58,13 +77,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = [run_once(int(n), overrides, Path(tmp), args.device) for n in args.processes.split(",")]
     base = results[0]["examples_per_s"]
-    print(f"cnntrain {' '.join(overrides)} on {args.device} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads in one process, torch {torch.__version__})")
+    print(
+        f"cnntrain {' '.join(overrides)} on {args.device} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads in one process, torch {torch.__version__})"
+    )
     print("| processes | train examples/s | ratio | s per epoch | wall s (whole command) | val acc | test acc |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['processes']} | {r['examples_per_s']:,.0f} | {r['examples_per_s'] / base:.2f} | "
-              f"{r['epoch_seconds']:.2f} | {r['wall_seconds']:.1f} | {r['val_acc']:.4f} | {r['test_acc']:.4f} |")
+        print(
+            f"| {r['processes']} | {r['examples_per_s']:,.0f} | {r['examples_per_s'] / base:.2f} | "
+            f"{r['epoch_seconds']:.2f} | {r['wall_seconds']:.1f} | {r['val_acc']:.4f} | {r['test_acc']:.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,14 @@ class _KeepTrainer(Callback):
 def build_trainer(root: str, run_dir: Path):
     """cnntrain's trainer for d2l_lenet, after one epoch (warm: allocator, kernels chosen)."""
     keep = _KeepTrainer()
-    train("experiment=d2l_lenet", "trainer.epochs=1", "trainer.progress=none", f"data.root={root}",
-          callbacks=[keep], run_dir=run_dir)
+    train(
+        "experiment=d2l_lenet",
+        "trainer.epochs=1",
+        "trainer.progress=none",
+        f"data.root={root}",
+        callbacks=[keep],
+        run_dir=run_dir,
+    )
     return keep.trainer
 
 
@@ -55,6 +61,7 @@ def bare_epoch(trainer, forward: Callable) -> Callable[[], None]:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(forward(images), labels).backward()
             optimizer.step()
+
     return epoch
 
 
@@ -62,6 +69,7 @@ def cnntrain_epoch(trainer) -> Callable[[], None]:
     def epoch() -> None:
         trainer.train_one_epoch(2)
         trainer._epoch = None  # as fit() leaves it between epochs
+
     return epoch
 
 
@@ -93,8 +101,9 @@ def table(times: dict[str, list[float]]) -> list[str]:
     reference = min(times["bare loop"])
     lines = ["| loop | ms/step, fastest round | ms/step, median | fastest / bare loop's |", "|---|---:|---:|---:|"]
     for name, values in times.items():
-        lines.append(f"| {name} | {min(values):.2f} | {statistics.median(values):.2f} | "
-                     f"{min(values) / reference:.2f} |")
+        lines.append(
+            f"| {name} | {min(values):.2f} | {statistics.median(values):.2f} | {min(values) / reference:.2f} |"
+        )
     return lines
 
 
@@ -107,19 +116,27 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(str(Path(args.root).resolve()), Path(tmp) / "run")
-        loops = {"cnntrain (Trainer.train_one_epoch)": cnntrain_epoch(trainer),
-                 "bare loop": bare_epoch(trainer, trainer.model)}
+        loops = {
+            "cnntrain (Trainer.train_one_epoch)": cnntrain_epoch(trainer),
+            "bare loop": bare_epoch(trainer, trainer.model),
+        }
         if not args.no_compile:
             forward, compile_seconds = compiled_forward(trainer, str(Path(tmp) / "inductor"))
             loops[f"bare loop, torch.compile (compile {compile_seconds:.1f} s first, empty cache)"] = bare_epoch(
-                trainer, forward)
+                trainer, forward
+            )
         steps = len(trainer.train_loader)
         times = measure(loops, args.reps, steps)
-    lines = ["# cnntrain's LeNet step against the bare loop and torch.compile", "",
-             f"{date.today()}, {platform.machine()} CPU with {torch.get_num_threads()} threads, torch "
-             f"{torch.__version__}, experiment=d2l_lenet (batch {trainer.train_loader.batch_size}, {steps} steps per "
-             f"epoch), {args.reps} rounds (`python benchmarks/lenet_floor.py --reps {args.reps}"
-             f"{' --no-compile' if args.no_compile else ''}`).", "", *table(times)]
+    lines = [
+        "# cnntrain's LeNet step against the bare loop and torch.compile",
+        "",
+        f"{date.today()}, {platform.machine()} CPU with {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, experiment=d2l_lenet (batch {trainer.train_loader.batch_size}, {steps} steps per "
+        f"epoch), {args.reps} rounds (`python benchmarks/lenet_floor.py --reps {args.reps}"
+        f"{' --no-compile' if args.no_compile else ''}`).",
+        "",
+        *table(times),
+    ]
     text = "\n".join(lines)
     print(text)
     if args.output:

@@ -60,40 +60,62 @@ def timed(command: list[str]) -> tuple[float, str]:
 
 
 def run_book(root: Path, epochs: int, seed: int) -> ProcessResult:
-    wall, out = timed([sys.executable, str(HERE / "book_lenet.py"), "--root", str(root), "--epochs", str(epochs),
-                       "--seed", str(seed)])
+    wall, out = timed(
+        [sys.executable, str(HERE / "book_lenet.py"), "--root", str(root), "--epochs", str(epochs), "--seed", str(seed)]
+    )
     result = json.loads(out.strip().splitlines()[-1])
     return ProcessResult(wall, result["epoch_seconds"], result["test_acc"], result["printed_examples_per_s"])
 
 
 def run_cnntrain(run_dir: Path, root: str, epochs: int, seed: int) -> ProcessResult:
-    wall, _ = timed([sys.executable, "-m", "cnntrain", "experiment=d2l_lenet", f"trainer.epochs={epochs}",
-                     f"data.root={Path(root).resolve()}",
-                     f"seed={seed}", "trainer.progress=none", f"hydra.run.dir={run_dir}"])
+    wall, _ = timed(
+        [
+            sys.executable,
+            "-m",
+            "cnntrain",
+            "experiment=d2l_lenet",
+            f"trainer.epochs={epochs}",
+            f"data.root={Path(root).resolve()}",
+            f"seed={seed}",
+            "trainer.progress=none",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    return ProcessResult(wall, [float(r["epoch_seconds"]) for r in rows], float(rows[-1]["val_acc"]),
-                         statistics.mean(float(r["train_examples_per_s"]) for r in rows[1:] or rows))
+    return ProcessResult(
+        wall,
+        [float(r["epoch_seconds"]) for r in rows],
+        float(rows[-1]["val_acc"]),
+        statistics.mean(float(r["train_examples_per_s"]) for r in rows[1:] or rows),
+    )
 
 
 def table(results: list[tuple[int, ProcessResult, ProcessResult]]) -> list[str]:
-    lines = ["| seed | book: whole process s | cnntrain: whole process s | ratio | book: epoch s | "
-             "cnntrain: epoch s | ratio | book: test acc | cnntrain: test acc | book: printed ex/s | "
-             "cnntrain: train ex/s |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| seed | book: whole process s | cnntrain: whole process s | ratio | book: epoch s | "
+        "cnntrain: epoch s | ratio | book: test acc | cnntrain: test acc | book: printed ex/s | "
+        "cnntrain: train ex/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for seed, book, ours in results:
-        lines.append(f"| {seed} | {book.wall_seconds:.1f} | {ours.wall_seconds:.1f} | "
-                     f"{book.wall_seconds / ours.wall_seconds:.2f}x | {book.epoch:.2f} | {ours.epoch:.2f} | "
-                     f"{book.epoch / ours.epoch:.2f}x | {book.test_acc:.4f} | {ours.test_acc:.4f} | "
-                     f"{book.examples_per_s:,.0f} | {ours.examples_per_s:,.0f} |")
+        lines.append(
+            f"| {seed} | {book.wall_seconds:.1f} | {ours.wall_seconds:.1f} | "
+            f"{book.wall_seconds / ours.wall_seconds:.2f}x | {book.epoch:.2f} | {ours.epoch:.2f} | "
+            f"{book.epoch / ours.epoch:.2f}x | {book.test_acc:.4f} | {ours.test_acc:.4f} | "
+            f"{book.examples_per_s:,.0f} | {ours.examples_per_s:,.0f} |"
+        )
     if len(results) > 1:
         mean = statistics.mean
         book_wall, our_wall = mean(b.wall_seconds for _, b, _ in results), mean(o.wall_seconds for _, _, o in results)
         book_epoch, our_epoch = mean(b.epoch for _, b, _ in results), mean(o.epoch for _, _, o in results)
-        lines.append(f"| mean | {book_wall:.1f} | {our_wall:.1f} | {book_wall / our_wall:.2f}x | {book_epoch:.2f} | "
-                     f"{our_epoch:.2f} | {book_epoch / our_epoch:.2f}x | "
-                     f"{mean(b.test_acc for _, b, _ in results):.4f} | {mean(o.test_acc for _, _, o in results):.4f} | "
-                     f"{mean(b.examples_per_s for _, b, _ in results):,.0f} | "
-                     f"{mean(o.examples_per_s for _, _, o in results):,.0f} |")
+        lines.append(
+            f"| mean | {book_wall:.1f} | {our_wall:.1f} | {book_wall / our_wall:.2f}x | {book_epoch:.2f} | "
+            f"{our_epoch:.2f} | {book_epoch / our_epoch:.2f}x | "
+            f"{mean(b.test_acc for _, b, _ in results):.4f} | {mean(o.test_acc for _, _, o in results):.4f} | "
+            f"{mean(b.examples_per_s for _, b, _ in results):,.0f} | "
+            f"{mean(o.examples_per_s for _, _, o in results):,.0f} |"
+        )
     return lines
 
 
@@ -115,11 +137,15 @@ def main() -> None:
             book = run_book(root, args.epochs, seed)
             print(f"seed {seed}: cnntrain experiment=d2l_lenet ...", flush=True)
             results.append((seed, book, run_cnntrain(Path(tmp) / f"run{seed}", args.root, args.epochs, seed)))
-    lines = ["# The default LeNet: cnntrain against the book's own code", "",
-             f"{date.today()}, {platform.machine()} CPU with {torch.get_num_threads()} threads, torch "
-             f"{torch.__version__}, {args.epochs} epochs, back to back per seed (`python benchmarks/lenet_vs_book.py "
-             f"--epochs {args.epochs} --seeds {args.seeds}`). Ratios: the book's time / cnntrain's.", "",
-             *table(results)]
+    lines = [
+        "# The default LeNet: cnntrain against the book's own code",
+        "",
+        f"{date.today()}, {platform.machine()} CPU with {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, {args.epochs} epochs, back to back per seed (`python benchmarks/lenet_vs_book.py "
+        f"--epochs {args.epochs} --seeds {args.seeds}`). Ratios: the book's time / cnntrain's.",
+        "",
+        *table(results),
+    ]
     text = "\n".join(lines)
     print(text)
     if args.output:

@@ -47,8 +47,15 @@ def default_batch(input_size: int, macs: int) -> int:
     return batch
 
 
-def time_training(model: torch.nn.Module, batch: int, channels: int, size: int, seconds: float,
-                  max_steps: int, channels_last: bool = True) -> tuple[float, int]:
+def time_training(
+    model: torch.nn.Module,
+    batch: int,
+    channels: int,
+    size: int,
+    seconds: float,
+    max_steps: int,
+    channels_last: bool = True,
+) -> tuple[float, int]:
     """Seconds per SGD step (mean over timed steps) and the number of timed steps."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout).train()
@@ -91,10 +98,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="*", default=None, help="names (default: all registered)")
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per model (default 8)")
     parser.add_argument("--max-steps", type=int, default=30, help="at most this many timed steps (default 30)")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                        help="time the default NCHW layout instead of channels_last")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("models.md"),
-                        help="markdown file to write (default benchmarks/models.md)")
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="time the default NCHW layout instead of channels_last",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).with_name("models.md"),
+        help="markdown file to write (default benchmarks/models.md)",
+    )
     args = parser.parse_args(argv)
 
     names = args.models or MODELS.names()
@@ -104,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d}, torch {torch.__version__}, {torch.get_num_threads()} CPU "
         f"threads, {platform.processor() or platform.machine()}. Training step = forward + backward + "
-        f"SGD on random data, {'channels_last' if args.channels_last else 'NCHW'}, float32; examples/s excludes data loading. MACs = "
+        f"SGD on random data, {'channels_last' if args.channels_last else 'NCHW'}, float32; "
+        f"examples/s excludes data loading. MACs = "
         f"multiply-adds per image in Conv and Linear layers.",
         "",
         "| model | input | batch | params | MACs/image | train examples/s | ms/step | timed steps |",
@@ -122,10 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         init_weights(model, cfg.get("init", "default"))
         totals = inspector.model_totals(model, (channels, size, size))
         batch = default_batch(size, totals.macs)
-        step_s, steps = time_training(model, batch, channels, size, args.seconds, args.max_steps,
-                                      args.channels_last)
-        line = (f"| {name} | {channels}x{size}x{size} | {batch} | {totals.params:,} | {human(totals.macs)} | "
-                f"{rate(batch / step_s)} | {step_s * 1000:,.0f} | {steps} |")
+        step_s, steps = time_training(model, batch, channels, size, args.seconds, args.max_steps, args.channels_last)
+        line = (
+            f"| {name} | {channels}x{size}x{size} | {batch} | {totals.params:,} | {human(totals.macs)} | "
+            f"{rate(batch / step_s)} | {step_s * 1000:,.0f} | {steps} |"
+        )
         print(line, flush=True)
         lines.append(line)
         del model

@@ -1,7 +1,9 @@
 """Accuracy recipes, measured as a user runs them: whole `cnntrain` processes, several seeds.
 
-    python benchmarks/recipes.py --recipe "small3=model=resnet_small optimizer=adamw scheduler=onecycle trainer.epochs=3"
-    python benchmarks/recipes.py --seeds 0,1,2 --recipe "a=<overrides>" --recipe "b=<overrides>" --output benchmarks/recipes.md
+    python benchmarks/recipes.py \
+        --recipe "small3=model=resnet_small optimizer=adamw scheduler=onecycle trainer.epochs=3"
+    python benchmarks/recipes.py --seeds 0,1,2 --recipe "a=<overrides>" --recipe "b=<overrides>" \
+        --output benchmarks/recipes.md
 
 Each `--recipe "<name>=<cnntrain overrides>"` runs once per seed (`seed=<s>`), each in a
 fresh process with its own run folder, and the table gives per recipe: the test accuracy
@@ -46,18 +48,22 @@ class RecipeResult:
 
     def row(self) -> str:
         spread = statistics.stdev(self.test_acc) if len(self.test_acc) > 1 else 0.0
-        return (f"| {self.name} | {', '.join(f'{a:.4f}' for a in self.test_acc)} | "
-                f"{statistics.mean(self.test_acc):.4f} ± {spread:.4f} | {statistics.mean(self.val_acc):.4f} | "
-                f"{statistics.mean(self.wall_seconds):.0f} | "
-                f"{statistics.mean(self.examples_per_s):,.0f} |")
+        return (
+            f"| {self.name} | {', '.join(f'{a:.4f}' for a in self.test_acc)} | "
+            f"{statistics.mean(self.test_acc):.4f} ± {spread:.4f} | {statistics.mean(self.val_acc):.4f} | "
+            f"{statistics.mean(self.wall_seconds):.0f} | "
+            f"{statistics.mean(self.examples_per_s):,.0f} |"
+        )
 
     def note(self) -> str:
         line = f"- {self.name}: `cnntrain {' '.join(self.overrides)}`"
         if self.last_epoch_test_acc:
             figures = self.last_epoch_test_acc
             spread = statistics.stdev(figures) if len(figures) > 1 else 0.0
-            line += (f"; validation ran on the test images, so best.pt was chosen on them. After the last epoch: "
-                     f"{', '.join(f'{a:.4f}' for a in figures)} ({statistics.mean(figures):.4f} ± {spread:.4f})")
+            line += (
+                f"; validation ran on the test images, so best.pt was chosen on them. After the last epoch: "
+                f"{', '.join(f'{a:.4f}' for a in figures)} ({statistics.mean(figures):.4f} ± {spread:.4f})"
+            )
         return line
 
 
@@ -72,8 +78,19 @@ def run_seed(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, flo
     """(test accuracy, best validation accuracy, wall seconds of the whole process, training examples/s,
     the test accuracy after the last epoch when validation was the test split, else None) of one run."""
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "cnntrain", *overrides, f"seed={seed}", "trainer.progress=none",
-                             f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnntrain",
+            *overrides,
+            f"seed={seed}",
+            "trainer.progress=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"seed {seed} of {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
@@ -105,17 +122,28 @@ def main() -> None:
                 result.examples_per_s.append(speed)
                 if last_test is not None:
                     result.last_epoch_test_acc.append(last_test)
-                print(f"{name} seed {seed}: test acc {acc:.4f}, val acc {val:.4f}, {wall:.0f} s, {speed:,.0f} ex/s"
-                      + (f", after the last epoch {last_test:.4f} (validation is the test split)"
-                         if last_test is not None else ""), flush=True)
+                print(
+                    f"{name} seed {seed}: test acc {acc:.4f}, val acc {val:.4f}, {wall:.0f} s, {speed:,.0f} ex/s"
+                    + (
+                        f", after the last epoch {last_test:.4f} (validation is the test split)"
+                        if last_test is not None
+                        else ""
+                    ),
+                    flush=True,
+                )
             results.append(result)
-    lines = [f"# Recipes, {len(seeds)} seed(s) each", "",
-             f"{date.today()}, {platform.machine()}, Python {platform.python_version()}; whole `cnntrain` "
-             f"processes, test accuracy of best.pt (chosen by validation accuracy).", "",
-             "| recipe | test acc per seed | mean ± std | best val acc (mean) | wall s (whole process) | train ex/s |",
-             "|---|---|---|---:|---:|---:|",
-             *(r.row() for r in results), "",
-             *(r.note() for r in results)]
+    lines = [
+        f"# Recipes, {len(seeds)} seed(s) each",
+        "",
+        f"{date.today()}, {platform.machine()}, Python {platform.python_version()}; whole `cnntrain` "
+        f"processes, test accuracy of best.pt (chosen by validation accuracy).",
+        "",
+        "| recipe | test acc per seed | mean ± std | best val acc (mean) | wall s (whole process) | train ex/s |",
+        "|---|---|---|---:|---:|---:|",
+        *(r.row() for r in results),
+        "",
+        *(r.note() for r in results),
+    ]
     print("\n".join(lines))
     if args.output:
         Path(args.output).write_text("\n".join(lines) + "\n")

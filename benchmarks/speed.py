@@ -29,6 +29,7 @@ batch on the device) and peak memory (CUDA: max allocated; CPU: the process's pe
 resident set, reset before each loop; the tutorial loop's worker processes are not
 included). Needs the real Fashion-MNIST (apt-get install dataset-fashion-mnist).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,16 @@ class Recipe:
 
     def new_model(self, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        return build_model({"name": self.model, "settings": self.settings, "num_classes": 10, "in_channels": 1,
-                            "input_size": self.size, "init": "xavier_uniform"})
+        return build_model(
+            {
+                "name": self.model,
+                "settings": self.settings,
+                "num_classes": 10,
+                "in_channels": 1,
+                "input_size": self.size,
+                "init": "xavier_uniform",
+            }
+        )
 
 
 @dataclass
@@ -88,8 +97,9 @@ class LoopResult:
 
 def recipe(model: str) -> Recipe:
     cfg = compose([f"experiment=d2l_{model}"])
-    return Recipe(model, settings_of(cfg.model, MODEL_KEYS), cfg.model.input_size, cfg.data.batch_size,
-                  cfg.optimizer.lr)
+    return Recipe(
+        model, settings_of(cfg.model, MODEL_KEYS), cfg.model.input_size, cfg.data.batch_size, cfg.optimizer.lr
+    )
 
 
 class PeakMemory:
@@ -127,15 +137,15 @@ def timed_first_batch(loader, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def reference_loop(root: Path, rc: Recipe, device: torch.device, passes: int, limit: int | None,
-                   seed: int) -> LoopResult:
+def reference_loop(
+    root: Path, rc: Recipe, device: torch.device, passes: int, limit: int | None, seed: int
+) -> LoopResult:
     """The tutorial loop: the book's train_ch6 epoch (book_lenet.train_epoch_ch6, its per-step
     Accumulator/accuracy host reads and Animator updates included) and test pass, from `rc`'s
     initial weights (train_ch6 itself would re-initialise them)."""
+    from book_lenet import Animator, Timer, evaluate_accuracy_gpu, train_epoch_ch6
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
-
-    from book_lenet import Animator, Timer, evaluate_accuracy_gpu, train_epoch_ch6
 
     steps = [transforms.Resize(rc.size)] if rc.size != 28 else []
     to_tensor = transforms.Compose(steps + [transforms.ToTensor()])
@@ -149,12 +159,11 @@ def reference_loop(root: Path, rc: Recipe, device: torch.device, passes: int, li
         first_batch = timed_first_batch(train_iter, device)
         model = rc.new_model(seed).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=rc.lr)
-        animator = Animator(xlabel='epoch', xlim=[1, passes], legend=['train loss', 'train acc', 'test acc'])
+        animator = Animator(xlabel="epoch", xlim=[1, passes], legend=["train loss", "train acc", "test acc"])
         seconds, train_seconds, accuracy_now = [], [], 0.0
         for epoch in range(passes):
             started = time.perf_counter()
-            train_epoch_ch6(model, train_iter, optimizer, torch.nn.CrossEntropyLoss(), device, animator, Timer(),
-                            epoch)
+            train_epoch_ch6(model, train_iter, optimizer, torch.nn.CrossEntropyLoss(), device, animator, Timer(), epoch)
             train_seconds.append(time.perf_counter() - started)
             accuracy_now = evaluate_accuracy_gpu(model, test_iter)
             animator.add(epoch + 1, (None, None, accuracy_now))
@@ -173,14 +182,24 @@ class Switches:
         return f"trainer.precision={self.precision}, trainer.compile={str(self.compile).lower()}"
 
 
-def cnntrain_loop(data: ImageData, rc: Recipe, device: torch.device, passes: int, seed: int,
-                  switches: Switches) -> LoopResult:
+def cnntrain_loop(
+    data: ImageData, rc: Recipe, device: torch.device, passes: int, seed: int, switches: Switches
+) -> LoopResult:
     """A cnntrain run of the book's preset, built as `cnntrain experiment=d2l_<model>` builds it
     (validated on the test split, as the book does), without the run folder's callbacks."""
     cudnn_benchmark = torch.backends.cudnn.benchmark
-    cfg = compose([f"experiment=d2l_{rc.model}", f"trainer.epochs={passes}", f"seed={seed}", f"device={device.type}",
-                   f"trainer.precision={switches.precision}", f"trainer.compile={str(switches.compile).lower()}",
-                   "trainer.log_every=50", "trainer.progress=none"])
+    cfg = compose(
+        [
+            f"experiment=d2l_{rc.model}",
+            f"trainer.epochs={passes}",
+            f"seed={seed}",
+            f"device={device.type}",
+            f"trainer.precision={switches.precision}",
+            f"trainer.compile={str(switches.compile).lower()}",
+            "trainer.log_every=50",
+            "trainer.progress=none",
+        ]
+    )
     with PeakMemory(device) as peak:
         parts = build_training(check_config(cfg), data=data)  # the same initial weights as rc.new_model(seed)
         for notice in parts.notices:
@@ -188,8 +207,13 @@ def cnntrain_loop(data: ImageData, rc: Recipe, device: torch.device, passes: int
         first_batch = timed_first_batch(parts.train_loader, device)
         history = parts.trainer().fit()
     torch.backends.cudnn.benchmark = cudnn_benchmark  # put back for the next tutorial loop
-    return LoopResult(_steady([m.epoch_seconds for m in history]),
-                      _steady([m.train_examples_per_s for m in history]), first_batch, peak.mib, history[-1].val_acc)
+    return LoopResult(
+        _steady([m.epoch_seconds for m in history]),
+        _steady([m.train_examples_per_s for m in history]),
+        first_batch,
+        peak.mib,
+        history[-1].val_acc,
+    )
 
 
 def _steady(values: list[float]) -> float:
@@ -210,20 +234,27 @@ def write_torchvision_copy(data, folder: Path) -> Path:
 
 
 def result_row(label: str, rc: Recipe, result: LoopResult) -> str:
-    return (f"| {rc.model} | {rc.size} | {rc.batch} | {label} | {result.seconds_per_pass:.2f} | "
-            f"{result.train_examples_per_s:,.1f} | {result.first_batch_seconds:.3f} | {result.peak_mib:,.0f} | "
-            f"{result.test_acc:.4f} |")
+    return (
+        f"| {rc.model} | {rc.size} | {rc.batch} | {label} | {result.seconds_per_pass:.2f} | "
+        f"{result.train_examples_per_s:,.1f} | {result.first_batch_seconds:.3f} | {result.peak_mib:,.0f} | "
+        f"{result.test_acc:.4f} |"
+    )
 
 
 def accuracy_table(accuracies: list[tuple[int, float, float]], epochs: int) -> list[str]:
     """LeNet's test accuracy per seed for both loops, with the mean and the spread across seeds."""
-    lines = [f"LeNet test accuracy after {epochs} epochs, per seed (same initial weights for both loops; "
-             "each loop shuffles in its own order):", "",
-             "| seed | tutorial loop | cnntrain |", "|---|---:|---:|"]
+    lines = [
+        f"LeNet test accuracy after {epochs} epochs, per seed (same initial weights for both loops; "
+        "each loop shuffles in its own order):",
+        "",
+        "| seed | tutorial loop | cnntrain |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {seed} | {reference:.4f} | {ours:.4f} |" for seed, reference, ours in accuracies]
     for label, column in (("mean", statistics.mean), ("max - min", lambda v: max(v) - min(v))):
-        lines.append(f"| {label} | {column([a[1] for a in accuracies]):.4f} | "
-                     f"{column([a[2] for a in accuracies]):.4f} |")
+        lines.append(
+            f"| {label} | {column([a[1] for a in accuracies]):.4f} | {column([a[2] for a in accuracies]):.4f} |"
+        )
     return lines
 
 
@@ -234,11 +265,18 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(ZOO), help="zoo models to measure with --zoo")
     parser.add_argument("--steps", type=int, default=4, help="training batches per pass for the zoo models")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seeds", default="0",
-                        help="comma-separated seeds: LeNet runs once per seed (the accuracy's noise); "
-                             "the zoo and the timing table use the first")
-    parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"],
-                        help="cnntrain's trainer.precision (autocast; unsupported on this device: float32 + a notice)")
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds: LeNet runs once per seed (the accuracy's noise); "
+        "the zoo and the timing table use the first",
+    )
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16", "fp16"],
+        help="cnntrain's trainer.precision (autocast; unsupported on this device: float32 + a notice)",
+    )
     parser.add_argument("--compile", action="store_true", help="cnntrain's trainer.compile=true (torch.compile)")
     parser.add_argument("--root", default="data", help="data.root to look in before the system copy")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "speed.md"))
@@ -258,8 +296,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_torchvision_copy(data, Path(tmp))
         for rc, passes, limit in plans:
-            subset = data if limit is None else ImageData(data.classes, data.train.subset(torch.arange(limit)),
-                                                          data.test.subset(torch.arange(limit)))
+            subset = (
+                data
+                if limit is None
+                else ImageData(
+                    data.classes, data.train.subset(torch.arange(limit)), data.test.subset(torch.arange(limit))
+                )
+            )
             results = []
             for seed in seeds if limit is None else seeds[:1]:  # the zoo's few-batch accuracies mean nothing
                 print(f"{rc.model}, seed {seed}: tutorial loop ...", flush=True)
@@ -270,8 +313,10 @@ def main() -> None:
                 lenet_accuracies = [(seed, reference.test_acc, ours.test_acc) for seed, reference, ours in results]
             _, reference, ours = results[0]
             rows += [result_row("tutorial loop", rc, reference), result_row("cnntrain", rc, ours)]
-            ratios.append(f"| {rc.model} | {ours.train_examples_per_s / reference.train_examples_per_s:.2f}x | "
-                          f"{reference.seconds_per_pass / ours.seconds_per_pass:.2f}x |")
+            ratios.append(
+                f"| {rc.model} | {ours.train_examples_per_s / reference.train_examples_per_s:.2f}x | "
+                f"{reference.seconds_per_pass / ours.seconds_per_pass:.2f}x |"
+            )
 
     lenet = "the whole epoch (train 60k + test 10k)" + (f", {args.epochs} epochs" if args.epochs > 1 else "")
     lines = [

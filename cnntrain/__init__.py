@@ -7,10 +7,19 @@ without importing torch.
 
 __version__ = "0.1.0"
 
-_API = {"train": "cnntrain.api", "resume": "cnntrain.api", "compose": "cnntrain.api",
-        "load_run": "cnntrain.api", "RunResult": "cnntrain.api", "LoadedRun": "cnntrain.api",
-        "Callback": "cnntrain.trainer", "EpochMetrics": "cnntrain.trainer", "StepProgress": "cnntrain.trainer",
-        "CnnTrainError": "cnntrain.errors", "ConfigError": "cnntrain.errors"}
+_API = {
+    "train": "cnntrain.api",
+    "resume": "cnntrain.api",
+    "compose": "cnntrain.api",
+    "load_run": "cnntrain.api",
+    "RunResult": "cnntrain.api",
+    "LoadedRun": "cnntrain.api",
+    "Callback": "cnntrain.trainer",
+    "EpochMetrics": "cnntrain.trainer",
+    "StepProgress": "cnntrain.trainer",
+    "CnnTrainError": "cnntrain.errors",
+    "ConfigError": "cnntrain.errors",
+}
 __all__ = ["__version__", *_API]
 
 

@@ -47,8 +47,11 @@ def compose(overrides=()) -> DictConfig:
     ConfigError messages."""
     raw = config.expand_home(list(overrides))
     overrides = config.quote_for_hydra(raw)
-    problem = (override_problem(raw, overrides, sweeps="") or config.check_group_choices(overrides)
-               or config.check_override_keys(overrides))
+    problem = (
+        override_problem(raw, overrides, sweeps="")
+        or config.check_group_choices(overrides)
+        or config.check_override_keys(overrides)
+    )
     if problem:
         raise ConfigError(problem)
     return config.compose(overrides)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +85,9 @@ class TrainingParts:
 
     def new_schedule(self, optimizer: torch.optim.Optimizer, epochs: int):
         """The configured learning-rate schedule for `epochs` epochs of this run's loader."""
-        return self.checked.scheduler.build(optimizer=optimizer, epochs=epochs,
-                                            steps_per_epoch=self.options.optimizer_steps(len(self.train_loader)))
+        return self.checked.scheduler.build(
+            optimizer=optimizer, epochs=epochs, steps_per_epoch=self.options.optimizer_steps(len(self.train_loader))
+        )
 
     @property
     def spec(self) -> DatasetSpec:
@@ -103,12 +105,17 @@ class TrainingParts:
     def run_info(self) -> dict[str, Any]:
         """What a checkpoint keeps besides the trainer's state (see checkpoint.py)."""
         return {
-            "model": self.recipe, "classes": self.spec.classes,
+            "model": self.recipe,
+            "classes": self.spec.classes,
             # How images were prepared, so that prediction converts new images the same way.
-            "preprocess": {"stored_size": list(self.spec.image_size), "size": self.recipe["input_size"],
-                           "mean": list(self.transform.mean or []), "std": list(self.transform.std or []),
-                           "resize_before_crop": self.transform.resize_before_crop,
-                           "augment": self.checked.augment},
+            "preprocess": {
+                "stored_size": list(self.spec.image_size),
+                "size": self.recipe["input_size"],
+                "mean": list(self.transform.mean or []),
+                "std": list(self.transform.std or []),
+                "resize_before_crop": self.transform.resize_before_crop,
+                "augment": self.checked.augment,
+            },
             "config": OmegaConf.to_container(self.checked.cfg, resolve=True),
         }
 
@@ -118,10 +125,25 @@ class TrainingParts:
         loss_fn = functools.partial(F.cross_entropy, label_smoothing=settings.label_smoothing)
         decay = settings.ema  # the average starts from the weights the run starts from
         ema = ModelEma(self.model, float(decay), settings.ema_warmup) if decay is not None else None
-        return Trainer(self.model, self.optimizer, self.schedule, self.train_loader, self.val_loader, self.device,
-                       settings.epochs, callbacks=callbacks, log_every=settings.log_every, loss_fn=loss_fn,
-                       options=self.options, forward=self.forward, group=self.group, ema=ema, tta=settings.tta,
-                       run_folder=run_folder and run_folder.path, config=self.checked.cfg)
+        return Trainer(
+            self.model,
+            self.optimizer,
+            self.schedule,
+            self.train_loader,
+            self.val_loader,
+            self.device,
+            settings.epochs,
+            callbacks=callbacks,
+            log_every=settings.log_every,
+            loss_fn=loss_fn,
+            options=self.options,
+            forward=self.forward,
+            group=self.group,
+            ema=ema,
+            tta=settings.tta,
+            run_folder=run_folder and run_folder.path,
+            config=self.checked.cfg,
+        )
 
 
 def build_training(checked: CheckedConfig, data: ImageData | None = None, resuming: bool = False) -> TrainingParts:
@@ -141,8 +163,10 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
     weights_note = load_starting_weights(checked.model, model, read_weights=not resuming)
     if group.ddp and trainer.sync_batchnorm:
         if device.type != "cuda":
-            raise ConfigError("trainer.sync_batchnorm=true needs CUDA GPUs: PyTorch's SyncBatchNorm does not run "
-                              "on CPUs. Leave it false here (each process normalises with its share of the batch).")
+            raise ConfigError(
+                "trainer.sync_batchnorm=true needs CUDA GPUs: PyTorch's SyncBatchNorm does not run "
+                "on CPUs. Leave it false here (each process normalises with its share of the batch)."
+            )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     placed = place_model(trainer, model, device, group)
     model, forward, channels_last = placed.model, placed.forward, placed.channels_last
@@ -151,8 +175,16 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
     transform = batch_transform(checked, spec, recipe["input_size"], channels_last)
 
     def loader(split: str, batch_size: int, **options):
-        return split_loader(checked, getattr(prepared, split), split, transform, device, batch_size,
-                            shard=(group.rank, group.world_size), **options)
+        return split_loader(
+            checked,
+            getattr(prepared, split),
+            split,
+            transform,
+            device,
+            batch_size,
+            shard=(group.rank, group.world_size),
+            **options,
+        )
 
     # trainer.mixup: MixUp / CutMix after the augmentations, from the same stream; soft targets.
     mixer = BatchMixer(spec.num_classes, **trainer.mixup) if trainer.mixup else None
@@ -160,11 +192,30 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
     val_loader = loader("val", checked.eval_batch_size)
     test_loader = loader("test", checked.eval_batch_size)
 
-    options = StepOptions(accumulate=trainer.accumulate_grad_batches, grad_clip_norm=trainer.grad_clip_norm,
-                          autocast_dtype=placed.autocast_dtype)
-    parts = TrainingParts(checked, device, prepared, model, recipe, forward, transform, train_loader, val_loader,
-                          test_loader, None, None, options, channels_last,
-                          placed.notices, weights_note, group)
+    options = StepOptions(
+        accumulate=trainer.accumulate_grad_batches,
+        grad_clip_norm=trainer.grad_clip_norm,
+        autocast_dtype=placed.autocast_dtype,
+    )
+    parts = TrainingParts(
+        checked,
+        device,
+        prepared,
+        model,
+        recipe,
+        forward,
+        transform,
+        train_loader,
+        val_loader,
+        test_loader,
+        None,
+        None,
+        options,
+        channels_last,
+        placed.notices,
+        weights_note,
+        group,
+    )
     parts.optimizer = parts.new_optimizer(model)
     parts.schedule = parts.new_schedule(parts.optimizer, trainer.epochs)
     return parts
@@ -179,19 +230,33 @@ def batch_transform(checked: CheckedConfig, spec: DatasetSpec, size: int, channe
     prep = plan.weights_prep.for_channels(spec.channels) if plan.weights_prep else None
     normalize = checked.data.normalize or prep is not None
     mean, std = (prep.mean, prep.std) if prep else (spec.mean, spec.std)
-    return BatchTransform(size=(size, size), mean=mean if normalize else None, std=std if normalize else None,
-                          channels_last=channels_last, augment=checked.augmentations,
-                          resize_before_crop=prep.resize if prep and not plan.resize else None)
+    return BatchTransform(
+        size=(size, size),
+        mean=mean if normalize else None,
+        std=std if normalize else None,
+        channels_last=channels_last,
+        augment=checked.augmentations,
+        resize_before_crop=prep.resize if prep and not plan.resize else None,
+    )
 
 
-def split_loader(checked: CheckedConfig, data, split: str, transform: BatchTransform, device: torch.device,
-                 batch_size: int | None = None, limited: bool = True, **options):
+def split_loader(
+    checked: CheckedConfig,
+    data,
+    split: str,
+    transform: BatchTransform,
+    device: torch.device,
+    batch_size: int | None = None,
+    limited: bool = True,
+    **options,
+):
     """The loader of one split (train, val or test): `batch_size` (default: the evaluation batch size),
     cut to trainer.limit_<split>_batches unless `limited` is false (an evaluation covers the whole split)."""
     batch_size = batch_size or checked.eval_batch_size
     setting = checked.limits.get(f"limit_{split}_batches") if limited else None
-    return make_loader(data, batch_size, transform, device, limit_batches=batch_limit(setting, len(data), batch_size),
-                       **options)
+    return make_loader(
+        data, batch_size, transform, device, limit_batches=batch_limit(setting, len(data), batch_size), **options
+    )
 
 
 def batch_limit(setting: int | float | None, examples: int, batch_size: int) -> int | None:

@@ -10,22 +10,40 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable
 
 from cnntrain.checkpoint import save_checkpoint
-from cnntrain.display import (ProgressDisplay, Reporter, TimeEstimate, epoch_end_lr, format_duration, format_epoch,
-                              format_step_seconds)
+from cnntrain.display import (
+    ProgressDisplay,
+    Reporter,
+    TimeEstimate,
+    epoch_end_lr,
+    format_duration,
+    format_epoch,
+    format_step_seconds,
+)
 from cnntrain.metrics import OPTIONAL_METRICS
 from cnntrain.process import interrupts_held
 from cnntrain.run_folder import RunFolder, write_atomically
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
 # display.py's names, importable from here as before the split.
-__all__ = ["Checkpointer", "EarlyStopping", "MetricsWriter", "ProgressDisplay", "Reporter", "TimeEstimate",
-           "epoch_end_lr", "epochs_without_improvement", "format_duration", "format_epoch", "format_step_seconds",
-           "metric_columns"]
+__all__ = [
+    "Checkpointer",
+    "EarlyStopping",
+    "MetricsWriter",
+    "ProgressDisplay",
+    "Reporter",
+    "TimeEstimate",
+    "epoch_end_lr",
+    "epochs_without_improvement",
+    "format_duration",
+    "format_epoch",
+    "format_step_seconds",
+    "metric_columns",
+]
 
 
 METRIC_COLUMNS = [f.name for f in fields(EpochMetrics)]  # every column metrics.csv can have, in order
@@ -111,7 +129,8 @@ class Checkpointer(Callback):
             return  # the epoch's end is saved with its metrics; mid-group gradients cannot be saved
         # Every rank of a distributed run takes the state together (it sums their counters); rank 0 saves it.
         due = self.every_seconds is not None and trainer.group.any(
-            time.monotonic() - self._last_save >= self.every_seconds, trainer.device)
+            time.monotonic() - self._last_save >= self.every_seconds, trainer.device
+        )
         if due or trainer.stop_requested:
             state = self.make_state(trainer)
             with interrupts_held():  # a second Ctrl-C now waits for last.pt and `saved` to agree
@@ -170,4 +189,5 @@ class EarlyStopping(Callback):
             trainer.stop_reason = (
                 f"early stopping: {self.metric} has not improved by more than {self.min_delta:g} for {stale} epochs "
                 f"(best {getattr(best, self.metric):.4f} at epoch {best.epoch}; trainer.early_stopping.patience="
-                f"{self.patience})")
+                f"{self.patience})"
+            )

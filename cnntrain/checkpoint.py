@@ -71,34 +71,44 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CnnTrainError(
             f"Refused to load checkpoint {path}: it holds Python objects besides tensors and plain values, and "
             f"loading those could run code. cnntrain reads only the checkpoints runs write (tensors, numbers, "
-            f"text). Use a checkpoint from a run folder you trust.") from None
+            f"text). Use a checkpoint from a run folder you trust."
+        ) from None
     except Exception as err:  # a zip or pickle stream cut short or overwritten
         raise _damaged(path, err) from None
     if not isinstance(state, dict) or state.get("format", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CnnTrainError(f"Cannot read checkpoint {path}: it is not in a checkpoint format this cnntrain "
-                            f"knows (format {FORMAT_VERSION}). It may come from a newer cnntrain: upgrade it.")
+        raise CnnTrainError(
+            f"Cannot read checkpoint {path}: it is not in a checkpoint format this cnntrain "
+            f"knows (format {FORMAT_VERSION}). It may come from a newer cnntrain: upgrade it."
+        )
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         bare = all(isinstance(value, torch.Tensor) for value in state.values())
         what = "a bare state dict (weights only)" if bare else f"a file without {', '.join(missing)}"
-        raise CnnTrainError(f"{path} is not a cnntrain checkpoint: it is {what}. cnntrain needs the checkpoints "
-                            f"a run writes (checkpoints/best.pt, last.pt), which also hold the model's recipe, "
-                            f"classes and config.")
+        raise CnnTrainError(
+            f"{path} is not a cnntrain checkpoint: it is {what}. cnntrain needs the checkpoints "
+            f"a run writes (checkpoints/best.pt, last.pt), which also hold the model's recipe, "
+            f"classes and config."
+        )
     return state
 
 
 def _damaged(path: Path, err: Exception) -> CnnTrainError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     other = "best.pt" if path.name == "last.pt" else "last.pt"
-    return CnnTrainError(f"Checkpoint {path} is damaged ({reason}): it was cut short or overwritten. "
-                         f"checkpoints/{other} may still be whole; otherwise copy the file again from where it "
-                         f"came from.")
+    return CnnTrainError(
+        f"Checkpoint {path} is damaged ({reason}): it was cut short or overwritten. "
+        f"checkpoints/{other} may still be whole; otherwise copy the file again from where it "
+        f"came from."
+    )
 
 
 def rng_states() -> dict[str, Any]:
     """Every random stream training draws from (dropout, ...); data order and augmentation are seeded per epoch."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def restore_rng_states(rng: dict[str, Any]) -> None:
@@ -122,8 +132,14 @@ def training_checkpoint(trainer, run_info: dict[str, Any]) -> dict[str, Any]:
     "preprocess" and "config".
     """
     last = trainer.history[-1] if trainer.history else None
-    return {"format": FORMAT_VERSION, "epoch": last.epoch if last else 0,
-            "metrics": last.as_dict() if last else None, **trainer.state_dict(), "rng": rng_states(), **run_info}
+    return {
+        "format": FORMAT_VERSION,
+        "epoch": last.epoch if last else 0,
+        "metrics": last.as_dict() if last else None,
+        **trainer.state_dict(),
+        "rng": rng_states(),
+        **run_info,
+    }
 
 
 def restore_training(checkpoint: dict[str, Any], trainer) -> int:
@@ -139,11 +155,15 @@ def check_model_description(classes: Any, in_channels: Any, preprocess: Any, whe
     converted), checked before anything uses it: a wrong value there gave wrong answers with exit 0 (std 0:
     NaN probabilities) or a traceback. `where` names the file, `fix` says what to do; `check_against_model`
     (predict.py) then checks the model takes and gives what this says."""
+
     def refuse(problem: str) -> None:
         raise CnnTrainError(f"{where} {problem}. {fix}")
 
-    if not (isinstance(classes, (list, tuple)) and len(classes) >= 2
-            and all(isinstance(name, str) and name for name in classes)):
+    if not (
+        isinstance(classes, (list, tuple))
+        and len(classes) >= 2
+        and all(isinstance(name, str) and name for name in classes)
+    ):
         refuse(f"has classes={_short(classes)}; it needs the list of the model's class names (at least 2)")
     if len(set(classes)) != len(classes):
         refuse(f"names a class twice in classes={_short(classes)}")
@@ -161,10 +181,13 @@ def check_model_description(classes: Any, in_channels: Any, preprocess: Any, whe
         refuse(f"has preprocess.resize_before_crop={crop!r}; it needs null or a size >= preprocess.size ({size})")
     mean, std = preprocess.get("mean") or [], preprocess.get("std") or []
     for key, values in (("mean", mean), ("std", std)):
-        if not (isinstance(values, (list, tuple)) and len(values) in (0, 1, in_channels)
-                and all(_finite(v) for v in values)):
-            refuse(f"has preprocess.{key}={_short(values)}; it needs one finite number per channel ({in_channels}), "
-                   f"or [] for none")
+        if not (
+            isinstance(values, (list, tuple)) and len(values) in (0, 1, in_channels) and all(_finite(v) for v in values)
+        ):
+            refuse(
+                f"has preprocess.{key}={_short(values)}; it needs one finite number per channel ({in_channels}), "
+                f"or [] for none"
+            )
     if len(mean) != len(std):
         refuse(f"has preprocess.mean={_short(mean)} but preprocess.std={_short(std)}; they go together")
     if any(v <= 0 for v in std):
@@ -176,7 +199,12 @@ def _whole(value: Any) -> bool:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == value
+        and abs(value) != float("inf")
+    )
 
 
 def _short(value: Any) -> str:
@@ -192,15 +220,19 @@ class RunCheckpoint:
     state: dict[str, Any]
 
     @classmethod
-    def read(cls, path: Path | str) -> "RunCheckpoint":
+    def read(cls, path: Path | str) -> RunCheckpoint:
         """The checkpoint at `path`, its classes, channels and preprocessing checked (check_model_description)."""
         checkpoint = cls(Path(path), load_checkpoint(path))
         state = checkpoint.state
         channels = state["model"].get("in_channels") if isinstance(state["model"], dict) else None
         preprocess = checkpoint.preprocess if isinstance(state.get("preprocess"), dict) else state.get("preprocess")
-        check_model_description(state["classes"], channels, preprocess, f"Checkpoint {path}",
-                                "It was changed after the run wrote it: copy the run folder again from where it "
-                                "came from.")
+        check_model_description(
+            state["classes"],
+            channels,
+            preprocess,
+            f"Checkpoint {path}",
+            "It was changed after the run wrote it: copy the run folder again from where it came from.",
+        )
         return checkpoint
 
     @property
@@ -239,7 +271,9 @@ class RunCheckpoint:
             model.load_state_dict(self.state["state_dict"])
         except (RuntimeError, KeyError, TypeError) as err:  # weights of another shape, a recipe changed
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CnnTrainError(f"Checkpoint {self.path}: its weights do not fit the model its recipe builds "
-                                f"({reason[:300]}). It was changed after the run wrote it: copy the run folder "
-                                f"again from where it came from.") from None
+            raise CnnTrainError(
+                f"Checkpoint {self.path}: its weights do not fit the model its recipe builds "
+                f"({reason[:300]}). It was changed after the run wrote it: copy the run folder "
+                f"again from where it came from."
+            ) from None
         return model

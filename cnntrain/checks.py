@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import DictConfig
 
@@ -21,9 +20,16 @@ from cnntrain.data.augment import Augmentation, build_augmentations
 from cnntrain.errors import ConfigError
 from cnntrain.loggers import check_logger
 from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, check_optimizer_and_schedule
-from cnntrain.registry import Component, did_you_mean
-from cnntrain.setting_checks import (check_batch_memory, check_counts, check_data_settings,
-                                     check_finetune, check_model_plan, check_seed, check_trainer_settings)
+from cnntrain.registry import Component
+from cnntrain.setting_checks import (
+    check_batch_memory,
+    check_counts,
+    check_data_settings,
+    check_finetune,
+    check_model_plan,
+    check_seed,
+    check_trainer_settings,
+)
 from cnntrain.settings import DataSettings, FinetuneSettings, ModelPlan, TrainerSettings, setting
 from cnntrain.trainer import Callback
 from cnntrain.user_code import current_folder_on_path, import_user_modules
@@ -84,7 +90,9 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
         optimizer=OPTIMIZERS.checked(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS)),
         no_decay_bias_norm=setting(cfg.optimizer, "optimizer.no_decay_bias_norm"),
         scheduler=SCHEDULERS.checked(cfg.scheduler.name, settings_of(cfg.scheduler)),
-        augmentations=build_augmentations(augment), logger=check_logger(cfg.get("logger")))
+        augmentations=build_augmentations(augment),
+        logger=check_logger(cfg.get("logger")),
+    )
     counts = check_counts(cfg)
     trainer = check_trainer_settings(cfg, counts)
     seed = check_seed(cfg)
@@ -94,8 +102,17 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
     check_batch_memory(data, plan)
     check_optimizer_and_schedule(components["optimizer"], components["scheduler"], trainer.epochs)
     user_callbacks = config_callbacks(cfg.get("callbacks")) + check_callbacks(callbacks, "callbacks=")
-    return CheckedConfig(cfg=cfg, seed=seed, device=cfg.device.type, trainer=trainer, data=data, model=plan,
-                         finetune=finetune, callbacks=user_callbacks, **components)
+    return CheckedConfig(
+        cfg=cfg,
+        seed=seed,
+        device=cfg.device.type,
+        trainer=trainer,
+        data=data,
+        model=plan,
+        finetune=finetune,
+        callbacks=user_callbacks,
+        **components,
+    )
 
 
 def check_finite_numbers(cfg: DictConfig) -> None:
@@ -133,8 +150,10 @@ def config_callbacks(entries) -> list[Callback]:
     created = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "_target_" not in entry:
-            raise ConfigError(f"callbacks[{i}] must be a mapping with a _target_ key naming a Callback class, "
-                              f"got {entry!r}. Example: callbacks='[{{_target_: my_callbacks.Recorder}}]'.")
+            raise ConfigError(
+                f"callbacks[{i}] must be a mapping with a _target_ key naming a Callback class, "
+                f"got {entry!r}. Example: callbacks='[{{_target_: my_callbacks.Recorder}}]'."
+            )
         try:
             with current_folder_on_path():  # a callback module beside the user's config, as for `imports`
                 created.append(instantiate(entry))
@@ -146,6 +165,8 @@ def config_callbacks(entries) -> list[Callback]:
 def check_callbacks(callbacks, where: str) -> list[Callback]:
     for callback in callbacks:
         if not isinstance(callback, Callback):
-            raise ConfigError(f"{type(callback).__name__} ({where}) is not a cnntrain Callback: subclass "
-                              f"cnntrain.Callback and override the hooks you need.")
+            raise ConfigError(
+                f"{type(callback).__name__} ({where}) is not a cnntrain Callback: subclass "
+                f"cnntrain.Callback and override the hooks you need."
+            )
     return list(callbacks)

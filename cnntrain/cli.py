@@ -18,8 +18,14 @@ from rich.console import Console
 from cnntrain import __version__
 from cnntrain.command_line import always_sweeps, override_problem, read_command_line
 from cnntrain.companion_line import EXIT_INTERRUPTED, EXIT_USAGE, Grammar, companion_command, print_error
-from cnntrain.config import (check_group_choices, check_override_keys, config_dir, expand_home, quote_for_hydra,
-                             unknown_component_name)
+from cnntrain.config import (
+    check_group_choices,
+    check_override_keys,
+    config_dir,
+    expand_home,
+    quote_for_hydra,
+    unknown_component_name,
+)
 from cnntrain.distributed import launched_by_torchrun, process_rank
 from cnntrain.errors import CnnTrainError
 from cnntrain.process import keep_console_optional
@@ -90,8 +96,15 @@ in a run folder are never imported. run= may also be an .onnx file written by cn
 tta=: the test-time augmentation, by default the run's trainer.tta (as its test measured);
 none: one pass per image; hflip: the mean of each image's and its mirror's probabilities."""
 # key -> default; None: required. imports "": not given.
-PREDICT_OPTIONS = {"run": None, "inputs": None, "topk": "3", "checkpoint": "best", "output": "", "imports": "",
-                   "tta": "run"}
+PREDICT_OPTIONS = {
+    "run": None,
+    "inputs": None,
+    "topk": "3",
+    "checkpoint": "best",
+    "output": "",
+    "imports": "",
+    "tta": "run",
+}
 
 
 @companion_command(Grammar("cnntrain-predict", PREDICT_USAGE, PREDICT_OPTIONS, positional=("run", "inputs")))
@@ -99,8 +112,15 @@ def predict_main(options: dict[str, str], _: list[str]) -> None:
     """`cnntrain-predict run=... inputs=...`: classify new images with a trained run."""
     # torch is imported after the arguments are read: a slip in them is answered at once
     from cnntrain.evaluator import resolve_tta, tta_line
-    from cnntrain.predict import (SCREENFUL, check_output, load_predictor, predictions_path, predictions_summary,
-                                  predictions_table, write_predictions)
+    from cnntrain.predict import (
+        SCREENFUL,
+        check_output,
+        load_predictor,
+        predictions_path,
+        predictions_summary,
+        predictions_table,
+        write_predictions,
+    )
 
     if not (options["topk"].isascii() and options["topk"].isdigit()) or int(options["topk"]) < 1:
         raise CnnTrainError(f"topk must be a positive whole number, got '{options['topk']}'.")
@@ -125,8 +145,9 @@ def predict_main(options: dict[str, str], _: list[str]) -> None:
     else:  # thousands of rows scroll past unread: the CSV holds them
         for table in predictions_summary(predictions, options["inputs"]):
             console.print(table)
-    console.print(f"all {len(predictions)} predictions written to {display_path(output)}{replaced}", markup=False,
-                  soft_wrap=True)
+    console.print(
+        f"all {len(predictions)} predictions written to {display_path(output)}{replaced}", markup=False, soft_wrap=True
+    )
 
 
 EXPORT_USAGE = """usage: cnntrain-export run=<run folder> format=onnx|torchscript|exported_program
@@ -146,13 +167,22 @@ def export_main(options: dict[str, str], _: list[str]) -> None:
     from cnntrain.export import export_run  # torch: after the arguments are read
 
     console = Console(highlight=False)
-    result = export_run(options["run"], options["format"], checkpoint=options["checkpoint"],
-                        output=options["output"] or None, imports=options["imports"] or None,
-                        say=lambda line: console.print(line, markup=False, soft_wrap=True))
+    result = export_run(
+        options["run"],
+        options["format"],
+        checkpoint=options["checkpoint"],
+        output=options["output"] or None,
+        imports=options["imports"] or None,
+        say=lambda line: console.print(line, markup=False, soft_wrap=True),
+    )
     console.print(result.verification.summary(), markup=False, soft_wrap=True)
     size = f"{result.path.stat().st_size / 2**20:.1f} MiB" + (", replacing the earlier one" if result.replaced else "")
-    console.print(f"written to {display_path(result.path)} ({size}) and {display_path(result.info_path)} in "
-                  f"{result.seconds:.1f} s", markup=False, soft_wrap=True)
+    console.print(
+        f"written to {display_path(result.path)} ({size}) and {display_path(result.info_path)} in "
+        f"{result.seconds:.1f} s",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 EVAL_USAGE = """usage: cnntrain-eval run=<run folder> [split=test|val|train|all] [checkpoint=best|last] [imports=[my_models]]
@@ -164,7 +194,7 @@ classes (data=image_folder data.root=<folder>; split=all: every image of it). Pr
 top-5 (more than 5 classes), precision/recall/F1 per class and the confusion matrix, and writes them
 with the misclassified examples to <run folder>/eval/<split>_<checkpoint>/ (other data:
 eval/<data>-<root folder>-<digest>_<split>_<checkpoint>/). tta=: the test-time augmentation, by
-default the run's trainer.tta; another one (none, hflip) writes to a folder ending in _tta-<it>."""
+default the run's trainer.tta; another one (none, hflip) writes to a folder ending in _tta-<it>."""  # noqa: E501 (the usage as printed)
 EVAL_OPTIONS = {"run": None, "split": "test", "checkpoint": "best", "imports": "", "tta": "run"}
 EVAL_OVERRIDES = ("data", "device")  # key=value arguments of these sections go to the run's config
 
@@ -175,8 +205,14 @@ def eval_main(options: dict[str, str], overrides: list[str]) -> None:
     from cnntrain.evaluation import evaluate_run, print_report  # torch: after the arguments are read
 
     # data=, device= and dotted keys (data.root=...) go to the run's config; evaluation.py says which may change.
-    result = evaluate_run(Path(options["run"]), split=options["split"], checkpoint=options["checkpoint"],
-                          overrides=overrides, imports=options["imports"] or None, tta=options["tta"])
+    result = evaluate_run(
+        Path(options["run"]),
+        split=options["split"],
+        checkpoint=options["checkpoint"],
+        overrides=overrides,
+        imports=options["imports"] or None,
+        tta=options["tta"],
+    )
     print_report(result, Console(highlight=False))
 
 
@@ -202,8 +238,10 @@ def join_torchrun_group(args: list[str]) -> list[str]:
     if processes <= 1:
         return []
     if any(arg in ("-m", "--multirun") for arg in args):
-        print_error(f"torchrun started {processes} processes for one training; a sweep (-m) cannot run inside "
-                    f"it. Run each job under torchrun, or sweep with a launcher (launcher=slurm).")
+        print_error(
+            f"torchrun started {processes} processes for one training; a sweep (-m) cannot run inside "
+            f"it. Run each job under torchrun, or sweep with a launcher (launcher=slurm)."
+        )
         sys.exit(EXIT_USAGE)
     from datetime import datetime
 
@@ -271,8 +309,12 @@ def _run_job_checked(args: list[str]) -> None:
     sys.argv[1:] = args  # Hydra reads sys.argv
     from cnntrain.sweep import missing_plugin
 
-    problem = (check_group_choices(args) or check_override_keys(args) or missing_plugin(args)
-               or (run_folder_problem(args) if process_rank() == 0 and command.runs_a_job else None))
+    problem = (
+        check_group_choices(args)
+        or check_override_keys(args)
+        or missing_plugin(args)
+        or (run_folder_problem(args) if process_rank() == 0 and command.runs_a_job else None)
+    )
     if problem:  # rank 0 makes the folder; --cfg, --info and --help write none
         print_error(problem)
         sys.exit(EXIT_USAGE)

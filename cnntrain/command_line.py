@@ -67,11 +67,22 @@ def read_command_line(args: list[str]) -> CommandLine:
     flags, unknown = parser.parse_known_intermixed_args(args)
     if unknown:
         raise ConfigError(_unknown_option_message(unknown[0], args))
-    modes = [name for name, given in (("--run", flags.run), ("-m", flags.multirun), ("--cfg", flags.cfg),
-                                      ("--info", flags.info), ("-sc", flags.shell_completion)) if given]
+    modes = [
+        name
+        for name, given in (
+            ("--run", flags.run),
+            ("-m", flags.multirun),
+            ("--cfg", flags.cfg),
+            ("--info", flags.info),
+            ("-sc", flags.shell_completion),
+        )
+        if given
+    ]
     if len(modes) > 1:  # Hydra raises a ValueError (a traceback) for these
-        raise ConfigError(f"{' and '.join(modes)} cannot be used together: give one of --run, -m, --cfg, --info "
-                          f"and -sc (e.g. cnntrain --cfg job model=alexnet to see a config, cnntrain -m ... to sweep).")
+        raise ConfigError(
+            f"{' and '.join(modes)} cannot be used together: give one of --run, -m, --cfg, --info "
+            f"and -sc (e.g. cnntrain --cfg job model=alexnet to see a config, cnntrain -m ... to sweep)."
+        )
     options = []
     for action in parser._actions:
         value = getattr(flags, action.dest)
@@ -83,11 +94,13 @@ def read_command_line(args: list[str]) -> CommandLine:
 def _unknown_option_message(option: str, args: list[str]) -> str:
     key, sep, value = option.lstrip("-").partition("=")
     if not sep:  # --epochs 3: argparse left 3 among the overrides
-        following = args[args.index(option) + 1:] if option in args else []
+        following = args[args.index(option) + 1 :] if option in args else []
         value = following[0] if following and "=" not in following[0] and not following[0].startswith("-") else "..."
     known = meant_key(key)
-    return (f"Unknown option '{option}': cnntrain's settings are key=value overrides without dashes: write "
-            f"{known}={value}. Its options are Hydra's (-m, --cfg job, --info, -sc ...): see cnntrain --help.")
+    return (
+        f"Unknown option '{option}': cnntrain's settings are key=value overrides without dashes: write "
+        f"{known}={value}. Its options are Hydra's (-m, --cfg job, --info, -sc ...): see cnntrain --help."
+    )
 
 
 def meant_key(key: str) -> str:
@@ -98,8 +111,9 @@ def meant_key(key: str) -> str:
     return meant.group(1) if meant else key
 
 
-def override_problem(raw: list[str], quoted: list[str] | None = None, multirun: bool = False,
-                     sweeps: str = "cnntrain -m") -> str | None:
+def override_problem(
+    raw: list[str], quoted: list[str] | None = None, multirun: bool = False, sweeps: str = "cnntrain -m"
+) -> str | None:
     """The first override of `raw` that Hydra's grammar cannot read, or a sweep where no sweep runs, said in
     cnntrain's words with what to write instead; None when all are fine.
 
@@ -173,17 +187,23 @@ def _unreadable(arg: str, err: Exception) -> str:
     """Any other grammar error: the argument and Hydra's reason, briefly."""
     reason = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
     reason = reason.split(" expecting ")[0]  # the parser's list of the tokens it expected helps nobody
-    return (f"Cannot read the override '{arg}' ({reason}). Write key=value with a key of letters, digits, '_' "
-            f"and dots ({EXAMPLE}); put a value with spaces or special characters in quotes: key='...'.")
+    return (
+        f"Cannot read the override '{arg}' ({reason}). Write key=value with a key of letters, digits, '_' "
+        f"and dots ({EXAMPLE}); put a value with spaces or special characters in quotes: key='...'."
+    )
 
 
 def _sweep_without_multirun(arg: str, sweeps: str) -> str:
     key, _, value = arg.partition("=")
     if not sweeps:
-        return (f"{arg} gives several values (a sweep), and this command takes one: write {key}=<one value>; "
-                f"a list is written in brackets: {key}=[{value}].")
-    return (f"{arg} gives several values, which only a sweep runs: to sweep, add -m ({sweeps} {arg}); values are "
-            f"comma-separated without spaces. A list value is written in brackets: {key}=[{value}].")
+        return (
+            f"{arg} gives several values (a sweep), and this command takes one: write {key}=<one value>; "
+            f"a list is written in brackets: {key}=[{value}]."
+        )
+    return (
+        f"{arg} gives several values, which only a sweep runs: to sweep, add -m ({sweeps} {arg}); values are "
+        f"comma-separated without spaces. A list value is written in brackets: {key}=[{value}]."
+    )
 
 
 def _looks_like_key(word: str) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 # cnntrain-export's formats and the file each is written to (in <run folder>/export/ by default).
 EXPORT_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "exported_program": "model.pt2"}
 
@@ -39,8 +38,15 @@ class EvalFolder:
 
     def files(self) -> list[Path]:
         """The folder and every file written in it."""
-        return [self.path, self.eval_json, self.per_class_csv, self.confusion_csv, self.confusion_png,
-                self.misclassified_csv, self.misclassified_png]
+        return [
+            self.path,
+            self.eval_json,
+            self.per_class_csv,
+            self.confusion_csv,
+            self.confusion_png,
+            self.misclassified_csv,
+            self.misclassified_png,
+        ]
 
     def __str__(self) -> str:
         return str(self.path)

@@ -15,9 +15,9 @@ import difflib
 import functools
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -58,6 +58,7 @@ class Grammar:
 def companion_command(grammar: Grammar) -> Callable:
     """The decorator that makes `body(options, overrides)` a console script reading sys.argv with
     `grammar`: help, version, the arguments read, errors and Ctrl-C as the module docstring says."""
+
     def decorate(body: Callable[[dict[str, str], list[str]], None]) -> Callable[[], None]:
         @functools.wraps(body)
         def main() -> None:
@@ -77,7 +78,9 @@ def companion_command(grammar: Grammar) -> Callable:
             except KeyboardInterrupt:  # one line, not a traceback of wherever it was
                 print("Interrupted.", file=sys.stderr)
                 sys.exit(EXIT_INTERRUPTED)
+
         return main
+
     return decorate
 
 
@@ -132,8 +135,10 @@ def parse_key_values(args: list[str], grammar: Grammar) -> dict[str, str]:
         if slip:
             raise ConfigError(slip)
         if not sep and ("/" in arg or Path(arg).suffix):
-            raise ConfigError(f"Unexpected argument '{arg}': there is no such folder or file. Give the run as "
-                              f"run=<run folder>.\n{usage}")
+            raise ConfigError(
+                f"Unexpected argument '{arg}': there is no such folder or file. Give the run as "
+                f"run=<run folder>.\n{usage}"
+            )
         raise ConfigError(f"Unexpected argument '{arg}'.{did_you_mean(key, options)}\n{usage}")
     missing = [key + "=" for key, value in values.items() if value is None]
     if missing:
@@ -163,8 +168,10 @@ def _unknown_option(grammar: Grammar, args: list[str], i: int) -> str:
         close = difflib.get_close_matches(key, list(grammar.options) + list(grammar.sections), n=1)
         meant = key if grammar.is_key(key) else (close[0] if close else "")
     write = f": write {meant}={value}" if meant else f" (see {grammar.name} --help)"
-    return (f"Unknown option '{option}': {grammar.name}'s settings are key=value without dashes{write}. "
-            f"Its only options are --help and --version.")
+    return (
+        f"Unknown option '{option}': {grammar.name}'s settings are key=value without dashes{write}. "
+        f"Its only options are --help and --version."
+    )
 
 
 def key_value_slip(args: list[str], i: int, is_key) -> str | None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,9 @@ MAIN_CONFIG = "train"
 # Sections holding a builder's settings: a key their file does not list may be added with `+`
 # (+model.width=32); the builder's registry then checks it against the builder's arguments.
 BUILDER_SECTIONS = (*REGISTRY_GROUPS, "logger")
-MULTI_CHOICE_GROUPS = ("logger",)  # groups taking several files at once, each keyed by its name: logger=[csv,tensorboard]
+MULTI_CHOICE_GROUPS = (
+    "logger",
+)  # groups taking several files at once, each keyed by its name: logger=[csv,tensorboard]
 
 
 # The run folder's timestamp (`${cnntrain_now:%H-%M-%S-%f}` in configs/hydra/default.yaml): like
@@ -39,8 +42,9 @@ def share_start_time(when: datetime) -> None:
     _start_time = when
 
 
-OmegaConf.register_new_resolver("cnntrain_now", lambda pattern: (_start_time or datetime.now()).strftime(pattern),
-                                use_cache=True, replace=True)
+OmegaConf.register_new_resolver(
+    "cnntrain_now", lambda pattern: (_start_time or datetime.now()).strftime(pattern), use_cache=True, replace=True
+)
 
 
 def config_dir() -> Path:
@@ -140,8 +144,11 @@ def check_group_choices(args: list[str]) -> str | None:
 
 def choice_names(group: str, values: str) -> list[str]:
     """The file names in a sweep's a,b; in MULTI_CHOICE_GROUPS' lists too ([csv,tensorboard], [], [a],[a,b])."""
-    return [name for name in re.split(r"[\s,\[\]]+", values) if name] if group in MULTI_CHOICE_GROUPS \
+    return (
+        [name for name in re.split(r"[\s,\[\]]+", values) if name]
+        if group in MULTI_CHOICE_GROUPS
         else values.split(",")
+    )
 
 
 def _group_value_shape_problem(group: str, value: str) -> str | None:
@@ -152,8 +159,10 @@ def _group_value_shape_problem(group: str, value: str) -> str | None:
         sweep = f" To train with each of them, sweep: cnntrain -m {group}={names}" if names else ""
         return f"{group}={value}: {group} takes one choice (a file in configs/{group}/), not a list.{sweep}"
     if value.startswith("{"):
-        return (f"{group}={value}: {group} takes the name of one of its files (configs/{group}/); to change a "
-                f"setting in it, write {group}.<key>=<value> (e.g. {group}.name=...).")
+        return (
+            f"{group}={value}: {group} takes the name of one of its files (configs/{group}/); to change a "
+            f"setting in it, write {group}.<key>=<value> (e.g. {group}.name=...)."
+        )
     return None
 
 
@@ -190,13 +199,17 @@ def check_override_keys(args: list[str]) -> str | None:
         key, sep, value = arg.partition("=")
         bare = key.lstrip("+~")
         if key.startswith("~") and "." not in bare and not arg.startswith("-"):
-            return (f"{arg} would remove the whole '{bare}' section, which every run needs. "
-                    f"Choose another with {bare}=<choice>, or remove single keys ({bare}.<key>).")
+            return (
+                f"{arg} would remove the whole '{bare}' section, which every run needs. "
+                f"Choose another with {bare}=<choice>, or remove single keys ({bare}.<key>)."
+            )
         if arg.startswith("-") or not sep or key.startswith("~") or bare.split(".")[0] == "hydra" or "/" in bare:
             continue
         if bare == "logger.name" and sep:  # the spelling from before several loggers at once
-            return (f"{arg} is the old spelling: choose loggers with logger={value} (several at once: "
-                    f"logger=[csv,{value}]), and set theirs with logger.{value}.<key>=...")
+            return (
+                f"{arg} is the old spelling: choose loggers with logger={value} (several at once: "
+                f"logger=[csv,{value}]), and set theirs with logger.{value}.<key>=..."
+            )
         if bare in GROUPS:  # a sweep's choices: each is checked; a list of choices (logger=[a,b]) is one
             choices[key] = [value] if value.startswith("[") else value.split(",")
         else:
@@ -225,10 +238,13 @@ def _unknown_setting(cfg: DictConfig, settings: list[tuple[str, str, str]]) -> s
         if bare in known and isinstance(OmegaConf.select(cfg, bare, throw_on_resolution_failure=False), DictConfig):
             value = arg.partition("=")[2].strip()
             if not value.startswith("{"):
-                keys = ", ".join(k[len(bare) + 1:] for k in known
-                                 if k.startswith(bare + ".") and "." not in k[len(bare) + 1:])
-                return (f"{bare} is a section ({keys}); {arg} would replace it with a single value. "
-                        f"Set one of its keys, e.g. {bare}.<key>=...")
+                keys = ", ".join(
+                    k[len(bare) + 1 :] for k in known if k.startswith(bare + ".") and "." not in k[len(bare) + 1 :]
+                )
+                return (
+                    f"{bare} is a section ({keys}); {arg} would replace it with a single value. "
+                    f"Set one of its keys, e.g. {bare}.<key>=..."
+                )
         if bare in known or (key.startswith("+") and bare.split(".")[0] in BUILDER_SECTIONS and "." in bare):
             continue
         return unknown_key_message(bare, arg, known)
@@ -237,7 +253,7 @@ def _unknown_setting(cfg: DictConfig, settings: list[tuple[str, str, str]]) -> s
 
 def unknown_key_message(key: str, arg: str, known: list[str]) -> str:
     section, parent, leaf = key.split(".")[0], key.rpartition(".")[0], key.rpartition(".")[2]
-    siblings = [k[len(parent) + 1:] for k in known if k.startswith(parent + ".") and "." not in k[len(parent) + 1:]]
+    siblings = [k[len(parent) + 1 :] for k in known if k.startswith(parent + ".") and "." not in k[len(parent) + 1 :]]
     # `lr=0.1`: the key with that name nearest the top (optimizer.lr, not model.recipe.sgd.lr).
     same_leaf = sorted((k for k in known if k.rpartition(".")[2] == leaf), key=lambda k: k.count("."))
     if same_leaf and (len(same_leaf) == 1 or same_leaf[0].count(".") < same_leaf[1].count(".")):
@@ -249,8 +265,10 @@ def unknown_key_message(key: str, arg: str, known: list[str]) -> str:
         hint = did_you_mean(key, known)
     message = f"Unknown setting '{key}' ({arg}).{hint}"
     if section in BUILDER_SECTIONS and parent and not arg.startswith("+"):
-        message += (f" Settings that configs/{section}/<file> does not list are added with +: "
-                    f"+{key}=... (the {section} builder then checks them).")
+        message += (
+            f" Settings that configs/{section}/<file> does not list are added with +: "
+            f"+{key}=... (the {section} builder then checks them)."
+        )
     elif parent in known:
         message += f" {parent} has: {', '.join(sorted(siblings))}."
     return message

@@ -11,8 +11,9 @@ import io
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -49,8 +50,10 @@ class Reporter:
         lost = lost_console()
         if lost and not self._console_lost_noted:
             self._console_lost_noted = True
-            self._write(f"(the console went away at {time.strftime('%H:%M:%S')}: {lost}; this file goes on "
-                        f"with everything the run says)")
+            self._write(
+                f"(the console went away at {time.strftime('%H:%M:%S')}: {lost}; this file goes on "
+                f"with everything the run says)"
+            )
 
     def renderable(self, item: Any) -> None:
         """A rich table or panel: rendered on the console, and as plain text in the log."""
@@ -89,11 +92,13 @@ def format_epoch(metrics: EpochMetrics, epochs: int, end_lr: float | None = None
     lr = f"lr {metrics.lr:.4g}"
     if end_lr is not None and not math.isclose(end_lr, metrics.lr, rel_tol=1e-6, abs_tol=0.0):
         lr += f"->{end_lr:.4g}"
-    return (f"epoch {metrics.epoch:>{len(str(epochs))}}/{epochs}  "
-            f"train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}  "
-            f"val loss {metrics.val_loss:.4f} acc {metrics.val_acc:.4f}  "
-            f"{lr}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s"
-            + (f"  stage {metrics.stage}" if metrics.stage is not None else ""))
+    return (
+        f"epoch {metrics.epoch:>{len(str(epochs))}}/{epochs}  "
+        f"train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}  "
+        f"val loss {metrics.val_loss:.4f} acc {metrics.val_acc:.4f}  "
+        f"{lr}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s"
+        + (f"  stage {metrics.stage}" if metrics.stage is not None else "")
+    )
 
 
 def epoch_end_lr(trainer: Trainer) -> float | None:
@@ -139,10 +144,14 @@ class ProgressDisplay(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.live:
             self.progress = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[speed]} ex/s"),
-                TimeElapsedColumn(), TextColumn("epoch left {task.fields[epoch_left]}  run left {task.fields[run_left]}"),
-                console=self.reporter.console, transient=True,
+                TimeElapsedColumn(),
+                TextColumn("epoch left {task.fields[epoch_left]}  run left {task.fields[run_left]}"),
+                console=self.reporter.console,
+                transient=True,
             )
             self.progress.start()
 
@@ -150,8 +159,16 @@ class ProgressDisplay(Callback):
         self._epoch_started = time.perf_counter()
         self._first_step = None
         if self.progress:
-            self.task = self.progress.add_task("train", total=steps, epoch=f"{epoch}/{trainer.epochs}", loss="-",
-                                               acc="-", speed="-", epoch_left="-", run_left="-")
+            self.task = self.progress.add_task(
+                "train",
+                total=steps,
+                epoch=f"{epoch}/{trainer.epochs}",
+                loss="-",
+                acc="-",
+                speed="-",
+                epoch_left="-",
+                run_left="-",
+            )
 
     def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
         if not self.progress:
@@ -164,9 +181,11 @@ class ProgressDisplay(Callback):
         # Later epochs: the last finished one's length (validation included), else this one's pace.
         epoch_seconds = trainer.history[-1].epoch_seconds if trainer.history else per_step * steps
         epochs_after = trainer.epochs - (trainer.history[-1].epoch + 1 if trainer.history else 1)
-        fields = {"epoch_left": format_duration(epoch_left),
-                  "run_left": format_duration(epoch_left + max(epochs_after, 0) * epoch_seconds),
-                  "speed": f"{(step - self._first_step) * trainer.train_loader.batch_size / elapsed:,.0f}"}
+        fields = {
+            "epoch_left": format_duration(epoch_left),
+            "run_left": format_duration(epoch_left + max(epochs_after, 0) * epoch_seconds),
+            "speed": f"{(step - self._first_step) * trainer.train_loader.batch_size / elapsed:,.0f}",
+        }
         self.progress.update(self.task, completed=step, **fields)
 
     def on_train_progress(self, trainer: Trainer, progress: StepProgress) -> None:
@@ -234,11 +253,15 @@ class TimeEstimate(Callback):
         epochs_left = trainer.epochs - len(trainer.history)
         if epoch_seconds * epochs_left < self.WORTH_SAYING_SECONDS:
             return
-        line = (f"time estimate: about {format_duration(epoch_seconds)} per epoch ({steps} steps of "
-                f"{format_step_seconds(per_step)} + validation), {format_duration(epoch_seconds * epochs_left)} for "
-                f"the {epochs_left} epoch{'s' if epochs_left != 1 else ''} to go (timed over {timed} "
-                f"step{'s' if timed != 1 else ''})")
+        line = (
+            f"time estimate: about {format_duration(epoch_seconds)} per epoch ({steps} steps of "
+            f"{format_step_seconds(per_step)} + validation), {format_duration(epoch_seconds * epochs_left)} for "
+            f"the {epochs_left} epoch{'s' if epochs_left != 1 else ''} to go (timed over {timed} "
+            f"step{'s' if timed != 1 else ''})"
+        )
         self.reporter.line(line)
         if epoch_seconds > self.long_seconds:
-            self.reporter.line(f"That is a long epoch for this {trainer.device.type}. Quicker: "
-                               f"{self.quicker_options()}.", style="yellow")
+            self.reporter.line(
+                f"That is a long epoch for this {trainer.device.type}. Quicker: {self.quicker_options()}.",
+                style="yellow",
+            )

@@ -21,9 +21,10 @@ summed across ranks, so no example is counted twice.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from cnntrain.errors import ConfigError
 
@@ -57,8 +58,9 @@ def join_group() -> None:
         return
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if "MASTER_ADDR" not in os.environ:  # trainer.strategy=ddp in a process that torchrun did not start
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                          LOCAL_RANK="0")
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+        )
     dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
 
 
@@ -86,8 +88,10 @@ def lost_peer(err: BaseException) -> bool:
     if isinstance(err, getattr(dist, "DistError", ())):
         return True
     text = str(err)
-    return isinstance(err, RuntimeError) and any(sign in text for sign in (
-        "Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL communicator"))
+    return isinstance(err, RuntimeError) and any(
+        sign in text
+        for sign in ("Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL communicator")
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class Group:
     ddp: bool = False  # the model is wrapped in DistributedDataParallel
 
     @classmethod
-    def single(cls) -> "Group":
+    def single(cls) -> Group:
         return cls()
 
     @property
@@ -153,8 +157,10 @@ def group_for(strategy: str) -> Group:
         raise ConfigError(f"trainer.strategy must be one of {', '.join(STRATEGIES)}, got '{strategy}'.")
     started = launched_by_torchrun()
     if strategy == "single" and started > 1:
-        raise ConfigError(f"trainer.strategy=single, but torchrun started {started} processes: start cnntrain "
-                          f"without torchrun, or use trainer.strategy=auto for DistributedDataParallel.")
+        raise ConfigError(
+            f"trainer.strategy=single, but torchrun started {started} processes: start cnntrain "
+            f"without torchrun, or use trainer.strategy=auto for DistributedDataParallel."
+        )
     if strategy == "auto" and started <= 1:
         return Group.single()
     if strategy == "single":
@@ -162,5 +168,9 @@ def group_for(strategy: str) -> Group:
     import torch.distributed as dist
 
     join_group()
-    return Group(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), ddp=True)
+    return Group(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        ddp=True,
+    )

@@ -26,7 +26,7 @@ int and the decay a Python float: an update queues device work and never waits f
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -37,8 +37,10 @@ def apply_data_overrides(cfg: DictConfig, overrides: list[str], state: RunCheckp
         if section not in MAY_CHANGE:
             rest = key.partition(".")[2]
             hint = did_you_mean(section, MAY_CHANGE).replace("'?", f".{rest}'?" if rest else "'?")
-            raise ConfigError(f"cnntrain-eval cannot apply {override}: it evaluates the run's checkpoint as it was "
-                              f"trained, and takes only data=<name>, data.<key>=... and device=... overrides.{hint}")
+            raise ConfigError(
+                f"cnntrain-eval cannot apply {override}: it evaluates the run's checkpoint as it was "
+                f"trained, and takes only data=<name>, data.<key>=... and device=... overrides.{hint}"
+            )
     choices = [o for o in overrides if o.lstrip("+").partition("=")[0] == "data"]
     for override in choices[-1:]:  # the dataset first, as Hydra does: its settings then apply to it
         name = override.partition("=")[2]
@@ -80,8 +82,9 @@ def load_data(checked) -> ImageData:
     try:
         return load_image_data(checked.dataset.name, checked.dataset.settings)
     except OSError as err:
-        raise CnnTrainError(f"Cannot load the data ({checked.cfg.data.name}): {err}. Check data.root and the "
-                            f"files' permissions.") from err
+        raise CnnTrainError(
+            f"Cannot load the data ({checked.cfg.data.name}): {err}. Check data.root and the files' permissions."
+        ) from err
 
 
 def check_classes_and_channels(data: ImageData, state: RunCheckpoint, own_data: bool, where: str) -> list[str]:
@@ -92,19 +95,25 @@ def check_classes_and_channels(data: ImageData, state: RunCheckpoint, own_data: 
     if extra:
         raise CnnTrainError(
             f"The classes of {where} differ from the run's: the run's model does not know "
-            f"{_names(extra)}" + (f", and the data has no {_names(missing)}" if missing else "") +
-            f". The run was trained on {len(classes)} classes: {', '.join(classes)}. Evaluate it on data with "
-            f"these classes (for data=image_folder: one folder per class, named as these).")
+            f"{_names(extra)}"
+            + (f", and the data has no {_names(missing)}" if missing else "")
+            + f". The run was trained on {len(classes)} classes: {', '.join(classes)}. Evaluate it on data with "
+            f"these classes (for data=image_folder: one folder per class, named as these)."
+        )
     notices = []
     if missing:
-        notices.append(f"notice: {where} has no images of {_names(missing)} ({len(data_classes)} of the run's "
-                       f"{len(classes)} classes); their recall is undefined.")
+        notices.append(
+            f"notice: {where} has no images of {_names(missing)} ({len(data_classes)} of the run's "
+            f"{len(classes)} classes); their recall is undefined."
+        )
     elif data_classes != classes and not own_data:
         notices.append(f"notice: {where} lists the run's classes in another order; they are matched by name.")
     if channels != state.in_channels:
-        raise CnnTrainError(f"{where} has {channels}-channel images, but the run's model takes "
-                            f"{state.in_channels}-channel ones. Set data.channels={state.in_channels} "
-                            f"(1: grey, 3: RGB) if the dataset has that setting.")
+        raise CnnTrainError(
+            f"{where} has {channels}-channel images, but the run's model takes "
+            f"{state.in_channels}-channel ones. Set data.channels={state.in_channels} "
+            f"(1: grey, 3: RGB) if the dataset has that setting."
+        )
     return notices
 
 
@@ -121,8 +130,14 @@ def split_examples(data: ImageData, prepared: PreparedData, split: str):
         return sets[0]
     if all(isinstance(part, FileImageSet) for part in sets):
         first = sets[0]
-        return FileImageSet([path for part in sets for path in part.files], torch.cat([part.labels for part in sets]),
-                            first.channels, first.size, first.skip_bad_files, first.workers)
+        return FileImageSet(
+            [path for part in sets for path in part.files],
+            torch.cat([part.labels for part in sets]),
+            first.channels,
+            first.size,
+            first.skip_bad_files,
+            first.workers,
+        )
     files = [path for part in sets for path in part.files] if all(part.files is not None for part in sets) else None
     return ImageSet(torch.cat([part.images for part in sets]), torch.cat([part.labels for part in sets]), files)
 
@@ -141,13 +156,23 @@ def with_run_classes(data: ImageData, run_classes: list[str]) -> ImageData:
         part.labels = mapping[part.labels]
         return part
 
-    return dataclasses.replace(data, classes=list(run_classes), train=relabelled(data.train),
-                               val=relabelled(data.val), test=relabelled(data.test))
+    return dataclasses.replace(
+        data,
+        classes=list(run_classes),
+        train=relabelled(data.train),
+        val=relabelled(data.val),
+        test=relabelled(data.test),
+    )
 
 
 def hold_out_notice(data: ImageData, prepared: PreparedData, split: str, count: int) -> str:
     total = sum(len(part) for part in (data.train, data.val, data.test) if part is not None)
-    what = ("the images of its val split" if data.val is not None else
-            f"the images held out from it for validation ({prepared.spec.val_source.split(';')[0]})")
-    return (f"notice: {prepared.spec.name} has no {split} split of its own, so split={split} is {count} of its "
-            f"{total} images: {what}. split=all evaluates all of them.")
+    what = (
+        "the images of its val split"
+        if data.val is not None
+        else f"the images held out from it for validation ({prepared.spec.val_source.split(';')[0]})"
+    )
+    return (
+        f"notice: {prepared.spec.name} has no {split} split of its own, so split={split} is {count} of its "
+        f"{total} images: {what}. split=all evaluates all of them."
+    )

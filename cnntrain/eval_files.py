@@ -27,23 +27,46 @@ def write_results(result: EvalResult, examples, state: RunCheckpoint) -> None:
     result.run.refuse_links_out(folder.files(), LINK_FIX)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder.eval_json, lambda f: f.write(json.dumps(result.figures(), indent=2, default=str)
-                                                             + "\n"), binary=False)
-        _write_csv(folder.per_class_csv, ["class", "precision", "recall", "f1", "support"],
-                   [[row["class"], _cell(row["precision"]), _cell(row["recall"]), _cell(row["f1"]), row["support"]]
-                    for row in result.per_class])
-        _write_csv(folder.confusion_csv, ["actual/predicted", *result.classes],
-                   [[name, *counts] for name, counts in zip(result.classes, result.confusion.tolist())])
+        write_atomically(
+            folder.eval_json,
+            lambda f: f.write(json.dumps(result.figures(), indent=2, default=str) + "\n"),
+            binary=False,
+        )
+        _write_csv(
+            folder.per_class_csv,
+            ["class", "precision", "recall", "f1", "support"],
+            [
+                [row["class"], _cell(row["precision"]), _cell(row["recall"]), _cell(row["f1"]), row["support"]]
+                for row in result.per_class
+            ],
+        )
+        _write_csv(
+            folder.confusion_csv,
+            ["actual/predicted", *result.classes],
+            [[name, *counts] for name, counts in zip(result.classes, result.confusion.tolist())],
+        )
         named = getattr(examples, "files", None) is not None
-        _write_csv(folder.misclassified_csv, ["file" if named else "index", "true", "predicted", "probability",
-                                              "true_probability"],
-                   [[row["file"] if named else row["index"], row["true"], row["predicted"],
-                     f"{row['probability']:.6f}", f"{row['true_probability']:.6f}"] for row in result.misclassified])
+        _write_csv(
+            folder.misclassified_csv,
+            ["file" if named else "index", "true", "predicted", "probability", "true_probability"],
+            [
+                [
+                    row["file"] if named else row["index"],
+                    row["true"],
+                    row["predicted"],
+                    f"{row['probability']:.6f}",
+                    f"{row['true_probability']:.6f}",
+                ]
+                for row in result.misclassified
+            ],
+        )
         plot_confusion(result)
         plot_misclassified(result, examples, state)
     except OSError as err:
-        raise CnnTrainError(f"Cannot write the evaluation into {folder.path}: {err.strerror or err}. "
-                            f"Give the run folder space or write permission.") from err
+        raise CnnTrainError(
+            f"Cannot write the evaluation into {folder.path}: {err.strerror or err}. "
+            f"Give the run folder space or write permission."
+        ) from err
 
 
 def _cell(value: float | None) -> str:
@@ -73,8 +96,9 @@ def plot_confusion(result: EvalResult) -> None:
     image = axes.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the actual class")
     font = 9 if count <= 15 else 7 if count <= 40 else 5
-    axes.set_xticks(range(count), classes, rotation=90 if count > 8 else 45, ha="right" if count <= 8 else "center",
-                    fontsize=font)
+    axes.set_xticks(
+        range(count), classes, rotation=90 if count > 8 else 45, ha="right" if count <= 8 else "center", fontsize=font
+    )
     axes.set_yticks(range(count), classes, fontsize=font)
     axes.set_xlabel("predicted")
     axes.set_ylabel("actual")
@@ -83,18 +107,28 @@ def plot_confusion(result: EvalResult) -> None:
             for predicted in range(count):
                 value = int(confusion[actual, predicted])
                 if value:
-                    axes.text(predicted, actual, str(value), ha="center", va="center", fontsize=font,
-                              color="white" if shares[actual, predicted] > 0.5 else "black")
-    axes.set_title(f"{result.model} on {result.data} {result.split} ({result.checkpoint}.pt): "
-                   f"accuracy {result.evaluation.acc:.4f}", fontsize=10)
+                    axes.text(
+                        predicted,
+                        actual,
+                        str(value),
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if shares[actual, predicted] > 0.5 else "black",
+                    )
+    axes.set_title(
+        f"{result.model} on {result.data} {result.split} ({result.checkpoint}.pt): "
+        f"accuracy {result.evaluation.acc:.4f}",
+        fontsize=10,
+    )
     save_figure(figure, result.folder.confusion_png)
 
 
 def plot_misclassified(result: EvalResult, examples, state: RunCheckpoint) -> None:
     """misclassified.png: the most confident mistakes (up to GRID_IMAGES), captioned "pred X / actual Y";
     none when nothing was misclassified (an older one is removed)."""
-    from cnntrain.plots import save_figure
     from cnntrain.loggers.tensorboard import labelled_grid
+    from cnntrain.plots import save_figure
 
     shown = result.misclassified[:GRID_IMAGES]
     if not shown:
@@ -102,8 +136,9 @@ def plot_misclassified(result: EvalResult, examples, state: RunCheckpoint) -> No
         return
     images = torch.stack([_stored_image(examples, row["index"], state) for row in shown]).float().div(255)
     index = {name: i for i, name in enumerate(result.classes)}
-    figure = labelled_grid(images, [index[row["predicted"]] for row in shown], [index[row["true"]] for row in shown],
-                           result.classes)
+    figure = labelled_grid(
+        images, [index[row["predicted"]] for row in shown], [index[row["true"]] for row in shown], result.classes
+    )
     save_figure(figure, result.folder.misclassified_png)
 
 

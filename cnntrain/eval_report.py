@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cnntrain.evaluator import tta_line
 from cnntrain.eval_result import EvalResult
+from cnntrain.evaluator import tta_line
 from cnntrain.run_folder import display_path
 
 CONSOLE_MATRIX_CLASSES = 30  # the confusion matrix is printed up to this many classes, when it fits
@@ -20,33 +20,46 @@ def print_report(result: EvalResult, console: Console) -> None:
     def say(text: str, style: str | None = None) -> None:
         console.print(text, style=style, markup=False, soft_wrap=True)
 
-    say(f"cnntrain-eval: {display_path(result.run.path)} ({result.model}, checkpoints/{result.checkpoint}.pt, "
+    say(
+        f"cnntrain-eval: {display_path(result.run.path)} ({result.model}, checkpoints/{result.checkpoint}.pt, "
         f"epoch {result.epoch}) on {'all images' if result.split == 'all' else f'the {result.split} split'} of "
         f"{result.data}"
-        f"{' ' + result.source if result.source and not result.own_data else ''} ({result.size:,} images)")
+        f"{' ' + result.source if result.source and not result.own_data else ''} ({result.size:,} images)"
+    )
     augmentation = tta_line(result.tta, result.run_tta)
     if augmentation:
         say(augmentation)
     for notice in result.notices:
         say(notice, style="yellow")
     top5 = f"  top-5 {evaluation.top5:.4f}" if evaluation.top5 is not None else ""
-    say(f"loss {evaluation.loss:.4f}  accuracy {evaluation.acc:.4f}{top5}  "
-        f"({result.size - len(result.misclassified):,} of {result.size:,} right)")
+    say(
+        f"loss {evaluation.loss:.4f}  accuracy {evaluation.acc:.4f}{top5}  "
+        f"({result.size - len(result.misclassified):,} of {result.size:,} right)"
+    )
     if result.run_test:
         run_top5 = f" top-5 {result.run_test['test_top5']:.4f}" if "test_top5" in result.run_test else ""
-        say(f"the run's summary.json (same split and checkpoint): test loss {result.run_test['test_loss']:.4f} "
-            f"accuracy {result.run_test['test_acc']:.4f}{run_top5}")
+        say(
+            f"the run's summary.json (same split and checkpoint): test loss {result.run_test['test_loss']:.4f} "
+            f"accuracy {result.run_test['test_acc']:.4f}{run_top5}"
+        )
     console.print(per_class_table(result))
     matrix = confusion_table(result)
     if len(result.classes) <= CONSOLE_MATRIX_CLASSES and console.measure(matrix).maximum <= console.width:
         say("confusion matrix (rows: the actual class; columns: the predicted class, numbered as the rows):")
         console.print(matrix)
     else:
-        say(f"confusion matrix: {len(result.classes)} classes, too wide to print here: see confusion_matrix.csv "
-            f"and confusion_matrix.png")
+        say(
+            f"confusion matrix: {len(result.classes)} classes, too wide to print here: see confusion_matrix.csv "
+            f"and confusion_matrix.png"
+        )
     folder = result.folder
-    written = [folder.eval_json, folder.per_class_csv, folder.confusion_csv, folder.confusion_png,
-               folder.misclassified_csv] + ([folder.misclassified_png] if result.misclassified else [])
+    written = [
+        folder.eval_json,
+        folder.per_class_csv,
+        folder.confusion_csv,
+        folder.confusion_png,
+        folder.misclassified_csv,
+    ] + ([folder.misclassified_png] if result.misclassified else [])
     say(f"misclassified: {len(result.misclassified):,} (misclassified.csv, most confident first)")
     say(f"written to {display_path(folder.path)}: {', '.join(path.name for path in written)}")
 
@@ -56,8 +69,9 @@ def per_class_table(result: EvalResult) -> Table:
     for column in ("class", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in result.per_class:
-        table.add_row(escape(row["class"]), *(_shown(row[key]) for key in ("precision", "recall", "f1")),
-                      str(row["support"]))
+        table.add_row(
+            escape(row["class"]), *(_shown(row[key]) for key in ("precision", "recall", "f1")), str(row["support"])
+        )
     return table
 
 
@@ -68,8 +82,9 @@ def confusion_table(result: EvalResult) -> Table:
     for j in range(len(result.classes)):
         table.add_column(str(j), justify="right")
     for i, (name, counts) in enumerate(zip(result.classes, result.confusion.tolist())):
-        cells = [f"[bold]{count}[/]" if j == i else str(count) if count else "[dim]0[/]"
-                 for j, count in enumerate(counts)]
+        cells = [
+            f"[bold]{count}[/]" if j == i else str(count) if count else "[dim]0[/]" for j, count in enumerate(counts)
+        ]
         table.add_row(f"{i} {escape(name)}", *cells)
     return table
 

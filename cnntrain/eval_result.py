@@ -42,14 +42,32 @@ class EvalResult:
     def figures(self) -> dict[str, Any]:
         """What eval.json holds."""
         evaluation = self.evaluation
-        figures = {"run_dir": str(self.run.path), "checkpoint": self.checkpoint, "epoch": self.epoch,
-                   "model": self.model, "data": self.data, "source": self.source, "own_data": self.own_data,
-                   "split": self.split, "size": self.size, "loss": evaluation.loss, "acc": evaluation.acc}
+        figures = {
+            "run_dir": str(self.run.path),
+            "checkpoint": self.checkpoint,
+            "epoch": self.epoch,
+            "model": self.model,
+            "data": self.data,
+            "source": self.source,
+            "own_data": self.own_data,
+            "split": self.split,
+            "size": self.size,
+            "loss": evaluation.loss,
+            "acc": evaluation.acc,
+        }
         if evaluation.top5 is not None:
             figures["top5"] = evaluation.top5
-        figures.update({"misclassified": len(self.misclassified), "classes": self.classes,
-                        "per_class": self.per_class, "confusion_matrix": self.confusion.tolist(),
-                        "notices": self.notices, "run_test": self.run_test, "tta": self.tta})
+        figures.update(
+            {
+                "misclassified": len(self.misclassified),
+                "classes": self.classes,
+                "per_class": self.per_class,
+                "confusion_matrix": self.confusion.tolist(),
+                "notices": self.notices,
+                "run_test": self.run_test,
+                "tta": self.tta,
+            }
+        )
         return figures
 
 
@@ -66,8 +84,11 @@ def per_class_metrics(confusion: torch.Tensor, classes: list[str]) -> list[dict[
         hits, support, predicted = int(confusion[i, i]), int(confusion[i].sum()), int(confusion[:, i].sum())
         precision = hits / predicted if predicted else None
         recall = hits / support if support else None
-        f1 = (2 * precision * recall / (precision + recall) if precision + recall else 0.0) \
-            if precision is not None and recall is not None else None
+        f1 = (
+            (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+            if precision is not None and recall is not None
+            else None
+        )
         rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
     return rows
 
@@ -80,8 +101,14 @@ def misclassified_rows(evaluation: Evaluation, examples, classes: list[str]) -> 
     rows = []
     for i in wrong:
         actual, predicted = int(evaluation.labels[i]), int(evaluation.predicted[i])
-        rows.append({"index": i, "file": str(files[i]) if files is not None else None,
-                     "true": classes[actual], "predicted": classes[predicted],
-                     "probability": float(evaluation.probabilities[i, predicted]),
-                     "true_probability": float(evaluation.probabilities[i, actual])})
+        rows.append(
+            {
+                "index": i,
+                "file": str(files[i]) if files is not None else None,
+                "true": classes[actual],
+                "predicted": classes[predicted],
+                "probability": float(evaluation.probabilities[i, predicted]),
+                "true_probability": float(evaluation.probabilities[i, actual]),
+            }
+        )
     return sorted(rows, key=lambda row: -row["probability"])

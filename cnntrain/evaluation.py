@@ -40,14 +40,22 @@ from omegaconf import OmegaConf
 
 from cnntrain.build import build_data, place_model, resolve_device, split_loader
 from cnntrain.checks import check_config
-from cnntrain.evaluator import resolve_tta
 from cnntrain.data.loader import preprocess_transform
 from cnntrain.errors import CnnTrainError, ConfigError
-from cnntrain.eval_data import (apply_data_overrides, check_classes_and_channels, data_label, hold_out_notice,
-                                load_data, split_examples, with_run_classes, without_loading_keys)
+from cnntrain.eval_data import (
+    apply_data_overrides,
+    check_classes_and_channels,
+    data_label,
+    hold_out_notice,
+    load_data,
+    split_examples,
+    with_run_classes,
+    without_loading_keys,
+)
 from cnntrain.eval_files import LINK_FIX, write_results
 from cnntrain.eval_report import print_report
 from cnntrain.eval_result import EvalResult, confusion_matrix, misclassified_rows, per_class_metrics
+from cnntrain.evaluator import resolve_tta
 from cnntrain.opened_run import RunArgument, open_run
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import RunFolder
@@ -55,23 +63,38 @@ from cnntrain.speed_switches import tune_backend
 from cnntrain.trainer import StepOptions, Trainer
 
 # Importable from here as before the split: the command line prints with it, tests use the figures.
-__all__ = ["SPLITS", "EvalResult", "evaluate_run", "print_report", "confusion_matrix", "per_class_metrics",
-           "misclassified_rows"]
+__all__ = [
+    "SPLITS",
+    "EvalResult",
+    "evaluate_run",
+    "print_report",
+    "confusion_matrix",
+    "per_class_metrics",
+    "misclassified_rows",
+]
 
 SPLITS = ("test", "val", "train", "all")
 # How cnntrain-eval names the run, for open_run's messages.
 EVAL_RUN = RunArgument(key="run=", use="cnntrain-eval run={}")
 
 
-def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "best", overrides: list[str] = (),
-                 imports: str | list[str] | None = None, tta: str = "run") -> EvalResult:
+def evaluate_run(
+    run_dir: Path | str,
+    split: str = "test",
+    checkpoint: str = "best",
+    overrides: list[str] = (),
+    imports: str | list[str] | None = None,
+    tta: str = "run",
+) -> EvalResult:
     """Evaluate checkpoints/<checkpoint>.pt of the run in `run_dir` on `split` (test, val, train or all) of
     its data, or of the data `overrides` (data=<name>, data.<key>=..., device=...) describe; writes the
     results into the run folder (eval/...) and returns them. `tta`: "run" (the run's trainer.tta),
     "none" or "hflip"."""
     if split not in SPLITS:
-        raise ConfigError(f"Unknown split '{split}' (split=).{did_you_mean(split, SPLITS)} Available: "
-                          f"{', '.join(SPLITS)} (all: every image of the data).")
+        raise ConfigError(
+            f"Unknown split '{split}' (split=).{did_you_mean(split, SPLITS)} Available: "
+            f"{', '.join(SPLITS)} (all: every image of the data)."
+        )
     resolve_tta(tta, None)  # a typo is answered before the checkpoint is read
     opened = open_run(run_dir, checkpoint, imports, EVAL_RUN, import_modules=False)  # check_config imports them
     folder, state = opened.folder, opened.checkpoint
@@ -100,26 +123,53 @@ def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "be
     notices += placed.notices
     transform = dataclasses.replace(preprocess_transform(state.preprocess), channels_last=placed.channels_last)
     loader = split_loader(checked, examples, split, transform, device, limited=False)
-    trainer = Trainer(placed.model, None, None, None, None, device, epochs=0,
-                      options=StepOptions(autocast_dtype=placed.autocast_dtype), forward=placed.forward,
-                      tta=used_tta)
+    trainer = Trainer(
+        placed.model,
+        None,
+        None,
+        None,
+        None,
+        device,
+        epochs=0,
+        options=StepOptions(autocast_dtype=placed.autocast_dtype),
+        forward=placed.forward,
+        tta=used_tta,
+    )
     evaluation = trainer.evaluate(loader, keep_outputs=True)
     if evaluation.labels is None or len(evaluation.labels) != len(examples):
-        raise CnnTrainError(f"Only {0 if evaluation.labels is None else len(evaluation.labels)} of the split's "
-                            f"{len(examples)} images could be read (data.skip_bad_files=true skipped the others), "
-                            f"so the results cannot be matched to the files. Remove the unreadable files and "
-                            f"evaluate again.")
+        raise CnnTrainError(
+            f"Only {0 if evaluation.labels is None else len(evaluation.labels)} of the split's "
+            f"{len(examples)} images could be read (data.skip_bad_files=true skipped the others), "
+            f"so the results cannot be matched to the files. Remove the unreadable files and "
+            f"evaluate again."
+        )
 
     classes = state.classes
     confusion = confusion_matrix(evaluation.labels, evaluation.predicted, len(classes))
     result = EvalResult(
-        run=folder, folder=folder.evaluation(split, checkpoint, None if own_data else data_label(data_settings),
-                                             tta=None if used_tta == run_tta else used_tta or "none"),
-        checkpoint=checkpoint, epoch=state.epoch, model=cfg.model.name, data=prepared.spec.name,
-        source=prepared.spec.source, own_data=own_data, split=split, classes=classes, evaluation=evaluation,
-        confusion=confusion, per_class=per_class_metrics(confusion, classes),
-        misclassified=misclassified_rows(evaluation, examples, classes), notices=notices, tta=used_tta,
-        run_tta=run_tta)
+        run=folder,
+        folder=folder.evaluation(
+            split,
+            checkpoint,
+            None if own_data else data_label(data_settings),
+            tta=None if used_tta == run_tta else used_tta or "none",
+        ),
+        checkpoint=checkpoint,
+        epoch=state.epoch,
+        model=cfg.model.name,
+        data=prepared.spec.name,
+        source=prepared.spec.source,
+        own_data=own_data,
+        split=split,
+        classes=classes,
+        evaluation=evaluation,
+        confusion=confusion,
+        per_class=per_class_metrics(confusion, classes),
+        misclassified=misclassified_rows(evaluation, examples, classes),
+        notices=notices,
+        tta=used_tta,
+        run_tta=run_tta,
+    )
     result.run_test = comparable_run_test(folder, result, checked)
     write_results(result, examples, state)
     return result
@@ -128,12 +178,18 @@ def evaluate_run(run_dir: Path | str, split: str = "test", checkpoint: str = "be
 def comparable_run_test(folder: RunFolder, result: EvalResult, checked) -> dict[str, Any] | None:
     """The run's own test figures (summary.json), when they measure what this evaluation measured."""
     summary = folder.read_summary()
-    if not (result.own_data and result.split == "test" and result.tta == result.run_tta
-            and summary.get("status") == "completed"
-            and summary.get("tested_checkpoint") == f"{result.checkpoint}.pt"):
+    if not (
+        result.own_data
+        and result.split == "test"
+        and result.tta == result.run_tta
+        and summary.get("status") == "completed"
+        and summary.get("tested_checkpoint") == f"{result.checkpoint}.pt"
+    ):
         return None
     if "limit_test_batches" in checked.limits:
-        result.notices.append("notice: the run's test figures in summary.json cover only part of the test split "
-                              "(trainer.limit_test_batches); this evaluation covers all of it.")
+        result.notices.append(
+            "notice: the run's test figures in summary.json cover only part of the test split "
+            "(trainer.limit_test_batches); this evaluation covers all of it."
+        )
         return None
     return {key: summary[key] for key in ("test_loss", "test_acc", "test_top5") if key in summary}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +29,11 @@ TTA_CHOICES = ("run", "none", *TTA_MODES)  # cnntrain-eval/-predict tta=: run (t
 def resolve_tta(choice: str, run_tta: str | None) -> str | None:
     """cnntrain-eval's and cnntrain-predict's tta= (run, none or a mode) -> the mode to use, None for none."""
     if choice not in TTA_CHOICES:
-        raise ConfigError(f"Unknown test-time augmentation '{choice}' (tta=).{did_you_mean(choice, TTA_CHOICES)} Use "
-                          f"tta=run (what the run used: its trainer.tta), tta=none (no augmentation) or tta=hflip "
-                          f"(the mean of each image's and its mirror's probabilities).")
+        raise ConfigError(
+            f"Unknown test-time augmentation '{choice}' (tta=).{did_you_mean(choice, TTA_CHOICES)} Use "
+            f"tta=run (what the run used: its trainer.tta), tta=none (no augmentation) or tta=hflip "
+            f"(the mean of each image's and its mirror's probabilities)."
+        )
     return run_tta if choice == "run" else None if choice == "none" else choice
 
 
@@ -59,7 +61,6 @@ class Evaluation:
         return iter((self.loss, self.acc))
 
 
-
 def mean_log_probabilities(logits: torch.Tensor, mirrored_logits: torch.Tensor) -> torch.Tensor:
     """log((p + p_mirrored) / 2), float32, without underflow: test-time flip augmentation (tta=hflip), for
     `Trainer.evaluate` and cnntrain-predict alike. Its softmax is the mean of the two passes' probabilities."""
@@ -67,10 +68,17 @@ def mean_log_probabilities(logits: torch.Tensor, mirrored_logits: torch.Tensor) 
     return torch.logsumexp(both, dim=0) - math.log(2)
 
 
-
 @torch.inference_mode()
-def evaluate(forward: Callable, model: torch.nn.Module, loader, device: torch.device, group: Group | None = None,
-             tta: str | None = None, autocast=contextlib.nullcontext, keep_outputs: bool = False) -> Evaluation:
+def evaluate(
+    forward: Callable,
+    model: torch.nn.Module,
+    loader,
+    device: torch.device,
+    group: Group | None = None,
+    tta: str | None = None,
+    autocast=contextlib.nullcontext,
+    keep_outputs: bool = False,
+) -> Evaluation:
     """Mean cross-entropy, accuracy (and top-5 accuracy for more than 5 classes) of `forward` over `loader`,
     without autograd, `model` (what `forward` runs) in eval mode; unpacks as (loss, accuracy). `keep_outputs`:
     also each example's predicted class, probabilities and label, in the loader's order (what cnntrain-eval
@@ -88,12 +96,14 @@ def evaluate(forward: Callable, model: torch.nn.Module, loader, device: torch.de
     evaluation = Evaluation(loss, acc, stats.read_top5())
     if keep_outputs and outputs:
         evaluation.predicted, evaluation.probabilities, evaluation.labels = (
-            torch.cat(parts).cpu() for parts in zip(*outputs))
+            torch.cat(parts).cpu() for parts in zip(*outputs)
+        )
     return evaluation
 
 
-def evaluation_logits(forward: Callable, images: torch.Tensor, tta: str | None = None,
-                      autocast=contextlib.nullcontext) -> torch.Tensor:
+def evaluation_logits(
+    forward: Callable, images: torch.Tensor, tta: str | None = None, autocast=contextlib.nullcontext
+) -> torch.Tensor:
     """What `evaluate` measures for a batch: `forward(images)`; with tta=hflip the log of the mean of the
     softmax probabilities of the batch and of its horizontal mirror, float32. Log-probabilities are
     logits whose softmax is that mean, so the accuracy, top-5 and probabilities are the averaged

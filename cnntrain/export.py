@@ -28,9 +28,10 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from omegaconf.errors import OmegaConfBaseException
@@ -39,21 +40,59 @@ from cnntrain import __version__
 from cnntrain.build import build_data
 from cnntrain.checks import check_config
 from cnntrain.errors import CnnTrainError
-from cnntrain.export_formats import (EXPORT_BATCH, FORMATS, INPUT_NAME, OUTPUT_NAME, SUFFIXES, TOLERANCE,
-                                     VERIFY_BATCHES, Verification, check_format, error_text, export_and_verify,
-                                     export_model, load_exported_file, require_onnx)
+from cnntrain.export_formats import (
+    EXPORT_BATCH,
+    FORMATS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SUFFIXES,
+    TOLERANCE,
+    VERIFY_BATCHES,
+    Verification,
+    check_format,
+    error_text,
+    export_and_verify,
+    export_model,
+    load_exported_file,
+    require_onnx,
+)
 from cnntrain.opened_run import RunArgument, find_checkpoint, rebuildable_config
 from cnntrain.predict import LoadedRun, load_run, read_export_info
-from cnntrain.run_folder import (EXPORT_FILE_NAMES, RunFolder, cannot_write_message, check_writable, display_path,
-                                 export_info_path, refuse_links_out_of_run, write_atomically)
+from cnntrain.run_folder import (
+    EXPORT_FILE_NAMES,
+    RunFolder,
+    cannot_write_message,
+    check_writable,
+    display_path,
+    export_info_path,
+    refuse_links_out_of_run,
+    write_atomically,
+)
 
 # Importable from here as before the split (tests, the zoo test and users import them from export).
-__all__ = ["export_run", "ExportResult", "export_info", "check_export_output", "TORCHSCRIPT_NOTICE", "FORMATS",
-           "SUFFIXES", "TOLERANCE", "EXPORT_BATCH", "VERIFY_BATCHES", "Verification", "check_format",
-           "export_and_verify", "export_model", "load_exported_file", "require_onnx"]
+__all__ = [
+    "export_run",
+    "ExportResult",
+    "export_info",
+    "check_export_output",
+    "TORCHSCRIPT_NOTICE",
+    "FORMATS",
+    "SUFFIXES",
+    "TOLERANCE",
+    "EXPORT_BATCH",
+    "VERIFY_BATCHES",
+    "Verification",
+    "check_format",
+    "export_and_verify",
+    "export_model",
+    "load_exported_file",
+    "require_onnx",
+]
 
-TORCHSCRIPT_NOTICE = (f"notice: TorchScript is deprecated in this PyTorch ({torch.__version__}); "
-                      f"format=exported_program (torch.export) is its successor.")
+TORCHSCRIPT_NOTICE = (
+    f"notice: TorchScript is deprecated in this PyTorch ({torch.__version__}); "
+    f"format=exported_program (torch.export) is its successor."
+)
 
 
 @dataclass
@@ -72,11 +111,14 @@ def check_export_output(path: Path, format: str) -> bool:
     it), never anything else, since writing it would destroy it. True when it replaces an earlier export."""
     suffix = SUFFIXES[format]
     if path.is_dir():
-        raise CnnTrainError(f"output={path} is a folder; give a file name, e.g. "
-                            f"output={path / EXPORT_FILE_NAMES[format]}.")
+        raise CnnTrainError(
+            f"output={path} is a folder; give a file name, e.g. output={path / EXPORT_FILE_NAMES[format]}."
+        )
     if path.suffix != suffix:
-        raise CnnTrainError(f"output={path}: a format={format} file must end in {suffix}, e.g. "
-                            f"output={path.with_name(path.stem + suffix)}.")
+        raise CnnTrainError(
+            f"output={path}: a format={format} file must end in {suffix}, e.g. "
+            f"output={path.with_name(path.stem + suffix)}."
+        )
     if not path.parent.is_dir():
         raise CnnTrainError(f"output={path}: the folder {path.parent} does not exist.")
     info_path = export_info_path(path)
@@ -89,11 +131,15 @@ def check_export_output(path: Path, format: str) -> bool:
         except CnnTrainError:
             ours = False
         if not ours:
-            raise CnnTrainError(f"{info_path} exists and is not the json of a format={format} export by "
-                                f"cnntrain-export; it is left as it is. Give another output= file name.")
+            raise CnnTrainError(
+                f"{info_path} exists and is not the json of a format={format} export by "
+                f"cnntrain-export; it is left as it is. Give another output= file name."
+            )
     if path.exists() and not ours:
-        raise CnnTrainError(f"output={path} exists and is not a model written by cnntrain-export (there is no "
-                            f"{info_path.name} beside it); it is left as it is. Give another output= file name.")
+        raise CnnTrainError(
+            f"output={path} exists and is not a model written by cnntrain-export (there is no "
+            f"{info_path.name} beside it); it is left as it is. Give another output= file name."
+        )
     return path.exists()
 
 
@@ -103,8 +149,14 @@ def check_export_output(path: Path, format: str) -> bool:
 # ---------------------------------------------------------------- exporting a run
 
 
-def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", output: Path | str | None = None,
-               imports: list[str] | str | None = None, say: Callable[[str], None] = print) -> ExportResult:
+def export_run(
+    run_dir: Path | str,
+    format: str,
+    checkpoint: str = "best",
+    output: Path | str | None = None,
+    imports: list[str] | str | None = None,
+    say: Callable[[str], None] = print,
+) -> ExportResult:
     """`cnntrain-export`: the run's checkpoint exported to `output` (default <run folder>/export/model.<...>)
     and verified; `say` gets the progress lines and notices."""
     start = time.perf_counter()
@@ -112,12 +164,16 @@ def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", outpu
     folder = RunFolder(run_dir)
     find_checkpoint(folder, checkpoint, RunArgument(key="run=", use=f"cnntrain-export run={{}} format={format}"))
     path = Path(output) if output else folder.export_file(format)
-    elsewhere = (f"Write the export to a folder you can write to with output=<folder>/{EXPORT_FILE_NAMES[format]}." if
-                 not output else "Give output= a file in a folder you can write to.")
+    elsewhere = (
+        f"Write the export to a folder you can write to with output=<folder>/{EXPORT_FILE_NAMES[format]}."
+        if not output
+        else "Give output= a file in a folder you can write to."
+    )
     if not output:
-        folder.refuse_links_out([folder.export, path, export_info_path(path)],
-                                f"Replace the link with a folder, or write the export elsewhere with output=<file>"
-                                f"{SUFFIXES[format]}.")
+        folder.refuse_links_out(
+            [folder.export, path, export_info_path(path)],
+            f"Replace the link with a folder, or write the export elsewhere with output=<file>{SUFFIXES[format]}.",
+        )
         try:
             path.parent.mkdir(exist_ok=True)
         except OSError as err:  # a read-only run folder (a shared or mounted one)
@@ -128,13 +184,16 @@ def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", outpu
         require_onnx()
     loaded = load_run(folder.path, checkpoint, imports)
     name = loaded.checkpoint.model_recipe["name"]
-    say(f"exporting {name} ({display_path(folder.checkpoint(checkpoint))}, epoch {loaded.checkpoint.epoch}) "
-        f"as {format}")
+    say(
+        f"exporting {name} ({display_path(folder.checkpoint(checkpoint))}, epoch {loaded.checkpoint.epoch}) as {format}"
+    )
     notices = []
     images, inputs, problem = run_images(loaded, max(VERIFY_BATCHES))
     if problem:
-        notices.append(f"notice: the run's data could not be loaded ({problem}); verifying on {inputs} instead, "
-                       f"converted the same way.")
+        notices.append(
+            f"notice: the run's data could not be loaded ({problem}); verifying on {inputs} instead, "
+            f"converted the same way."
+        )
     if format == "torchscript":
         notices.append(TORCHSCRIPT_NOTICE)
     for notice in notices:
@@ -146,8 +205,11 @@ def export_run(run_dir: Path | str, format: str, checkpoint: str = "best", outpu
         info = export_info(loaded, format, path, checkpoint, verification)
         write_atomically(info_path, lambda f: f.write(_json(info)), binary=False)
     except OSError as err:  # the disk filled up while the file was written
-        raise CnnTrainError(cannot_write_message(Path(err.filename or path).parent, err, "Free some space, or "
-                                                 + elsewhere[0].lower() + elsewhere[1:])) from None
+        raise CnnTrainError(
+            cannot_write_message(
+                Path(err.filename or path).parent, err, "Free some space, or " + elsewhere[0].lower() + elsewhere[1:]
+            )
+        ) from None
     return ExportResult(path, info_path, info, verification, time.perf_counter() - start, replaced, notices)
 
 
@@ -191,19 +253,23 @@ def _validation_split(loaded: LoadedRun):
     return prepared.val, f"validation images of {config.data.name}"
 
 
-def export_info(loaded: LoadedRun, format: str, path: Path, checkpoint: str,
-                verification: Verification) -> dict[str, Any]:
+def export_info(
+    loaded: LoadedRun, format: str, path: Path, checkpoint: str, verification: Verification
+) -> dict[str, Any]:
     """What the json beside an export holds."""
     prep = loaded.preprocess
     size = prep["size"]
     # stored_size, size, mean, std (and whatever else prediction converts with); not the training augmentations.
     preprocess = {key: _plain(value) for key, value in prep.items() if key != "augment"}
-    input_spec = {"shape": ["batch", loaded.in_channels, size, size], "dtype": "float32",
-                  "batch": "dynamic (any size >= 1)",
-                  "is": "images as floats in [0, 1] (stored_size, then resized to size x size, or to "
-                        "resize_before_crop x resize_before_crop and centre-cropped to size x size when it is set; "
-                        "bilinear with antialiasing), minus mean, divided by std (per channel; not normalised "
-                        "when empty)"}
+    input_spec = {
+        "shape": ["batch", loaded.in_channels, size, size],
+        "dtype": "float32",
+        "batch": "dynamic (any size >= 1)",
+        "is": "images as floats in [0, 1] (stored_size, then resized to size x size, or to "
+        "resize_before_crop x resize_before_crop and centre-cropped to size x size when it is set; "
+        "bilinear with antialiasing), minus mean, divided by std (per channel; not normalised "
+        "when empty)",
+    }
     if format == "onnx":
         input_spec = {"name": INPUT_NAME, **input_spec}
     output_spec = {"shape": ["batch", len(loaded.classes)], "is": "logits (softmax gives probabilities)"}
@@ -238,5 +304,3 @@ def _plain(value):
 
 def _json(info: dict[str, Any]) -> str:
     return json.dumps(info, indent=2) + "\n"
-
-

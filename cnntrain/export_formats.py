@@ -18,9 +18,10 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -69,17 +70,21 @@ class Verification:
 
     def summary(self) -> str:
         sizes = " and ".join(str(n) for n in self.batch_sizes)
-        return (f"verified with {self.runtime} on {self.inputs}, batch sizes {sizes} (exported with "
-                f"{self.export_batch_size}): max abs difference {self.max_abs_diff:.2e} (tolerance "
-                f"{self.tolerance:.1e})")
+        return (
+            f"verified with {self.runtime} on {self.inputs}, batch sizes {sizes} (exported with "
+            f"{self.export_batch_size}): max abs difference {self.max_abs_diff:.2e} (tolerance "
+            f"{self.tolerance:.1e})"
+        )
 
 
 def check_format(format: str) -> str:
     """The format named, in any case (format=ONNX is onnx)."""
     format = format.lower() if format.lower() in FORMATS else format
     if format not in FORMATS:
-        raise CnnTrainError(f"Unknown export format '{format}' (format={format}).{did_you_mean(format, FORMATS)} "
-                            f"Choose one of: {', '.join(FORMATS)}.")
+        raise CnnTrainError(
+            f"Unknown export format '{format}' (format={format}).{did_you_mean(format, FORMATS)} "
+            f"Choose one of: {', '.join(FORMATS)}."
+        )
     return format
 
 
@@ -91,13 +96,16 @@ def require_onnx() -> None:
     """format=onnx needs onnx and onnxscript (torch.onnx.export) and onnxruntime (the check)."""
     missing = [name for name in ONNX_PACKAGES if not _installed(name)]
     if missing:
-        raise CnnTrainError(f"format=onnx needs {', '.join(ONNX_PACKAGES)}; not installed: {', '.join(missing)}. "
-                            f"Install them with: {ONNX_INSTALL}. Or export with format=exported_program, which "
-                            f"needs nothing besides torch.")
+        raise CnnTrainError(
+            f"format=onnx needs {', '.join(ONNX_PACKAGES)}; not installed: {', '.join(missing)}. "
+            f"Install them with: {ONNX_INSTALL}. Or export with format=exported_program, which "
+            f"needs nothing besides torch."
+        )
 
 
-def export_model(model: torch.nn.Module, example: torch.Tensor, format: str, path: Path | str,
-                 name: str = "the model") -> None:
+def export_model(
+    model: torch.nn.Module, example: torch.Tensor, format: str, path: Path | str, name: str = "the model"
+) -> None:
     """Write `model` (put in eval mode) to `path` in `format`, traced on `example` (N >= 2, C, H, W) with the batch
     dimension left free. A model the exporter refuses is a CnnTrainError naming it and the exporter's error."""
     format = check_format(format)
@@ -107,9 +115,16 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, format: str, pat
     try:
         with _quiet_exporter(format != "torchscript"):
             if format == "onnx":
-                torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=False,
-                                  verbose=False)
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(path),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: batch},),
+                    external_data=False,
+                    verbose=False,
+                )
             elif format == "exported_program":
                 program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
                 _save_through_memory(lambda buffer: torch.export.save(program, buffer), path)
@@ -122,8 +137,9 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, format: str, pat
         if failure is not None:  # not the model's fault: the file could not be written (a full disk)
             raise failure from err
         others = " or ".join(f"format={other}" for other in FORMATS if other != format)
-        raise CnnTrainError(f"Cannot export {name} as {format}: {error_text(err)}. Try another format "
-                            f"({others}).") from None
+        raise CnnTrainError(
+            f"Cannot export {name} as {format}: {error_text(err)}. Try another format ({others})."
+        ) from None
 
 
 def _save_through_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:
@@ -161,16 +177,25 @@ def max_abs_difference(model: torch.nn.Module, loaded: Callable, batches: list[t
             expected = model(batch).float()
             got = torch.as_tensor(loaded(batch)).float()
             if got.shape != expected.shape:
-                raise CnnTrainError(f"The exported file returned shape {tuple(got.shape)} for a batch of "
-                                    f"{tuple(batch.shape)}, where PyTorch returns {tuple(expected.shape)}.")
+                raise CnnTrainError(
+                    f"The exported file returned shape {tuple(got.shape)} for a batch of "
+                    f"{tuple(batch.shape)}, where PyTorch returns {tuple(expected.shape)}."
+                )
             diff = max(diff, (got - expected).abs().max().item())
             scale = max(scale, expected.abs().max().item())
     return diff, scale
 
 
-def export_and_verify(model: torch.nn.Module, example: torch.Tensor, format: str, path: Path | str,
-                      batches: list[torch.Tensor], name: str = "the model", inputs: str = "random images",
-                      tolerance: float = TOLERANCE) -> Verification:
+def export_and_verify(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    format: str,
+    path: Path | str,
+    batches: list[torch.Tensor],
+    name: str = "the model",
+    inputs: str = "random images",
+    tolerance: float = TOLERANCE,
+) -> Verification:
     """`export_model` to a temporary file beside `path`, loaded back and compared with `model` on `batches`; put
     in place at `path` only when the largest difference is within `tolerance` (times the largest logit when that
     is above 1), else a CnnTrainError and nothing written."""
@@ -181,13 +206,20 @@ def export_and_verify(model: torch.nn.Module, example: torch.Tensor, format: str
     try:
         export_model(model, example, format, tmp, name)
         diff, scale = max_abs_difference(model.eval(), load_exported_file(tmp, format), batches)
-        verification = Verification(max_abs_diff=diff, tolerance=tolerance * max(1.0, scale),
-                                    batch_sizes=[len(b) for b in batches], export_batch_size=len(example),
-                                    inputs=inputs, runtime=runtime_name(format))
+        verification = Verification(
+            max_abs_diff=diff,
+            tolerance=tolerance * max(1.0, scale),
+            batch_sizes=[len(b) for b in batches],
+            export_batch_size=len(example),
+            inputs=inputs,
+            runtime=runtime_name(format),
+        )
         if not verification.passed:
-            raise CnnTrainError(f"The {format} export of {name} does not match PyTorch: "
-                                f"{verification.summary()}. Nothing was written. Try another format "
-                                f"({' or '.join(f'format={f}' for f in FORMATS if f != format)}).")
+            raise CnnTrainError(
+                f"The {format} export of {name} does not match PyTorch: "
+                f"{verification.summary()}. Nothing was written. Try another format "
+                f"({' or '.join(f'format={f}' for f in FORMATS if f != format)})."
+            )
         mask = os.umask(0)  # mkstemp made it 0600: give it the mode a plain open() would (as write_atomically)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from cnntrain.checkpoint import check_model_description
-from cnntrain.evaluator import TTA_MODES
 from cnntrain.errors import CnnTrainError
+from cnntrain.evaluator import TTA_MODES
 from cnntrain.predictor import Predictor, check_against_model
 from cnntrain.run_folder import export_info_path
 
@@ -54,15 +55,17 @@ ONNX_RUNTIME_INSTALL = "pip install onnxruntime (or pip install 'cnntrain[onnx]'
 def onnx_model(path: Path | str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ONNX file at `path` as a function: float batch -> logits, run by onnxruntime on the CPU."""
     if importlib.util.find_spec("onnxruntime") is None:
-        raise CnnTrainError(f"Running {path} needs onnxruntime, which is not installed. Install it with: "
-                            f"{ONNX_RUNTIME_INSTALL}.")
+        raise CnnTrainError(
+            f"Running {path} needs onnxruntime, which is not installed. Install it with: {ONNX_RUNTIME_INSTALL}."
+        )
     import onnxruntime
 
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's own error kinds (InvalidProtobuf, Fail, ...)
-        raise CnnTrainError(f"onnxruntime cannot load {path}: {_first_line(err)}. Export it again with "
-                            f"cnntrain-export.") from None
+        raise CnnTrainError(
+            f"onnxruntime cannot load {path}: {_first_line(err)}. Export it again with cnntrain-export."
+        ) from None
     input_name = session.get_inputs()[0].name
 
     def run(batch: torch.Tensor) -> torch.Tensor:
@@ -86,22 +89,26 @@ def read_export_info(model_file: Path) -> dict[str, Any]:
     """The json cnntrain-export wrote beside `model_file` (CnnTrainError when it is missing or not one)."""
     info_path = export_info_path(model_file)
     if not info_path.is_file():
-        raise CnnTrainError(f"{info_path} is missing: the class names and preprocessing of {model_file} are in "
-                            f"the json cnntrain-export writes beside it. Keep the two files together, or export "
-                            f"again with: cnntrain-export run=<run folder> format=onnx.")
+        raise CnnTrainError(
+            f"{info_path} is missing: the class names and preprocessing of {model_file} are in "
+            f"the json cnntrain-export writes beside it. Keep the two files together, or export "
+            f"again with: cnntrain-export run=<run folder> format=onnx."
+        )
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as err:
         raise CnnTrainError(f"{info_path} is damaged ({err}). Export again with cnntrain-export.") from None
     needed = ("classes", "preprocess", "in_channels", "format")
     if not isinstance(info, dict) or info.get("exported_by") != "cnntrain-export" or any(k not in info for k in needed):
-        raise CnnTrainError(f"{info_path} is not a json written by cnntrain-export (it needs {', '.join(needed)}). "
-                            f"Export again with cnntrain-export.")
-    check_model_description(info["classes"], info["in_channels"], info["preprocess"], str(info_path),
-                            EXPORT_AGAIN)
+        raise CnnTrainError(
+            f"{info_path} is not a json written by cnntrain-export (it needs {', '.join(needed)}). "
+            f"Export again with cnntrain-export."
+        )
+    check_model_description(info["classes"], info["in_channels"], info["preprocess"], str(info_path), EXPORT_AGAIN)
     if info.get("tta") not in (None, *TTA_MODES):
-        raise CnnTrainError(f"{info_path} has tta={info['tta']!r}; it needs null or one of {', '.join(TTA_MODES)}. "
-                            f"{EXPORT_AGAIN}")
+        raise CnnTrainError(
+            f"{info_path} has tta={info['tta']!r}; it needs null or one of {', '.join(TTA_MODES)}. {EXPORT_AGAIN}"
+        )
     return info
 
 
@@ -112,12 +119,15 @@ def load_exported(path: Path | str) -> ExportedModel:
     """An ONNX file written by `cnntrain-export format=onnx`, with the json beside it, ready to predict."""
     path = Path(path)
     if not path.is_file():
-        raise CnnTrainError(f"{path} does not exist (run=). Give a run folder, or an .onnx file written by "
-                            f"cnntrain-export.")
+        raise CnnTrainError(
+            f"{path} does not exist (run=). Give a run folder, or an .onnx file written by cnntrain-export."
+        )
     info = read_export_info(path)
     if info["format"] != "onnx":
-        raise CnnTrainError(f"{export_info_path(path)} describes a {info['format']} export, not the ONNX file "
-                            f"{path.name}. Export again with cnntrain-export format=onnx.")
+        raise CnnTrainError(
+            f"{export_info_path(path)} describes a {info['format']} export, not the ONNX file "
+            f"{path.name}. Export again with cnntrain-export format=onnx."
+        )
     exported = ExportedModel(path, info, onnx_model(path))
     check_against_model(exported, str(export_info_path(path)), EXPORT_AGAIN)
     return exported

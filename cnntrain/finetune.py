@@ -16,7 +16,8 @@ and in checkpoints, so a resume in either stage rebuilds the same optimizer.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,12 +42,16 @@ def check_freeze(setting: Any, model: nn.Module | None = None) -> None:
     if setting in (None, "none", 0) or setting == "backbone":
         return
     if not is_whole(setting) or setting < 0:
-        raise ConfigError(f"model.freeze must be backbone (everything but the classifier head), a number of "
-                          f"leading stages to freeze, or null, got {setting!r}.")
+        raise ConfigError(
+            f"model.freeze must be backbone (everything but the classifier head), a number of "
+            f"leading stages to freeze, or null, got {setting!r}."
+        )
     if model is not None and setting >= len(stages(model)):
-        raise ConfigError(f"model.freeze={setting}: this model has {len(stages(model))} stages with weights "
-                          f"({', '.join(stages(model))}); freezing them all leaves nothing to train. Use a smaller "
-                          f"number, or model.freeze=backbone to train the head only.")
+        raise ConfigError(
+            f"model.freeze={setting}: this model has {len(stages(model))} stages with weights "
+            f"({', '.join(stages(model))}); freezing them all leaves nothing to train. Use a smaller "
+            f"number, or model.freeze=backbone to train the head only."
+        )
 
 
 def frozen_modules(model: nn.Module, setting: Any) -> list[str]:
@@ -66,8 +71,9 @@ def _inner_backbone(model: nn.Module, head: str) -> list[str]:
     found = []
     for depth in range(1, len(parts)):
         parent = ".".join(parts[:depth])
-        found += [f"{parent}.{name}" for name, _ in model.get_submodule(parent).named_children()
-                  if name != parts[depth]]
+        found += [
+            f"{parent}.{name}" for name, _ in model.get_submodule(parent).named_children() if name != parts[depth]
+        ]
     return found
 
 
@@ -112,9 +118,17 @@ class TwoStageFinetune(Callback):
     from the switching epoch starts in stage two (the checkpointer ran before this callback).
     """
 
-    def __init__(self, unfreeze_at: int, lr_scale: float, best_checkpoint, new_optimizer: Callable,
-                 save_last: Callable[[Trainer], None], say: Callable[[str], None], keep_norm_statistics: bool = False,
-                 new_forward: Callable[[nn.Module], Callable] | None = None):
+    def __init__(
+        self,
+        unfreeze_at: int,
+        lr_scale: float,
+        best_checkpoint,
+        new_optimizer: Callable,
+        save_last: Callable[[Trainer], None],
+        say: Callable[[str], None],
+        keep_norm_statistics: bool = False,
+        new_forward: Callable[[nn.Module], Callable] | None = None,
+    ):
         self.unfreeze_at = unfreeze_at
         self.new_forward = new_forward  # a distributed run's DDP wrapper must be rebuilt for the unfrozen weights
         self.lr_scale = lr_scale
@@ -154,13 +168,18 @@ class TwoStageFinetune(Callback):
         trainer.stage = 2
         if reload_best:
             params = sum(p.numel() for p in trainer.model.parameters())
-            self.say(f"stage 2 after epoch {self.unfreeze_at}: best checkpoint reloaded, all {params:,} parameters "
-                     f"unfrozen, lr {trainer.current_lr():g} (x{self.lr_scale:g})")
+            self.say(
+                f"stage 2 after epoch {self.unfreeze_at}: best checkpoint reloaded, all {params:,} parameters "
+                f"unfrozen, lr {trainer.current_lr():g} (x{self.lr_scale:g})"
+            )
 
 
-def scaled_optimizer(build_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-                     build_schedule: Callable[[torch.optim.Optimizer, int], Any]) -> Callable:
+def scaled_optimizer(
+    build_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    build_schedule: Callable[[torch.optim.Optimizer, int], Any],
+) -> Callable:
     """`new_optimizer` for TwoStageFinetune from the run's optimizer and schedule builders."""
+
     def new_optimizer(model: nn.Module, lr_scale: float, epochs_left: int):
         optimizer = build_optimizer(model)
         for group in optimizer.param_groups:

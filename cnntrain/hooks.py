@@ -7,7 +7,8 @@ order for a run is listed in docs/architecture.md ("Callback hooks, in the order
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from rich.cells import cell_len
@@ -134,9 +135,7 @@ def _returns_view(module: nn.Module) -> bool:
 
 def _meta_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Shape-only stand-ins for every parameter and buffer (no memory, no copy)."""
-    named = itertools.chain(
-        model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)
-    )
+    named = itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
     return {name: torch.empty_like(t, device="meta") for name, t in named}
 
 
@@ -184,8 +183,11 @@ def _trace(model: nn.Module, input_shape: Sequence[int], meta: bool = True) -> _
         # is where the image became too small.
         if trace.failure is None and out.numel() == 0:
             trace.failure = _Failure(
-                record.name, type(module).__name__, in_shape,
-                f"output shape {_fmt_shape(tuple(out.shape[1:]))} is empty", mismatch=False,
+                record.name,
+                type(module).__name__,
+                in_shape,
+                f"output shape {_fmt_shape(tuple(out.shape[1:]))} is empty",
+                mismatch=False,
             )
 
     modes = {m: m.training for m in model.modules()}
@@ -273,17 +275,19 @@ def layer_table(model: nn.Module, input_shape: Sequence[int]) -> list[LayerRow]:
     rows = []
     for record in trace.records:
         params = sum(p.numel() for p in record.module.parameters())
-        rows.append(LayerRow(
-            name=record.name,
-            type=type(record.module).__name__,
-            output_shape=record.output_shape,
-            params=params,
-            macs=record.macs if record.is_leaf else subtree_macs.get(record.name, 0),
-            output_bytes=record.output_bytes,
-            depth=record.depth,
-            is_leaf=record.is_leaf,
-            calls=record.calls,
-        ))
+        rows.append(
+            LayerRow(
+                name=record.name,
+                type=type(record.module).__name__,
+                output_shape=record.output_shape,
+                params=params,
+                macs=record.macs if record.is_leaf else subtree_macs.get(record.name, 0),
+                output_bytes=record.output_bytes,
+                depth=record.depth,
+                is_leaf=record.is_leaf,
+                calls=record.calls,
+            )
+        )
     return rows
 
 
@@ -293,8 +297,9 @@ def _ancestors(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def model_totals(model: nn.Module, input_shape: Sequence[int], rows: Sequence[LayerRow] | None = None,
-                 batch_size: int = 1) -> ModelTotals:
+def model_totals(
+    model: nn.Module, input_shape: Sequence[int], rows: Sequence[LayerRow] | None = None, batch_size: int = 1
+) -> ModelTotals:
     """Parameters, multiply-adds per image and forward activation memory for `batch_size`.
 
     The activation figure adds up every leaf module's output except views of the input
@@ -335,8 +340,9 @@ MIN_NAME_WIDTH = 8  # below this a layer name says too little; the Type column g
 MIN_TYPE_WIDTH = 8
 
 
-def render_table(rows: Sequence[LayerRow], totals: ModelTotals, title: str | None = None,
-                 max_depth: int | None = None) -> Table:
+def render_table(
+    rows: Sequence[LayerRow], totals: ModelTotals, title: str | None = None, max_depth: int | None = None
+) -> Table:
     """A `rich.table.Table` of the rows (blocks in bold, children indented) and totals.
 
     `max_depth` hides rows nested deeper than that (0 shows only the model's direct
@@ -349,13 +355,23 @@ def render_table(rows: Sequence[LayerRow], totals: ModelTotals, title: str | Non
             continue
         block = not row.is_leaf and (max_depth is None or row.depth < max_depth)
         suffix = f" (x{row.calls})" if row.calls > 1 else ""
-        cells.append(_Cells(row.name, row.depth, suffix, row.type, _fmt_shape(row.output_shape),
-                            f"{row.params:,}" if row.params else "", _human(row.macs) if row.macs else "",
-                            "bold" if block else None))
+        cells.append(
+            _Cells(
+                row.name,
+                row.depth,
+                suffix,
+                row.type,
+                _fmt_shape(row.output_shape),
+                f"{row.params:,}" if row.params else "",
+                _human(row.macs) if row.macs else "",
+                "bold" if block else None,
+            )
+        )
     c, h, w = totals.input_shape
     footer = [_Cells("Input", 0, "", "", f"{c}x{h}x{w}", "", "")]
-    footer.append(_Cells("Total", 0, "", "", _fmt_shape(totals.output_shape), f"{totals.params:,}",
-                         _human(totals.macs), "bold"))
+    footer.append(
+        _Cells("Total", 0, "", "", _fmt_shape(totals.output_shape), f"{totals.params:,}", _human(totals.macs), "bold")
+    )
     if totals.trainable_params != totals.params:
         footer.append(_Cells("Trainable", 0, "", "", "", f"{totals.trainable_params:,}", ""))
     footer.append(_Cells(f"Activations, batch {totals.batch_size}", 0, "", "", "", _bytes(totals.activation_bytes), ""))
@@ -393,9 +409,9 @@ def shorten_middle(text: str, width: int) -> str:
     if len(text) <= width:
         return text
     if width <= 1:
-        return text[-max(width, 0):] if width > 0 else ""
+        return text[-max(width, 0) :] if width > 0 else ""
     head = (width - 1) // 3 if width >= 16 else 0
-    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
 
 
 class LayerTable(Table):
@@ -424,8 +440,10 @@ class LayerTable(Table):
         natural = self._width(self, console, options)
         if natural <= width:
             return self
-        widths = {column.header: max(cell_len(str(column.header)), *(cell_len(c) for c in column._cells))
-                  for column in self.columns}
+        widths = {
+            column.header: max(cell_len(str(column.header)), *(cell_len(c) for c in column._cells))
+            for column in self.columns
+        }
         room = width - (natural - sum(widths.values())) - sum(widths[name] for name in NUMBER_COLUMNS)
         # The footer's labels ("Parameter memory (fp32)") wrap: only the layer names count, and the longest word.
         longest_name = max([cell_len(line.layer()) for line in self._cells] + [len("Activations,")])
@@ -458,8 +476,9 @@ class LayerTable(Table):
         return Table.__rich_measure__(table, console, options.update(max_width=10**6)).maximum
 
 
-def _fill(table: Table, cells: list[_Cells], footer: list[_Cells], layer_width: int | None,
-          type_width: int | None) -> None:
+def _fill(
+    table: Table, cells: list[_Cells], footer: list[_Cells], layer_width: int | None, type_width: int | None
+) -> None:
     """The columns and rows of a layer table: names shortened to `layer_width` (None: in full), the Type
     column `type_width` wide (None with a `layer_width`: left out)."""
     narrowed = layer_width is not None
@@ -472,8 +491,7 @@ def _fill(table: Table, cells: list[_Cells], footer: list[_Cells], layer_width: 
         table.add_column(header, justify="right", no_wrap=True)
     for line in cells:
         type_cell = [escape(line.type)] if show_type else []
-        table.add_row(escape(line.layer(layer_width)), *type_cell, line.shape, line.params, line.macs,
-                      style=line.style)
+        table.add_row(escape(line.layer(layer_width)), *type_cell, line.shape, line.params, line.macs, style=line.style)
     table.add_section()
     for line in footer:
         type_cell = [""] if show_type else []
@@ -493,8 +511,9 @@ def _fits(model: nn.Module, in_channels: int, size: int) -> bool:
     return failure is None or failure.mismatch
 
 
-def smallest_input_size(model: nn.Module, in_channels: int, start: int = 1,
-                        max_size: int = MAX_SEARCH_SIZE) -> int | None:
+def smallest_input_size(
+    model: nn.Module, in_channels: int, start: int = 1, max_size: int = MAX_SEARCH_SIZE
+) -> int | None:
     """Smallest square input side in [start, max_size] that fits, or None.
 
     Uses bisection: output sides of convs and pools never shrink as the input grows,
@@ -517,8 +536,13 @@ def _where(failure: _Failure) -> str:
     return f"{failure.name} ({failure.type})" if failure.name else f"the model's forward ({failure.type})"
 
 
-def _size_error(model: nn.Module, in_channels: int, input_size: Sequence[int] | int,
-                failure: _Failure, native_size: int | None = None) -> ConfigError:
+def _size_error(
+    model: nn.Module,
+    in_channels: int,
+    input_size: Sequence[int] | int,
+    failure: _Failure,
+    native_size: int | None = None,
+) -> ConfigError:
     sides = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     given = f"{sides[0]}x{sides[1]}"
     where = _where(failure)
@@ -549,8 +573,7 @@ def _size_error(model: nn.Module, in_channels: int, input_size: Sequence[int] | 
     )
 
 
-def check_input_size(model: nn.Module, in_channels: int, input_size: int,
-                     native_size: int | None = None) -> None:
+def check_input_size(model: nn.Module, in_channels: int, input_size: int, native_size: int | None = None) -> None:
     """Raise `ConfigError` unless a `in_channels` x `input_size` x `input_size` image gets
     through `model`.
 

@@ -12,17 +12,17 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig
 
-from cnntrain.user_code import module_list, modules_text
 from cnntrain.distributed import launched_by_torchrun, lost_peer
 from cnntrain.process import hold_interrupt
 from cnntrain.run_folder import RunFolder, display_path
 from cnntrain.trainer import Trainer
-
+from cnntrain.user_code import module_list, modules_text
 
 # The signals that ask a run to stop. SIGHUP: the terminal or SSH session closed; a run started with
 # nohup (SIGHUP ignored) keeps going, with its output in train.log.
@@ -69,7 +69,7 @@ class StopOnSignals:
         """What the process exits with: 128 + the signal's number, as shells report it."""
         return 128 + (self.signum or signal.SIGINT)
 
-    def __enter__(self) -> "StopOnSignals":
+    def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is not threading.main_thread():
             return self
         for signum in STOP_SIGNALS:
@@ -108,7 +108,7 @@ class StopOnSignals:
                 if signum == 0:  # __exit__'s byte: the run is over
                     return
                 if signum in self._previous:  # C writes every handled signal's number here: SIGCHLD of a
-                    self._received(signum)    # DataLoader's workers (torch's handler) too, which is no stop
+                    self._received(signum)  # DataLoader's workers (torch's handler) too, which is no stop
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         if self._sockets:
@@ -174,8 +174,10 @@ def file_error_message(err: OSError, folder: RunFolder, cfg: DictConfig) -> str:
     where = f" {err.filename}" if err.filename else ""
     message = f"Cannot write or read{where}: {err.strerror or err}."
     if folder.last_checkpoint.is_file():  # files are replaced atomically: what is there is whole
-        message += (f" checkpoints/last.pt in {display_path(folder.path)} is whole. Free some space or fix the "
-                    f"permissions, then continue with: {resume_command(folder, cfg)}")
+        message += (
+            f" checkpoints/last.pt in {display_path(folder.path)} is whole. Free some space or fix the "
+            f"permissions, then continue with: {resume_command(folder, cfg)}"
+        )
     else:
         message += " No checkpoint had been saved yet: fix the cause and start the run again."
     return message
@@ -185,7 +187,9 @@ def resume_command(folder: RunFolder, cfg: DictConfig) -> str:
     """The command that resumes the run, as it works from the current folder (with the run's
     imports: a resume imports only modules the user names)."""
     imports = module_list(cfg.get("imports"))
-    return f"{cli_command()} resume={display_path(folder.path)}" + (f" imports={modules_text(imports)}" if imports else "")
+    return f"{cli_command()} resume={display_path(folder.path)}" + (
+        f" imports={modules_text(imports)}" if imports else ""
+    )
 
 
 def cli_command() -> str:
@@ -229,10 +233,15 @@ def interrupted_outside_training(folder: RunFolder, cfg: DictConfig) -> str:
 def lost_process_message(err: Exception, folder: RunFolder, cfg: DictConfig) -> str:
     """A collective failed because another process of a distributed run died or stopped."""
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    saved = (f"The finished epochs are in checkpoints/last.pt; resume with: {resume_command(folder, cfg)}"
-             if folder.last_checkpoint.is_file() else "No epoch had finished; start the run again.")
-    return (f"Another process of this distributed run stopped, so this one cannot go on ({reason[:200]}). "
-            f"torchrun's report names the rank that failed first and why. {saved}")
+    saved = (
+        f"The finished epochs are in checkpoints/last.pt; resume with: {resume_command(folder, cfg)}"
+        if folder.last_checkpoint.is_file()
+        else "No epoch had finished; start the run again."
+    )
+    return (
+        f"Another process of this distributed run stopped, so this one cannot go on ({reason[:200]}). "
+        f"torchrun's report names the rank that failed first and why. {saved}"
+    )
 
 
 def epochs_text(last: int) -> str:
@@ -267,4 +276,5 @@ def interrupted_message(folder: RunFolder, cfg: DictConfig, trainer: Trainer, sa
     if not epochs and not steps:
         return f"{where} Nothing had been saved yet, so there is nothing to resume; start the run again."
     redo = "" if steps or epochs >= current else " (the unfinished epoch is redone on resume)"
-    return f"{where} checkpoints/last.pt holds {held_text(epochs, steps)}{redo}. Resume with: {resume_command(folder, cfg)}"
+    held = f"checkpoints/last.pt holds {held_text(epochs, steps)}{redo}"
+    return f"{where} {held}. Resume with: {resume_command(folder, cfg)}"

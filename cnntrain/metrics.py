@@ -47,7 +47,6 @@ class StepProgress:
     examples_per_s: float
 
 
-
 class _RunningStats:
     """Loss and correct-prediction sums kept on the device, and the first step whose loss was not finite.
 
@@ -68,8 +67,14 @@ class _RunningStats:
         self.top5_correct = torch.zeros((), device=device, dtype=torch.long)
         self.top5_counted = False  # some batch had more than 5 classes
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor, step: int = 0,
-            predicted: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        loss: torch.Tensor,
+        step: int = 0,
+        predicted: torch.Tensor | None = None,
+    ) -> None:
         loss = loss.detach().float()
         self.loss_sum += loss * len(labels)
         if labels.dim() == 2:  # soft targets (MixUp / CutMix): the class with the largest share
@@ -105,8 +110,12 @@ class _RunningStats:
     def state_dict(self) -> dict:
         """The counters of every rank summed (a distributed run's checkpoint holds the whole global batch's)."""
         loss_sum, correct, count = self._totals()
-        return {"loss_sum": loss_sum.detach().cpu(), "correct": correct.cpu(),
-                "first_bad_step": self.first_bad_step.cpu(), "count": count}
+        return {
+            "loss_sum": loss_sum.detach().cpu(),
+            "correct": correct.cpu(),
+            "first_bad_step": self.first_bad_step.cpu(),
+            "count": count,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Counters saved as every rank's sums: rank 0 takes them, the others start from zero."""
@@ -117,4 +126,3 @@ class _RunningStats:
         self.correct = state["correct"].to(device)
         self.first_bad_step = state["first_bad_step"].to(device)
         self.count = state["count"]
-

@@ -7,8 +7,9 @@ model with `place_model` too, so that its figures come out as the training's did
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -35,9 +36,14 @@ def model_recipe(plan: ModelPlan, spec: DatasetSpec) -> dict[str, Any]:
     """Everything needed to rebuild the model; saved in every checkpoint."""
     settings = dict(plan.settings)
     settings.update(implied_settings(plan.name, settings, plan.weights, spec.channels))
-    return {"name": plan.name, "settings": settings,
-            "num_classes": spec.num_classes, "in_channels": spec.channels, "input_size": input_size_for(plan, spec),
-            "init": plan.init}
+    return {
+        "name": plan.name,
+        "settings": settings,
+        "num_classes": spec.num_classes,
+        "in_channels": spec.channels,
+        "input_size": input_size_for(plan, spec),
+        "init": plan.init,
+    }
 
 
 def build_checked_model(plan: ModelPlan, spec: DatasetSpec) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -53,8 +59,10 @@ def build_checked_model(plan: ModelPlan, spec: DatasetSpec) -> tuple[torch.nn.Mo
         model = build_model(recipe)
     except (RuntimeError, ValueError) as err:  # e.g. a Linear sized from a collapsed feature map
         size_hint = f" at input size {size} (native size: {native})" if native and native != size else ""
-        raise ConfigError(f"Cannot build model '{recipe['name']}'{size_hint}: {err}. "
-                          f"Check the model settings, or drop data.resize so it gets its native size.") from err
+        raise ConfigError(
+            f"Cannot build model '{recipe['name']}'{size_hint}: {err}. "
+            f"Check the model settings, or drop data.resize so it gets its native size."
+        ) from err
     check_input_size(model, spec.channels, size, native_size=native)
     return model, recipe
 
@@ -67,8 +75,10 @@ def load_starting_weights(plan: ModelPlan, model: torch.nn.Module, read_weights:
     if plan.freeze not in (None, "none", 0):
         total = sum(p.numel() for p in model.parameters())
         trainable = freeze(model, plan.freeze)
-        lines.append(f"frozen: {'the backbone' if plan.freeze == 'backbone' else f'the first {plan.freeze} stages'} "
-                     f"({total - trainable:,} of {total:,} parameters; {trainable:,} train)")
+        lines.append(
+            f"frozen: {'the backbone' if plan.freeze == 'backbone' else f'the first {plan.freeze} stages'} "
+            f"({total - trainable:,} of {total:,} parameters; {trainable:,} train)"
+        )
     return "; ".join(lines) or None
 
 
@@ -84,23 +94,31 @@ class PlacedModel:
     notices: list[str]  # switches that could not be honoured here
 
 
-def place_model(trainer: TrainerSettings, model: torch.nn.Module, device: torch.device,
-                group: Group | None = None) -> PlacedModel:
+def place_model(
+    trainer: TrainerSettings, model: torch.nn.Module, device: torch.device, group: Group | None = None
+) -> PlacedModel:
     """trainer.channels_last, trainer.precision and trainer.compile resolved for `device`, the model moved
     there: what training and the evaluation of a run's weights (evaluation.py) both run with."""
     channels_last, layout_notice = use_channels_last(trainer.channels_last, device, model)
     autocast_dtype, precision_notice = resolve_precision(trainer.precision, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     forward, compile_notice = forward_for(model, trainer, device, group or Group.single())
-    return PlacedModel(model, forward, channels_last, autocast_dtype,
-                       [n for n in (layout_notice, precision_notice, compile_notice) if n])
+    return PlacedModel(
+        model,
+        forward,
+        channels_last,
+        autocast_dtype,
+        [n for n in (layout_notice, precision_notice, compile_notice) if n],
+    )
 
 
-def forward_for(model: torch.nn.Module, trainer: TrainerSettings, device: torch.device,
-                group: Group) -> tuple[Callable, str | None]:
+def forward_for(
+    model: torch.nn.Module, trainer: TrainerSettings, device: torch.device, group: Group
+) -> tuple[Callable, str | None]:
     """What computes the logits: DistributedDataParallel(model) in a distributed run (it averages the
     gradients of the parameters that train *now*: rebuilt after an unfreeze), compiled when asked."""
     if group.ddp:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     return maybe_compile(model, trainer.compile, device)

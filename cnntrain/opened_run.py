@@ -23,12 +23,18 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.user_code import confirmed_imports, import_user_modules
-from cnntrain.config import (BUILDER_SECTIONS, REGISTRY_GROUPS, choice_names, dotted_keys, group_file,
-                             unknown_key_message)
+from cnntrain.config import (
+    BUILDER_SECTIONS,
+    REGISTRY_GROUPS,
+    choice_names,
+    dotted_keys,
+    group_file,
+    unknown_key_message,
+)
 from cnntrain.errors import ConfigError
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import RunFolder, display_path
+from cnntrain.user_code import confirmed_imports, import_user_modules
 
 CHECKPOINTS = ("best", "last")
 RUN_FOLDER_EXAMPLE = "outputs/<date>/<time>_<model>_<data>"
@@ -58,8 +64,13 @@ class OpenedRun:
         return rebuildable_config(self.checkpoint.config, self.imports, keep_loggers, keep_weights, download)
 
 
-def open_run(run_dir: Path | str, checkpoint: str = "best", imports: Any = None,
-             argument: RunArgument = RunArgument(), import_modules: bool = True) -> OpenedRun:
+def open_run(
+    run_dir: Path | str,
+    checkpoint: str = "best",
+    imports: Any = None,
+    argument: RunArgument = RunArgument(),
+    import_modules: bool = True,
+) -> OpenedRun:
     """checkpoints/<checkpoint>.pt of the run in `run_dir`, read and checked (`RunCheckpoint.read`), and its
     `imports` confirmed against those the user gives (`imports`; imported when `import_modules`)."""
     folder = RunFolder(run_dir)
@@ -84,8 +95,10 @@ def find_checkpoint(folder: RunFolder, checkpoint: str, argument: RunArgument = 
 def check_checkpoint_name(checkpoint: str) -> None:
     """best or last, else a message naming the two."""
     if checkpoint not in CHECKPOINTS:
-        raise ConfigError(f"Unknown checkpoint '{checkpoint}' (checkpoint=).{did_you_mean(checkpoint, CHECKPOINTS)} "
-                          f"Use checkpoint=best (the best validation accuracy) or checkpoint=last (the last epoch).")
+        raise ConfigError(
+            f"Unknown checkpoint '{checkpoint}' (checkpoint=).{did_you_mean(checkpoint, CHECKPOINTS)} "
+            f"Use checkpoint=best (the best validation accuracy) or checkpoint=last (the last epoch)."
+        )
 
 
 def check_run_folder(path: Path, argument: RunArgument = RunArgument()) -> None:
@@ -93,8 +106,7 @@ def check_run_folder(path: Path, argument: RunArgument = RunArgument()) -> None:
     (`not_a_run_message` names them)."""
     what = "a file" if path.is_file() else None if path.is_dir() else "not a folder"
     if what:
-        raise ConfigError(f"{argument.key}{path} is {what}. Give a run folder ({RUN_FOLDER_EXAMPLE})"
-                          f"{argument.also}.")
+        raise ConfigError(f"{argument.key}{path} is {what}. Give a run folder ({RUN_FOLDER_EXAMPLE}){argument.also}.")
     if not RunFolder(path).holds_run():
         raise ConfigError(not_a_run_message(path, argument.use))
 
@@ -104,8 +116,10 @@ def missing_checkpoint_message(folder: RunFolder, checkpoint: str, argument: Run
     one is there to use)."""
     saved = [which for which in CHECKPOINTS if folder.checkpoint(which).is_file()]
     if not saved:
-        return (f"{folder.path} has no checkpoints/{checkpoint}.pt, so no epoch of it finished (it has no "
-                f"checkpoint at all). Start the run again, or give the folder of a run that finished an epoch.")
+        return (
+            f"{folder.path} has no checkpoints/{checkpoint}.pt, so no epoch of it finished (it has no "
+            f"checkpoint at all). Start the run again, or give the folder of a run that finished an epoch."
+        )
     other = f" It has checkpoints/{saved[0]}.pt: use checkpoint={saved[0]}." if argument.choose else ""
     return f"{folder.path} has no checkpoints/{checkpoint}.pt (it was deleted or lost).{other}"
 
@@ -138,16 +152,25 @@ def not_a_run_message(folder: Path | str, use: str, shown: int = 3) -> str:
     except OSError:
         runs = []
     if not runs:
-        return (f"{display_path(folder)} is not a run folder (it has no checkpoints/, summary.json or metrics.csv) "
-                f"and holds none. Give a run folder (outputs/<date>/<time>_<model>_<data>).")
+        return (
+            f"{display_path(folder)} is not a run folder (it has no checkpoints/, summary.json or metrics.csv) "
+            f"and holds none. Give a run folder (outputs/<date>/<time>_<model>_<data>)."
+        )
     names = ", ".join(display_path(run) for run in runs[:shown])
     more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
-    return (f"{display_path(folder)} is not a run folder; the runs in it are, newest first: {names}{more}. "
-            f"The newest: {use.format(display_path(runs[0]))}")
+    return (
+        f"{display_path(folder)} is not a run folder; the runs in it are, newest first: {names}{more}. "
+        f"The newest: {use.format(display_path(runs[0]))}"
+    )
 
 
-def rebuildable_config(saved: dict[str, Any], imports: list[str], keep_loggers: bool = True,
-                       keep_weights: bool = True, download: bool = True) -> DictConfig:
+def rebuildable_config(
+    saved: dict[str, Any],
+    imports: list[str],
+    keep_loggers: bool = True,
+    keep_weights: bool = True,
+    download: bool = True,
+) -> DictConfig:
     """A run's saved config (a copy), safe to build from again. Never the callbacks it was started with nor
     modules it names that the user did not (`imports`: those confirmed). What a caller that only reads the
     run's data may leave out: its loggers (`keep_loggers=False`: csv, nothing to install), model.weights
@@ -186,8 +209,9 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path, may_change: tu
         cfg[key] = OmegaConf.merge({}, *(OmegaConf.load(group_file(key, name)) for name in choice_names(key, raw)))
         return
     if key == "experiment":
-        raise ConfigError(f"experiment={raw} cannot be applied on resume: {run_dir} keeps the settings it "
-                          f"was started with.")
+        raise ConfigError(
+            f"experiment={raw} cannot be applied on resume: {run_dir} keeps the settings it was started with."
+        )
     key = GROUP_KEYS.get(key, key)
     value = yaml.safe_load(raw) if raw else None
     missing = object()
@@ -202,7 +226,8 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path, may_change: tu
         raise ConfigError(
             f"Cannot resume with {key}={raw}{was}: a resumed run keeps its model, data, optimizer and "
             f"schedule, so that it ends as the uninterrupted run would. Start a new run to train something "
-            f"different. A resume may change: {', '.join(may_change)}.")
+            f"different. A resume may change: {', '.join(may_change)}."
+        )
     other = SAME_SETTING.get(key)
     if other and OmegaConf.select(cfg, other, default=None) is not None:
         OmegaConf.update(cfg, other, None)

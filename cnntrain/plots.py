@@ -12,8 +12,9 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cnntrain.run_folder import write_atomically
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
@@ -50,6 +51,7 @@ def figure_to_array(figure):
 
 # --- curves.png -------------------------------------------------------------------------------
 
+
 def read_metrics_csv(path: Path) -> list[dict[str, float]]:
     """metrics.csv rows as numbers (every column is numeric; an empty cell, an optional column a row
     lacks, is left out)."""
@@ -67,8 +69,13 @@ def plot_curves(rows: Sequence[dict[str, float]], path: Path, title: str = "") -
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.9 if title else 0.95, wspace=0.22)
     for axes, metric, label in ((loss_axes, "loss", "loss"), (acc_axes, "acc", "accuracy")):
         for split, style in (("train", "-o"), ("val", "--s")):
-            axes.plot(epochs, [row[f"{split}_{metric}"] for row in rows], style, markersize=4,
-                      label=f"{'validation' if split == 'val' else 'train'} {label}")
+            axes.plot(
+                epochs,
+                [row[f"{split}_{metric}"] for row in rows],
+                style,
+                markersize=4,
+                label=f"{'validation' if split == 'val' else 'train'} {label}",
+            )
         axes.set_xlabel("epoch")
         axes.set_ylabel(label)
         axes.grid(True, alpha=0.3)
@@ -76,8 +83,14 @@ def plot_curves(rows: Sequence[dict[str, float]], path: Path, title: str = "") -
         # Whole epochs only: a 3-epoch run should not show ticks at 1.5 and 2.5.
         axes.xaxis.get_major_locator().set_params(integer=True)
     best = max(rows, key=lambda row: row["val_acc"])
-    acc_axes.annotate(f"best {best['val_acc']:.4f}", (int(best["epoch"]), best["val_acc"]),
-                      textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+    acc_axes.annotate(
+        f"best {best['val_acc']:.4f}",
+        (int(best["epoch"]), best["val_acc"]),
+        textcoords="offset points",
+        xytext=(0, -14),
+        ha="center",
+        fontsize=8,
+    )
     save_figure(figure, path)
 
 
@@ -117,6 +130,7 @@ class CurvesPlot(Callback):
 
 
 # --- sweep.png --------------------------------------------------------------------------------
+
 
 def _number(value: str) -> float | None:
     try:
@@ -161,11 +175,15 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
     axes_list[0].set_ylabel(label)
     title = f"sweep: {len(rows)} jobs, " + ", ".join(
         f"{sum(row['status'] == status for row in failed)} {status}"
-        for status in sorted({row["status"] for row in failed} | {"failed"}))
+        for status in sorted({row["status"] for row in failed} | {"failed"})
+    )
     if best_row is not None:
         best = best_row[metric]
-        ties = [str(row["job"]) for row in rows if row is not best_row and row["status"] == "completed"
-                and row.get(metric) == best]
+        ties = [
+            str(row["job"])
+            for row in rows
+            if row is not best_row and row["status"] == "completed" and row.get(metric) == best
+        ]
         title += f"; best: job {best_row['job']}, {best:.4f} (star)"
         if ties:  # the star goes to one job, as best.yaml does; the others are named so the tie is not hidden
             title += f", tied with job{'s' if len(ties) > 1 else ''} {', '.join(ties)}"
@@ -175,8 +193,16 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
         strip = LINE_HEIGHT * len(lines) / figure.get_figheight()
         figure.get_layout_engine().set(rect=(0, strip, 1, 1 - strip))
         width = int(figure.get_figwidth() * 14)  # characters of 8-point monospace that fit across
-        figure.text(0.01, 0.01, "\n".join(shorten(line, width) for line in lines), fontsize=8, color="tab:red",
-                    va="bottom", ha="left", family="monospace")
+        figure.text(
+            0.01,
+            0.01,
+            "\n".join(shorten(line, width) for line in lines),
+            fontsize=8,
+            color="tab:red",
+            va="bottom",
+            ha="left",
+            family="monospace",
+        )
     save_figure(figure, path)
 
 
@@ -188,7 +214,7 @@ def best_of(rows: Sequence[dict[str, Any]], metric: str = "best_val_acc") -> dic
 
 
 def shorten(line: str, width: int) -> str:
-    return line if len(line) <= width else line[:width - 3] + "..."
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best_row, floor: float) -> None:
@@ -209,20 +235,30 @@ def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best_r
     else:
         categories = sorted(set(column), key=lambda value: (_number(value) is None, _number(value) or 0, value))
         x = [categories.index(value) for value in column]
-        axes.set_xticks(range(len(categories)), [value or "(unset)" for value in categories],
-                        rotation=30 if max(map(len, categories)) > 6 else 0, ha="right")
+        axes.set_xticks(
+            range(len(categories)),
+            [value or "(unset)" for value in categories],
+            rotation=30 if max(map(len, categories)) > 6 else 0,
+            ha="right",
+        )
     for xi, row in zip(x, rows):
         value = row.get(metric)
         if row["status"] == "completed" and value is not None:
             is_best = row is best_row  # one star, even when other jobs tie with it
-            axes.plot(xi, value, "*" if is_best else "o", color="tab:green" if is_best else "tab:blue",
-                      markersize=13 if is_best else 7)
+            axes.plot(
+                xi,
+                value,
+                "*" if is_best else "o",
+                color="tab:green" if is_best else "tab:blue",
+                markersize=13 if is_best else 7,
+            )
             axes.annotate(str(row["job"]), (xi, value), textcoords="offset points", xytext=(5, 4), fontsize=7)
         else:
             # A failed job has no metric: a red x at the bottom of the panel, with its job number
             # (its error is listed under the panels).
             axes.plot(xi, floor, "x", color="tab:red", markersize=10, markeredgewidth=2)
-            axes.annotate(str(row["job"]), (xi, floor), textcoords="offset points", xytext=(5, 4), fontsize=7,
-                          color="tab:red")
+            axes.annotate(
+                str(row["job"]), (xi, floor), textcoords="offset points", xytext=(5, 4), fontsize=7, color="tab:red"
+            )
     axes.set_xlabel(key)
     axes.grid(True, alpha=0.3)

@@ -18,19 +18,55 @@ from typing import Any
 import torch
 
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.exported_model import (EXPORT_AGAIN, ExportedModel, is_exported_file, load_exported, onnx_model,
-                                     read_export_info)
+from cnntrain.exported_model import (
+    EXPORT_AGAIN,
+    ExportedModel,
+    is_exported_file,
+    load_exported,
+    onnx_model,
+    read_export_info,
+)
 from cnntrain.opened_run import CHECKPOINTS, open_run
-from cnntrain.predict_output import (PREDICTIONS_HEADER, SCREENFUL, check_output, predictions_path,
-                                     predictions_summary, predictions_table, shown_path, write_predictions)
+from cnntrain.predict_output import (
+    PREDICTIONS_HEADER,
+    SCREENFUL,
+    check_output,
+    predictions_path,
+    predictions_summary,
+    predictions_table,
+    shown_path,
+    write_predictions,
+)
 from cnntrain.predictor import Prediction, Predictor, check_against_model, checked_tensor, find_images
 from cnntrain.run_folder import RunFolder
 
 # Importable from here as before the split (the command line, export.py and users import them from predict).
-__all__ = ["LoadedRun", "load_run", "load_predictor", "predict", "Prediction", "Predictor", "checked_tensor",
-           "find_images", "check_against_model", "ExportedModel", "load_exported", "onnx_model", "read_export_info",
-           "is_exported_file", "EXPORT_AGAIN", "CHECKPOINTS", "PREDICTIONS_HEADER", "SCREENFUL", "check_output",
-           "predictions_path", "predictions_summary", "predictions_table", "shown_path", "write_predictions"]
+__all__ = [
+    "LoadedRun",
+    "load_run",
+    "load_predictor",
+    "predict",
+    "Prediction",
+    "Predictor",
+    "checked_tensor",
+    "find_images",
+    "check_against_model",
+    "ExportedModel",
+    "load_exported",
+    "onnx_model",
+    "read_export_info",
+    "is_exported_file",
+    "EXPORT_AGAIN",
+    "CHECKPOINTS",
+    "PREDICTIONS_HEADER",
+    "SCREENFUL",
+    "check_output",
+    "predictions_path",
+    "predictions_summary",
+    "predictions_table",
+    "shown_path",
+    "write_predictions",
+]
 
 
 @dataclass
@@ -78,15 +114,22 @@ def load_run(run_dir: Path | str, checkpoint: str = "best", imports: list[str] |
     opened = open_run(run_dir, checkpoint, imports)
     state = opened.checkpoint
     loaded = LoadedRun(opened.folder, state, state.build_model().eval())
-    check_against_model(loaded, f"Checkpoint {state.path}", "It was changed after the run wrote it: copy the run "
-                                                            "folder again from where it came from.")
+    check_against_model(
+        loaded,
+        f"Checkpoint {state.path}",
+        "It was changed after the run wrote it: copy the run folder again from where it came from.",
+    )
     return loaded
 
 
-def predict(run_dir: Path, inputs: Path, topk: int = 3, checkpoint: str = "best", batch_size: int = 64,
-            imports: str | None = None, tta: str = "run") -> list[Prediction]:
+def predict(
+    run_dir: Path,
+    inputs: Path,
+    topk: int = 3,
+    checkpoint: str = "best",
+    batch_size: int = 64,
+    imports: str | None = None,
+    tta: str = "run",
+) -> list[Prediction]:
     """The predictions of a run (or of an exported .onnx file) for an image file or a folder of images."""
-    return load_predictor(run_dir, checkpoint, imports).predict(Path(inputs), topk=topk, batch_size=batch_size,
-                                                                 tta=tta)
-
-
+    return load_predictor(run_dir, checkpoint, imports).predict(Path(inputs), topk=topk, batch_size=batch_size, tta=tta)

@@ -14,8 +14,14 @@ from cnntrain.errors import CnnTrainError
 from cnntrain.exported_model import is_exported_file
 from cnntrain.opened_run import RunArgument, check_run_folder
 from cnntrain.predictor import Prediction
-from cnntrain.run_folder import (RunFolder, cannot_write_message, check_writable, export_predictions_csv,
-                                 refuse_links_out_of_run, write_atomically)
+from cnntrain.run_folder import (
+    RunFolder,
+    cannot_write_message,
+    check_writable,
+    export_predictions_csv,
+    refuse_links_out_of_run,
+    write_atomically,
+)
 
 
 def predictions_path(run: Path | str, inputs: Path | str = "images") -> Path:
@@ -25,12 +31,19 @@ def predictions_path(run: Path | str, inputs: Path | str = "images") -> Path:
     run = Path(run)
     if is_exported_file(run):
         if not run.is_file():
-            raise CnnTrainError(f"run={run} does not exist. Give a run folder, or an .onnx file written by "
-                                f"cnntrain-export.")
+            raise CnnTrainError(
+                f"run={run} does not exist. Give a run folder, or an .onnx file written by cnntrain-export."
+            )
         base = export_predictions_csv(run)
     else:
-        check_run_folder(run, RunArgument(key="run=", use=f"cnntrain-predict run={{}} inputs={inputs}",
-                                          also=" or an .onnx file written by cnntrain-export"))
+        check_run_folder(
+            run,
+            RunArgument(
+                key="run=",
+                use=f"cnntrain-predict run={{}} inputs={inputs}",
+                also=" or an .onnx file written by cnntrain-export",
+            ),
+        )
         base = RunFolder(run).predictions_csv
     named = base.with_name(f"{base.stem}-{_file_name_part(inputs)}{base.suffix}")
     return _unused(named)
@@ -73,8 +86,10 @@ def check_output(path: Path) -> None:
     except (UnicodeDecodeError, csv.Error, OSError):
         first_row = None
     if first_row != PREDICTIONS_HEADER:
-        raise CnnTrainError(f"output={path} exists and is not a predictions CSV written by cnntrain-predict; "
-                            f"it is left as it is. Give another file name.")
+        raise CnnTrainError(
+            f"output={path} exists and is not a predictions CSV written by cnntrain-predict; "
+            f"it is left as it is. Give another file name."
+        )
     check_writable(path.parent, WRITE_ELSEWHERE)  # it is replaced by a new file beside it
 
 
@@ -84,12 +99,14 @@ WRITE_ELSEWHERE = "Write the predictions to a folder you can write to with outpu
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
     """The predictions CSV, written whole or not at all (write_atomically); a file system that is read-only or
     full is a CnnTrainError saying where and offering output=."""
+
     def write(f) -> None:
         writer = csv.writer(f)
         writer.writerow(PREDICTIONS_HEADER)
         for p in predictions:
-            writer.writerow([p.file, p.label, f"{p.probability:.6f}",
-                             "; ".join(f"{name}:{prob:.4f}" for name, prob in p.top)])
+            writer.writerow(
+                [p.file, p.label, f"{p.probability:.6f}", "; ".join(f"{name}:{prob:.4f}" for name, prob in p.top)]
+            )
 
     try:
         write_atomically(path, write, binary=False)

@@ -10,17 +10,18 @@ two kinds; both convert images with this code, so their predictions agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from PIL import Image
 
-from cnntrain.evaluator import resolve_tta
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
+from cnntrain.evaluator import resolve_tta
 from cnntrain.trainer import mean_log_probabilities
 
 
@@ -63,8 +64,9 @@ class Predictor:
             image = to_pil_image(checked_tensor(image))
         if isinstance(image, Image.Image):
             return torch.from_numpy(image_to_array(image, channels, height, width))
-        raise CnnTrainError(f"Cannot predict on a {type(image).__name__}: give image paths, Pillow images "
-                            f"or image tensors.")
+        raise CnnTrainError(
+            f"Cannot predict on a {type(image).__name__}: give image paths, Pillow images or image tensors."
+        )
 
     def predict(self, images, topk: int = 3, batch_size: int = 64, tta: str = "run") -> list[Prediction]:
         """The top-`topk` classes of each image: a path (file or folder of images), a Pillow image, a tensor
@@ -72,15 +74,16 @@ class Predictor:
         as its test measured), "none" or "hflip" (the mean of each image's and its mirror's probabilities)."""
         used_tta = resolve_tta(tta, self.run_tta)
         if not is_count(topk) or not is_count(batch_size):
-            raise CnnTrainError(f"topk and batch_size must be whole numbers >= 1, got topk={topk!r}, "
-                                f"batch_size={batch_size!r}.")
+            raise CnnTrainError(
+                f"topk and batch_size must be whole numbers >= 1, got topk={topk!r}, batch_size={batch_size!r}."
+            )
         items = list(_image_items(images))
         if not items:
             raise CnnTrainError("No images to predict on: the list or batch given is empty.")
         transform = self.transform()
         predictions = []
         for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
+            chunk = items[start : start + batch_size]
             batch = transform(torch.stack([self.to_array(image) for _, image in chunk]))
             with torch.inference_mode():
                 logits = self.model(batch)
@@ -95,7 +98,9 @@ class Predictor:
 
 
 # What a tensor image may hold: uint8 (0..255) or floats in [0, 1], as torchvision's conventions say.
-TENSOR_IMAGES = "a (C, H, W) or (H, W) tensor of uint8 (0..255) or of floats in [0, 1], C = 1 (grey), 3 (RGB) or 4 (RGBA)"
+TENSOR_IMAGES = (
+    "a (C, H, W) or (H, W) tensor of uint8 (0..255) or of floats in [0, 1], C = 1 (grey), 3 (RGB) or 4 (RGBA)"
+)
 
 
 def checked_tensor(image: torch.Tensor) -> torch.Tensor:
@@ -105,25 +110,31 @@ def checked_tensor(image: torch.Tensor) -> torch.Tensor:
     image = image.detach().cpu()
     shape = tuple(image.shape)
     if image.dim() not in (2, 3) or image.numel() == 0:
-        raise CnnTrainError(f"Cannot predict on a tensor of shape {shape}: give {TENSOR_IMAGES} (or a batch of them, "
-                            f"(N, C, H, W)).")
+        raise CnnTrainError(
+            f"Cannot predict on a tensor of shape {shape}: give {TENSOR_IMAGES} (or a batch of them, (N, C, H, W))."
+        )
     if image.dim() == 3 and image.shape[0] not in (1, 3, 4):
-        hint = (" It looks like (H, W, C): pass image.permute(2, 0, 1)." if image.shape[-1] in (1, 3, 4) else "")
-        raise CnnTrainError(f"Cannot predict on a tensor of shape {shape}: {image.shape[0]} channels. Give "
-                            f"{TENSOR_IMAGES}.{hint}")
+        hint = " It looks like (H, W, C): pass image.permute(2, 0, 1)." if image.shape[-1] in (1, 3, 4) else ""
+        raise CnnTrainError(
+            f"Cannot predict on a tensor of shape {shape}: {image.shape[0]} channels. Give {TENSOR_IMAGES}.{hint}"
+        )
     if image.dtype == torch.uint8:
         return image
     if not image.is_floating_point():
-        raise CnnTrainError(f"Cannot predict on a {image.dtype} tensor: give {TENSOR_IMAGES}. Convert 0..255 "
-                            f"values with image.to(torch.uint8).")
+        raise CnnTrainError(
+            f"Cannot predict on a {image.dtype} tensor: give {TENSOR_IMAGES}. Convert 0..255 "
+            f"values with image.to(torch.uint8)."
+        )
     if not torch.isfinite(image).all():
         raise CnnTrainError(f"Cannot predict on a tensor holding nan or inf: give {TENSOR_IMAGES}.")
     low, high = image.min().item(), image.max().item()
     if low < 0 or high > 1:
-        raise CnnTrainError(f"Cannot predict on a float tensor with values from {low:g} to {high:g}: float images "
-                            f"must be in [0, 1]. For 0..255 values pass a uint8 tensor (image.to(torch.uint8)) or "
-                            f"divide by 255; a normalised tensor (minus mean, divided by std) goes straight to "
-                            f"the model instead.")
+        raise CnnTrainError(
+            f"Cannot predict on a float tensor with values from {low:g} to {high:g}: float images "
+            f"must be in [0, 1]. For 0..255 values pass a uint8 tensor (image.to(torch.uint8)) or "
+            f"divide by 255; a normalised tensor (minus mean, divided by std) goes straight to "
+            f"the model instead."
+        )
     return image.float()
 
 
@@ -131,7 +142,7 @@ def is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def check_against_model(predictor: "Predictor", where: str, fix: str) -> None:
+def check_against_model(predictor: Predictor, where: str, fix: str) -> None:
     """The model takes what `where` (a checkpoint, an export's json) says it takes, a batch of in_channels x size
     x size images, and gives one output per class it names: tried on one blank image, so that a class list of
     another length or another channel count is a message now, not every image "class0" or a traceback later."""
@@ -140,19 +151,26 @@ def check_against_model(predictor: "Predictor", where: str, fix: str) -> None:
         with torch.inference_mode():
             outputs = predictor.model(torch.zeros(1, channels, size, size))
     except Exception as err:  # torch's and onnxruntime's own error kinds
-        raise CnnTrainError(f"{where} says the model takes {channels}-channel {size}x{size} images, but the model "
-                            f"refuses them: {' '.join(str(err).split())[:300] or type(err).__name__}. {fix}") from None
+        raise CnnTrainError(
+            f"{where} says the model takes {channels}-channel {size}x{size} images, but the model "
+            f"refuses them: {' '.join(str(err).split())[:300] or type(err).__name__}. {fix}"
+        ) from None
     if tuple(outputs.shape) != (1, classes):
-        gives = (f"{outputs.shape[1]} outputs per image" if outputs.dim() == 2
-                 else f"outputs of shape {tuple(outputs.shape)} for one image")
+        gives = (
+            f"{outputs.shape[1]} outputs per image"
+            if outputs.dim() == 2
+            else f"outputs of shape {tuple(outputs.shape)} for one image"
+        )
         raise CnnTrainError(f"{where} names {classes} classes, but the model gives {gives}. {fix}")
 
 
 def _image_items(images) -> Iterable[tuple[str, Any]]:
     """(name, image) pairs: a folder gives its image files, a batch tensor its images."""
     if isinstance(images, torch.Tensor) and images.dim() > 4:
-        raise CnnTrainError(f"Cannot predict on a tensor of shape {tuple(images.shape)}: give {TENSOR_IMAGES}, or "
-                            f"a batch of them (N, C, H, W).")
+        raise CnnTrainError(
+            f"Cannot predict on a tensor of shape {tuple(images.shape)}: give {TENSOR_IMAGES}, or "
+            f"a batch of them (N, C, H, W)."
+        )
     if isinstance(images, (str, Path, Image.Image)) or (isinstance(images, torch.Tensor) and images.dim() <= 3):
         images = [images]
     elif not isinstance(images, Iterable):

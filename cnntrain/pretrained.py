@@ -53,24 +53,34 @@ def torchvision_weights(arch: str, name: str):
     choices = list(enum.__members__)
     name = name.upper() if name.upper() in choices else name
     if name not in choices:
-        raise ConfigError(f"model.weights={name}: torchvision has no such weights for {arch}."
-                          f"{did_you_mean(name, choices)} Available: {', '.join(choices)}, or a weights file, "
-                          f"or a cnntrain run folder.")
+        raise ConfigError(
+            f"model.weights={name}: torchvision has no such weights for {arch}."
+            f"{did_you_mean(name, choices)} Available: {', '.join(choices)}, or a weights file, "
+            f"or a cnntrain run folder."
+        )
     return enum[name]
 
 
 def _check_name_use(model_name: str, weights: str) -> None:
     if model_name != "torchvision":
-        raise ConfigError(f"model.weights={weights}: there is no such file or folder, and torchvision weights "
-                          f"names (DEFAULT, IMAGENET1K_V1, ...) are only for model=torchvision. For model={model_name} "
-                          f"give a weights file or a cnntrain run folder (model.weights=outputs/<date>/<run>).")
+        raise ConfigError(
+            f"model.weights={weights}: there is no such file or folder, and torchvision weights "
+            f"names (DEFAULT, IMAGENET1K_V1, ...) are only for model=torchvision. For model={model_name} "
+            f"give a weights file or a cnntrain run folder (model.weights=outputs/<date>/<run>)."
+        )
 
 
 def implied_settings(model_name: str, settings: dict[str, Any], weights: str | None, channels: int) -> dict:
     """Builder settings that torchvision weights imply: googlenet's and inception_v3's ImageNet weights expect
     `transform_input` (torchvision turns it on with them), which only works on RGB images."""
-    if (model_name == "torchvision" and settings.get("arch") in ("googlenet", "inception_v3") and channels == 3
-            and isinstance(weights, str) and is_weights_name(weights) and "transform_input" not in settings):
+    if (
+        model_name == "torchvision"
+        and settings.get("arch") in ("googlenet", "inception_v3")
+        and channels == 3
+        and isinstance(weights, str)
+        and is_weights_name(weights)
+        and "transform_input" not in settings
+    ):
         return {"transform_input": True}
     return {}
 
@@ -93,8 +103,9 @@ class Preprocessing:
         return Preprocessing(self.size, self.resize, (mean,) * channels, (std,) * channels)
 
 
-def weights_preprocessing(recipe_name: str, settings: dict[str, Any], weights: str | None,
-                          channels: int | None = None) -> Preprocessing | None:
+def weights_preprocessing(
+    recipe_name: str, settings: dict[str, Any], weights: str | None, channels: int | None = None
+) -> Preprocessing | None:
     """The preprocessing that comes with torchvision weights (None for files, run folders and no weights).
 
     With `channels`, mean and std are averaged over the colour channels for data with another channel count.
@@ -104,8 +115,12 @@ def weights_preprocessing(recipe_name: str, settings: dict[str, Any], weights: s
     _check_name_use(recipe_name, weights)
     member = torchvision_weights(settings.get("arch", "resnet18"), weights)
     transform = member.transforms()
-    prep = Preprocessing(size=transform.crop_size[0], resize=transform.resize_size[0], mean=tuple(transform.mean),
-                         std=tuple(transform.std))
+    prep = Preprocessing(
+        size=transform.crop_size[0],
+        resize=transform.resize_size[0],
+        mean=tuple(transform.mean),
+        std=tuple(transform.std),
+    )
     return prep.for_channels(channels) if channels else prep
 
 
@@ -135,7 +150,8 @@ def _download(url: str, path: Path, name: str, arch: str) -> None:
             f"model.weights={name}: the {arch} weights are not in {path} and could not be downloaded ({reason}). "
             f"On a machine with internet, download {url} and copy the file to {path} (TORCH_HOME moves the "
             f"folder: $TORCH_HOME/hub/checkpoints/). Or give model.weights=<file> or model.weights=null to "
-            f"train from scratch.") from None
+            f"train from scratch."
+        ) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
 
@@ -145,18 +161,24 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ConfigError(f"Refused to load model.weights={path}: it holds Python objects besides tensors, and "
-                          f"loading those could run code. Save the weights with torch.save(model.state_dict(), "
-                          f"path).") from err
+        raise ConfigError(
+            f"Refused to load model.weights={path}: it holds Python objects besides tensors, and "
+            f"loading those could run code. Save the weights with torch.save(model.state_dict(), "
+            f"path)."
+        ) from err
     except Exception as err:
-        raise ConfigError(f"Cannot read model.weights={path}: {str(err).strip().splitlines()[0] if str(err) else err} "
-                          f"(is it a PyTorch weights file, and whole?).") from None
+        raise ConfigError(
+            f"Cannot read model.weights={path}: {str(err).strip().splitlines()[0] if str(err) else err} "
+            f"(is it a PyTorch weights file, and whole?)."
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"model.weights={path} holds no state dict (a dict of tensors): save one with "
-                          f"torch.save(model.state_dict(), path), or give a cnntrain run folder.")
+        raise ConfigError(
+            f"model.weights={path} holds no state dict (a dict of tensors): save one with "
+            f"torch.save(model.state_dict(), path), or give a cnntrain run folder."
+        )
     return state
 
 
@@ -169,15 +191,20 @@ def read_weights(weights: str, model_name: str, settings: dict[str, Any]) -> tup
     if path.is_dir():
         folder = RunFolder(path)
         if not folder.best_checkpoint.is_file():
-            raise ConfigError(f"model.weights={weights} is a folder without checkpoints/best.pt: give a cnntrain "
-                              f"run folder (outputs/<date>/<run>) or a weights file.")
+            raise ConfigError(
+                f"model.weights={weights} is a folder without checkpoints/best.pt: give a cnntrain "
+                f"run folder (outputs/<date>/<run>) or a weights file."
+            )
         checkpoint = load_checkpoint(folder.best_checkpoint)
         trained = checkpoint["model"]
-        return checkpoint["state_dict"], (f"run {path} (checkpoints/best.pt of model={trained['name']}"
-                                          f"{_arch_text(trained.get('settings', {}))})")
+        return checkpoint["state_dict"], (
+            f"run {path} (checkpoints/best.pt of model={trained['name']}{_arch_text(trained.get('settings', {}))})"
+        )
     if not path.is_file():
-        raise ConfigError(f"model.weights={weights} does not exist. Give a torchvision weights name (DEFAULT; "
-                          f"model=torchvision only), a weights file or a cnntrain run folder.")
+        raise ConfigError(
+            f"model.weights={weights} does not exist. Give a torchvision weights name (DEFAULT; "
+            f"model=torchvision only), a weights file or a cnntrain run folder."
+        )
     return _read_state_dict(path), str(path)
 
 
@@ -186,8 +213,11 @@ def head_name(model: nn.Module) -> str:
     named = getattr(model, HEAD_ATTRIBUTE, None)
     if named:
         return named
-    leaves = [name for name, module in model.named_modules()
-              if not list(module.children()) and any(True for _ in module.parameters(recurse=False))]
+    leaves = [
+        name
+        for name, module in model.named_modules()
+        if not list(module.children()) and any(True for _ in module.parameters(recurse=False))
+    ]
     return leaves[-1] if leaves else ""
 
 
@@ -217,25 +247,42 @@ def load_weights(model: nn.Module, weights: str, model_name: str, settings: dict
             merged[key] = theirs.to(value.dtype)
         elif _under(key, head):
             merged[key], head_kept = value, True  # a head for other classes (or another head): a fresh one
-        elif key == stem and theirs is not None and theirs.shape[0] == value.shape[0] and theirs.shape[2:] == value.shape[2:]:
+        elif (
+            key == stem
+            and theirs is not None
+            and theirs.shape[0] == value.shape[0]
+            and theirs.shape[2:] == value.shape[2:]
+        ):
             merged[key], adapted = _grey_stem(theirs, value.shape[1]).to(value.dtype), True
         elif theirs is None:
-            raise ConfigError(f"model.weights: {source} has no weights for layer '{key}': it was made for another "
-                              f"model (model={model_name}{_arch_text(settings)}). Give weights of the same model.")
+            raise ConfigError(
+                f"model.weights: {source} has no weights for layer '{key}': it was made for another "
+                f"model (model={model_name}{_arch_text(settings)}). Give weights of the same model."
+            )
         else:
-            raise ConfigError(f"model.weights: layer '{key}' has shape {tuple(theirs.shape)} in {source} but "
-                              f"{tuple(value.shape)} in this model (model={model_name}{_arch_text(settings)}). "
-                              f"Give weights of the same model and settings.")
-    unexpected = [key for key in state if key not in own and not _under(key, head)
-                  and not key.startswith(AUXILIARY_PREFIXES)]
+            raise ConfigError(
+                f"model.weights: layer '{key}' has shape {tuple(theirs.shape)} in {source} but "
+                f"{tuple(value.shape)} in this model (model={model_name}{_arch_text(settings)}). "
+                f"Give weights of the same model and settings."
+            )
+    unexpected = [
+        key for key in state if key not in own and not _under(key, head) and not key.startswith(AUXILIARY_PREFIXES)
+    ]
     if unexpected:
-        raise ConfigError(f"model.weights: {source} has layers this model does not have ({', '.join(unexpected[:3])}"
-                          f"{', ...' if len(unexpected) > 3 else ''}): it was made for another model. Give weights "
-                          f"of model={model_name}{_arch_text(settings)}.")
+        raise ConfigError(
+            f"model.weights: {source} has layers this model does not have ({', '.join(unexpected[:3])}"
+            f"{', ...' if len(unexpected) > 3 else ''}): it was made for another model. Give weights "
+            f"of model={model_name}{_arch_text(settings)}."
+        )
     model.load_state_dict(merged)
-    notes = [note for note, applies in ((f"new head '{head}' for these classes", head_kept),
-                                        (f"stem summed over its colour channels for {own[stem].shape[1]}-channel "
-                                         f"images" if stem else "", adapted)) if applies]
+    notes = [
+        note
+        for note, applies in (
+            (f"new head '{head}' for these classes", head_kept),
+            (f"stem summed over its colour channels for {own[stem].shape[1]}-channel images" if stem else "", adapted),
+        )
+        if applies
+    ]
     return f"weights: {source}" + (f" ({'; '.join(notes)})" if notes else "")
 
 

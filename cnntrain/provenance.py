@@ -29,8 +29,13 @@ def versions() -> dict[str, str | None]:
 
     from cnntrain import __version__
 
-    return {"cnntrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": installed_version("torchvision"), "hydra": hydra.__version__}
+    return {
+        "cnntrain": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": installed_version("torchvision"),
+        "hydra": hydra.__version__,
+    }
 
 
 def installed_version(distribution: str) -> str | None:

@@ -24,7 +24,8 @@ be written before torch is imported, and anything that reads configs can use it 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -136,10 +137,16 @@ def recipe_summary(cfg: DictConfig, command_line: Sequence[str] | None = None) -
         return f"recipe: {head}; resolved config: {', '.join(_values(used, family) + [init])}"
 
     family_recipe = (recipe or {}).get(family) or {}
-    own = [(f"optimizer.{key}", family_recipe[key]) for key in RECIPE_KEYS
-           if f"optimizer.{key}" in keys and family_recipe.get(key) is not None]
-    own += [(key, recipe[setting]) for setting, key in RUN_KEYS.items()
-            if recipe is not None and recipe.get(setting) is not None]
+    own = [
+        (f"optimizer.{key}", family_recipe[key])
+        for key in RECIPE_KEYS
+        if f"optimizer.{key}" in keys and family_recipe.get(key) is not None
+    ]
+    own += [
+        (key, recipe[setting])
+        for setting, key in RUN_KEYS.items()
+        if recipe is not None and recipe.get(setting) is not None
+    ]
     line = f"recipe: {head}: {', '.join(_values(own, family) + [init])}"
     found = origins(cfg)
     explicit = [key for key, (where, _) in found.items() if where == SET]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from cnntrain.errors import ConfigError
 
@@ -118,8 +118,11 @@ class Registry:
         params = inspect.signature(self.get(name)).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
-        valid = [p for p, spec in params.items()
-                 if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in self.code_arguments]
+        valid = [
+            p
+            for p, spec in params.items()
+            if spec.kind is not inspect.Parameter.VAR_POSITIONAL and p not in self.code_arguments
+        ]
         section = section or self.config_key.rsplit(".", 1)[0]
         for key, value in settings.items():
             if key not in valid:

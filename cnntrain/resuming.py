@@ -15,18 +15,30 @@ from omegaconf import DictConfig
 
 from cnntrain.checkpoint import RunCheckpoint
 from cnntrain.checks import check_trainer_settings
-from cnntrain.user_code import import_user_modules
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import resume_command
 from cnntrain.opened_run import RunArgument, apply_override, open_run
 from cnntrain.run import RunResult, run
 from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import EpochMetrics
+from cnntrain.user_code import import_user_modules
 
 # Dotted prefixes a resume may change.
-MAY_CHANGE = ("trainer.epochs", "trainer.progress", "trainer.log_every", "trainer.early_stopping",
-              "trainer.checkpoint_every_minutes", "device", "logger", "callbacks", "data.root", "data.download",
-              "data.workers", "data.cache_limit_mb", "data.eval_batch_size")
+MAY_CHANGE = (
+    "trainer.epochs",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.early_stopping",
+    "trainer.checkpoint_every_minutes",
+    "device",
+    "logger",
+    "callbacks",
+    "data.root",
+    "data.download",
+    "data.workers",
+    "data.cache_limit_mb",
+    "data.eval_batch_size",
+)
 # How a resume names its run, for open_run's messages: it always continues checkpoints/last.pt.
 RESUME = RunArgument(key="resume=", use="cnntrain resume={}", choose=False)
 # Schedules laid out over the run's length: more epochs would run past their end.
@@ -40,17 +52,21 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
     opened = open_run(run_dir, "last", given, RESUME, import_modules=False)
     checkpoint = opened.checkpoint.state
     if "history" not in checkpoint:
-        raise ConfigError(f"Cannot resume {run_dir}: its checkpoint was written by an older cnntrain without "
-                          f"the state a resume needs. Start the run again.")
+        raise ConfigError(
+            f"Cannot resume {run_dir}: its checkpoint was written by an older cnntrain without "
+            f"the state a resume needs. Start the run again."
+        )
     cfg = opened.config()  # a resume trains: its loggers, model.weights and data.download stay
     saved_epochs = cfg.trainer.epochs
     for override in overrides:
         apply_override(cfg, override, run_dir, MAY_CHANGE)
     check_trainer_settings(cfg)
     if cfg.trainer.epochs != saved_epochs and cfg.scheduler.name in LENGTH_BOUND_SCHEDULERS:
-        raise ConfigError(f"Cannot change trainer.epochs on resume: scheduler={cfg.scheduler.name} spreads its "
-                          f"learning-rate curve over the run's {saved_epochs} epochs. "
-                          f"Start a new run for a longer one.")
+        raise ConfigError(
+            f"Cannot change trainer.epochs on resume: scheduler={cfg.scheduler.name} spreads its "
+            f"learning-rate curve over the run's {saved_epochs} epochs. "
+            f"Start a new run for a longer one."
+        )
     return cfg, checkpoint
 
 
@@ -75,11 +91,15 @@ def finished_message(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any])
     if not stopped and checkpoint["epoch"] < cfg.trainer.epochs:
         return None
     how = f"stopped early ({stopped})" if stopped else f"trained all {checkpoint['epoch']} epochs"
-    scores = "".join(f", {label} {summary[key]:.4f}" for key, label in (("best_val_acc", "best val acc"),
-                                                                        ("test_acc", "test acc"))
-                     if isinstance(summary.get(key), (int, float)))
-    return (f"Run {run_dir} is already finished: it {how}{scores}. Nothing to do. To train it for longer: "
-            f"{resume_command(RunFolder(run_dir), cfg)} trainer.epochs={checkpoint['epoch'] + 10}")
+    scores = "".join(
+        f", {label} {summary[key]:.4f}"
+        for key, label in (("best_val_acc", "best val acc"), ("test_acc", "test acc"))
+        if isinstance(summary.get(key), (int, float))
+    )
+    return (
+        f"Run {run_dir} is already finished: it {how}{scores}. Nothing to do. To train it for longer: "
+        f"{resume_command(RunFolder(run_dir), cfg)} trainer.epochs={checkpoint['epoch'] + 10}"
+    )
 
 
 def resume(run_dir: Path | str, overrides: list[str] = (), callbacks: list = ()) -> dict[str, Any]:

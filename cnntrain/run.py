@@ -20,14 +20,22 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.table import Table
 
 from cnntrain.build import TrainingParts, build_training
-from cnntrain.checks import check_config
 from cnntrain.callbacks import Reporter
 from cnntrain.checkpoint import load_checkpoint, restore_training
+from cnntrain.checks import check_config
 from cnntrain.distributed import from_rank_zero, join_group, launched_by_torchrun, lost_peer, process_rank
 from cnntrain.errors import CnnTrainError, ConfigError, RunInterrupted
 from cnntrain.hooks import exceptions_told
-from cnntrain.interruptions import (StopOnSignals, continue_text, file_error_message, interrupted_message,
-                                    interrupted_outside_training, lost_process_message, resume_command, saved_text)
+from cnntrain.interruptions import (
+    StopOnSignals,
+    continue_text,
+    file_error_message,
+    interrupted_message,
+    interrupted_outside_training,
+    lost_process_message,
+    resume_command,
+    saved_text,
+)
 from cnntrain.process import console_may_go_away
 from cnntrain.recipes import recipe_summary
 from cnntrain.run_callbacks import RunCallbacks, build_callbacks
@@ -58,14 +66,24 @@ class RunResult:
         return self.summary["test_acc"]
 
 
-def train(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[str, Any] | None = None,
-          callbacks: list[Callback] = (), command_line: list[str] | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    run_dir: Path | str | None = None,
+    resume_from: dict[str, Any] | None = None,
+    callbacks: list[Callback] = (),
+    command_line: list[str] | None = None,
+) -> dict[str, Any]:
     """Train as `cfg` says; returns the summary also written to `<run_dir>/summary.json`."""
     return run(cfg, run_dir, resume_from, callbacks, command_line).summary
 
 
-def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[str, Any] | None = None,
-        callbacks: list[Callback] = (), command_line: list[str] | None = None) -> RunResult:
+def run(
+    cfg: DictConfig,
+    run_dir: Path | str | None = None,
+    resume_from: dict[str, Any] | None = None,
+    callbacks: list[Callback] = (),
+    command_line: list[str] | None = None,
+) -> RunResult:
     """Train as `cfg` says in `run_dir` (default: Hydra's folder, else a new one under outputs/).
 
     `resume_from` is the run's last checkpoint when continuing it (see resuming.py);
@@ -90,12 +108,18 @@ def run(cfg: DictConfig, run_dir: Path | str | None = None, resume_from: dict[st
         folder.unlock()
 
 
-def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | None,
-            callbacks: list[Callback], command_line: list[str] | None) -> RunResult:
+def _run_in(
+    folder: RunFolder,
+    cfg: DictConfig,
+    resume_from: dict[str, Any] | None,
+    callbacks: list[Callback],
+    command_line: list[str] | None,
+) -> RunResult:
     """The run in its locked folder: its summary says how it ended, whatever happens."""
     folder.save_config_if_missing(cfg)
-    reporter = Reporter(folder.train_log if folder.writes else None,
-                        quiet=cfg.trainer.get("progress") == "none" or not folder.writes)
+    reporter = Reporter(
+        folder.train_log if folder.writes else None, quiet=cfg.trainer.get("progress") == "none" or not folder.writes
+    )
     started = time.time()
     signals = StopOnSignals(say=lambda text: reporter.line(text, style="yellow"))
     try:
@@ -109,8 +133,10 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
         _write_ended_summary(folder, "interrupted", message, started, _resume_command(folder, cfg))
         raise RunInterrupted(message, signals.exit_code) from None
     except OmegaConfBaseException as err:  # a key removed with ~, a section replaced by a value
-        message = (f"The config has no usable '{err.full_key or err.key}': was it removed with ~, or a section "
-                   f"replaced by a plain value? `cnntrain --cfg job ...` shows the config a run gets.")
+        message = (
+            f"The config has no usable '{err.full_key or err.key}': was it removed with ~, or a section "
+            f"replaced by a plain value? `cnntrain --cfg job ...` shows the config a run gets."
+        )
         reporter.log_only(f"error: {message}")
         _write_ended_summary(folder, "failed", message, started)
         raise ConfigError(message) from err
@@ -131,9 +157,15 @@ def _run_in(folder: RunFolder, cfg: DictConfig, resume_from: dict[str, Any] | No
         reporter.close()
 
 
-def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, started: float,
-                  resume_from: dict[str, Any] | None, signals: "StopOnSignals",
-                  command_line: list[str] | None) -> RunResult:
+def _fit_and_test(
+    parts: TrainingParts,
+    folder: RunFolder,
+    reporter: Reporter,
+    started: float,
+    resume_from: dict[str, Any] | None,
+    signals: StopOnSignals,
+    command_line: list[str] | None,
+) -> RunResult:
     cfg, settings, spec = parts.checked.cfg, parts.checked, parts.spec
     report_start(parts, folder, reporter, command_line)
     callbacks = build_callbacks(parts, folder, reporter)
@@ -143,8 +175,10 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         if callbacks.finetune:
             callbacks.finetune.before_restore(trainer, resume_from)
         start_epoch = restore_training(resume_from, trainer)
-        reporter.line(f"resumed from checkpoints/last.pt: {saved_text(resume_from)}, continuing "
-                      f"{continue_text(resume_from)} of {settings.trainer.epochs}")
+        reporter.line(
+            f"resumed from checkpoints/last.pt: {saved_text(resume_from)}, continuing "
+            f"{continue_text(resume_from)} of {settings.trainer.epochs}"
+        )
     signals.trainer = trainer
     with exceptions_told(trainer, lambda problem: reporter.line(f"notice: {problem}", style="yellow")):
         history = fit(trainer, start_epoch, callbacks, folder, cfg)
@@ -157,23 +191,40 @@ def _fit_and_test(parts: TrainingParts, folder: RunFolder, reporter: Reporter, s
         tested = tested_checkpoint(folder, reporter)
         trainer.use_weights(load_checkpoint(tested)["state_dict"])  # with trainer.ema, best.pt's average
         test_loss, test_acc = test = trainer.evaluate(parts.test_loader)
-    trainer.test_ended({"test_loss": test_loss, "test_acc": test_acc,
-                        **({"test_top5": test.top5} if test.top5 is not None else {})})
+    trainer.test_ended(
+        {"test_loss": test_loss, "test_acc": test_acc, **({"test_top5": test.top5} if test.top5 is not None else {})}
+    )
     summary = {
-        "status": "completed", "run_dir": str(folder), "model": settings.model.name, "data": settings.data.name,
-        "epochs": len(history), "best_epoch": best.epoch, "best_metric": "val_acc",
-        "best_val_acc": best.val_acc, "best_val_loss": best.val_loss,
-        "test_loss": test_loss, "test_acc": test_acc, **({"test_top5": test.top5} if test.top5 is not None else {}),
+        "status": "completed",
+        "run_dir": str(folder),
+        "model": settings.model.name,
+        "data": settings.data.name,
+        "epochs": len(history),
+        "best_epoch": best.epoch,
+        "best_metric": "val_acc",
+        "best_val_acc": best.val_acc,
+        "best_val_loss": best.val_loss,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        **({"test_top5": test.top5} if test.top5 is not None else {}),
         "final_epoch": history[-1].as_dict(),
-        "stopped_early": trainer.stop_reason, "tested_checkpoint": tested.name,
-        "params": parts.params, "input_size": parts.recipe["input_size"], "train_size": spec.train_size,
-        "val_size": spec.val_size, "num_classes": len(spec.classes),  # a sweep's table marks chance level by it
+        "stopped_early": trainer.stop_reason,
+        "tested_checkpoint": tested.name,
+        "params": parts.params,
+        "input_size": parts.recipe["input_size"],
+        "train_size": spec.train_size,
+        "val_size": spec.val_size,
+        "num_classes": len(spec.classes),  # a sweep's table marks chance level by it
         # What the speed switches resolved to on this device (the config may say auto).
-        "channels_last": parts.channels_last, "precision": parts.precision,
+        "channels_last": parts.channels_last,
+        "precision": parts.precision,
         # What validation and the test measured: the weights' average (its decay) or the trained weights (null);
         # each image alone (null) or with its mirror image (hflip).
-        "ema": settings.trainer.ema, "tta": settings.trainer.tta,
-        "test_size": spec.test_size, "val_source": spec.val_source, "test_is_validation": spec.test_is_validation,
+        "ema": settings.trainer.ema,
+        "tta": settings.trainer.tta,
+        "test_size": spec.test_size,
+        "val_source": spec.val_source,
+        "test_is_validation": spec.test_is_validation,
         **provenance(parts.device),
         "wall_seconds": time.time() - started,
         "mean_epoch_seconds": sum(m.epoch_seconds for m in history) / len(history),
@@ -192,34 +243,47 @@ def chosen_on_test_notice(best_epoch: int, last: EpochMetrics, has_test_split: b
     """Validation ran on the test images (data.val_fraction=0), or the test on the validation images
     (a dataset without a test split), so best.pt was picked on the images it is tested on: say so,
     with what the last epoch measured (the figure the book reports in that set-up)."""
-    remedy = ("hold out validation images with data.val_fraction=0.1" if has_test_split
-              else "give the dataset a test split (a test/ folder)")
-    return (f"notice: validation and the test used the same images (the first line says why), so best.pt (epoch "
-            f"{best_epoch}) was chosen on the images it is tested on and its test accuracy flatters it; the "
-            f"last epoch ({last.epoch}) measured {last.val_acc:.4f}. For a test figure nothing was chosen on, "
-            f"{remedy}.")
+    remedy = (
+        "hold out validation images with data.val_fraction=0.1"
+        if has_test_split
+        else "give the dataset a test split (a test/ folder)"
+    )
+    return (
+        f"notice: validation and the test used the same images (the first line says why), so best.pt (epoch "
+        f"{best_epoch}) was chosen on the images it is tested on and its test accuracy flatters it; the "
+        f"last epoch ({last.epoch}) measured {last.val_acc:.4f}. For a test figure nothing was chosen on, "
+        f"{remedy}."
+    )
 
 
 def tested_checkpoint(folder: RunFolder, reporter: Reporter) -> Path:
     """best.pt, the weights the test split is for; last.pt, with a notice, when best.pt was lost."""
     if folder.best_checkpoint.is_file():
         return folder.best_checkpoint
-    reporter.line(f"notice: {folder.best_checkpoint} is missing (deleted or lost since it was written): the test "
-                  f"split is evaluated with the last epoch's weights (last.pt) instead.", style="yellow")
+    reporter.line(
+        f"notice: {folder.best_checkpoint} is missing (deleted or lost since it was written): the test "
+        f"split is evaluated with the last epoch's weights (last.pt) instead.",
+        style="yellow",
+    )
     return folder.last_checkpoint
 
 
-def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter,
-                 command_line: list[str] | None) -> None:
+def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter, command_line: list[str] | None) -> None:
     """The run's first lines: what trains on what, where the folder is, the switches not honoured."""
     spec, checked = parts.spec, parts.checked
     origin = f" {spec.source}" if spec.source else ""
-    reporter.line(f"cnntrain: {checked.model.name} on {spec.name}{origin} ({spec.train_size:,} train / {spec.val_size:,} val "
-                  f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> "
-                  f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}"
-                  + (f" x {parts.group.world_size} process{'es' if parts.group.world_size > 1 else ''} "
-                     f"(DistributedDataParallel; global batch "
-                     f"{checked.data.batch_size})" if parts.group.ddp else ""))
+    reporter.line(
+        f"cnntrain: {checked.model.name} on {spec.name}{origin} ({spec.train_size:,} train / {spec.val_size:,} val "
+        f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> "
+        f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}"
+        + (
+            f" x {parts.group.world_size} process{'es' if parts.group.world_size > 1 else ''} "
+            f"(DistributedDataParallel; global batch "
+            f"{checked.data.batch_size})"
+            if parts.group.ddp
+            else ""
+        )
+    )
     reporter.line(recipe_summary(checked.cfg, command_line))
     if parts.weights_note:
         reporter.line(parts.weights_note)
@@ -240,22 +304,28 @@ def one_step_epoch_notice(batch_size: int, train_size: int) -> str | None:
         return None
     smaller = 2 ** max(0, (train_size // 4).bit_length() - 1)  # a power of two, about a quarter of the images
     relation = "is larger than" if batch_size > train_size else "equals"
-    return (f"notice: data.batch_size={batch_size} {relation} the {train_size:,} training images, so each epoch is "
-            f"one step of {train_size:,} images. For more steps per epoch set a smaller batch, e.g. "
-            f"data.batch_size={smaller} ({-(-train_size // smaller)} steps).")
+    return (
+        f"notice: data.batch_size={batch_size} {relation} the {train_size:,} training images, so each epoch is "
+        f"one step of {train_size:,} images. For more steps per epoch set a smaller batch, e.g. "
+        f"data.batch_size={smaller} ({-(-train_size // smaller)} steps)."
+    )
 
 
 def limits_text(parts: TrainingParts) -> str:
     loaders = {"train": parts.train_loader, "val": parts.val_loader, "test": parts.test_loader}
-    texts = [f"{len(loaders[split])} {split} batches" for split in loaders
-             if f"limit_{split}_batches" in parts.checked.limits]
+    texts = [
+        f"{len(loaders[split])} {split} batches"
+        for split in loaders
+        if f"limit_{split}_batches" in parts.checked.limits
+    ]
     if "subset" in parts.checked.limits:
         texts.append(f"a subset of {parts.spec.train_size:,} training images (data.subset)")
     return ", ".join(texts)
 
 
-def fit(trainer: Trainer, start_epoch: int, callbacks: RunCallbacks, folder: RunFolder,
-        cfg: DictConfig) -> list[EpochMetrics]:
+def fit(
+    trainer: Trainer, start_epoch: int, callbacks: RunCallbacks, folder: RunFolder, cfg: DictConfig
+) -> list[EpochMetrics]:
     """trainer.fit, with an interruption turned into a message saying what is saved and how to resume."""
     try:
         return trainer.fit(start_epoch)
@@ -265,15 +335,22 @@ def fit(trainer: Trainer, start_epoch: int, callbacks: RunCallbacks, folder: Run
         callbacks.display.close()
 
 
-def _write_ended_summary(folder: RunFolder, status: str, message: str, started: float,
-                         resume: str | None = None) -> None:
+def _write_ended_summary(
+    folder: RunFolder, status: str, message: str, started: float, resume: str | None = None
+) -> None:
     """The summary of a run that did not complete (`resume`: the command that continues it, when it
     can be). A failure to write it (the disk that just filled up) must not hide the error being
     reported, so it is given up silently."""
     try:
-        folder.write_summary({"status": status, "error": message, "run_dir": str(folder),
-                              "wall_seconds": time.time() - started,
-                              **({"resume_command": resume} if status == "interrupted" or resume else {})})
+        folder.write_summary(
+            {
+                "status": status,
+                "error": message,
+                "run_dir": str(folder),
+                "wall_seconds": time.time() - started,
+                **({"resume_command": resume} if status == "interrupted" or resume else {}),
+            }
+        )
     except OSError:
         pass
 
@@ -289,8 +366,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="cnntrain result", show_header=True, header_style="bold")
     for column in ("best epoch", "val acc", "test acc", "time"):
         table.add_column(column)
-    table.add_row(f"{summary['best_epoch']}/{summary['epochs']}", f"{summary['best_val_acc']:.4f}",
-                  f"{summary['test_acc']:.4f}", f"{summary['wall_seconds']:.1f}s")
+    table.add_row(
+        f"{summary['best_epoch']}/{summary['epochs']}",
+        f"{summary['best_val_acc']:.4f}",
+        f"{summary['test_acc']:.4f}",
+        f"{summary['wall_seconds']:.1f}s",
+    )
     return table
 
 

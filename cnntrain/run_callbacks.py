@@ -32,19 +32,36 @@ class RunCallbacks:
 def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> RunCallbacks:
     """Display, metrics.csv, checkpoints, loggers, early stopping, then the user's callbacks."""
     checked, trainer = parts.checked, parts.checked.trainer
-    live = parts.group.writes and (trainer.progress == "bar"
-                                   or (trainer.progress == "auto" and reporter.console.is_terminal))
+    live = parts.group.writes and (
+        trainer.progress == "bar" or (trainer.progress == "auto" and reporter.console.is_terminal)
+    )
     display = ProgressDisplay(reporter, live=live)
     run_info = parts.run_info()
-    checkpointer = Checkpointer(folder, lambda trainer: training_checkpoint(trainer, run_info),
-                                every_minutes=trainer.checkpoint_every_minutes)
+    checkpointer = Checkpointer(
+        folder, lambda trainer: training_checkpoint(trainer, run_info), every_minutes=trainer.checkpoint_every_minutes
+    )
     estimate = TimeEstimate(reporter, lambda: quicker_options(parts))
     # In a distributed run only rank 0 writes metrics.csv, plots and logs (its reporter alone prints).
     writes = parts.group.writes
-    callbacks = [display, estimate, *([MetricsWriter(folder.metrics_csv)] if writes else []), checkpointer,
-                 *(logger_callbacks(checked.logger, folder, parts.spec.classes, parts.transform.mean,
-                                    parts.transform.std, f"{checked.model.name} on {parts.spec.name}", reporter.line)
-                   if writes else [])]
+    callbacks = [
+        display,
+        estimate,
+        *([MetricsWriter(folder.metrics_csv)] if writes else []),
+        checkpointer,
+        *(
+            logger_callbacks(
+                checked.logger,
+                folder,
+                parts.spec.classes,
+                parts.transform.mean,
+                parts.transform.std,
+                f"{checked.model.name} on {parts.spec.name}",
+                reporter.line,
+            )
+            if writes
+            else []
+        ),
+    ]
     stopping = trainer.early_stopping
     if stopping.patience:
         callbacks.append(EarlyStopping(stopping.metric, stopping.patience, stopping.min_delta))
@@ -54,18 +71,23 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune)
 
 
-def two_stage_finetune(parts: TrainingParts, folder: RunFolder, checkpointer: Checkpointer,
-                       reporter: Reporter) -> TwoStageFinetune | None:
+def two_stage_finetune(
+    parts: TrainingParts, folder: RunFolder, checkpointer: Checkpointer, reporter: Reporter
+) -> TwoStageFinetune | None:
     """The second stage of a fine-tuning (finetune.unfreeze_at), or None when the run has one stage."""
     settings = parts.checked.finetune
     if settings.unfreeze_at is None:
         return None
-    return TwoStageFinetune(settings.unfreeze_at, settings.lr_scale, folder.best_checkpoint,
-                            scaled_optimizer(parts.new_optimizer, parts.new_schedule),
-                            save_last=checkpointer.save_last,
-                            say=reporter.line, keep_norm_statistics=settings.keep_norm_statistics,
-                            new_forward=lambda model: forward_for(model, parts.checked.trainer, parts.device,
-                                                                  parts.group)[0])
+    return TwoStageFinetune(
+        settings.unfreeze_at,
+        settings.lr_scale,
+        folder.best_checkpoint,
+        scaled_optimizer(parts.new_optimizer, parts.new_schedule),
+        save_last=checkpointer.save_last,
+        say=reporter.line,
+        keep_norm_statistics=settings.keep_norm_statistics,
+        new_forward=lambda model: forward_for(model, parts.checked.trainer, parts.device, parts.group)[0],
+    )
 
 
 def quicker_options(parts: TrainingParts) -> str:
@@ -75,8 +97,10 @@ def quicker_options(parts: TrainingParts) -> str:
     options = []
     if smallest and smallest < size:
         options.append(f"a smaller data.resize (now {size}; the smallest {name} takes is {smallest})")
-    options += ["a smaller model (e.g. model=lenet_bn or model=resnet18 data.resize=32)",
-                "trainer.limit_train_batches=20 or data.subset=2000 for a quick look"]
+    options += [
+        "a smaller model (e.g. model=lenet_bn or model=resnet18 data.resize=32)",
+        "trainer.limit_train_batches=20 or data.subset=2000 for a quick look",
+    ]
     if parts.device.type == "cpu":
         options.append("a GPU (device=cuda)")
     return "; ".join(options)

@@ -31,15 +31,36 @@ from omegaconf import DictConfig, OmegaConf
 from cnntrain.companion_files import EXPORT_FILE_NAMES, EvalFolder, export_info_path, export_predictions_csv
 from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.provenance import describe_device, git_commit, installed_version, provenance, versions
-from cnntrain.safe_writes import (cannot_write_message, check_writable, display_path,
-                                  links_out_problem, write_atomically, write_failure)
+from cnntrain.safe_writes import (
+    cannot_write_message,
+    check_writable,
+    display_path,
+    links_out_problem,
+    write_atomically,
+    write_failure,
+)
 
 # Importable from here as before they got modules of their own: every command takes a run folder's
 # paths, its atomic writes and its provenance from run_folder.
-__all__ = ["RunFolder", "refuse_links_out_of_run", "run_folder_problem",
-           "EXPORT_FILE_NAMES", "EvalFolder", "export_info_path", "export_predictions_csv",
-           "cannot_write_message", "check_writable", "display_path", "write_atomically", "write_failure",
-           "describe_device", "git_commit", "installed_version", "provenance", "versions"]
+__all__ = [
+    "RunFolder",
+    "refuse_links_out_of_run",
+    "run_folder_problem",
+    "EXPORT_FILE_NAMES",
+    "EvalFolder",
+    "export_info_path",
+    "export_predictions_csv",
+    "cannot_write_message",
+    "check_writable",
+    "display_path",
+    "write_atomically",
+    "write_failure",
+    "describe_device",
+    "git_commit",
+    "installed_version",
+    "provenance",
+    "versions",
+]
 
 
 class RunFolder:
@@ -65,7 +86,7 @@ class RunFolder:
         self.writes = True
 
     @classmethod
-    def for_run(cls, cfg: DictConfig, path: Path | str | None = None) -> "RunFolder":
+    def for_run(cls, cfg: DictConfig, path: Path | str | None = None) -> RunFolder:
         """`path` if given, else the folder Hydra made for this job, else a new timestamped one; created."""
         path = Path(path) if path else (_hydra_run_dir() or _new_run_dir(cfg))
         path.mkdir(parents=True, exist_ok=True)
@@ -79,7 +100,7 @@ class RunFolder:
         """export/model.onnx, model.torchscript.pt or model.pt2: where cnntrain-export writes `format`."""
         return self.export / EXPORT_FILE_NAMES[format]
 
-    def evaluation(self, split: str, checkpoint: str, data: str | None = None, tta: str | None = None) -> "EvalFolder":
+    def evaluation(self, split: str, checkpoint: str, data: str | None = None, tta: str | None = None) -> EvalFolder:
         """eval/<split>_<checkpoint>/ for an evaluation on the run's own data; eval/<data>_<split>_<checkpoint>/
         on other data (`data`: a name for it, e.g. image_folder-new_scans-1a2b3c4d), so results on
         different data do not overwrite each other; `tta` (a test-time augmentation other than the
@@ -100,8 +121,11 @@ class RunFolder:
 
     def holds_run(self) -> str | None:
         """What shows that a run was trained here (its files), or None for a new or empty folder."""
-        found = [p.name for p in (self.summary_json, self.metrics_csv, self.last_checkpoint, self.best_checkpoint,
-                                  self.train_log) if p.is_file()]
+        found = [
+            p.name
+            for p in (self.summary_json, self.metrics_csv, self.last_checkpoint, self.best_checkpoint, self.train_log)
+            if p.is_file()
+        ]
         return ", ".join(found) if found else None
 
     def refuse_if_it_holds_a_run(self) -> None:
@@ -113,7 +137,8 @@ class RunFolder:
             raise ConfigError(
                 f"{self.path} already holds a run ({found}); a new run there would overwrite it. Continue that "
                 f"run with: cnntrain resume={display_path(self.path)}, or train in a new folder (leave out "
-                f"hydra.run.dir for a timestamped one under outputs/).")
+                f"hydra.run.dir for a timestamped one under outputs/)."
+            )
 
     def lock(self) -> None:
         """Hold the folder for this process until `unlock` or its end (a crash releases it too): a second
@@ -131,8 +156,10 @@ class RunFolder:
             handle.seek(0)
             owner = handle.read().strip()
             handle.close()
-            raise ConfigError(f"{self.path} is in use by another cnntrain process{f' (pid {owner})' if owner else ''}. "
-                              f"Wait for it to end, or train in another folder.") from None
+            raise ConfigError(
+                f"{self.path} is in use by another cnntrain process{f' (pid {owner})' if owner else ''}. "
+                f"Wait for it to end, or train in another folder."
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -154,15 +181,27 @@ class RunFolder:
         except (ValueError, OSError) as err:
             problem = str(err)
         if problem:
-            raise ConfigError(f"{self.summary_json} is damaged ({problem}). It is only the run's report: delete it "
-                              f"and try again; the checkpoints hold the run.")
+            raise ConfigError(
+                f"{self.summary_json} is damaged ({problem}). It is only the run's report: delete it "
+                f"and try again; the checkpoints hold the run."
+            )
         return summary
 
     def written_files(self) -> list[Path]:
         """What training (and a resume) writes in the folder, folders first."""
-        return [self.checkpoints, self.last_checkpoint, self.best_checkpoint, self.metrics_csv, self.curves_png,
-                self.summary_json, self.train_log, self.config_yaml.parent, self.config_yaml, self.tensorboard,
-                self.lock_file]
+        return [
+            self.checkpoints,
+            self.last_checkpoint,
+            self.best_checkpoint,
+            self.metrics_csv,
+            self.curves_png,
+            self.summary_json,
+            self.train_log,
+            self.config_yaml.parent,
+            self.config_yaml,
+            self.tensorboard,
+            self.lock_file,
+        ]
 
     def refuse_links_out(self, paths: list[Path] | None = None, fix: str = "") -> None:
         """Refuse to write `paths` (default: `written_files`) when one of them, or a folder on the way to it, is a
@@ -173,7 +212,8 @@ class RunFolder:
         if problem:
             raise CnnTrainError(
                 f"{problem}; cnntrain writes only inside a run folder (through a link it would replace files "
-                f"elsewhere). {fix or 'Replace the link with a folder or file of the run folder itself.'}")
+                f"elsewhere). {fix or 'Replace the link with a folder or file of the run folder itself.'}"
+            )
 
     def remove_stale_temp_files(self) -> None:
         """Temporary checkpoint files left by a kill in the middle of a save."""
@@ -202,8 +242,10 @@ def run_folder_problem(args: list[str]) -> str | None:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+")
         if sep and key == "hydra.sweep.subdir" and sweep and "hydra.job.num" not in value:
-            return (f"hydra.sweep.subdir={value} would put every job of the sweep in one folder, each "
-                    f"overwriting the last; keep ${{hydra.job.num}} in it.")
+            return (
+                f"hydra.sweep.subdir={value} would put every job of the sweep in one folder, each "
+                f"overwriting the last; keep ${{hydra.job.num}} in it."
+            )
         if key != ("hydra.sweep.dir" if sweep else "hydra.run.dir"):
             continue
         if value.strip().strip("'\"") in ("", "null"):
@@ -239,9 +281,11 @@ def _folder_value(value: str) -> Path | None:
 def _refuse_a_used_sweep_folder(path: Path) -> None:
     used = (path / "sweep.csv").exists() or any(path.glob("*/.hydra"))
     if used:
-        raise CnnTrainError(f"{path} already holds a sweep; a new sweep there would overwrite its jobs and "
-                            f"report their old results as its own. Give a new hydra.sweep.dir, or leave it out "
-                            f"for a timestamped one under outputs/multirun/.")
+        raise CnnTrainError(
+            f"{path} already holds a sweep; a new sweep there would overwrite its jobs and "
+            f"report their old results as its own. Give a new hydra.sweep.dir, or leave it out "
+            f"for a timestamped one under outputs/multirun/."
+        )
 
 
 def _new_run_dir(cfg: DictConfig) -> Path:
@@ -263,5 +307,3 @@ def _hydra_run_dir() -> Path | None:
         return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     except ImportError:
         return None
-
-

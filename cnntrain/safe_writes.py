@@ -10,8 +10,9 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from cnntrain.errors import CnnTrainError
 from cnntrain.process import interrupts_held
@@ -99,8 +100,10 @@ def links_out_problem(root: Path, paths: list[Path]) -> str | None:
         real = Path(path).resolve()
         if real != real_root and real_root not in real.parents:
             link = _first_link(root, Path(path))
-            return (f"{_unresolved(link)} is a link to {os.path.realpath(link)}, outside the run folder "
-                    f"{display_path(root)}")
+            return (
+                f"{_unresolved(link)} is a link to {os.path.realpath(link)}, outside the run folder "
+                f"{display_path(root)}"
+            )
     return None
 
 

@@ -16,18 +16,40 @@ from cnntrain.pretrained import Preprocessing
 
 # What a config without the key gets: the same values as configs/train.yaml and configs/data/*.yaml.
 FALLBACKS: dict[str, Any] = {
-    "trainer.accumulate_grad_batches": 1, "trainer.label_smoothing": 0.0, "trainer.grad_clip_norm": None,
-    "trainer.ema": None, "trainer.ema_warmup": True, "trainer.tta": None, "trainer.compile": False,
-    "trainer.strategy": "auto", "trainer.sync_batchnorm": False, "trainer.channels_last": "auto",
-    "trainer.precision": 32, "trainer.checkpoint_every_minutes": None, "trainer.mixup": None,
-    "trainer.limit_train_batches": None, "trainer.limit_val_batches": None, "trainer.limit_test_batches": None,
-    "trainer.early_stopping": None, "trainer.early_stopping.patience": None,
-    "trainer.early_stopping.metric": "val_loss", "trainer.early_stopping.min_delta": 0.0,
-    "data.eval_batch_size": None, "data.resize": None, "data.subset": None, "data.normalize": False,
+    "trainer.accumulate_grad_batches": 1,
+    "trainer.label_smoothing": 0.0,
+    "trainer.grad_clip_norm": None,
+    "trainer.ema": None,
+    "trainer.ema_warmup": True,
+    "trainer.tta": None,
+    "trainer.compile": False,
+    "trainer.strategy": "auto",
+    "trainer.sync_batchnorm": False,
+    "trainer.channels_last": "auto",
+    "trainer.precision": 32,
+    "trainer.checkpoint_every_minutes": None,
+    "trainer.mixup": None,
+    "trainer.limit_train_batches": None,
+    "trainer.limit_val_batches": None,
+    "trainer.limit_test_batches": None,
+    "trainer.early_stopping": None,
+    "trainer.early_stopping.patience": None,
+    "trainer.early_stopping.metric": "val_loss",
+    "trainer.early_stopping.min_delta": 0.0,
+    "data.eval_batch_size": None,
+    "data.resize": None,
+    "data.subset": None,
+    "data.normalize": False,
     "data.augment": None,
-    "model.weights": None, "model.freeze": None, "model.init": "default", "model.input_size": None,
-    "finetune": None, "finetune.unfreeze_at": None, "finetune.lr_scale": 0.01,
-    "finetune.keep_norm_statistics": False, "optimizer.no_decay_bias_norm": False,
+    "model.weights": None,
+    "model.freeze": None,
+    "model.init": "default",
+    "model.input_size": None,
+    "finetune": None,
+    "finetune.unfreeze_at": None,
+    "finetune.lr_scale": 0.01,
+    "finetune.keep_norm_statistics": False,
+    "optimizer.no_decay_bias_norm": False,
 }
 
 
@@ -85,8 +107,9 @@ class DataSettings:
     augment: list = field(default_factory=list)  # data.augment as plain values (saved with checkpoints)
 
 
-def input_size(resize: int | None, weights_size: int | None, native: int | None,
-               data_size: int | None = None) -> int | None:
+def input_size(
+    resize: int | None, weights_size: int | None, native: int | None, data_size: int | None = None
+) -> int | None:
     """The side length images are fed to the model at, the one rule: data.resize if set, else the size
     pretrained weights were trained at, else the model's native input_size, else the data's own size
     (None while the data is not known and nothing else says)."""
@@ -108,8 +131,9 @@ class ModelPlan:
 
     def input_size(self, data_size: int | None = None) -> int | None:
         """The input size for data of `data_size` pixels (see `input_size`)."""
-        return input_size(self.resize, self.weights_prep.size if self.weights_prep else None, self.native_size,
-                          data_size)
+        return input_size(
+            self.resize, self.weights_prep.size if self.weights_prep else None, self.native_size, data_size
+        )
 
     @property
     def size_key(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -36,8 +36,9 @@ def resolve_precision(setting, device: torch.device) -> tuple[torch.dtype | None
     if device.type == "cpu" and dtype is torch.bfloat16:
         if cpu_has_native_bf16():
             return dtype, None
-        return None, ("notice: this CPU has no native bf16 (it would be emulated, several times slower); "
-                      "training in float32.")
+        return None, (
+            "notice: this CPU has no native bf16 (it would be emulated, several times slower); training in float32."
+        )
     return None, f"notice: trainer.precision={key} is not supported on {device.type}; training in float32."
 
 
@@ -71,8 +72,7 @@ def slow_channels_last_batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
     VGG, NiN, GoogLeNet and ResNet-18 ran 1.06-1.51x faster in channels_last and
     AlexNet 0.97x (benchmarks/choices.md).
     """
-    return [layer for layer in model.modules()
-            if isinstance(layer, nn.BatchNorm2d) and layer.num_features % 16 != 0]
+    return [layer for layer in model.modules() if isinstance(layer, nn.BatchNorm2d) and layer.num_features % 16 != 0]
 
 
 def tune_backend(device: torch.device) -> None:

@@ -32,8 +32,17 @@ from rich.table import Table
 from cnntrain.errors import CnnTrainError
 from cnntrain.run_folder import RunFolder, display_path
 
-SWEEP_COLUMNS = ["job", "overrides", "status", "best_val_acc", "test_acc", "best_epoch", "wall_seconds",
-                 "run_dir", "error"]
+SWEEP_COLUMNS = [
+    "job",
+    "overrides",
+    "status",
+    "best_val_acc",
+    "test_acc",
+    "best_epoch",
+    "wall_seconds",
+    "run_dir",
+    "error",
+]
 _failures = {"count": 0}
 NO_SUMMARY = "no summary.json"
 EXIT_FAILED_JOBS = 1  # the same status as cli.EXIT_FAILED_JOBS: some jobs of the sweep failed
@@ -42,13 +51,15 @@ EXIT_FAILED_JOBS = 1  # the same status as cli.EXIT_FAILED_JOBS: some jobs of th
 # scores 0, the worst validation accuracy there is: the search goes on and steers away from it.
 FAILED_JOB_SCORE = 0.0
 # Optional Hydra plugins a config choice needs: (argument prefix, module, pip extra).
-PLUGINS = (("hparams_search=", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
-           ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
-           ("launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
-           ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
-           ("launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "submitit"),
-           ("launcher=submitit_local", "hydra_plugins.hydra_submitit_launcher", "submitit"),
-           ("hydra/launcher=submitit", "hydra_plugins.hydra_submitit_launcher", "submitit"))
+PLUGINS = (
+    ("hparams_search=", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    ("launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
+    ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
+    ("launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "submitit"),
+    ("launcher=submitit_local", "hydra_plugins.hydra_submitit_launcher", "submitit"),
+    ("hydra/launcher=submitit", "hydra_plugins.hydra_submitit_launcher", "submitit"),
+)
 # The submitit launchers (launcher=slurm, launcher=submitit_local) submit every job of a sweep at
 # once and wait for each job's result, so a failed job cannot stop the others (sweep.fail_fast).
 SUBMITIT_LAUNCHERS = "hydra_plugins.hydra_submitit_launcher."
@@ -57,8 +68,10 @@ SHOW_ONLY_OPTIONS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-hel
 # What submitit raises in a job that reached its time limit (hydra.launcher.timeout_min; the signal comes
 # signal_delay_s before it), recorded as the job's error; the table says it in cnntrain's words.
 SUBMITIT_TIMED_OUT = "Job not requeued because: timed-out"
-FAIL_FAST_WITH_SUBMITIT = ("notice: sweep.fail_fast=true cannot stop a sweep run by the submitit launcher: it submits "
-                           "every job at once. Failed jobs are in the table at the end, and the exit status is 1.")
+FAIL_FAST_WITH_SUBMITIT = (
+    "notice: sweep.fail_fast=true cannot stop a sweep run by the submitit launcher: it submits "
+    "every job at once. Failed jobs are in the table at the end, and the exit status is 1."
+)
 
 
 def last_sweep_failures() -> int:
@@ -78,17 +91,27 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
         try:
             summary = RunFolder(folder).read_summary() or {
-                "status": "failed", "error": f"{NO_SUMMARY} (the job stopped before finishing)"}
+                "status": "failed",
+                "error": f"{NO_SUMMARY} (the job stopped before finishing)",
+            }
         except CnnTrainError as err:
             summary = {"status": "failed", "error": str(err)}
-        rows.append({
-            "job": _job_number(folder), "overrides": " ".join(overrides), "override_list": overrides,
-            "status": summary.get("status"),
-            "best_val_acc": summary.get("best_val_acc"), "test_acc": summary.get("test_acc"),
-            "best_epoch": summary.get("best_epoch"), "wall_seconds": summary.get("wall_seconds"),
-            "test_is_validation": summary.get("test_is_validation", False), "num_classes": summary.get("num_classes"),
-            "run_dir": str(folder), "error": _table_error((summary.get("error") or "").split("\n")[0], folder),
-        })
+        rows.append(
+            {
+                "job": _job_number(folder),
+                "overrides": " ".join(overrides),
+                "override_list": overrides,
+                "status": summary.get("status"),
+                "best_val_acc": summary.get("best_val_acc"),
+                "test_acc": summary.get("test_acc"),
+                "best_epoch": summary.get("best_epoch"),
+                "wall_seconds": summary.get("wall_seconds"),
+                "test_is_validation": summary.get("test_is_validation", False),
+                "num_classes": summary.get("num_classes"),
+                "run_dir": str(folder),
+                "error": _table_error((summary.get("error") or "").split("\n")[0], folder),
+            }
+        )
     return rows
 
 
@@ -96,8 +119,10 @@ def _table_error(error: str, folder: Path) -> str:
     if error.startswith(SUBMITIT_TIMED_OUT):
         if not RunFolder(folder).last_checkpoint.is_file():
             return "stopped at its time limit (hydra.launcher.timeout_min) before its first epoch ended"
-        return (f"stopped at its time limit (hydra.launcher.timeout_min); checkpoints/last.pt holds its finished "
-                f"epochs: cnntrain resume={display_path(folder)}")
+        return (
+            f"stopped at its time limit (hydra.launcher.timeout_min); checkpoints/last.pt holds its finished "
+            f"epochs: cnntrain resume={display_path(folder)}"
+        )
     return error
 
 
@@ -147,9 +172,11 @@ def chance_level_note(rows: list[dict[str, Any]]) -> str | None:
     classes = sorted({row["num_classes"] for row in marked})
     guess = " or ".join(f"1/{n} = {1 / n:.4f}" for n in classes)
     jobs = ", ".join(str(row["job"]) for row in marked)
-    return (f"chance level (job{'s' if len(marked) > 1 else ''} {jobs}): a best validation accuracy about what "
-            f"guessing scores ({guess}), so the model did not learn. The lr may be too high or too low "
-            f"(optimizer.lr), or the epochs too few (trainer.epochs).")
+    return (
+        f"chance level (job{'s' if len(marked) > 1 else ''} {jobs}): a best validation accuracy about what "
+        f"guessing scores ({guess}), so the model did not learn. The lr may be too high or too low "
+        f"(optimizer.lr), or the epochs too few (trainer.epochs)."
+    )
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> Table:
@@ -161,11 +188,21 @@ def sweep_table(rows: list[dict[str, Any]]) -> Table:
         return format(value, fmt) + unit if _is_number(value) else "-"
 
     for row in rows:
-        status = row["status"] if row["status"] == "completed" else f"[red]{escape(row['status'])}: {escape(row['error'])}[/]"
+        status = (
+            row["status"]
+            if row["status"] == "completed"
+            else f"[red]{escape(row['status'])}: {escape(row['error'])}[/]"
+        )
         if at_chance_level(row):
             status = "completed, [yellow]chance level[/]"
-        table.add_row(str(row["job"]), escape(row["overrides"] or "(none)"), status, number(row["best_val_acc"], ".4f"),
-                      number(row["test_acc"], ".4f"), number(row["wall_seconds"], ".1f", "s"))
+        table.add_row(
+            str(row["job"]),
+            escape(row["overrides"] or "(none)"),
+            status,
+            number(row["best_val_acc"], ".4f"),
+            number(row["test_acc"], ".4f"),
+            number(row["wall_seconds"], ".1f", "s"),
+        )
     return table
 
 
@@ -178,8 +215,14 @@ def best_job(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def write_best(row: dict[str, Any], path: Path) -> None:
     """best.yaml: the best job's overrides (ready to paste after `cnntrain`), score and folder."""
-    best = {"job": row["job"], "overrides": list(row["override_list"]), "best_val_acc": row["best_val_acc"],
-            "test_acc": row["test_acc"], "best_epoch": row["best_epoch"], "run_dir": row["run_dir"]}
+    best = {
+        "job": row["job"],
+        "overrides": list(row["override_list"]),
+        "best_val_acc": row["best_val_acc"],
+        "test_acc": row["test_acc"],
+        "best_epoch": row["best_epoch"],
+        "run_dir": row["run_dir"],
+    }
     path.write_text(yaml.safe_dump(best, sort_keys=False))
 
 
@@ -213,13 +256,22 @@ def report_sweep(sweep_dir: Path, console: Console | None = None, stopping: bool
     if best:
         write_best(best, sweep_dir / "best.yaml")
         outputs += ", best job in best.yaml"
-        console.print(f"best job: {best['job']}  {best['overrides'] or '(no overrides)'}  "
-                      f"val acc {best['best_val_acc']:.4f}  ({best['run_dir']})", markup=False, soft_wrap=True)
+        console.print(
+            f"best job: {best['job']}  {best['overrides'] or '(no overrides)'}  "
+            f"val acc {best['best_val_acc']:.4f}  ({best['run_dir']})",
+            markup=False,
+            soft_wrap=True,
+        )
         if best["test_is_validation"]:
-            console.print("notice: the best job validated on its test images (e.g. data.val_fraction=0), so it was "
-                          "chosen on them and its test accuracy flatters it. To pick a job on images the test does "
-                          "not use, hold out validation data (data.val_fraction=0.1; a dataset without a test split "
-                          "needs one, e.g. a test/ folder).", style="yellow", markup=False, soft_wrap=True)
+            console.print(
+                "notice: the best job validated on its test images (e.g. data.val_fraction=0), so it was "
+                "chosen on them and its test accuracy flatters it. To pick a job on images the test does "
+                "not use, hold out validation data (data.val_fraction=0.1; a dataset without a test split "
+                "needs one, e.g. a test/ folder).",
+                style="yellow",
+                markup=False,
+                soft_wrap=True,
+            )
     console.print(f"sweep folder: {sweep_dir} ({outputs})", markup=False, soft_wrap=True)
     failed = sum(row["status"] == "failed" for row in rows)
     if failed:
@@ -263,15 +315,19 @@ def missing_plugin(args: list[str]) -> str | None:
     for prefix, module, extra in PLUGINS:
         if any(arg.lstrip("+").startswith(prefix) and not arg.endswith("=null") for arg in args):
             if importlib.util.find_spec(module) is None:
-                return (f"'{next(a for a in args if a.lstrip('+').startswith(prefix))}' needs Hydra's "
-                        f"{extra} plugin ({module.split('.')[-1].replace('_', '-')}), which is not installed. "
-                        f"Install it with: pip install 'cnntrain[{extra}]'")
+                return (
+                    f"'{next(a for a in args if a.lstrip('+').startswith(prefix))}' needs Hydra's "
+                    f"{extra} plugin ({module.split('.')[-1].replace('_', '-')}), which is not installed. "
+                    f"Install it with: pip install 'cnntrain[{extra}]'"
+                )
     slurm = next((arg for arg in args if arg.lstrip("+") in ("launcher=slurm", "hydra/launcher=submitit_slurm")), None)
     only_shows = any(arg.split("=")[0] in SHOW_ONLY_OPTIONS for arg in args)  # --cfg job: nothing is submitted
     if slurm and not only_shows and not (shutil.which("sbatch") and shutil.which("srun")):
-        return (f"'{slurm}' submits the sweep's jobs with Slurm's sbatch and srun, which this machine does not have "
-                f"(not on PATH). Run the command on the cluster's login node, or try the sweep here with "
-                f"launcher=submitit_local.")
+        return (
+            f"'{slurm}' submits the sweep's jobs with Slurm's sbatch and srun, which this machine does not have "
+            f"(not on PATH). Run the command on the cluster's login node, or try the sweep here with "
+            f"launcher=submitit_local."
+        )
     return None
 
 
@@ -294,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     submitit's .submitit/: the report is written into it, so any other folder is refused)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not ((Path(args[0]) / "multirun.yaml").is_file() or (Path(args[0]) / ".submitit").is_dir()):
-        print("usage: python -m cnntrain.sweep <sweep folder>   (the folder of a `cnntrain -m` sweep, which holds "
-              "multirun.yaml or .submitit/ and a folder per job)", file=sys.stderr)
+        print(
+            "usage: python -m cnntrain.sweep <sweep folder>   (the folder of a `cnntrain -m` sweep, which holds "
+            "multirun.yaml or .submitit/ and a folder per job)",
+            file=sys.stderr,
+        )
         return 2
     rows = report_sweep(Path(args[0]))
     return EXIT_FAILED_JOBS if any(row["status"] != "completed" for row in rows) else 0

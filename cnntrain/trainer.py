@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,7 @@ from cnntrain.metrics import EpochMetrics, StepProgress, _RunningStats
 from cnntrain.trainer_state import TrainerState
 
 # Names other modules and users import from here (they moved to hooks.py, metrics.py, evaluator.py).
-__all__ = ["Callback", "EpochMetrics", "Evaluation", "StepOptions", "StepProgress", "Trainer",
-           "mean_log_probabilities"]
+__all__ = ["Callback", "EpochMetrics", "Evaluation", "StepOptions", "StepProgress", "Trainer", "mean_log_probabilities"]
 
 
 @dataclass
@@ -82,11 +81,26 @@ class Trainer(TrainerState):
     `run_folder` and `config` (the run's folder and resolved config) are shown to callbacks read-only.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, schedule, train_loader,
-                 val_loader, device: torch.device, epochs: int, callbacks: Sequence[Callback] = (),
-                 log_every: int = 20, loss_fn: Callable = F.cross_entropy, options: StepOptions | None = None,
-                 forward: Callable | None = None, group: Group | None = None, ema: ModelEma | None = None,
-                 tta: str | None = None, run_folder: Path | str | None = None, config: DictConfig | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        schedule,
+        train_loader,
+        val_loader,
+        device: torch.device,
+        epochs: int,
+        callbacks: Sequence[Callback] = (),
+        log_every: int = 20,
+        loss_fn: Callable = F.cross_entropy,
+        options: StepOptions | None = None,
+        forward: Callable | None = None,
+        group: Group | None = None,
+        ema: ModelEma | None = None,
+        tta: str | None = None,
+        run_folder: Path | str | None = None,
+        config: DictConfig | None = None,
+    ):
         self.model = model
         self.group = group or Group.single()  # the processes of a distributed run (distributed.py)
         self.forward = forward or model
@@ -169,9 +183,16 @@ class Trainer(TrainerState):
             self._epoch = None
             val = self.evaluate(self.val_loader)
             metrics = EpochMetrics(
-                epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val.loss, val_acc=val.acc,
-                val_top5=val.top5, lr=lr, epoch_seconds=time.perf_counter() - started,
-                train_examples_per_s=self.train_loader.num_examples / max(train_seconds, 1e-9), stage=self.stage,
+                epoch=epoch,
+                train_loss=train_loss,
+                train_acc=train_acc,
+                val_loss=val.loss,
+                val_acc=val.acc,
+                val_top5=val.top5,
+                lr=lr,
+                epoch_seconds=time.perf_counter() - started,
+                train_examples_per_s=self.train_loader.num_examples / max(train_seconds, 1e-9),
+                stage=self.stage,
             )
             self._step_schedule_after_epoch(metrics)
             self.history.append(metrics)
@@ -184,8 +205,9 @@ class Trainer(TrainerState):
     def _begin_epoch(self, epoch: int, steps: int) -> _EpochInProgress:
         """The epoch's running state: fresh, or as a mid-epoch checkpoint of this epoch left it."""
         position, self._resume_position = self._resume_position, None
-        current = _EpochInProgress(epoch, steps, self.current_lr(), _RunningStats(self.device, group=self.group),
-                                   time.perf_counter())
+        current = _EpochInProgress(
+            epoch, steps, self.current_lr(), _RunningStats(self.device, group=self.group), time.perf_counter()
+        )
         if position is not None and position["epoch"] == epoch:
             current.lr, current.step = position["lr"], position["step"]
             current.stats.load_state_dict(position["stats"])
@@ -224,8 +246,10 @@ class Trainer(TrainerState):
                 loss_value, acc = stats.read()
                 self._check_finite(loss_value, stats, epoch)
                 seconds = time.perf_counter() - current.started
-                self._call("on_train_progress", StepProgress(
-                    epoch, step, steps, loss_value, acc, stats.count / max(seconds, 1e-9)))
+                self._call(
+                    "on_train_progress",
+                    StepProgress(epoch, step, steps, loss_value, acc, stats.count / max(seconds, 1e-9)),
+                )
             if self.stop_requested and self.between_optimizer_steps and step < steps:
                 raise KeyboardInterrupt
         loss_value, acc = stats.read()
@@ -295,4 +319,3 @@ class Trainer(TrainerState):
             f"(optimizer.lr), gradient clipping (trainer.grad_clip_norm=1.0), a different init (model.init), "
             f"or a model with normalisation layers."
         )
-

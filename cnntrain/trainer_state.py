@@ -24,9 +24,15 @@ class TrainerState:
         The key names are those of the checkpoint format (`state_dict` is the model's weights: with
         EMA the averaged ones, the trained ones then under `raw_state_dict`).
         """
-        weights = {"state_dict": self.model.state_dict()} if self.ema is None else {
-            "state_dict": self.ema.state_dict(), "raw_state_dict": self.model.state_dict(),
-            "ema_updates": self.ema.updates}
+        weights = (
+            {"state_dict": self.model.state_dict()}
+            if self.ema is None
+            else {
+                "state_dict": self.ema.state_dict(),
+                "raw_state_dict": self.model.state_dict(),
+                "ema_updates": self.ema.updates,
+            }
+        )
         return {
             **weights,
             "optimizer": self.optimizer.state_dict(),
@@ -46,9 +52,14 @@ class TrainerState:
         if current is None or current.step == current.steps:
             return None
         generator = self.train_loader.generator
-        return {"epoch": current.epoch, "step": current.step, "lr": current.lr,
-                "stats": current.stats.state_dict(), "train_seconds": time.perf_counter() - current.started,
-                "augment_rng": generator.get_state() if generator is not None else None}
+        return {
+            "epoch": current.epoch,
+            "step": current.step,
+            "lr": current.lr,
+            "stats": current.stats.state_dict(),
+            "train_seconds": time.perf_counter() - current.started,
+            "augment_rng": generator.get_state() if generator is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Put back what `state_dict` gave: weights, optimizer, schedule, loss scaler, history, stop reason,

@@ -80,15 +80,20 @@ def confirmed_imports(recorded: Any, given: Any, run_dir: Any) -> list[str]:
     recorded, given = module_list(recorded), None if given is None else module_list(given)
     if given is None and not recorded:
         return []
-    retry = (f"add imports={modules_text(recorded)} to the command (imports={recorded!r} in Python)" if recorded
-             else "leave imports out")
+    retry = (
+        f"add imports={modules_text(recorded)} to the command (imports={recorded!r} in Python)"
+        if recorded
+        else "leave imports out"
+    )
     if given is None:
         raise ConfigError(
             f"{run_dir} was trained with imports={modules_text(recorded)}. Modules named in a run folder are "
             f"never imported on their own: a folder from someone else could carry code that would run. If you "
-            f"trust these modules, {retry}.")
+            f"trust these modules, {retry}."
+        )
     if sorted(given) != sorted(recorded):
         raise ConfigError(
             f"imports={modules_text(given)} does not match the modules {run_dir} was trained with "
-            f"(imports={modules_text(recorded)}). To use the run's model, {retry}.")
+            f"(imports={modules_text(recorded)}). To use the run's model, {retry}."
+        )
     return given

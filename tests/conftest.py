@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from cnntrain.config import config_dir
-from cnntrain.trainer import Callback
 from cnntrain.data.idx import write_idx
 from cnntrain.data.synthetic import synthetic
+from cnntrain.trainer import Callback
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,8 +28,9 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
 def write_fake_mnist(folder: Path, train_size: int = 400, test_size: int = 200, gz: bool = True) -> Path:
     """Learnable 28x28 images in the four MNIST IDX files, as torchvision lays them out."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = synthetic(num_classes=10, channels=1, image_size=28, train_size=train_size,
-                     test_size=test_size, noise=0.15, seed=1)
+    data = synthetic(
+        num_classes=10, channels=1, image_size=28, train_size=train_size, test_size=test_size, noise=0.15, seed=1
+    )
     suffix = ".gz" if gz else ""
     write_idx(folder / f"train-images-idx3-ubyte{suffix}", data.train.images[:, 0])
     write_idx(folder / f"train-labels-idx1-ubyte{suffix}", data.train.labels)

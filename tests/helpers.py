@@ -15,8 +15,15 @@ def script(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def run_cli(command: str, *args, cwd=None, env: dict | None = None, timeout: float = 300,
-            python: tuple[str, ...] = (), inherit_env: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    command: str,
+    *args,
+    cwd=None,
+    env: dict | None = None,
+    timeout: float = 300,
+    python: tuple[str, ...] = (),
+    inherit_env: bool = True,
+) -> subprocess.CompletedProcess:
     """`command` with `args`, finished: its status, stdout and stderr. `command`: a console script's
     name, or "python -m cnntrain", then `python` goes before `-m cnntrain` (a launcher such as
     `-m torch.distributed.run --nproc_per_node=2`). `env`: variables added to this process's (with
@@ -25,5 +32,11 @@ def run_cli(command: str, *args, cwd=None, env: dict | None = None, timeout: flo
         argv = [sys.executable, *python, "-m", "cnntrain"]
     else:
         argv = [script(command)]
-    return subprocess.run([*argv, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env} if env and inherit_env else env)
+    return subprocess.run(
+        [*argv, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env and inherit_env else env,
+    )

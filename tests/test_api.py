@@ -42,8 +42,7 @@ class ValAccuracy(Callback):
 def trained(tmp_path_factory):
     """A 2-epoch smoke run through cnntrain.train, with a callback recording val accuracy."""
     recorder = ValAccuracy()
-    result = train(*SMOKE, "trainer.epochs=2", callbacks=[recorder],
-                   run_dir=tmp_path_factory.mktemp("api") / "run")
+    result = train(*SMOKE, "trainer.epochs=2", callbacks=[recorder], run_dir=tmp_path_factory.mktemp("api") / "run")
     return result, recorder
 
 
@@ -56,8 +55,9 @@ def test_train_returns_the_model_summary_and_absolute_run_folder(trained):
     assert recorder.hooks == ["fit_start", "epoch_start 1 4", "epoch_start 2 4", "fit_end"]  # 128 train / 32
     # The recipe line tells the overrides given to train() from the experiment's values, as the CLI does.
     [recipe_line] = [line for line in (result.run_dir / "train.log").read_text().splitlines() if "recipe: " in line]
-    assert recipe_line.endswith("; set by you: trainer.epochs=2; set by experiment=smoke: optimizer.lr=0.1, "
-                                "data.batch_size=32")
+    assert recipe_line.endswith(
+        "; set by you: trainer.epochs=2; set by experiment=smoke: optimizer.lr=0.1, data.batch_size=32"
+    )
     best = load_checkpoint(result.run_dir / "checkpoints" / "best.pt")["state_dict"]
     for name, tensor in result.model.state_dict().items():
         assert torch.equal(tensor.cpu(), best[name]), name
@@ -116,7 +116,8 @@ def test_callbacks_from_config_are_created_and_called(tmp_path, monkeypatch):
         "class EpochFile(Callback):\n"
         "    def __init__(self, path):\n        self.path = path\n"
         "    def on_epoch_end(self, trainer, metrics):\n"
-        "        with open(self.path, 'a') as f:\n            f.write(f'{metrics.epoch} {metrics.val_acc}\\n')\n")
+        "        with open(self.path, 'a') as f:\n            f.write(f'{metrics.epoch} {metrics.val_acc}\\n')\n"
+    )
     result = train(*SMOKE, "trainer.epochs=2", "callbacks=[{_target_: my_callbacks.EpochFile, path: epochs.txt}]")
     lines = (tmp_path / "epochs.txt").read_text().splitlines()
     assert lines == [f"{m.epoch} {m.val_acc}" for m in result.history]
@@ -139,8 +140,10 @@ def test_train_takes_a_composed_config(tmp_path):
     result = train(cfg, run_dir=tmp_path / "run")
     assert result.summary["epochs"] == 1 and (tmp_path / "run" / "summary.json").is_file()
     # Without the overrides it was composed from, the explicit values are all the user's.
-    assert "; set by you: optimizer.lr=0.1, data.batch_size=32, trainer.epochs=1" in (
-        tmp_path / "run" / "train.log").read_text()
+    assert (
+        "; set by you: optimizer.lr=0.1, data.batch_size=32, trainer.epochs=1"
+        in (tmp_path / "run" / "train.log").read_text()
+    )
 
 
 def test_resume_does_not_recreate_callbacks_from_the_run_folder(tmp_path, monkeypatch):
@@ -165,7 +168,9 @@ def test_the_readme_optuna_example_prunes(tmp_path, monkeypatch):
     pytest.importorskip("optuna")
     readme = (REPO / "README.md").read_text()
     [code] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "OptunaPruning" in block]
-    code = code.replace("n_trials=8", "n_trials=4").replace("experiment=smoke", "experiment=smoke\", \"data.train_size=96")
+    code = code.replace("n_trials=8", "n_trials=4").replace(
+        "experiment=smoke", 'experiment=smoke", "data.train_size=96'
+    )
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
@@ -190,22 +195,35 @@ class ZeroWeightsAtEpoch(Callback):
 
 
 def test_a_best_epoch_chosen_on_the_test_images_is_called_flattering(tmp_path, capsys):
-    result = train(*SMOKE, "trainer.progress=plain", "trainer.epochs=4", "data.val_fraction=0",
-                   callbacks=[ZeroWeightsAtEpoch(4)], run_dir=tmp_path / "run")
+    result = train(
+        *SMOKE,
+        "trainer.progress=plain",
+        "trainer.epochs=4",
+        "data.val_fraction=0",
+        callbacks=[ZeroWeightsAtEpoch(4)],
+        run_dir=tmp_path / "run",
+    )
     summary = result.summary
     last_acc = result.history[-1].val_acc
     assert summary["test_is_validation"] is True
     assert summary["best_epoch"] < 4 and summary["test_acc"] == summary["best_val_acc"] > last_acc
     out = " ".join(capsys.readouterr().out.split())
     assert "from the test split (data.val_fraction=0)" in out
-    assert (f"notice: validation and the test used the same images (the first line says why), so best.pt (epoch "
-            f"{summary['best_epoch']}) was chosen on the images it is tested on and its test accuracy flatters it; "
-            f"the last epoch (4) measured {last_acc:.4f}.") in out
+    assert (
+        f"notice: validation and the test used the same images (the first line says why), so best.pt (epoch "
+        f"{summary['best_epoch']}) was chosen on the images it is tested on and its test accuracy flatters it; "
+        f"the last epoch (4) measured {last_acc:.4f}."
+    ) in out
 
 
 def test_a_held_out_validation_split_gets_no_chosen_on_test_notice(tmp_path, capsys):
-    result = train(*SMOKE, "trainer.progress=plain", "trainer.epochs=4", callbacks=[ZeroWeightsAtEpoch(4)],
-                   run_dir=tmp_path / "run")
+    result = train(
+        *SMOKE,
+        "trainer.progress=plain",
+        "trainer.epochs=4",
+        callbacks=[ZeroWeightsAtEpoch(4)],
+        run_dir=tmp_path / "run",
+    )
     assert result.summary["test_is_validation"] is False
     assert result.summary["best_val_acc"] > result.history[-1].val_acc
     out = capsys.readouterr().out
@@ -230,9 +248,20 @@ def test_a_dataset_without_a_test_split_is_told_to_get_one(tmp_path, capsys):
 
     make_class_folder(tmp_path / "pets" / "train", per_class=6)
     make_class_folder(tmp_path / "pets" / "val", per_class=3)  # its own val split, no test/: val_fraction is moot
-    result = train("model=lenet_classic", "data=image_folder", f"data.root={tmp_path / 'pets'}", "data.image_size=16",
-                   "data.val_fraction=0", "data.batch_size=4", "optimizer.lr=0.05", "trainer.epochs=3",
-                   "trainer.progress=plain", "device=cpu", callbacks=[ZeroWeightsAtEpoch(3)], run_dir=tmp_path / "run")
+    result = train(
+        "model=lenet_classic",
+        "data=image_folder",
+        f"data.root={tmp_path / 'pets'}",
+        "data.image_size=16",
+        "data.val_fraction=0",
+        "data.batch_size=4",
+        "optimizer.lr=0.05",
+        "trainer.epochs=3",
+        "trainer.progress=plain",
+        "device=cpu",
+        callbacks=[ZeroWeightsAtEpoch(3)],
+        run_dir=tmp_path / "run",
+    )
     assert result.summary["test_is_validation"] is True
     out = " ".join(capsys.readouterr().out.split())
     assert "no test split, so the final test is on the validation data" in out

@@ -17,18 +17,54 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnntrain"
 LAYERS = [
     {"cnntrain", "cnntrain.errors", "cnntrain.registry", "cnntrain.process"},
     {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line", "cnntrain.companion_line", "cnntrain.user_code"},
-    {"cnntrain.trainer", "cnntrain.data", "cnntrain.models", "cnntrain.optim", "cnntrain.speed_switches",
-     "cnntrain.inspector", "cnntrain.run_folder", "cnntrain.plots", "cnntrain.checkpoint", "cnntrain.pretrained",
-     "cnntrain.distributed", "cnntrain.ema", "cnntrain.metrics", "cnntrain.hooks", "cnntrain.evaluator",
-     "cnntrain.trainer_state", "cnntrain.safe_writes", "cnntrain.provenance", "cnntrain.companion_files",
-     "cnntrain.settings"},
+    {
+        "cnntrain.trainer",
+        "cnntrain.data",
+        "cnntrain.models",
+        "cnntrain.optim",
+        "cnntrain.speed_switches",
+        "cnntrain.inspector",
+        "cnntrain.run_folder",
+        "cnntrain.plots",
+        "cnntrain.checkpoint",
+        "cnntrain.pretrained",
+        "cnntrain.distributed",
+        "cnntrain.ema",
+        "cnntrain.metrics",
+        "cnntrain.hooks",
+        "cnntrain.evaluator",
+        "cnntrain.trainer_state",
+        "cnntrain.safe_writes",
+        "cnntrain.provenance",
+        "cnntrain.companion_files",
+        "cnntrain.settings",
+    },
     {"cnntrain.callbacks", "cnntrain.display", "cnntrain.loggers", "cnntrain.finetune"},
-    {"cnntrain.checks", "cnntrain.setting_checks", "cnntrain.build", "cnntrain.model_setup", "cnntrain.run_callbacks",
-     "cnntrain.opened_run"},
-    {"cnntrain.run", "cnntrain.interruptions", "cnntrain.resuming", "cnntrain.predict", "cnntrain.sweep",
-     "cnntrain.export", "cnntrain.evaluation", "cnntrain.eval_result", "cnntrain.eval_data", "cnntrain.eval_files",
-     "cnntrain.eval_report", "cnntrain.predictor", "cnntrain.exported_model", "cnntrain.predict_output",
-     "cnntrain.export_formats"},
+    {
+        "cnntrain.checks",
+        "cnntrain.setting_checks",
+        "cnntrain.build",
+        "cnntrain.model_setup",
+        "cnntrain.run_callbacks",
+        "cnntrain.opened_run",
+    },
+    {
+        "cnntrain.run",
+        "cnntrain.interruptions",
+        "cnntrain.resuming",
+        "cnntrain.predict",
+        "cnntrain.sweep",
+        "cnntrain.export",
+        "cnntrain.evaluation",
+        "cnntrain.eval_result",
+        "cnntrain.eval_data",
+        "cnntrain.eval_files",
+        "cnntrain.eval_report",
+        "cnntrain.predictor",
+        "cnntrain.exported_model",
+        "cnntrain.predict_output",
+        "cnntrain.export_formats",
+    },
     {"cnntrain.api"},
     {"cnntrain.cli", "cnntrain.__main__"},
 ]
@@ -87,7 +123,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target)
                 if cycle:
@@ -114,9 +150,12 @@ def test_the_cycle_finder_finds_a_circle():
 
 
 def test_imports_only_point_down():
-    upward = [f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
-              for module, targets in import_graph().items() for target in targets
-              if layer_of(target) > layer_of(module)]
+    upward = [
+        f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
+        for module, targets in import_graph().items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    ]
     assert upward == []
 
 
@@ -124,10 +163,13 @@ def test_a_packages_modules_do_not_import_its_init():
     """models/*.py and data/*.py take MODELS and DATASETS from models/catalog.py and data/catalog.py: an
     import of the package's __init__ from inside it runs while that __init__ is half done."""
     modules = all_modules()
-    inward = [f"{name} imports {target}" for name, path in modules.items() if path.name != "__init__.py"
-              for target in imported_modules(path, modules)
-              if target != "cnntrain" and modules.get(target, Path()).name == "__init__.py"
-              and name.startswith(target + ".")]  # cnntrain/__init__.py holds only the version
+    inward = [
+        f"{name} imports {target}"
+        for name, path in modules.items()
+        if path.name != "__init__.py"
+        for target in imported_modules(path, modules)
+        if target != "cnntrain" and modules.get(target, Path()).name == "__init__.py" and name.startswith(target + ".")
+    ]  # cnntrain/__init__.py holds only the version
     assert inward == []
 
 

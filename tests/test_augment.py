@@ -21,8 +21,11 @@ def gen(seed=0):
 
 @pytest.mark.parametrize("name", AUGMENTATIONS.names())
 def test_every_augmentation_keeps_shape_range_and_is_seeded(name):
-    [augment] = build_augmentations([{"name": name}] if name != "color_jitter" else
-                                    [{"name": name, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4}])
+    [augment] = build_augmentations(
+        [{"name": name}]
+        if name != "color_jitter"
+        else [{"name": name, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4}]
+    )
     x = batch()
     first, again, other = augment(x, gen(1)), augment(x, gen(1)), augment(x, gen(2))
     assert first.shape == x.shape and first.dtype == torch.float32
@@ -37,7 +40,7 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     shifts = []
     for image, result in zip(padded, out):
-        matches = [(t, l) for t in range(5) for l in range(5) if torch.equal(image[:, t:t + 12, l:l + 12], result)]
+        matches = [(t, x) for t in range(5) for x in range(5) if torch.equal(image[:, t : t + 12, x : x + 12], result)]
         assert len(matches) == 1
         shifts.append(matches[0])
     assert len(set(shifts)) > 1  # each image draws its own offset
@@ -52,9 +55,11 @@ def test_flips_with_certainty_and_never():
 
 def test_zero_strength_geometric_and_colour_augmentations_are_identity():
     x = batch()
-    for entry in ({"name": "rotation", "degrees": 0},
-                  {"name": "random_resized_crop", "scale": [1, 1], "ratio": [1, 1]},
-                  {"name": "color_jitter"}):
+    for entry in (
+        {"name": "rotation", "degrees": 0},
+        {"name": "random_resized_crop", "scale": [1, 1], "ratio": [1, 1]},
+        {"name": "color_jitter"},
+    ):
         assert torch.allclose(build_augmentations([entry])[0](x, gen()), x, atol=1e-5), entry
 
 
@@ -87,13 +92,23 @@ def test_only_the_training_loader_augments_and_it_repeats_per_seed_and_epoch():
 
 
 def test_augment_from_the_command_line_syntax(tmp_path):
-    cfg = compose_config(["data=synthetic", "trainer.epochs=1", "trainer.progress=none", "device=cpu",
-                          "data.augment=[{name:random_crop,padding:4},hflip,{name:rotation,degrees:20}]"])
+    cfg = compose_config(
+        [
+            "data=synthetic",
+            "trainer.epochs=1",
+            "trainer.progress=none",
+            "device=cpu",
+            "data.augment=[{name:random_crop,padding:4},hflip,{name:rotation,degrees:20}]",
+        ]
+    )
     summary = train(cfg, run_dir=tmp_path)
     assert summary["status"] == "completed"
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert checkpoint["preprocess"]["augment"] == [{"name": "random_crop", "padding": 4}, "hflip",
-                                                   {"name": "rotation", "degrees": 20}]
+    assert checkpoint["preprocess"]["augment"] == [
+        {"name": "random_crop", "padding": 4},
+        "hflip",
+        {"name": "rotation", "degrees": 20},
+    ]
 
 
 def erased(entry, x, seed=0, value=2.0):
@@ -125,8 +140,8 @@ def test_random_erasing_fills_one_rectangle_whose_area_is_within_the_scale_bound
         assert len(rows) == height * width  # one solid rectangle
         low, high = scale[0] * size**2, scale[1] * size**2
         # each side off by at most half a pixel from sqrt(area * ratio) or sqrt(area / ratio)
-        assert (low**0.5 * ratio[0]**0.5 - 0.5) * (low**0.5 / ratio[1]**0.5 - 0.5) <= len(rows)
-        assert len(rows) <= (high**0.5 * ratio[1]**0.5 + 0.5) * (high**0.5 / ratio[0]**0.5 + 0.5)
+        assert (low**0.5 * ratio[0] ** 0.5 - 0.5) * (low**0.5 / ratio[1] ** 0.5 - 0.5) <= len(rows)
+        assert len(rows) <= (high**0.5 * ratio[1] ** 0.5 + 0.5) * (high**0.5 / ratio[0] ** 0.5 + 0.5)
         assert ratio[0] * 0.7 <= height / width <= ratio[1] / 0.7
     shares = masks.float().mean(dim=(1, 2))
     assert shares.min() < 0.1 and shares.max() > 0.12  # the shares spread over the range
@@ -139,8 +154,9 @@ def test_random_erasing_erases_what_torchvision_erases_for_the_same_settings():
 
     x = batch(n=200, c=3, size=20)
     ours = erased({"scale": [0.09, 0.09], "ratio": [1, 1]}, x).sum(dim=(1, 2))
-    theirs = torch.stack([(v2.RandomErasing(scale=(0.09, 0.09), ratio=(1, 1), value=2.0)(image) == 2.0)[0].sum()
-                          for image in x])
+    theirs = torch.stack(
+        [(v2.RandomErasing(scale=(0.09, 0.09), ratio=(1, 1), value=2.0)(image) == 2.0)[0].sum() for image in x]
+    )
     assert set(ours.tolist()) == set(theirs.tolist()) == {0, 36}
     assert 0.35 < (ours > 0).float().mean() < 0.65
 
@@ -150,13 +166,16 @@ def test_random_erasing_with_no_rectangle_that_fits_leaves_the_image():
     assert not erased({"p": 1.0, "scale": [1.0, 1.0], "ratio": [1, 1]}, x).any()  # the whole image never fits
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"scale": [0.2, 1.5]}, r"scale must be \[min, max\] with 0 <= min <= max <= 1"),
-    ({"scale": [0.3, 0.1]}, r"scale must be \[min, max\]"),
-    ({"ratio": [0, 2]}, r"ratio must be \[min, max\] with 0 < min <= max"),
-    ({"p": 2}, "p must be a number from 0 to 1, got 2"),
-    ({"value": "random"}, r"data.augment\[\].value must be a number, got 'random'"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"scale": [0.2, 1.5]}, r"scale must be \[min, max\] with 0 <= min <= max <= 1"),
+        ({"scale": [0.3, 0.1]}, r"scale must be \[min, max\]"),
+        ({"ratio": [0, 2]}, r"ratio must be \[min, max\] with 0 < min <= max"),
+        ({"p": 2}, "p must be a number from 0 to 1, got 2"),
+        ({"value": "random"}, r"data.augment\[\].value must be a number, got 'random'"),
+    ],
+)
 def test_bad_random_erasing_settings_are_named(entry, message):
     with pytest.raises(ConfigError, match=message):
         build_augmentations([{"name": "random_erasing", **entry}])

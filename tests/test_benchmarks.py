@@ -16,22 +16,41 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
 
 def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip("|").split("|")]
-            for line in markdown.splitlines() if line.startswith(f"| {first_cell} ")]
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.startswith(f"| {first_cell} ")
+    ]
 
 
 def test_speed_script_compares_both_loops_and_reports_each_seed(tmp_path):
     write_fake_mnist(tmp_path / "FashionMNIST" / "raw", train_size=300, test_size=300)  # the zoo pass takes 256 of each
     output = tmp_path / "speed.md"
-    run_script("speed.py", "--root", str(tmp_path), "--seeds", "0,1", "--zoo", "--models", "lenet_bn",
-               "--steps", "1", "--device", "cpu", "--output", str(output), cwd=tmp_path)
+    run_script(
+        "speed.py",
+        "--root",
+        str(tmp_path),
+        "--seeds",
+        "0,1",
+        "--zoo",
+        "--models",
+        "lenet_bn",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
     text = output.read_text()
     assert "cnntrain ran with trainer.precision=32, trainer.compile=false and decoded" in text
     timings = [row for row in table_rows(text, "lenet") if len(row) == 9]
@@ -52,15 +71,28 @@ def test_lenet_vs_book_script_times_both_whole_processes(tmp_path):
     # 6 batches of 256: enough for the book's plot updates every batches // 5 steps
     write_fake_mnist(tmp_path / "data" / "FashionMNIST" / "raw", train_size=1536, test_size=300)
     output = tmp_path / "lenet.md"
-    run_script("lenet_vs_book.py", "--root", str(tmp_path / "data"), "--epochs", "2", "--seeds", "0,1",
-               "--output", str(output), cwd=tmp_path)
+    run_script(
+        "lenet_vs_book.py",
+        "--root",
+        str(tmp_path / "data"),
+        "--epochs",
+        "2",
+        "--seeds",
+        "0,1",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
     rows = [table_rows(output.read_text(), seed)[0] for seed in ("0", "1", "mean")]
 
     def close(ratio: str, numerator: str, denominator: str, half_unit: float) -> bool:
         # The times are printed rounded (to half_unit either way); the ratio was taken before rounding.
         n, d = float(numerator), float(denominator)
-        return (n - half_unit) / (d + half_unit) - 0.01 <= float(ratio.removesuffix("x")) <= (
-            (n + half_unit) / (d - half_unit) + 0.01)
+        return (
+            (n - half_unit) / (d + half_unit) - 0.01
+            <= float(ratio.removesuffix("x"))
+            <= ((n + half_unit) / (d - half_unit) + 0.01)
+        )
 
     for row in rows:
         assert close(row[3], row[1], row[2], 0.05) and close(row[6], row[4], row[5], 0.005)  # process, epoch
@@ -71,8 +103,17 @@ def test_lenet_vs_book_script_times_both_whole_processes(tmp_path):
 def test_lenet_floor_script_times_cnntrain_against_the_bare_loop(tmp_path):
     write_fake_mnist(tmp_path / "data" / "FashionMNIST" / "raw", train_size=768, test_size=256)  # 3 steps of 256
     output = tmp_path / "floor.md"
-    run_script("lenet_floor.py", "--root", str(tmp_path / "data"), "--reps", "2", "--no-compile",
-               "--output", str(output), cwd=tmp_path)
+    run_script(
+        "lenet_floor.py",
+        "--root",
+        str(tmp_path / "data"),
+        "--reps",
+        "2",
+        "--no-compile",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
     text = output.read_text()
     assert "experiment=d2l_lenet (batch 256, 3 steps per epoch), 2 rounds" in text
     ours, bare = table_rows(text, "cnntrain (Trainer.train_one_epoch)")[0], table_rows(text, "bare loop")[0]
@@ -86,18 +127,28 @@ def test_lenet_floor_script_times_cnntrain_against_the_bare_loop(tmp_path):
 
 def test_choices_script_reports_what_channels_last_auto_picks(tmp_path):
     output = tmp_path / "choices.md"
-    run_script("choices.py", "--models", "lenet,lenet_bn", "--steps", "1", "--device", "cpu",
-               "--output", str(output), cwd=tmp_path)
-    rows = {row[0]: row for row in table_rows(output.read_text(), "lenet") + table_rows(output.read_text(),
-                                                                                          "lenet_bn")}
+    run_script(
+        "choices.py",
+        "--models",
+        "lenet,lenet_bn",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--output",
+        str(output),
+        cwd=tmp_path,
+    )
+    rows = {row[0]: row for row in table_rows(output.read_text(), "lenet") + table_rows(output.read_text(), "lenet_bn")}
     assert rows["lenet"][6] == "channels_last" and rows["lenet_bn"][6] == "contiguous"
     assert all(float(rows[name][3].replace(",", "")) > 0 for name in rows)  # step milliseconds, contiguous
 
 
 @pytest.mark.slow  # over 5 s: run with -m slow
 def test_distributed_script_compares_one_and_two_processes(tmp_path):
-    result = run_script("distributed.py", "--processes", "1,2", "--epochs", "1", "experiment=smoke",
-                        "data.train_size=256", cwd=tmp_path)
+    result = run_script(
+        "distributed.py", "--processes", "1,2", "--epochs", "1", "experiment=smoke", "data.train_size=256", cwd=tmp_path
+    )
     rows = table_rows(result.stdout, "1") + table_rows(result.stdout, "2")
     assert [row[0] for row in rows] == ["1", "2"] and rows[0][2] == "1.00"
     assert rows[0][5] == rows[1][5]  # the same global batches: the same validation accuracy
@@ -106,8 +157,16 @@ def test_distributed_script_compares_one_and_two_processes(tmp_path):
 @pytest.mark.slow  # two whole runs: run with -m slow
 def test_recipes_script_reports_each_seed_and_their_mean(tmp_path):
     output = tmp_path / "recipes.md"
-    run_script("recipes.py", "--seeds", "0,1", "--output", str(output),
-               "--recipe", "smoke=experiment=smoke trainer.epochs=1", cwd=tmp_path)
+    run_script(
+        "recipes.py",
+        "--seeds",
+        "0,1",
+        "--output",
+        str(output),
+        "--recipe",
+        "smoke=experiment=smoke trainer.epochs=1",
+        cwd=tmp_path,
+    )
     [row] = table_rows(output.read_text(), "smoke")
     per_seed = [float(a) for a in row[1].split(", ")]
     mean, spread = (float(x) for x in row[2].split(" ± "))
@@ -120,8 +179,16 @@ def test_recipes_script_reports_each_seed_and_their_mean(tmp_path):
 @pytest.mark.slow  # two whole runs: run with -m slow
 def test_recipes_script_gives_the_last_epoch_when_validation_is_the_test_split(tmp_path):
     output = tmp_path / "recipes.md"
-    run_script("recipes.py", "--seeds", "0,1", "--output", str(output),
-               "--recipe", "book=experiment=smoke trainer.epochs=2 data.val_fraction=0", cwd=tmp_path)
+    run_script(
+        "recipes.py",
+        "--seeds",
+        "0,1",
+        "--output",
+        str(output),
+        "--recipe",
+        "book=experiment=smoke trainer.epochs=2 data.val_fraction=0",
+        cwd=tmp_path,
+    )
     note = next(line for line in output.read_text().splitlines() if line.startswith("- book:"))
     figures = note.split("After the last epoch: ")[1]
     per_seed = [float(a) for a in figures.split(" (")[0].split(", ")]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cnntrain.data import DATASETS
-from cnntrain.data.cifar import cifar10, cifar100, load_pickle
+from cnntrain.data.cifar import cifar10, load_pickle
 from cnntrain.errors import DatasetError
 from tests.conftest import compose_config
 
@@ -58,19 +58,32 @@ def write_fake_cifar10(root: Path, per_batch: int = 8, test_size: int = 10) -> P
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(1, 6):
         data = _images(per_batch, seed=i)
-        write_py2_pickle(folder / f"data_batch_{i}", {
-            b"batch_label": f"training batch {i} of 5".encode(), b"data": data,
-            b"labels": [(i + j) % 10 for j in range(per_batch)],
-            b"filenames": [f"img_{i}_{j}.png".encode() for j in range(per_batch)],
-        })
-    write_py2_pickle(folder / "test_batch", {
-        b"batch_label": b"testing batch 1 of 1", b"data": _images(test_size, seed=99),
-        b"labels": [j % 10 for j in range(test_size)],
-        b"filenames": [f"test_{j}.png".encode() for j in range(test_size)],
-    })
-    write_py2_pickle(folder / "batches.meta", {
-        b"num_cases_per_batch": per_batch, b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072,
-    })
+        write_py2_pickle(
+            folder / f"data_batch_{i}",
+            {
+                b"batch_label": f"training batch {i} of 5".encode(),
+                b"data": data,
+                b"labels": [(i + j) % 10 for j in range(per_batch)],
+                b"filenames": [f"img_{i}_{j}.png".encode() for j in range(per_batch)],
+            },
+        )
+    write_py2_pickle(
+        folder / "test_batch",
+        {
+            b"batch_label": b"testing batch 1 of 1",
+            b"data": _images(test_size, seed=99),
+            b"labels": [j % 10 for j in range(test_size)],
+            b"filenames": [f"test_{j}.png".encode() for j in range(test_size)],
+        },
+    )
+    write_py2_pickle(
+        folder / "batches.meta",
+        {
+            b"num_cases_per_batch": per_batch,
+            b"label_names": [n.encode() for n in CIFAR10_NAMES],
+            b"num_vis": 3072,
+        },
+    )
     return folder
 
 
@@ -78,15 +91,23 @@ def write_fake_cifar100(root: Path, train_size: int = 12, test_size: int = 6) ->
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     for name, n, seed in (("train", train_size, 1), ("test", test_size, 2)):
-        write_py2_pickle(folder / name, {
-            b"filenames": [f"{name}_{j}.png".encode() for j in range(n)], b"batch_label": name.encode(),
-            b"fine_labels": [(7 * j) % 100 for j in range(n)], b"coarse_labels": [j % 20 for j in range(n)],
-            b"data": _images(n, seed),
-        })
-    write_py2_pickle(folder / "meta", {
-        b"fine_label_names": [f"fine{k}".encode() for k in range(100)],
-        b"coarse_label_names": [f"coarse{k}".encode() for k in range(20)],
-    })
+        write_py2_pickle(
+            folder / name,
+            {
+                b"filenames": [f"{name}_{j}.png".encode() for j in range(n)],
+                b"batch_label": name.encode(),
+                b"fine_labels": [(7 * j) % 100 for j in range(n)],
+                b"coarse_labels": [j % 20 for j in range(n)],
+                b"data": _images(n, seed),
+            },
+        )
+    write_py2_pickle(
+        folder / "meta",
+        {
+            b"fine_label_names": [f"fine{k}".encode() for k in range(100)],
+            b"coarse_label_names": [f"coarse{k}".encode() for k in range(20)],
+        },
+    )
     return folder
 
 
@@ -139,7 +160,9 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     path = folder / "data_batch_3"
     write_py2_pickle(path, {b"data": _Evil(f"echo pwned > {marker}"), b"labels": []})
     # os.system pickles as posix.system on Linux; an attacker would write the portable name.
-    payload = path.read_bytes().replace(b"cposix\nsystem\n", b"cos\nsystem\n").replace(b"cnt\nsystem\n", b"cos\nsystem\n")
+    payload = (
+        path.read_bytes().replace(b"cposix\nsystem\n", b"cos\nsystem\n").replace(b"cnt\nsystem\n", b"cos\nsystem\n")
+    )
     assert b"cos\nsystem\n" in payload
     path.write_bytes(payload)
     with pytest.raises(DatasetError) as err:
@@ -174,12 +197,15 @@ def test_missing_labels_key_is_a_dataset_error(tmp_path):
     assert str(folder / "data_batch_1") in str(err.value) and "'labels'" in str(err.value)
 
 
-@pytest.mark.parametrize("batch,expected", [
-    ({b"data": np.zeros((4, 1024), np.uint8), b"labels": [0] * 4}, "shape (N, 3072)"),
-    ({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4}, "uint8"),
-    ({b"data": _images(4, seed=0), b"labels": [0] * 3}, "4 images but 3 labels"),
-    ({b"data": _images(4, seed=0), b"labels": [0, 1, 2, 10]}, "labels range over 0..10"),
-])
+@pytest.mark.parametrize(
+    "batch,expected",
+    [
+        ({b"data": np.zeros((4, 1024), np.uint8), b"labels": [0] * 4}, "shape (N, 3072)"),
+        ({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4}, "uint8"),
+        ({b"data": _images(4, seed=0), b"labels": [0] * 3}, "4 images but 3 labels"),
+        ({b"data": _images(4, seed=0), b"labels": [0, 1, 2, 10]}, "labels range over 0..10"),
+    ],
+)
 def test_wrong_structure_is_a_dataset_error(tmp_path, batch, expected):
     folder = write_fake_cifar10(tmp_path)
     write_py2_pickle(folder / "data_batch_5", batch)
@@ -201,8 +227,18 @@ def test_train_one_epoch_on_tiny_cifar10(tmp_path):
 
     root = tmp_path / "data"
     write_fake_cifar10(root)
-    cfg = compose_config(["data=cifar10", f"data.root={root}", "data.download=false", "model=cifar_cnn",
-                          "trainer.epochs=1", "trainer.progress=none", "device=cpu", "data.batch_size=8"])
+    cfg = compose_config(
+        [
+            "data=cifar10",
+            f"data.root={root}",
+            "data.download=false",
+            "model=cifar_cnn",
+            "trainer.epochs=1",
+            "trainer.progress=none",
+            "device=cpu",
+            "data.batch_size=8",
+        ]
+    )
     summary = train(cfg, run_dir=tmp_path / "run")
     assert summary["status"] == "completed" and summary["data"] == "cifar10" and summary["epochs"] == 1
     assert (summary["train_size"], summary["val_size"], summary["test_size"]) == (36, 4, 10)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+
 from tests.helpers import run_cli
 
 SMOKE = ["experiment=smoke", "trainer.epochs=1"]
@@ -68,8 +69,14 @@ def test_unknown_model_name_value_fails_before_training(tmp_path):
 
 def test_missing_dataset_explains_where_it_looked(tmp_path):
     # MNIST, not Fashion-MNIST: this machine may have the system copy of Fashion-MNIST.
-    result = cnntrain("data=mnist", "trainer.epochs=1", "device=cpu", f"data.root={tmp_path / 'nothing'}",
-                      "data.download=false", cwd=tmp_path)
+    result = cnntrain(
+        "data=mnist",
+        "trainer.epochs=1",
+        "device=cpu",
+        f"data.root={tmp_path / 'nothing'}",
+        "data.download=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "MNIST not found" in result.stderr
     assert str(tmp_path / "nothing" / "MNIST" / "raw") in result.stderr
@@ -85,8 +92,10 @@ def test_multirun_gives_one_folder_per_job_and_a_sweep_table(tmp_path):
         assert json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["status"] == "completed"
     with open(tmp_path / "sweep" / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["overrides"] for r in rows] == ["experiment=smoke trainer.epochs=1 optimizer.lr=0.1",
-                                              "experiment=smoke trainer.epochs=1 optimizer.lr=0.5"]
+    assert [r["overrides"] for r in rows] == [
+        "experiment=smoke trainer.epochs=1 optimizer.lr=0.1",
+        "experiment=smoke trainer.epochs=1 optimizer.lr=0.5",
+    ]
     assert list(rows[0])[:5] == ["job", "overrides", "experiment", "trainer.epochs", "optimizer.lr"]
     assert [(r["optimizer.lr"], r["trainer.epochs"]) for r in rows] == [("0.1", "1"), ("0.5", "1")]
     assert all(r["status"] == "completed" and 0 <= float(r["best_val_acc"]) <= 1 for r in rows)
@@ -121,8 +130,9 @@ def test_failed_sweep_job_is_reported_and_the_exit_code_says_so(tmp_path):
 
 def test_two_runs_started_together_get_two_folders(tmp_path):
     command = [sys.executable, "-m", "cnntrain", *SMOKE, "trainer.progress=none"]
-    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)
+    ]
     assert [p.wait(timeout=300) for p in processes] == [0, 0]
     folders = run_folders(tmp_path)
     assert len(folders) == 2 and folders[0] != folders[1]
@@ -135,11 +145,13 @@ def test_help_lists_the_groups(tmp_path):
 
 
 def test_name_typo_is_reported_without_importing_torch(tmp_path):
-    script = ("import sys\n"
-              "sys.argv = ['cnntrain', 'optimizer.name=adamw2', 'trainer.progress=none']\n"
-              "from cnntrain.cli import main\n"
-              "try:\n    main()\n"
-              "except SystemExit as exit:\n    print('exit', exit.code, 'torch imported:', 'torch' in sys.modules)\n")
+    script = (
+        "import sys\n"
+        "sys.argv = ['cnntrain', 'optimizer.name=adamw2', 'trainer.progress=none']\n"
+        "from cnntrain.cli import main\n"
+        "try:\n    main()\n"
+        "except SystemExit as exit:\n    print('exit', exit.code, 'torch imported:', 'torch' in sys.modules)\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "exit 2 torch imported: False" in result.stdout
     assert "Unknown optimizer 'adamw2' (optimizer.name). Did you mean 'adamw'?" in result.stderr
@@ -151,8 +163,15 @@ def read_sweep_csv(sweep_dir):
 
 
 def test_fail_fast_stops_the_sweep_at_the_first_failed_job(tmp_path):
-    result = cnntrain("-m", *SMOKE, *TINY_DATA, "data.val_fraction=1.5,0.2", "sweep.fail_fast=true",
-                      "hydra.sweep.dir=sweep", cwd=tmp_path)
+    result = cnntrain(
+        "-m",
+        *SMOKE,
+        *TINY_DATA,
+        "data.val_fraction=1.5,0.2",
+        "sweep.fail_fast=true",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     # The second job never started.
     assert [p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()] == ["0"]
@@ -164,8 +183,15 @@ def test_fail_fast_stops_the_sweep_at_the_first_failed_job(tmp_path):
 
 def test_optuna_search_of_three_trials_records_the_best_trial(tmp_path):
     # A study kept in SQLite, as the README suggests: this needs SQLAlchemy < 2 with Optuna 2.
-    result = cnntrain("hparams_search=optuna", *SMOKE, *TINY_DATA, "hydra.sweeper.n_trials=3",
-                      "hydra.sweeper.storage=sqlite:///optuna.db", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    result = cnntrain(
+        "hparams_search=optuna",
+        *SMOKE,
+        *TINY_DATA,
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.storage=sqlite:///optuna.db",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "optuna.db").stat().st_size > 0
     sweep = tmp_path / "sweep"
@@ -186,11 +212,22 @@ def test_optuna_search_of_three_trials_records_the_best_trial(tmp_path):
 @pytest.mark.slow  # ~15 s; test_sweep.py checks the score a failed job returns, in-process
 def test_failed_optuna_trial_scores_zero_and_the_search_goes_on(tmp_path):
     # The grid sampler tries both values, so exactly one trial fails.
-    result = cnntrain("-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.direction=maximize",
-                      *SMOKE, *TINY_DATA, "data.val_fraction=choice(0.2,1.5)", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    result = cnntrain(
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.direction=maximize",
+        *SMOKE,
+        *TINY_DATA,
+        "data.val_fraction=choice(0.2,1.5)",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
-    rows = {dict(o.split("=", 1) for o in r["overrides"].split())["data.val_fraction"]: r
-            for r in read_sweep_csv(tmp_path / "sweep")}
+    rows = {
+        dict(o.split("=", 1) for o in r["overrides"].split())["data.val_fraction"]: r
+        for r in read_sweep_csv(tmp_path / "sweep")
+    }
     assert rows["1.5"]["status"] == "failed" and rows["0.2"]["status"] == "completed"
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["best_params"] == {"data.val_fraction": 0.2}
@@ -205,7 +242,8 @@ def test_joblib_launcher_runs_the_jobs_and_the_report_reads_them(tmp_path):
     rows = read_sweep_csv(tmp_path / "sweep")
     assert [(r["overrides"], r["status"]) for r in rows] == [
         ("launcher=joblib experiment=smoke trainer.epochs=1 optimizer.lr=0.1", "completed"),
-        ("launcher=joblib experiment=smoke trainer.epochs=1 optimizer.lr=0.5", "completed")]
+        ("launcher=joblib experiment=smoke trainer.epochs=1 optimizer.lr=0.5", "completed"),
+    ]
     assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
 
 
@@ -217,42 +255,66 @@ def test_unknown_logger_or_search_gets_a_suggestion(tmp_path):
     assert result.returncode == 2 and "Did you mean 'optuna'?" in result.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["model:alexnet"], "Settings are written key=value, not key:value: write model=alexnet."),
-    (["trainer.epochs:3"], "Settings are written key=value, not key:value: write trainer.epochs=3."),
-    (["model", "=", "alexnet"], "No spaces around '=': write model=alexnet."),
-    (["model", "=alexnet"], "No spaces around '=': write model=alexnet."),
-    (["model=", "alexnet"], "No spaces around '=': write model=alexnet."),
-    (["model", "alexnet"], "'model alexnet': a key and its value are joined by '=' without spaces: write model=alexnet."),
-    (["alexnet"], "'alexnet' is not an override: write model=alexnet."),
-    (["-m", "optimizer.lr=0.1", "0.9"],
-     "'0.9' is not an override: values are comma-separated without spaces: write optimizer.lr=0.1,0.9."),
-    (["optimizer.lr=0.1", "0.5", "0.9", "model=mlp"], "write optimizer.lr=0.1,0.5,0.9; to sweep, add -m: cnntrain -m "
-                                                       "optimizer.lr=0.1,0.5,0.9."),
-    (["optimizer.lr=1e-3,1e-2"], "optimizer.lr=1e-3,1e-2 gives several values, which only a sweep runs: to sweep, "
-                                 "add -m (cnntrain -m optimizer.lr=1e-3,1e-2); values are comma-separated without spaces."),
-    (["optimizer.lr=range(0.1,1,0.1)"], "to sweep, add -m (cnntrain -m optimizer.lr=range(0.1,1,0.1))"),
-    (["a..b=1"], "Cannot read the override 'a..b=1' (token recognition error at: '.')."),
-    (["--epochs", "3"], "Unknown option '--epochs': cnntrain's settings are key=value overrides without dashes: "
-                        "write trainer.epochs=3."),
-    (["--batch-size", "64"], "write data.batch_size=64."),
-    (["model=[alexnet,vgg]"], "model=[alexnet,vgg]: model takes one choice (a file in configs/model/), not a list. "
-                              "To train with each of them, sweep: cnntrain -m model=alexnet,vgg"),  # trained vgg
-    (["model={a:1}"], "model={a:1}: model takes the name of one of its files (configs/model/); to change a setting "
-                      "in it, write model.<key>=<value>"),
-    (["model=[alexnet"], "Unknown model '[alexnet' (model=[alexnet). Did you mean 'alexnet'?"),
-    (["model=alex net"], "Unknown model 'alex net' (model=alex net). Did you mean 'alexnet'?"),
-    (["-m", "model=mlp,lenet", "--cfg", "job"], "-m and --cfg cannot be used together"),  # Hydra's ValueError
-    (["--model=alexnet"], "write model=alexnet."),
-    (["--cfg", "jbo"], "Argument --cfg/-c: invalid choice: 'jbo' (choose from 'job', 'hydra', 'all')."),
-    (["resume=outputs/x", "trainer.epochs:3"], "write trainer.epochs=3."),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model:alexnet"], "Settings are written key=value, not key:value: write model=alexnet."),
+        (["trainer.epochs:3"], "Settings are written key=value, not key:value: write trainer.epochs=3."),
+        (["model", "=", "alexnet"], "No spaces around '=': write model=alexnet."),
+        (["model", "=alexnet"], "No spaces around '=': write model=alexnet."),
+        (["model=", "alexnet"], "No spaces around '=': write model=alexnet."),
+        (
+            ["model", "alexnet"],
+            "'model alexnet': a key and its value are joined by '=' without spaces: write model=alexnet.",
+        ),
+        (["alexnet"], "'alexnet' is not an override: write model=alexnet."),
+        (
+            ["-m", "optimizer.lr=0.1", "0.9"],
+            "'0.9' is not an override: values are comma-separated without spaces: write optimizer.lr=0.1,0.9.",
+        ),
+        (
+            ["optimizer.lr=0.1", "0.5", "0.9", "model=mlp"],
+            "write optimizer.lr=0.1,0.5,0.9; to sweep, add -m: cnntrain -m optimizer.lr=0.1,0.5,0.9.",
+        ),
+        (
+            ["optimizer.lr=1e-3,1e-2"],
+            "optimizer.lr=1e-3,1e-2 gives several values, which only a sweep runs: to sweep, "
+            "add -m (cnntrain -m optimizer.lr=1e-3,1e-2); values are comma-separated without spaces.",
+        ),
+        (["optimizer.lr=range(0.1,1,0.1)"], "to sweep, add -m (cnntrain -m optimizer.lr=range(0.1,1,0.1))"),
+        (["a..b=1"], "Cannot read the override 'a..b=1' (token recognition error at: '.')."),
+        (
+            ["--epochs", "3"],
+            "Unknown option '--epochs': cnntrain's settings are key=value overrides without dashes: "
+            "write trainer.epochs=3.",
+        ),
+        (["--batch-size", "64"], "write data.batch_size=64."),
+        (
+            ["model=[alexnet,vgg]"],
+            "model=[alexnet,vgg]: model takes one choice (a file in configs/model/), not a list. "
+            "To train with each of them, sweep: cnntrain -m model=alexnet,vgg",
+        ),  # trained vgg
+        (
+            ["model={a:1}"],
+            "model={a:1}: model takes the name of one of its files (configs/model/); to change a setting "
+            "in it, write model.<key>=<value>",
+        ),
+        (["model=[alexnet"], "Unknown model '[alexnet' (model=[alexnet). Did you mean 'alexnet'?"),
+        (["model=alex net"], "Unknown model 'alex net' (model=alex net). Did you mean 'alexnet'?"),
+        (["-m", "model=mlp,lenet", "--cfg", "job"], "-m and --cfg cannot be used together"),  # Hydra's ValueError
+        (["--model=alexnet"], "write model=alexnet."),
+        (["--cfg", "jbo"], "Argument --cfg/-c: invalid choice: 'jbo' (choose from 'job', 'hydra', 'all')."),
+        (["resume=outputs/x", "trainer.epochs:3"], "write trainer.epochs=3."),
+    ],
+)
 def test_hydra_syntax_slips_get_one_line_with_the_fix(tmp_path, args, message):
     result = cnntrain(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr.replace("\n", " ")
     assert len(result.stderr.strip().splitlines()) <= 3  # one message (wrapped at most), no Hydra text
-    assert "HYDRA_FULL_ERROR" not in result.stderr and "hydra.cc" not in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "HYDRA_FULL_ERROR" not in result.stderr and "hydra.cc" not in result.stderr and "Traceback" not in result.stderr
+    )
     assert not Path(tmp_path, "outputs").exists()
 
 
@@ -284,7 +346,9 @@ def test_version_anywhere_prints_cnntrains_and_hydras(tmp_path):
 def test_tab_completion_installs_and_answers_queries(tmp_path):
     install = cnntrain("-sc", "install=bash", cwd=tmp_path, script=True)
     assert install.returncode == 0, install.stderr
-    assert "hydra_bash_completion()" in install.stdout and install.stdout.rstrip().endswith("hydra_bash_completion cnntrain")
+    assert "hydra_bash_completion()" in install.stdout and install.stdout.rstrip().endswith(
+        "hydra_bash_completion cnntrain"
+    )
     install = cnntrain("--shell-completion", "install=bash", cwd=tmp_path, script=True)
     assert "complete -o nospace -o default -F hydra_bash_completion cnntrain" in install.stdout
     uninstall = cnntrain("-sc", "uninstall=bash", cwd=tmp_path, script=True)
@@ -305,24 +369,52 @@ def test_tab_completion_installs_and_answers_queries(tmp_path):
 def test_help_names_the_other_commands_and_completion(tmp_path):
     result = cnntrain("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("cnntrain-eval", "cnntrain-predict", "cnntrain-export", "cnntrain-info", "resume=",
-                    'eval "$(cnntrain -sc install=bash)"'):
+    for command in (
+        "cnntrain-eval",
+        "cnntrain-predict",
+        "cnntrain-export",
+        "cnntrain-info",
+        "resume=",
+        'eval "$(cnntrain -sc install=bash)"',
+    ):
         assert command in result.stdout, command
 
 
-@pytest.mark.parametrize("command, args, message", [
-    ("cnntrain-export", ["format:onnx", "run=x"], "Settings are written key=value, not key:value: write format=onnx."),
-    ("cnntrain-export", ["format", "onnx"], "'format' needs its value after '=' without spaces: write format=onnx."),
-    ("cnntrain-predict", ["run", "outputs/x", "inputs=y"], "'run' needs its value after '=' without spaces: write "
-                                                          "run=outputs/x."),
-    ("cnntrain-predict", ["topk", "=", "5"], "No spaces around '=': write topk=5."),
-    ("cnntrain-eval", ["split", "test"], "'split' needs its value after '=' without spaces: write split=test."),
-    ("cnntrain-eval", ["run=x", "data.root:/data/new"], "not key:value: write data.root=/data/new."),
-    ("cnntrain-eval", ["outputs/2026-01-01/typo"], "Unexpected argument 'outputs/2026-01-01/typo': there is no such "
-                                                   "folder or file. Give the run as run=<run folder>."),
-    ("cnntrain-info", ["model:alexnet"], "Settings are written key=value, not key:value: write model=alexnet."),
-    ("cnntrain-info", ["model=alexnet,vgg"], "model=alexnet,vgg gives several values (a sweep), and this command takes one"),
-])
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        (
+            "cnntrain-export",
+            ["format:onnx", "run=x"],
+            "Settings are written key=value, not key:value: write format=onnx.",
+        ),
+        (
+            "cnntrain-export",
+            ["format", "onnx"],
+            "'format' needs its value after '=' without spaces: write format=onnx.",
+        ),
+        (
+            "cnntrain-predict",
+            ["run", "outputs/x", "inputs=y"],
+            "'run' needs its value after '=' without spaces: write run=outputs/x.",
+        ),
+        ("cnntrain-predict", ["topk", "=", "5"], "No spaces around '=': write topk=5."),
+        ("cnntrain-eval", ["split", "test"], "'split' needs its value after '=' without spaces: write split=test."),
+        ("cnntrain-eval", ["run=x", "data.root:/data/new"], "not key:value: write data.root=/data/new."),
+        (
+            "cnntrain-eval",
+            ["outputs/2026-01-01/typo"],
+            "Unexpected argument 'outputs/2026-01-01/typo': there is no such "
+            "folder or file. Give the run as run=<run folder>.",
+        ),
+        ("cnntrain-info", ["model:alexnet"], "Settings are written key=value, not key:value: write model=alexnet."),
+        (
+            "cnntrain-info",
+            ["model=alexnet,vgg"],
+            "model=alexnet,vgg gives several values (a sweep), and this command takes one",
+        ),
+    ],
+)
 def test_companion_command_slips_get_the_key_value_to_write(tmp_path, command, args, message):
     result = run_cli(command, *args, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: ")
@@ -355,8 +447,12 @@ def run_companion(monkeypatch, capsys, command, *args) -> tuple[int, str, str]:
     """A companion command's main as its console script runs it, in this process: (exit status, stdout, stderr)."""
     from cnntrain import cli
 
-    main = {"cnntrain-info": cli.info_main, "cnntrain-eval": cli.eval_main, "cnntrain-export": cli.export_main,
-            "cnntrain-predict": cli.predict_main}[command]
+    main = {
+        "cnntrain-info": cli.info_main,
+        "cnntrain-eval": cli.eval_main,
+        "cnntrain-export": cli.export_main,
+        "cnntrain-predict": cli.predict_main,
+    }[command]
     monkeypatch.setattr(sys, "argv", [command, *args])
     try:
         main()
@@ -378,38 +474,58 @@ def test_companion_commands_answer_help_and_version_anywhere(monkeypatch, capsys
         assert run_companion(monkeypatch, capsys, command, *args) == (0, f"{command} (cnntrain) {__version__}\n", "")
 
 
-@pytest.mark.parametrize("command, args, message", [
-    ("cnntrain-info", ["--epochs", "3"], "Unknown option '--epochs': cnntrain-info's settings are key=value without "
-                                         "dashes: write trainer.epochs=3. Its only options are --help and --version."),
-    ("cnntrain-info", ["model=lenet", "--bogus"], "Unknown option '--bogus': cnntrain-info's settings are key=value "
-                                                  "without dashes (see cnntrain-info --help)."),
-    ("cnntrain-eval", ["run=x", "--split=val"], "Unknown option '--split=val': cnntrain-eval's settings are key=value "
-                                                "without dashes: write split=val."),
-    ("cnntrain-eval", ["run=x", "--data.root", "/d"], "write data.root=/d."),
-    ("cnntrain-export", ["run=x", "--fromat", "onnx"], "Unknown option '--fromat': cnntrain-export's settings are "
-                                                       "key=value without dashes: write format=onnx."),
-    ("cnntrain-predict", ["run=x", "inputs=y", "--topk"], "write topk=<value>."),
-    ("cnntrain-predict", ["run=x", "inputs", "=y"], "No spaces around '=': write inputs=y."),
-    ("cnntrain-export", ["run:x"], "Settings are written key=value, not key:value: write run=x."),
-    ("cnntrain-eval", ["run=x", "data=a,b"], "data=a,b gives several values (a sweep), and this command takes one"),
-])
-def test_companion_command_options_with_dashes_and_slips_get_the_key_value(monkeypatch, capsys, command, args,
-                                                                           message):
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        (
+            "cnntrain-info",
+            ["--epochs", "3"],
+            "Unknown option '--epochs': cnntrain-info's settings are key=value without "
+            "dashes: write trainer.epochs=3. Its only options are --help and --version.",
+        ),
+        (
+            "cnntrain-info",
+            ["model=lenet", "--bogus"],
+            "Unknown option '--bogus': cnntrain-info's settings are key=value "
+            "without dashes (see cnntrain-info --help).",
+        ),
+        (
+            "cnntrain-eval",
+            ["run=x", "--split=val"],
+            "Unknown option '--split=val': cnntrain-eval's settings are key=value without dashes: write split=val.",
+        ),
+        ("cnntrain-eval", ["run=x", "--data.root", "/d"], "write data.root=/d."),
+        (
+            "cnntrain-export",
+            ["run=x", "--fromat", "onnx"],
+            "Unknown option '--fromat': cnntrain-export's settings are key=value without dashes: write format=onnx.",
+        ),
+        ("cnntrain-predict", ["run=x", "inputs=y", "--topk"], "write topk=<value>."),
+        ("cnntrain-predict", ["run=x", "inputs", "=y"], "No spaces around '=': write inputs=y."),
+        ("cnntrain-export", ["run:x"], "Settings are written key=value, not key:value: write run=x."),
+        ("cnntrain-eval", ["run=x", "data=a,b"], "data=a,b gives several values (a sweep), and this command takes one"),
+    ],
+)
+def test_companion_command_options_with_dashes_and_slips_get_the_key_value(monkeypatch, capsys, command, args, message):
     code, out, err = run_companion(monkeypatch, capsys, command, *args)
     assert (code, out) == (2, "") and err.startswith("error: ")
     assert message in err.replace("\n", " ") and "usage:" not in err
 
 
-@pytest.mark.parametrize("command, args, message", [
-    ("cnntrain-eval", ["run=x", "splt=val"], "Unexpected argument 'splt=val'. Did you mean 'split'?"),
-    ("cnntrain-export", ["run=x", "fromat=onnx"], "Unexpected argument 'fromat=onnx'. Did you mean 'format'?"),
-    ("cnntrain-predict", ["run=x", "inputs=y", "topkk=3"], "Unexpected argument 'topkk=3'. Did you mean 'topk'?"),
-    ("cnntrain-eval", ["split=val"], "Missing run="),
-    ("cnntrain-export", ["run=x"], "Missing format="),
-    ("cnntrain-predict", ["topk=3"], "Missing run=, inputs="),
-])
-def test_companion_command_misspelt_and_missing_keys_are_named_with_the_usage(monkeypatch, capsys, command, args,
-                                                                              message):
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        ("cnntrain-eval", ["run=x", "splt=val"], "Unexpected argument 'splt=val'. Did you mean 'split'?"),
+        ("cnntrain-export", ["run=x", "fromat=onnx"], "Unexpected argument 'fromat=onnx'. Did you mean 'format'?"),
+        ("cnntrain-predict", ["run=x", "inputs=y", "topkk=3"], "Unexpected argument 'topkk=3'. Did you mean 'topk'?"),
+        ("cnntrain-eval", ["split=val"], "Missing run="),
+        ("cnntrain-export", ["run=x"], "Missing format="),
+        ("cnntrain-predict", ["topk=3"], "Missing run=, inputs="),
+    ],
+)
+def test_companion_command_misspelt_and_missing_keys_are_named_with_the_usage(
+    monkeypatch, capsys, command, args, message
+):
     code, out, err = run_companion(monkeypatch, capsys, command, *args)
     assert (code, out) == (2, "")
     assert err.startswith(f"error: {message}\nusage: {command} "), err

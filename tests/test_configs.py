@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from cnntrain.checks import check_config
 from cnntrain.config import GROUPS, check_group_choices, config_dir
 from cnntrain.errors import ConfigError
-from cnntrain.checks import check_config
 from cnntrain.run import train
 from tests.conftest import compose_config
 
@@ -53,16 +53,22 @@ def test_choices_from_user_config_dir_are_accepted(tmp_path):
     assert check_group_choices(["--config-dir", str(tmp_path), "model=mine"]) is None
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("model.name=lenet5", "Unknown model 'lenet5' (model.name). Did you mean 'lenet'?"),
-    ("optimizer.name=sdg", "Unknown optimizer 'sdg' (optimizer.name). Did you mean 'sgd'?"),
-    ("scheduler.name=steps", "Unknown scheduler 'steps' (scheduler.name). Did you mean 'step'?"),
-    ("data.name=fashion_mnst", "Unknown dataset 'fashion_mnst' (data.name). Did you mean 'fashion_mnist'?"),
-    ("+optimizer.momentun=0.9", "optimizer 'sgd' has no setting 'momentun' (optimizer.momentun). Did you mean 'momentum'?"),
-    ("model.init=xavier", "Unknown weight init 'xavier' (model.init)."),
-    ("trainer.epochs=0", "trainer.epochs must be a positive whole number up to 2,147,483,647, got 0."),
-    ("trainer.progress=fancy", "trainer.progress must be one of auto, bar, plain, none"),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("model.name=lenet5", "Unknown model 'lenet5' (model.name). Did you mean 'lenet'?"),
+        ("optimizer.name=sdg", "Unknown optimizer 'sdg' (optimizer.name). Did you mean 'sgd'?"),
+        ("scheduler.name=steps", "Unknown scheduler 'steps' (scheduler.name). Did you mean 'step'?"),
+        ("data.name=fashion_mnst", "Unknown dataset 'fashion_mnst' (data.name). Did you mean 'fashion_mnist'?"),
+        (
+            "+optimizer.momentun=0.9",
+            "optimizer 'sgd' has no setting 'momentun' (optimizer.momentun). Did you mean 'momentum'?",
+        ),
+        ("model.init=xavier", "Unknown weight init 'xavier' (model.init)."),
+        ("trainer.epochs=0", "trainer.epochs must be a positive whole number up to 2,147,483,647, got 0."),
+        ("trainer.progress=fancy", "trainer.progress must be one of auto, bar, plain, none"),
+    ],
+)
 def test_bad_values_fail_before_data_loads(tmp_path, override, expected):
     # data.root points nowhere and downloads are off: if data were loaded first,
     # the error would be about the missing dataset instead.
@@ -77,16 +83,33 @@ def test_bad_values_fail_before_data_loads(tmp_path, override, expected):
 
 # ------------------------------------------------------------------ one typed settings object
 
+
 def test_check_config_returns_frozen_typed_settings_read_from_the_config():
     import dataclasses
 
-    checked = check_config(compose_config(["data=synthetic", "trainer.epochs=3", "trainer.ema=0.99",
-                                           "data.batch_size=16", "data.resize=40", "trainer.limit_val_batches=2",
-                                           "trainer.early_stopping.patience=4", "model.freeze=backbone",
-                                           "finetune.unfreeze_at=1", "finetune.lr_scale=0.5"]))
+    checked = check_config(
+        compose_config(
+            [
+                "data=synthetic",
+                "trainer.epochs=3",
+                "trainer.ema=0.99",
+                "data.batch_size=16",
+                "data.resize=40",
+                "trainer.limit_val_batches=2",
+                "trainer.early_stopping.patience=4",
+                "model.freeze=backbone",
+                "finetune.unfreeze_at=1",
+                "finetune.lr_scale=0.5",
+            ]
+        )
+    )
     trainer, data, plan, finetune = checked.trainer, checked.data, checked.model, checked.finetune
-    assert (trainer.epochs, trainer.ema, trainer.precision, trainer.batch_limits) == (3, 0.99, 32,
-                                                                                      {"limit_val_batches": 2})
+    assert (trainer.epochs, trainer.ema, trainer.precision, trainer.batch_limits) == (
+        3,
+        0.99,
+        32,
+        {"limit_val_batches": 2},
+    )
     assert (trainer.early_stopping.patience, trainer.early_stopping.metric) == (4, "val_loss")
     assert (data.batch_size, data.eval_batch_size, data.resize) == (16, 32, 40)  # null eval size: 2 x batch_size
     assert (plan.name, plan.resize, plan.native_size, plan.input_size()) == ("lenet", 40, 28, 40)
@@ -106,8 +129,14 @@ def test_a_config_without_the_optional_keys_gets_the_yaml_defaults_once():
 
     full, cfg = compose_config(["data=synthetic"]), compose_config(["data=synthetic"])
     with open_dict(cfg):
-        for section, key in (("finetune", None), ("trainer", "precision"), ("trainer", "ema"), ("model", "weights"),
-                             ("data", "resize"), ("trainer", "early_stopping")):
+        for section, key in (
+            ("finetune", None),
+            ("trainer", "precision"),
+            ("trainer", "ema"),
+            ("model", "weights"),
+            ("data", "resize"),
+            ("trainer", "early_stopping"),
+        ):
             cfg.pop(section) if key is None else cfg[section].pop(key)
     checked, reference = check_config(cfg), check_config(full)
     assert checked.finetune == reference.finetune and checked.finetune.lr_scale == full.finetune.lr_scale == 0.01
@@ -116,9 +145,16 @@ def test_a_config_without_the_optional_keys_gets_the_yaml_defaults_once():
     assert checked.model.weights is None and checked.data.resize is None
 
 
-@pytest.mark.parametrize("resize, weights_size, native, data_size, expected", [
-    (40, 224, 28, 32, 40), (None, 224, 28, 32, 224), (None, None, 28, 32, 28), (None, None, None, 32, 32),
-    (None, None, None, None, None)])
+@pytest.mark.parametrize(
+    "resize, weights_size, native, data_size, expected",
+    [
+        (40, 224, 28, 32, 40),
+        (None, 224, 28, 32, 224),
+        (None, None, 28, 32, 28),
+        (None, None, None, 32, 32),
+        (None, None, None, None, None),
+    ],
+)
 def test_one_input_size_rule(resize, weights_size, native, data_size, expected):
     from cnntrain.settings import input_size
 

@@ -57,8 +57,16 @@ def signal_lenet(num_classes=10, in_channels=1, input_size=32):
 '''
 # 400 train images in global batches of 32 (13 steps, the last of 16), momentum: the state a
 # resume must restore. ReLU LeNet, no dropout or BatchNorm: nothing that differs per rank by design.
-RUN = ["experiment=smoke", "model.name=signal_lenet", "imports=[ddp_hooks]", "data.train_size=500",
-       "optimizer.lr=0.03", "optimizer.momentum=0.9", "trainer.epochs=4", "trainer.progress=plain"]
+RUN = [
+    "experiment=smoke",
+    "model.name=signal_lenet",
+    "imports=[ddp_hooks]",
+    "data.train_size=500",
+    "optimizer.lr=0.03",
+    "optimizer.momentum=0.9",
+    "trainer.epochs=4",
+    "trainer.progress=plain",
+]
 TOLERANCE = 1e-5
 
 
@@ -133,8 +141,13 @@ def test_distributed_test_metrics_equal_one_process_evaluating_best_pt(two_proce
     run_dir, _ = two_processes
     summary = json.loads((run_dir / "summary.json").read_text())
     script = str(Path(sys.executable).with_name("cnntrain-eval"))  # in its own process: ddp_hooks registers a model
-    result = subprocess.run([script, f"run={run_dir}", "imports=[ddp_hooks]"], cwd=run_dir.parents[2],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [script, f"run={run_dir}", "imports=[ddp_hooks]"],
+        cwd=run_dir.parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     figures = json.loads((run_dir / "eval" / "test_best" / "eval.json").read_text())
     assert figures["size"] == summary["test_size"] == 128
@@ -144,8 +157,13 @@ def test_distributed_test_metrics_equal_one_process_evaluating_best_pt(two_proce
 
 def test_a_killed_rank_ends_the_job_with_a_message(workdir):
     run_dir = workdir / "killed"
-    result = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir, processes=2,
-                      env={"TEST_SIGNAL": "SIGKILL", "TEST_SIGNAL_AT_STEP": "20", "TEST_SIGNAL_RANK": "1"})
+    result = cnntrain(
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+        processes=2,
+        env={"TEST_SIGNAL": "SIGKILL", "TEST_SIGNAL_AT_STEP": "20", "TEST_SIGNAL_RANK": "1"},
+    )
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "Another process of this distributed run stopped, so this one cannot go on" in output
@@ -158,8 +176,13 @@ def test_a_killed_rank_ends_the_job_with_a_message(workdir):
 def test_a_stopped_distributed_run_resumes_exactly_with_any_number_of_processes(workdir, single, two_processes):
     uninterrupted, _ = two_processes
     stopped = workdir / "stopped2"
-    result = cnntrain(*RUN, f"hydra.run.dir={stopped}", cwd=workdir, processes=2,
-                      env={"TEST_SIGNAL": "SIGTERM", "TEST_SIGNAL_AT_STEP": "20", "TEST_SIGNAL_RANK": "1"})
+    result = cnntrain(
+        *RUN,
+        f"hydra.run.dir={stopped}",
+        cwd=workdir,
+        processes=2,
+        env={"TEST_SIGNAL": "SIGTERM", "TEST_SIGNAL_AT_STEP": "20", "TEST_SIGNAL_RANK": "1"},
+    )
     assert result.returncode != 0
     assert "checkpoints/last.pt holds epoch 1 and steps 1-7 of epoch 2" in result.stdout
     assert "--nproc_per_node=2 -m cnntrain resume=" in result.stdout
@@ -187,8 +210,9 @@ def test_strategy_single_refuses_torchrun(monkeypatch):
 def test_distributed_settings_are_checked(workdir):
     sweep = cnntrain("-m", *RUN, cwd=workdir, processes=2)
     assert sweep.returncode != 0 and "a sweep (-m) cannot run inside it" in sweep.stderr
-    sync = cnntrain(*RUN, "trainer.strategy=ddp", "trainer.sync_batchnorm=true", f"hydra.run.dir={workdir / 'sync'}",
-                    cwd=workdir)
+    sync = cnntrain(
+        *RUN, "trainer.strategy=ddp", "trainer.sync_batchnorm=true", f"hydra.run.dir={workdir / 'sync'}", cwd=workdir
+    )
     assert sync.returncode == 2 and "trainer.sync_batchnorm=true needs CUDA GPUs" in sync.stderr
     forced = cnntrain(*RUN, "trainer.strategy=ddp", f"hydra.run.dir={workdir / 'forced'}", cwd=workdir)
     assert forced.returncode == 0, forced.stderr
@@ -198,24 +222,34 @@ def test_distributed_settings_are_checked(workdir):
 @pytest.mark.slow  # over 5 s: run with -m slow
 def test_the_python_api_under_torchrun_writes_one_run_folder(workdir):
     script = workdir / "train_script.py"
-    script.write_text("from cnntrain import train\n"
-                      "result = train('experiment=smoke', 'trainer.epochs=1', 'trainer.progress=none')\n"
-                      "print('test acc', result.test_acc, 'run', result.run_dir)\n")
+    script.write_text(
+        "from cnntrain import train\n"
+        "result = train('experiment=smoke', 'trainer.epochs=1', 'trainer.progress=none')\n"
+        "print('test acc', result.test_acc, 'run', result.run_dir)\n"
+    )
     folder = workdir / "api"
     folder.mkdir()
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script)], cwd=folder, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     runs = list((folder / "outputs").glob("*/*"))
     assert len(runs) == 1 and result.stdout.count(f"run {runs[0]}") == 2  # both ranks got rank 0's folder
     assert json.loads((runs[0] / "summary.json").read_text())["status"] == "completed"
 
 
-@pytest.mark.parametrize("torchrun, error, ignored", [
-    (True, RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234"), True),
-    (True, ValueError("a bug of ours"), False),
-    (False, RuntimeError("Connection closed by peer"), False),
-])
+@pytest.mark.parametrize(
+    "torchrun, error, ignored",
+    [
+        (True, RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234"), True),
+        (True, ValueError("a bug of ours"), False),
+        (False, RuntimeError("Connection closed by peer"), False),
+    ],
+)
 def test_a_rank_whose_peer_died_ignores_torchruns_sigterm_so_it_can_say_why(monkeypatch, torchrun, error, ignored):
     # torchrun SIGTERMs the ranks left as soon as one dies; a rank already leaving for that reason must get to
     # print its message (where to resume), not be cut off by the default SIGTERM action.

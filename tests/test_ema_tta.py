@@ -36,8 +36,14 @@ def loader(examples: int = 48, batch_size: int = 8, shuffle: bool = True):
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (examples, 1, 8, 8), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 3, (examples,), generator=generator)
-    return make_loader(ImageSet(images, labels), batch_size, BatchTransform(size=None, mean=None, std=None), CPU,
-                       shuffle=shuffle, seed=0)
+    return make_loader(
+        ImageSet(images, labels),
+        batch_size,
+        BatchTransform(size=None, mean=None, std=None),
+        CPU,
+        shuffle=shuffle,
+        seed=0,
+    )
 
 
 class WeightHistory(Callback):
@@ -61,8 +67,9 @@ def test_the_average_after_k_steps_is_the_formula_over_the_trained_weights(warmu
     model, history = tiny_model(), WeightHistory()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ema = ModelEma(model, 0.9, warmup=warmup)
-    trainer = Trainer(model, optimizer, None, loader(), loader(shuffle=False), CPU, epochs=2, callbacks=[history],
-                      ema=ema)
+    trainer = Trainer(
+        model, optimizer, None, loader(), loader(shuffle=False), CPU, epochs=2, callbacks=[history], ema=ema
+    )
     trainer.fit()
     start, *steps = history.states
     assert len(steps) == 12 == ema.updates
@@ -71,8 +78,9 @@ def test_the_average_after_k_steps_is_the_formula_over_the_trained_weights(warmu
     for k, weights in enumerate(steps, 1):
         decay = min(0.9, (1 + k) / (10 + k)) if warmup else 0.9
         for key, value in weights.items():
-            expected[key] = decay * expected[key] + (1 - decay) * value.double() if value.is_floating_point() \
-                else value.double()  # integer buffers (num_batches_tracked) are copied
+            expected[key] = (
+                decay * expected[key] + (1 - decay) * value.double() if value.is_floating_point() else value.double()
+            )  # integer buffers (num_batches_tracked) are copied
     averaged = ema.state_dict()
     assert list(averaged) == list(expected)
     for key in expected:
@@ -89,8 +97,16 @@ def test_the_average_after_k_steps_is_the_formula_over_the_trained_weights(warmu
 
 def test_checkpoint_weights_hold_the_average_and_the_trained_weights_for_resume():
     model = tiny_model()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, loader(), loader(shuffle=False),
-                      CPU, epochs=1, ema=ModelEma(model, 0.5))
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        None,
+        loader(),
+        loader(shuffle=False),
+        CPU,
+        epochs=1,
+        ema=ModelEma(model, 0.5),
+    )
     trainer.fit()
     state = trainer.state_dict()
     assert state["ema_updates"] == 6
@@ -98,8 +114,16 @@ def test_checkpoint_weights_hold_the_average_and_the_trained_weights_for_resume(
     assert all(torch.equal(state["state_dict"][k], v) for k, v in trainer.ema.state_dict().items())
 
     other = tiny_model()
-    again = Trainer(other, torch.optim.SGD(other.parameters(), lr=0.1), None, loader(), None, CPU, epochs=1,
-                    ema=ModelEma(other, 0.5))
+    again = Trainer(
+        other,
+        torch.optim.SGD(other.parameters(), lr=0.1),
+        None,
+        loader(),
+        None,
+        CPU,
+        epochs=1,
+        ema=ModelEma(other, 0.5),
+    )
     again.load_state_dict(state)
     assert again.ema.updates == 6
     assert all(torch.equal(state["raw_state_dict"][k], v) for k, v in other.state_dict().items())
@@ -134,7 +158,8 @@ def test_tta_is_the_mean_of_the_probabilities_of_the_two_passes():
     with torch.no_grad():
         mean = (model(images).softmax(1) + model(images.flip(-1)).softmax(1)) / 2
     evaluation = Trainer(model, None, None, None, None, CPU, epochs=0, tta="hflip").evaluate(
-        [(images, labels)], keep_outputs=True)
+        [(images, labels)], keep_outputs=True
+    )
     assert torch.allclose(evaluation.probabilities, mean, atol=1e-6)
     assert torch.equal(evaluation.predicted, mean.argmax(1))
     assert evaluation.acc == (mean.argmax(1) == labels).float().mean().item()
@@ -144,43 +169,67 @@ def test_tta_is_the_mean_of_the_probabilities_of_the_two_passes():
 
     # A mirror-invariant model: TTA changes nothing.
     symmetric = Mirrored(model).eval()
-    with_tta, without = (Trainer(symmetric, None, None, None, None, CPU, epochs=0, tta=tta).evaluate(
-        loader(shuffle=False), keep_outputs=True) for tta in ("hflip", None))
+    with_tta, without = (
+        Trainer(symmetric, None, None, None, None, CPU, epochs=0, tta=tta).evaluate(
+            loader(shuffle=False), keep_outputs=True
+        )
+        for tta in ("hflip", None)
+    )
     assert with_tta.acc == without.acc
     assert with_tta.loss == pytest.approx(without.loss, abs=1e-6)
     assert torch.allclose(with_tta.probabilities, without.probabilities, atol=1e-6)
 
 
-EMA_MESSAGE = ("trainer.ema must be null (off) or the decay of the weights' moving average, a number between 0 "
-               "and 1 (both excluded) such as 0.999, got ")
-TTA_MESSAGE = ("trainer.tta must be null (off) or one of hflip (hflip: evaluate each image and its mirror image, "
-               "averaging their probabilities), got ")
+EMA_MESSAGE = (
+    "trainer.ema must be null (off) or the decay of the weights' moving average, a number between 0 "
+    "and 1 (both excluded) such as 0.999, got "
+)
+TTA_MESSAGE = (
+    "trainer.tta must be null (off) or one of hflip (hflip: evaluate each image and its mirror image, "
+    "averaging their probabilities), got "
+)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.ema=1", EMA_MESSAGE + "1."),
-    ("trainer.ema=0", EMA_MESSAGE + "0."),
-    ("trainer.ema=true", EMA_MESSAGE + "True."),
-    ("trainer.ema=abc", EMA_MESSAGE + "'abc'."),
-    ("trainer.ema_warmup=yes", "trainer.ema_warmup must be true or false, got 'yes'."),
-    ("trainer.tta=vflip", TTA_MESSAGE + "'vflip'."),
-    ("trainer.tta=true", TTA_MESSAGE + "True."),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.ema=1", EMA_MESSAGE + "1."),
+        ("trainer.ema=0", EMA_MESSAGE + "0."),
+        ("trainer.ema=true", EMA_MESSAGE + "True."),
+        ("trainer.ema=abc", EMA_MESSAGE + "'abc'."),
+        ("trainer.ema_warmup=yes", "trainer.ema_warmup must be true or false, got 'yes'."),
+        ("trainer.tta=vflip", TTA_MESSAGE + "'vflip'."),
+        ("trainer.tta=true", TTA_MESSAGE + "True."),
+    ],
+)
 def test_bad_ema_and_tta_settings_are_named(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_trainer_settings(compose_config([override]))
     check_trainer_settings(compose_config(["trainer.ema=0.999", "trainer.ema_warmup=false", "trainer.tta=hflip"]))
 
 
-RUN = ["data=synthetic", "data.train_size=160", "data.test_size=64", "data.batch_size=32", "model=lenet_bn",
-       "device=cpu", "trainer.progress=none", "optimizer.lr=0.05", "optimizer.momentum=0.9", "trainer.epochs=3",
-       "trainer.ema=0.9", "trainer.tta=hflip"]
+RUN = [
+    "data=synthetic",
+    "data.train_size=160",
+    "data.test_size=64",
+    "data.batch_size=32",
+    "model=lenet_bn",
+    "device=cpu",
+    "trainer.progress=none",
+    "optimizer.lr=0.05",
+    "optimizer.momentum=0.9",
+    "trainer.epochs=3",
+    "trainer.ema=0.9",
+    "trainer.tta=hflip",
+]
 
 
 def metrics_without_timing(run_dir):
     with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "train_examples_per_s")}
-                for row in csv.DictReader(f)]
+        return [
+            {k: v for k, v in row.items() if k not in ("epoch_seconds", "train_examples_per_s")}
+            for row in csv.DictReader(f)
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +278,11 @@ def test_cnntrain_eval_measures_without_the_runs_tta_into_a_folder_of_its_own(wh
     assert not torch.allclose(without.evaluation.probabilities, with_tta.evaluation.probabilities)
     assert without.evaluation.loss == pytest.approx(
         -without.evaluation.probabilities[torch.arange(len(without.evaluation.labels)), without.evaluation.labels]
-        .log().mean().item(), rel=1e-5)
+        .log()
+        .mean()
+        .item(),
+        rel=1e-5,
+    )
 
 
 class BothWeights(Callback):
@@ -240,9 +293,14 @@ class BothWeights(Callback):
         self.seen = []
 
     def on_epoch_end(self, trainer, metrics):
-        self.seen.append(({k: v.clone() for k, v in trainer.model.state_dict().items()},
-                          {k: v.clone() for k, v in trainer.ema.state_dict().items()}, trainer.ema.updates,
-                          load_checkpoint(self.best)))
+        self.seen.append(
+            (
+                {k: v.clone() for k, v in trainer.model.state_dict().items()},
+                {k: v.clone() for k, v in trainer.ema.state_dict().items()},
+                trainer.ema.updates,
+                load_checkpoint(self.best),
+            )
+        )
 
 
 def test_two_stage_finetune_with_ema_reloads_best_pt_s_trained_weights_and_average(tmp_path):
@@ -263,8 +321,9 @@ def test_ema_and_tta_are_off_by_default_and_checkpoints_stay_as_they_were():
     cfg = compose_config([])
     assert (cfg.trainer.ema, cfg.trainer.ema_warmup, cfg.trainer.tta) == (None, True, None)
     model = tiny_model()
-    state = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), None, loader(), None, CPU,
-                    epochs=1).state_dict()
+    state = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), None, loader(), None, CPU, epochs=1
+    ).state_dict()
     assert "raw_state_dict" not in state and "ema_updates" not in state  # checkpoints as before
 
 
@@ -276,8 +335,12 @@ def test_predict_applies_the_runs_tta_as_its_test_did_and_tta_none_is_one_pass(w
     test_images = build_data(check_config(compose_config(RUN))).test.images  # uint8 (N, C, H, W), as evaluated
     run = load_run(whole.run_dir)
     assert run.run_tta == "hflip"
-    probabilities = torch.tensor([[p for _, p in sorted(prediction.top, key=lambda top: run.classes.index(top[0]))]
-                                  for prediction in run.predict(test_images, topk=len(run.classes))])
+    probabilities = torch.tensor(
+        [
+            [p for _, p in sorted(prediction.top, key=lambda top: run.classes.index(top[0]))]
+            for prediction in run.predict(test_images, topk=len(run.classes))
+        ]
+    )
     # The default (tta=run) gives the probabilities cnntrain-eval measured on the test split: the two passes' mean.
     assert torch.allclose(probabilities, evaluate_run(whole.run_dir).evaluation.probabilities, atol=1e-5)
     batch = run.transform()(test_images)

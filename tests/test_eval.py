@@ -19,8 +19,8 @@ from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.evaluation import confusion_matrix, evaluate_run, per_class_metrics
 from cnntrain.plots import read_metrics_csv
 from cnntrain.trainer import EpochMetrics
-from tests.test_folder import COLOURS, make_class_folder, write_image
 from tests.helpers import run_cli
+from tests.test_folder import COLOURS, make_class_folder, write_image
 
 SMOKE = ("experiment=smoke", "trainer.epochs=1", "trainer.progress=none", "data.train_size=160", "data.test_size=64")
 
@@ -50,8 +50,18 @@ def pets(tmp_path_factory) -> SimpleNamespace:
     make_class_folder(root / "train", per_class=10)
     make_class_folder(root / "test", per_class=5)
     run_dir = base / "run"
-    train("data=image_folder", f"data.root={root}", "data.image_size=16", "model=cifar_cnn", "trainer.epochs=1",
-          "trainer.progress=none", "device=cpu", "optimizer.lr=0.05", "data.batch_size=8", run_dir=run_dir)
+    train(
+        "data=image_folder",
+        f"data.root={root}",
+        "data.image_size=16",
+        "model=cifar_cnn",
+        "trainer.epochs=1",
+        "trainer.progress=none",
+        "device=cpu",
+        "optimizer.lr=0.05",
+        "data.batch_size=8",
+        run_dir=run_dir,
+    )
     new = base / "new_pets"  # the same classes, other images: one folder per class, no splits
     for i in range(4):
         write_image(new / "cats" / f"new_cat{i}.png", COLOURS["cats"], size=(18, 12))
@@ -79,6 +89,7 @@ def run_eval_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 
 # --- the run's own test split: the figures of its summary.json ----------------------------------
+
 
 def test_eval_on_the_runs_test_split_gives_its_summary_figures(smoke_run):
     summary = summary_of(smoke_run)
@@ -120,8 +131,9 @@ def test_misclassified_rows_name_split_indices_for_a_dataset_without_files(smoke
         assert 0 <= i < 64 and row["true"] != row["predicted"]
         assert row["true"] == f"class_{result.evaluation.labels[i]}"
         assert float(row["probability"]) == pytest.approx(result.evaluation.probabilities[i].max().item(), abs=1e-6)
-    assert [float(row["probability"]) for row in rows] == sorted((float(row["probability"]) for row in rows),
-                                                                 reverse=True)
+    assert [float(row["probability"]) for row in rows] == sorted(
+        (float(row["probability"]) for row in rows), reverse=True
+    )
 
 
 def test_per_class_precision_recall_f1_against_a_hand_computed_example():
@@ -142,10 +154,20 @@ def test_per_class_precision_recall_f1_against_a_hand_computed_example():
 
 # --- top-5 in runs --------------------------------------------------------------------------------
 
+
 def test_top5_is_recorded_for_ten_classes_and_left_out_for_two(smoke_run, pets):
     rows = read_csv(smoke_run / "metrics.csv")
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                             "train_examples_per_s", "val_top5"]
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "epoch_seconds",
+        "train_examples_per_s",
+        "val_top5",
+    ]
     assert float(rows[0]["val_acc"]) <= float(rows[0]["val_top5"]) <= 1
     assert "test_top5" in summary_of(smoke_run) and "val_top5" in summary_of(smoke_run)["final_epoch"]
 
@@ -158,8 +180,16 @@ def test_top5_is_recorded_for_ten_classes_and_left_out_for_two(smoke_run, pets):
 
 def test_metrics_csv_stays_consistent_when_a_resumed_run_gains_top5(tmp_path):
     """A run checkpointed before val_top5 existed: its rows load, and the file gets the column for all rows."""
-    old_row = dict(epoch=1, train_loss=2.0, train_acc=0.2, val_loss=1.9, val_acc=0.3, lr=0.1, epoch_seconds=1.0,
-                   train_examples_per_s=10.0)
+    old_row = dict(
+        epoch=1,
+        train_loss=2.0,
+        train_acc=0.2,
+        val_loss=1.9,
+        val_acc=0.3,
+        lr=0.1,
+        epoch_seconds=1.0,
+        train_examples_per_s=10.0,
+    )
     history = [EpochMetrics(**old_row)]  # a history row of an older checkpoint
     writer = MetricsWriter(tmp_path / "metrics.csv")
     writer.on_fit_start(SimpleNamespace(history=history))
@@ -177,6 +207,7 @@ def test_metrics_csv_stays_consistent_when_a_resumed_run_gains_top5(tmp_path):
 
 # --- image folders: file names, other folders ------------------------------------------------------
 
+
 def test_image_sets_keep_their_files_through_a_subset(pets):
     classes, items = list_class_images(pets.root / "test")
     images = load_split(items, channels=3, size=8, skip_bad_files=False)
@@ -193,7 +224,12 @@ def test_an_image_folder_run_names_its_misclassified_files(pets):
     assert result.evaluation.loss == pytest.approx(summary["test_loss"], abs=1e-6)
     rows = read_csv(result.folder.misclassified_csv)
     assert list(result.folder.misclassified_csv.read_text().splitlines()[0].split(",")) == [
-        "file", "true", "predicted", "probability", "true_probability"]
+        "file",
+        "true",
+        "predicted",
+        "probability",
+        "true_probability",
+    ]
     assert len(rows) == 10 - result.confusion.trace().item()
     for row in rows:
         path = Path(row["file"])
@@ -206,7 +242,8 @@ def test_a_run_evaluated_on_another_folder_with_its_classes(pets):
     assert result.size == 8 and not result.own_data and result.run_test is None
     assert result.folder.path.parent == pets.run / "eval"
     assert result.folder.path.name.startswith("image_folder-new_pets-") and result.folder.path.name.endswith(
-        "_all_best")
+        "_all_best"
+    )
     assert result.confusion.sum() == 8 and [row["support"] for row in result.per_class] == [4, 4]
     named = {Path(row["file"]).name for row in read_csv(result.folder.misclassified_csv)}
     assert len(named) == 8 - result.confusion.trace().item() and named <= {p.name for p in pets.new.rglob("*.png")}
@@ -232,13 +269,16 @@ def test_a_folder_with_other_classes_is_refused_naming_them(pets):
 
 # --- errors: exit status 2 and a message, no traceback -----------------------------------------------
 
+
 def test_errors_are_messages_with_exit_status_2(smoke_run, pets, tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     cases = [
         ((f"run={smoke_run}", "split=tset"), "Unknown split 'tset' (split=). Did you mean 'test'?"),
         ((f"run={tmp_path / 'nowhere'}",), "is not a folder. Give a run folder"),
-        ((f"run={tmp_path / 'empty'}",), "empty is not a run folder (it has no checkpoints/, summary.json or "
-                                         "metrics.csv) and holds none."),
+        (
+            (f"run={tmp_path / 'empty'}",),
+            "empty is not a run folder (it has no checkpoints/, summary.json or metrics.csv) and holds none.",
+        ),
         ((f"run={smoke_run}", "checkpoint=bset"), "Unknown checkpoint 'bset' (checkpoint=). Did you mean 'best'?"),
         ((f"run={pets.run}", f"data.rooot={pets.new}"), "Unknown setting 'data.rooot'"),
         ((f"run={pets.run}", f"dta.root={pets.new}"), "Did you mean 'data.root'?"),
@@ -269,8 +309,10 @@ def test_the_installed_command_prints_the_figures_and_the_files(smoke_run):
     assert lines[0].endswith(f"on the val split of synthetic ({figures['size']} images)")
     assert f"accuracy {val['val_acc']:.4f}  top-5 {val['val_top5']:.4f}" in result.stdout
     assert "per class" in result.stdout and "confusion matrix" in result.stdout
-    assert lines[-1].endswith("val_last: eval.json, per_class.csv, confusion_matrix.csv, confusion_matrix.png, "
-                              "misclassified.csv" + (", misclassified.png" if figures["misclassified"] else ""))
+    assert lines[-1].endswith(
+        "val_last: eval.json, per_class.csv, confusion_matrix.csv, confusion_matrix.png, "
+        "misclassified.csv" + (", misclassified.png" if figures["misclassified"] else "")
+    )
 
 
 @pytest.mark.slow
@@ -282,14 +324,15 @@ def test_a_bare_run_folder_is_the_run_and_slips_get_the_key_value_to_write(smoke
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("cnntrain-eval: run (") and "on the val split of synthetic" in result.stdout
     for args, message in [
-            (("run", "./run"), "'run' needs its value after '=' without spaces: write run=./run."),
-            (("run:./run",), "Settings are written key=value, not key:value: write run=./run."),
-            (("run", "=", "./run"), "No spaces around '=': write run=./run."),
-            (("run=", "./run"), "No spaces around '=': write run=./run."),
-            (("./run", "split", "val"), "'split' needs its value after '=' without spaces: write split=val."),
-            (("./run", "data.root", "/x"), "'data.root' needs its value after '=' without spaces: write data.root=/x."),
-            (("./runn",), "Unexpected argument './runn': there is no such folder or file."),
-            ((".",), "is not a run folder; the runs in it are, newest first: run. The newest: cnntrain-eval run=run")]:
+        (("run", "./run"), "'run' needs its value after '=' without spaces: write run=./run."),
+        (("run:./run",), "Settings are written key=value, not key:value: write run=./run."),
+        (("run", "=", "./run"), "No spaces around '=': write run=./run."),
+        (("run=", "./run"), "No spaces around '=': write run=./run."),
+        (("./run", "split", "val"), "'split' needs its value after '=' without spaces: write split=val."),
+        (("./run", "data.root", "/x"), "'data.root' needs its value after '=' without spaces: write data.root=/x."),
+        (("./runn",), "Unexpected argument './runn': there is no such folder or file."),
+        ((".",), "is not a run folder; the runs in it are, newest first: run. The newest: cnntrain-eval run=run"),
+    ]:
         result = eval_command(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "Did you mean 'run'" not in result.stderr and "Traceback" not in result.stderr

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from cnntrain.build import inspect_model
 from cnntrain.config import config_dir
 from cnntrain.errors import ConfigError
-from cnntrain.build import inspect_model
 from cnntrain.run import train
 from cnntrain.speed_switches import cpu_has_native_bf16
 from tests.conftest import compose_config, write_fake_mnist
@@ -24,8 +24,16 @@ BOOK_RECIPES = [
     ("d2l_resnet18", "resnet18", 0.05, 256, 96),
 ]
 # One tiny step: 4 synthetic training images in 2 batches, 2 test images validate.
-TINY = ["data=synthetic", "data.train_size=4", "data.test_size=2", "data.batch_size=2", "data.val_fraction=0",
-        "trainer.epochs=1", "trainer.progress=none", "device=cpu"]
+TINY = [
+    "data=synthetic",
+    "data.train_size=4",
+    "data.test_size=2",
+    "data.batch_size=2",
+    "data.val_fraction=0",
+    "trainer.epochs=1",
+    "trainer.progress=none",
+    "device=cpu",
+]
 
 
 def test_every_d2l_preset_is_listed_here():
@@ -60,8 +68,9 @@ FMNIST_PRESETS = [
 ]
 
 
-@pytest.mark.parametrize("preset,epochs,batch,widths,augment,precision,params", FMNIST_PRESETS,
-                         ids=[p[0] for p in FMNIST_PRESETS])
+@pytest.mark.parametrize(
+    "preset,epochs,batch,widths,augment,precision,params", FMNIST_PRESETS, ids=[p[0] for p in FMNIST_PRESETS]
+)
 def test_fmnist_preset_holds_its_recipe(preset, epochs, batch, widths, augment, precision, params):
     cfg = compose_config([f"experiment={preset}"])
     assert (cfg.model.name, list(cfg.model.widths), cfg.data.name) == ("airnet", widths, "fashion_mnist")
@@ -72,13 +81,23 @@ def test_fmnist_preset_holds_its_recipe(preset, epochs, batch, widths, augment, 
     assert cfg.trainer.precision == precision
 
 
-@pytest.mark.parametrize("preset,epochs,batch,widths,augment,precision,params", FMNIST_PRESETS,
-                         ids=[p[0] for p in FMNIST_PRESETS])
+@pytest.mark.parametrize(
+    "preset,epochs,batch,widths,augment,precision,params", FMNIST_PRESETS, ids=[p[0] for p in FMNIST_PRESETS]
+)
 def test_fmnist_preset_runs_a_few_steps(tmp_path, preset, epochs, batch, widths, augment, precision, params):
     root = tmp_path / "data"
     write_fake_mnist(root / "FashionMNIST" / "raw", train_size=400, test_size=100)
-    cfg = compose_config([f"experiment={preset}", f"data.root={root}", "trainer.epochs=1", "trainer.progress=none",
-                          "trainer.limit_train_batches=2", "data.batch_size=16", "device=cpu"])
+    cfg = compose_config(
+        [
+            f"experiment={preset}",
+            f"data.root={root}",
+            "trainer.epochs=1",
+            "trainer.progress=none",
+            "trainer.limit_train_batches=2",
+            "data.batch_size=16",
+            "device=cpu",
+        ]
+    )
     summary = train(cfg, run_dir=tmp_path / "run")
     assert (summary["model"], summary["params"], summary["tta"]) == ("airnet", params, "hflip")
     assert summary["train_size"] == 360 and summary["val_size"] == 40 and summary["test_size"] == 100
@@ -106,8 +125,15 @@ def test_inspect_model_from_python():
 
 
 def test_info_command_prints_the_layer_table(tmp_path):
-    result = run_cli("cnntrain-info", "model=lenet", "data=synthetic", cwd=tmp_path, timeout=120,
-                     env={"COLUMNS": "120", "PATH": ""}, inherit_env=False)
+    result = run_cli(
+        "cnntrain-info",
+        "model=lenet",
+        "data=synthetic",
+        cwd=tmp_path,
+        timeout=120,
+        env={"COLUMNS": "120", "PATH": ""},
+        inherit_env=False,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     first_conv = next(line for line in lines if " 0 " in line and "Conv2d" in line)
@@ -138,7 +164,7 @@ def test_the_readmes_cnntrain_info_sample_is_what_the_command_prints(tmp_path):
     """README.md's sample (batch 256 / 1,302.4 MiB went stale when alexnet's recipe batch became 128)."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     command = "$ cnntrain-info model=alexnet data=fashion_mnist\n"
-    sample = readme[readme.index(command) + len(command):].split("```")[0].splitlines()
+    sample = readme[readme.index(command) + len(command) :].split("```")[0].splitlines()
     assert len(sample) > 8 and "..." in sample and any("Activations, batch" in line for line in sample)
     lines = [line.rstrip() for line in info_lines(tmp_path, 100, "model=alexnet", "data=fashion_mnist")]
     for line in sample:

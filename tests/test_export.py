@@ -17,15 +17,32 @@ from PIL import Image
 
 from cnntrain import __version__, train
 from cnntrain.errors import CnnTrainError, DatasetError
-from cnntrain.export import (check_format, EXPORT_BATCH, FORMATS, TOLERANCE, TORCHSCRIPT_NOTICE, VERIFY_BATCHES,
-                             export_and_verify, export_run, load_exported_file)
+from cnntrain.export import (
+    EXPORT_BATCH,
+    FORMATS,
+    TOLERANCE,
+    TORCHSCRIPT_NOTICE,
+    VERIFY_BATCHES,
+    check_format,
+    export_and_verify,
+    export_run,
+    load_exported_file,
+)
 from cnntrain.models import MODELS, build_model, builder_settings, model_config
 from cnntrain.predict import load_exported, load_run, predict
 from cnntrain.run_folder import export_info_path
 from tests.helpers import run_cli as run_script
 
-SMOKE = ("experiment=smoke", "trainer.progress=none", "trainer.epochs=1", "data.train_size=160",
-         "data.test_size=40", "data.channels=3", "data.num_classes=4", "data.normalize=true")
+SMOKE = (
+    "experiment=smoke",
+    "trainer.progress=none",
+    "trainer.epochs=1",
+    "data.train_size=160",
+    "data.test_size=40",
+    "data.channels=3",
+    "data.num_classes=4",
+    "data.normalize=true",
+)
 SCRIPTS = Path(sys.executable).parent
 
 
@@ -70,8 +87,12 @@ def test_each_format_round_trips_within_tolerance_at_other_batch_sizes(exports, 
     assert check.batch_sizes == list(VERIFY_BATCHES) and EXPORT_BATCH not in check.batch_sizes
     assert check.export_batch_size == EXPORT_BATCH
     assert check.inputs == "8 validation images of synthetic"
-    assert result.path == run_dir / "export" / {"onnx": "model.onnx", "torchscript": "model.torchscript.pt",
-                                                 "exported_program": "model.pt2"}[format]
+    assert (
+        result.path
+        == run_dir
+        / "export"
+        / {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "exported_program": "model.pt2"}[format]
+    )
     assert result.info_path == result.path.with_name(result.path.name + ".json")
     assert not [p for p in result.path.parent.iterdir() if p.name.startswith(".tmp-")]
     # The file on its own, at two more batch sizes, against the run's model.
@@ -126,8 +147,7 @@ def test_predicting_with_the_onnx_file_equals_predicting_with_the_run(exports, r
     assert [p.file for p in from_file] == [p.file for p in from_run]
     assert [p.label for p in from_file] == [p.label for p in from_run]
     assert [name for p in from_file for name, _ in p.top] == [name for p in from_run for name, _ in p.top]
-    assert [q for p in from_file for _, q in p.top] == pytest.approx([q for p in from_run for _, q in p.top],
-                                                                      abs=1e-4)
+    assert [q for p in from_file for _, q in p.top] == pytest.approx([q for p in from_run for _, q in p.top], abs=1e-4)
     assert [p.label for p in predict(onnx_file, images)] == [p.label for p in from_run]
 
 
@@ -141,9 +161,11 @@ def test_an_onnx_file_of_a_run_with_tta_predicts_with_it_as_the_run_does(exports
     with_tta = load_run(run_dir).predict(images, topk=4, tta="hflip")
     without = load_run(run_dir).predict(images, topk=4, tta="none")
     assert [q for p in exported.predict(images, topk=4) for _, q in p.top] == pytest.approx(
-        [q for p in with_tta for _, q in p.top], abs=1e-4)
+        [q for p in with_tta for _, q in p.top], abs=1e-4
+    )
     assert [q for p in exported.predict(images, topk=4, tta="none") for _, q in p.top] == pytest.approx(
-        [q for p in without for _, q in p.top], abs=1e-4)
+        [q for p in without for _, q in p.top], abs=1e-4
+    )
     assert [p.probability for p in with_tta] != pytest.approx([p.probability for p in without], abs=1e-4)
     done = run_script("cnntrain-predict", f"run={onnx_file}", f"inputs={images}")
     assert done.returncode == 0, done.stderr
@@ -176,8 +198,11 @@ def test_an_onnx_file_without_its_json_or_onnxruntime_is_explained(exports, tmp_
     with pytest.raises(CnnTrainError, match="does not exist"):
         load_exported(tmp_path / "nothing.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
-    with pytest.raises(CnnTrainError, match=r"needs onnxruntime, which is not installed. Install it with: pip "
-                                            r"install onnxruntime"):
+    with pytest.raises(
+        CnnTrainError,
+        match=r"needs onnxruntime, which is not installed. Install it with: pip "
+        r"install onnxruntime",
+    ):
         load_exported(exports["onnx"][0].path)
 
 
@@ -186,8 +211,11 @@ def test_an_onnx_file_without_its_json_or_onnxruntime_is_explained(exports, tmp_
 
 def test_errors_name_the_problem_and_the_fix(exports, run_dir, tmp_path, monkeypatch):
     quiet = {"say": lambda line: None}
-    with pytest.raises(CnnTrainError, match=r"Unknown export format 'onx' \(format=onx\). Did you mean 'onnx'\? "
-                                            r"Choose one of: onnx, torchscript, exported_program"):
+    with pytest.raises(
+        CnnTrainError,
+        match=r"Unknown export format 'onx' \(format=onx\). Did you mean 'onnx'\? "
+        r"Choose one of: onnx, torchscript, exported_program",
+    ):
         export_run(run_dir, "onx", **quiet)
     assert check_format("ONNX") == "onnx" and check_format("Exported_Program") == "exported_program"
     with pytest.raises(CnnTrainError, match="run=.*nothing is not a folder. Give a run folder"):
@@ -216,8 +244,11 @@ def test_errors_name_the_problem_and_the_fix(exports, run_dir, tmp_path, monkeyp
         export_run(run_dir, "onnx", output=tmp_path / "other.onnx", **quiet)
     assert (tmp_path / "other.onnx.json").read_text() == '{"mine": true}'
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if it were not installed
-    with pytest.raises(CnnTrainError, match=r"format=onnx needs onnx, onnxruntime, onnxscript; not installed: "
-                                            r"onnxscript. Install them with: pip install 'cnntrain\[onnx\]'"):
+    with pytest.raises(
+        CnnTrainError,
+        match=r"format=onnx needs onnx, onnxruntime, onnxscript; not installed: "
+        r"onnxscript. Install them with: pip install 'cnntrain\[onnx\]'",
+    ):
         export_run(run_dir, "onnx", output=tmp_path / "new.onnx", **quiet)
     assert not (tmp_path / "new.onnx").exists()
 
@@ -226,8 +257,11 @@ def test_a_run_without_the_checkpoint_asked_for_points_to_the_other(run_dir, tmp
     partial = tmp_path / "partial"
     (partial / "checkpoints").mkdir(parents=True)
     (partial / "checkpoints" / "last.pt").write_bytes((run_dir / "checkpoints" / "last.pt").read_bytes())
-    with pytest.raises(CnnTrainError, match=r"has no checkpoints/best\.pt \(it was deleted or lost\)\. It has "
-                                            r"checkpoints/last\.pt: use checkpoint=last\.$"):
+    with pytest.raises(
+        CnnTrainError,
+        match=r"has no checkpoints/best\.pt \(it was deleted or lost\)\. It has "
+        r"checkpoints/last\.pt: use checkpoint=last\.$",
+    ):
         export_run(partial, "exported_program", say=lambda line: None)
 
 
@@ -258,8 +292,10 @@ def test_random_images_stand_in_when_the_data_cannot_be_loaded(run_dir, tmp_path
     monkeypatch.setattr("cnntrain.export.build_data", no_data)
     said = []
     result = export_run(run_dir, "exported_program", output=tmp_path / "m.pt2", say=said.append)
-    assert ("notice: the run's data could not be loaded (Image folder /gone does not exist (data.root)); "
-            "verifying on 8 random images instead, converted the same way.") in said
+    assert (
+        "notice: the run's data could not be loaded (Image folder /gone does not exist (data.root)); "
+        "verifying on 8 random images instead, converted the same way."
+    ) in said
     assert result.verification.inputs == "8 random images" and result.verification.passed
     assert result.info["verification"]["inputs"] == "8 random images"
 
@@ -282,18 +318,25 @@ class BranchOnData(torch.nn.Module):
         return flat * 2 if bool(x.sum() > 0) else -flat
 
 
-@pytest.mark.parametrize("model, format, error", [
-    (BatchBakedIn(), "exported_program", r"Constraints violated \(batch\)!"),
-    (BranchOnData(), "onnx", r"Failed to export the model with torch.export: Could not guard on data-dependent"),
-])
+@pytest.mark.parametrize(
+    "model, format, error",
+    [
+        (BatchBakedIn(), "exported_program", r"Constraints violated \(batch\)!"),
+        (BranchOnData(), "onnx", r"Failed to export the model with torch.export: Could not guard on data-dependent"),
+    ],
+)
 def test_a_model_the_exporter_refuses_is_named_with_the_exporters_error(model, format, error, tmp_path, capfd):
     example = torch.ones(2, 1, 4, 4)
     name = type(model).__name__
     others = " or ".join(f"format={other}" for other in FORMATS if other != format)
-    with pytest.raises(CnnTrainError, match=rf"Cannot export {name} as {format}: {error}.* Try another format "
-                                            rf"\({others}\)\.$"):
-        export_and_verify(model, example, format, tmp_path / f"m.{'onnx' if format == 'onnx' else 'pt2'}",
-                          [example[:1]], name=name)
+    with pytest.raises(
+        CnnTrainError,
+        match=rf"Cannot export {name} as {format}: {error}.* Try another format "
+        rf"\({others}\)\.$",
+    ):
+        export_and_verify(
+            model, example, format, tmp_path / f"m.{'onnx' if format == 'onnx' else 'pt2'}", [example[:1]], name=name
+        )
     assert list(tmp_path.iterdir()) == []
     printed = capfd.readouterr()
     assert "def forward" not in printed.err + printed.out  # torch.export's graph dump stays off the screen
@@ -304,10 +347,14 @@ def test_an_export_that_does_not_match_pytorch_fails_and_writes_nothing(tmp_path
     negative = -torch.ones(3, 1, 4, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TracerWarning about the branch
-        with pytest.raises(CnnTrainError, match=r"The torchscript export of BranchOnData does not match PyTorch: .*"
-                                                r"max abs difference 3\.00e\+00 .* Nothing was written"):
-            export_and_verify(BranchOnData(), example, "torchscript", tmp_path / "m.pt", [negative],
-                              name="BranchOnData")
+        with pytest.raises(
+            CnnTrainError,
+            match=r"The torchscript export of BranchOnData does not match PyTorch: .*"
+            r"max abs difference 3\.00e\+00 .* Nothing was written",
+        ):
+            export_and_verify(
+                BranchOnData(), example, "torchscript", tmp_path / "m.pt", [negative], name="BranchOnData"
+            )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -331,8 +378,16 @@ def test_every_zoo_model_exports_within_tolerance(name, format, tmp_path):
     torch.manual_seed(0)
     config = model_config(name)
     size = config["input_size"]
-    model = build_model({"name": name, "settings": builder_settings(config), "num_classes": 5, "in_channels": 1,
-                         "input_size": size, "init": config.get("init", "default")})
+    model = build_model(
+        {
+            "name": name,
+            "settings": builder_settings(config),
+            "num_classes": 5,
+            "in_channels": 1,
+            "input_size": size,
+            "init": config.get("init", "default"),
+        }
+    )
     generator = torch.Generator().manual_seed(1)
     batches = [torch.randn(n, 1, size, size, generator=generator) for n in (1, 3)]
     path = tmp_path / {"onnx": "m.onnx", "torchscript": "m.pt", "exported_program": "m.pt2"}[format]
@@ -368,8 +423,9 @@ def test_predict_on_more_images_than_a_screen_prints_a_summary(run_dir, images, 
     many.mkdir()
     for i in range(45):
         shutil.copy(images / f"{i % 5}.png", many / f"image_{i:02d}.png")
-    result = run_script("cnntrain-predict", f"run={run_dir}", f"inputs={many}", f"output={tmp_path / 'all.csv'}",
-                        cwd=tmp_path)
+    result = run_script(
+        "cnntrain-predict", f"run={run_dir}", f"inputs={many}", f"output={tmp_path / 'all.csv'}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "all.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -378,14 +434,18 @@ def test_predict_on_more_images_than_a_screen_prints_a_summary(run_dir, images, 
     for row in rows:
         counts[row["predicted"]] = counts.get(row["predicted"], 0) + 1
     assert "45 images per predicted class" in result.stdout and "the 5 least confident" in result.stdout
-    shown = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines()
-             if line.startswith("│") and line.count("│") == 4}
+    shown = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("│") and line.count("│") == 4
+    }
     assert shown == {label: str(count) for label, count in counts.items()}  # the per-class table
     least = sorted(rows, key=lambda row: (float(row["probability"]), row["file"]))[:5]
-    assert [Path(row["file"]).name for row in least] == [line.split("│")[1].strip() for line in
-                                                         result.stdout.splitlines() if "image_" in line]
+    assert [Path(row["file"]).name for row in least] == [
+        line.split("│")[1].strip() for line in result.stdout.splitlines() if "image_" in line
+    ]
     assert len(result.stdout.splitlines()) < 30
-    assert result.stdout.splitlines()[-1] == f"all 45 predictions written to all.csv"
+    assert result.stdout.splitlines()[-1] == "all 45 predictions written to all.csv"
 
 
 # ---------------------------------------------------------------- the json is checked against the model it describes
@@ -393,28 +453,42 @@ def test_predict_on_more_images_than_a_screen_prints_a_summary(run_dir, images, 
 JSON_AGAIN = "It does not describe the model it was written with: export again with cnntrain-export."
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"classes": ["a", "b"]}, "names 2 classes, but the model gives 4 outputs per image."),
-    ({"classes": ["a", "b", "c", "d", "e"]}, "names 5 classes, but the model gives 4 outputs per image."),
-    ({"classes": "abcd"}, "has classes='abcd'; it needs the list of the model's class names (at least 2)."),
-    ({"classes": ["a", "a", "b", "c"]}, "names a class twice in classes=['a', 'a', 'b', 'c']."),
-    ({"in_channels": 1}, "has preprocess.mean=[0.5, 0.5, 0.5]; it needs one finite number per channel (1)"),
-    ({"in_channels": 1, "preprocess": {"mean": [], "std": []}},
-     "says the model takes 1-channel 32x32 images, but the model refuses them: "),
-    ({"in_channels": 5}, "has in_channels=5; the models take 1 (grey) or 3 (RGB) channels."),
-    ({"preprocess": {"std": [0, 0, 0]}}, "has preprocess.std=[0, 0, 0]; images are divided by it, so each must be "
-                                         "above 0."),
-    ({"preprocess": {"std": [-1, 1, 1]}}, "has preprocess.std=[-1, 1, 1]; images are divided by it"),
-    ({"preprocess": {"std": [float("nan")] * 3}}, "has preprocess.std=[nan, nan, nan]; it needs one finite number "
-                                                  "per channel (3), or [] for none."),
-    ({"preprocess": {"mean": [0.5, 0.5]}}, "has preprocess.mean=[0.5, 0.5]; it needs one finite number per channel"),
-    ({"preprocess": {"size": 0}}, "has preprocess.size=0; it needs the model's input size in pixels (>= 1)."),
-    ({"preprocess": {"stored_size": [28]}}, "has preprocess.stored_size=[28]; it needs [height, width]"),
-    ({"preprocess": {"resize_before_crop": 8}}, "has preprocess.resize_before_crop=8; it needs null or a size >= "
-                                                "preprocess.size (32)."),
-    ({"preprocess": None}, "has preprocess=None; it needs stored_size, size, mean and std."),
-    ({"tta": "vflip"}, "has tta='vflip'; it needs null or one of hflip."),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"classes": ["a", "b"]}, "names 2 classes, but the model gives 4 outputs per image."),
+        ({"classes": ["a", "b", "c", "d", "e"]}, "names 5 classes, but the model gives 4 outputs per image."),
+        ({"classes": "abcd"}, "has classes='abcd'; it needs the list of the model's class names (at least 2)."),
+        ({"classes": ["a", "a", "b", "c"]}, "names a class twice in classes=['a', 'a', 'b', 'c']."),
+        ({"in_channels": 1}, "has preprocess.mean=[0.5, 0.5, 0.5]; it needs one finite number per channel (1)"),
+        (
+            {"in_channels": 1, "preprocess": {"mean": [], "std": []}},
+            "says the model takes 1-channel 32x32 images, but the model refuses them: ",
+        ),
+        ({"in_channels": 5}, "has in_channels=5; the models take 1 (grey) or 3 (RGB) channels."),
+        (
+            {"preprocess": {"std": [0, 0, 0]}},
+            "has preprocess.std=[0, 0, 0]; images are divided by it, so each must be above 0.",
+        ),
+        ({"preprocess": {"std": [-1, 1, 1]}}, "has preprocess.std=[-1, 1, 1]; images are divided by it"),
+        (
+            {"preprocess": {"std": [float("nan")] * 3}},
+            "has preprocess.std=[nan, nan, nan]; it needs one finite number per channel (3), or [] for none.",
+        ),
+        (
+            {"preprocess": {"mean": [0.5, 0.5]}},
+            "has preprocess.mean=[0.5, 0.5]; it needs one finite number per channel",
+        ),
+        ({"preprocess": {"size": 0}}, "has preprocess.size=0; it needs the model's input size in pixels (>= 1)."),
+        ({"preprocess": {"stored_size": [28]}}, "has preprocess.stored_size=[28]; it needs [height, width]"),
+        (
+            {"preprocess": {"resize_before_crop": 8}},
+            "has preprocess.resize_before_crop=8; it needs null or a size >= preprocess.size (32).",
+        ),
+        ({"preprocess": None}, "has preprocess=None; it needs stored_size, size, mean and std."),
+        ({"tta": "vflip"}, "has tta='vflip'; it needs null or one of hflip."),
+    ],
+)
 def test_a_json_that_does_not_fit_its_onnx_file_is_refused(exports, tmp_path, change, message):
     onnx_file = tmp_path / "model.onnx"
     shutil.copy(exports["onnx"][0].path, onnx_file)

@@ -14,12 +14,11 @@ def test_in_memory_batches_equal_torchvision_dataset_with_to_tensor(tmp_path):
     reference = datasets.FashionMNIST(str(tmp_path), train=True, transform=transforms.ToTensor(), download=False)
     ours = load_image_data("fashion_mnist", {"root": str(tmp_path), "download": False})
     assert raw.exists()
-    loader = InMemoryLoader(ours.train, 16, BatchTransform(None, None, None), torch.device("cpu"), shuffle=True,
-                            seed=7)
+    loader = InMemoryLoader(ours.train, 16, BatchTransform(None, None, None), torch.device("cpu"), shuffle=True, seed=7)
     loader.set_epoch(3)
     order = torch.randperm(50, generator=torch.Generator().manual_seed(7 + 3))
     for batch_number, (images, labels) in enumerate(loader):
-        index = order[batch_number * 16:(batch_number + 1) * 16]
+        index = order[batch_number * 16 : (batch_number + 1) * 16]
         expected = torch.stack([reference[i][0] for i in index.tolist()])
         assert torch.equal(images, expected)  # bit for bit: both divide the uint8 values by 255
         assert labels.tolist() == [reference[i][1] for i in index.tolist()]

@@ -115,8 +115,17 @@ def test_folder_over_the_memory_bound_streams_the_same_batches(tmp_path, caplog)
 def test_streamed_bad_file_is_named_or_skipped_during_training(tmp_path):
     folder = make_class_folder(tmp_path / "pets", per_class=8)
     (folder / "cats" / "zz_broken.png").write_bytes(b"not an image at all")
-    base = ["data=image_folder", f"data.root={folder}", "data.image_size=16", "data.cache_limit_mb=0",
-            "data.workers=1", "model=cifar_cnn", "trainer.epochs=1", "trainer.progress=none", "device=cpu"]
+    base = [
+        "data=image_folder",
+        f"data.root={folder}",
+        "data.image_size=16",
+        "data.cache_limit_mb=0",
+        "data.workers=1",
+        "model=cifar_cnn",
+        "trainer.epochs=1",
+        "trainer.progress=none",
+        "device=cpu",
+    ]
     with pytest.raises(DatasetError) as err:
         train(compose_config(base), run_dir=tmp_path / "strict")
     assert "zz_broken.png" in str(err.value) and "data.skip_bad_files=true" in str(err.value)
@@ -126,8 +135,18 @@ def test_streamed_bad_file_is_named_or_skipped_during_training(tmp_path):
 
 def test_training_on_a_folder_end_to_end(tmp_path):
     folder = make_class_folder(tmp_path / "pets", per_class=10)
-    cfg = compose_config(["data=image_folder", f"data.root={folder}", "data.image_size=16", "model=cifar_cnn",
-                          "trainer.epochs=2", "trainer.progress=none", "device=cpu", "optimizer.lr=0.05"])
+    cfg = compose_config(
+        [
+            "data=image_folder",
+            f"data.root={folder}",
+            "data.image_size=16",
+            "model=cifar_cnn",
+            "trainer.epochs=2",
+            "trainer.progress=none",
+            "device=cpu",
+            "optimizer.lr=0.05",
+        ]
+    )
     summary = train(cfg, run_dir=tmp_path / "run")
     assert summary["train_size"] == 16 and summary["val_size"] == 4 and summary["input_size"] == 32
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
@@ -139,9 +158,20 @@ def test_training_on_a_folder_end_to_end(tmp_path):
 def trained_pets_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("pets_run")
     folder = make_class_folder(tmp_path / "pets", per_class=12)
-    cfg = compose_config(["data=image_folder", f"data.root={folder}", "data.image_size=16", "model=cifar_cnn",
-                          "trainer.epochs=4", "trainer.progress=none", "device=cpu", "optimizer.lr=0.05",
-                          "data.batch_size=8", "model.init=default"])
+    cfg = compose_config(
+        [
+            "data=image_folder",
+            f"data.root={folder}",
+            "data.image_size=16",
+            "model=cifar_cnn",
+            "trainer.epochs=4",
+            "trainer.progress=none",
+            "device=cpu",
+            "optimizer.lr=0.05",
+            "data.batch_size=8",
+            "model.init=default",
+        ]
+    )
     summary = train(cfg, run_dir=tmp_path / "run")
     new_images = tmp_path / "new"
     write_image(new_images / "a_red.png", COLOURS["cats"], size=(40, 30))
@@ -157,8 +187,10 @@ def test_predict_names_the_classes(trained_pets_run):
     assert summary["best_val_acc"] == 1.0  # red vs blue is easy: the run has learned it
     predictions = predict(run_dir, new_images, topk=2)
     assert [p.label for p in predictions[:2]] == ["cats", "dogs"]
-    assert all(0.5 < p.probability <= 1 and [name for name, _ in p.top] == [p.label, ({"cats", "dogs"} - {p.label}).pop()]
-               for p in predictions)
+    assert all(
+        0.5 < p.probability <= 1 and [name for name, _ in p.top] == [p.label, ({"cats", "dogs"} - {p.label}).pop()]
+        for p in predictions
+    )
     assert len(predictions) == 3  # the grey image is converted to 3 channels like in training
 
 
@@ -166,8 +198,14 @@ def test_predict_command_prints_and_writes_csv(trained_pets_run, tmp_path):
     import csv
 
     run_dir, new_images, _ = trained_pets_run
-    result = run_cli("cnntrain-predict", f"run={run_dir}", f"inputs={new_images / 'a_red.png'}", "topk=1",
-                     f"output={tmp_path / 'out.csv'}", timeout=120)
+    result = run_cli(
+        "cnntrain-predict",
+        f"run={run_dir}",
+        f"inputs={new_images / 'a_red.png'}",
+        "topk=1",
+        f"output={tmp_path / 'out.csv'}",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "cats" in result.stdout
     with open(tmp_path / "out.csv") as f:

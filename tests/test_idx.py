@@ -52,8 +52,16 @@ def test_not_an_idx_file(tmp_path):
 
 
 def _load(root, system):
-    return load_idx_dataset("FashionMNIST", str(system), "dataset-fashion-mnist", [str(i) for i in range(10)],
-                            mean=0.5, std=0.5, root=str(root), download=False)
+    return load_idx_dataset(
+        "FashionMNIST",
+        str(system),
+        "dataset-fashion-mnist",
+        [str(i) for i in range(10)],
+        mean=0.5,
+        std=0.5,
+        root=str(root),
+        download=False,
+    )
 
 
 def test_root_in_torchvision_layout_wins_over_system_folder(tmp_path):

@@ -14,8 +14,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from cnntrain.sweep import FAIL_FAST_WITH_SUBMITIT, main as report_main, missing_plugin, report_sweep
 from cnntrain.config import config_dir
+from cnntrain.sweep import FAIL_FAST_WITH_SUBMITIT, missing_plugin, report_sweep
+from cnntrain.sweep import main as report_main
 from tests.conftest import make_job
 from tests.helpers import run_cli
 
@@ -46,11 +47,30 @@ def sweep_rows(sweep_dir):
 def test_slurm_composes_with_the_settings_its_file_documents():
     launcher, trainer = launcher_settings(["launcher=slurm"])
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert {key: launcher[key] for key in ("partition", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb",
-                                           "timeout_min", "array_parallelism", "name", "submitit_folder")} == {
-        "partition": None, "gpus_per_node": 1, "tasks_per_node": 1, "cpus_per_task": 8, "mem_gb": 32,
-        "timeout_min": 720, "array_parallelism": 8, "name": "cnntrain",
-        "submitit_folder": "${hydra.sweep.dir}/.submitit/%j"}
+    assert {
+        key: launcher[key]
+        for key in (
+            "partition",
+            "gpus_per_node",
+            "tasks_per_node",
+            "cpus_per_task",
+            "mem_gb",
+            "timeout_min",
+            "array_parallelism",
+            "name",
+            "submitit_folder",
+        )
+    } == {
+        "partition": None,
+        "gpus_per_node": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": 8,
+        "mem_gb": 32,
+        "timeout_min": 720,
+        "array_parallelism": 8,
+        "name": "cnntrain",
+        "submitit_folder": "${hydra.sweep.dir}/.submitit/%j",
+    }
     assert trainer.progress == "plain"
     launcher, _ = launcher_settings(["launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=60"])
     assert (launcher["partition"], launcher["timeout_min"]) == ("gpu", 60)
@@ -69,7 +89,8 @@ def test_a_missing_submitit_plugin_names_the_extra_to_install(monkeypatch):
     for choice in ("launcher=slurm", "launcher=submitit_local", "hydra/launcher=submitit_slurm"):
         assert missing_plugin(["-m", choice, "optimizer.lr=0.1,0.5"]) == (
             f"'{choice}' needs Hydra's submitit plugin (hydra-submitit-launcher), which is not installed. "
-            "Install it with: pip install 'cnntrain[submitit]'")
+            "Install it with: pip install 'cnntrain[submitit]'"
+        )
     assert missing_plugin(["-m", "launcher=joblib"]).endswith("pip install 'cnntrain[joblib]'")
 
 
@@ -79,7 +100,8 @@ def test_launcher_slurm_on_a_machine_without_slurm_says_where_to_run_it(monkeypa
     assert missing_plugin(["-m", "launcher=slurm", "optimizer.lr=0.1,0.5"]) == (
         "'launcher=slurm' submits the sweep's jobs with Slurm's sbatch and srun, which this machine does not have "
         "(not on PATH). Run the command on the cluster's login node, or try the sweep here with "
-        "launcher=submitit_local.")
+        "launcher=submitit_local."
+    )
     assert missing_plugin(["--cfg", "hydra", "launcher=slurm"]) is None  # shows the config: nothing is submitted
     assert missing_plugin(["-m", "launcher=submitit_local", "optimizer.lr=0.1,0.5"]) is None
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
@@ -88,8 +110,9 @@ def test_launcher_slurm_on_a_machine_without_slurm_says_where_to_run_it(monkeypa
 
 def test_a_local_sweep_runs_each_job_in_its_own_process_and_reports(tmp_path):
     sweep_dir = tmp_path / "sw"
-    result = cnntrain("launcher=submitit_local", *SMOKE, "optimizer.lr=0.05,0.1", f"hydra.sweep.dir={sweep_dir}",
-                      cwd=tmp_path)
+    result = cnntrain(
+        "launcher=submitit_local", *SMOKE, "optimizer.lr=0.05,0.1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sweep result" in result.stdout and "best job: " in result.stdout
     for job, lr in ((0, 0.05), (1, 0.1)):
@@ -97,7 +120,9 @@ def test_a_local_sweep_runs_each_job_in_its_own_process_and_reports(tmp_path):
         assert yaml.safe_load((sweep_dir / str(job) / ".hydra" / "config.yaml").read_text())["optimizer"]["lr"] == lr
     rows = sweep_rows(sweep_dir)
     assert [(row["job"], row["optimizer.lr"], row["status"]) for row in rows] == [
-        ("0", "0.05", "completed"), ("1", "0.1", "completed")]
+        ("0", "0.05", "completed"),
+        ("1", "0.1", "completed"),
+    ]
     # Each job was a process of submitit's, with its log under .submitit/<process id>/.
     logs = sorted(sweep_dir.glob(".submitit/*/*_0_log.out"))
     assert len(logs) == 2 and all("cnntrain: lenet_classic" in log.read_text() for log in logs)
@@ -105,8 +130,14 @@ def test_a_local_sweep_runs_each_job_in_its_own_process_and_reports(tmp_path):
 
 def test_a_failed_job_is_a_failed_row_and_exit_status_1_and_fail_fast_cannot_stop_the_others(tmp_path):
     sweep_dir = tmp_path / "sw"
-    result = cnntrain("launcher=submitit_local", *SMOKE, "optimizer.lr=-0.1,0.1", "sweep.fail_fast=true",
-                      f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = cnntrain(
+        "launcher=submitit_local",
+        *SMOKE,
+        "optimizer.lr=-0.1,0.1",
+        "sweep.fail_fast=true",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert result.stdout.startswith(FAIL_FAST_WITH_SUBMITIT)
@@ -123,16 +154,32 @@ def test_one_gpu_per_job_on_one_machine_through_hydras_env_set(tmp_path):
     (tmp_path / "gpu_probe.py").write_text(
         "import os\nfrom pathlib import Path\nfrom hydra.core.hydra_config import HydraConfig\n"
         "Path(os.environ['PROBE_OUT'], f'job{HydraConfig.get().job.num}').write_text("
-        "os.environ['CUDA_VISIBLE_DEVICES'])\n")
+        "os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    )
     env = {"PYTHONPATH": str(tmp_path), "PROBE_OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": "5"}
-    result = cnntrain("launcher=submitit_local", *SMOKE, "imports=[gpu_probe]", "optimizer.lr=0.05,0.1",
-                      "+hydra.job.env_set.CUDA_VISIBLE_DEVICES=${hydra.job.num}", f"hydra.sweep.dir={tmp_path / 'a'}",
-                      cwd=tmp_path, env=env)
+    result = cnntrain(
+        "launcher=submitit_local",
+        *SMOKE,
+        "imports=[gpu_probe]",
+        "optimizer.lr=0.05,0.1",
+        "+hydra.job.env_set.CUDA_VISIBLE_DEVICES=${hydra.job.num}",
+        f"hydra.sweep.dir={tmp_path / 'a'}",
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert [(tmp_path / f"job{n}").read_text() for n in (0, 1)] == ["0", "1"]
     # Without env_set, every job gets the same device(s), whatever the caller's CUDA_VISIBLE_DEVICES was.
-    result = cnntrain("launcher=submitit_local", *SMOKE, "imports=[gpu_probe]", "optimizer.lr=0.05,0.1",
-                      "hydra.launcher.gpus_per_node=2", f"hydra.sweep.dir={tmp_path / 'b'}", cwd=tmp_path, env=env)
+    result = cnntrain(
+        "launcher=submitit_local",
+        *SMOKE,
+        "imports=[gpu_probe]",
+        "optimizer.lr=0.05,0.1",
+        "hydra.launcher.gpus_per_node=2",
+        f"hydra.sweep.dir={tmp_path / 'b'}",
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert [(tmp_path / f"job{n}").read_text() for n in (0, 1)] == ["0,1", "0,1"]
 
@@ -177,22 +224,42 @@ def test_a_slurm_sweep_through_submitits_slurm_executor(tmp_path):
     stand-ins for Slurm's commands; sacct answers nothing, so submitit waits for each job's result file."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN),
-                       ("sacct", "#!/bin/sh\necho 'JobID|State|NodeList'\n"), ("scancel", "#!/bin/sh\n")):
+    for name, text in (
+        ("sbatch", FAKE_SBATCH),
+        ("srun", FAKE_SRUN),
+        ("sacct", "#!/bin/sh\necho 'JobID|State|NodeList'\n"),
+        ("scancel", "#!/bin/sh\n"),
+    ):
         (bin_dir / name).write_text(text.format(python=sys.executable) if name in ("sbatch", "srun") else text)
         (bin_dir / name).chmod(0o755)
     sweep_dir = tmp_path / "sw"
-    result = cnntrain("launcher=slurm", "hydra.launcher.partition=gpu", *SMOKE, "optimizer.lr=-0.1,0.1",
-                      f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    result = cnntrain(
+        "launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        *SMOKE,
+        "optimizer.lr=-0.1,0.1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 of 2 jobs failed." in result.stdout and "Traceback" not in result.stderr
     assert [(row["optimizer.lr"], row["status"]) for row in sweep_rows(sweep_dir)] == [
-        ("-0.1", "failed"), ("0.1", "completed")]
+        ("-0.1", "failed"),
+        ("0.1", "completed"),
+    ]
     script = (bin_dir / "submitted.sh").read_text().splitlines()
-    for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
-                 "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB",
-                 "#SBATCH --time=720", "#SBATCH --job-name=cnntrain",
-                 f"#SBATCH --output={sweep_dir}/.submitit/%A_%a/%A_%a_0_log.out"):
+    for line in (
+        "#SBATCH --array=0-1%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --time=720",
+        "#SBATCH --job-name=cnntrain",
+        f"#SBATCH --output={sweep_dir}/.submitit/%A_%a/%A_%a_0_log.out",
+    ):
         assert line in script
     # Where the README says each job's output goes: .submitit/<array id>_<n>/<array id>_<n>_0_log.out.
     assert "Invalid learning rate" in (sweep_dir / ".submitit" / "4242_0" / "4242_0_0_log.err").read_text()
@@ -210,13 +277,18 @@ def test_a_job_stopped_at_its_time_limit_says_so_and_how_to_continue(tmp_path, m
     assert [row["error"] for row in rows] == [
         "stopped at its time limit (hydra.launcher.timeout_min) before its first epoch ended",
         "stopped at its time limit (hydra.launcher.timeout_min); checkpoints/last.pt holds its finished epochs: "
-        "cnntrain resume=1"]
+        "cnntrain resume=1",
+    ]
 
 
 def test_the_report_can_be_written_again_from_the_job_folders(tmp_path, capsys):
     """`python -m cnntrain.sweep <sweep dir>`: after the process that ran a Slurm sweep was stopped."""
-    make_job(tmp_path, "0", ["optimizer.lr=0.1"], {"status": "completed", "best_val_acc": 0.5, "test_acc": 0.5,
-                                                   "best_epoch": 1, "wall_seconds": 1.0})
+    make_job(
+        tmp_path,
+        "0",
+        ["optimizer.lr=0.1"],
+        {"status": "completed", "best_val_acc": 0.5, "test_acc": 0.5, "best_epoch": 1, "wall_seconds": 1.0},
+    )
     assert report_main([str(tmp_path)]) == 2  # no multirun.yaml nor .submitit/: not written into
     assert "usage: python -m cnntrain.sweep" in capsys.readouterr().err
     assert not (tmp_path / "sweep.csv").exists()

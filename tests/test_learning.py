@@ -4,8 +4,9 @@ For each model, `cnntrain model=X data=fashion_mnist` as composed (the recipe's 
 lr, batch size and init; nothing overridden but the input size where the native one is
 too slow on a CPU) trains until its training loss, averaged over the last WINDOW steps,
 is below DROP times its start (the first step's loss, or chance level ln(10) when the
-first step is worse than guessing), and must get there within the model's step budget. The data is real Fashion-MNIST when the system copy is installed
-(`make data`), else learnable images written in its IDX format.
+first step is worse than guessing), and must get there within the model's step budget. The
+data is real Fashion-MNIST when the system copy is installed (`make data`), else learnable
+images written in its IDX format.
 """
 
 from __future__ import annotations
@@ -85,8 +86,14 @@ def fashion_root(tmp_path_factory) -> Path:
 
 
 def train_until_learned(model: str, resize: int | None, max_steps: int, root: Path) -> StepLosses:
-    overrides = [f"model={model}", "data=fashion_mnist", f"data.root={root}", "data.download=false",
-                 "device=cpu", "trainer.progress=none"]
+    overrides = [
+        f"model={model}",
+        "data=fashion_mnist",
+        f"data.root={root}",
+        "data.download=false",
+        "device=cpu",
+        "trainer.progress=none",
+    ]
     cfg = compose(overrides + ([f"data.resize={resize}"] if resize else []))
     parts = build_training(check_config(cfg))
     recorder = StepLosses()
@@ -107,9 +114,11 @@ def test_default_recipe_learns(model, fashion_root, record_property):
     resize, max_steps = CASES[model]
     recorder = train_until_learned(model, resize, max_steps, fashion_root)
     losses = recorder.losses
-    record_property("losses", f"step 1 {losses[0]:.3f}, steps {len(losses) - WINDOW + 1}-{len(losses)} "
-                              f"{recorder.recent():.3f}")
+    record_property(
+        "losses", f"step 1 {losses[0]:.3f}, steps {len(losses) - WINDOW + 1}-{len(losses)} {recorder.recent():.3f}"
+    )
     assert all(math.isfinite(loss) for loss in losses), losses
     assert recorder.recent() < DROP * recorder.start(), (
         f"{model}: mean loss of the last {WINDOW} of {len(losses)} steps {recorder.recent():.3f}, "
-        f"first step {losses[0]:.3f}")
+        f"first step {losses[0]:.3f}"
+    )

@@ -12,7 +12,9 @@ def make_set(n=10, size=4):
 
 
 def test_shuffled_epoch_visits_every_example_once_in_a_seeded_order():
-    loader = InMemoryLoader(make_set(10), 4, BatchTransform(None, None, None), torch.device("cpu"), shuffle=True, seed=3)
+    loader = InMemoryLoader(
+        make_set(10), 4, BatchTransform(None, None, None), torch.device("cpu"), shuffle=True, seed=3
+    )
     assert len(loader) == 3
     labels = [y for _, batch in loader for y in batch.tolist()]
     assert sorted(labels) == list(range(10)) and labels != list(range(10))
@@ -66,8 +68,9 @@ def test_distributed_shards_split_each_global_batch_and_each_evaluation_split_on
     data = make_set(11)
     for i in range(11):
         Image.fromarray(data.images[i, 0].numpy()).save(tmp_path / f"{i}.png")
-    on_disk = file_split([(tmp_path / f"{i}.png", i) for i in range(11)], channels=1, size=4, skip_bad_files=False,
-                         workers=0)
+    on_disk = file_split(
+        [(tmp_path / f"{i}.png", i) for i in range(11)], channels=1, size=4, skip_bad_files=False, workers=0
+    )
     plain = BatchTransform(None, None, None)
     for split in (data, on_disk):
         whole = make_loader(split, 4, plain, torch.device("cpu"), shuffle=True, seed=5)
@@ -76,8 +79,10 @@ def test_distributed_shards_split_each_global_batch_and_each_evaluation_split_on
         for (_, batch), (_, first), (_, second) in zip(whole, *shards):
             assert first.tolist() == batch[0::2].tolist() and second.tolist() == batch[1::2].tolist()
         assert [whole.global_batch_size(step) for step in (1, 2, 3)] == [4, 4, 3]
-        evaluation = [[y for _, b in make_loader(split, 4, plain, torch.device("cpu"), shard=(r, 3)) for y in b.tolist()]
-                      for r in range(3)]
+        evaluation = [
+            [y for _, b in make_loader(split, 4, plain, torch.device("cpu"), shard=(r, 3)) for y in b.tolist()]
+            for r in range(3)
+        ]
         assert sorted(sum(evaluation, [])) == list(range(11)) and evaluation[0] == [0, 3, 6, 9]
     # A last global batch smaller than the number of processes is left out rather than leave a rank empty.
     assert len(make_loader(make_set(9), 4, plain, torch.device("cpu"), shuffle=True, shard=(0, 2))) == 2

@@ -125,8 +125,9 @@ def test_beta_off_cpu_and_cuda_draws_through_a_seeded_cpu_generator(monkeypatch)
 def test_label_smoothing_smooths_the_mixed_targets_as_timm_does():
     """timm's mixup_target smooths each one-hot (off = e / C, on = 1 - e + off) and then mixes them;
     F.cross_entropy's label_smoothing on the mixed target is the same loss."""
-    cfg = compose_config(["experiment=smoke", "trainer.label_smoothing=0.1", "trainer.mixup.alpha=0.4",
-                          "trainer.mixup.cutmix_alpha=1.0"])
+    cfg = compose_config(
+        ["experiment=smoke", "trainer.label_smoothing=0.1", "trainer.mixup.alpha=0.4", "trainer.mixup.cutmix_alpha=1.0"]
+    )
     parts = build_training(check_config(cfg))
     loss_fn = parts.trainer().loss_fn
     images, targets = next(iter(parts.train_loader))
@@ -176,16 +177,24 @@ def test_the_training_loader_mixes_from_its_stream_and_a_resumed_pass_continues_
     assert labels.dim() == 1  # validation and test are never mixed
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("trainer.mixup.alpha=-1", "trainer.mixup.alpha must be a number >= 0 (MixUp's Beta(alpha, alpha); 0: no "
-                               "MixUp; 0.2 to 1 are usual), got -1."),
-    ("trainer.mixup.cutmix_alpha=abc", "trainer.mixup.cutmix_alpha must be a number >= 0"),
-    ("trainer.mixup.alpha=true", "trainer.mixup.alpha must be a number >= 0"),
-    ("trainer.mixup.prob=1.5", "trainer.mixup.prob must be a number from 0 to 1 (the share of training batches "
-                               "mixed), got 1.5."),
-    ("trainer.mixup.switch_prob=-0.1", "trainer.mixup.switch_prob must be a number from 0 to 1"),
-    ("trainer.mixup=abc", "trainer.mixup must be a section such as {alpha: 0.2,"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            "trainer.mixup.alpha=-1",
+            "trainer.mixup.alpha must be a number >= 0 (MixUp's Beta(alpha, alpha); 0: no "
+            "MixUp; 0.2 to 1 are usual), got -1.",
+        ),
+        ("trainer.mixup.cutmix_alpha=abc", "trainer.mixup.cutmix_alpha must be a number >= 0"),
+        ("trainer.mixup.alpha=true", "trainer.mixup.alpha must be a number >= 0"),
+        (
+            "trainer.mixup.prob=1.5",
+            "trainer.mixup.prob must be a number from 0 to 1 (the share of training batches mixed), got 1.5.",
+        ),
+        ("trainer.mixup.switch_prob=-0.1", "trainer.mixup.switch_prob must be a number from 0 to 1"),
+        ("trainer.mixup=abc", "trainer.mixup must be a section such as {alpha: 0.2,"),
+    ],
+)
 def test_bad_mixup_settings_are_named(setting, message):
     with pytest.raises(ConfigError) as err:
         check_config(compose_config(["experiment=smoke", setting]))
@@ -198,22 +207,38 @@ def test_an_unknown_mixup_key_from_python_or_a_config_file_is_named():
     cfg = compose_config(["experiment=smoke"])
     with open_dict(cfg):
         cfg.trainer.mixup = {"alph": 0.2}
-    with pytest.raises(ConfigError, match="trainer.mixup has no setting 'alph'. Did you mean 'alpha'[?] It takes "
-                                          "alpha, cutmix_alpha, prob, switch_prob."):
+    with pytest.raises(
+        ConfigError,
+        match="trainer.mixup has no setting 'alph'. Did you mean 'alpha'[?] It takes "
+        "alpha, cutmix_alpha, prob, switch_prob.",
+    ):
         check_config(cfg)
 
 
 def test_mixup_is_off_unless_an_alpha_and_prob_are_above_zero():
     assert check_config(compose_config(["experiment=smoke"])).mixup is None
-    assert check_config(compose_config(["experiment=smoke", "trainer.mixup.alpha=0.2",
-                                        "trainer.mixup.prob=0"])).mixup is None
+    assert (
+        check_config(compose_config(["experiment=smoke", "trainer.mixup.alpha=0.2", "trainer.mixup.prob=0"])).mixup
+        is None
+    )
     assert check_config(compose_config(["experiment=smoke", "trainer.mixup={cutmix_alpha:1}"])).mixup == {
-        "alpha": 0.0, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5}
+        "alpha": 0.0,
+        "cutmix_alpha": 1.0,
+        "prob": 1.0,
+        "switch_prob": 0.5,
+    }
 
 
-MIXED_RUN = ["experiment=smoke", "trainer.progress=none", "trainer.checkpoint_every_minutes=null",
-             "data.augment=[hflip,{name:random_erasing,p:0.5}]", "trainer.mixup.alpha=0.2",
-             "trainer.mixup.cutmix_alpha=1.0", "trainer.label_smoothing=0.1", "optimizer.momentum=0.9"]
+MIXED_RUN = [
+    "experiment=smoke",
+    "trainer.progress=none",
+    "trainer.checkpoint_every_minutes=null",
+    "data.augment=[hflip,{name:random_erasing,p:0.5}]",
+    "trainer.mixup.alpha=0.2",
+    "trainer.mixup.cutmix_alpha=1.0",
+    "trainer.label_smoothing=0.1",
+    "optimizer.momentum=0.9",
+]
 
 
 class StopAt(Callback):
@@ -237,8 +262,9 @@ def test_a_mixed_run_learns_and_resumes_exactly(tmp_path):
         train(*MIXED_RUN, "trainer.checkpoint_every_minutes=1e-9", callbacks=[StopAt(2, 5)], run_dir=tmp_path / "cut")
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["in_epoch"]["step"] == 5
     resumed = resume(tmp_path / "cut")
-    assert [(m.train_loss, m.train_acc, m.val_loss, m.val_acc) for m in resumed.history] == \
-           [(m.train_loss, m.train_acc, m.val_loss, m.val_acc) for m in whole.history]
+    assert [(m.train_loss, m.train_acc, m.val_loss, m.val_acc) for m in resumed.history] == [
+        (m.train_loss, m.train_acc, m.val_loss, m.val_acc) for m in whole.history
+    ]
     a = load_checkpoint(whole.run_dir / "checkpoints" / "last.pt")["state_dict"]
     b = load_checkpoint(resumed.run_dir / "checkpoints" / "last.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -32,8 +32,15 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     (base / "started" / "train.log").write_text("epoch 1/3 ...\n")
     (base / "lost" / "checkpoints").mkdir(parents=True)
     shutil.copy(run / "checkpoints" / "last.pt", base / "lost" / "checkpoints" / "last.pt")
-    return {"run": run, "runs": base / "runs", "missing": base / "nowhere", "file": base / "file.txt",
-            "empty": base / "empty", "started": base / "started", "lost": base / "lost"}
+    return {
+        "run": run,
+        "runs": base / "runs",
+        "missing": base / "nowhere",
+        "file": base / "file.txt",
+        "empty": base / "empty",
+        "started": base / "started",
+        "lost": base / "lost",
+    }
 
 
 def message(call) -> str:
@@ -42,43 +49,64 @@ def message(call) -> str:
     return str(err.value)
 
 
+def said_for(path) -> dict[str, str]:
+    """What load_run, cnntrain-eval, cnntrain-export and a resume say for `path`."""
+    return {
+        "load_run": message(lambda: load_run(path)),
+        "eval": message(lambda: evaluate_run(path)),
+        "export": message(lambda: export_run(path, "exported_program", say=lambda line: None)),
+        "resume": message(lambda: resume_config(path, [])),
+    }
+
+
 def test_every_command_says_the_same_for_a_folder_that_is_no_run(folders):
     for name, key in (("missing", "not a folder"), ("file", "a file")):
         path = folders[name]
-        said = {"load_run": message(lambda: load_run(path)),
-                "eval": message(lambda: evaluate_run(path)),
-                "export": message(lambda: export_run(path, "exported_program", say=lambda line: None)),
-                "resume": message(lambda: resume_config(path, []))}
+        said = said_for(path)
         expected = f"{path} is {key}. Give a run folder (outputs/<date>/<time>_<model>_<data>)."
-        assert said == {"load_run": expected, "eval": f"run={expected}", "export": f"run={expected}",
-                        "resume": f"resume={expected}"}
+        assert said == {
+            "load_run": expected,
+            "eval": f"run={expected}",
+            "export": f"run={expected}",
+            "resume": f"resume={expected}",
+        }
     predict_said = message(lambda: predictions_path(folders["file"]))
-    assert predict_said == (f"run={folders['file']} is a file. Give a run folder (outputs/<date>/<time>_<model>_"
-                            f"<data>) or an .onnx file written by cnntrain-export.")
+    assert predict_said == (
+        f"run={folders['file']} is a file. Give a run folder (outputs/<date>/<time>_<model>_"
+        f"<data>) or an .onnx file written by cnntrain-export."
+    )
     # A folder of runs: the same list, each command's own line for the newest.
     runs = folders["runs"]
-    for call, use in ((lambda: load_run(runs), f"load_run('{folders['run']}')"),
-                      (lambda: evaluate_run(runs), f"cnntrain-eval run={folders['run']}"),
-                      (lambda: resume_config(runs, []), f"cnntrain resume={folders['run']}"),
-                      (lambda: predictions_path(runs, "images"), f"cnntrain-predict run={folders['run']} "
-                                                                 f"inputs=images")):
-        assert message(call).endswith(f"is not a run folder; the runs in it are, newest first: {folders['run']}. "
-                                      f"The newest: {use}")
+    for call, use in (
+        (lambda: load_run(runs), f"load_run('{folders['run']}')"),
+        (lambda: evaluate_run(runs), f"cnntrain-eval run={folders['run']}"),
+        (lambda: resume_config(runs, []), f"cnntrain resume={folders['run']}"),
+        (lambda: predictions_path(runs, "images"), f"cnntrain-predict run={folders['run']} inputs=images"),
+    ):
+        assert message(call).endswith(
+            f"is not a run folder; the runs in it are, newest first: {folders['run']}. The newest: {use}"
+        )
 
 
 def test_every_command_says_the_same_for_a_checkpoint_that_is_not_there(folders):
-    bad_name = ("Unknown checkpoint 'bset' (checkpoint=). Did you mean 'best'? Use checkpoint=best (the best "
-                "validation accuracy) or checkpoint=last (the last epoch).")
+    bad_name = (
+        "Unknown checkpoint 'bset' (checkpoint=). Did you mean 'best'? Use checkpoint=best (the best "
+        "validation accuracy) or checkpoint=last (the last epoch)."
+    )
     assert message(lambda: load_run(folders["run"], "bset")) == bad_name
     assert message(lambda: evaluate_run(folders["run"], checkpoint="bset")) == bad_name
     assert message(lambda: export_run(folders["run"], "onnx", "bset", say=lambda line: None)) == bad_name
-    lost = f"{folders['lost']} has no checkpoints/best.pt (it was deleted or lost). It has checkpoints/last.pt: " \
-           f"use checkpoint=last."
+    lost = (
+        f"{folders['lost']} has no checkpoints/best.pt (it was deleted or lost). It has checkpoints/last.pt: "
+        f"use checkpoint=last."
+    )
     assert message(lambda: load_run(folders["lost"])) == lost
     assert message(lambda: evaluate_run(folders["lost"])) == lost
     assert message(lambda: export_run(folders["lost"], "exported_program", say=lambda line: None)) == lost
-    never = ("has no checkpoints/{}.pt, so no epoch of it finished (it has no checkpoint at all). Start the run "
-             "again, or give the folder of a run that finished an epoch.")
+    never = (
+        "has no checkpoints/{}.pt, so no epoch of it finished (it has no checkpoint at all). Start the run "
+        "again, or give the folder of a run that finished an epoch."
+    )
     started = folders["started"]
     assert message(lambda: load_run(started)) == f"{started} {never.format('best')}"
     assert message(lambda: evaluate_run(started, checkpoint="last")) == f"{started} {never.format('last')}"
@@ -92,12 +120,20 @@ def test_a_reopened_config_never_takes_the_folders_callbacks_or_unconfirmed_code
     saved["model"] = dict(saved["model"], weights="DEFAULT")
     saved["data"] = dict(saved["data"], download=True)
     kept = rebuildable_config(saved, [])
-    assert (list(kept.callbacks), list(kept.imports), kept.model.weights, kept.data.download) == ([], [], "DEFAULT",
-                                                                                                   True)
+    assert (list(kept.callbacks), list(kept.imports), kept.model.weights, kept.data.download) == (
+        [],
+        [],
+        "DEFAULT",
+        True,
+    )
     assert kept.logger == opened.checkpoint.config["logger"]
     bare = rebuildable_config(saved, ["mine"], keep_loggers=False, keep_weights=False, download=False)
-    assert (list(bare.imports), bare.model.weights, bare.data.download, dict(bare.logger)) == (["mine"], None, False,
-                                                                                               {"name": "csv"})
+    assert (list(bare.imports), bare.model.weights, bare.data.download, dict(bare.logger)) == (
+        ["mine"],
+        None,
+        False,
+        {"name": "csv"},
+    )
     assert saved["callbacks"] == [{"_target_": "evil.Callback"}]  # a copy: the checkpoint's config is left alone
 
 

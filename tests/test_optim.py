@@ -22,8 +22,16 @@ from cnntrain.trainer import Callback, EpochMetrics, StepOptions, Trainer
 from tests.conftest import compose_config
 
 CPU = torch.device("cpu")
-QUICK = ["data=synthetic", "data.train_size=128", "data.test_size=64", "data.batch_size=32", "model=softmax",
-         "trainer.progress=none", "device=cpu", "optimizer.lr=0.1"]
+QUICK = [
+    "data=synthetic",
+    "data.train_size=128",
+    "data.test_size=64",
+    "data.batch_size=32",
+    "model=softmax",
+    "trainer.progress=none",
+    "device=cpu",
+    "optimizer.lr=0.1",
+]
 
 
 def tiny_loader(n=64, batch_size=16, shuffle=True, seed=0):
@@ -72,17 +80,31 @@ def lrs_from_torch(make_scheduler, per_step, epochs=3, lr=0.1, batches=4):
     return lrs
 
 
-@pytest.mark.parametrize("name, settings, make, per_step", [
-    ("step", {"step_size": 2, "gamma": 0.5}, lambda o: lr_scheduler.StepLR(o, 2, 0.5), False),
-    ("multistep", {"milestones": [1, 2], "gamma": 0.1}, lambda o: lr_scheduler.MultiStepLR(o, [1, 2], 0.1), False),
-    ("exponential", {"gamma": 0.8}, lambda o: lr_scheduler.ExponentialLR(o, 0.8), False),
-    ("cosine", {"min_lr": 0.001}, lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=0.001), True),
-    ("cosine", {"warmup_epochs": 1, "warmup_start_factor": 0.1},
-     lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, 0.1, total_iters=4),
-                                             lr_scheduler.CosineAnnealingLR(o, T_max=8)], milestones=[4]), True),
-    ("onecycle", {"pct_start": 0.25}, lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=12, pct_start=0.25),
-     True),
-])
+@pytest.mark.parametrize(
+    "name, settings, make, per_step",
+    [
+        ("step", {"step_size": 2, "gamma": 0.5}, lambda o: lr_scheduler.StepLR(o, 2, 0.5), False),
+        ("multistep", {"milestones": [1, 2], "gamma": 0.1}, lambda o: lr_scheduler.MultiStepLR(o, [1, 2], 0.1), False),
+        ("exponential", {"gamma": 0.8}, lambda o: lr_scheduler.ExponentialLR(o, 0.8), False),
+        ("cosine", {"min_lr": 0.001}, lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=12, eta_min=0.001), True),
+        (
+            "cosine",
+            {"warmup_epochs": 1, "warmup_start_factor": 0.1},
+            lambda o: lr_scheduler.SequentialLR(
+                o,
+                [lr_scheduler.LinearLR(o, 0.1, total_iters=4), lr_scheduler.CosineAnnealingLR(o, T_max=8)],
+                milestones=[4],
+            ),
+            True,
+        ),
+        (
+            "onecycle",
+            {"pct_start": 0.25},
+            lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=12, pct_start=0.25),
+            True,
+        ),
+    ],
+)
 def test_scheduler_lr_sequence_matches_torch(name, settings, make, per_step):
     ours = lrs_through_trainer(name, settings)
     assert len(ours) == 12
@@ -107,8 +129,9 @@ def test_onecycle_peaks_at_max_lr_and_defaults_it_to_the_optimizer_lr():
 def test_plateau_reduces_the_lr_when_the_validation_loss_stalls():
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    schedule = SCHEDULERS.build("plateau", {"factor": 0.5, "patience": 1}, optimizer=optimizer, epochs=9,
-                                steps_per_epoch=1)
+    schedule = SCHEDULERS.build(
+        "plateau", {"factor": 0.5, "patience": 1}, optimizer=optimizer, epochs=9, steps_per_epoch=1
+    )
     reference_optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     reference = lr_scheduler.ReduceLROnPlateau(reference_optimizer, mode="min", factor=0.5, patience=1)
     trainer = Trainer(model, optimizer, schedule, None, None, CPU, epochs=9)
@@ -122,8 +145,7 @@ def test_plateau_reduces_the_lr_when_the_validation_loss_stalls():
 
 
 def test_metrics_csv_records_each_epochs_lr(tmp_path):
-    cfg = compose_config(QUICK + ["trainer.epochs=4", "scheduler=step", "scheduler.step_size=2",
-                                  "scheduler.gamma=0.5"])
+    cfg = compose_config(QUICK + ["trainer.epochs=4", "scheduler=step", "scheduler.step_size=2", "scheduler.gamma=0.5"])
     train(cfg, run_dir=tmp_path / "run")
     with open(tmp_path / "run" / "metrics.csv") as f:
         assert [float(row["lr"]) for row in csv.DictReader(f)] == [0.1, 0.1, 0.05, 0.05]
@@ -140,8 +162,12 @@ def test_optimizers_build_with_their_config_defaults(name):
     cfg = compose_config([f"optimizer={name}"])
     settings = {k: v for k, v in cfg.optimizer.items() if k not in ("name", "no_decay_bias_norm")}
     optimizer = OPTIMIZERS.build(name, settings, params=tiny_model().parameters())
-    expected = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                "rmsprop": torch.optim.RMSprop}[name]
+    expected = {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "rmsprop": torch.optim.RMSprop,
+    }[name]
     assert type(optimizer) is expected and optimizer.param_groups[0]["lr"] == cfg.optimizer.lr
 
 
@@ -176,8 +202,9 @@ def test_accumulating_two_batches_of_8_equals_one_batch_of_16():
 
 def test_accumulation_counts_optimizer_steps_for_per_step_schedules():
     model = tiny_model()
-    trainer = Trainer(model, None, None, tiny_loader(n=80, batch_size=16), None, CPU, 1,
-                      options=StepOptions(accumulate=2))
+    trainer = Trainer(
+        model, None, None, tiny_loader(n=80, batch_size=16), None, CPU, 1, options=StepOptions(accumulate=2)
+    )
     assert trainer.optimizer_steps_per_epoch() == 3  # 5 batches: 2 + 2 + the last one alone
 
 
@@ -197,8 +224,16 @@ def test_label_smoothing_applies_to_the_training_loss_only():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the model stays fixed
     loader = tiny_loader(n=32, batch_size=16, shuffle=False)
     smoothing = 0.3
-    trainer = Trainer(model, optimizer, None, loader, loader, CPU, 1,
-                      loss_fn=lambda logits, labels: F.cross_entropy(logits, labels, label_smoothing=smoothing))
+    trainer = Trainer(
+        model,
+        optimizer,
+        None,
+        loader,
+        loader,
+        CPU,
+        1,
+        loss_fn=lambda logits, labels: F.cross_entropy(logits, labels, label_smoothing=smoothing),
+    )
     [metrics] = trainer.fit()
     with torch.no_grad():
         images, labels = next(iter(tiny_loader(n=32, batch_size=32, shuffle=False)))
@@ -230,19 +265,23 @@ class ScriptedTrainer:
         self.history, self.stop_reason = [], None
 
 
-@pytest.mark.parametrize("metric, values, patience, min_delta, stop_epoch", [
-    ("val_loss", [1.0, 0.8, 0.81, 0.79, 0.85, 0.9, 0.7], 2, 0.0, 6),
-    ("val_loss", [1.0, 0.8, 0.81, 0.79, 0.85, 0.9, 0.7], 3, 0.0, None),
-    ("val_loss", [1.0, 0.8, 0.81, 0.79, 0.85, 0.9, 0.7], 3, 0.02, 5),
-    ("val_acc", [0.5, 0.6, 0.6, 0.7, 0.7, 0.7], 2, 0.0, 6),
-    ("val_acc", [0.5, 0.6, 0.7, 0.8], 1, 0.0, None),
-])
+@pytest.mark.parametrize(
+    "metric, values, patience, min_delta, stop_epoch",
+    [
+        ("val_loss", [1.0, 0.8, 0.81, 0.79, 0.85, 0.9, 0.7], 2, 0.0, 6),
+        ("val_loss", [1.0, 0.8, 0.81, 0.79, 0.85, 0.9, 0.7], 3, 0.0, None),
+        ("val_loss", [1.0, 0.8, 0.81, 0.79, 0.85, 0.9, 0.7], 3, 0.02, 5),
+        ("val_acc", [0.5, 0.6, 0.6, 0.7, 0.7, 0.7], 2, 0.0, 6),
+        ("val_acc", [0.5, 0.6, 0.7, 0.8], 1, 0.0, None),
+    ],
+)
 def test_early_stopping_stops_at_the_right_epoch(metric, values, patience, min_delta, stop_epoch):
     callback, trainer = EarlyStopping(metric, patience, min_delta), ScriptedTrainer()
     stopped_at = None
     for epoch, value in enumerate(values, 1):
-        metrics = EpochMetrics(epoch, 0, 0, value if metric == "val_loss" else 0, value if metric == "val_acc" else 0,
-                               0, 0, 0)
+        metrics = EpochMetrics(
+            epoch, 0, 0, value if metric == "val_loss" else 0, value if metric == "val_acc" else 0, 0, 0, 0
+        )
         trainer.history.append(metrics)
         callback.on_epoch_end(trainer, metrics)
         if trainer.stop_reason:
@@ -262,17 +301,26 @@ def test_early_stopping_ends_the_run_and_says_why_in_summary_json(tmp_path):
     assert "stopped after epoch 3: early stopping" in (tmp_path / "run" / "train.log").read_text()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.label_smoothing=1.5", "trainer.label_smoothing must be a number from 0 up to (not) 1, got 1.5"),
-    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be a positive whole number up to 2,147,483,647, got 0"),
-    ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm must be null (off) or a positive number, got -1"),
-    ("trainer.early_stopping.patience=0", "trainer.early_stopping.patience must be null (off) or a positive whole"),
-    ("trainer.early_stopping.metric=val_accuracy", "trainer.early_stopping.metric must be one of val_loss, val_acc"),
-    ("trainer.precision=16", "trainer.precision must be one of 32, bf16, fp16, got 16"),
-    ("trainer.channels_last=maybe", "trainer.channels_last must be auto, true or false, got 'maybe'"),
-    ("trainer.compile=yes", "trainer.compile must be true or false, got 'yes'"),
-    ("+optimizer.momentun=0.9", "optimizer 'sgd' has no setting 'momentun'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.label_smoothing=1.5", "trainer.label_smoothing must be a number from 0 up to (not) 1, got 1.5"),
+        (
+            "trainer.accumulate_grad_batches=0",
+            "trainer.accumulate_grad_batches must be a positive whole number up to 2,147,483,647, got 0",
+        ),
+        ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm must be null (off) or a positive number, got -1"),
+        ("trainer.early_stopping.patience=0", "trainer.early_stopping.patience must be null (off) or a positive whole"),
+        (
+            "trainer.early_stopping.metric=val_accuracy",
+            "trainer.early_stopping.metric must be one of val_loss, val_acc",
+        ),
+        ("trainer.precision=16", "trainer.precision must be one of 32, bf16, fp16, got 16"),
+        ("trainer.channels_last=maybe", "trainer.channels_last must be auto, true or false, got 'maybe'"),
+        ("trainer.compile=yes", "trainer.compile must be true or false, got 'yes'"),
+        ("+optimizer.momentun=0.9", "optimizer 'sgd' has no setting 'momentun'"),
+    ],
+)
 def test_bad_trainer_settings_fail_before_training_with_the_fix(tmp_path, override, message):
     cfg = compose_config(QUICK + [override])
     with pytest.raises(ConfigError) as err:
@@ -331,8 +379,9 @@ def test_bf16_autocast_on_cpu_computes_in_bfloat16_and_learns():
     loader = tiny_loader(n=64, batch_size=16)
     dtypes = []
     model[1].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
-    history = Trainer(model, optimizer, None, loader, loader, CPU, 3,
-                      options=StepOptions(autocast_dtype=torch.bfloat16)).fit()
+    history = Trainer(
+        model, optimizer, None, loader, loader, CPU, 3, options=StepOptions(autocast_dtype=torch.bfloat16)
+    ).fit()
     assert dtypes[0] == torch.bfloat16 and model[1].weight.dtype == torch.float32  # master weights stay float32
     assert history[-1].train_loss < history[0].train_loss
 
@@ -344,7 +393,10 @@ def test_compile_without_a_compiler_is_a_notice_not_a_crash(monkeypatch):
     model = tiny_model()
     forward, notice = maybe_compile(model, True, CPU)
     assert forward is model
-    assert notice == "notice: torch.compile on the CPU needs a C++ compiler (g++ or clang++); trainer.compile=true ignored."
+    assert (
+        notice
+        == "notice: torch.compile on the CPU needs a C++ compiler (g++ or clang++); trainer.compile=true ignored."
+    )
 
 
 @pytest.mark.slow

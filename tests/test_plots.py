@@ -15,8 +15,16 @@ from cnntrain.trainer import EpochMetrics
 
 
 def epoch(n: int, val_acc: float) -> EpochMetrics:
-    return EpochMetrics(epoch=n, train_loss=2.0 / n, train_acc=val_acc - 0.05, val_loss=2.2 / n, val_acc=val_acc,
-                        lr=0.1, epoch_seconds=1.0, train_examples_per_s=100.0)
+    return EpochMetrics(
+        epoch=n,
+        train_loss=2.0 / n,
+        train_acc=val_acc - 0.05,
+        val_loss=2.2 / n,
+        val_acc=val_acc,
+        lr=0.1,
+        epoch_seconds=1.0,
+        train_examples_per_s=100.0,
+    )
 
 
 def test_curves_png_is_redrawn_from_metrics_csv(tmp_path):
@@ -35,14 +43,15 @@ def test_curves_png_is_redrawn_from_metrics_csv(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.csv"]  # no temp file left
 
 
-def test_curves_png_is_drawn_after_the_first_epoch_then_at_most_every_20_seconds_and_at_the_end(tmp_path,
-                                                                                               monkeypatch):
+def test_curves_png_is_drawn_after_the_first_epoch_then_at_most_every_20_seconds_and_at_the_end(tmp_path, monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(plots.time, "monotonic", lambda: clock[0])
     drawn = []
     monkeypatch.setattr(plots, "plot_curves", lambda rows, path, title="": drawn.append([r["epoch"] for r in rows]))
-    writer, curves = MetricsWriter(tmp_path / "metrics.csv"), CurvesPlot(tmp_path / "metrics.csv",
-                                                                          tmp_path / "curves.png")
+    writer, curves = (
+        MetricsWriter(tmp_path / "metrics.csv"),
+        CurvesPlot(tmp_path / "metrics.csv", tmp_path / "curves.png"),
+    )
     for n, seconds in ((1, 2.0), (2, 2.0), (3, 17.0), (4, 2.0), (5, 2.0)):  # epochs end at 102, 104, 121, 123, 125
         clock[0] += seconds
         writer.on_epoch_end(None, epoch(n, 0.5))
@@ -89,16 +98,32 @@ def test_plotting_leaves_pyplot_and_the_backend_alone(tmp_path):
 def sweep_rows():
     rows = []
     for job, (lr, batch, acc) in enumerate([(0.001, 32, 0.41), (0.01, 64, 0.83), (0.1, 32, 0.77)]):
-        rows.append({"job": job, "override_list": ["experiment=smoke", f"optimizer.lr={lr}", f"data.batch_size={batch}"],
-                     "status": "completed", "best_val_acc": acc, "error": ""})
-    rows.append({"job": 3, "override_list": ["experiment=smoke", "optimizer.lr=5.0", "data.batch_size=64"],
-                 "status": "failed", "best_val_acc": None, "error": "The training loss became nan in epoch 1"})
+        rows.append(
+            {
+                "job": job,
+                "override_list": ["experiment=smoke", f"optimizer.lr={lr}", f"data.batch_size={batch}"],
+                "status": "completed",
+                "best_val_acc": acc,
+                "error": "",
+            }
+        )
+    rows.append(
+        {
+            "job": 3,
+            "override_list": ["experiment=smoke", "optimizer.lr=5.0", "data.batch_size=64"],
+            "status": "failed",
+            "best_val_acc": None,
+            "error": "The training loss became nan in epoch 1",
+        }
+    )
     return rows
 
 
 def test_swept_parameters_are_the_overrides_that_differ():
-    assert swept_parameters(sweep_rows()) == {"data.batch_size": ["32", "64", "32", "64"],
-                                              "optimizer.lr": ["0.001", "0.01", "0.1", "5.0"]}
+    assert swept_parameters(sweep_rows()) == {
+        "data.batch_size": ["32", "64", "32", "64"],
+        "optimizer.lr": ["0.001", "0.01", "0.1", "5.0"],
+    }
 
 
 def test_sweep_png_has_a_panel_per_swept_parameter_and_lists_failures(tmp_path):
@@ -116,8 +141,10 @@ def test_sweep_png_stars_one_job_when_several_tie_the_one_best_yaml_names(tmp_pa
 
     drawn = {}
     monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.update(figure=figure))
-    rows = [{"job": job, "override_list": [f"optimizer.lr={lr}"], "status": "completed", "best_val_acc": acc,
-             "error": ""} for job, (lr, acc) in enumerate([(0.01, 0.5), (0.1, 0.8), (0.9, 0.8), (0.3, 0.8)])]
+    rows = [
+        {"job": job, "override_list": [f"optimizer.lr={lr}"], "status": "completed", "best_val_acc": acc, "error": ""}
+        for job, (lr, acc) in enumerate([(0.01, 0.5), (0.1, 0.8), (0.9, 0.8), (0.3, 0.8)])
+    ]
     plot_sweep(rows, tmp_path / "sweep.png")
     [axes] = drawn["figure"].axes
     stars = [line.get_xydata().tolist() for line in axes.lines if line.get_marker() == "*"]

@@ -16,16 +16,25 @@ import torchvision
 
 from cnntrain import Callback, resume, train
 from cnntrain.build import build_training
-from cnntrain.checks import check_config
 from cnntrain.checkpoint import load_checkpoint
+from cnntrain.checks import check_config
 from cnntrain.errors import ConfigError, RunInterrupted
 from cnntrain.models import build_model
 from cnntrain.pretrained import weights_file_for
 from tests.conftest import StopAt, compose_config
 
 # A small grey dataset and the torchvision ResNet-18 at 32 pixels: seconds per run on a CPU.
-DATA = ["data=synthetic", "data.train_size=120", "data.test_size=40", "data.image_size=32", "data.batch_size=32",
-        "data.num_classes=4", "device=cpu", "trainer.progress=none", "trainer.log_every=1"]
+DATA = [
+    "data=synthetic",
+    "data.train_size=120",
+    "data.test_size=40",
+    "data.image_size=32",
+    "data.batch_size=32",
+    "data.num_classes=4",
+    "device=cpu",
+    "trainer.progress=none",
+    "trainer.log_every=1",
+]
 TV = ["model=torchvision", "model.arch=resnet18", "data.resize=32"]
 
 
@@ -61,10 +70,15 @@ def parts_for(*overrides: str):
 
 
 def test_any_torchvision_classifier_gets_the_datasets_classes_and_channels():
-    for arch, head in (("resnet18", "fc"), ("mobilenet_v3_small", "classifier.3"), ("squeezenet1_1", "classifier.1"),
-                       ("vit_b_16", "heads.head")):
-        model = build_model({"name": "torchvision", "settings": {"arch": arch}, "num_classes": 7, "in_channels": 1,
-                             "input_size": 224})
+    for arch, head in (
+        ("resnet18", "fc"),
+        ("mobilenet_v3_small", "classifier.3"),
+        ("squeezenet1_1", "classifier.1"),
+        ("vit_b_16", "heads.head"),
+    ):
+        model = build_model(
+            {"name": "torchvision", "settings": {"arch": arch}, "num_classes": 7, "in_channels": 1, "input_size": 224}
+        )
         assert model.cnntrain_head == head
         assert model(torch.rand(2, 1, 224, 224)).shape == (2, 7), arch
 
@@ -94,8 +108,9 @@ def test_default_weights_load_from_torchs_cache_with_their_preprocessing(default
 
 
 def test_the_tutorials_head_on_pretrained_weights(default_weights):
-    parts = parts_for("model=torchvision", "model.arch=resnet18", "model.weights=default", "model.head=concat_pool",
-                      "data.resize=32")
+    parts = parts_for(
+        "model=torchvision", "model.arch=resnet18", "model.weights=default", "model.head=concat_pool", "data.resize=32"
+    )
     layers = [type(m).__name__ for m in parts.model.fc]
     assert layers == ["Flatten", "BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
     assert parts.model.fc[3].in_features == 1024 and parts.model.fc[7].out_features == 4
@@ -110,8 +125,9 @@ def test_googlenet_imagenet_weights_get_their_input_transform_and_keep_it_in_the
     torch.save(state, path)
     parts = parts_for("model=torchvision", "model.arch=googlenet", "model.weights=DEFAULT", "data.channels=3")
     assert parts.model.transform_input and parts.recipe["settings"]["transform_input"] is True
-    assert torch.equal(parts.model.state_dict()["inception5b.branch1.conv.weight"],
-                       state["inception5b.branch1.conv.weight"])
+    assert torch.equal(
+        parts.model.state_dict()["inception5b.branch1.conv.weight"], state["inception5b.branch1.conv.weight"]
+    )
     assert build_model(parts.recipe).transform_input  # what prediction, eval and export rebuild
     grey = parts_for("model=torchvision", "model.arch=googlenet", "model.weights=DEFAULT")
     assert not grey.model.transform_input  # it reads three colour channels
@@ -129,8 +145,11 @@ def test_missing_weights_say_where_the_file_goes_and_how_to_get_it(torch_home):
 def test_weights_name_errors(torch_home):
     with pytest.raises(ConfigError, match="no such weights for resnet18.*Did you mean 'IMAGENET1K_V1'"):
         parts_for(*TV, "model.weights=IMAGENET1K_V3")
-    with pytest.raises(ConfigError, match="no such file or folder, and torchvision weights names .* are only for "
-                                          "model=torchvision. For model=lenet give a weights file"):
+    with pytest.raises(
+        ConfigError,
+        match="no such file or folder, and torchvision weights names .* are only for "
+        "model=torchvision. For model=lenet give a weights file",
+    ):
         parts_for("model=lenet", "model.weights=DEFAULT")
     with pytest.raises(ConfigError, match="model.weights=nowhere.pt does not exist"):
         parts_for(*TV, "model.weights=nowhere.pt")
@@ -140,8 +159,11 @@ def test_a_weights_file_of_another_shape_names_the_layer(tmp_path, torch_home):
     state = imagenet_resnet18()
     state["layer3.1.conv2.weight"] = torch.zeros(256, 256, 1, 1)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(ConfigError, match=r"layer 'layer3.1.conv2.weight' has shape \(256, 256, 1, 1\) in .* but "
-                                          r"\(256, 256, 3, 3\) in this model"):
+    with pytest.raises(
+        ConfigError,
+        match=r"layer 'layer3.1.conv2.weight' has shape \(256, 256, 1, 1\) in .* but "
+        r"\(256, 256, 3, 3\) in this model",
+    ):
         parts_for(*TV, f"model.weights={tmp_path / 'bad.pth'}")
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "resnet34.pth")
@@ -153,8 +175,9 @@ def test_a_weights_file_of_another_shape_names_the_layer(tmp_path, torch_home):
 
 
 def test_weights_from_a_run_with_other_classes_keep_all_but_the_head(tmp_path):
-    source = train(*DATA, "model=lenet_classic", "trainer.epochs=1", "data.num_classes=10",
-                   run_dir=tmp_path / "pretrain")
+    source = train(
+        *DATA, "model=lenet_classic", "trainer.epochs=1", "data.num_classes=10", run_dir=tmp_path / "pretrain"
+    )
     pretrained = load_checkpoint(source.run_dir / "checkpoints" / "best.pt")["state_dict"]
     parts = parts_for("model=lenet_classic", f"model.weights={source.run_dir}")
     state = parts.model.state_dict()
@@ -181,8 +204,9 @@ class ParameterSnapshots(Callback):
 @pytest.fixture
 def start_file(tmp_path):
     """Starting weights for the tiny runs: a seeded 4-class grey ResNet-18 state dict."""
-    model = build_model({"name": "torchvision", "settings": {"arch": "resnet18"}, "num_classes": 4,
-                         "in_channels": 1, "input_size": 32})
+    model = build_model(
+        {"name": "torchvision", "settings": {"arch": "resnet18"}, "num_classes": 4, "in_channels": 1, "input_size": 32}
+    )
     path = tmp_path / "start.pt"
     torch.save(model.state_dict(), path)
     return path
@@ -191,8 +215,15 @@ def start_file(tmp_path):
 def test_freezing_trains_only_the_head_and_frozen_batchnorm_stats_stay(tmp_path, start_file):
     start = torch.load(start_file)
     snapshots = ParameterSnapshots()
-    train(*DATA, *TV, f"model.weights={start_file}", "model.freeze=backbone", "trainer.epochs=1",
-          callbacks=[snapshots], run_dir=tmp_path / "frozen")
+    train(
+        *DATA,
+        *TV,
+        f"model.weights={start_file}",
+        "model.freeze=backbone",
+        "trainer.epochs=1",
+        callbacks=[snapshots],
+        run_dir=tmp_path / "frozen",
+    )
     after = snapshots.after_epoch[0]
     changed = sorted(k for k in start if not torch.equal(start[k], after[k]))
     assert changed == ["fc.bias", "fc.weight"]  # running means/vars of the frozen BN layers included
@@ -200,9 +231,18 @@ def test_freezing_trains_only_the_head_and_frozen_batchnorm_stats_stay(tmp_path,
 
 def test_two_stage_finetune_unfreezes_at_the_scaled_lr_from_the_best_checkpoint(tmp_path, start_file):
     snapshots = ParameterSnapshots(tmp_path / "two_stage" / "checkpoints" / "best.pt")
-    result = train(*DATA, *TV, f"model.weights={start_file}", "model.freeze=backbone", "optimizer.lr=0.05",
-                   "trainer.epochs=3", "finetune.unfreeze_at=2", "finetune.lr_scale=0.01", callbacks=[snapshots],
-                   run_dir=tmp_path / "two_stage")
+    result = train(
+        *DATA,
+        *TV,
+        f"model.weights={start_file}",
+        "model.freeze=backbone",
+        "optimizer.lr=0.05",
+        "trainer.epochs=3",
+        "finetune.unfreeze_at=2",
+        "finetune.lr_scale=0.01",
+        callbacks=[snapshots],
+        run_dir=tmp_path / "two_stage",
+    )
     with open(result.run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [row["stage"] for row in rows] == ["1", "1", "2"]
@@ -220,9 +260,17 @@ def test_two_stage_finetune_unfreezes_at_the_scaled_lr_from_the_best_checkpoint(
 
 def test_stage_two_can_keep_the_frozen_batchnorm_statistics(tmp_path, start_file):
     snapshots = ParameterSnapshots()
-    train(*DATA, *TV, f"model.weights={start_file}", "model.freeze=backbone", "trainer.epochs=2",
-          "finetune.unfreeze_at=1", "finetune.keep_norm_statistics=true", callbacks=[snapshots],
-          run_dir=tmp_path / "keep")
+    train(
+        *DATA,
+        *TV,
+        f"model.weights={start_file}",
+        "model.freeze=backbone",
+        "trainer.epochs=2",
+        "finetune.unfreeze_at=1",
+        "finetune.keep_norm_statistics=true",
+        callbacks=[snapshots],
+        run_dir=tmp_path / "keep",
+    )
     start, after = snapshots.after_epoch
     statistics = [k for k in after if k.endswith(("running_mean", "running_var")) and not k.startswith("fc")]
     assert len(statistics) == 40 and all(torch.equal(start[k], after[k]) for k in statistics)
@@ -232,8 +280,16 @@ def test_stage_two_can_keep_the_frozen_batchnorm_statistics(tmp_path, start_file
 
 @pytest.mark.parametrize("stop_at", [(3, 1), (2, 3)], ids=["mid-epoch-in-stage-two", "end-of-switching-epoch"])
 def test_resume_in_either_stage_is_exact(tmp_path, start_file, stop_at):
-    run = [*DATA, *TV, f"model.weights={start_file}", "model.freeze=backbone", "optimizer.momentum=0.9",
-           "trainer.epochs=4", "finetune.unfreeze_at=2", "trainer.checkpoint_every_minutes=null"]
+    run = [
+        *DATA,
+        *TV,
+        f"model.weights={start_file}",
+        "model.freeze=backbone",
+        "optimizer.momentum=0.9",
+        "trainer.epochs=4",
+        "finetune.unfreeze_at=2",
+        "trainer.checkpoint_every_minutes=null",
+    ]
     whole = train(*run, run_dir=tmp_path / "whole")
     with pytest.raises(RunInterrupted):
         train(*run, callbacks=[StopAt(*stop_at)], run_dir=tmp_path / "cut")
@@ -246,16 +302,26 @@ def test_resume_in_either_stage_is_exact(tmp_path, start_file, stop_at):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["finetune.unfreeze_at=1"], "nothing is frozen. Add model.freeze=backbone"),
-    (["model.freeze=backbone", "finetune.unfreeze_at=3", "trainer.epochs=3"],
-     "finetune.unfreeze_at must be null .* from 1 to 2"),
-    (["model.freeze=backbone", "finetune.unfreeze_at=1", "finetune.lr_scale=0"], "finetune.lr_scale must be a number > 0"),
-    (["model.freeze=head"], "model.freeze must be backbone"),
-    (["model.freeze=backbone", "finetune.unfreeze_at=1", "finetune.keep_norm_statistics=yes"],
-     "finetune.keep_norm_statistics must be true or false"),
-    (["model.freeze=9"], "model.freeze=9: this model has 7 stages"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["finetune.unfreeze_at=1"], "nothing is frozen. Add model.freeze=backbone"),
+        (
+            ["model.freeze=backbone", "finetune.unfreeze_at=3", "trainer.epochs=3"],
+            "finetune.unfreeze_at must be null .* from 1 to 2",
+        ),
+        (
+            ["model.freeze=backbone", "finetune.unfreeze_at=1", "finetune.lr_scale=0"],
+            "finetune.lr_scale must be a number > 0",
+        ),
+        (["model.freeze=head"], "model.freeze must be backbone"),
+        (
+            ["model.freeze=backbone", "finetune.unfreeze_at=1", "finetune.keep_norm_statistics=yes"],
+            "finetune.keep_norm_statistics must be true or false",
+        ),
+        (["model.freeze=9"], "model.freeze=9: this model has 7 stages"),
+    ],
+)
 def test_freeze_and_finetune_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         parts_for(*TV, *overrides)

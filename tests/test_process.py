@@ -43,8 +43,13 @@ def run_into_closed_pipes(setup: str, tmp_path):
     os.close(read_err)
     marker = tmp_path / "marker"
     try:
-        result = subprocess.run([sys.executable, "-c", CHATTY.format(setup=setup), str(marker)], stdout=write_out,
-                                stderr=write_err, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        result = subprocess.run(
+            [sys.executable, "-c", CHATTY.format(setup=setup), str(marker)],
+            stdout=write_out,
+            stderr=write_err,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
     finally:
         os.close(write_out)
         os.close(write_err)

@@ -7,7 +7,6 @@ Compose only: no data, no torch, no training.
 
 from __future__ import annotations
 
-
 import pytest
 import yaml
 from omegaconf import OmegaConf
@@ -22,12 +21,25 @@ FAMILIES = sorted(p.stem for p in (config_dir() / "optimizer").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("d2l_*.yaml"))
 
 # The book's table (TUTORIALS.md): model -> (sgd lr, batch, epochs); plain SGD, Xavier-uniform init.
-BOOK = {"lenet": (0.9, 256, 10), "alexnet": (0.01, 128, 10), "vgg": (0.05, 128, 10), "nin": (0.1, 128, 10),
-        "googlenet": (0.1, 128, 10), "lenet_bn": (1.0, 256, 10), "resnet18": (0.05, 256, 10)}
+BOOK = {
+    "lenet": (0.9, 256, 10),
+    "alexnet": (0.01, 128, 10),
+    "vgg": (0.05, 128, 10),
+    "nin": (0.1, 128, 10),
+    "googlenet": (0.1, 128, 10),
+    "lenet_bn": (1.0, 256, 10),
+    "resnet18": (0.05, 256, 10),
+}
 # What each optimizer/data file falls back to when the model's recipe has no value.
 OPTIMIZER_FALLBACK_LR = {"sgd": 0.1, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.01}
-DATA_FALLBACK_BATCH = {"fashion_mnist": 256, "mnist": 256, "cifar10": 128, "cifar100": 128, "image_folder": 32,
-                       "synthetic": 64}
+DATA_FALLBACK_BATCH = {
+    "fashion_mnist": 256,
+    "mnist": 256,
+    "cifar10": 128,
+    "cifar100": 128,
+    "image_folder": 32,
+    "synthetic": 64,
+}
 
 
 def recipe_of(model: str) -> dict:
@@ -94,9 +106,19 @@ def test_train_yaml_reads_epochs_from_the_recipe():
 def test_default_run_keeps_its_values():
     cfg = compose_config()
     assert OmegaConf.to_container(cfg.optimizer, resolve=True) == {
-        "name": "sgd", "lr": 0.9, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "no_decay_bias_norm": False}
-    assert (cfg.model.name, cfg.model.init, cfg.data.name, cfg.data.batch_size) == ("lenet", "xavier_uniform",
-                                                                                    "fashion_mnist", 256)
+        "name": "sgd",
+        "lr": 0.9,
+        "momentum": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "no_decay_bias_norm": False,
+    }
+    assert (cfg.model.name, cfg.model.init, cfg.data.name, cfg.data.batch_size) == (
+        "lenet",
+        "xavier_uniform",
+        "fashion_mnist",
+        256,
+    )
     assert cfg.trainer.epochs == 10 and cfg.scheduler.name == "none"
 
 
@@ -191,19 +213,25 @@ def test_users_config_dir_model_brings_its_recipe(tmp_path):
     cfg = compose_config([f"hydra.searchpath=[file://{tmp_path}]", "model=tiny", "optimizer=adam"])
     assert cfg.optimizer.lr == 0.001  # the recipe has no adam entry: adam.yaml's fallback
     # The command line as the README shows it (--config-dir); --cfg job composes only.
-    result = run_cli("cnntrain", "--config-dir", tmp_path, "--cfg", "job", "--resolve", "model=tiny", cwd=tmp_path,
-                     timeout=120)
+    result = run_cli(
+        "cnntrain", "--config-dir", tmp_path, "--cfg", "job", "--resolve", "model=tiny", cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
-    assert (printed["optimizer"]["lr"], printed["optimizer"]["momentum"], printed["data"]["batch_size"]) == (0.05, 0.9, 64)
+    assert (printed["optimizer"]["lr"], printed["optimizer"]["momentum"], printed["data"]["batch_size"]) == (
+        0.05,
+        0.9,
+        64,
+    )
 
 
 def test_cfg_job_shows_the_interpolation_and_resolve_the_value(tmp_path):
     plain = run_cli("cnntrain", "--cfg", "job", "model=alexnet", cwd=tmp_path, timeout=120)
     assert plain.returncode == 0, plain.stderr
     assert "lr: ${oc.select:model.recipe.sgd.lr,0.1}" in plain.stdout
-    resolved = run_cli("cnntrain", "--cfg", "job", "--resolve", "model=alexnet", "optimizer=adam", cwd=tmp_path,
-                       timeout=120)
+    resolved = run_cli(
+        "cnntrain", "--cfg", "job", "--resolve", "model=alexnet", "optimizer=adam", cwd=tmp_path, timeout=120
+    )
     assert resolved.returncode == 0, resolved.stderr
     printed = yaml.safe_load(resolved.stdout)
     assert (printed["optimizer"]["lr"], printed["data"]["batch_size"]) == (0.001, 128)
@@ -214,15 +242,18 @@ def test_cfg_job_shows_the_interpolation_and_resolve_the_value(tmp_path):
 
 def test_summary_of_the_default_run():
     line = recipe_summary(compose_config())
-    assert line == ("recipe: lenet's (the book, ch. 7.6): sgd lr 0.9, batch 256, 10 epochs, init xavier_uniform; "
-                    "defaults: optimizer.momentum=0.0, optimizer.weight_decay=0.0")
+    assert line == (
+        "recipe: lenet's (the book, ch. 7.6): sgd lr 0.9, batch 256, 10 epochs, init xavier_uniform; "
+        "defaults: optimizer.momentum=0.0, optimizer.weight_decay=0.0"
+    )
     assert "\n" not in line
 
 
 def test_summary_names_what_was_set_explicitly():
     line = recipe_summary(compose_config(["model=alexnet", "optimizer.lr=0.02", "data.batch_size=64"]))
-    assert line.startswith("recipe: alexnet's (the book, ch. 8.1): sgd lr 0.01, batch 128, 10 epochs, "
-                           "init xavier_uniform; ")
+    assert line.startswith(
+        "recipe: alexnet's (the book, ch. 8.1): sgd lr 0.01, batch 128, 10 epochs, init xavier_uniform; "
+    )
     assert line.endswith("; set by you: optimizer.lr=0.02, data.batch_size=64")
     assert "defaults: optimizer.momentum=0.0, optimizer.weight_decay=0.0" in line
 
@@ -240,8 +271,9 @@ def test_summary_of_an_experiment_and_of_other_optimizers():
 def test_summary_tells_typed_values_from_the_experiments():
     command_line = ["experiment=d2l_vgg", "optimizer.lr=0.02", "+trainer.epochs=3"]
     line = recipe_summary(compose_config(["experiment=d2l_vgg", "optimizer.lr=0.02", "trainer.epochs=3"]), command_line)
-    assert line.endswith("; set by you: optimizer.lr=0.02, trainer.epochs=3; "
-                         "set by experiment=d2l_vgg: data.batch_size=128")
+    assert line.endswith(
+        "; set by you: optimizer.lr=0.02, trainer.epochs=3; set by experiment=d2l_vgg: data.batch_size=128"
+    )
     line = recipe_summary(compose_config(["experiment=d2l_vgg"]), ["experiment=d2l_vgg"])
     assert line.endswith("; set by experiment=d2l_vgg: optimizer.lr=0.05, data.batch_size=128, trainer.epochs=10")
     assert "set by you" not in line
@@ -253,18 +285,24 @@ def test_summary_tells_typed_values_from_the_experiments():
 
 def test_summary_of_a_model_without_recipe():
     line = recipe_summary(compose_config(["model=alexnet", "~model.recipe", "data.batch_size=32"]))
-    assert line == ("recipe: model alexnet has none: init xavier_uniform; defaults: optimizer.lr=0.1, "
-                    "optimizer.momentum=0.0, optimizer.weight_decay=0.0, trainer.epochs=10; "
-                    "set by you: data.batch_size=32")
+    assert line == (
+        "recipe: model alexnet has none: init xavier_uniform; defaults: optimizer.lr=0.1, "
+        "optimizer.momentum=0.0, optimizer.weight_decay=0.0, trainer.epochs=10; "
+        "set by you: data.batch_size=32"
+    )
 
 
 def test_summary_of_a_resolved_config():
     cfg = compose_config(["model=alexnet", "optimizer.lr=0.02"])
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # as a checkpoint saves it
-    assert recipe_summary(resolved) == ("recipe: alexnet's (the book, ch. 8.1); resolved config: sgd lr 0.02, "
-                                        "momentum 0.0, weight_decay 0.0, batch 128, 10 epochs, init xavier_uniform")
+    assert recipe_summary(resolved) == (
+        "recipe: alexnet's (the book, ch. 8.1); resolved config: sgd lr 0.02, "
+        "momentum 0.0, weight_decay 0.0, batch 128, 10 epochs, init xavier_uniform"
+    )
 
 
 def test_summary_works_on_the_real_train_yaml():
     line = recipe_summary(compose_config(["model=nin", "optimizer=rmsprop"]))
-    assert line.startswith("recipe: nin's (the book, ch. 8.3): rmsprop lr 0.0001, batch 128, 10 epochs, init xavier_uniform")
+    assert line.startswith(
+        "recipe: nin's (the book, ch. 8.3): rmsprop lr 0.0001, batch 128, 10 epochs, init xavier_uniform"
+    )

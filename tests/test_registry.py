@@ -50,8 +50,9 @@ def test_unknown_name_without_close_match_has_no_suggestion():
 def test_unknown_setting_names_the_key_and_valid_ones():
     with pytest.raises(ConfigError) as err:
         make_registry().build("small", {"colur": "green"})
-    assert str(err.value) == ("widget 'small' has no setting 'colur' (widget.colur). Did you mean 'colour'? "
-                              "Valid settings: size, colour")
+    assert str(err.value) == (
+        "widget 'small' has no setting 'colur' (widget.colur). Did you mean 'colour'? Valid settings: size, colour"
+    )
 
 
 def test_real_registries_hold_the_first_components():
@@ -82,7 +83,9 @@ def test_settings_cnntrain_passes_itself_are_not_config_settings():
 
 
 def test_model_typo_suggests_the_real_model():
-    with pytest.raises(ConfigError, match=r"Unknown model 'lenet_clasic' \(model.name\)\. Did you mean 'lenet_classic'\?"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown model 'lenet_clasic' \(model.name\)\. Did you mean 'lenet_classic'\?"
+    ):
         MODELS.get("lenet_clasic")
 
 

@@ -24,7 +24,8 @@ from tests.signals import as_under_nohup, send_signals, source_of
 # A model and a checkpoint writer that signal their own process at a chosen moment, so
 # that a kill lands at a known step. Loaded by the runs through `imports`, as a user's
 # own module would be; without the environment variables they change nothing.
-HOOKS = '''
+HOOKS = (
+    """
 import io, os, signal, threading, time
 import torch
 from torch import nn
@@ -47,7 +48,9 @@ class SignalAtStep(nn.Module):
         return self.inner(x)
 
 
-''' + source_of(send_signals) + '''
+"""
+    + source_of(send_signals)
+    + """
 
 # A shell that starts a job in the background (as CI may) makes it ignore SIGINT, and
 # Python then never raises KeyboardInterrupt; a user at a terminal has the default.
@@ -76,16 +79,32 @@ if os.environ.get("TEST_KILL_IN_SAVE_OF_EPOCH"):
         return real_save(obj, f, *args, **kwargs)
 
     torch.save = half_save_then_kill
-'''
+"""
+)
 
 # A resume imports only the modules the user names again (a run folder is data, not code).
 HOOKS_IMPORT = "imports=[test_resume_hooks]"
 # 400 train / 100 val images in batches of 32: 13 steps an epoch. Dropout, momentum, a
 # step schedule and random augmentation all depend on state the resume must restore.
-RUN = ["data=synthetic", "data.train_size=500", "data.test_size=100", "data.batch_size=32", "trainer.epochs=4",
-       "model=softmax", "model.name=test_signal_mlp", HOOKS_IMPORT, "optimizer.momentum=0.9", "optimizer.lr=0.05",
-       "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.7", "data.augment=[hflip,{name:random_crop,padding:2}]",
-       "device=cpu", "trainer.progress=plain", "model.init=default"]
+RUN = [
+    "data=synthetic",
+    "data.train_size=500",
+    "data.test_size=100",
+    "data.batch_size=32",
+    "trainer.epochs=4",
+    "model=softmax",
+    "model.name=test_signal_mlp",
+    HOOKS_IMPORT,
+    "optimizer.momentum=0.9",
+    "optimizer.lr=0.05",
+    "scheduler=step",
+    "scheduler.step_size=1",
+    "scheduler.gamma=0.7",
+    "data.augment=[hflip,{name:random_crop,padding:2}]",
+    "device=cpu",
+    "trainer.progress=plain",
+    "model.init=default",
+]
 STEPS_PER_EPOCH = 13
 TIMING = ("epoch_seconds", "train_examples_per_s")
 
@@ -121,8 +140,12 @@ def uninterrupted(workdir):
 def test_sigkill_mid_epoch_then_resume_ends_exactly_as_the_uninterrupted_run(workdir, uninterrupted):
     run_dir = workdir / "killed"
     kill_step = 2 * STEPS_PER_EPOCH + 6  # in the middle of epoch 3
-    killed = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
-                      env={"TEST_SIGNAL_AT_STEP": str(kill_step), "TEST_SIGNAL": "SIGKILL"})
+    killed = cnntrain(
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+        env={"TEST_SIGNAL_AT_STEP": str(kill_step), "TEST_SIGNAL": "SIGKILL"},
+    )
     assert killed.returncode == -9
     assert [row["epoch"] for row in metrics_without_timing(run_dir)] == ["1", "2"]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
@@ -133,8 +156,11 @@ def test_sigkill_mid_epoch_then_resume_ends_exactly_as_the_uninterrupted_run(wor
     assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)  # rows 1-4, none twice
     assert_same_weights(weights(run_dir), weights(uninterrupted))
     ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, uninterrupted))
-    assert (ours["test_acc"], ours["test_loss"], ours["best_epoch"]) == \
-           (theirs["test_acc"], theirs["test_loss"], theirs["best_epoch"])
+    assert (ours["test_acc"], ours["test_loss"], ours["best_epoch"]) == (
+        theirs["test_acc"],
+        theirs["test_loss"],
+        theirs["best_epoch"],
+    )
 
 
 def test_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_one_whole(workdir, uninterrupted):
@@ -154,14 +180,21 @@ def test_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_one_whole(
 
 def test_ctrl_c_stops_after_the_step_saves_it_and_prints_a_resume_command_that_works(workdir, uninterrupted):
     run_dir = workdir / "interrupted"
-    interrupted = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
-                           env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT"})
+    interrupted = cnntrain(
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+        env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT"},
+    )
     assert interrupted.returncode == 130
     assert "Traceback" not in interrupted.stderr
-    assert "SIGINT: stopping after this step, with a checkpoint (press Ctrl-C again to stop at once)." \
+    assert (
+        "SIGINT: stopping after this step, with a checkpoint (press Ctrl-C again to stop at once)."
         in interrupted.stdout
-    assert ("Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 and steps 1-3 of epoch 2. "
-            "Resume with: ") in interrupted.stdout
+    )
+    assert (
+        "Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 and steps 1-3 of epoch 2. Resume with: "
+    ) in interrupted.stdout
     # Run as `python -m cnntrain` with no cnntrain on PATH: the command names this python.
     command = interrupted.stdout.split("Resume with: ")[1].splitlines()[0]
     assert command == f"{sys.executable} -m cnntrain resume=interrupted {HOOKS_IMPORT}"
@@ -173,16 +206,22 @@ def test_ctrl_c_stops_after_the_step_saves_it_and_prints_a_resume_command_that_w
 
     resumed = subprocess.run(command.split(), cwd=workdir, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from checkpoints/last.pt: epoch 1 and steps 1-3 of epoch 2 done, continuing at step 4 " \
-           "of epoch 2 of 4" in resumed.stdout
+    assert (
+        "resumed from checkpoints/last.pt: epoch 1 and steps 1-3 of epoch 2 done, continuing at step 4 "
+        "of epoch 2 of 4" in resumed.stdout
+    )
     assert metrics_without_timing(run_dir) == metrics_without_timing(uninterrupted)
     assert_same_weights(weights(run_dir), weights(uninterrupted))
 
 
 def test_sigterm_mid_epoch_saves_there_and_resume_ends_exactly_as_the_uninterrupted_run(workdir, uninterrupted):
     run_dir = workdir / "terminated"
-    stopped = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
-                       env={"TEST_SIGNAL_AT_STEP": str(2 * STEPS_PER_EPOCH + 5), "TEST_SIGNAL": "SIGTERM"})
+    stopped = cnntrain(
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+        env={"TEST_SIGNAL_AT_STEP": str(2 * STEPS_PER_EPOCH + 5), "TEST_SIGNAL": "SIGTERM"},
+    )
     assert stopped.returncode == 143 and "Traceback" not in stopped.stderr
     assert "checkpoints/last.pt holds epochs 1-2 and steps 1-5 of epoch 3." in stopped.stdout
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
@@ -199,9 +238,14 @@ def test_sigterm_mid_epoch_saves_there_and_resume_ends_exactly_as_the_uninterrup
 def start_into_a_pipe(args, cwd, env, nohup=False, stderr=subprocess.STDOUT):
     """`cnntrain args 2>&1 | head -c 100`: the reader leaves after the first line, as a `| tee` killed by
     Ctrl-C or a closed terminal does. `nohup`: SIGHUP ignored, as `nohup cnntrain ...` starts it."""
-    run = subprocess.Popen([sys.executable, "-m", "cnntrain", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=stderr,
-                           env={**os.environ, **env},
-                           preexec_fn=as_under_nohup if nohup else None)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cnntrain", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env={**os.environ, **env},
+        preexec_fn=as_under_nohup if nohup else None,
+    )
     reader = subprocess.Popen(["head", "-c", "100"], stdin=run.stdout, stdout=subprocess.DEVNULL)
     run.stdout.close()  # the reader's end is the pipe's only one
     assert reader.wait(timeout=60) == 0
@@ -216,8 +260,11 @@ def test_ctrl_c_after_the_pipe_reader_died_saves_mid_epoch_and_logs_the_resume_c
     """`cnntrain ... 2>&1 | tee log.txt`, Ctrl-C: the shell's SIGINT kills tee too. Was: status failed
     ("Cannot write or read: Broken pipe"), no mid-epoch checkpoint, nothing to resume in epoch 1."""
     run_dir = workdir / "piped"
-    run = start_into_a_pipe([*RUN, f"hydra.run.dir={run_dir}"], workdir,
-                            {"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT"})
+    run = start_into_a_pipe(
+        [*RUN, f"hydra.run.dir={run_dir}"],
+        workdir,
+        {"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT"},
+    )
     assert run.wait(timeout=300) == 130
     command = f"{sys.executable} -m cnntrain resume=piped {HOOKS_IMPORT}"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -227,7 +274,8 @@ def test_ctrl_c_after_the_pipe_reader_died_saves_mid_epoch_and_logs_the_resume_c
     assert lines[-2:] == [
         "SIGINT: stopping after this step, with a checkpoint (press Ctrl-C again to stop at once).",
         f"Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 and steps 1-3 of epoch 2. "
-        f"Resume with: {command}"]
+        f"Resume with: {command}",
+    ]
     position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["in_epoch"]
     assert (position["epoch"], position["step"]) == (2, 3)
 
@@ -242,13 +290,15 @@ def test_sighup_stops_after_the_step_with_a_checkpoint_and_the_resume_command(wo
     """A closed terminal or SSH session: stopped as an interruption (exit 129), nothing lost (SIGTERM's
     path, whose resume is compared with the uninterrupted run above)."""
     run_dir = workdir / "hung_up"
-    stopped = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
-                       env={"TEST_SIGNAL_AT_STEP": str(5), "TEST_SIGNAL": "SIGHUP"})
+    stopped = cnntrain(
+        *RUN, f"hydra.run.dir={run_dir}", cwd=workdir, env={"TEST_SIGNAL_AT_STEP": str(5), "TEST_SIGNAL": "SIGHUP"}
+    )
     assert stopped.returncode == 129 and "Traceback" not in stopped.stderr
     command = f"{sys.executable} -m cnntrain resume=hung_up {HOOKS_IMPORT}"
     assert log_lines(run_dir)[-2:] == [
         "SIGHUP (the terminal or SSH session closed): stopping after this step, with a checkpoint.",
-        f"Interrupted during epoch 1 of 4. checkpoints/last.pt holds steps 1-5 of epoch 1. Resume with: {command}"]
+        f"Interrupted during epoch 1 of 4. checkpoints/last.pt holds steps 1-5 of epoch 1. Resume with: {command}",
+    ]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["resume_command"] == command
     position = load_checkpoint(run_dir / "checkpoints" / "last.pt")["in_epoch"]
@@ -260,8 +310,13 @@ def test_under_nohup_a_closed_terminal_and_a_dead_pipe_leave_the_run_going(workd
     """`nohup cnntrain ... | tee`: SIGHUP stays ignored and the console's going is no error; the run completes."""
     run_dir = workdir / "nohup"
     with open(workdir / "nohup_stderr.txt", "w") as stderr:
-        run = start_into_a_pipe([*RUN, f"hydra.run.dir={run_dir}"], workdir, nohup=True, stderr=stderr,
-                                env={"TEST_SIGNAL_AT_STEP": "5", "TEST_SIGNAL": "SIGHUP", "TEST_NOHUP": "1"})
+        run = start_into_a_pipe(
+            [*RUN, f"hydra.run.dir={run_dir}"],
+            workdir,
+            nohup=True,
+            stderr=stderr,
+            env={"TEST_SIGNAL_AT_STEP": "5", "TEST_SIGNAL": "SIGHUP", "TEST_NOHUP": "1"},
+        )
         assert run.wait(timeout=300) == 0
     assert (workdir / "nohup_stderr.txt").read_text() == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
@@ -272,10 +327,20 @@ def test_under_nohup_a_closed_terminal_and_a_dead_pipe_leave_the_run_going(workd
 def test_the_first_ctrl_c_is_answered_at_once_while_a_long_step_runs(workdir):
     """Python runs a handler only between bytecodes: in a 4-s torch call the answer waited for it (9 s on AlexNet)."""
     run_dir = workdir / "answered"
-    run = subprocess.Popen([sys.executable, "-m", "cnntrain", *RUN, f"hydra.run.dir={run_dir}"], cwd=workdir,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "TEST_SIGNAL_AT_STEP": "3", "TEST_SIGNAL": "SIGINT",
-                                "TEST_BUSY_SECONDS": "4", "TEST_SENT_AT": str(workdir / "answered_sent_at")})
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cnntrain", *RUN, f"hydra.run.dir={run_dir}"],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "TEST_SIGNAL_AT_STEP": "3",
+            "TEST_SIGNAL": "SIGINT",
+            "TEST_BUSY_SECONDS": "4",
+            "TEST_SENT_AT": str(workdir / "answered_sent_at"),
+        },
+    )
     for line in run.stdout:
         if line.startswith("SIGINT: stopping after this step"):
             answered = time.time()
@@ -291,15 +356,25 @@ def test_a_second_ctrl_c_stops_at_once_even_when_both_came_during_one_long_step(
     """Two presses while the main thread is in one long call reach Python's handler as one: counted
     from the wake-up socket, the second stops the step at once (not after its 60 s), last.pt whole."""
     run_dir = workdir / "twice"
-    stopped = cnntrain(*RUN, f"hydra.run.dir={run_dir}", cwd=workdir,
-                       env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3), "TEST_SIGNAL": "SIGINT",
-                            "TEST_SIGNAL_TIMES": "2", "TEST_BUSY_SECONDS": "60",
-                            "TEST_SENT_AT": str(workdir / "twice_sent_at")})
+    stopped = cnntrain(
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+        env={
+            "TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 3),
+            "TEST_SIGNAL": "SIGINT",
+            "TEST_SIGNAL_TIMES": "2",
+            "TEST_BUSY_SECONDS": "60",
+            "TEST_SENT_AT": str(workdir / "twice_sent_at"),
+        },
+    )
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
     assert time.time() - float((workdir / "twice_sent_at").read_text()) < 20
     command = f"{sys.executable} -m cnntrain resume=twice {HOOKS_IMPORT}"
-    assert log_lines(run_dir)[-1] == ("Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 (the "
-                                      f"unfinished epoch is redone on resume). Resume with: {command}")
+    assert log_lines(run_dir)[-1] == (
+        "Interrupted during epoch 2 of 4. checkpoints/last.pt holds epoch 1 (the "
+        f"unfinished epoch is redone on resume). Resume with: {command}"
+    )
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["epoch"] == 1 and last.get("in_epoch") is None
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
@@ -309,8 +384,13 @@ def test_a_second_ctrl_c_stops_at_once_even_when_both_came_during_one_long_step(
 def test_sigkill_after_a_timed_mid_epoch_checkpoint_then_resume_is_exact(workdir, uninterrupted):
     """trainer.checkpoint_every_minutes tiny: last.pt is saved after every step, then a SIGKILL lands."""
     run_dir = workdir / "killed_mid_epoch"
-    killed = cnntrain(*RUN, "trainer.checkpoint_every_minutes=1e-9", f"hydra.run.dir={run_dir}", cwd=workdir,
-                      env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 8), "TEST_SIGNAL": "SIGKILL"})
+    killed = cnntrain(
+        *RUN,
+        "trainer.checkpoint_every_minutes=1e-9",
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+        env={"TEST_SIGNAL_AT_STEP": str(STEPS_PER_EPOCH + 8), "TEST_SIGNAL": "SIGKILL"},
+    )
     assert killed.returncode == -9
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert (last["epoch"], last["in_epoch"]["epoch"], last["in_epoch"]["step"]) == (1, 2, 7)
@@ -340,11 +420,23 @@ def test_resume_refuses_a_changed_model_with_a_message(workdir, uninterrupted):
     # A typo under a key a resume may change is not added silently.
     with pytest.raises(ConfigError, match="Did you mean 'trainer.early_stopping.patience'"):
         resume_config(uninterrupted, [HOOKS_IMPORT, "trainer.early_stopping.patiense=1"])
-    with pytest.raises(ConfigError, match="trainer.epochs must be a positive whole number up to 2,147,483,647, got 'abc'"):
+    with pytest.raises(
+        ConfigError, match="trainer.epochs must be a positive whole number up to 2,147,483,647, got 'abc'"
+    ):
         resume_config(uninterrupted, [HOOKS_IMPORT, "trainer.epochs=abc"])
-    cfg, _ = resume_config(uninterrupted, [HOOKS_IMPORT, "optimizer.lr=0.05", "trainer.epochs=6", "device=cpu",  # unchanged lr
-                                           "logger=tensorboard"])
-    assert cfg.trainer.epochs == 6 and list(cfg.logger) == ["tensorboard"] and cfg.logger.tensorboard.histogram_every == 1
+    cfg, _ = resume_config(
+        uninterrupted,
+        [
+            HOOKS_IMPORT,
+            "optimizer.lr=0.05",
+            "trainer.epochs=6",
+            "device=cpu",  # unchanged lr
+            "logger=tensorboard",
+        ],
+    )
+    assert (
+        cfg.trainer.epochs == 6 and list(cfg.logger) == ["tensorboard"] and cfg.logger.tensorboard.histogram_every == 1
+    )
     cfg, _ = resume_config(uninterrupted, [HOOKS_IMPORT, "logger=[csv,tensorboard]"])
     assert list(cfg.logger) == ["csv", "tensorboard"] and cfg.logger.tensorboard.images == 32
 
@@ -357,35 +449,65 @@ def test_resume_without_a_checkpoint_explains(tmp_path):
     with pytest.raises(ConfigError, match="is not a folder"):
         resume_config(tmp_path / "nowhere", [])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"empty is not a run folder \(it has no checkpoints/, summary.json or "
-                                          r"metrics.csv\) and holds none\."):
+    with pytest.raises(
+        ConfigError,
+        match=r"empty is not a run folder \(it has no checkpoints/, summary.json or "
+        r"metrics.csv\) and holds none\.",
+    ):
         resume_config(tmp_path / "empty", [])
 
 
 def test_resume_of_a_folder_of_runs_lists_them_newest_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     day = tmp_path / "outputs" / "2026-12-01"
-    for age, name in enumerate(["10-00-00-000000_mlp_synthetic", "09-00-00-000000_lenet_fashion_mnist",
-                                "08-00-00-000000_alexnet_fashion_mnist", "07-00-00-000000_vgg_cifar10"]):
+    for age, name in enumerate(
+        [
+            "10-00-00-000000_mlp_synthetic",
+            "09-00-00-000000_lenet_fashion_mnist",
+            "08-00-00-000000_alexnet_fashion_mnist",
+            "07-00-00-000000_vgg_cifar10",
+        ]
+    ):
         (day / name).mkdir(parents=True)
         (day / name / "summary.json").write_text("{}")
         os.utime(day / name / "summary.json", (1e9 - age * 3600,) * 2)  # the first is the newest
-    newest, second, third = (f"outputs/2026-12-01/{name}" for name in
-                             ("10-00-00-000000_mlp_synthetic", "09-00-00-000000_lenet_fashion_mnist",
-                              "08-00-00-000000_alexnet_fashion_mnist"))
-    expected = (f"is not a run folder; the runs in it are, newest first: {newest}, {second}, {third} and 1 more. "
-                f"The newest: cnntrain resume={newest}")
+    newest, second, third = (
+        f"outputs/2026-12-01/{name}"
+        for name in (
+            "10-00-00-000000_mlp_synthetic",
+            "09-00-00-000000_lenet_fashion_mnist",
+            "08-00-00-000000_alexnet_fashion_mnist",
+        )
+    )
+    expected = (
+        f"is not a run folder; the runs in it are, newest first: {newest}, {second}, {third} and 1 more. "
+        f"The newest: cnntrain resume={newest}"
+    )
     for folder in (day, tmp_path / "outputs"):  # a date folder, and outputs/ (two levels down)
         with pytest.raises(ConfigError) as caught:
             resume_config(folder, [])
         assert str(caught.value) == f"{folder.relative_to(tmp_path)} {expected}"
-    result = subprocess.run([sys.executable, "-m", "cnntrain", "resume=outputs/2026-12-01"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cnntrain", "resume=outputs/2026-12-01"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stderr == f"error: outputs/2026-12-01 {expected}\n"
 
 
-QUICK = ["data=synthetic", "data.train_size=128", "data.test_size=64", "data.batch_size=32", "model=mlp",
-         "trainer.progress=none", "device=cpu", "optimizer.lr=0.1", "optimizer.momentum=0.9"]
+QUICK = [
+    "data=synthetic",
+    "data.train_size=128",
+    "data.test_size=64",
+    "data.batch_size=32",
+    "model=mlp",
+    "trainer.progress=none",
+    "device=cpu",
+    "optimizer.lr=0.1",
+    "optimizer.momentum=0.9",
+]
 
 
 def test_resume_with_more_epochs_equals_the_longer_run(tmp_path):
@@ -495,9 +617,11 @@ def test_nan_loss_at_a_known_step_stops_with_advice_and_keeps_loadable_checkpoin
             return out * float("nan") if self.training and self.calls == 4 + 3 else out
 
     monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
-    MODELS.register("nan_at_step_7")(lambda num_classes=10, in_channels=1, input_size=28, **settings:
-                                     NanAtStep(mlp(num_classes=num_classes, in_channels=in_channels,
-                                                   input_size=input_size, **settings)))
+    MODELS.register("nan_at_step_7")(
+        lambda num_classes=10, in_channels=1, input_size=28, **settings: NanAtStep(
+            mlp(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **settings)
+        )
+    )
     cfg = compose_config(QUICK + ["trainer.epochs=3", "model.name=nan_at_step_7", "model.init=default"])
     with pytest.raises(TrainingError) as err:  # 4 steps an epoch: step 3 of epoch 2
         train(cfg, run_dir=tmp_path / "run")

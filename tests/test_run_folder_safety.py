@@ -24,7 +24,7 @@ from cnntrain.errors import ConfigError
 from cnntrain.predict import load_run
 from tests.helpers import run_cli
 
-USER_MODELS = '''
+USER_MODELS = """
 from torch import nn
 from cnntrain.models import MODELS
 
@@ -32,11 +32,11 @@ from cnntrain.models import MODELS
 def tiny(num_classes=10, in_channels=1, input_size=28):
     return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, num_classes))
-'''
-EVIL = '''
+"""
+EVIL = """
 from pathlib import Path
 Path(__file__).resolve().parent.parent.joinpath("PWNED").write_text("code from a run folder ran")
-'''
+"""
 
 
 def run(*command, cwd):
@@ -51,8 +51,16 @@ def workdir(tmp_path_factory) -> Path:
     """A finished run of the user's own model (user_models.py, named in imports) and an image."""
     folder = tmp_path_factory.mktemp("safety")
     (folder / "user_models.py").write_text(USER_MODELS)
-    trained = run("cnntrain", "experiment=smoke", "trainer.epochs=2", "imports=[user_models]",
-                  "model.name=user_tiny", "model.init=default", "hydra.run.dir=run", cwd=folder)
+    trained = run(
+        "cnntrain",
+        "experiment=smoke",
+        "trainer.epochs=2",
+        "imports=[user_models]",
+        "model.name=user_tiny",
+        "model.init=default",
+        "hydra.run.dir=run",
+        cwd=folder,
+    )
     assert trained.returncode == 0, trained.stderr
     Image.fromarray(np.full((28, 28), 128, dtype=np.uint8)).save(folder / "image.png")
     return folder
@@ -77,8 +85,9 @@ def test_predict_on_a_run_of_your_own_model_needs_its_imports_named(workdir):
     predict = "cnntrain-predict"
     refused = run(predict, "run=run", "inputs=image.png", cwd=workdir)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "run was trained with imports=[user_models]. Modules named in a run folder are never imported" \
-           in refused.stderr
+    assert (
+        "run was trained with imports=[user_models]. Modules named in a run folder are never imported" in refused.stderr
+    )
     assert "add imports=[user_models] to the command" in refused.stderr  # not eaten as rich markup
 
     done = run(predict, "run=run", "inputs=image.png", "imports=[user_models]", cwd=workdir)
@@ -87,8 +96,9 @@ def test_predict_on_a_run_of_your_own_model_needs_its_imports_named(workdir):
 
     other = run(predict, "run=run", "inputs=image.png", "imports=[other_models]", cwd=workdir)
     assert other.returncode == 2
-    assert "imports=[other_models] does not match the modules run was trained with (imports=[user_models])" \
-           in other.stderr
+    assert (
+        "imports=[other_models] does not match the modules run was trained with (imports=[user_models])" in other.stderr
+    )
 
 
 def test_resume_of_a_finished_run_of_your_own_model_with_its_imports(workdir):
@@ -98,12 +108,15 @@ def test_resume_of_a_finished_run_of_your_own_model_with_its_imports(workdir):
     assert "resume=run imports=[user_models] trainer.epochs=12" in result.stdout
 
 
-@pytest.mark.parametrize("command", [
-    ["cnntrain", "resume=shared_run"],
-    ["cnntrain", "resume=shared_run", "trainer.epochs=5"],
-    ["cnntrain-predict", "run=shared_run", "inputs=image.png"],
-    ["cnntrain-predict", "run=shared_run", "inputs=image.png", "checkpoint=last"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["cnntrain", "resume=shared_run"],
+        ["cnntrain", "resume=shared_run", "trainer.epochs=5"],
+        ["cnntrain-predict", "run=shared_run", "inputs=image.png"],
+        ["cnntrain-predict", "run=shared_run", "inputs=image.png", "checkpoint=last"],
+    ],
+)
 def test_a_module_named_only_in_a_shared_run_folder_never_runs(workdir, shared_run, command):
     result = run(*command, cwd=workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -128,8 +141,10 @@ def test_a_new_run_in_a_folder_holding_a_run_is_refused_before_anything_is_writt
     before = {p: p.stat().st_mtime_ns for p in (workdir / "run").rglob("*") if p.is_file()}
     result = run("cnntrain", *SMOKE, "hydra.run.dir=run", cwd=workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "run already holds a run (summary.json, metrics.csv, last.pt, best.pt, train.log); a new run there " \
-           "would overwrite it. Continue that run with: cnntrain resume=run" in result.stderr
+    assert (
+        "run already holds a run (summary.json, metrics.csv, last.pt, best.pt, train.log); a new run there "
+        "would overwrite it. Continue that run with: cnntrain resume=run" in result.stderr
+    )
     assert {p: p.stat().st_mtime_ns for p in (workdir / "run").rglob("*") if p.is_file()} == before
 
 
@@ -149,14 +164,17 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_releases_the_lo
     try:
         result = run("cnntrain", *SMOKE, f"hydra.run.dir={holder.path}", cwd=tmp_path)
         assert result.returncode == 2
-        assert f"{holder.path} is in use by another cnntrain process (pid {__import__('os').getpid()})" \
-               in result.stderr
+        assert f"{holder.path} is in use by another cnntrain process (pid {__import__('os').getpid()})" in result.stderr
         assert not holder.summary_json.exists()  # the refused run wrote no summary into the folder
     finally:
         holder.unlock()
     # A process that dies holding the lock releases it: the next run trains.
-    crashed = run(sys.executable, "-c", "import os; from cnntrain.run_folder import RunFolder; "
-                  f"RunFolder({str(holder.path)!r}).lock(); os._exit(1)", cwd=tmp_path)
+    crashed = run(
+        sys.executable,
+        "-c",
+        f"import os; from cnntrain.run_folder import RunFolder; RunFolder({str(holder.path)!r}).lock(); os._exit(1)",
+        cwd=tmp_path,
+    )
     assert crashed.returncode == 1
     result = run("cnntrain", *SMOKE, f"hydra.run.dir={holder.path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -168,8 +186,12 @@ def test_run_files_get_the_normal_mode_and_no_temporary_file_is_left(workdir):
     umask = os.umask(0)
     os.umask(umask)
     folder = workdir / "run"
-    for path in (folder / "checkpoints" / "best.pt", folder / "summary.json", folder / "metrics.csv",
-                 folder / "curves.png"):
+    for path in (
+        folder / "checkpoints" / "best.pt",
+        folder / "summary.json",
+        folder / "metrics.csv",
+        folder / "curves.png",
+    ):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
     assert not list(folder.rglob("*.tmp"))
 
@@ -178,8 +200,9 @@ def test_run_files_get_the_normal_mode_and_no_temporary_file_is_left(workdir):
 def test_predict_output_never_overwrites_what_is_not_its_own_csv(workdir, output):
     target = workdir / output
     before = target.read_bytes() if target.is_file() else None
-    result = run("cnntrain-predict", "run=run", "inputs=image.png", "imports=[user_models]",
-                 f"output={output}", cwd=workdir)
+    result = run(
+        "cnntrain-predict", "run=run", "inputs=image.png", "imports=[user_models]", f"output={output}", cwd=workdir
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"output={output}" in result.stderr or f"output={target}" in result.stderr
     if before is not None:
@@ -188,8 +211,9 @@ def test_predict_output_never_overwrites_what_is_not_its_own_csv(workdir, output
 
 def test_predict_output_rewrites_its_own_csv(workdir):
     for _ in range(2):
-        result = run("cnntrain-predict", "run=run", "inputs=image.png", "imports=[user_models]",
-                     "output=mine.csv", cwd=workdir)
+        result = run(
+            "cnntrain-predict", "run=run", "inputs=image.png", "imports=[user_models]", "output=mine.csv", cwd=workdir
+        )
         assert result.returncode == 0, result.stderr
     assert (workdir / "mine.csv").read_text().splitlines()[0] == "file,predicted,probability,top_k"
 
@@ -204,8 +228,13 @@ def test_a_run_whose_best_checkpoint_was_lost_finishes_on_last_pt(tmp_path):
 
     from cnntrain import train
 
-    result = train("experiment=smoke", "trainer.progress=none", "optimizer.lr=0.0", callbacks=[LoseBest()],
-                   run_dir=tmp_path / "run")  # lr 0: no epoch after the first improves, best.pt stays lost
+    result = train(
+        "experiment=smoke",
+        "trainer.progress=none",
+        "optimizer.lr=0.0",
+        callbacks=[LoseBest()],
+        run_dir=tmp_path / "run",
+    )  # lr 0: no epoch after the first improves, best.pt stays lost
     assert result.summary["status"] == "completed" and result.summary["tested_checkpoint"] == "last.pt"
     assert "best.pt is missing (deleted or lost since it was written)" in (tmp_path / "run" / "train.log").read_text()
 

@@ -6,7 +6,6 @@ import io
 
 import pytest
 import yaml
-
 from rich.console import Console
 
 from cnntrain.sweep import at_chance_level, best_job, failed_job_result, missing_plugin, report_sweep, write_best
@@ -14,20 +13,39 @@ from tests.conftest import make_job
 
 
 def row(job, status, acc, overrides):
-    return {"job": job, "overrides": " ".join(overrides), "override_list": overrides, "status": status,
-            "best_val_acc": acc, "test_acc": acc, "best_epoch": 1, "wall_seconds": 1.0,
-            "run_dir": f"sweep/{job}", "error": "" if status == "completed" else "boom", "test_is_validation": False}
+    return {
+        "job": job,
+        "overrides": " ".join(overrides),
+        "override_list": overrides,
+        "status": status,
+        "best_val_acc": acc,
+        "test_acc": acc,
+        "best_epoch": 1,
+        "wall_seconds": 1.0,
+        "run_dir": f"sweep/{job}",
+        "error": "" if status == "completed" else "boom",
+        "test_is_validation": False,
+    }
 
 
 def test_best_job_is_the_first_completed_job_with_the_highest_accuracy(tmp_path):
-    rows = [row(0, "completed", 0.5, ["optimizer.lr=0.1"]), row(1, "failed", None, ["optimizer.lr=9"]),
-            row(2, "completed", 0.8, ["optimizer.lr=0.01"]), row(3, "completed", 0.8, ["optimizer.lr=0.02"])]
+    rows = [
+        row(0, "completed", 0.5, ["optimizer.lr=0.1"]),
+        row(1, "failed", None, ["optimizer.lr=9"]),
+        row(2, "completed", 0.8, ["optimizer.lr=0.01"]),
+        row(3, "completed", 0.8, ["optimizer.lr=0.02"]),
+    ]
     best = best_job(rows)
     assert best["job"] == 2
     write_best(best, tmp_path / "best.yaml")
     assert yaml.safe_load((tmp_path / "best.yaml").read_text()) == {
-        "job": 2, "overrides": ["optimizer.lr=0.01"], "best_val_acc": 0.8, "test_acc": 0.8, "best_epoch": 1,
-        "run_dir": "sweep/2"}
+        "job": 2,
+        "overrides": ["optimizer.lr=0.01"],
+        "best_val_acc": 0.8,
+        "test_acc": 0.8,
+        "best_epoch": 1,
+        "run_dir": "sweep/2",
+    }
     assert best_job([row(0, "failed", None, [])]) is None
 
 
@@ -35,7 +53,8 @@ def test_a_missing_plugin_names_the_extra_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert missing_plugin(["-m", "hparams_search=optuna"]) == (
         "'hparams_search=optuna' needs Hydra's optuna plugin (hydra-optuna-sweeper), which is not installed. "
-        "Install it with: pip install 'cnntrain[optuna]'")
+        "Install it with: pip install 'cnntrain[optuna]'"
+    )
     assert missing_plugin(["-m", "launcher=joblib"]).endswith("Install it with: pip install 'cnntrain[joblib]'")
     assert missing_plugin(["hparams_search=null", "model=mlp"]) is None
 
@@ -62,15 +81,21 @@ def test_a_failed_job_scores_zero_a_value_the_optuna_sweeper_accepts():
 
 
 def test_report_writes_csv_png_and_best_and_marks_jobs_a_fail_fast_stop_cut_short(tmp_path):
-    make_job(tmp_path, "0_optimizer.lr=0.1", ["optimizer.lr=0.1"],
-             {"status": "completed", "best_val_acc": 0.75, "test_acc": 0.7, "best_epoch": 2, "wall_seconds": 3.0})
+    make_job(
+        tmp_path,
+        "0_optimizer.lr=0.1",
+        ["optimizer.lr=0.1"],
+        {"status": "completed", "best_val_acc": 0.75, "test_acc": 0.7, "best_epoch": 2, "wall_seconds": 3.0},
+    )
     make_job(tmp_path, "1_optimizer.lr=9", ["optimizer.lr=9"], {"status": "failed", "error": "loss became nan\nmore"})
     make_job(tmp_path, "2_optimizer.lr=0.5", ["optimizer.lr=0.5"])  # still running when the sweep stopped
     console = Console(file=io.StringIO(), width=200)
     rows = report_sweep(tmp_path, console, stopping=True)
     assert [(r["job"], r["status"], r["error"]) for r in rows] == [
-        (0, "completed", ""), (1, "failed", "loss became nan"),
-        (2, "stopped", "stopped by sweep.fail_fast before it finished")]
+        (0, "completed", ""),
+        (1, "failed", "loss became nan"),
+        (2, "stopped", "stopped by sweep.fail_fast before it finished"),
+    ]
     printed = console.file.getvalue()
     assert "best job: 0  optimizer.lr=0.1  val acc 0.7500" in printed and "1 of 3 jobs failed." in printed
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["best.yaml", "sweep.csv", "sweep.png"]
@@ -80,15 +105,27 @@ def test_report_writes_csv_png_and_best_and_marks_jobs_a_fail_fast_stop_cut_shor
 
 @pytest.mark.parametrize("test_is_validation", [True, False])
 def test_a_best_job_chosen_on_its_test_images_is_called_flattering(tmp_path, test_is_validation):
-    make_job(tmp_path, "0_seed=1", ["seed=1"], {"status": "completed", "best_val_acc": 0.8, "test_acc": 0.8,
-                                                "best_epoch": 2, "wall_seconds": 3.0,
-                                                "test_is_validation": test_is_validation})
+    make_job(
+        tmp_path,
+        "0_seed=1",
+        ["seed=1"],
+        {
+            "status": "completed",
+            "best_val_acc": 0.8,
+            "test_acc": 0.8,
+            "best_epoch": 2,
+            "wall_seconds": 3.0,
+            "test_is_validation": test_is_validation,
+        },
+    )
     console = Console(file=io.StringIO(), width=400)
     report_sweep(tmp_path, console)
     printed = console.file.getvalue()
     assert "best job: 0  seed=1  val acc 0.8000" in printed
-    assert ("notice: the best job validated on its test images (e.g. data.val_fraction=0), so it was chosen on them "
-            "and its test accuracy flatters it." in printed) is test_is_validation
+    assert (
+        "notice: the best job validated on its test images (e.g. data.val_fraction=0), so it was chosen on them "
+        "and its test accuracy flatters it." in printed
+    ) is test_is_validation
 
 
 def test_a_job_at_chance_level_is_marked_and_the_table_says_what_that_means(tmp_path):
@@ -97,8 +134,12 @@ def test_a_job_at_chance_level_is_marked_and_the_table_says_what_that_means(tmp_
     make_job(tmp_path, "0", ["optimizer.lr=0.1"], {**job, "best_val_acc": 0.0978})
     make_job(tmp_path, "1", ["optimizer.lr=0.9"], {**job, "best_val_acc": 0.7645})
     make_job(tmp_path, "2", ["optimizer.lr=5"], {**job, "best_val_acc": 0.1199})
-    make_job(tmp_path, "3", ["optimizer.lr=0.5"], {**{k: v for k, v in job.items() if k != "num_classes"},
-                                                   "best_val_acc": 0.1})  # a run from before num_classes: unmarked
+    make_job(
+        tmp_path,
+        "3",
+        ["optimizer.lr=0.5"],
+        {**{k: v for k, v in job.items() if k != "num_classes"}, "best_val_acc": 0.1},
+    )  # a run from before num_classes: unmarked
     console = Console(file=io.StringIO(), width=200)
     report_sweep(tmp_path, console)
     lines = console.file.getvalue().splitlines()
@@ -106,22 +147,46 @@ def test_a_job_at_chance_level_is_marked_and_the_table_says_what_that_means(tmp_
     assert marked == ["0", "2"]
     assert not any("chance level" in line for line in lines if "│ 1 " in line or "│ 3 " in line)
     note = next(line for line in lines if line.startswith("chance level"))
-    assert note == ("chance level (jobs 0, 2): a best validation accuracy about what guessing scores (1/10 = 0.1000), "
-                    "so the model did not learn. The lr may be too high or too low (optimizer.lr), or the epochs too "
-                    "few (trainer.epochs).")
+    assert note == (
+        "chance level (jobs 0, 2): a best validation accuracy about what guessing scores (1/10 = 0.1000), "
+        "so the model did not learn. The lr may be too high or too low (optimizer.lr), or the epochs too "
+        "few (trainer.epochs)."
+    )
 
 
-@pytest.mark.parametrize("acc, classes, marked", [(0.0978, 10, True), (0.1199, 10, True), (0.1201, 10, False),
-                                                  (0.54, 2, True), (0.56, 2, False), (0.029, 100, True),
-                                                  (0.9, 10, False), (0.1, None, False), (0.1, 1, False)])
+@pytest.mark.parametrize(
+    "acc, classes, marked",
+    [
+        (0.0978, 10, True),
+        (0.1199, 10, True),
+        (0.1201, 10, False),
+        (0.54, 2, True),
+        (0.56, 2, False),
+        (0.029, 100, True),
+        (0.9, 10, False),
+        (0.1, None, False),
+        (0.1, 1, False),
+    ],
+)
 def test_chance_level_is_within_two_points_or_a_tenth_of_guessing(acc, classes, marked):
     assert at_chance_level({"status": "completed", "best_val_acc": acc, "num_classes": classes}) is marked
     assert at_chance_level({"status": "failed", "best_val_acc": acc, "num_classes": classes}) is False
 
 
 def test_a_sweep_without_a_job_at_chance_level_has_no_note(tmp_path):
-    make_job(tmp_path, "0", ["seed=1"], {"status": "completed", "best_val_acc": 0.8, "test_acc": 0.8, "best_epoch": 2,
-                                         "wall_seconds": 3.0, "num_classes": 10})
+    make_job(
+        tmp_path,
+        "0",
+        ["seed=1"],
+        {
+            "status": "completed",
+            "best_val_acc": 0.8,
+            "test_acc": 0.8,
+            "best_epoch": 2,
+            "wall_seconds": 3.0,
+            "num_classes": 10,
+        },
+    )
     console = Console(file=io.StringIO(), width=200)
     report_sweep(tmp_path, console)
     assert "chance level" not in console.file.getvalue()

@@ -13,16 +13,23 @@ from torch import nn
 from cnntrain import plots
 from cnntrain.errors import ConfigError
 from cnntrain.loggers import check_logger
-from cnntrain.run import train
 from cnntrain.loggers.tensorboard import Denormalize, TensorBoardLogger, check_tensorboard, labelled_grid
+from cnntrain.run import train
 from tests.conftest import compose_config
 
 pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'cnntrain[tensorboard]')")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 # lenet_bn: its BatchNorm statistics would change if the graph were traced in train mode.
-TINY = ["experiment=smoke", "model=lenet_bn", "trainer.epochs=2", "trainer.progress=none", "data.train_size=160", "data.test_size=32",
-        "logger=tensorboard"]
+TINY = [
+    "experiment=smoke",
+    "model=lenet_bn",
+    "trainer.epochs=2",
+    "trainer.progress=none",
+    "data.train_size=160",
+    "data.test_size=32",
+    "logger=tensorboard",
+]
 SCALARS = ["loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"]
 
 
@@ -39,9 +46,13 @@ def tensorboard_run(tmp_path_factory):
     drawn = []
     real = plots.plot_curves
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(plots, "plot_curves", lambda rows, path, title="": (drawn.append(len(rows)),
-                                                                         real(rows, path, title)))
-        train(compose_config(TINY + ["logger.tensorboard.histogram_every=2", "logger.tensorboard.images=8"]), run_dir=run_dir)
+        patch.setattr(
+            plots, "plot_curves", lambda rows, path, title="": (drawn.append(len(rows)), real(rows, path, title))
+        )
+        train(
+            compose_config(TINY + ["logger.tensorboard.histogram_every=2", "logger.tensorboard.images=8"]),
+            run_dir=run_dir,
+        )
     return run_dir, read_events(run_dir / "tensorboard"), drawn
 
 
@@ -60,13 +71,15 @@ def test_scalars_per_epoch_with_the_expected_tags_and_steps(tensorboard_run):
         assert [event.step for event in events.Scalars(tag)] == [1, 2]
     # The same numbers as metrics.csv (float32 in the event file).
     import csv
+
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [round(e.value, 5) for e in events.Scalars("accuracy/val")] == [round(float(r["val_acc"]), 5) for r in rows]
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.1, 0.1])
     # 10 classes: top-5 validation accuracy too, as metrics.csv has it.
-    assert [round(e.value, 5) for e in events.Scalars("accuracy/val_top5")] == [round(float(r["val_top5"]), 5)
-                                                                                 for r in rows]
+    assert [round(e.value, 5) for e in events.Scalars("accuracy/val_top5")] == [
+        round(float(r["val_top5"]), 5) for r in rows
+    ]
 
 
 def test_images_histograms_and_graph(tensorboard_run):
@@ -91,7 +104,10 @@ def test_misclassified_images_are_titled_with_class_names():
     figure = labelled_grid(images, predicted=[0, 2, 1], actual=[1, 0, 2], classes=["shirt", "coat", "bag"])
     [axes] = figure.axes
     assert [text.get_text() for text in axes.texts] == [
-        "pred shirt /\nactual coat", "pred bag /\nactual shirt", "pred coat /\nactual bag"]
+        "pred shirt /\nactual coat",
+        "pred bag /\nactual shirt",
+        "pred coat /\nactual bag",
+    ]
     assert len(axes.images) == 3
 
 
@@ -130,8 +146,11 @@ def test_denormalize_gives_back_the_images():
 
 def test_missing_tensorboard_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
-    with pytest.raises(ConfigError, match=r"logger=tensorboard needs the tensorboard package.*"
-                                          r"pip install 'cnntrain\[tensorboard\]'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"logger=tensorboard needs the tensorboard package.*"
+        r"pip install 'cnntrain\[tensorboard\]'",
+    ):
         check_tensorboard()
     # Through train(): refused before any data is loaded, and recorded in summary.json.
     with pytest.raises(ConfigError, match=r"cnntrain\[tensorboard\]"):
@@ -142,14 +161,22 @@ def test_missing_tensorboard_says_how_to_install_it(monkeypatch, tmp_path):
 
 
 def test_bad_logger_settings_are_named():
-    with pytest.raises(ConfigError, match=r"Unknown logger 'tensorbord' \(logger.tensorbord\). Did you mean 'tensorboard'"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown logger 'tensorbord' \(logger.tensorbord\). Did you mean 'tensorboard'"
+    ):
         check_logger({"csv": {}, "tensorbord": {}})
-    with pytest.raises(ConfigError, match=r"logger.tensorboard.images must be a whole number >= 0 \(0 turns it off\), "
-                                          r"got -1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"logger.tensorboard.images must be a whole number >= 0 \(0 turns it off\), "
+        r"got -1",
+    ):
         check_logger({"tensorboard": {"images": -1}})
-    with pytest.raises(ConfigError, match=r"logger 'tensorboard' has no setting 'histograms' "
-                                          r"\(logger.tensorboard.histograms\). Did you mean 'histogram_every'\? "
-                                          r"Valid settings: histogram_every, images, graph"):
+    with pytest.raises(
+        ConfigError,
+        match=r"logger 'tensorboard' has no setting 'histograms' "
+        r"\(logger.tensorboard.histograms\). Did you mean 'histogram_every'\? "
+        r"Valid settings: histogram_every, images, graph",
+    ):
         check_logger({"tensorboard": {"histograms": 3}})
     with pytest.raises(ConfigError, match=r"logger.tensorboard.graph must be true or false, got 'yes'"):
         check_logger({"tensorboard": {"graph": "yes"}})
@@ -157,15 +184,20 @@ def test_bad_logger_settings_are_named():
         check_logger({"csv": 3})
     assert check_logger(None) == [] and check_logger({}) == []  # logger=[]: metrics.csv and curves.png only
     assert [(c.name, c.settings) for c in check_logger({"csv": {}, "tensorboard": {"images": 0}})] == [
-        ("csv", {}), ("tensorboard", {"images": 0})]
+        ("csv", {}),
+        ("tensorboard", {"images": 0}),
+    ]
 
 
 def test_the_old_one_logger_spelling_reads_as_the_new_one():
     """Run folders from before the registry hold logger: {name: tensorboard, ...}: they resume and evaluate."""
     old = check_logger({"name": "tensorboard", "images": 4, "histogram_every": 0, "graph": False})
     assert [(c.name, c.settings) for c in old] == [("tensorboard", {"images": 4, "histogram_every": 0, "graph": False})]
-    with pytest.raises(ConfigError, match=r"logger.name=tensorboard is the old spelling of a logger choice: write "
-                                          r"logger=tensorboard \(several: logger=\[csv,tensorboard\]\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"logger.name=tensorboard is the old spelling of a logger choice: write "
+        r"logger=tensorboard \(several: logger=\[csv,tensorboard\]\)",
+    ):
         check_logger({"name": "tensorboard", "csv": {}})
 
 
@@ -201,6 +233,8 @@ def test_logger_choices_compose_several_and_a_typo_in_any_is_named():
             compose([a for a in args if a != "-m"])
     assert check_override_keys(["logger.name=tensorboard"]) == (
         "logger.name=tensorboard is the old spelling: choose loggers with logger=tensorboard (several at once: "
-        "logger=[csv,tensorboard]), and set theirs with logger.tensorboard.<key>=...")
+        "logger=[csv,tensorboard]), and set theirs with logger.tensorboard.<key>=..."
+    )
     assert "Did you mean 'logger.tensorboard.images'?" in check_override_keys(
-        ["logger=[csv,tensorboard]", "logger.tensorboard.imags=3"])
+        ["logger=[csv,tensorboard]", "logger.tensorboard.imags=3"]
+    )

@@ -7,16 +7,22 @@ import math
 import pytest
 import torch
 
-from cnntrain.checkpoint import load_checkpoint
+from cnntrain.checkpoint import RunCheckpoint, load_checkpoint
 from cnntrain.data import load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, InMemoryLoader
-from cnntrain.checkpoint import RunCheckpoint
 from cnntrain.run import train
 from cnntrain.trainer import Trainer
 from tests.conftest import compose_config
 
-FAST = ["model=mlp", "optimizer.lr=0.1", "data.batch_size=32", "trainer.epochs=3", "trainer.progress=none",
-        "device=cpu", "data.download=false"]
+FAST = [
+    "model=mlp",
+    "optimizer.lr=0.1",
+    "data.batch_size=32",
+    "trainer.epochs=3",
+    "trainer.progress=none",
+    "device=cpu",
+    "data.download=false",
+]
 
 
 def read_metrics(run_dir):
@@ -35,8 +41,17 @@ def test_run_folder_holds_metrics_summary_checkpoints_and_log(finished_run):
     run_dir, summary = finished_run
     rows = read_metrics(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                             "train_examples_per_s", "val_top5"]  # top-5: fashion_mnist has 10 classes
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "epoch_seconds",
+        "train_examples_per_s",
+        "val_top5",
+    ]  # top-5: fashion_mnist has 10 classes
     for row in rows:
         assert all(math.isfinite(float(v)) for v in row.values())
         assert float(row["lr"]) == 0.1 and 0 <= float(row["val_acc"]) <= 1
@@ -65,8 +80,9 @@ def test_best_checkpoint_reloads_and_reproduces_test_accuracy(finished_run, fash
     assert best["model"]["name"] == "mlp" and best["classes"][0] == "T-shirt/top"
     model = RunCheckpoint(run_dir / "checkpoints" / "best.pt", best).build_model()
 
-    data = prepare("fashion_mnist", load_image_data("fashion_mnist", {"root": str(fashion_root),
-                                                                      "download": False}), 0.1, 42)
+    data = prepare(
+        "fashion_mnist", load_image_data("fashion_mnist", {"root": str(fashion_root), "download": False}), 0.1, 42
+    )
     size = best["preprocess"]["size"]
     loader = InMemoryLoader(data.test, 64, BatchTransform((size, size), None, None), torch.device("cpu"))
     trainer = Trainer(model, None, None, None, None, torch.device("cpu"), epochs=0)
@@ -83,8 +99,10 @@ def test_same_seed_gives_identical_metrics(tmp_path, fashion_root):
     def run(name):
         cfg = compose_config(FAST + [f"data.root={fashion_root}", "trainer.epochs=2", "model=lenet_classic"])
         train(cfg, run_dir=tmp_path / name)
-        return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "train_examples_per_s")}
-                for row in read_metrics(tmp_path / name)]
+        return [
+            {k: v for k, v in row.items() if k not in ("epoch_seconds", "train_examples_per_s")}
+            for row in read_metrics(tmp_path / name)
+        ]
 
     first, second = run("a"), run("b")
     assert first == second and len(first) == 2
@@ -107,8 +125,16 @@ def test_classic_lenet_gets_32px_input_from_28px_data(tmp_path, fashion_root):
 def test_nan_loss_stops_with_advice_and_keeps_finished_epochs(tmp_path, fashion_root):
     from cnntrain.errors import TrainingError
 
-    cfg = compose_config(FAST + [f"data.root={fashion_root}", "trainer.epochs=3", "optimizer.lr=1e6",
-                                 "model=lenet_classic", "trainer.log_every=1"])
+    cfg = compose_config(
+        FAST
+        + [
+            f"data.root={fashion_root}",
+            "trainer.epochs=3",
+            "optimizer.lr=1e6",
+            "model=lenet_classic",
+            "trainer.log_every=1",
+        ]
+    )
     with pytest.raises(TrainingError) as err:
         train(cfg, run_dir=tmp_path / "run")
     assert "lower learning rate" in str(err.value) and "lr 1e+06" in str(err.value)
@@ -123,14 +149,24 @@ def test_user_model_module_from_imports(tmp_path, monkeypatch):
         "@MODELS.register('user_tiny_for_test')\n"
         "def tiny(num_classes=10, in_channels=1, input_size=28, width=8):\n"
         "    return nn.Sequential(nn.Conv2d(in_channels, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
-        "                         nn.Flatten(), nn.Linear(width, num_classes))\n")
+        "                         nn.Flatten(), nn.Linear(width, num_classes))\n"
+    )
     monkeypatch.chdir(tmp_path)  # the module is found in the current folder, as for a user
     from cnntrain.models import MODELS
 
     monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # the test's model leaves with the test
-    cfg = compose_config(["data=synthetic", "trainer.epochs=1", "trainer.progress=none", "device=cpu",
-                          "imports=[user_models_for_test]", "model.name=user_tiny_for_test",
-                          "model.init=default", "+model.width=5"])
+    cfg = compose_config(
+        [
+            "data=synthetic",
+            "trainer.epochs=1",
+            "trainer.progress=none",
+            "device=cpu",
+            "imports=[user_models_for_test]",
+            "model.name=user_tiny_for_test",
+            "model.init=default",
+            "+model.width=5",
+        ]
+    )
     summary = train(cfg, run_dir=tmp_path / "run")
     assert summary["params"] == 1 * 5 * 9 + 5 + 5 * 10 + 10
 

@@ -35,8 +35,13 @@ def count(model: torch.nn.Module) -> int:
 def build(name: str, in_channels: int = 1, num_classes: int = 10, **overrides) -> torch.nn.Module:
     cfg = model_config(name)
     input_size = overrides.pop("input_size", cfg["input_size"])
-    return MODELS.build(name, {**builder_settings(cfg), **overrides}, num_classes=num_classes,
-                        in_channels=in_channels, input_size=input_size)
+    return MODELS.build(
+        name,
+        {**builder_settings(cfg), **overrides},
+        num_classes=num_classes,
+        in_channels=in_channels,
+        input_size=input_size,
+    )
 
 
 def build_meta(name: str, **kwargs) -> torch.nn.Module:
@@ -69,8 +74,9 @@ def test_forward_backward_at_native_size(name, in_channels):
     torch.manual_seed(0)
     cfg = model_config(name)
     size = cfg["input_size"]
-    model = MODELS.build(name, {**builder_settings(cfg), **CHEAP.get(name, {})}, num_classes=10,
-                         in_channels=in_channels, input_size=size)
+    model = MODELS.build(
+        name, {**builder_settings(cfg), **CHEAP.get(name, {})}, num_classes=10, in_channels=in_channels, input_size=size
+    )
     init_weights(model, cfg.get("init", "default"))
     model.train()
     out = model(torch.randn(2, in_channels, size, size))
@@ -110,13 +116,21 @@ def lenet_count() -> int:
 
 def lenet_bn_count() -> int:
     # No padding on the first conv: 28 -> 24 -> 12 -> 8 -> 4, so 16*4*4 = 256 features.
-    return (conv(1, 6, 5) + bn(6) + conv(6, 16, 5) + bn(16)
-            + linear(16 * 4 * 4, 120) + bn(120) + linear(120, 84) + bn(84) + linear(84, 10))
+    return (
+        conv(1, 6, 5)
+        + bn(6)
+        + conv(6, 16, 5)
+        + bn(16)
+        + linear(16 * 4 * 4, 120)
+        + bn(120)
+        + linear(120, 84)
+        + bn(84)
+        + linear(84, 10)
+    )
 
 
 def alexnet_convs(cin: int = 1) -> int:
-    return (conv(cin, 96, 11) + conv(96, 256, 5) + conv(256, 384, 3)
-            + conv(384, 384, 3) + conv(384, 256, 3))
+    return conv(cin, 96, 11) + conv(96, 256, 5) + conv(256, 384, 3) + conv(384, 384, 3) + conv(384, 256, 3)
 
 
 def alexnet_count() -> int:
@@ -129,8 +143,16 @@ def alexnet_small_count() -> int:
 
 
 def vgg_count(ratio: int) -> int:
-    widths = [64 // ratio, 128 // ratio, 256 // ratio, 256 // ratio,
-              512 // ratio, 512 // ratio, 512 // ratio, 512 // ratio]
+    widths = [
+        64 // ratio,
+        128 // ratio,
+        256 // ratio,
+        256 // ratio,
+        512 // ratio,
+        512 // ratio,
+        512 // ratio,
+        512 // ratio,
+    ]
     convs = sum(conv(cin, cout, 3) for cin, cout in zip([1] + widths[:-1], widths))
     # Five 2x2 pools: 224 -> 7. The hidden linears stay 4096 wide whatever the ratio.
     return convs + linear(widths[-1] * 7 * 7, 4096) + linear(4096, 4096) + linear(4096, 10)
@@ -139,13 +161,21 @@ def vgg_count(ratio: int) -> int:
 def nin_count() -> int:
     def block(cin, cout, k):
         return conv(cin, cout, k) + 2 * conv(cout, cout, 1)
+
     return block(1, 96, 11) + block(96, 256, 5) + block(256, 384, 3) + block(384, 10, 3)
 
 
 def googlenet_count() -> int:
     def inception(cin, c1, c2, c3, c4):
-        return (conv(cin, c1, 1) + conv(cin, c2[0], 1) + conv(c2[0], c2[1], 3)
-                + conv(cin, c3[0], 1) + conv(c3[0], c3[1], 5) + conv(cin, c4, 1))
+        return (
+            conv(cin, c1, 1)
+            + conv(cin, c2[0], 1)
+            + conv(c2[0], c2[1], 3)
+            + conv(cin, c3[0], 1)
+            + conv(c3[0], c3[1], 5)
+            + conv(cin, c4, 1)
+        )
+
     blocks = [
         (192, 64, (96, 128), (16, 32), 32),
         (256, 128, (128, 192), (32, 96), 64),
@@ -167,6 +197,7 @@ def resnet18_count(cin: int = 1, classes: int = 10, conv_bias: bool = False, sho
         if c_in != c_out:  # projection shortcut
             n += conv(c_in, c_out, 1, conv_bias) + (bn(c_out) if shortcut_bn else 0)
         return n
+
     stem = conv(cin, 64, 7, conv_bias) + bn(64)
     stages = sum(residual(a, b) + residual(b, b) for a, b in [(64, 64), (64, 128), (128, 256), (256, 512)])
     return stem + stages + linear(512, classes)
@@ -183,32 +214,51 @@ def test_hand_counts_match_the_tutorials_totals():
     assert resnet18_count(3, 1000) == 11_689_512
 
 
-@pytest.mark.parametrize("name, kwargs, expected", [
-    ("lenet", {}, lenet_count()),
-    ("lenet_classic", {}, lenet_count()),  # 32 -> 28 -> 14 -> 10 -> 5: the same 400 features
-    ("lenet_bn", {}, lenet_bn_count()),
-    ("mlp", {}, linear(784, 256) + linear(256, 128) + linear(128, 10)),
-    ("softmax", {}, linear(784, 10)),
-    ("alexnet", {}, alexnet_count()),
-    ("alexnet_small", {}, alexnet_small_count()),
-    ("vgg", {}, vgg_count(4)),
-    ("vgg11", {}, vgg_count(1)),
-    ("nin", {}, nin_count()),
-    ("googlenet", {}, googlenet_count()),
-    ("resnet18", {}, resnet18_count()),
-    ("resnet18", {"conv_bias": True, "shortcut_bn": False}, resnet18_count(conv_bias=True, shortcut_bn=False)),
-    # 3x3 stem + BN; one block per stage (the 2nd and 3rd with a 1x1 projection + BN); fc.
-    ("resnet_small", {}, (9 * 32 + 64) + 2 * (9 * 32 * 32 + 64)
-     + (9 * 32 * 64 + 128 + 9 * 64 * 64 + 128 + 32 * 64 + 128)
-     + (9 * 64 * 128 + 256 + 9 * 128 * 128 + 256 + 64 * 128 + 256) + linear(128, 10)),
-    # 3x3 stem + BN; per block conv (BN) conv (BN), each BN 2 x channels; bias-free fc.
-    ("airnet", {}, (9 * 32 + 64) + (9 * 32 * 32 + 64 + 9 * 32 * 32 + 64) + (9 * 32 * 64 + 128 + 9 * 64 * 64 + 128)
-     + (9 * 64 * 128 + 256 + 9 * 128 * 128 + 256) + 128 * 10),
-    ("airnet", {"stem": 16, "widths": [8, 16]}, (9 * 16 + 32) + (9 * 16 * 8 + 16 + 9 * 8 * 8 + 16)
-     + (9 * 8 * 16 + 32 + 9 * 16 * 16 + 32) + 16 * 10),
-    ("cifar_cnn", {"in_channels": 3}, cifar_cnn_count(3)),
-    ("cifar_cnn", {"in_channels": 1}, cifar_cnn_count(1)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        ("lenet", {}, lenet_count()),
+        ("lenet_classic", {}, lenet_count()),  # 32 -> 28 -> 14 -> 10 -> 5: the same 400 features
+        ("lenet_bn", {}, lenet_bn_count()),
+        ("mlp", {}, linear(784, 256) + linear(256, 128) + linear(128, 10)),
+        ("softmax", {}, linear(784, 10)),
+        ("alexnet", {}, alexnet_count()),
+        ("alexnet_small", {}, alexnet_small_count()),
+        ("vgg", {}, vgg_count(4)),
+        ("vgg11", {}, vgg_count(1)),
+        ("nin", {}, nin_count()),
+        ("googlenet", {}, googlenet_count()),
+        ("resnet18", {}, resnet18_count()),
+        ("resnet18", {"conv_bias": True, "shortcut_bn": False}, resnet18_count(conv_bias=True, shortcut_bn=False)),
+        # 3x3 stem + BN; one block per stage (the 2nd and 3rd with a 1x1 projection + BN); fc.
+        (
+            "resnet_small",
+            {},
+            (9 * 32 + 64)
+            + 2 * (9 * 32 * 32 + 64)
+            + (9 * 32 * 64 + 128 + 9 * 64 * 64 + 128 + 32 * 64 + 128)
+            + (9 * 64 * 128 + 256 + 9 * 128 * 128 + 256 + 64 * 128 + 256)
+            + linear(128, 10),
+        ),
+        # 3x3 stem + BN; per block conv (BN) conv (BN), each BN 2 x channels; bias-free fc.
+        (
+            "airnet",
+            {},
+            (9 * 32 + 64)
+            + (9 * 32 * 32 + 64 + 9 * 32 * 32 + 64)
+            + (9 * 32 * 64 + 128 + 9 * 64 * 64 + 128)
+            + (9 * 64 * 128 + 256 + 9 * 128 * 128 + 256)
+            + 128 * 10,
+        ),
+        (
+            "airnet",
+            {"stem": 16, "widths": [8, 16]},
+            (9 * 16 + 32) + (9 * 16 * 8 + 16 + 9 * 8 * 8 + 16) + (9 * 8 * 16 + 32 + 9 * 16 * 16 + 32) + 16 * 10,
+        ),
+        ("cifar_cnn", {"in_channels": 3}, cifar_cnn_count(3)),
+        ("cifar_cnn", {"in_channels": 1}, cifar_cnn_count(1)),
+    ],
+)
 def test_parameter_count_by_hand(name, kwargs, expected):
     assert count(build_meta(name, **kwargs)) == expected
 
@@ -225,8 +275,7 @@ def test_torchvision_lookalikes_have_torchvision_parameter_counts(name, referenc
 
 def test_classifier_width_follows_input_size():
     # Size-dependent flatten layers are computed, not hard-coded: other sizes work.
-    for name, size in [("alexnet", 100), ("alexnet_small", 160), ("vgg", 64), ("cifar_cnn", 64),
-                       ("lenet_bn", 32)]:
+    for name, size in [("alexnet", 100), ("alexnet_small", 160), ("vgg", 64), ("cifar_cnn", 64), ("lenet_bn", 32)]:
         model = build_meta(name, input_size=size)
         inspector.check_input_size(model, 1, size)
         assert inspector.layer_table(model, (1, size, size))[-1].output_shape == (10,)
@@ -252,14 +301,26 @@ def test_vgg_settings_from_yaml_and_errors():
 
 # What the book prints for its AlexNet on a 1x224x224 image (batch dimension dropped).
 ALEXNET_SHAPES = [
-    ("Conv2d", (96, 54, 54)), ("ReLU", (96, 54, 54)), ("MaxPool2d", (96, 26, 26)),
-    ("Conv2d", (256, 26, 26)), ("ReLU", (256, 26, 26)), ("MaxPool2d", (256, 12, 12)),
-    ("Conv2d", (384, 12, 12)), ("ReLU", (384, 12, 12)),
-    ("Conv2d", (384, 12, 12)), ("ReLU", (384, 12, 12)),
-    ("Conv2d", (256, 12, 12)), ("ReLU", (256, 12, 12)), ("MaxPool2d", (256, 5, 5)),
+    ("Conv2d", (96, 54, 54)),
+    ("ReLU", (96, 54, 54)),
+    ("MaxPool2d", (96, 26, 26)),
+    ("Conv2d", (256, 26, 26)),
+    ("ReLU", (256, 26, 26)),
+    ("MaxPool2d", (256, 12, 12)),
+    ("Conv2d", (384, 12, 12)),
+    ("ReLU", (384, 12, 12)),
+    ("Conv2d", (384, 12, 12)),
+    ("ReLU", (384, 12, 12)),
+    ("Conv2d", (256, 12, 12)),
+    ("ReLU", (256, 12, 12)),
+    ("MaxPool2d", (256, 5, 5)),
     ("Flatten", (6400,)),
-    ("Linear", (4096,)), ("ReLU", (4096,)), ("Dropout", (4096,)),
-    ("Linear", (4096,)), ("ReLU", (4096,)), ("Dropout", (4096,)),
+    ("Linear", (4096,)),
+    ("ReLU", (4096,)),
+    ("Dropout", (4096,)),
+    ("Linear", (4096,)),
+    ("ReLU", (4096,)),
+    ("Dropout", (4096,)),
     ("Linear", (10,)),
 ]
 
@@ -282,8 +343,13 @@ def test_totals_count_params_macs_and_activations():
     one = inspector.model_totals(model, (1, 224, 224), rows, batch_size=1)
     assert one.params == one.trainable_params == alexnet_count()
     assert one.output_shape == (10,)
-    conv_macs = (96 * 54 * 54 * 1 * 11 * 11 + 256 * 26 * 26 * 96 * 5 * 5 + 384 * 12 * 12 * 256 * 9
-                 + 384 * 12 * 12 * 384 * 9 + 256 * 12 * 12 * 384 * 9)
+    conv_macs = (
+        96 * 54 * 54 * 1 * 11 * 11
+        + 256 * 26 * 26 * 96 * 5 * 5
+        + 384 * 12 * 12 * 256 * 9
+        + 384 * 12 * 12 * 384 * 9
+        + 256 * 12 * 12 * 384 * 9
+    )
     assert one.macs == conv_macs + 6400 * 4096 + 4096 * 4096 + 4096 * 10
     # Every leaf output except Flatten's view, float32.
     leaf_numel = sum(torch.Size(s).numel() for t, s in ALEXNET_SHAPES if t != "Flatten")
@@ -307,8 +373,9 @@ def test_layer_table_blocks_and_repeated_modules():
 def test_render_table():
     model = build("lenet")
     rows = inspector.layer_table(model, (1, 28, 28))
-    table = inspector.render_table(rows, inspector.model_totals(model, (1, 28, 28), rows, batch_size=256),
-                                   title="lenet")
+    table = inspector.render_table(
+        rows, inspector.model_totals(model, (1, 28, 28), rows, batch_size=256), title="lenet"
+    )
     assert isinstance(table, Table)
     console = Console(file=io.StringIO(), width=120)
     console.print(table)
@@ -318,18 +385,21 @@ def test_render_table():
 
 def number_cells(table: Table) -> list[str]:
     """Every non-empty cell of the number columns (output shape, parameters, MACs, memory) of a layer table."""
-    return [cell for column in table.columns if column.header in inspector.NUMBER_COLUMNS for cell in column._cells
-            if cell]
+    return [
+        cell for column in table.columns if column.header in inspector.NUMBER_COLUMNS for cell in column._cells if cell
+    ]
 
 
-@pytest.mark.parametrize("name, size", [("resnet18", 96), pytest.param("googlenet", 96, marks=pytest.mark.slow),
-                                        ("lenet", 28)])
+@pytest.mark.parametrize(
+    "name, size", [("resnet18", 96), pytest.param("googlenet", 96, marks=pytest.mark.slow), ("lenet", 28)]
+)
 def test_a_layer_table_fits_any_width_and_never_cuts_a_number(name, size):
     """Rich on its own squeezed every column at 80 columns ("Pa…", "19…", "32… MiB"): numbers are kept whole."""
     model = build(name)
     rows = inspector.layer_table(model, (1, size, size))
-    table = inspector.render_table(rows, inspector.model_totals(model, (1, size, size), rows, batch_size=256),
-                                   title=name)
+    table = inspector.render_table(
+        rows, inspector.model_totals(model, (1, size, size), rows, batch_size=256), title=name
+    )
     numbers = number_cells(table)
     assert "7.23 M" in numbers or name == "lenet"
     for width in (120, 80, 60, 50, 45):
@@ -338,8 +408,10 @@ def test_a_layer_table_fits_any_width_and_never_cuts_a_number(name, size):
         lines = console.file.getvalue().splitlines()
         assert max(len(line) for line in lines) <= width
         # Each number whole, on one line (the lines of a row are never wrapped apart), in the rows' order.
-        found = [next((i for i, line in enumerate(lines) if re.search(rf"(^|\s){re.escape(cell)}(\s|$)", line)),
-                      None) for cell in numbers]
+        found = [
+            next((i for i, line in enumerate(lines) if re.search(rf"(^|\s){re.escape(cell)}(\s|$)", line)), None)
+            for cell in numbers
+        ]
         assert None not in found, (width, [cell for cell, i in zip(numbers, found) if i is None])
         assert not any(line.rstrip(" │┃").endswith("…") for line in lines), width  # no number column cut
 

@@ -14,7 +14,8 @@ is repeatable and evaluation batches, which get no augmentation, stay determinis
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,8 +87,7 @@ def rotation(degrees: float = 20.0) -> Augmentation:
 
 
 @AUGMENTATIONS.register("random_resized_crop")
-def random_resized_crop(scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Augmentation:
+def random_resized_crop(scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Augmentation:
     """Crop a random area fraction `scale` with aspect `ratio`, resized back to the batch size.
 
     Unlike torchvision's version, the box is clipped to the image instead of retried.
@@ -137,8 +137,9 @@ ERASING_TRIES = 10
 
 
 @AUGMENTATIONS.register("random_erasing")
-def random_erasing(p: float = 0.5, scale: Sequence[float] = (0.02, 0.33), ratio: Sequence[float] = (0.3, 3.3),
-                   value: float = 0.0) -> Augmentation:
+def random_erasing(
+    p: float = 0.5, scale: Sequence[float] = (0.02, 0.33), ratio: Sequence[float] = (0.3, 3.3), value: float = 0.0
+) -> Augmentation:
     """With probability p, fill a random rectangle of the image with `value` (Zhong et al., Random Erasing).
 
     torchvision.transforms.v2.RandomErasing's semantics and defaults, batched and drawing from the

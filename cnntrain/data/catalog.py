@@ -33,7 +33,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         files = None if self.files is None else [self.files[i] for i in index.tolist()]
         return ImageSet(self.images[index], self.labels[index], files)
 

@@ -107,8 +107,7 @@ def read_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     _require(batch, path, "data", label_key)
     data, labels = batch["data"], batch[label_key]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
-        found = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
-                 else type(data).__name__)
+        found = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DatasetError(f"{path}: 'data' must be a uint8 array of shape (N, {_PIXELS}), found a {found}.")
     try:
         labels = np.asarray(labels)
@@ -142,8 +141,15 @@ class _Layout:
         return [*self.train_files, self.test_file, self.meta_file]
 
 
-CIFAR10 = _Layout("CIFAR10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
-                  "test_batch", "batches.meta", "labels", "label_names")
+CIFAR10 = _Layout(
+    "CIFAR10",
+    "cifar-10-batches-py",
+    [f"data_batch_{i}" for i in range(1, 6)],
+    "test_batch",
+    "batches.meta",
+    "labels",
+    "label_names",
+)
 CIFAR100 = _Layout("CIFAR100", "cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names")
 
 
@@ -192,7 +198,9 @@ def load_cifar(layout: _Layout, mean: tuple, std: tuple, root: str, download: bo
         classes=classes,
         train=ImageSet(torch.cat([images for images, _ in train]), train_labels),
         test=ImageSet(test_images, test_labels),
-        mean=mean, std=std, source=f"from {folder}",
+        mean=mean,
+        std=std,
+        source=f"from {folder}",
     )
 
 

@@ -55,8 +55,10 @@ def list_class_images(folder: Path, classes: list[str] | None = None) -> tuple[l
         classes = subfolders
     unknown = sorted(set(subfolders) - set(classes))
     if unknown:
-        raise DatasetError(f"{folder} has class folders that train/ does not have: {', '.join(unknown)}. "
-                           f"Every class must have training images.")
+        raise DatasetError(
+            f"{folder} has class folders that train/ does not have: {', '.join(unknown)}. "
+            f"Every class must have training images."
+        )
     extensions = image_extensions()
     items = []
     for label, name in enumerate(classes):
@@ -65,8 +67,10 @@ def list_class_images(folder: Path, classes: list[str] | None = None) -> tuple[l
             continue  # a val/test split may lack a class
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
         if not files:
-            raise DatasetError(f"Class folder {class_dir} holds no images (looked for files ending in "
-                               f"{', '.join(sorted(extensions)[:8])}, ...). Add images or remove the folder.")
+            raise DatasetError(
+                f"Class folder {class_dir} holds no images (looked for files ending in "
+                f"{', '.join(sorted(extensions)[:8])}, ...). Add images or remove the folder."
+            )
         items += [(path, label) for path in files]
     return classes, items
 
@@ -101,8 +105,15 @@ def to_8_bit(image: Image.Image) -> Image.Image:
         top = 65535.0
     else:
         peak = float(values.max(initial=0.0))
-        top = (1.0 if image.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else
-               65535.0 if peak <= 65535 else 2.0 ** 32 - 1)
+        top = (
+            1.0
+            if image.mode == "F" and peak <= 1.0
+            else 255.0
+            if peak <= 255
+            else 65535.0
+            if peak <= 65535
+            else 2.0**32 - 1
+        )
     return Image.fromarray(np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8))  # 2-D uint8: mode L
 
 
@@ -110,12 +121,15 @@ READ_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionB
 
 
 def bad_file_error(path: Path, err: object) -> DatasetError:
-    return DatasetError(f"Cannot read image {path}: {err}. Remove or replace the file, or set "
-                        f"data.skip_bad_files=true to skip unreadable images.")
+    return DatasetError(
+        f"Cannot read image {path}: {err}. Remove or replace the file, or set "
+        f"data.skip_bad_files=true to skip unreadable images."
+    )
 
 
 def load_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad_files: bool) -> ImageSet:
     """Decode every image of a split into one uint8 tensor (the files, in the same order, kept as `files`)."""
+
     def read(item):
         try:
             return decode(item[0], channels, size), item[1], item[0]
@@ -133,8 +147,9 @@ def load_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad
     if not decoded:
         raise DatasetError("No readable images left in this split.")
     images = torch.from_numpy(np.stack([array for array, _, _ in decoded]))
-    return ImageSet(images, torch.tensor([label for _, label, _ in decoded], dtype=torch.long),
-                    [path for _, _, path in decoded])
+    return ImageSet(
+        images, torch.tensor([label for _, label, _ in decoded], dtype=torch.long), [path for _, _, path in decoded]
+    )
 
 
 class FileImageSet(torch.utils.data.Dataset):
@@ -145,8 +160,9 @@ class FileImageSet(torch.utils.data.Dataset):
     loader raises it, or skips the image with `skip_bad_files`, in the main process.
     """
 
-    def __init__(self, files: list[Path], labels: torch.Tensor, channels: int, size: int,
-                 skip_bad_files: bool, workers: int):
+    def __init__(
+        self, files: list[Path], labels: torch.Tensor, channels: int, size: int, skip_bad_files: bool, workers: int
+    ):
         self.files, self.labels = list(files), labels
         self.channels, self.size = channels, size
         self.skip_bad_files, self.workers = skip_bad_files, workers
@@ -158,9 +174,15 @@ class FileImageSet(torch.utils.data.Dataset):
     def shape(self) -> tuple[int, ...]:
         return (len(self), self.channels, self.size, self.size)
 
-    def subset(self, index: torch.Tensor) -> "FileImageSet":
-        return FileImageSet([self.files[i] for i in index.tolist()], self.labels[index], self.channels,
-                            self.size, self.skip_bad_files, self.workers)
+    def subset(self, index: torch.Tensor) -> FileImageSet:
+        return FileImageSet(
+            [self.files[i] for i in index.tolist()],
+            self.labels[index],
+            self.channels,
+            self.size,
+            self.skip_bad_files,
+            self.workers,
+        )
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         try:
@@ -169,8 +191,9 @@ class FileImageSet(torch.utils.data.Dataset):
             return torch.zeros(self.shape[1:], dtype=torch.uint8), i, f"{err}"
 
 
-def file_split(items: list[tuple[Path, int]], channels: int, size: int, skip_bad_files: bool,
-               workers: int) -> FileImageSet:
+def file_split(
+    items: list[tuple[Path, int]], channels: int, size: int, skip_bad_files: bool, workers: int
+) -> FileImageSet:
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
     return FileImageSet([path for path, _ in items], labels, channels, size, skip_bad_files, workers)
 
@@ -182,15 +205,24 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 @DATASETS.register("image_folder")
-def image_folder(root: str | None = None, channels: int = 3, image_size: int = 64, skip_bad_files: bool = False,
-                 cache_limit_mb: int = 4096, workers: int = 4, path: str | None = None) -> ImageData:
+def image_folder(
+    root: str | None = None,
+    channels: int = 3,
+    image_size: int = 64,
+    skip_bad_files: bool = False,
+    cache_limit_mb: int = 4096,
+    workers: int = 4,
+    path: str | None = None,
+) -> ImageData:
     """Images in class subfolders at `image_size`: in memory when they fit, else streamed.
 
     `root`, as every dataset names its folder; `path` is the older name, still accepted.
     """
     if root and path and Path(root).expanduser() != Path(path).expanduser():
-        raise ConfigError(f"data.root={root} and data.path={path} name two folders; data.path is the old name of "
-                          f"data.root: give only data.root.")
+        raise ConfigError(
+            f"data.root={root} and data.path={path} name two folders; data.path is the old name of "
+            f"data.root: give only data.root."
+        )
     if not (root or path):
         raise ConfigError("data=image_folder needs data.root=<folder with one subfolder per class>.")
     root = Path(root or path).expanduser()
@@ -207,23 +239,40 @@ def image_folder(root: str | None = None, channels: int = 3, image_size: int = 6
         if split in split_dirs:
             items[split] = list_class_images(split_dirs[split], classes)[1]
     if fits_in_memory(sum(len(v) for v in items.values()), channels, image_size, cache_limit_mb):
-        sets = {split: load_split(split_items, channels, image_size, skip_bad_files)
-                for split, split_items in items.items()}
+        sets = {
+            split: load_split(split_items, channels, image_size, skip_bad_files) for split, split_items in items.items()
+        }
         mean, std = channel_stats(sets["train"].images)
     else:
-        sets = {split: file_split(split_items, channels, image_size, skip_bad_files, workers)
-                for split, split_items in items.items()}
+        sets = {
+            split: file_split(split_items, channels, image_size, skip_bad_files, workers)
+            for split, split_items in items.items()
+        }
         sample = random.Random(0).sample(items["train"], min(512, len(items["train"])))
         mean, std = channel_stats(load_split(sample, channels, image_size, skip_bad_files=True).images)
-    return ImageData(classes=classes, train=sets["train"], val=sets.get("val"), test=sets.get("test"),
-                     mean=mean, std=std, source=f"from {root}")
+    return ImageData(
+        classes=classes,
+        train=sets["train"],
+        val=sets.get("val"),
+        test=sets.get("test"),
+        mean=mean,
+        std=std,
+        source=f"from {root}",
+    )
 
 
 def fits_in_memory(count: int, channels: int, size: int, limit_mb: int) -> bool:
     needed_mb = count * channels * size * size / 2**20
     if needed_mb <= limit_mb:
         return True
-    log.warning("%d images at %dx%dx%d need %.0f MiB, over data.cache_limit_mb=%d: streaming them from disk "
-                "with data.workers processes instead of keeping them in memory.",
-                count, channels, size, size, needed_mb, limit_mb)
+    log.warning(
+        "%d images at %dx%dx%d need %.0f MiB, over data.cache_limit_mb=%d: streaming them from disk "
+        "with data.workers processes instead of keeping them in memory.",
+        count,
+        channels,
+        size,
+        size,
+        needed_mb,
+        limit_mb,
+    )
     return False

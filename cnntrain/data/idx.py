@@ -29,8 +29,7 @@ def read_idx(path: Path) -> torch.Tensor:
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:
         raise DatasetError(
-            f"Cannot read {path}: {err}. The file is damaged or truncated; "
-            f"delete it and get it again."
+            f"Cannot read {path}: {err}. The file is damaged or truncated; delete it and get it again."
         ) from err
     return _parse(raw, path)
 

@@ -8,14 +8,14 @@ per batch as tensor operations. No per-image Python work and no worker processes
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from cnntrain.data.catalog import ImageSet
 from cnntrain.data.augment import Augmentation
+from cnntrain.data.catalog import ImageSet
 from cnntrain.data.folder import FileImageSet, bad_file_error
 from cnntrain.data.mixing import BatchMixer
 
@@ -60,14 +60,18 @@ class BatchTransform:
 def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The centre `size` of a batch (torchvision's CenterCrop, on a batch at once)."""
     top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
-    return x[..., top:top + size[0], left:left + size[1]]
+    return x[..., top : top + size[0], left : left + size[1]]
 
 
-def preprocess_transform(preprocess: dict) -> "BatchTransform":
+def preprocess_transform(preprocess: dict) -> BatchTransform:
     """The evaluation transform a checkpoint's "preprocess" record describes (prediction, evaluation, export)."""
     size = preprocess["size"]
-    return BatchTransform(size=(size, size), mean=preprocess.get("mean") or None, std=preprocess.get("std") or None,
-                          resize_before_crop=preprocess.get("resize_before_crop"))
+    return BatchTransform(
+        size=(size, size),
+        mean=preprocess.get("mean") or None,
+        std=preprocess.get("std") or None,
+        resize_before_crop=preprocess.get("resize_before_crop"),
+    )
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -92,9 +96,19 @@ class _EpochLoader:
     next pass start in the middle of the epoch, exactly where a checkpoint left it.
     """
 
-    def __init__(self, labels: torch.Tensor, batch_size: int, transform: BatchTransform, device: torch.device,
-                 shuffle: bool, seed: int, augment: bool, limit_batches: int | None = None,
-                 shard: tuple[int, int] = (0, 1), mixer: BatchMixer | None = None):
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        batch_size: int,
+        transform: BatchTransform,
+        device: torch.device,
+        shuffle: bool,
+        seed: int,
+        augment: bool,
+        limit_batches: int | None = None,
+        shard: tuple[int, int] = (0, 1),
+        mixer: BatchMixer | None = None,
+    ):
         self.labels = labels
         # (rank, processes) of a distributed run: a training loader yields this rank's share of
         # each global batch (every processes-th example of it); see cnntrain/distributed.py.
@@ -156,11 +170,22 @@ class _EpochLoader:
 class InMemoryLoader(_EpochLoader):
     """Iterates (images, labels) batches over an `ImageSet` moved to `device`."""
 
-    def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform,
-                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False,
-                 limit_batches: int | None = None, shard: tuple[int, int] = (0, 1), mixer: BatchMixer | None = None):
-        super().__init__(data.labels.to(device), batch_size, transform, device, shuffle, seed, augment,
-                         limit_batches, shard, mixer)
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        transform: BatchTransform,
+        device: torch.device,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: bool = False,
+        limit_batches: int | None = None,
+        shard: tuple[int, int] = (0, 1),
+        mixer: BatchMixer | None = None,
+    ):
+        super().__init__(
+            data.labels.to(device), batch_size, transform, device, shuffle, seed, augment, limit_batches, shard, mixer
+        )
         self.images = data.images.to(device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -170,11 +195,11 @@ class InMemoryLoader(_EpochLoader):
             order = self._order(n).to(self.images.device)
         for begin in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
             if self.shuffle:
-                index = order[begin:begin + self.batch_size][self.rank::self.world]
+                index = order[begin : begin + self.batch_size][self.rank :: self.world]
                 images, labels = self.images[index], self.labels[index]
             else:
-                images = self.images[begin:begin + self.batch_size]
-                labels = self.labels[begin:begin + self.batch_size]
+                images = self.images[begin : begin + self.batch_size]
+                labels = self.labels[begin : begin + self.batch_size]
             yield self._batch(images, labels)
 
 
@@ -185,20 +210,34 @@ class StreamingLoader(_EpochLoader):
     a fast copy to a GPU), and the same `BatchTransform` then runs on the device.
     """
 
-    def __init__(self, data: FileImageSet, batch_size: int, transform: BatchTransform,
-                 device: torch.device, shuffle: bool = False, seed: int = 0, augment: bool = False,
-                 limit_batches: int | None = None, shard: tuple[int, int] = (0, 1), mixer: BatchMixer | None = None):
-        super().__init__(data.labels, batch_size, transform, device, shuffle, seed, augment, limit_batches, shard,
-                         mixer)
+    def __init__(
+        self,
+        data: FileImageSet,
+        batch_size: int,
+        transform: BatchTransform,
+        device: torch.device,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: bool = False,
+        limit_batches: int | None = None,
+        shard: tuple[int, int] = (0, 1),
+        mixer: BatchMixer | None = None,
+    ):
+        super().__init__(
+            data.labels, batch_size, transform, device, shuffle, seed, augment, limit_batches, shard, mixer
+        )
         self.data = data
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start = self._begin_pass()
         order = self._order(len(self.data))
-        shares = [order[begin:begin + self.batch_size][self.rank::self.world].tolist()
-                  for begin in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size)]
+        shares = [
+            order[begin : begin + self.batch_size][self.rank :: self.world].tolist()
+            for begin in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size)
+        ]
         batches = torch.utils.data.DataLoader(
-            self.data, batch_sampler=shares, num_workers=self.data.workers, pin_memory=self.device.type == "cuda")
+            self.data, batch_sampler=shares, num_workers=self.data.workers, pin_memory=self.device.type == "cuda"
+        )
         for images, index, errors in batches:
             images, index = self._without_bad_files(images, index, errors)
             if len(index):
@@ -215,10 +254,18 @@ class StreamingLoader(_EpochLoader):
         return images[keep], index[keep]
 
 
-def make_loader(data: ImageSet | FileImageSet, batch_size: int, transform: BatchTransform, device: torch.device,
-                shuffle: bool = False, seed: int = 0, augment: bool = False,
-                limit_batches: int | None = None, shard: tuple[int, int] = (0, 1),
-                mixer: BatchMixer | None = None) -> _EpochLoader:
+def make_loader(
+    data: ImageSet | FileImageSet,
+    batch_size: int,
+    transform: BatchTransform,
+    device: torch.device,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment: bool = False,
+    limit_batches: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    mixer: BatchMixer | None = None,
+) -> _EpochLoader:
     """A streaming loader for splits left on disk, the in-memory one otherwise.
 
     `shard` (rank, processes): a training (shuffled) loader takes its share of every global
@@ -231,5 +278,15 @@ def make_loader(data: ImageSet | FileImageSet, batch_size: int, transform: Batch
     if world > 1 and not shuffle:
         data = data.subset(torch.arange(len(data))[rank::world])
         shard = (0, 1)
-    return loader_class(data, batch_size, transform, device, shuffle=shuffle, seed=seed, augment=augment,
-                        limit_batches=limit_batches, shard=shard, mixer=mixer)
+    return loader_class(
+        data,
+        batch_size,
+        transform,
+        device,
+        shuffle=shuffle,
+        seed=seed,
+        augment=augment,
+        limit_batches=limit_batches,
+        shard=shard,
+        mixer=mixer,
+    )

@@ -46,8 +46,9 @@ def beta(alpha: float, generator: torch.Generator) -> torch.Tensor:
     return torch._sample_dirichlet(concentration, generator=cpu)[0, 0].to(device)
 
 
-def cutmix_box(lam: torch.Tensor, generator: torch.Generator, height: int,
-               width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def cutmix_box(
+    lam: torch.Tensor, generator: torch.Generator, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(top, bottom, left, right) of CutMix's box for `lam`, as torchvision's CutMix draws and computes it:
     a centre pixel (x, then y, from `generator`), half sides int(0.5 * sqrt(1 - lam) * side) around it,
     clipped to the image (bottom and right exclusive)."""
@@ -58,8 +59,12 @@ def cutmix_box(lam: torch.Tensor, generator: torch.Generator, height: int,
         lam = lam.double()
     half = 0.5 * (1 - lam).clamp(min=0).sqrt()
     half_h, half_w = (half * height).floor(), (half * width).floor()
-    return ((center_y - half_h).clamp(min=0), (center_y + half_h).clamp(max=height),
-            (center_x - half_w).clamp(min=0), (center_x + half_w).clamp(max=width))
+    return (
+        (center_y - half_h).clamp(min=0),
+        (center_y + half_h).clamp(max=height),
+        (center_x - half_w).clamp(min=0),
+        (center_x + half_w).clamp(max=width),
+    )
 
 
 def box_weight(box, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +77,9 @@ def box_weight(box, height: int, width: int, device) -> tuple[torch.Tensor, torc
     return (~inside).float(), kept.float()
 
 
-def mix(images: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor,
-        perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mix(
+    images: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """images * weight + images[perm] * (1 - weight); targets likewise with lam.
 
     `weight` is lam itself for MixUp and the box's 0/1 map for CutMix; `targets` are class
@@ -102,14 +108,14 @@ class BatchMixer:
     prob: float = 1.0  # probability that a batch is mixed at all
     switch_prob: float = 0.5  # with both on: probability of CutMix rather than MixUp
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mixed images, soft targets (batch, classes)) of a batch with integer labels."""
         weight, lam, perm = self.draw(images, generator)
         return mix(images, F.one_hot(labels, self.num_classes).float(), weight, lam, perm)
 
-    def draw(self, images: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One batch's (weight, lam, perm) for `mix`: the weight of each image's own pixels (lam, or
         CutMix's (H, W) map), its share of the target, and the pairing. Unmixed: weight = lam = 1."""
         height, width = images.shape[-2:]

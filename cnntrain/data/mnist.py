@@ -23,8 +23,18 @@ SPLIT_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def find_file(folder: Path, stem: str) -> Path | None:
@@ -43,9 +53,11 @@ def find_idx_folder(candidates: list[Path]) -> Path | None:
             return folder
         if any(found.values()):
             missing = [stem for stem, path in found.items() if path is None]
-            raise DatasetError(f"{folder} holds only some of the dataset's files: {', '.join(missing)} (raw or .gz) "
-                               f"{'is' if len(missing) == 1 else 'are'} missing. Add them, or set data.root to a "
-                               f"folder that holds all four.")
+            raise DatasetError(
+                f"{folder} holds only some of the dataset's files: {', '.join(missing)} (raw or .gz) "
+                f"{'is' if len(missing) == 1 else 'are'} missing. Add them, or set data.root to a "
+                f"folder that holds all four."
+            )
     return None
 
 
@@ -63,8 +75,16 @@ def download_with_torchvision(torchvision_name: str, root: Path) -> str | None:
         return f"{type(err).__name__}: {reason[:300]}"
 
 
-def load_idx_dataset(torchvision_name: str, system_folder: str, apt_package: str | None,
-                     classes: list[str], mean: float, std: float, root: str, download: bool) -> ImageData:
+def load_idx_dataset(
+    torchvision_name: str,
+    system_folder: str,
+    apt_package: str | None,
+    classes: list[str],
+    mean: float,
+    std: float,
+    root: str,
+    download: bool,
+) -> ImageData:
     root_path = Path(root).expanduser()
     candidates = [root_path / torchvision_name / "raw", root_path, Path(system_folder)]
     folder = find_idx_folder(candidates)
@@ -77,13 +97,16 @@ def load_idx_dataset(torchvision_name: str, system_folder: str, apt_package: str
     files = {key: find_file(folder, stem) for key, stem in SPLIT_FILES.items()}
     arrays = {key: read_idx(path) for key, path in files.items()}
     for split in ("train", "test"):
-        check_idx_pair(files[f"{split}_images"], arrays[f"{split}_images"], files[f"{split}_labels"],
-                       arrays[f"{split}_labels"])
+        check_idx_pair(
+            files[f"{split}_images"], arrays[f"{split}_images"], files[f"{split}_labels"], arrays[f"{split}_labels"]
+        )
     return ImageData(
         classes=classes,
         train=ImageSet(_as_nchw(arrays["train_images"]), arrays["train_labels"].long()),
         test=ImageSet(_as_nchw(arrays["test_images"]), arrays["test_labels"].long()),
-        mean=(mean,), std=(std,), source=f"from {folder}",
+        mean=(mean,),
+        std=(std,),
+        source=f"from {folder}",
     )
 
 
@@ -92,15 +115,21 @@ def check_idx_pair(images_file: Path, images, labels_file: Path, labels) -> None
     is a DatasetError naming both files (2-D images were a traceback; more images than labels trained on
     the labelled ones without a word)."""
     if images.dim() != 3:
-        raise DatasetError(f"{images_file} holds an array of shape {tuple(images.shape)}; MNIST-format images are "
-                           f"3-D (count, height, width). The file is not an images file of this dataset: get it "
-                           f"again.")
+        raise DatasetError(
+            f"{images_file} holds an array of shape {tuple(images.shape)}; MNIST-format images are "
+            f"3-D (count, height, width). The file is not an images file of this dataset: get it "
+            f"again."
+        )
     if labels.dim() != 1:
-        raise DatasetError(f"{labels_file} holds an array of shape {tuple(labels.shape)}; MNIST-format labels are "
-                           f"1-D (one per image). The file is not a labels file of this dataset: get it again.")
+        raise DatasetError(
+            f"{labels_file} holds an array of shape {tuple(labels.shape)}; MNIST-format labels are "
+            f"1-D (one per image). The file is not a labels file of this dataset: get it again."
+        )
     if len(images) != len(labels):
-        raise DatasetError(f"{images_file} holds {len(images)} images but {labels_file} holds {len(labels)} labels: "
-                           f"the two files do not belong together. Get both again from the same source.")
+        raise DatasetError(
+            f"{images_file} holds {len(images)} images but {labels_file} holds {len(labels)} labels: "
+            f"the two files do not belong together. Get both again from the same source."
+        )
 
 
 def _as_nchw(images):
@@ -109,14 +138,19 @@ def _as_nchw(images):
 
 def _not_found_message(torchvision_name, candidates, apt_package, download, failure) -> str:
     looked = "\n".join(f"  - {c}" for c in candidates)
-    lines = [f"{torchvision_name} not found. Looked for the four IDX files "
-             f"({', '.join(SPLIT_FILES.values())}, raw or .gz) in:", looked]
+    lines = [
+        f"{torchvision_name} not found. Looked for the four IDX files "
+        f"({', '.join(SPLIT_FILES.values())}, raw or .gz) in:",
+        looked,
+    ]
     if download:
         lines.append(f"  - download with torchvision failed: {failure}")
     else:
         lines.append("  - download skipped (data.download=false)")
-    fixes = [f"copy the files into {candidates[0]} (or point data.root=<folder> at them)",
-             "connect to the internet and run again with data.download=true"]
+    fixes = [
+        f"copy the files into {candidates[0]} (or point data.root=<folder> at them)",
+        "connect to the internet and run again with data.download=true",
+    ]
     if apt_package:
         fixes.insert(0, f"sudo apt-get install {apt_package}   (Debian/Ubuntu, no internet needed)")
     lines.append("Fix it one of these ways:")
@@ -127,12 +161,28 @@ def _not_found_message(torchvision_name, candidates, apt_package, download, fail
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(root: str = "data", download: bool = True) -> ImageData:
     """Zalando's Fashion-MNIST: 60k/10k 28x28 grey images of 10 clothing classes."""
-    return load_idx_dataset("FashionMNIST", "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist",
-                            FASHION_CLASSES, mean=0.2860, std=0.3530, root=root, download=download)
+    return load_idx_dataset(
+        "FashionMNIST",
+        "/usr/share/datasets/fashion-mnist",
+        "dataset-fashion-mnist",
+        FASHION_CLASSES,
+        mean=0.2860,
+        std=0.3530,
+        root=root,
+        download=download,
+    )
 
 
 @DATASETS.register("mnist")
 def mnist(root: str = "data", download: bool = True) -> ImageData:
     """LeCun's MNIST digits: 60k/10k 28x28 grey images."""
-    return load_idx_dataset("MNIST", "/usr/share/datasets/mnist", None,
-                            [str(d) for d in range(10)], mean=0.1307, std=0.3081, root=root, download=download)
+    return load_idx_dataset(
+        "MNIST",
+        "/usr/share/datasets/mnist",
+        None,
+        [str(d) for d in range(10)],
+        mean=0.1307,
+        std=0.3081,
+        root=root,
+        download=download,
+    )

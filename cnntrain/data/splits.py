@@ -68,8 +68,10 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: 
         val = data.test
         source = "the test split (data.val_fraction=0)"
     else:
-        raise ConfigError("This dataset has no val or test split, so data.val_fraction must be above 0 "
-                          "(e.g. data.val_fraction=0.2) to hold out validation data.")
+        raise ConfigError(
+            "This dataset has no val or test split, so data.val_fraction must be above 0 "
+            "(e.g. data.val_fraction=0.2) to hold out validation data."
+        )
     test = data.test
     if test is None:
         test = val
@@ -79,42 +81,58 @@ def prepare(name: str, data: ImageData, val_fraction: float, seed: int, subset: 
         train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))[:subset])
     _, channels, height, width = train.shape
     spec = DatasetSpec(
-        name=name, classes=list(data.classes), channels=channels, image_size=(height, width),
-        mean=tuple(data.mean), std=tuple(data.std), train_size=len(train), val_size=len(val),
-        test_size=len(test), val_source=source, source=data.source, test_is_validation=test is val,
+        name=name,
+        classes=list(data.classes),
+        channels=channels,
+        image_size=(height, width),
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+        train_size=len(train),
+        val_size=len(val),
+        test_size=len(test),
+        val_source=source,
+        source=data.source,
+        test_is_validation=test is val,
         has_test_split=data.test is not None,
     )
     return PreparedData(spec, train, val, test)
 
 
-def check_splits(name: str, classes: list[str], splits: dict[str, "ImageSet"]) -> None:
+def check_splits(name: str, classes: list[str], splits: dict[str, ImageSet]) -> None:
     """Data nobody can train or measure on is refused, not trained on silently: fewer than two
     classes, an empty split, labels outside the classes, images and labels that do not pair up."""
     if len(classes) < 2:
-        raise DatasetError(f"{name} has {len(classes)} class{'es' if len(classes) != 1 else ''} "
-                           f"({', '.join(classes) or 'none'}): a classifier needs at least 2.")
+        raise DatasetError(
+            f"{name} has {len(classes)} class{'es' if len(classes) != 1 else ''} "
+            f"({', '.join(classes) or 'none'}): a classifier needs at least 2."
+        )
     for split, images in splits.items():
         if len(images) == 0:
-            hint = (" Hold out more with data.val_fraction, or add a val/ folder." if split == "validation"
-                    else "")
+            hint = " Hold out more with data.val_fraction, or add a val/ folder." if split == "validation" else ""
             raise DatasetError(f"{name} has no {split} image.{hint}")
         labels = images.labels
         check_pairs(name, {split: images})
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= len(classes):
-            raise DatasetError(f"{name}'s {split} labels run from {low} to {high}, but it has {len(classes)} "
-                               f"classes (labels 0-{len(classes) - 1}): the label file does not fit the dataset.")
+            raise DatasetError(
+                f"{name}'s {split} labels run from {low} to {high}, but it has {len(classes)} "
+                f"classes (labels 0-{len(classes) - 1}): the label file does not fit the dataset."
+            )
 
 
-def check_pairs(name: str, splits: dict[str, "ImageSet | None"]) -> None:
+def check_pairs(name: str, splits: dict[str, ImageSet | None]) -> None:
     """Each split's images (N, C, H, W) and labels (N,) pair up one to one; else a DatasetError."""
     for split, images in splits.items():
         stored = getattr(images, "images", None)
         if not isinstance(stored, torch.Tensor):  # None, or a split streamed from files (one label per file)
             continue
         if stored.dim() != 4:
-            raise DatasetError(f"{name}'s {split} images have shape {tuple(stored.shape)}; a dataset's images must "
-                               f"be (count, channels, height, width).")
+            raise DatasetError(
+                f"{name}'s {split} images have shape {tuple(stored.shape)}; a dataset's images must "
+                f"be (count, channels, height, width)."
+            )
         if len(stored) != len(images.labels):
-            raise DatasetError(f"{name}'s {split} split has {len(stored)} images but {len(images.labels)} labels: "
-                               f"its files do not belong together.")
+            raise DatasetError(
+                f"{name}'s {split} split has {len(stored)} images but {len(images.labels)} labels: "
+                f"its files do not belong together."
+            )

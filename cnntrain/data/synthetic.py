@@ -24,13 +24,15 @@ def _make_split(prototypes: torch.Tensor, size: int, noise: float, generator: to
 
 def _check_settings(**settings) -> None:
     """Each setting's type and range, named as data.<key>, before anything is generated."""
-    rules = {"num_classes": ("a whole number >= 2", lambda v: is_whole(v) and v >= 2),
-             "channels": ("1 (grey) or 3 (RGB)", lambda v: v in (1, 3) and is_whole(v)),
-             "image_size": ("a whole number of pixels >= 4", lambda v: is_whole(v) and v >= 4),
-             "train_size": ("a whole number >= 2", lambda v: is_whole(v) and v >= 2),
-             "test_size": ("a whole number >= 1", lambda v: is_whole(v) and v >= 1),
-             "noise": ("a number >= 0", lambda v: is_number(v) and v >= 0),
-             "seed": ("a whole number", is_whole)}
+    rules = {
+        "num_classes": ("a whole number >= 2", lambda v: is_whole(v) and v >= 2),
+        "channels": ("1 (grey) or 3 (RGB)", lambda v: v in (1, 3) and is_whole(v)),
+        "image_size": ("a whole number of pixels >= 4", lambda v: is_whole(v) and v >= 4),
+        "train_size": ("a whole number >= 2", lambda v: is_whole(v) and v >= 2),
+        "test_size": ("a whole number >= 1", lambda v: is_whole(v) and v >= 1),
+        "noise": ("a number >= 0", lambda v: is_number(v) and v >= 0),
+        "seed": ("a whole number", is_whole),
+    }
     for key, value in settings.items():
         expected, is_valid = rules[key]
         if not is_valid(value):
@@ -38,11 +40,25 @@ def _check_settings(**settings) -> None:
 
 
 @DATASETS.register("synthetic")
-def synthetic(num_classes: int = 10, channels: int = 1, image_size: int = 28, train_size: int = 512,
-              test_size: int = 256, noise: float = 0.25, seed: int = 0) -> ImageData:
+def synthetic(
+    num_classes: int = 10,
+    channels: int = 1,
+    image_size: int = 28,
+    train_size: int = 512,
+    test_size: int = 256,
+    noise: float = 0.25,
+    seed: int = 0,
+) -> ImageData:
     """Class prototypes (coarse random on/off blocks, upsampled) plus Gaussian noise."""
-    _check_settings(num_classes=num_classes, channels=channels, image_size=image_size, train_size=train_size,
-                    test_size=test_size, noise=noise, seed=seed)
+    _check_settings(
+        num_classes=num_classes,
+        channels=channels,
+        image_size=image_size,
+        train_size=train_size,
+        test_size=test_size,
+        noise=noise,
+        seed=seed,
+    )
     generator = torch.Generator().manual_seed(seed)
     # Binary coarse patterns: classes differ in whole blocks, easy to tell apart.
     coarse = (torch.rand(num_classes, channels, 4, 4, generator=generator) > 0.5).float()
@@ -51,5 +67,7 @@ def synthetic(num_classes: int = 10, channels: int = 1, image_size: int = 28, tr
         classes=[f"class_{i}" for i in range(num_classes)],
         train=_make_split(prototypes, train_size, noise, generator),
         test=_make_split(prototypes, test_size, noise, generator),
-        mean=(0.5,) * channels, std=(0.25,) * channels, source=f"generated with data.seed={seed}",
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        source=f"generated with data.seed={seed}",
     )

@@ -8,8 +8,14 @@ configs/logger/<name>.yaml.
 import importlib
 import pkgutil
 
-from cnntrain.loggers.catalog import (LOGGER_CONTEXT, LOGGERS, build_loggers, check_logger, logger_callbacks,
-                                      logger_sections)
+from cnntrain.loggers.catalog import (
+    LOGGER_CONTEXT,
+    LOGGERS,
+    build_loggers,
+    check_logger,
+    logger_callbacks,
+    logger_sections,
+)
 
 __all__ = ["LOGGER_CONTEXT", "LOGGERS", "build_loggers", "check_logger", "logger_callbacks", "logger_sections"]
 

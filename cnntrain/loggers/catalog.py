@@ -24,8 +24,9 @@ Run folders written before loggers were a registry hold `logger: {name: tensorbo
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,8 +56,10 @@ def _old_spelling(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{name: tensorboard, images: 8} (a run folder's config from before) as {tensorboard: {images: 8}}."""
     name = values.pop("name")
     if not isinstance(name, str) or any(isinstance(v, Mapping) for v in values.values()):
-        raise ConfigError(f"logger.name={name} is the old spelling of a logger choice: write logger={name} "
-                          f"(several: logger=[csv,{name}]) and its settings as logger.{name}.<key>.")
+        raise ConfigError(
+            f"logger.name={name} is the old spelling of a logger choice: write logger={name} "
+            f"(several: logger=[csv,{name}]) and its settings as logger.{name}.<key>."
+        )
     return {name: values}
 
 
@@ -64,8 +67,10 @@ def _settings_of(name: str, settings: Any) -> dict[str, Any]:
     if settings is None:
         return {}
     if not isinstance(settings, Mapping):
-        raise ConfigError(f"logger.{name} must be the logger's settings (a section, {{}} for none), got "
-                          f"{settings!r}. Choose loggers with logger=[csv,{name}].")
+        raise ConfigError(
+            f"logger.{name} must be the logger's settings (a section, {{}} for none), got "
+            f"{settings!r}. Choose loggers with logger=[csv,{name}]."
+        )
     return dict(settings)
 
 
@@ -96,9 +101,15 @@ def _wanted(builder: Callable, context: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in context.items() if key in params}
 
 
-def logger_callbacks(loggers: Sequence[Component], folder, classes: Sequence[str],
-                     mean: Sequence[float] | None, std: Sequence[float] | None, title: str = "",
-                     notify: Callable[[str], None] = print) -> list[Callback]:
+def logger_callbacks(
+    loggers: Sequence[Component],
+    folder,
+    classes: Sequence[str],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    title: str = "",
+    notify: Callable[[str], None] = print,
+) -> list[Callback]:
     """curves.png's callback and the run's loggers; they go after MetricsWriter.
 
     `loggers` are what `check_logger` returned; `folder` is the run's `RunFolder`.
@@ -107,6 +118,7 @@ def logger_callbacks(loggers: Sequence[Component], folder, classes: Sequence[str
     """
     from cnntrain.plots import CurvesPlot
 
-    return [CurvesPlot(folder.metrics_csv, folder.curves_png, title=title),
-            *build_loggers(loggers, run_folder=Path(folder.path), classes=list(classes), mean=mean, std=std,
-                           notify=notify)]
+    return [
+        CurvesPlot(folder.metrics_csv, folder.curves_png, title=title),
+        *build_loggers(loggers, run_folder=Path(folder.path), classes=list(classes), mean=mean, std=std, notify=notify),
+    ]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -37,9 +37,11 @@ def check_tensorboard() -> None:
         import tensorboard  # noqa: F401
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as err:
-        raise ConfigError(f"logger=tensorboard needs the tensorboard package, which is not installed ({err}). "
-                          f"Install it with: {INSTALL_HINT} (or pip install tensorboard), "
-                          f"or use logger=csv.") from err
+        raise ConfigError(
+            f"logger=tensorboard needs the tensorboard package, which is not installed ({err}). "
+            f"Install it with: {INSTALL_HINT} (or pip install tensorboard), "
+            f"or use logger=csv."
+        ) from err
 
 
 class Denormalize:
@@ -69,9 +71,17 @@ class TensorBoardLogger(Callback):
     histogram_every, images, graph.
     """
 
-    def __init__(self, run_folder: Path, classes: Sequence[str], mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, histogram_every: int = 1, images: int = 32,
-                 graph: bool = True, notify: Callable[[str], None] = print):
+    def __init__(
+        self,
+        run_folder: Path,
+        classes: Sequence[str],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        histogram_every: int = 1,
+        images: int = 32,
+        graph: bool = True,
+        notify: Callable[[str], None] = print,
+    ):
         check_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
@@ -88,8 +98,9 @@ class TensorBoardLogger(Callback):
         """Bad numbers and a missing tensorboard package, answered before any data is loaded."""
         for key, value in (("histogram_every", histogram_every), ("images", images)):
             if not is_whole(value) or value < 0:
-                raise ConfigError(f"logger.tensorboard.{key} must be a whole number >= 0 (0 turns it off), "
-                                  f"got {value!r}.")
+                raise ConfigError(
+                    f"logger.tensorboard.{key} must be a whole number >= 0 (0 turns it off), got {value!r}."
+                )
         check_tensorboard()
 
     # --- hooks --------------------------------------------------------------------------------
@@ -101,7 +112,7 @@ class TensorBoardLogger(Callback):
         if self.images:
             from torchvision.utils import make_grid
 
-            grid = make_grid(self.denormalize(images[:self.images]), nrow=8, padding=2, pad_value=1.0)
+            grid = make_grid(self.denormalize(images[: self.images]), nrow=8, padding=2, pad_value=1.0)
             self.writer.add_image("train/augmented_batch", grid, global_step=0)
         if self.graph:
             self._add_graph(trainer.model, images[:2])
@@ -109,10 +120,15 @@ class TensorBoardLogger(Callback):
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         step = metrics.epoch
-        for tag, value in (("loss/train", metrics.train_loss), ("loss/val", metrics.val_loss),
-                           ("accuracy/train", metrics.train_acc), ("accuracy/val", metrics.val_acc),
-                           ("lr", metrics.lr), ("accuracy/val_top5", metrics.val_top5),
-                           ("stage", metrics.stage)):
+        for tag, value in (
+            ("loss/train", metrics.train_loss),
+            ("loss/val", metrics.val_loss),
+            ("accuracy/train", metrics.train_acc),
+            ("accuracy/val", metrics.val_acc),
+            ("lr", metrics.lr),
+            ("accuracy/val_top5", metrics.val_top5),
+            ("stage", metrics.stage),
+        ):
             if value is not None:  # top-5: only for data with more than 5 classes; stage: two-stage runs
                 self.writer.add_scalar(tag, value, global_step=step)
         if self.histogram_every and step % self.histogram_every == 0:
@@ -159,7 +175,7 @@ class TensorBoardLogger(Callback):
         found = 0
         for images, labels in val_loader:  # usually the first batch already holds enough
             prediction = model(images).argmax(dim=1)
-            wrong = (prediction != labels).nonzero().flatten()[:self.images - found]
+            wrong = (prediction != labels).nonzero().flatten()[: self.images - found]
             wrong_images.append(images[wrong])
             predicted += prediction[wrong].tolist()
             actual += labels[wrong].tolist()
@@ -171,8 +187,7 @@ class TensorBoardLogger(Callback):
             figure = labelled_grid(self.denormalize(torch.cat(wrong_images)), predicted, actual, self.classes)
             from cnntrain.plots import figure_to_array
 
-            self.writer.add_image("val/misclassified", figure_to_array(figure), global_step=step,
-                                  dataformats="HWC")
+            self.writer.add_image("val/misclassified", figure_to_array(figure), global_step=step, dataformats="HWC")
         self.writer.add_scalar("val/misclassified_shown", found, global_step=step)
 
 
@@ -209,11 +224,23 @@ def labelled_grid(images: torch.Tensor, predicted: Sequence[int], actual: Sequen
         x0, y0 = left + (cell_w - side) / 2, top + caption
         image = images[i].permute(1, 2, 0).numpy()
         gray = image.shape[2] == 1
-        axes.imshow(image[:, :, 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=1,
-                    extent=(x0, x0 + side, y0 + side, y0), interpolation="nearest")
-        axes.text(left + cell_w / 2, top + caption / 2,
-                  f"pred {class_name(classes, predicted[i])} /\nactual {class_name(classes, actual[i])}",
-                  ha="center", va="center", fontsize=7, color="tab:red")
+        axes.imshow(
+            image[:, :, 0] if gray else image,
+            cmap="gray" if gray else None,
+            vmin=0,
+            vmax=1,
+            extent=(x0, x0 + side, y0 + side, y0),
+            interpolation="nearest",
+        )
+        axes.text(
+            left + cell_w / 2,
+            top + caption / 2,
+            f"pred {class_name(classes, predicted[i])} /\nactual {class_name(classes, actual[i])}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="tab:red",
+        )
     return figure
 
 

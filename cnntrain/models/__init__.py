@@ -4,10 +4,20 @@ Adding a family: a new module with `@MODELS.register(...)` builders (importing M
 cnntrain.models.catalog), imported below; `from cnntrain.models import MODELS` keeps working.
 """
 
+# Importing the family modules registers their builders.
+from cnntrain.models import (  # noqa: F401  # noqa: F401  # noqa: F401
+    airnet,
+    alexnet,
+    cifar_cnn,
+    googlenet,
+    lenet,
+    lenet_bn,
+    mlp,
+    nin,
+    resnet,
+    resnet_small,
+    torchvision_models,
+    vgg,
+)
 from cnntrain.models.catalog import MODEL_KEYS, MODELS, build_model, builder_settings, model_config  # noqa: F401
 from cnntrain.models.init import INIT_SCHEMES, init_weights  # noqa: F401
-
-# Importing the family modules registers their builders.
-from cnntrain.models import lenet, mlp  # noqa: F401
-from cnntrain.models import alexnet, cifar_cnn, googlenet, lenet_bn, nin, resnet, vgg  # noqa: F401
-from cnntrain.models import airnet, resnet_small, torchvision_models  # noqa: F401

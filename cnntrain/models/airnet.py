@@ -37,27 +37,48 @@ class ScaledLinear(nn.Linear):
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """conv -> max-pool -> BN -> GELU -> conv -> BN -> GELU: the second conv at half the side."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False), nn.MaxPool2d(2),
-        nn.BatchNorm2d(out_channels), nn.GELU(),
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(out_channels),
+        nn.GELU(),
         nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels), nn.GELU())
+        nn.BatchNorm2d(out_channels),
+        nn.GELU(),
+    )
 
 
 @MODELS.register("airnet")
-def airnet(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, widths: Sequence[int] = (32, 64, 128),
-           stem: int = 32, logit_scale: float = 1 / 9) -> nn.Module:
+def airnet(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int = 28,
+    widths: Sequence[int] = (32, 64, 128),
+    stem: int = 32,
+    logit_scale: float = 1 / 9,
+) -> nn.Module:
     """Stem conv, one conv_block per width, global max-pool, a bias-free linear head x logit_scale."""
     del input_size  # the global pool makes the layers size-independent
     widths = list(widths)
     if not widths or any(not isinstance(w, int) or w < 1 for w in [stem, *widths]):
-        raise ConfigError(f"model.widths must be a list of positive whole numbers and model.stem a positive whole "
-                          f"number, got widths={widths}, stem={stem}.")
-    parts: list[tuple[str, nn.Module]] = [("stem", nn.Sequential(
-        nn.Conv2d(in_channels, stem, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.GELU()))]
+        raise ConfigError(
+            f"model.widths must be a list of positive whole numbers and model.stem a positive whole "
+            f"number, got widths={widths}, stem={stem}."
+        )
+    parts: list[tuple[str, nn.Module]] = [
+        (
+            "stem",
+            nn.Sequential(
+                nn.Conv2d(in_channels, stem, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.GELU()
+            ),
+        )
+    ]
     width = stem
     for i, out_channels in enumerate(widths):
         parts.append((f"block{i + 1}", conv_block(width, out_channels)))
         width = out_channels
-    parts += [("pool", nn.AdaptiveMaxPool2d(1)), ("flatten", nn.Flatten()),
-              ("fc", ScaledLinear(width, num_classes, logit_scale))]
+    parts += [
+        ("pool", nn.AdaptiveMaxPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", ScaledLinear(width, num_classes, logit_scale)),
+    ]
     return nn.Sequential(OrderedDict(parts))

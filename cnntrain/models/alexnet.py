@@ -22,13 +22,18 @@ def conv_out(side: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
 def _tutorial_features(in_channels: int) -> nn.Sequential:
     return nn.Sequential(
         # A wide 11x11 window with stride 4 shrinks the 224 image fast, as in the paper.
-        nn.Conv2d(in_channels, 96, kernel_size=11, stride=4, padding=1), nn.ReLU(),
+        nn.Conv2d(in_channels, 96, kernel_size=11, stride=4, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(96, 256, kernel_size=5, padding=2), nn.ReLU(),
+        nn.Conv2d(96, 256, kernel_size=5, padding=2),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2),
     )
 
@@ -53,8 +58,9 @@ def _assemble(features: nn.Module, classifier: nn.Sequential, pool: nn.Module | 
     return nn.Sequential(OrderedDict(parts))
 
 
-def _tutorial_alexnet(num_classes: int, in_channels: int, input_size: int, dropout: float,
-                      hidden_layers: int) -> nn.Module:
+def _tutorial_alexnet(
+    num_classes: int, in_channels: int, input_size: int, dropout: float, hidden_layers: int
+) -> nn.Module:
     """The book's conv stack, then `hidden_layers` 4096-wide Linear-ReLU-Dropout blocks, then the output."""
     width = 256 * _tutorial_side(input_size) ** 2
     layers: list[nn.Module] = []
@@ -66,40 +72,48 @@ def _tutorial_alexnet(num_classes: int, in_channels: int, input_size: int, dropo
 
 
 @MODELS.register("alexnet")
-def alexnet(num_classes: int = 10, in_channels: int = 1, input_size: int = 224,
-            dropout: float = 0.5) -> nn.Module:
+def alexnet(num_classes: int = 10, in_channels: int = 1, input_size: int = 224, dropout: float = 0.5) -> nn.Module:
     """The book's AlexNet: 5 convs, then 4096-4096-classes linears with dropout."""
     return _tutorial_alexnet(num_classes, in_channels, input_size, dropout, hidden_layers=2)
 
 
 @MODELS.register("alexnet_small")
-def alexnet_small(num_classes: int = 10, in_channels: int = 1, input_size: int = 224,
-                  dropout: float = 0.5) -> nn.Module:
+def alexnet_small(
+    num_classes: int = 10, in_channels: int = 1, input_size: int = 224, dropout: float = 0.5
+) -> nn.Module:
     """The book's AlexNet without the second 4096-wide layer (~17M fewer parameters)."""
     return _tutorial_alexnet(num_classes, in_channels, input_size, dropout, hidden_layers=1)
 
 
 @MODELS.register("alexnet_tv")
-def alexnet_tv(num_classes: int = 10, in_channels: int = 3, input_size: int = 224,
-               dropout: float = 0.5) -> nn.Module:
+def alexnet_tv(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, dropout: float = 0.5) -> nn.Module:
     """torchvision's AlexNet layout: 64/192/384/256/256 channels, adaptive 6x6 pooling,
     dropout *before* each hidden linear. Same parameter count as torchvision's at 3
     channels / 1000 classes. `input_size` is accepted for the common builder signature
     only: the adaptive pool makes the classifier independent of it."""
     del input_size
     features = nn.Sequential(
-        nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=3, stride=2),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=3, stride=2),
     )
     classifier = nn.Sequential(
-        nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-        nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
         nn.Linear(4096, num_classes),
     )
     # Adaptive pooling fixes the classifier input at 256x6x6 whatever the image size

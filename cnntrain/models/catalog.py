@@ -40,6 +40,11 @@ def builder_settings(config) -> dict:
 def build_model(recipe: dict):
     """The model a recipe describes (what checkpoints save as "model": name, settings, classes,
     channels, input size, init), with freshly initialised weights."""
-    model = MODELS.build(recipe["name"], recipe["settings"], num_classes=recipe["num_classes"],
-                         in_channels=recipe["in_channels"], input_size=recipe["input_size"])
+    model = MODELS.build(
+        recipe["name"],
+        recipe["settings"],
+        num_classes=recipe["num_classes"],
+        in_channels=recipe["in_channels"],
+        input_size=recipe["input_size"],
+    )
     return init_weights(model, recipe.get("init", "default"))

@@ -16,19 +16,24 @@ def _feature_side(input_size: int, first_padding: int) -> int:
     return side // 2
 
 
-def _lenet(num_classes: int, in_channels: int, input_size: int, act: type[nn.Module],
-           pool: type[nn.Module], first_padding: int) -> nn.Sequential:
+def _lenet(
+    num_classes: int, in_channels: int, input_size: int, act: type[nn.Module], pool: type[nn.Module], first_padding: int
+) -> nn.Sequential:
     # Clamped at 1 so a too-small input still builds and then fails in the layer that
     # collapses, where `inspector.check_input_size` can name it.
     side = max(_feature_side(input_size, first_padding), 1)
     return nn.Sequential(
-        nn.Conv2d(in_channels, 6, kernel_size=5, padding=first_padding), act(),
+        nn.Conv2d(in_channels, 6, kernel_size=5, padding=first_padding),
+        act(),
         pool(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), act(),
+        nn.Conv2d(6, 16, kernel_size=5),
+        act(),
         pool(kernel_size=2, stride=2),
         nn.Flatten(),
-        nn.Linear(16 * side * side, 120), act(),
-        nn.Linear(120, 84), act(),
+        nn.Linear(16 * side * side, 120),
+        act(),
+        nn.Linear(120, 84),
+        act(),
         nn.Linear(84, num_classes),
     )
 

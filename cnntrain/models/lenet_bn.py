@@ -18,13 +18,21 @@ def lenet_bn(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) 
     # collapses, where `inspector.check_input_size` can name it.
     side = max(_feature_side(input_size, first_padding=0), 1)
     return nn.Sequential(
-        nn.Conv2d(in_channels, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(),
+        nn.Conv2d(in_channels, 6, kernel_size=5),
+        nn.BatchNorm2d(6),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5),
+        nn.BatchNorm2d(16),
+        nn.Sigmoid(),
         nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Flatten(),
-        nn.Linear(16 * side * side, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
+        nn.Linear(16 * side * side, 120),
+        nn.BatchNorm1d(120),
+        nn.Sigmoid(),
+        nn.Linear(120, 84),
+        nn.BatchNorm1d(84),
+        nn.Sigmoid(),
         # No BatchNorm on the output: it would fight the loss over the logits' scale.
         nn.Linear(84, num_classes),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -10,8 +10,13 @@ from cnntrain.models.catalog import MODELS
 
 
 @MODELS.register("mlp")
-def mlp(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-        hidden: Sequence[int] = (256, 128), dropout: float = 0.25) -> nn.Module:
+def mlp(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int = 28,
+    hidden: Sequence[int] = (256, 128),
+    dropout: float = 0.25,
+) -> nn.Module:
     """The tutorials' Fashion-MNIST MLP: 784-256-128-10, ReLU, dropout after each hidden layer."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_channels * input_size * input_size

@@ -14,15 +14,17 @@ from cnntrain.models.catalog import MODELS
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> nn.Sequential:
     """Conv(k, s, p) + ReLU, then two 1x1 Conv + ReLU mixing channels at each pixel."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, kernel_size=1), nn.ReLU(),
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1),
+        nn.ReLU(),
     )
 
 
 @MODELS.register("nin")
-def nin(num_classes: int = 10, in_channels: int = 1, input_size: int = 224,
-        dropout: float = 0.5) -> nn.Module:
+def nin(num_classes: int = 10, in_channels: int = 1, input_size: int = 224, dropout: float = 0.5) -> nn.Module:
     """The book's NiN for 224x224 input: AlexNet-like widths 96/256/384, then a
     num_classes-wide block and global average pooling. `input_size` only documents the
     native size: the global pool makes the layers independent of it."""

@@ -28,8 +28,9 @@ class Residual(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, plus the input (projected by a 1x1 conv when the
     stride or the width changes), then ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 conv_bias: bool = False, shortcut_bn: bool = True):
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, conv_bias: bool = False, shortcut_bn: bool = True
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=conv_bias)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -53,8 +54,9 @@ class Residual(nn.Module):
         return self.relu2(y + self.shortcut(x))
 
 
-def resnet_stage(in_channels: int, out_channels: int, num_blocks: int, first_stage: bool,
-                 conv_bias: bool, shortcut_bn: bool) -> nn.Sequential:
+def resnet_stage(
+    in_channels: int, out_channels: int, num_blocks: int, first_stage: bool, conv_bias: bool, shortcut_bn: bool
+) -> nn.Sequential:
     """`num_blocks` residual blocks; every stage but the first halves the side in its first block."""
     blocks = []
     for i in range(num_blocks):
@@ -65,24 +67,31 @@ def resnet_stage(in_channels: int, out_channels: int, num_blocks: int, first_sta
 
 
 @MODELS.register("resnet18")
-def resnet18(num_classes: int = 10, in_channels: int = 1, input_size: int = 96,
-             conv_bias: bool = False, shortcut_bn: bool = True) -> nn.Module:
+def resnet18(
+    num_classes: int = 10, in_channels: int = 1, input_size: int = 96, conv_bias: bool = False, shortcut_bn: bool = True
+) -> nn.Module:
     """ResNet-18 (torchvision-equal parameters by default; see the module docstring)."""
     del input_size  # the global average pool makes the layers size-independent
     stem = nn.Sequential(
         nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=conv_bias),
-        nn.BatchNorm2d(64), nn.ReLU(),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
         nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
     # Named like the book's b1..b5 (b1 = stem, b2..b5 = the four stages).
     parts: list[tuple[str, nn.Module]] = [("b1", stem)]
     width = 64
     for i, out_channels in enumerate((64, 128, 256, 512)):
-        parts.append((f"b{i + 2}", resnet_stage(width, out_channels, 2, first_stage=i == 0,
-                                                conv_bias=conv_bias, shortcut_bn=shortcut_bn)))
+        parts.append(
+            (
+                f"b{i + 2}",
+                resnet_stage(width, out_channels, 2, first_stage=i == 0, conv_bias=conv_bias, shortcut_bn=shortcut_bn),
+            )
+        )
         width = out_channels
     parts += [
-        ("pool", nn.AdaptiveAvgPool2d((1, 1))), ("flatten", nn.Flatten()),
+        ("pool", nn.AdaptiveAvgPool2d((1, 1))),
+        ("flatten", nn.Flatten()),
         ("fc", nn.Linear(width, num_classes)),
     ]
     return nn.Sequential(OrderedDict(parts))

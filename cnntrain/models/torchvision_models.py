@@ -29,8 +29,10 @@ HEAD_ATTRIBUTE = "cnntrain_head"
 IMAGENET_CLASSES = 1000
 HEADS = ("linear", "concat_pool")
 # Auxiliary classifiers only help training from scratch on ImageNet; they are left out here.
-NO_AUX_LOGITS = {"googlenet": {"aux_logits": False, "init_weights": True},
-                 "inception_v3": {"aux_logits": False, "init_weights": True}}
+NO_AUX_LOGITS = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
 
 
 @functools.cache
@@ -44,8 +46,10 @@ def classifier_names() -> tuple[str, ...]:
 def check_arch(arch: str) -> None:
     names = classifier_names()
     if arch not in names:
-        raise ConfigError(f"Unknown torchvision classifier '{arch}' (model.arch).{did_you_mean(str(arch), names)} "
-                          f"Available: {', '.join(names)}")
+        raise ConfigError(
+            f"Unknown torchvision classifier '{arch}' (model.arch).{did_you_mean(str(arch), names)} "
+            f"Available: {', '.join(names)}"
+        )
 
 
 class ConcatPool(nn.Module):
@@ -57,9 +61,16 @@ class ConcatPool(nn.Module):
 
 def concat_pool_head(features: int, num_classes: int, dropout: float, hidden: int = 512) -> nn.Sequential:
     """The tutorials' head on the concatenated pools (2 x `features` inputs)."""
-    return nn.Sequential(nn.Flatten(), nn.BatchNorm1d(2 * features), nn.Dropout(dropout),
-                         nn.Linear(2 * features, hidden), nn.ReLU(), nn.BatchNorm1d(hidden), nn.Dropout(dropout),
-                         nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.BatchNorm1d(2 * features),
+        nn.Dropout(dropout),
+        nn.Linear(2 * features, hidden),
+        nn.ReLU(),
+        nn.BatchNorm1d(hidden),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -73,12 +84,17 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def last_classifier_layer(model: nn.Module, outputs: int) -> str:
     """The name of the last Linear (or 1x1 Conv, SqueezeNet's) layer with `outputs` outputs: the classifier."""
-    found = [name for name, module in model.named_modules()
-             if (isinstance(module, nn.Linear) and module.out_features == outputs)
-             or (isinstance(module, nn.Conv2d) and module.out_channels == outputs)]
+    found = [
+        name
+        for name, module in model.named_modules()
+        if (isinstance(module, nn.Linear) and module.out_features == outputs)
+        or (isinstance(module, nn.Conv2d) and module.out_channels == outputs)
+    ]
     if not found:
-        raise ConfigError(f"Cannot find the classifier layer of this torchvision model (no layer with {outputs} "
-                          f"outputs); use another model.arch.")
+        raise ConfigError(
+            f"Cannot find the classifier layer of this torchvision model (no layer with {outputs} "
+            f"outputs); use another model.arch."
+        )
     return found[-1]
 
 
@@ -89,8 +105,14 @@ def replace_classifier(model: nn.Module, num_classes: int) -> str:
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
-        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride,
-                        padding=old.padding, bias=old.bias is not None)
+        new = nn.Conv2d(
+            old.in_channels,
+            num_classes,
+            kernel_size=old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            bias=old.bias is not None,
+        )
     set_module(model, name, new)
     return name
 
@@ -108,14 +130,32 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> None:
     name, conv = first_conv(model)
     if conv.in_channels == in_channels:
         return
-    set_module(model, name, nn.Conv2d(in_channels, conv.out_channels, kernel_size=conv.kernel_size,
-                                      stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                                      groups=conv.groups, bias=conv.bias is not None))
+    set_module(
+        model,
+        name,
+        nn.Conv2d(
+            in_channels,
+            conv.out_channels,
+            kernel_size=conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        ),
+    )
 
 
 @MODELS.register("torchvision")
-def torchvision_model(num_classes: int = 10, in_channels: int = 3, input_size: int = 224, arch: str = "resnet18",
-                      head: str = "linear", head_dropout: float = 0.5, transform_input: bool = False) -> nn.Module:
+def torchvision_model(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 224,
+    arch: str = "resnet18",
+    head: str = "linear",
+    head_dropout: float = 0.5,
+    transform_input: bool = False,
+) -> nn.Module:
     """torchvision's `arch`, its classifier replaced for `num_classes` and its stem for `in_channels`.
 
     `transform_input` (googlenet, inception_v3): convert ImageNet-normalised input to the [-1, 1]
@@ -127,8 +167,10 @@ def torchvision_model(num_classes: int = 10, in_channels: int = 3, input_size: i
     del input_size  # torchvision's classifiers pool globally; the input check in build.py tells what is too small
     check_arch(arch)
     if head not in HEADS:
-        raise ConfigError(f"Unknown model.head '{head}'.{did_you_mean(str(head), HEADS)} Use linear (replace the "
-                          f"classifier layer) or concat_pool (the tutorials' transfer-learning head).")
+        raise ConfigError(
+            f"Unknown model.head '{head}'.{did_you_mean(str(head), HEADS)} Use linear (replace the "
+            f"classifier layer) or concat_pool (the tutorials' transfer-learning head)."
+        )
     options = dict(NO_AUX_LOGITS.get(arch, {}))
     if arch in NO_AUX_LOGITS:
         options["transform_input"] = transform_input
@@ -138,9 +180,11 @@ def torchvision_model(num_classes: int = 10, in_channels: int = 3, input_size: i
     if head == "concat_pool":
         fc = getattr(model, "fc", None)
         if not isinstance(fc, nn.Linear) or not hasattr(model, "avgpool"):
-            raise ConfigError(f"model.head=concat_pool needs a network that ends in avgpool + fc (resnet*, "
-                              f"resnext*, wide_resnet*, regnet*, googlenet, inception_v3); {arch} does not. "
-                              f"Use model.head=linear.")
+            raise ConfigError(
+                f"model.head=concat_pool needs a network that ends in avgpool + fc (resnet*, "
+                f"resnext*, wide_resnet*, regnet*, googlenet, inception_v3); {arch} does not. "
+                f"Use model.head=linear."
+            )
         model.avgpool = ConcatPool()
         model.fc = concat_pool_head(fc.in_features, num_classes, head_dropout)
         head_name = "fc"

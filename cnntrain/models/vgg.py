@@ -8,7 +8,7 @@ hardware (`(n, c // ratio)` per block). As in the book the two hidden linears st
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -35,9 +35,7 @@ def _scaled_arch(arch: Sequence[Sequence[int]], ratio: int) -> list[tuple[int, i
     blocks = []
     for block in arch:
         if len(block) != 2:
-            raise ConfigError(
-                f"model.arch entries must be [num_convs, channels] pairs, got {list(block)}."
-            )
+            raise ConfigError(f"model.arch entries must be [num_convs, channels] pairs, got {list(block)}.")
         num_convs, channels = int(block[0]), int(block[1])
         if num_convs < 1 or channels // ratio < 1:
             raise ConfigError(
@@ -51,8 +49,14 @@ def _scaled_arch(arch: Sequence[Sequence[int]], ratio: int) -> list[tuple[int, i
 
 
 @MODELS.register("vgg")
-def vgg(num_classes: int = 10, in_channels: int = 1, input_size: int = 224,
-        arch: Sequence[Sequence[int]] = VGG11_ARCH, ratio: int = 1, dropout: float = 0.5) -> nn.Module:
+def vgg(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int = 224,
+    arch: Sequence[Sequence[int]] = VGG11_ARCH,
+    ratio: int = 1,
+    dropout: float = 0.5,
+) -> nn.Module:
     """VGG with any block list (default VGG-11) and channel `ratio` (the book trains 4)."""
     blocks = _scaled_arch(arch, ratio)
     features = []
@@ -65,20 +69,29 @@ def vgg(num_classes: int = 10, in_channels: int = 1, input_size: int = 224,
     # that collapses, and `inspector.check_input_size` reports it.
     side = max(input_size // 2 ** len(blocks), 1)
     classifier = nn.Sequential(
-        nn.Linear(channels * side * side, 4096), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(channels * side * side, 4096),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(dropout),
         nn.Linear(4096, num_classes),
     )
-    return nn.Sequential(OrderedDict([
-        ("features", nn.Sequential(*features)),
-        ("flatten", nn.Flatten()),
-        ("classifier", classifier),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("features", nn.Sequential(*features)),
+                ("flatten", nn.Flatten()),
+                ("classifier", classifier),
+            ]
+        )
+    )
 
 
 @MODELS.register("vgg11")
-def vgg11(num_classes: int = 10, in_channels: int = 1, input_size: int = 224,
-          ratio: int = 1, dropout: float = 0.5) -> nn.Module:
+def vgg11(
+    num_classes: int = 10, in_channels: int = 1, input_size: int = 224, ratio: int = 1, dropout: float = 0.5
+) -> nn.Module:
     """The VGG-11 preset at full width (~129M parameters at 224); `ratio` still
     available to shrink it."""
     return vgg(num_classes, in_channels, input_size, arch=VGG11_ARCH, ratio=ratio, dropout=dropout)
