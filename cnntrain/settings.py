@@ -14,7 +14,9 @@ from typing import Any
 
 from cnntrain.pretrained import Preprocessing
 
-# What a config without the key gets: the same values as configs/train.yaml and configs/data/*.yaml.
+# What a config without the key gets (one saved before the key existed, or composed by hand): the
+# behaviour from before the key, which is "off" (e.g. trainer.checkpoint_every_minutes: None, where
+# configs/train.yaml now sets 10) and otherwise the YAML's value (trainer.precision 32, finetune.lr_scale 0.01).
 FALLBACKS: dict[str, Any] = {
     "trainer.accumulate_grad_batches": 1,
     "trainer.label_smoothing": 0.0,
