@@ -108,7 +108,11 @@ class Checkpointer(Callback):
 
     Inside an epoch, last.pt is also saved every `every_minutes` (None: never) and when
     the trainer is asked to stop (Ctrl-C, SIGTERM), between two optimizer steps, so a
-    long epoch interrupted loses at most those minutes.
+    long epoch interrupted loses at most those minutes. Whether a step is saved is decided
+    in `on_train_step` (every rank of a distributed run at the same point); the checkpoints
+    are written in `after_train_step` / `after_epoch_end`, once every callback's hooks of that
+    step or epoch end ran: their state (`state_dict()`) and a stop reason set then (early
+    stopping) are in it.
     """
 
     def __init__(self, folder: RunFolder, make_state: Callable[[Trainer], dict], every_minutes: float | None = None):
@@ -118,6 +122,7 @@ class Checkpointer(Callback):
         self.best: EpochMetrics | None = None
         self.saved = (0, 0)  # what last.pt holds: (finished epochs, steps done of the next epoch)
         self._last_save = time.monotonic()
+        self._save_step: int | None = None  # the step on_train_step decided to save, written in after_train_step
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.best = max(trainer.history, key=lambda m: m.val_acc, default=None)
@@ -125,26 +130,33 @@ class Checkpointer(Callback):
         self._last_save = time.monotonic()
 
     def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
+        self._save_step = None
         if step == steps or not trainer.between_optimizer_steps:
             return  # the epoch's end is saved with its metrics; mid-group gradients cannot be saved
-        # Every rank of a distributed run takes the state together (it sums their counters); rank 0 saves it.
+        # Every rank of a distributed run decides together (and takes the state together: it sums their counters).
         due = self.every_seconds is not None and trainer.group.any(
             time.monotonic() - self._last_save >= self.every_seconds, trainer.device
         )
         if due or trainer.stop_requested:
-            state = self.make_state(trainer)
-            with interrupts_held():  # a second Ctrl-C now waits for last.pt and `saved` to agree
-                if trainer.group.writes:
-                    save_checkpoint(state, self.folder.last_checkpoint)
-                self.saved = (self.saved[0], step)
-            self._last_save = time.monotonic()
+            self._save_step = step
+
+    def after_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
+        if self._save_step != step:
+            return
+        self._save_step = None
+        state = self.make_state(trainer)  # rank 0 saves it
+        with interrupts_held():  # a second Ctrl-C now waits for last.pt and `saved` to agree
+            if trainer.group.writes:
+                save_checkpoint(state, self.folder.last_checkpoint)
+            self.saved = (self.saved[0], step)
+        self._last_save = time.monotonic()
 
     def save_last(self, trainer: Trainer) -> None:
         """Rewrite last.pt with the trainer as it is now (e.g. after fine-tuning's switch to stage two)."""
         if trainer.group.writes:
             save_checkpoint(self.make_state(trainer), self.folder.last_checkpoint)
 
-    def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
+    def after_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         improved = self.best is None or metrics.val_acc > self.best.val_acc
         if improved:
             self.best = metrics

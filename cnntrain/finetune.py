@@ -115,7 +115,8 @@ class TwoStageFinetune(Callback):
 
     `new_optimizer(model, lr_scale, epochs_left)` returns (optimizer, schedule) for the
     unfrozen model; `save_last(trainer)` rewrites checkpoints/last.pt, so that a resume
-    from the switching epoch starts in stage two (the checkpointer ran before this callback).
+    from the switching epoch starts in stage two. It switches in `after_epoch_end`, after the
+    checkpointer's (which comes before it) wrote that epoch's best.pt and last.pt.
     """
 
     def __init__(
@@ -150,7 +151,7 @@ class TwoStageFinetune(Callback):
         if trainer.stage == 1 and finished >= self.unfreeze_at:  # killed between the last two saves of that epoch
             self.enter_stage_two(trainer, reload_best=True)
 
-    def on_epoch_end(self, trainer: Trainer, metrics) -> None:
+    def after_epoch_end(self, trainer: Trainer, metrics) -> None:
         if trainer.stage == 1 and metrics.epoch == self.unfreeze_at and metrics.epoch < trainer.epochs:
             self.enter_stage_two(trainer, reload_best=True)
             self.save_last(trainer)

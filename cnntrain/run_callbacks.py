@@ -67,7 +67,7 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
         callbacks.append(EarlyStopping(stopping.metric, stopping.patience, stopping.min_delta))
     finetune = two_stage_finetune(parts, folder, checkpointer, reporter)
     if finetune:
-        callbacks.append(finetune)  # after the checkpointer: stage two starts from the best.pt it just wrote
+        callbacks.append(finetune)  # after the checkpointer: its after_epoch_end reloads the best.pt just written
     return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune)
 
 

@@ -7,15 +7,17 @@ end of the epoch and, so that a slow model shows figures from its first step, at
 1, 2, 4, 8, ... before the first `log_every` (`reads_progress`): never every step, so a
 GPU is not made to wait for the host.
 How each optimizer step is taken (gradient accumulation, clipping, autocast, fp16
-loss scaling) is a `StepOptions`. What a checkpoint keeps of the trainer is its base class,
-`trainer_state.TrainerState`; the evaluation loop and test-time augmentation are evaluator.py's.
-`Callback` (hooks.py), `EpochMetrics`, `StepProgress` (metrics.py), `Evaluation` and
-`mean_log_probabilities` (evaluator.py) are importable from here too, as they always were.
+loss scaling) is a `StepOptions`, taken by the trainer's base `trainer_steps.TrainerSteps`; what a
+checkpoint keeps of the trainer is its other base, `trainer_state.TrainerState`; the evaluation
+loop and test-time augmentation are evaluator.py's. After every callback's hooks of a step or an
+epoch end the trainer calls their `after_train_step` / `after_epoch_end` (where checkpoints are
+written). `Callback` (hooks.py), `EpochMetrics`, `StepProgress` (metrics.py), `StepOptions`
+(trainer_steps.py), `Evaluation` and `mean_log_probabilities` (evaluator.py) are importable from
+here too, as they always were.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,27 +36,10 @@ from cnntrain.evaluator import Evaluation, evaluate, mean_log_probabilities
 from cnntrain.hooks import Callback, read_only_config
 from cnntrain.metrics import EpochMetrics, StepProgress, _RunningStats
 from cnntrain.trainer_state import TrainerState
+from cnntrain.trainer_steps import StepOptions, TrainerSteps
 
-# Names other modules and users import from here (they moved to hooks.py, metrics.py, evaluator.py).
+# Names other modules and users import from here (they moved to hooks.py, metrics.py, evaluator.py, trainer_steps.py).
 __all__ = ["Callback", "EpochMetrics", "Evaluation", "StepOptions", "StepProgress", "Trainer", "mean_log_probabilities"]
-
-
-@dataclass
-class StepOptions:
-    """How one optimizer step is taken."""
-
-    accumulate: int = 1  # batches whose gradients are summed before each optimizer step
-    grad_clip_norm: float | None = None  # clip the gradients' total norm to this; None: no clipping
-    autocast_dtype: torch.dtype | None = None  # bf16/fp16 mixed precision; None: float32
-
-    def optimizer_steps(self, batches: int) -> int:
-        """Optimizer steps in an epoch of `batches` batches (a short last group still steps)."""
-        return -(-batches // self.accumulate)
-
-    @property
-    def grad_scaler(self) -> bool:
-        """fp16 scales the loss so that small gradients do not underflow (bf16 has float32's range)."""
-        return self.autocast_dtype is torch.float16
 
 
 @dataclass
@@ -69,7 +54,7 @@ class _EpochInProgress:
     step: int = 0  # steps done
 
 
-class Trainer(TrainerState):
+class Trainer(TrainerState, TrainerSteps):
     """Runs epochs over `train_loader`, evaluating on `val_loader` after each.
 
     `schedule` is an `optim.LrSchedule` (or None). `forward` is what computes the
@@ -197,6 +182,7 @@ class Trainer(TrainerState):
             self._step_schedule_after_epoch(metrics)
             self.history.append(metrics)
             self._call("on_epoch_end", metrics)
+            self._call("after_epoch_end", metrics)  # the checkpoints of this epoch: every callback's state in them
             if self.stop_requested:
                 raise KeyboardInterrupt
         self._call("on_fit_end")
@@ -250,6 +236,7 @@ class Trainer(TrainerState):
                     "on_train_progress",
                     StepProgress(epoch, step, steps, loss_value, acc, stats.count / max(seconds, 1e-9)),
                 )
+            self._call("after_train_step", step, steps)  # a mid-epoch checkpoint: every callback's state in it
             if self.stop_requested and self.between_optimizer_steps and step < steps:
                 raise KeyboardInterrupt
         loss_value, acc = stats.read()
@@ -263,14 +250,6 @@ class Trainer(TrainerState):
         first_steps = step < self.log_every and step & (step - 1) == 0
         return step % self.log_every == 0 or step == steps or first_steps
 
-    def _share(self, labels: torch.Tensor, step: int) -> float:
-        """This rank's weight in the global batch's mean loss. DDP averages the ranks' gradients, so
-        scaling each rank's mean by (its examples x ranks / global batch) makes the average the
-        gradient of the global batch's mean, as in one process (1.0 unless the batch splits unevenly)."""
-        if not self.group.ddp:
-            return 1.0
-        return len(labels) * self.group.world_size / self.train_loader.global_batch_size(step)
-
     def evaluate(self, loader, keep_outputs: bool = False) -> Evaluation:
         """evaluator.evaluate with this trainer's model, device, precision and tta: validation, the run's test
         and cnntrain-eval. With EMA the averaged weights are measured (uncompiled: `forward` computes the
@@ -278,36 +257,6 @@ class Trainer(TrainerState):
         model = self.model if self.ema is None else self.ema.module
         forward = self.forward if self.ema is None else model
         return evaluate(forward, model, loader, self.device, self.group, self.tta, self._autocast, keep_outputs)
-
-    def _autocast(self):
-        dtype = self.options.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-
-    def _optimizer_step(self) -> None:
-        if self.options.grad_clip_norm:
-            if self.scaler:
-                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip_norm)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        if self.schedule is not None and self.schedule.interval == "step":
-            self.schedule.scheduler.step()
-
-    def _step_schedule_after_epoch(self, metrics: EpochMetrics) -> None:
-        if self.schedule is None or self.schedule.interval != "epoch":
-            return
-        if self.schedule.monitor:
-            self.schedule.scheduler.step(getattr(metrics, self.schedule.monitor))
-        else:
-            self.schedule.scheduler.step()
 
     def _check_finite(self, loss: float, stats: _RunningStats, epoch: int) -> None:
         if math.isfinite(loss):

@@ -233,7 +233,7 @@ def test_a_held_out_validation_split_gets_no_chosen_on_test_notice(tmp_path, cap
 def test_the_chosen_on_test_notice_names_the_remedy_for_each_cause():
     from types import SimpleNamespace
 
-    from cnntrain.run import chosen_on_test_notice
+    from cnntrain.run_report import chosen_on_test_notice
 
     last = SimpleNamespace(epoch=5, val_acc=0.81234)
     validated_on_test = chosen_on_test_notice(3, last, has_test_split=True)

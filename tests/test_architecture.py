@@ -34,6 +34,7 @@ LAYERS = [
         "cnntrain.hooks",
         "cnntrain.evaluator",
         "cnntrain.trainer_state",
+        "cnntrain.trainer_steps",
         "cnntrain.safe_writes",
         "cnntrain.provenance",
         "cnntrain.companion_files",
@@ -50,6 +51,7 @@ LAYERS = [
     },
     {
         "cnntrain.run",
+        "cnntrain.run_report",
         "cnntrain.interruptions",
         "cnntrain.resuming",
         "cnntrain.predict",

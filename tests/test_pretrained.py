@@ -189,13 +189,14 @@ def test_weights_from_a_run_with_other_classes_keep_all_but_the_head(tmp_path):
 
 
 class ParameterSnapshots(Callback):
-    """The model's state after each epoch (user callbacks run after the built-in ones), and best.pt's then."""
+    """The model's state after each epoch and best.pt's then: in after_epoch_end, which runs once that epoch's
+    checkpoints are written and fine-tuning's stage two has begun (the built-in callbacks come first)."""
 
     def __init__(self, best_checkpoint=None):
         self.best_checkpoint = best_checkpoint
         self.after_epoch, self.best_then = [], []
 
-    def on_epoch_end(self, trainer, metrics):
+    def after_epoch_end(self, trainer, metrics):
         self.after_epoch.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
         if self.best_checkpoint:
             self.best_then.append(load_checkpoint(self.best_checkpoint)["state_dict"])

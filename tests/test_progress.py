@@ -19,8 +19,9 @@ from cnntrain.build import batch_limit
 from cnntrain.callbacks import TimeEstimate, format_duration, format_epoch, format_step_seconds
 from cnntrain.errors import ConfigError
 from cnntrain.models import build_model
-from cnntrain.run import one_step_epoch_notice, train
+from cnntrain.run import train
 from cnntrain.run_callbacks import quicker_options
+from cnntrain.run_report import one_step_epoch_notice
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 from tests.conftest import compose_config
 

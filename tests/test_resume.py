@@ -17,7 +17,7 @@ from cnntrain.errors import ConfigError, RunInterrupted, TrainingError
 from cnntrain.resuming import resume, resume_config
 from cnntrain.run import train
 from cnntrain.trainer import Callback
-from tests.conftest import assert_same_weights, compose_config
+from tests.conftest import StopAt, assert_same_weights, compose_config
 from tests.helpers import run_cli
 from tests.signals import as_under_nohup, send_signals, source_of
 
@@ -569,6 +569,65 @@ def test_callback_state_is_kept_in_checkpoints_and_restored_on_resume(tmp_path):
     resume(tmp_path / "stopped", callbacks=again)
     assert [c.count for c in again] == [12, 120]  # epoch 1's 4 steps restored (last.pt), epochs 2 and 3 trained
     assert again[0].told == [("test", ["test_acc", "test_loss", "test_top5"], tmp_path / "stopped", 3)]
+
+
+class Counts(Callback):
+    """Steps (on_train_step) and epoch ends (on_epoch_end) counted: state a checkpoint must hold as every
+    callback's hooks of its step or epoch end left it."""
+
+    def __init__(self):
+        self.steps, self.epochs = 0, 0
+
+    def on_train_step(self, trainer, step, steps):
+        self.steps += 1
+
+    def on_epoch_end(self, trainer, metrics):
+        self.epochs += 1
+
+    def state_dict(self):
+        return {"steps": self.steps, "epochs": self.epochs}
+
+    def load_state_dict(self, state):
+        self.steps, self.epochs = state["steps"], state["epochs"]
+
+
+@pytest.mark.parametrize(
+    "stop_at, saved",
+    [((2, 3), {"steps": 7, "epochs": 1, "in_epoch": 3}), ((1, 4), {"steps": 4, "epochs": 1, "in_epoch": None})],
+    ids=["mid-epoch", "epoch-end"],
+)
+def test_a_checkpoint_holds_the_callbacks_state_after_all_their_hooks_of_its_step(tmp_path, stop_at, saved):
+    """The checkpointer writes after every callback's hooks of the step (or epoch end), so a user callback's state in
+    last.pt is not one step or one epoch end behind, and the resumed counts equal the uninterrupted ones."""
+    run = QUICK + ["trainer.epochs=3", "trainer.checkpoint_every_minutes=1e-9"]  # last.pt after every step
+    whole = Counts()
+    train(compose_config(run), run_dir=tmp_path / "whole", callbacks=[whole])
+    assert (whole.steps, whole.epochs) == (12, 3)  # 4 steps an epoch
+
+    with pytest.raises(RunInterrupted):
+        train(compose_config(run), run_dir=tmp_path / "cut", callbacks=[Counts(), StopAt(*stop_at)])
+    last = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    position = last["in_epoch"]["step"] if last["in_epoch"] else None
+    assert {**last["callbacks"]["Counts"], "in_epoch": position} == saved
+    again = Counts()
+    resume(tmp_path / "cut", callbacks=[again])
+    assert (again.steps, again.epochs) == (whole.steps, whole.epochs)
+
+
+def test_an_early_stopped_run_s_last_checkpoint_records_the_stop_and_resume_says_it_is_finished(tmp_path, capsys):
+    """EarlyStopping decides at the epoch end that the checkpoint is written at: last.pt holds its stop reason."""
+    cfg = compose_config(QUICK + ["trainer.epochs=10", "optimizer.lr=0", "trainer.early_stopping.patience=2"])
+    summary = train(cfg, run_dir=tmp_path / "run")
+    assert summary["epochs"] == 3  # lr 0: the loss never improves after epoch 1
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 3 and last["stop_reason"] == summary["stopped_early"]
+    assert last["stop_reason"].startswith("early stopping: val_loss has not improved")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert resume(tmp_path / "run") == summary
+    said = capsys.readouterr().out
+    assert f"Run {tmp_path / 'run'} is already finished: it stopped early (early stopping: val_loss" in said
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 
 
 def test_the_trainer_shows_the_run_folder_and_a_read_only_config(tmp_path):
