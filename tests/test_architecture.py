@@ -43,6 +43,7 @@ LAYERS = [
     {
         "cnntrain.checks",
         "cnntrain.setting_checks",
+        "cnntrain.trainer_checks",
         "cnntrain.build",
         "cnntrain.model_setup",
         "cnntrain.run_callbacks",
