@@ -65,6 +65,8 @@ LAYERS = [
         "cnntrain.exported_model",
         "cnntrain.predict_output",
         "cnntrain.export_formats",
+        "cnntrain.export_images",
+        "cnntrain.export_json",
     },
     {"cnntrain.api"},
     {"cnntrain.cli", "cnntrain.__main__"},
