@@ -25,6 +25,7 @@ LAYERS = [
         "cnntrain.speed_switches",
         "cnntrain.inspector",
         "cnntrain.run_folder",
+        "cnntrain.hydra_folders",
         "cnntrain.plots",
         "cnntrain.checkpoint",
         "cnntrain.pretrained",
