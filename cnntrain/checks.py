@@ -23,15 +23,14 @@ from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, check_optimiz
 from cnntrain.registry import Component
 from cnntrain.setting_checks import (
     check_batch_memory,
-    check_counts,
     check_data_settings,
     check_finetune,
     check_model_plan,
     check_seed,
-    check_trainer_settings,
 )
 from cnntrain.settings import DataSettings, FinetuneSettings, ModelPlan, TrainerSettings, setting
 from cnntrain.trainer import Callback
+from cnntrain.trainer_checks import check_counts, check_trainer_settings
 from cnntrain.user_code import current_folder_on_path, import_user_modules
 
 

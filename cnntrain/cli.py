@@ -28,8 +28,9 @@ from cnntrain.config import (
 )
 from cnntrain.distributed import launched_by_torchrun, process_rank
 from cnntrain.errors import CnnTrainError
+from cnntrain.hydra_folders import run_folder_problem
 from cnntrain.process import keep_console_optional
-from cnntrain.run_folder import display_path, run_folder_problem
+from cnntrain.run_folder import display_path
 
 EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
 

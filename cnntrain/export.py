@@ -18,46 +18,43 @@ transform; random images, with a notice, when the run's data cannot be loaded), 
 batch sizes other than the one it was exported with, and compared with the PyTorch
 model. Above the tolerance the export fails and nothing is written.
 
+This module is the run-level export (`export_run`: the checks of the run, the output and
+the folder, then the export, its verification and the json); the verification images
+come from export_images.py, the json's contents from export_json.py, the formats and the
+check itself from export_formats.py.
+
 `export_and_verify(model, example, format, path, batches)` is the same check for any
 model, without a run (the zoo test uses it).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf.errors import OmegaConfBaseException
 
-from cnntrain import __version__
-from cnntrain.build import build_data
-from cnntrain.checks import check_config
 from cnntrain.errors import CnnTrainError
 from cnntrain.export_formats import (
     EXPORT_BATCH,
     FORMATS,
-    INPUT_NAME,
-    OUTPUT_NAME,
     SUFFIXES,
     TOLERANCE,
     VERIFY_BATCHES,
     Verification,
     check_format,
-    error_text,
     export_and_verify,
     export_model,
     load_exported_file,
     require_onnx,
 )
-from cnntrain.opened_run import RunArgument, find_checkpoint, rebuildable_config
-from cnntrain.predict import LoadedRun, load_run, read_export_info
+from cnntrain.export_images import run_images
+from cnntrain.export_json import export_info, info_text
+from cnntrain.opened_run import RunArgument, find_checkpoint
+from cnntrain.predict import load_run, read_export_info
 from cnntrain.run_folder import (
     EXPORT_FILE_NAMES,
     RunFolder,
@@ -143,12 +140,6 @@ def check_export_output(path: Path, format: str) -> bool:
     return path.exists()
 
 
-# ---------------------------------------------------------------- exporting any model
-
-
-# ---------------------------------------------------------------- exporting a run
-
-
 def export_run(
     run_dir: Path | str,
     format: str,
@@ -203,7 +194,7 @@ def export_run(
     try:
         verification = export_and_verify(loaded.model, images[:EXPORT_BATCH], format, path, batches, name, inputs)
         info = export_info(loaded, format, path, checkpoint, verification)
-        write_atomically(info_path, lambda f: f.write(_json(info)), binary=False)
+        write_atomically(info_path, lambda f: f.write(info_text(info)), binary=False)
     except OSError as err:  # the disk filled up while the file was written
         raise CnnTrainError(
             cannot_write_message(
@@ -211,96 +202,3 @@ def export_run(
             )
         ) from None
     return ExportResult(path, info_path, info, verification, time.perf_counter() - start, replaced, notices)
-
-
-def run_images(loaded: LoadedRun, count: int) -> tuple[torch.Tensor, str, str | None]:
-    """`count` images as the model takes them, converted by the prediction path (to_array, transform): the first
-    of the run's validation split (repeated to `count` if it has fewer), or random images when the run's data
-    cannot be loaded. Returns the batch, what it is, and why the data could not be loaded (None when it was)."""
-    height, width = loaded.preprocess["stored_size"]
-    try:
-        split, what = _validation_split(loaded)
-        n = min(count, len(split))
-        files = getattr(split, "files", None)  # an image folder streamed from disk: its files, as predict reads them
-        items = files[:n] if files is not None else list(split.images[:n])
-        arrays = torch.stack([loaded.to_array(item) for item in items])
-        problem = None
-        inputs = f"{n} {what}" + (f" (repeated to {count})" if n < count else "")
-    except (CnnTrainError, OmegaConfBaseException, OSError) as err:
-        generator = torch.Generator().manual_seed(0)
-        raw = torch.randint(0, 256, (count, loaded.in_channels, height, width), dtype=torch.uint8, generator=generator)
-        arrays = torch.stack([loaded.to_array(image) for image in raw])
-        problem = error_text(err)
-        inputs = f"{count} random images"
-    if len(arrays) < count:
-        arrays = arrays.repeat((count + len(arrays) - 1) // len(arrays), 1, 1, 1)[:count]
-    return loaded.transform()(arrays), inputs, problem
-
-
-def _validation_split(loaded: LoadedRun):
-    """The run's validation split, loaded from the config in its checkpoint: nothing composed anew, no download,
-    none of the folder's imports or callbacks (load_run has imported what the user confirmed)."""
-    config = rebuildable_config(loaded.checkpoint.config, [], download=False)
-    checked = check_config(config)
-    before = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # the dataset's notes (streaming from disk, ...) were for training
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prepared = build_data(checked)
-    finally:
-        logging.disable(before)
-    return prepared.val, f"validation images of {config.data.name}"
-
-
-def export_info(
-    loaded: LoadedRun, format: str, path: Path, checkpoint: str, verification: Verification
-) -> dict[str, Any]:
-    """What the json beside an export holds."""
-    prep = loaded.preprocess
-    size = prep["size"]
-    # stored_size, size, mean, std (and whatever else prediction converts with); not the training augmentations.
-    preprocess = {key: _plain(value) for key, value in prep.items() if key != "augment"}
-    input_spec = {
-        "shape": ["batch", loaded.in_channels, size, size],
-        "dtype": "float32",
-        "batch": "dynamic (any size >= 1)",
-        "is": "images as floats in [0, 1] (stored_size, then resized to size x size, or to "
-        "resize_before_crop x resize_before_crop and centre-cropped to size x size when it is set; "
-        "bilinear with antialiasing), minus mean, divided by std (per channel; not normalised "
-        "when empty)",
-    }
-    if format == "onnx":
-        input_spec = {"name": INPUT_NAME, **input_spec}
-    output_spec = {"shape": ["batch", len(loaded.classes)], "is": "logits (softmax gives probabilities)"}
-    if format == "onnx":
-        output_spec = {"name": OUTPUT_NAME, **output_spec}
-    return {
-        "exported_by": "cnntrain-export",
-        "cnntrain_version": __version__,
-        "torch_version": torch.__version__,
-        "format": format,
-        "file": path.name,
-        "model": loaded.checkpoint.model_recipe["name"],
-        "classes": loaded.classes,
-        "in_channels": loaded.in_channels,
-        "preprocess": preprocess,
-        "input": input_spec,
-        "output": output_spec,
-        # The run's trainer.tta: the file computes one pass; cnntrain-predict run=<this file> averages each
-        # image with its mirror image when it is hflip, as the run's test did (tta=none: one pass).
-        "tta": loaded.run_tta,
-        "run": str(loaded.folder.path.resolve()),
-        "checkpoint": checkpoint,
-        "checkpoint_file": str(loaded.checkpoint.path.resolve()),
-        "epoch": loaded.checkpoint.epoch,
-        "verification": verification.as_dict(),
-    }
-
-
-def _plain(value):
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _json(info: dict[str, Any]) -> str:
-    return json.dumps(info, indent=2) + "\n"

@@ -216,9 +216,14 @@ def check_optimizer_and_schedule(optimizer: Component, scheduler: Component, epo
     """Build the optimizer and the schedule on one dummy parameter and take a step, so that torch's
     own checks (lr < 0, a string for lr, momentum < 0, a step_size of 0, ...) answer now, naming the settings.
 
-    This builds them a second time (build.py builds the run's over the model's parameters): the model
-    exists only once the data is loaded, and check_config promises every setting checked before any
-    data loads (a typo costs a second, not a dataset parse), so the check cannot wait for the real build.
+    Why a throwaway optimizer, built again by build.py over the model's parameters: the real one needs
+    the model's parameter groups, and the model exists only once the data is loaded (its classes and
+    channels); the real schedule needs the loader's steps per epoch. check_config promises every setting
+    checked before any data loads (a typo costs a second, not a dataset parse), so the check cannot wait
+    for the real build, and the throwaway one cannot become the real one: this check steps it (its state
+    and learning rate are no longer a fresh run's), and torch has no supported way to move an optimizer
+    onto other parameters. Only torch's own constructors know every value they refuse, so the check
+    builds one.
     """
     parameter = torch.zeros(1, requires_grad=True)
     try:

@@ -15,7 +15,8 @@
       export/model.onnx.json   beside each: classes, preprocessing, verification (<model file>.json)
       .cnntrain.lock       held by the process training in the folder (so that no second one can)
 
-Every other module gets these paths from a `RunFolder`, so a name is spelled once.
+Every other module gets these paths from a `RunFolder`, so a name is spelled once. The folders a command
+line gives Hydra (hydra.run.dir, hydra.sweep.dir) are checked by hydra_folders.py.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from cnntrain.safe_writes import (
 __all__ = [
     "RunFolder",
     "refuse_links_out_of_run",
-    "run_folder_problem",
     "EXPORT_FILE_NAMES",
     "EvalFolder",
     "export_info_path",
@@ -232,60 +232,6 @@ def refuse_links_out_of_run(path: Path | str, fix: str) -> None:
         if RunFolder(folder).holds_run():
             RunFolder(folder).refuse_links_out([path], fix)
             return
-
-
-def run_folder_problem(args: list[str]) -> str | None:
-    """A hydra.run.dir (hydra.sweep.dir with -m) that holds a run (a sweep), or cannot be made, and a
-    sweep subdir that all jobs would share: refused before Hydra writes its .hydra/ files there."""
-    sweep = any(arg in ("-m", "--multirun") for arg in args)
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if sep and key == "hydra.sweep.subdir" and sweep and "hydra.job.num" not in value:
-            return (
-                f"hydra.sweep.subdir={value} would put every job of the sweep in one folder, each "
-                f"overwriting the last; keep ${{hydra.job.num}} in it."
-            )
-        if key != ("hydra.sweep.dir" if sweep else "hydra.run.dir"):
-            continue
-        if value.strip().strip("'\"") in ("", "null"):
-            return f"{key}={value} needs a folder; leave it out for a new timestamped one under outputs/."
-        path = _folder_value(value)
-        if path is None:
-            continue
-        try:
-            if sweep:
-                _refuse_a_used_sweep_folder(path)
-            else:
-                RunFolder(path).refuse_if_it_holds_a_run()
-            path.mkdir(parents=True, exist_ok=True)
-        except CnnTrainError as err:
-            return str(err)
-        except OSError as err:
-            return f"Cannot create the folder {path} ({key}): {err.strerror or err}. Give a folder you can write to."
-    return None
-
-
-def _folder_value(value: str) -> Path | None:
-    """The folder an override's value names (quotes dropped, ${oc.env:...} and ~ resolved); None
-    when it cannot be told before Hydra runs (e.g. ${now:...}, which makes a new folder anyway)."""
-    value = value.strip().strip("'\"")
-    if "${" in value:
-        try:
-            value = str(OmegaConf.create({"value": value}).value)
-        except Exception:  # an interpolation only Hydra can resolve
-            return None
-    return Path(value).expanduser()
-
-
-def _refuse_a_used_sweep_folder(path: Path) -> None:
-    used = (path / "sweep.csv").exists() or any(path.glob("*/.hydra"))
-    if used:
-        raise CnnTrainError(
-            f"{path} already holds a sweep; a new sweep there would overwrite its jobs and "
-            f"report their old results as its own. Give a new hydra.sweep.dir, or leave it out "
-            f"for a timestamped one under outputs/multirun/."
-        )
 
 
 def _new_run_dir(cfg: DictConfig) -> Path:

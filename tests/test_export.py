@@ -289,7 +289,7 @@ def test_random_images_stand_in_when_the_data_cannot_be_loaded(run_dir, tmp_path
     def no_data(checked):
         raise DatasetError("Image folder /gone does not exist (data.root).")
 
-    monkeypatch.setattr("cnntrain.export.build_data", no_data)
+    monkeypatch.setattr("cnntrain.export_images.build_data", no_data)
     said = []
     result = export_run(run_dir, "exported_program", output=tmp_path / "m.pt2", say=said.append)
     assert (
