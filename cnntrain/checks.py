@@ -1,7 +1,7 @@
 """Checking a composed config: every name and setting, before any data is loaded.
 
 `check_config` returns a frozen `CheckedConfig`: the trainer, data, model and fine-tuning
-settings typed (settings.py, checked by setting_checks.py), the registry entries with their
+settings typed (settings.py, checked by setting_checks.py and trainer_checks.py), the registry entries with their
 checked settings, the built augmentations, the logger settings and the user's callbacks. A
 typo costs a second here, not a dataset parse; and build.py builds from exactly these
 checked values, so nothing is checked twice, read twice or built from unchecked input.

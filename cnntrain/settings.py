@@ -73,7 +73,7 @@ class EarlyStopping:
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    """The trainer section, checked (checks.check_trainer_settings)."""
+    """The trainer section, checked (trainer_checks.check_trainer_settings)."""
 
     epochs: int
     log_every: int
@@ -97,7 +97,7 @@ class TrainerSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    """The data settings every dataset shares, checked (checks.check_data_settings)."""
+    """The data settings every dataset shares, checked (setting_checks.check_data_settings)."""
 
     name: str
     batch_size: int

@@ -258,7 +258,7 @@ def test_a_mixed_run_learns_and_resumes_exactly(tmp_path):
     assert all(torch.isfinite(torch.tensor(m.train_loss)) for m in whole.history)
     assert whole.history[-1].val_acc > 2 / 10  # 10 classes: well above chance
     with pytest.raises(RunInterrupted):
-        # last.pt saved after every step (the built-in checkpointer runs before StopAt), so it holds step 5
+        # last.pt saved after every step (written after every callback, StopAt included), so it holds step 5
         train(*MIXED_RUN, "trainer.checkpoint_every_minutes=1e-9", callbacks=[StopAt(2, 5)], run_dir=tmp_path / "cut")
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["in_epoch"]["step"] == 5
     resumed = resume(tmp_path / "cut")
