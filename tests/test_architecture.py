@@ -54,6 +54,8 @@ LAYERS = [
         "cnntrain.resuming",
         "cnntrain.predict",
         "cnntrain.sweep",
+        "cnntrain.sweep_jobs",
+        "cnntrain.sweep_report",
         "cnntrain.export",
         "cnntrain.evaluation",
         "cnntrain.eval_result",
