@@ -18,16 +18,11 @@ from rich.console import Console
 from cnntrain import __version__
 from cnntrain.command_line import always_sweeps, override_problem, read_command_line
 from cnntrain.companion_line import EXIT_INTERRUPTED, EXIT_USAGE, Grammar, companion_command, print_error
-from cnntrain.config import (
-    check_group_choices,
-    check_override_keys,
-    config_dir,
-    expand_home,
-    quote_for_hydra,
-    unknown_component_name,
-)
+from cnntrain.config import check_group_choices, config_dir, unknown_component_name
 from cnntrain.distributed import launched_by_torchrun, process_rank
 from cnntrain.errors import CnnTrainError
+from cnntrain.key_checks import check_override_keys
+from cnntrain.override_text import expand_home, quote_for_hydra
 from cnntrain.process import keep_console_optional
 from cnntrain.run_folder import display_path, run_folder_problem
 

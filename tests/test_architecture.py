@@ -16,7 +16,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnntrain"
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS = [
     {"cnntrain", "cnntrain.errors", "cnntrain.registry", "cnntrain.process"},
-    {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line", "cnntrain.companion_line", "cnntrain.user_code"},
+    {
+        "cnntrain.config",
+        "cnntrain.key_checks",
+        "cnntrain.override_text",
+        "cnntrain.recipes",
+        "cnntrain.command_line",
+        "cnntrain.companion_line",
+        "cnntrain.user_code",
+    },
     {
         "cnntrain.trainer",
         "cnntrain.data",

@@ -539,7 +539,7 @@ def test_companion_commands_read_quoted_values_and_home_as_hydra_does(monkeypatc
     grammar = Grammar("cnntrain-predict", "usage", PREDICT_OPTIONS, positional=("run", "inputs"))
     options, _ = read_arguments(grammar, ["run=~/runs/a", "inputs='my images/'", 'imports="[my_models]"'])
     assert (options["run"], options["inputs"], options["imports"]) == ("~/runs/a", "my images/", "[my_models]")
-    from cnntrain.config import expand_home
+    from cnntrain.override_text import expand_home
 
     options, _ = read_arguments(grammar, expand_home(["run=~/runs/a", "inputs=x"]))
     assert options["run"] == "/home/me/runs/a"
