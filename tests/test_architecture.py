@@ -76,7 +76,7 @@ LAYERS = [
         "cnntrain.export_formats",
     },
     {"cnntrain.api"},
-    {"cnntrain.cli", "cnntrain.__main__"},
+    {"cnntrain.cli", "cnntrain.companion_commands", "cnntrain.__main__"},
 ]
 
 

@@ -532,7 +532,7 @@ def test_companion_command_misspelt_and_missing_keys_are_named_with_the_usage(
 
 
 def test_companion_commands_read_quoted_values_and_home_as_hydra_does(monkeypatch):
-    from cnntrain.cli import PREDICT_OPTIONS
+    from cnntrain.companion_commands import PREDICT_OPTIONS
     from cnntrain.companion_line import Grammar, read_arguments
 
     monkeypatch.setenv("HOME", "/home/me")
