@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cnntrain import config
+from cnntrain import config, key_checks, override_text
 from cnntrain.command_line import override_problem
 from cnntrain.errors import ConfigError
 from cnntrain.predict import LoadedRun, load_run
@@ -45,12 +45,12 @@ def compose(overrides=()) -> DictConfig:
     """The config `cnntrain <overrides>` runs with, after the command line's own checks of the overrides (a slip
     in Hydra's grammar, an unknown choice or key, `+trainer.epochz=3` that Hydra would add silently): the same
     ConfigError messages."""
-    raw = config.expand_home(list(overrides))
-    overrides = config.quote_for_hydra(raw)
+    raw = override_text.expand_home(list(overrides))
+    overrides = override_text.quote_for_hydra(raw)
     problem = (
         override_problem(raw, overrides, sweeps="")
         or config.check_group_choices(overrides)
-        or config.check_override_keys(overrides)
+        or key_checks.check_override_keys(overrides)
     )
     if problem:
         raise ConfigError(problem)

@@ -13,8 +13,9 @@ import argparse
 import re
 from dataclasses import dataclass
 
-from cnntrain.config import GROUPS, check_override_keys, group_choices
+from cnntrain.config import GROUPS, group_choices
 from cnntrain.errors import ConfigError
+from cnntrain.key_checks import check_override_keys
 
 EXAMPLE = "e.g. model=alexnet trainer.epochs=5"
 
@@ -117,7 +118,7 @@ def override_problem(
     """The first override of `raw` that Hydra's grammar cannot read, or a sweep where no sweep runs, said in
     cnntrain's words with what to write instead; None when all are fine.
 
-    `quoted`: the same overrides after config.quote_for_hydra (what Hydra will parse; its values that the
+    `quoted`: the same overrides after override_text.quote_for_hydra (what Hydra will parse; its values that the
     grammar cannot read unquoted are in quotes). `multirun`: sweeps run (-m, or a search that always sweeps).
     `sweeps`: how to run a sweep instead (cnntrain -m); "" where nothing can sweep (resume, cnntrain-info).
     """

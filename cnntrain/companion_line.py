@@ -24,8 +24,10 @@ from rich.markup import escape
 
 from cnntrain import __version__
 from cnntrain.command_line import meant_key, override_problem
-from cnntrain.config import check_group_choices, check_override_keys, expand_home, quote_for_hydra
+from cnntrain.config import check_group_choices
 from cnntrain.errors import CnnTrainError, ConfigError
+from cnntrain.key_checks import check_override_keys
+from cnntrain.override_text import expand_home, quote_for_hydra
 from cnntrain.process import keep_console_optional
 from cnntrain.registry import did_you_mean
 

@@ -2,12 +2,13 @@
 
 Everything here works without torch (omegaconf and Hydra only), so the CLI can answer
 `--help`, `--version` and a mistyped name in a fraction of the second importing torch
-takes. Every other module that needs to know the tree's layout asks this one.
+takes. Every other module that needs to know the tree's layout asks this one. The names a
+choice may take are checked here (`check_group_choices`, which `compose` runs, and
+`unknown_component_name`); the keys of a setting in key_checks.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.errors import ConfigError
-from cnntrain.registry import did_you_mean, unknown_name_message
+from cnntrain.registry import unknown_name_message
 
 GROUPS = ("model", "data", "optimizer", "scheduler", "device", "experiment", "logger", "hparams_search", "launcher")
 # Groups whose `name` picks a registry entry, and what the registry calls its entries.
@@ -102,7 +103,7 @@ def compose(overrides: Iterable[str] = ()) -> DictConfig:
         raise ConfigError(str(err)) from err
 
 
-def _extra_config_dirs(args: list[str]) -> list[Path]:
+def extra_config_dirs(args: list[str]) -> list[Path]:
     """Folders given with --config-dir/-cd: their group files are valid choices too."""
     dirs = []
     for i, arg in enumerate(args):
@@ -122,7 +123,7 @@ def check_group_choices(args: list[str]) -> str | None:
     """
     if any("hydra.searchpath" in arg for arg in args):
         return None
-    dirs = _extra_config_dirs(args)
+    dirs = extra_config_dirs(args)
     for arg in args:
         match = re.fullmatch(rf"\+?({'|'.join(GROUPS)})=(.*)", arg, flags=re.DOTALL)
         if not match:
@@ -182,137 +183,3 @@ def unknown_component_name(cfg: DictConfig) -> str | None:
         if name not in known:
             return unknown_name_message(kind, f"{group}.name", name, known)
     return None
-
-
-def check_override_keys(args: list[str]) -> str | None:
-    """A message for the first override whose key the config does not have, else None.
-
-    `trainer.epoch=3`, `lr=0.1` or `+trainer.epoch=3`: Hydra says "Key 'epoch' is not in
-    struct" for the first two and silently adds the third. Here the answer names the key and
-    the closest existing one. `+` may add settings to BUILDER_SECTIONS only. Configs that
-    Hydra finds elsewhere (--config-dir, search paths) are left to Hydra.
-    """
-    if _extra_config_dirs(args) or any("hydra.searchpath" in arg for arg in args):
-        return None
-    choices, settings = {}, []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        bare = key.lstrip("+~")
-        if key.startswith("~") and "." not in bare and not arg.startswith("-"):
-            return (
-                f"{arg} would remove the whole '{bare}' section, which every run needs. "
-                f"Choose another with {bare}=<choice>, or remove single keys ({bare}.<key>)."
-            )
-        if arg.startswith("-") or not sep or key.startswith("~") or bare.split(".")[0] == "hydra" or "/" in bare:
-            continue
-        if bare == "logger.name" and sep:  # the spelling from before several loggers at once
-            return (
-                f"{arg} is the old spelling: choose loggers with logger={value} (several at once: "
-                f"logger=[csv,{value}]), and set theirs with logger.{value}.<key>=..."
-            )
-        if bare in GROUPS:  # a sweep's choices: each is checked; a list of choices (logger=[a,b]) is one
-            choices[key] = [value] if value.startswith("[") else value.split(",")
-        else:
-            settings.append((key, bare, arg))
-    if not settings:
-        return None
-    first = {key: values[0] for key, values in choices.items()}
-    # The first choice of every group, then each other choice of a swept group in its place.
-    combinations = [first] + [{**first, key: value} for key, values in choices.items() for value in values[1:]]
-    for combination in combinations:
-        try:
-            cfg = compose([f"{key}={value}" for key, value in combination.items()])
-        except ConfigError:
-            return None  # a bad choice gets its own message
-        problem = _unknown_setting(cfg, settings)
-        if problem:
-            swept = [f"{key}={value}" for key, value in combination.items() if len(choices[key]) > 1]
-            return problem + (f" (in the jobs with {', '.join(swept)})" if swept else "")
-    return None
-
-
-def _unknown_setting(cfg: DictConfig, settings: list[tuple[str, str, str]]) -> str | None:
-    """The message for the first of `settings` ((key as typed, bare key, argument)) `cfg` cannot take."""
-    known = dotted_keys(cfg)
-    for key, bare, arg in settings:
-        if bare in known and isinstance(OmegaConf.select(cfg, bare, throw_on_resolution_failure=False), DictConfig):
-            value = arg.partition("=")[2].strip()
-            if not value.startswith("{"):
-                keys = ", ".join(
-                    k[len(bare) + 1 :] for k in known if k.startswith(bare + ".") and "." not in k[len(bare) + 1 :]
-                )
-                return (
-                    f"{bare} is a section ({keys}); {arg} would replace it with a single value. "
-                    f"Set one of its keys, e.g. {bare}.<key>=..."
-                )
-        if bare in known or (key.startswith("+") and bare.split(".")[0] in BUILDER_SECTIONS and "." in bare):
-            continue
-        return unknown_key_message(bare, arg, known)
-    return None
-
-
-def unknown_key_message(key: str, arg: str, known: list[str]) -> str:
-    section, parent, leaf = key.split(".")[0], key.rpartition(".")[0], key.rpartition(".")[2]
-    siblings = [k[len(parent) + 1 :] for k in known if k.startswith(parent + ".") and "." not in k[len(parent) + 1 :]]
-    # `lr=0.1`: the key with that name nearest the top (optimizer.lr, not model.recipe.sgd.lr).
-    same_leaf = sorted((k for k in known if k.rpartition(".")[2] == leaf), key=lambda k: k.count("."))
-    if same_leaf and (len(same_leaf) == 1 or same_leaf[0].count(".") < same_leaf[1].count(".")):
-        hint = f" Did you mean '{same_leaf[0]}'?"
-    elif parent in known:  # a typo among the section's own keys, not any key with a similar prefix
-        close = did_you_mean(leaf, siblings)
-        hint = close.replace(" Did you mean '", f" Did you mean '{parent}.") if close else ""
-    else:
-        hint = did_you_mean(key, known)
-    message = f"Unknown setting '{key}' ({arg}).{hint}"
-    if section in BUILDER_SECTIONS and parent and not arg.startswith("+"):
-        message += (
-            f" Settings that configs/{section}/<file> does not list are added with +: "
-            f"+{key}=... (the {section} builder then checks them)."
-        )
-    elif parent in known:
-        message += f" {parent} has: {', '.join(sorted(siblings))}."
-    return message
-
-
-def dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    """Every key of `node` as a dotted path, sections included (trainer, trainer.early_stopping, ...)."""
-    keys = []
-    for key in node.keys():
-        path = f"{prefix}{key}"
-        keys.append(path)
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-            keys += dotted_keys(child, path + ".")
-    return keys
-
-
-def expand_home(args: list[str]) -> list[str]:
-    """key=~/folder as key=/home/me/folder: the shell leaves a ~ after `key=` alone."""
-    expanded = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and not key.startswith("-") and (value == "~" or value.startswith("~/")):
-            arg = f"{key}={os.path.expanduser(value)}"
-        expanded.append(arg)
-    return expanded
-
-
-def quote_for_hydra(args: list[str]) -> list[str]:
-    """A value Hydra's override grammar cannot read unquoted (a path such as /data/café or
-    /data/it's) put in quotes. Values Hydra reads (lists, sweeps, ${...}) are left as they are."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    quoted = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and not key.startswith("-"):
-            try:
-                parser.parse_override(arg)
-            except HydraException:  # the lexer's and the parser's errors alike
-                quote = "'" if "'" not in value else '"'
-                if quote not in value:
-                    arg = f"{key}={quote}{value}{quote}"
-        quoted.append(arg)
-    return quoted

@@ -23,15 +23,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.config import (
-    BUILDER_SECTIONS,
-    REGISTRY_GROUPS,
-    choice_names,
-    dotted_keys,
-    group_file,
-    unknown_key_message,
-)
+from cnntrain.config import BUILDER_SECTIONS, REGISTRY_GROUPS, choice_names, group_file
 from cnntrain.errors import ConfigError
+from cnntrain.key_checks import dotted_keys, unknown_key_message
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import RunFolder, display_path
 from cnntrain.user_code import confirmed_imports, import_user_modules

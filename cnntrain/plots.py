@@ -208,7 +208,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
 
 def best_of(rows: Sequence[dict[str, Any]], metric: str = "best_val_acc") -> dict[str, Any] | None:
     """The completed job with the highest `metric`, the first of equals: the one the sweep table and
-    best.yaml name (sweep.best_job), so the star and the title agree with them on a tie."""
+    best.yaml name (sweep_jobs.best_job), so the star and the title agree with them on a tie."""
     done = [row for row in rows if row["status"] == "completed" and row.get(metric) is not None]
     return max(done, key=lambda row: row[metric]) if done else None
 

@@ -16,7 +16,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnntrain"
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS = [
     {"cnntrain", "cnntrain.errors", "cnntrain.registry", "cnntrain.process"},
-    {"cnntrain.config", "cnntrain.recipes", "cnntrain.command_line", "cnntrain.companion_line", "cnntrain.user_code"},
+    {
+        "cnntrain.config",
+        "cnntrain.key_checks",
+        "cnntrain.override_text",
+        "cnntrain.recipes",
+        "cnntrain.command_line",
+        "cnntrain.companion_line",
+        "cnntrain.user_code",
+    },
     {
         "cnntrain.trainer",
         "cnntrain.data",
@@ -58,6 +66,8 @@ LAYERS = [
         "cnntrain.resuming",
         "cnntrain.predict",
         "cnntrain.sweep",
+        "cnntrain.sweep_jobs",
+        "cnntrain.sweep_report",
         "cnntrain.export",
         "cnntrain.evaluation",
         "cnntrain.eval_result",
@@ -72,7 +82,7 @@ LAYERS = [
         "cnntrain.export_json",
     },
     {"cnntrain.api"},
-    {"cnntrain.cli", "cnntrain.__main__"},
+    {"cnntrain.cli", "cnntrain.companion_commands", "cnntrain.__main__"},
 ]
 
 

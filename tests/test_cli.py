@@ -532,14 +532,14 @@ def test_companion_command_misspelt_and_missing_keys_are_named_with_the_usage(
 
 
 def test_companion_commands_read_quoted_values_and_home_as_hydra_does(monkeypatch):
-    from cnntrain.cli import PREDICT_OPTIONS
+    from cnntrain.companion_commands import PREDICT_OPTIONS
     from cnntrain.companion_line import Grammar, read_arguments
 
     monkeypatch.setenv("HOME", "/home/me")
     grammar = Grammar("cnntrain-predict", "usage", PREDICT_OPTIONS, positional=("run", "inputs"))
     options, _ = read_arguments(grammar, ["run=~/runs/a", "inputs='my images/'", 'imports="[my_models]"'])
     assert (options["run"], options["inputs"], options["imports"]) == ("~/runs/a", "my images/", "[my_models]")
-    from cnntrain.config import expand_home
+    from cnntrain.override_text import expand_home
 
     options, _ = read_arguments(grammar, expand_home(["run=~/runs/a", "inputs=x"]))
     assert options["run"] == "/home/me/runs/a"

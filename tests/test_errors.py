@@ -88,7 +88,7 @@ def test_a_single_augmentation_and_a_single_import_are_not_spelled_out_letter_by
 
 
 def test_a_home_relative_path_is_expanded_and_a_non_ascii_one_read(tmp_path, monkeypatch):
-    from cnntrain.config import expand_home, quote_for_hydra
+    from cnntrain.override_text import expand_home, quote_for_hydra
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert expand_home(["data.root=~/xray", "inputs=~", "a=b~"]) == [

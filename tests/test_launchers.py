@@ -15,8 +15,9 @@ import yaml
 from rich.console import Console
 
 from cnntrain.config import config_dir
-from cnntrain.sweep import FAIL_FAST_WITH_SUBMITIT, missing_plugin, report_sweep
+from cnntrain.sweep import FAIL_FAST_WITH_SUBMITIT, missing_plugin
 from cnntrain.sweep import main as report_main
+from cnntrain.sweep_report import report_sweep
 from tests.conftest import make_job
 from tests.helpers import run_cli
 

@@ -137,7 +137,7 @@ def test_sweep_png_has_a_panel_per_swept_parameter_and_lists_failures(tmp_path):
 
 def test_sweep_png_stars_one_job_when_several_tie_the_one_best_yaml_names(tmp_path, monkeypatch):
     """Both jobs at 0.0978 had both starred while the title named job 0."""
-    from cnntrain.sweep import best_job
+    from cnntrain.sweep_jobs import best_job
 
     drawn = {}
     monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.update(figure=figure))

@@ -8,7 +8,9 @@ import pytest
 import yaml
 from rich.console import Console
 
-from cnntrain.sweep import at_chance_level, best_job, failed_job_result, missing_plugin, report_sweep, write_best
+from cnntrain.sweep import failed_job_result, missing_plugin
+from cnntrain.sweep_jobs import best_job, write_best
+from cnntrain.sweep_report import at_chance_level, report_sweep
 from tests.conftest import make_job
 
 

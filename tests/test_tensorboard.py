@@ -218,7 +218,8 @@ def test_tensorboard_does_not_change_the_training(tensorboard_run, tmp_path):
 def test_logger_choices_compose_several_and_a_typo_in_any_is_named():
     """logger=x and logger=[x,y] (lightning-hydra-template's spelling) from the command line's torch-free
     checks and from cnntrain.compose; the registry holds exactly the files of configs/logger/."""
-    from cnntrain.config import check_group_choices, check_override_keys, compose, group_choices
+    from cnntrain.config import check_group_choices, compose, group_choices
+    from cnntrain.key_checks import check_override_keys
     from cnntrain.loggers import LOGGERS
 
     assert LOGGERS.names() == group_choices("logger") == ["csv", "tensorboard"]
