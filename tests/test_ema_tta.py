@@ -286,13 +286,14 @@ def test_cnntrain_eval_measures_without_the_runs_tta_into_a_folder_of_its_own(wh
 
 
 class BothWeights(Callback):
-    """The trained weights and the average at each epoch's end (after the fine-tuning callback) and best.pt's."""
+    """The trained weights and the average at each epoch's end (once the checkpoints are written and the
+    fine-tuning callback has switched stages: after_epoch_end) and best.pt's."""
 
     def __init__(self, best):
         self.best = best
         self.seen = []
 
-    def on_epoch_end(self, trainer, metrics):
+    def after_epoch_end(self, trainer, metrics):
         self.seen.append(
             (
                 {k: v.clone() for k, v in trainer.model.state_dict().items()},
