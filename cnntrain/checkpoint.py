@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write `state` to `path` atomically: a crash at any moment leaves either the old
-    checkpoint or the new one, never a half-written file (run_folder.write_atomically)."""
+    checkpoint or the new one, never a half-written file (safe_writes.write_atomically)."""
     write_atomically(path, lambda f: torch.save(state, f), sync=True)
 
 
@@ -154,7 +154,7 @@ def check_model_description(classes: Any, in_channels: Any, preprocess: Any, whe
     """What a checkpoint or an export's json says of its model (class names, input channels, how images are
     converted), checked before anything uses it: a wrong value there gave wrong answers with exit 0 (std 0:
     NaN probabilities) or a traceback. `where` names the file, `fix` says what to do; `check_against_model`
-    (predict.py) then checks the model takes and gives what this says."""
+    (predictor.py) then checks the model takes and gives what this says."""
 
     def refuse(problem: str) -> None:
         raise CnnTrainError(f"{where} {problem}. {fix}")

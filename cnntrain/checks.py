@@ -84,6 +84,7 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
     import_user_modules(cfg.get("imports"))
     check_finite_numbers(cfg)
     augment = as_plain(setting(cfg.data, "data.augment")) or []
+    augment = [augment] if isinstance(augment, (str, dict)) else augment  # data.augment=hflip: one of them
     components = dict(
         dataset=DATASETS.checked(cfg.data.name, settings_of(cfg.data, LOADER_KEYS)),
         optimizer=OPTIMIZERS.checked(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS)),

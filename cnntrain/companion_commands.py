@@ -155,7 +155,7 @@ def eval_main(options: dict[str, str], overrides: list[str]) -> None:
     """`cnntrain-eval run=... [split=...] [data overrides]`: evaluate a trained run on labelled data."""
     from cnntrain.evaluation import evaluate_run, print_report  # torch: after the arguments are read
 
-    # data=, device= and dotted keys (data.root=...) go to the run's config; evaluation.py says which may change.
+    # data=, device= and dotted keys (data.root=...) go to the run's config; eval_data.MAY_CHANGE says which may change.
     result = evaluate_run(
         Path(options["run"]),
         split=options["split"],

@@ -4,7 +4,7 @@
 the same functions: the config from the checkpoint, the split from `build.build_data`
 (data.val_fraction, seed and data.subset split it as they did), the batch transform
 from the checkpoint's recorded preprocessing, the run's evaluation batch size, and
-channels_last / precision / compile as `build.place_model` resolves them; the figures
+channels_last / precision / compile as `model_setup.place_model` resolves them; the figures
 come from `Trainer.evaluate`, the code that measured the run's validation and test
 splits. So the run's own test split with the checkpoint it tested gives exactly the
 test_loss and test_acc of its summary.json. The weights are the checkpoint's

@@ -6,14 +6,14 @@
 The file takes what the model takes: the already converted, normalised float batch
 (N, C, size, size), with N free (a dynamic batch dimension), and returns logits
 (N, classes). Beside it goes `<file>.json` (model.onnx -> model.onnx.json; see
-run_folder.export_info_path): the classes, the preprocessing (stored_size, size, mean,
+companion_files.export_info_path): the classes, the preprocessing (stored_size, size, mean,
 std) that turns images into that batch, the input shape, the format, the cnntrain
 version, the run folder and checkpoint it came from, and the verification figures.
 
 Every export is verified before it is put in place: the file is written under a
 temporary name, loaded back the way a user would load it (onnxruntime,
 torch.jit.load, torch.export.load), run on a batch of the run's own validation images
-converted exactly as prediction converts them (predict.Predictor.to_array and
+converted exactly as prediction converts them (predictor.Predictor.to_array and
 transform; random images, with a notice, when the run's data cannot be loaded), at
 batch sizes other than the one it was exported with, and compared with the PyTorch
 model. Above the tolerance the export fails and nothing is written.

@@ -1,6 +1,6 @@
 """The example images an export is verified on: `run_images(loaded, count)` takes the first of the run's own
 validation images (its data loaded from the config in its checkpoint: nothing composed anew, no download),
-converted exactly as prediction converts them (predict.Predictor.to_array and transform), or random images,
+converted exactly as prediction converts them (predictor.Predictor.to_array and transform), or random images,
 with the reason, when the run's data cannot be loaded. export.export_run compares the exported file with the
 PyTorch model on them.
 """
@@ -48,7 +48,7 @@ def run_images(loaded: LoadedRun, count: int) -> tuple[torch.Tensor, str, str | 
 def _validation_split(loaded: LoadedRun):
     """The run's validation split, loaded from the config in its checkpoint: nothing composed anew, no download,
     none of the folder's imports or callbacks (load_run has imported what the user confirmed)."""
-    config = rebuildable_config(loaded.checkpoint.config, [], download=False)
+    config = rebuildable_config(loaded.checkpoint.config, [], keep_loggers=False, keep_weights=False, download=False)
     checked = check_config(config)
     before = logging.root.manager.disable
     logging.disable(logging.WARNING)  # the dataset's notes (streaming from disk, ...) were for training

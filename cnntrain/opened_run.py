@@ -5,7 +5,7 @@ API open a run folder here, so each check has one message: a folder that is miss
 a file (`check_run_folder`), a folder that holds no run (`not_a_run_message`:
 the runs in it, with the command for the newest), an unknown checkpoint name or a lost
 checkpoint file (the other one offered), and the modules the run was trained with
-(`checks.confirmed_imports`: imported only when the user names them again).
+(`user_code.confirmed_imports`: imported only when the user names them again).
 
 A run folder is data, never code: `rebuildable_config` is the one place its saved config
 is made safe to build from again (none of its callbacks, only the confirmed imports, and
@@ -174,7 +174,7 @@ def rebuildable_config(
     cfg.callbacks = []
     cfg.imports = list(imports)
     if not keep_loggers:
-        cfg.logger = OmegaConf.create({"name": "csv"})
+        cfg.logger = OmegaConf.create({"csv": {}})
     if not keep_weights and "weights" in cfg.model:
         cfg.model.weights = None
     if not download and "download" in cfg.data:

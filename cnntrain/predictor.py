@@ -21,8 +21,7 @@ from PIL import Image
 from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
-from cnntrain.evaluator import resolve_tta
-from cnntrain.trainer import mean_log_probabilities
+from cnntrain.evaluator import mean_log_probabilities, resolve_tta
 
 
 @dataclass

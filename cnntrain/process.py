@@ -6,7 +6,7 @@ EIO on a hung-up terminal), and an error there must never end a run or lose its 
 `console_may_go_away()` replaces sys.stdout and sys.stderr with `ConsoleStream`s, which drop
 the console from the first failed write on (its file descriptor is pointed at /dev/null, so
 C code and Python's own flush at exit cannot fail either, as Python's docs on SIGPIPE advise)
-while train.log goes on receiving every line (callbacks.Reporter).
+while train.log goes on receiving every line (display.Reporter).
 
 `interrupts_held()` marks code that must not be cut in the middle (a checkpoint being
 replaced): a signal handler asks `hold_interrupt()` before raising KeyboardInterrupt, and the

@@ -14,13 +14,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.checks import check_trainer_settings
 from cnntrain.errors import ConfigError
 from cnntrain.interruptions import resume_command
 from cnntrain.opened_run import RunArgument, apply_override, open_run
 from cnntrain.run import RunResult, run
 from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import EpochMetrics
+from cnntrain.trainer_checks import check_trainer_settings
 from cnntrain.user_code import import_user_modules
 
 # Dotted prefixes a resume may change.
@@ -96,9 +96,14 @@ def finished_message(run_dir: Path, cfg: DictConfig, checkpoint: dict[str, Any])
         for key, label in (("best_val_acc", "best val acc"), ("test_acc", "test acc"))
         if isinstance(summary.get(key), (int, float))
     )
+    longer = (
+        "trainer.early_stopping.patience=null (or a larger patience)"
+        if stopped
+        else f"trainer.epochs={checkpoint['epoch'] + 10}"
+    )
     return (
         f"Run {run_dir} is already finished: it {how}{scores}. Nothing to do. To train it for longer: "
-        f"{resume_command(RunFolder(run_dir), cfg)} trainer.epochs={checkpoint['epoch'] + 10}"
+        f"{resume_command(RunFolder(run_dir), cfg)} {longer}"
     )
 
 
@@ -124,10 +129,20 @@ def resume_run(run_dir: Path | str, overrides: list[str] = (), callbacks: list =
     return RunResult(best.build_model(), folder.read_summary(), history, best.classes)
 
 
+# Overrides that lift a saved stop: the run trains on past an early stop (or a callback's stop_reason).
+LIFTS_THE_STOP = ("trainer.epochs", "trainer.early_stopping")
+
+
+def _lifts_the_stop(overrides) -> bool:
+    return any(override.lstrip("+~").partition("=")[0].startswith(LIFTS_THE_STOP) for override in overrides)
+
+
 def _resumable(run_dir: Path | str, overrides) -> tuple[RunFolder, DictConfig, dict[str, Any] | None]:
     """(folder, config, last checkpoint); the checkpoint is None when the run had finished (said on stdout)."""
     folder = RunFolder(run_dir)
     cfg, checkpoint = resume_config(folder.path, list(overrides))
+    if checkpoint.get("stop_reason") and _lifts_the_stop(overrides):
+        checkpoint["stop_reason"] = None  # a new patience or more epochs: the saved stop no longer holds
     message = finished_message(folder.path, cfg, checkpoint)
     if message:
         print(message)

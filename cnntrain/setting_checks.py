@@ -60,7 +60,12 @@ def check_model_plan(model: DictConfig, resize: int | None) -> ModelPlan:
         name=model.name,
         settings=settings,
         init=init,
-        native_size=setting(model, "model.input_size"),
+        native_size=require(
+            setting(model, "model.input_size"),
+            "model.input_size",
+            "null (the data's size) or a whole number of pixels >= 1",
+            lambda v: v is None or is_count(v),
+        ),
         resize=resize,
         weights=weights,
         freeze=freeze,

@@ -1,4 +1,5 @@
-"""The typed settings a checked config gives (checks.py fills them; build.py and the trainer read them).
+"""The typed settings a checked config gives (setting_checks.py and trainer_checks.py fill them; build.py
+and the trainer read them).
 
 Each setting is read from the raw config once, by the check that validates it, and kept here frozen:
 `TrainerSettings`, `DataSettings`, `ModelPlan` (with the one input-size rule, `input_size`) and

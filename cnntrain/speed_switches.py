@@ -26,7 +26,7 @@ def resolve_precision(setting, device: torch.device) -> tuple[torch.dtype | None
     (LeNet and ResNet-18), so it is turned off with a notice.
     """
     key = str(setting).lower()
-    dtype = PRECISIONS[key]  # a valid key: run.check_trainer_settings refused others before any data loaded
+    dtype = PRECISIONS[key]  # a valid key: trainer_checks.check_trainer_settings refused others before any data loaded
     if dtype is None:
         return None, None
     if device.type == "cuda":
@@ -47,7 +47,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def use_channels_last(setting, device: torch.device, model: nn.Module) -> tuple[bool, str | None]:
-    """trainer.channels_last (auto, true, false; checked by run.check_trainer_settings) -> (use it, notice or None).
+    """trainer.channels_last (auto, true, false; checked by trainer_checks.check_trainer_settings) ->
+    (use it, notice or None).
 
     channels_last speeds convolutions up on CPU (oneDNN) and CUDA; MPS gains nothing.
     `auto` turns it on there, except on a CPU for models with a BatchNorm2d whose

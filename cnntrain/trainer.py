@@ -181,8 +181,10 @@ class Trainer(TrainerState, TrainerSteps):
             )
             self._step_schedule_after_epoch(metrics)
             self.history.append(metrics)
-            self._call("on_epoch_end", metrics)
-            self._call("after_epoch_end", metrics)  # the checkpoints of this epoch: every callback's state in them
+            try:
+                self._call("on_epoch_end", metrics)
+            finally:  # the checkpoints of this epoch, with every callback's state: kept even when a hook failed
+                self._call("after_epoch_end", metrics)
             if self.stop_requested:
                 raise KeyboardInterrupt
         self._call("on_fit_end")

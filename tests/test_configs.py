@@ -66,6 +66,10 @@ def test_choices_from_user_config_dir_are_accepted(tmp_path):
         ),
         ("model.init=xavier", "Unknown weight init 'xavier' (model.init)."),
         ("trainer.epochs=0", "trainer.epochs must be a positive whole number up to 2,147,483,647, got 0."),
+        (
+            "model.input_size=abc",
+            "model.input_size must be null (the data's size) or a whole number of pixels >= 1, got 'abc'.",
+        ),
         ("trainer.progress=fancy", "trainer.progress must be one of auto, bar, plain, none"),
     ],
 )
@@ -82,6 +86,11 @@ def test_bad_values_fail_before_data_loads(tmp_path, override, expected):
 
 
 # ------------------------------------------------------------------ one typed settings object
+
+
+def test_one_augmentation_given_bare_is_a_list_of_one():
+    """data.augment=hflip (no brackets) is recorded as ["hflip"], not letter by letter."""
+    assert check_config(compose_config(["data=synthetic", "data.augment=hflip"])).data.augment == ["hflip"]
 
 
 def test_check_config_returns_frozen_typed_settings_read_from_the_config():

@@ -628,6 +628,11 @@ def test_an_early_stopped_run_s_last_checkpoint_records_the_stop_and_resume_says
     said = capsys.readouterr().out
     assert f"Run {tmp_path / 'run'} is already finished: it stopped early (early stopping: val_loss" in said
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    assert "To train it for longer: " in said and "trainer.early_stopping.patience=null (or a larger patience)" in said
+    # A new patience (or more epochs) lifts the saved stop: the run trains on from epoch 4.
+    more = resume(tmp_path / "run", ["trainer.early_stopping.patience=null"])
+    assert more["epochs"] == 10 and more["stopped_early"] is None
+    assert [int(row["epoch"]) for row in metrics_without_timing(tmp_path / "run")] == list(range(1, 11))
 
 
 def test_the_trainer_shows_the_run_folder_and_a_read_only_config(tmp_path):
@@ -655,6 +660,9 @@ def test_a_failing_on_exception_is_a_notice_and_the_run_ends_with_its_own_error(
     with pytest.raises(RuntimeError, match="the callback's own error"):
         train(compose_config(QUICK + ["trainer.epochs=2"]), run_dir=tmp_path / "run", callbacks=[Fails(), counter])
     assert counter.told == [("exception", "RuntimeError", 4)]  # told although the one before it failed
+    # The finished epoch is kept although a callback's on_epoch_end failed: its checkpoints were written.
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1 and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
     log = (tmp_path / "run" / "train.log").read_text()
     assert "notice: Fails.on_exception failed: ValueError: and its on_exception fails too" in log
 

@@ -164,7 +164,7 @@ def torchvision_model(
     """
     import torchvision.models
 
-    del input_size  # torchvision's classifiers pool globally; the input check in build.py tells what is too small
+    del input_size  # torchvision's classifiers pool globally; the input check in model_setup.py tells what is too small
     check_arch(arch)
     if head not in HEADS:
         raise ConfigError(
