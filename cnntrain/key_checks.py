@@ -16,6 +16,15 @@ from cnntrain.errors import ConfigError
 from cnntrain.registry import did_you_mean
 
 
+def old_logger_spelling(name: str) -> str:
+    """What `logger.name=<name>` (one logger, the spelling from before the registry) is answered with:
+    on the command line here, and by loggers.catalog for a config that holds it with other loggers."""
+    return (
+        f"logger.name={name} is the old spelling: choose loggers with logger={name} (several at once: "
+        f"logger=[csv,{name}]), and set theirs with logger.{name}.<key>=..."
+    )
+
+
 def check_override_keys(args: list[str]) -> str | None:
     """A message for the first override whose key the config does not have, else None.
 
@@ -38,10 +47,7 @@ def check_override_keys(args: list[str]) -> str | None:
         if arg.startswith("-") or not sep or key.startswith("~") or bare.split(".")[0] == "hydra" or "/" in bare:
             continue
         if bare == "logger.name" and sep:  # the spelling from before several loggers at once
-            return (
-                f"{arg} is the old spelling: choose loggers with logger={value} (several at once: "
-                f"logger=[csv,{value}]), and set theirs with logger.{value}.<key>=..."
-            )
+            return old_logger_spelling(value)
         if bare in GROUPS:  # a sweep's choices: each is checked; a list of choices (logger=[a,b]) is one
             choices[key] = [value] if value.startswith("[") else value.split(",")
         else:

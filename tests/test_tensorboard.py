@@ -195,8 +195,8 @@ def test_the_old_one_logger_spelling_reads_as_the_new_one():
     assert [(c.name, c.settings) for c in old] == [("tensorboard", {"images": 4, "histogram_every": 0, "graph": False})]
     with pytest.raises(
         ConfigError,
-        match=r"logger.name=tensorboard is the old spelling of a logger choice: write "
-        r"logger=tensorboard \(several: logger=\[csv,tensorboard\]\)",
+        match=r"logger.name=tensorboard is the old spelling: choose loggers with logger=tensorboard "
+        r"\(several at once: logger=\[csv,tensorboard\]\)",
     ):
         check_logger({"name": "tensorboard", "csv": {}})
 

@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.errors import ConfigError
+from cnntrain.key_checks import old_logger_spelling
 from cnntrain.registry import Component, Registry, unknown_name_message
 from cnntrain.trainer import Callback
 
@@ -56,10 +57,7 @@ def _old_spelling(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{name: tensorboard, images: 8} (a run folder's config from before) as {tensorboard: {images: 8}}."""
     name = values.pop("name")
     if not isinstance(name, str) or any(isinstance(v, Mapping) for v in values.values()):
-        raise ConfigError(
-            f"logger.name={name} is the old spelling of a logger choice: write logger={name} "
-            f"(several: logger=[csv,{name}]) and its settings as logger.{name}.<key>."
-        )
+        raise ConfigError(old_logger_spelling(name))
     return {name: values}
 
 
