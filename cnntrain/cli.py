@@ -32,8 +32,6 @@ from cnntrain.key_checks import check_override_keys
 from cnntrain.override_text import expand_home, quote_for_hydra
 from cnntrain.process import keep_console_optional
 
-EXIT_FAILED_JOBS = 1  # a sweep finished but some of its jobs failed
-
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _run_job(cfg: DictConfig) -> float | None:
@@ -129,7 +127,7 @@ def main() -> None:
         _run_job_checked(args)
     except KeyboardInterrupt as err:  # train() has already said what was saved and how to resume
         sys.exit(getattr(err, "exit_code", EXIT_INTERRUPTED))
-    from cnntrain.sweep import last_sweep_failures
+    from cnntrain.sweep import EXIT_FAILED_JOBS, last_sweep_failures
 
     if last_sweep_failures():
         sys.exit(EXIT_FAILED_JOBS)

@@ -26,7 +26,7 @@ from rich.console import Console
 from cnntrain.sweep_report import report_sweep
 
 _failures = {"count": 0}
-EXIT_FAILED_JOBS = 1  # the same status as cli.EXIT_FAILED_JOBS: some jobs of the sweep failed
+EXIT_FAILED_JOBS = 1  # cnntrain -m's exit status when the sweep finished but some of its jobs failed
 # What a failed job returns to the sweeper. Optuna's Hydra sweeper (1.2, 1.3) aborts the whole
 # search on a value that is not a finite float (None and NaN included), so a failed trial
 # scores 0, the worst validation accuracy there is: the search goes on and steers away from it.

@@ -132,7 +132,7 @@ def test_a_reopened_config_never_takes_the_folders_callbacks_or_unconfirmed_code
         ["mine"],
         None,
         False,
-        {"name": "csv"},
+        {"csv": {}},
     )
     assert saved["callbacks"] == [{"_target_": "evil.Callback"}]  # a copy: the checkpoint's config is left alone
 
