@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from cnntrain.errors import CnnTrainError
+from cnntrain.registry import is_whole
 from cnntrain.run_folder import write_atomically
 
 FORMAT_VERSION = 1
@@ -167,17 +168,17 @@ def check_model_description(classes: Any, in_channels: Any, preprocess: Any, whe
         refuse(f"has classes={_short(classes)}; it needs the list of the model's class names (at least 2)")
     if len(set(classes)) != len(classes):
         refuse(f"names a class twice in classes={_short(classes)}")
-    if not (_whole(in_channels) and in_channels in (1, 3)):
+    if not (is_whole(in_channels) and in_channels in (1, 3)):
         refuse(f"has in_channels={in_channels!r}; the models take 1 (grey) or 3 (RGB) channels")
     if not isinstance(preprocess, dict):
         refuse(f"has preprocess={_short(preprocess)}; it needs stored_size, size, mean and std")
     stored, size = preprocess.get("stored_size"), preprocess.get("size")
-    if not (isinstance(stored, (list, tuple)) and len(stored) == 2 and all(_whole(v) and v >= 1 for v in stored)):
+    if not (isinstance(stored, (list, tuple)) and len(stored) == 2 and all(is_whole(v) and v >= 1 for v in stored)):
         refuse(f"has preprocess.stored_size={stored!r}; it needs [height, width] in pixels (>= 1)")
-    if not (_whole(size) and size >= 1):
+    if not (is_whole(size) and size >= 1):
         refuse(f"has preprocess.size={size!r}; it needs the model's input size in pixels (>= 1)")
     crop = preprocess.get("resize_before_crop")
-    if crop is not None and not (_whole(crop) and crop >= size):
+    if crop is not None and not (is_whole(crop) and crop >= size):
         refuse(f"has preprocess.resize_before_crop={crop!r}; it needs null or a size >= preprocess.size ({size})")
     mean, std = preprocess.get("mean") or [], preprocess.get("std") or []
     for key, values in (("mean", mean), ("std", std)):
@@ -192,10 +193,6 @@ def check_model_description(classes: Any, in_channels: Any, preprocess: Any, whe
         refuse(f"has preprocess.mean={_short(mean)} but preprocess.std={_short(std)}; they go together")
     if any(v <= 0 for v in std):
         refuse(f"has preprocess.std={_short(std)}; images are divided by it, so each must be above 0")
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _finite(value: Any) -> bool:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from cnntrain.config import as_plain, settings_of
 from cnntrain.data import DATASETS, LOADER_KEYS
-from cnntrain.data.augment import Augmentation, build_augmentations
+from cnntrain.data.augment import Augmentation, augment_entries, build_augmentations
 from cnntrain.errors import ConfigError
 from cnntrain.loggers import check_logger
 from cnntrain.optim import OPTIMIZER_KEYS, OPTIMIZERS, SCHEDULERS, check_optimizer_and_schedule
@@ -83,8 +83,7 @@ def check_config(cfg: DictConfig, callbacks: list[Callback] = ()) -> CheckedConf
     """
     import_user_modules(cfg.get("imports"))
     check_finite_numbers(cfg)
-    augment = as_plain(setting(cfg.data, "data.augment")) or []
-    augment = [augment] if isinstance(augment, (str, dict)) else augment  # data.augment=hflip: one of them
+    augment = augment_entries(as_plain(setting(cfg.data, "data.augment")))
     components = dict(
         dataset=DATASETS.checked(cfg.data.name, settings_of(cfg.data, LOADER_KEYS)),
         optimizer=OPTIMIZERS.checked(cfg.optimizer.name, settings_of(cfg.optimizer, OPTIMIZER_KEYS)),

@@ -22,6 +22,7 @@ from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
 from cnntrain.evaluator import mean_log_probabilities, resolve_tta
+from cnntrain.registry import is_count
 
 
 @dataclass
@@ -135,10 +136,6 @@ def checked_tensor(image: torch.Tensor) -> torch.Tensor:
             f"the model instead."
         )
     return image.float()
-
-
-def is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def check_against_model(predictor: Predictor, where: str, fix: str) -> None:

@@ -33,6 +33,11 @@ def is_whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_count(value: Any) -> bool:
+    """A whole number >= 1."""
+    return is_whole(value) and value >= 1
+
+
 def _type_mismatch(default: Any, value: Any) -> str | None:
     """What `value` should be when it does not have the kind of its setting's default: a flag where
     the default is true/false, a number (not true/false, not text) where it is a number; else None.

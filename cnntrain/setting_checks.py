@@ -18,7 +18,7 @@ from cnntrain.finetune import check_freeze
 from cnntrain.models import MODEL_KEYS, MODELS
 from cnntrain.models.init import check_init_scheme
 from cnntrain.pretrained import weights_preprocessing
-from cnntrain.registry import is_number, is_whole
+from cnntrain.registry import is_count, is_number, is_whole
 from cnntrain.settings import DataSettings, FinetuneSettings, ModelPlan, setting
 
 
@@ -27,10 +27,6 @@ def require(value, key: str, expected: str, is_valid):
     if not is_valid(value):
         raise ConfigError(f"{key} must be {expected}, got {value!r}.")
     return value
-
-
-def is_count(value) -> bool:
-    return is_whole(value) and value >= 1
 
 
 def is_bool(value) -> bool:

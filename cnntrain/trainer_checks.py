@@ -14,8 +14,8 @@ from cnntrain.config import as_plain
 from cnntrain.distributed import STRATEGIES
 from cnntrain.errors import ConfigError
 from cnntrain.evaluator import TTA_MODES
-from cnntrain.registry import did_you_mean, is_number
-from cnntrain.setting_checks import is_bool, is_count, is_positive_number, require
+from cnntrain.registry import did_you_mean, is_count, is_number
+from cnntrain.setting_checks import is_bool, is_positive_number, require
 from cnntrain.settings import FALLBACKS, EarlyStopping, TrainerSettings, setting
 from cnntrain.speed_switches import PRECISIONS
 

@@ -179,12 +179,18 @@ def random_erasing(
     return apply
 
 
+def augment_entries(entries: Any) -> list:
+    """data.augment as a list of entries: a bare entry (data.augment=hflip) is one augmentation, not a
+    list of letters; None is none."""
+    if isinstance(entries, (str, dict)):
+        return [entries]
+    return list(entries or [])
+
+
 def build_augmentations(entries: Sequence[Any] | None) -> list[Augmentation]:
     """Build the `data.augment` list; each entry is {name: ..., setting: value, ...}."""
     built = []
-    if isinstance(entries, (str, dict)):  # data.augment=hflip: one augmentation, not a list of letters
-        entries = [entries]
-    for i, entry in enumerate(entries or []):
+    for i, entry in enumerate(augment_entries(entries)):
         if isinstance(entry, str):
             entry = {"name": entry}
         if not isinstance(entry, dict) or "name" not in entry:
