@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checks import CheckedConfig, check_config
+from cnntrain.contention import starting_threads
 from cnntrain.data import DatasetSpec, ImageData, PreparedData, load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, make_loader
 from cnntrain.data.mixing import BatchMixer
@@ -156,6 +157,7 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
     group = group_for(trainer.strategy)
     device = group.device(resolve_device(checked.device))
     tune_backend(device)
+    starting_threads(trainer.threads)  # before the data is decoded: that computes on them too
     torch.manual_seed(seed)  # the same on every rank: the same data split and initial weights
     prepared = build_data(checked, data)
     spec = prepared.spec

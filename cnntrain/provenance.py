@@ -7,6 +7,8 @@ import platform
 import subprocess
 from typing import Any
 
+from cnntrain.cpu import cpu_description
+
 
 def provenance(device) -> dict[str, Any]:
     """What a run's numbers depend on besides its config: the device, library versions, the git commit."""
@@ -19,7 +21,8 @@ def describe_device(device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     if device.type == "cpu":
-        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        return f"cpu ({cpu_description()}, {threads} thread{'s' if threads != 1 else ''} at the end)"
     return device.type
 
 

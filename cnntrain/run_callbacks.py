@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter, TimeEstimate
 from cnntrain.checkpoint import training_checkpoint
+from cnntrain.contention import SlowdownWatch, ThreadGovernor
+from cnntrain.cpu import thread_ceiling
 from cnntrain.finetune import TwoStageFinetune, scaled_optimizer
 from cnntrain.inspector import smallest_input_size
 from cnntrain.loggers import logger_callbacks
@@ -27,6 +29,15 @@ class RunCallbacks:
     checkpointer: Checkpointer
     all: list[Callback]
     finetune: TwoStageFinetune | None = None
+    governor: ThreadGovernor | None = None  # trainer.threads=auto on a CPU
+
+    def threads_summary(self, setting: str | int) -> dict:
+        """summary.json's "threads": the governor's record, or the fixed count."""
+        if self.governor is not None:
+            return self.governor.summary()
+        import torch
+
+        return {"setting": setting, "threads": torch.get_num_threads(), **omp_num_threads_source(setting)}
 
 
 def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> RunCallbacks:
@@ -43,9 +54,12 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     estimate = TimeEstimate(reporter, lambda: quicker_options(parts))
     # In a distributed run only rank 0 writes metrics.csv, plots and logs (its reporter alone prints).
     writes = parts.group.writes
+    governor = thread_governor(parts, reporter)
     callbacks = [
+        *([governor] if governor else []),
         display,
         estimate,
+        *([SlowdownWatch(say_notice(reporter), parts.device.type)] if writes else []),
         *([MetricsWriter(folder.metrics_csv)] if writes else []),
         checkpointer,
         *(
@@ -68,7 +82,26 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     finetune = two_stage_finetune(parts, folder, checkpointer, reporter)
     if finetune:
         callbacks.append(finetune)  # after the checkpointer: its after_epoch_end reloads the best.pt just written
-    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune)
+    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune, governor)
+
+
+def omp_num_threads_source(setting: str | int) -> dict:
+    """For summary.json: trainer.threads=auto took its count from OMP_NUM_THREADS (and left it fixed)."""
+    return {"from": "OMP_NUM_THREADS"} if setting == "auto" and thread_ceiling()[1] == "OMP_NUM_THREADS" else {}
+
+
+def say_notice(reporter: Reporter):
+    return lambda text: reporter.line(text, style="yellow")
+
+
+def thread_governor(parts: TrainingParts, reporter: Reporter) -> ThreadGovernor | None:
+    """trainer.threads=auto on a CPU: the governor that gives cores back to busy neighbours (contention.py)."""
+    if parts.checked.trainer.threads != "auto" or parts.device.type != "cpu":
+        return None
+    ceiling, source = thread_ceiling()
+    if source == "OMP_NUM_THREADS":  # someone chose the count (the user, a launcher): kept as it is
+        return None
+    return ThreadGovernor(ceiling, source, say_notice(reporter), reporter.log_only)
 
 
 def two_stage_finetune(

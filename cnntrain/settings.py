@@ -30,6 +30,8 @@ FALLBACKS: dict[str, Any] = {
     "trainer.sync_batchnorm": False,
     "trainer.channels_last": "auto",
     "trainer.precision": 32,
+    # Speed only (no setting changes what is computed): runs from before the key get the better behaviour.
+    "trainer.threads": "auto",
     "trainer.checkpoint_every_minutes": None,
     "trainer.mixup": None,
     "trainer.limit_train_batches": None,
@@ -90,6 +92,7 @@ class TrainerSettings:
     sync_batchnorm: bool
     channels_last: str | bool
     precision: Any  # 32, "bf16" or "fp16" as given (speed_switches.resolve_precision reads it)
+    threads: str | int  # "auto" (contention.ThreadGovernor) or a fixed number of CPU threads
     batch_limits: dict[str, int | float]  # the trainer.limit_*_batches that are set, by key
     checkpoint_every_minutes: float | None
     early_stopping: EarlyStopping

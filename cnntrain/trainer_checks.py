@@ -23,6 +23,7 @@ PROGRESS_MODES = ("auto", "bar", "plain", "none")
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
 LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 MAX_COUNT = 2**31 - 1
+MAX_THREADS = 1024  # more than any machine's cores: a bigger value is a slip (trainer.threads=20000)
 COUNT_KEYS = ("trainer.epochs", "trainer.log_every", "data.batch_size", "trainer.accumulate_grad_batches")
 
 
@@ -78,7 +79,13 @@ def check_trainer_settings(cfg: DictConfig, counts: dict[str, int] | None = None
     strategy = get("strategy", f"one of {', '.join(STRATEGIES)}", lambda v: v in STRATEGIES)
     sync_batchnorm = get("sync_batchnorm", "true or false", is_bool)
     channels_last = get("channels_last", "auto, true or false", lambda v: v in ("auto", True, False))
-    precision = get("precision", "one of 32, bf16, fp16", lambda v: str(v).lower() in PRECISIONS)
+    precision = get("precision", "one of 32, bf16, fp16, auto", lambda v: str(v).lower() in PRECISIONS)
+    threads = get(
+        "threads",
+        f"auto (the cores no other process is using, up to the ones this process may use) or a whole number of "
+        f"threads up to {MAX_THREADS}",
+        lambda v: v == "auto" or (is_count(v) and v <= MAX_THREADS),
+    )
     limits = {
         key: get(
             key,
@@ -107,6 +114,7 @@ def check_trainer_settings(cfg: DictConfig, counts: dict[str, int] | None = None
         sync_batchnorm=sync_batchnorm,
         channels_last=channels_last,
         precision=precision,
+        threads=threads,
         batch_limits={key: value for key, value in limits.items() if value is not None},
         checkpoint_every_minutes=every,
         early_stopping=check_early_stopping(setting(trainer, "trainer.early_stopping")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ from cnntrain.data.synthetic import synthetic
 from cnntrain.trainer import Callback
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A fixed thread count for every run the tests start, in this process and the ones it spawns: many tests
+# compare two runs to the last bit (a resume against the uninterrupted run), and trainer.threads=auto
+# changes the count (and the last bits) while other processes are busy, as a shared CI machine's are.
+# tests/test_contention.py runs the governor itself, with this variable removed.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 
 def compose_config(overrides: list[str] = ()) -> DictConfig:

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnntrain"
 
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS = [
-    {"cnntrain", "cnntrain.errors", "cnntrain.registry", "cnntrain.process"},
+    {"cnntrain", "cnntrain.errors", "cnntrain.registry", "cnntrain.process", "cnntrain.cpu"},
     {
         "cnntrain.config",
         "cnntrain.key_checks",
@@ -49,7 +49,7 @@ LAYERS = [
         "cnntrain.companion_files",
         "cnntrain.settings",
     },
-    {"cnntrain.callbacks", "cnntrain.display", "cnntrain.loggers", "cnntrain.finetune"},
+    {"cnntrain.callbacks", "cnntrain.display", "cnntrain.loggers", "cnntrain.finetune", "cnntrain.contention"},
     {
         "cnntrain.checks",
         "cnntrain.setting_checks",

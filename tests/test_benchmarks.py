@@ -194,3 +194,20 @@ def test_recipes_script_gives_the_last_epoch_when_validation_is_the_test_split(t
     per_seed = [float(a) for a in figures.split(" (")[0].split(", ")]
     assert len(per_seed) == 2 and all(0 <= a <= 1 for a in per_seed)
     assert f"({sum(per_seed) / 2:.4f} ± " in figures
+
+
+@pytest.mark.slow  # nine whole runs: run with -m slow
+def test_contention_script_compares_fixed_threads_with_auto(tmp_path):
+    output = tmp_path / "contention.md"
+    args = ["--models", "lenet", "--loads", "0,1", "--side-by-side", "2", "--output", str(output)]
+    run_script("contention.py", *args, "data=synthetic", "data.train_size=512", cwd=tmp_path)
+    text = output.read_text()
+    assert "CPU: " in text and "before: trainer.threads=" in text
+    rows = table_rows(text, "lenet")
+    assert [row[1] for row in rows] == ["0", "1", "1 thread, quiet"]
+    for row in rows[:2]:
+        before, after, ratio = float(row[2].replace(",", "")), float(row[3].replace(",", "")), float(row[4])
+        assert before > 0 and after > 0 and abs(ratio - after / before) < 0.01
+    side_by_side = table_rows(text, "before") + table_rows(text, "after")
+    assert [row[0].split(" ")[0] for row in side_by_side] == ["before", "after"]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in side_by_side)

@@ -315,7 +315,7 @@ def test_early_stopping_ends_the_run_and_says_why_in_summary_json(tmp_path):
             "trainer.early_stopping.metric=val_accuracy",
             "trainer.early_stopping.metric must be one of val_loss, val_acc",
         ),
-        ("trainer.precision=16", "trainer.precision must be one of 32, bf16, fp16, got 16"),
+        ("trainer.precision=16", "trainer.precision must be one of 32, bf16, fp16, auto, got 16"),
         ("trainer.channels_last=maybe", "trainer.channels_last must be auto, true or false, got 'maybe'"),
         ("trainer.compile=yes", "trainer.compile must be true or false, got 'yes'"),
         ("+optimizer.momentun=0.9", "optimizer 'sgd' has no setting 'momentun'"),
@@ -341,6 +341,10 @@ def test_precision_switches_resolve_per_device(monkeypatch):
     dtype, notice = resolve_precision("fp16", CPU)
     assert dtype is None and notice == "notice: trainer.precision=fp16 is not supported on cpu; training in float32."
     assert resolve_precision("fp16", torch.device("mps"))[0] is None
+    assert resolve_precision("auto", CPU) == (None, None)  # auto: float32 without a word where bf16 is not native
+    monkeypatch.setattr(switches, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", CPU) == (torch.bfloat16, None)
+    assert resolve_precision("auto", torch.device("mps")) == (None, None)
 
 
 def test_channels_last_auto_skips_cpu_models_with_batchnorms_it_slows_down():
