@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a checkout without `pip install -e .`
+from cnntrain.cpu import cpu_description  # noqa: E402
+
 
 @dataclass
 class RecipeResult:
@@ -135,7 +138,7 @@ def main() -> None:
     lines = [
         f"# Recipes, {len(seeds)} seed(s) each",
         "",
-        f"{date.today()}, {platform.machine()}, Python {platform.python_version()}; whole `cnntrain` "
+        f"{date.today()}, CPU: {cpu_description()}, Python {platform.python_version()}; whole `cnntrain` "
         f"processes, test accuracy of best.pt (chosen by validation accuracy).",
         "",
         "| recipe | test acc per seed | mean ± std | best val acc (mean) | wall s (whole process) | train ex/s |",

@@ -174,6 +174,7 @@ def test_recipes_script_reports_each_seed_and_their_mean(tmp_path):
     assert 0 <= float(row[3]) <= 1  # the mean best validation accuracy
     assert "`cnntrain experiment=smoke trainer.epochs=1`" in output.read_text()
     assert "validation ran on the test images" not in output.read_text()  # smoke holds out 20% of train
+    assert ", CPU: " in output.read_text()  # the figures name the CPU they were measured on
 
 
 @pytest.mark.slow  # two whole runs: run with -m slow
