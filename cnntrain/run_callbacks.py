@@ -3,6 +3,7 @@ second stage of a fine-tuning, then the user's; built from the run's `TrainingPa
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from cnntrain.inspector import smallest_input_size
 from cnntrain.loggers import logger_callbacks
 from cnntrain.model_setup import forward_for
 from cnntrain.run_folder import RunFolder
+from cnntrain.time_budget import TimeBudget
 from cnntrain.trainer import Callback
 
 if TYPE_CHECKING:  # build.py imports this module: the type only, for the signatures
@@ -27,10 +29,14 @@ class RunCallbacks:
     checkpointer: Checkpointer
     all: list[Callback]
     finetune: TwoStageFinetune | None = None
+    budget: TimeBudget | None = None  # trainer.time_limit's (time_budget.py)
 
 
-def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> RunCallbacks:
-    """Display, metrics.csv, checkpoints, loggers, early stopping, then the user's callbacks."""
+def build_callbacks(
+    parts: TrainingParts, folder: RunFolder, reporter: Reporter, budget_start: tuple[float, str] | None = None
+) -> RunCallbacks:
+    """Display, metrics.csv, checkpoints, loggers, early stopping, the time limit, then the user's callbacks.
+    `budget_start`: (time.monotonic, what it is) trainer.time_limit counts from (process.budget_start)."""
     checked, trainer = parts.checked, parts.checked.trainer
     live = parts.group.writes and (
         trainer.progress == "bar" or (trainer.progress == "auto" and reporter.console.is_terminal)
@@ -45,7 +51,7 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     writes = parts.group.writes
     callbacks = [
         display,
-        estimate,
+        *([estimate] if trainer.time_limit is None else []),  # a time limit says its own plan
         *([MetricsWriter(folder.metrics_csv)] if writes else []),
         checkpointer,
         *(
@@ -65,10 +71,30 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     stopping = trainer.early_stopping
     if stopping.patience:
         callbacks.append(EarlyStopping(stopping.metric, stopping.patience, stopping.min_delta))
+    budget = time_budget(parts, reporter, budget_start)
+    if budget:  # after the checkpointer (its epoch-end files are timed) and early stopping (whose stop it sees)
+        callbacks.append(budget)
     finetune = two_stage_finetune(parts, folder, checkpointer, reporter)
     if finetune:
         callbacks.append(finetune)  # after the checkpointer: its after_epoch_end reloads the best.pt just written
-    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune)
+    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune, budget)
+
+
+def time_budget(parts: TrainingParts, reporter: Reporter, start: tuple[float, str] | None) -> TimeBudget | None:
+    """trainer.time_limit's callback, or None without a limit; counted from `start` (default: now)."""
+    settings = parts.checked.trainer
+    if settings.time_limit is None:
+        return None
+    began, counted_from = start or (time.monotonic(), "job start")
+    return TimeBudget(
+        settings.time_limit,
+        began,
+        counted_from,
+        settings.epochs,
+        parts.test_loader.num_examples,
+        parts.new_schedule,
+        say=reporter.line,
+    )
 
 
 def two_stage_finetune(
