@@ -49,7 +49,9 @@ def build_callbacks(
     estimate = TimeEstimate(reporter, lambda: quicker_options(parts))
     # In a distributed run only rank 0 writes metrics.csv, plots and logs (its reporter alone prints).
     writes = parts.group.writes
+    budget = time_budget(parts, reporter, budget_start)
     callbacks = [
+        *([budget] if budget else []),  # first: its on_epoch_end comes right after validation (time_budget.py)
         display,
         *([estimate] if trainer.time_limit is None else []),  # a time limit says its own plan
         *([MetricsWriter(folder.metrics_csv)] if writes else []),
@@ -71,9 +73,6 @@ def build_callbacks(
     stopping = trainer.early_stopping
     if stopping.patience:
         callbacks.append(EarlyStopping(stopping.metric, stopping.patience, stopping.min_delta))
-    budget = time_budget(parts, reporter, budget_start)
-    if budget:  # after the checkpointer (its epoch-end files are timed) and early stopping (whose stop it sees)
-        callbacks.append(budget)
     finetune = two_stage_finetune(parts, folder, checkpointer, reporter)
     if finetune:
         callbacks.append(finetune)  # after the checkpointer: its after_epoch_end reloads the best.pt just written

@@ -39,7 +39,8 @@ WINDOW_SHARE = 0.03
 MARGIN_SECONDS, MARGIN_SHARE = 1.5, 0.02  # kept free of any plan: the clock's noise, the interpreter's exit
 FILES_GUESS = 0.2  # an epoch end's checkpoints and plots, until the first is measured
 END_FILES = 1.5  # the run's end (best.pt reloaded, summary, plots) as a multiple of an epoch end's files
-REFIT_SHARE = 0.03  # refit when the new plan differs by more than this share of the steps left
+REFIT_SHARE = 0.25  # refit when the new plan's end moves by more than this share of the margin
+RECENT = 3  # an epoch end's costs: the least of the last RECENT measurements (one slow plot is not a trend)
 
 
 class TimeBudget(Callback):
@@ -67,12 +68,14 @@ class TimeBudget(Callback):
         self.used_before = 0.0  # the time earlier processes of this run used (a resume)
         self.stop: str | None = None  # how the run ended: "plan", "cut", "trainer.epochs", or its stop reason
         self._steps = 0  # steps this process trained
+        self._at: tuple[int, int] = (0, 0)  # (epoch, batches done of it) after the last step
         self._window: tuple[int, float] | None = None  # (steps, time) where the timing window began
         self._measuring = True
         self._last_step_end = 0.0
         self._epoch_timing: tuple[int, float] | None = None  # (steps, time) of this epoch's timed part's start
         self._epoch_began = 0.0
-        self._files_measured: float | None = None
+        self._ends_seen = 0  # epoch ends this process measured
+        self._recent: dict[str, list[float]] = {}  # the last RECENT measurements of an epoch end's costs
         self._validation_end = 0.0  # when the last epoch's validation ended (0: none in this process yet)
 
     # -- the clock and the costs ------------------------------------------------------------------------------
@@ -94,13 +97,15 @@ class TimeBudget(Callback):
     # -- hooks ----------------------------------------------------------------------------------------------
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.used_before = float(state["used"])
+        self._at = tuple(state.get("at", (0, 0)))
         self.plan = Plan(**state["plan"]) if state.get("plan") else None
         self.measured.update(state.get("measured", {}))
         self.refits = list(state.get("refits", []))
 
     def state_dict(self) -> dict[str, Any]:
         plan = self.plan.as_dict() if self.plan else None
-        return {"used": self.used(), "plan": plan, "measured": dict(self.measured), "refits": list(self.refits)}
+        state = {"used": self.used(), "plan": plan, "measured": dict(self.measured), "refits": list(self.refits)}
+        return {**state, "at": list(self._at)}  # (epoch, batches done) at this checkpoint
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.plan is not None:  # a resume: its plan goes on until this process has measured its own steps
@@ -108,22 +113,44 @@ class TimeBudget(Callback):
             self.say(
                 f"time limit {self.limit.text}: {self.used_before:.1f} s of it were used before; the fitted plan "
                 f"({self.plan.optimizer_steps:,} steps, {self.plan.text()}) goes on, fitted again to the time left "
-                f"once this process has timed its steps"
+                f"now and once this process has timed its steps"
             )
+            self._refit_on_resume(trainer)
+
+    def _refit_on_resume(self, trainer: Trainer) -> None:
+        """The time left fitted with the steps' time measured before (a new trainer.time_limit takes effect
+        here); a budget with nothing left ends the run as completed, tested again."""
+        epoch, batch = self._at
+        batches = len(trainer.train_loader)
+        if "step_seconds" not in self.measured or not epoch:
+            return
+        at = Position(epoch, batch, batches, self.max_epochs, trainer.options.accumulate)
+        self._fit(trainer, at, "resume", epoch_ended=batch >= batches)
+        if batch >= batches and trainer.epochs <= epoch:
+            self.stop = "plan"
+            trainer.stop_reason = f"the time limit ({self.limit.text}): its time was used before this resume"
 
     def on_epoch_start(self, trainer: Trainer, epoch: int, steps: int) -> None:
         self._epoch_timing, self._epoch_began = None, self.clock()
         if self._validation_end:  # the last epoch's end after its validation: checkpoints, metrics.csv, plots
             files = max(0.0, self._epoch_began - self._validation_end)
-            # The least measured: a process's first epoch end also pays once for imports (the plots') and the
-            # first checkpoint; counted at every epoch to come, it would take whole epochs off the plan.
-            self._files_measured = min(files, self._files_measured or files)
-            self.measured["files_seconds"] = self._files_measured
+            if self._ends_seen:  # a process's first epoch end pays once for imports (the plots'), the first
+                self._note("files_seconds", files)  # checkpoint: not what the next ones will cost
+            self._ends_seen += 1
+
+    def _note(self, name: str, value: float) -> None:
+        """An epoch end's cost, as the least of its last RECENT measurements: a process's first epoch end pays
+        once for imports (the plots') and the first checkpoint, curves.png is drawn at some epoch ends only;
+        counted at every epoch to come, one such spike would take whole epochs off the plan."""
+        recent = self._recent.setdefault(name, [])
+        recent[:] = [*recent, value][-RECENT:]
+        self.measured[name] = min(recent)
 
     def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
         now = self._last_step_end = self.clock()
         self._steps += 1
         epoch = trainer.history[-1].epoch + 1 if trainer.history else 1
+        self._at = (epoch, step)
         if self._epoch_timing is None or self._steps == WARMUP_STEPS:
             self._epoch_timing = (self._steps, now)  # this epoch's steps are timed from here (after the warm-up)
         if self._measuring:
@@ -166,15 +193,16 @@ class TimeBudget(Callback):
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         """Measure the epoch (its steps, its validation); fit the rest again when the plan is off; say why the
-        run ends when this epoch is its last. Here, not after the epoch's checkpoints: they hold what it decides."""
-        self._validation_end = self._epoch_began + metrics.epoch_seconds  # EpochMetrics' time ends after validation
+        run ends when this epoch is its last. The first callback (run_callbacks.py): this is right after
+        validation, and before the epoch's line and checkpoints, which show and hold what it decides."""
+        self._validation_end = self.clock()
         if not trainer.stop_reason and metrics.epoch < trainer.epochs and self._measure_epoch(trainer, metrics):
             batches = len(trainer.train_loader)
             at = Position(metrics.epoch, batches, batches, self.max_epochs, trainer.options.accumulate)
             self._fit(trainer, at, f"epoch {metrics.epoch} end", epoch_ended=True)
-        if trainer.stop_reason:  # early stopping, a user's callback
-            self.stop = self.stop or trainer.stop_reason
-        elif metrics.epoch >= trainer.epochs and self.stop != "cut" and metrics.epoch >= self.max_epochs:
+        if trainer.stop_reason:
+            return
+        if metrics.epoch >= trainer.epochs and self.stop != "cut" and metrics.epoch >= self.max_epochs:
             self.stop = "trainer.epochs"
         elif metrics.epoch >= trainer.epochs:  # a completed run, ended by its time limit: the summary says so
             self.stop = self.stop or "plan"
@@ -184,11 +212,16 @@ class TimeBudget(Callback):
                 else f"trained the {self.plan.text() if self.plan else 'steps'} fitted to it"
             )
 
+    def after_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
+        reason = trainer.stop_reason  # early stopping or a user's callback, after this one's on_epoch_end
+        if reason and not reason.startswith(f"the time limit ({self.limit.text})"):
+            self.stop = reason
+
     def _measure_epoch(self, trainer: Trainer, metrics: EpochMetrics) -> bool:
         """The finished epoch's step time (after its first step, or the warm-up) and validation per example;
         False while no step was timed yet (an epoch of one step)."""
         validation = max(0.0, self._validation_end - self._last_step_end)
-        self.measured["eval_seconds_per_example"] = validation / max(1, trainer.val_loader.num_examples)
+        self._note("eval_seconds_per_example", validation / max(1, trainer.val_loader.num_examples))
         if self._epoch_timing and self._steps > self._epoch_timing[0]:
             steps, began = self._epoch_timing
             self.measured["step_seconds"] = (self._last_step_end - began) / (self._steps - steps)
@@ -204,10 +237,9 @@ class TimeBudget(Callback):
         plan = trainer.group.share(fit_plan(left, costs, at))
         done = (at.epoch - 1) * plan.steps_per_epoch + -(-at.batch // at.accumulate)
         old = self.plan
-        if old is not None and abs(plan.optimizer_steps - old.optimizer_steps) <= REFIT_SHARE * max(
-            1, old.optimizer_steps - done
-        ):
-            return  # on time, near enough: the margin absorbs it
+        moved = abs(plan.optimizer_steps - old.optimizer_steps) * costs.step_seconds if old else 0.0
+        if old is not None and moved <= REFIT_SHARE * self._margin():
+            return  # on time, near enough: the margin absorbs it (and the lr does not jump for nothing)
         self.plan = plan
         trainer.epochs, trainer.last_epoch_batches = plan.epochs, plan.last_epoch_batches
         epochs_done = at.epoch if epoch_ended else at.epoch - 1

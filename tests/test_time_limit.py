@@ -253,16 +253,26 @@ def test_a_budgeted_run_from_the_command_line_counts_the_whole_process(tmp_path)
     assert "time limit 15s: " in result.stdout
 
 
-def test_a_resumed_budgeted_run_keeps_its_plan_and_counts_the_time_used(tmp_path):
+def test_a_resumed_budgeted_run_keeps_its_plan_and_counts_the_time_used(tmp_path, capsys):
     run_dir = tmp_path / "run"
     with pytest.raises(RunInterrupted):
         train(compose_config(_budgeted("8s")), run_dir, callbacks=[SlowSteps(0.03), StopAt(2, 3)])
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")["callbacks"]["TimeBudget"]
-    assert saved["plan"]["epochs"] < 50 and saved["used"] > 0
+    # last.pt is epoch 1's end (StopAt asks after the checkpointer's turn at that step), 13 batches done.
+    assert saved["plan"]["epochs"] < 50 and saved["used"] > 0 and saved["at"] == [1, 13]
+    plan = Plan(**saved["plan"])
+    capsys.readouterr()
     last = LastLr()
     summary = resume(run_dir, callbacks=[SlowSteps(0.03), last])
-    assert last.start_plan == (saved["plan"]["epochs"], saved["plan"]["last_epoch_batches"])
+    said = capsys.readouterr().out
+    assert f"s of it were used before; the fitted plan ({plan.optimizer_steps:,} steps, {plan.text()}) goes on" in said
     budget = summary["time_limit"]
+    # The plan the resumed fit starts with: the saved one, or what the time left made of it at once.
+    at_resume = [refit for refit in budget["refits"][len(saved["refits"]) :] if refit["at"] == "resume"]
+    starts = [(plan.epochs, plan.last_epoch_batches)] + [
+        (refit["fitted_epochs"], refit["last_epoch_steps"]) for refit in at_resume[:1]
+    ]
+    assert last.start_plan in starts
     assert budget["used_before_resume_seconds"] == pytest.approx(saved["used"], abs=1e-3)
     assert summary["status"] == "completed" and budget["seconds_used"] <= 8.0
 
@@ -302,3 +312,78 @@ def test_a_slowdown_mid_run_is_refitted(tmp_path, monkeypatch):
     assert slowed["fitted_steps"] < 3 * 13 + 10  # at most 10 steps of 2 s after epoch 3, not some 60 more
     assert summary["epochs"] == slowed["fitted_epochs"] == budget["fitted_epochs"]
     assert summary["status"] == "completed" and budget["seconds_used"] <= 60.0
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch):
+    """Every TimeBudget of the test times its run on a VirtualClock (SlowsDown adds to it)."""
+    import cnntrain.run_callbacks as run_callbacks
+    from cnntrain.time_budget import TimeBudget
+
+    clock = VirtualClock()
+    monkeypatch.setattr(run_callbacks, "TimeBudget", lambda *args, **kwargs: TimeBudget(*args, **kwargs, clock=clock))
+    return clock
+
+
+class Ending(Callback):
+    """The schedule's step count when fit ends."""
+
+    def on_fit_end(self, trainer):
+        self.schedule_steps = trainer.schedule.scheduler.last_epoch
+
+
+def test_accumulation_ema_tta_and_batch_limits_take_the_plan(tmp_path, virtual_clock):
+    ending = Ending()
+    overrides = ["trainer.accumulate_grad_batches=2", "trainer.ema=0.9", "trainer.tta=hflip"]
+    cfg = compose_config(_budgeted("30s", *overrides, "trainer.limit_train_batches=9"))
+    summary = train(cfg, tmp_path / "run", callbacks=[SlowsDown(virtual_clock, 99, 0.5, 0.5), ending])
+    budget = summary["time_limit"]
+    # 9 batches an epoch (the limit applies first) make 5 optimizer steps of 2 batches (the last one of 1).
+    assert budget["fitted_steps"] == (budget["fitted_epochs"] - 1) * 5 + budget["last_epoch_steps"]
+    assert ending.schedule_steps == budget["fitted_steps"]  # every fitted step taken, and no more
+    assert summary["status"] == "completed" and summary["epochs"] == budget["fitted_epochs"] < 50
+
+
+def test_early_stopping_still_ends_a_budgeted_run(tmp_path, virtual_clock):
+    cfg = compose_config(_budgeted("60s", "trainer.early_stopping.patience=1", "trainer.early_stopping.min_delta=10"))
+    summary = train(cfg, tmp_path / "run", callbacks=[SlowsDown(virtual_clock, 99, 0.1, 0.1)])
+    assert summary["epochs"] == 2 and summary["stopped_early"].startswith("early stopping: ")
+    assert summary["time_limit"]["stop"] == summary["stopped_early"]
+
+
+def test_a_resume_may_give_a_finished_budgeted_run_more_time_but_not_none(tmp_path, virtual_clock):
+    run_dir = tmp_path / "run"
+    first = train(compose_config(_budgeted("15s")), run_dir, callbacks=[SlowsDown(virtual_clock, 99, 0.3, 0.3)])
+    assert first["time_limit"]["stop"] == "plan"
+    with pytest.raises(ConfigError, match="without a time limit: its learning-rate schedule is fitted"):
+        resume(run_dir, ["trainer.time_limit=null"])
+    virtual_clock.extra = 0.0
+    more = resume(run_dir, ["trainer.time_limit=40s"], callbacks=[SlowsDown(virtual_clock, 99, 0.3, 0.3)])
+    budget = more["time_limit"]
+    assert budget["used_before_resume_seconds"] == pytest.approx(first["time_limit"]["seconds_used"], abs=0.5)
+    assert budget["refits"][-1]["at"] in ("resume",) or any(refit["at"] == "resume" for refit in budget["refits"])
+    assert more["epochs"] > first["epochs"] and more["status"] == "completed" and budget["seconds_used"] <= 40.0
+
+
+def test_every_rank_of_a_distributed_run_takes_rank_zeros_plan(tmp_path):
+    """Two processes under torchrun: rank 0 fits the plan and shares it; a rank on another plan would wait in a
+    collective the other never calls (the run would hang), so finishing on time is the check."""
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    began = time.monotonic()
+    result = run_cli(
+        "python -m cnntrain",
+        *_budgeted("25s"),
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+        python=launcher,
+        timeout=120,
+    )
+    took = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    budget = summary["time_limit"]
+    assert summary["status"] == "completed" and budget["stop"] in ("plan", "cut", "trainer.epochs")
+    assert summary["epochs"] == budget["fitted_epochs"] or budget["stop"] == "cut"
+    assert result.stdout.count("time limit 25s: ") >= 1 and result.stdout.count("cnntrain result") == 1
+    assert budget["seconds_used"] <= 25.0 and took <= 30.0  # torchrun's own start and end: 5 s of tolerance
