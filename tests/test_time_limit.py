@@ -387,3 +387,42 @@ def test_every_rank_of_a_distributed_run_takes_rank_zeros_plan(tmp_path):
     assert summary["epochs"] == budget["fitted_epochs"] or budget["stop"] == "cut"
     assert result.stdout.count("time limit 25s: ") >= 1 and result.stdout.count("cnntrain result") == 1
     assert budget["seconds_used"] <= 25.0 and took <= 30.0  # torchrun's own start and end: 5 s of tolerance
+
+
+def test_the_first_run_of_a_command_counts_from_the_process_start_and_later_ones_from_their_own():
+    import cnntrain
+    from cnntrain.process import budget_start, count_from_process_start
+
+    count_from_process_start()  # what cli.main does
+    assert budget_start() == (cnntrain._IMPORTED_AT, "process start")
+    began = time.monotonic()
+    start, counted_from = budget_start()  # a sweep's second job in this process, or the Python API
+    assert counted_from == "job start" and began <= start <= time.monotonic()
+
+
+def test_a_cosine_with_warm_up_and_a_per_epoch_schedule_are_rebuilt_where_they_were():
+    def warm_cosine(o, e, s):
+        return optim.cosine(o, e, s, warmup_epochs=1, min_lr=0.001)
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    trainer = _Holder(optimizer, warm_cosine(optimizer, 10, 10))
+    _stepped(trainer.schedule, optimizer, 30)
+    assert rebuild_schedule(trainer, lambda o, e: warm_cosine(o, e, 10), Plan(5, 4, 10), 30, 3) is None
+    fresh_optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    _stepped(warm_cosine(fresh_optimizer, 4.4, 10), fresh_optimizer, 30)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(fresh_optimizer.param_groups[0]["lr"], rel=1e-9)
+    # step: x0.5 every 2 epochs; 3 epochs done -> 0.1 * 0.5 once, whatever the fitted length.
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    trainer = _Holder(optimizer, optim.step(optimizer, 10, 10, step_size=2, gamma=0.5))
+    _stepped(trainer.schedule, optimizer, 3)
+    assert (
+        rebuild_schedule(trainer, lambda o, e: optim.step(o, e, 10, step_size=2, gamma=0.5), Plan(5, 4, 10), 30, 3)
+        is None
+    )
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    # a warm-up longer than the fitted run: said, and the schedule goes on as it was
+    kept = trainer.schedule = warm_cosine(optimizer, 10, 10)
+    lr = optimizer.param_groups[0]["lr"]
+    problem = rebuild_schedule(trainer, lambda o, e: optim.cosine(o, e, 10, warmup_epochs=5), Plan(2, 4, 10), 12, 1)
+    assert "leaves no epochs for the cosine decay" in problem
+    assert trainer.schedule is kept and optimizer.param_groups[0]["lr"] == lr
