@@ -78,7 +78,6 @@ class TimeBudget(Callback):
         self._recent: dict[str, list[float]] = {}  # the last RECENT measurements of an epoch end's costs
         self._validation_end = 0.0  # when the last epoch's validation ended (0: none in this process yet)
 
-    # -- the clock and the costs ------------------------------------------------------------------------------
     def used(self) -> float:
         return self.clock() - self.start + self.used_before
 
@@ -94,7 +93,6 @@ class TimeBudget(Callback):
             final_seconds=per_example * self.test_examples + END_FILES * files,
         )
 
-    # -- hooks ----------------------------------------------------------------------------------------------
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.used_before = float(state["used"])
         self._at = tuple(state.get("at", (0, 0)))
@@ -228,7 +226,6 @@ class TimeBudget(Callback):
         self._measuring = "step_seconds" not in self.measured
         return not self._measuring
 
-    # -- fitting --------------------------------------------------------------------------------------------
     def _fit(self, trainer: Trainer, at: Position, where: str, epoch_ended: bool = False) -> None:
         costs = self._costs(trainer)
         # At an epoch's end its validation is paid (its files are not yet): the plan counts a whole epoch end.
