@@ -32,10 +32,8 @@ from cnntrain.time_fitting import rebuild_schedule, time_evaluation
 from cnntrain.time_plan import Costs, Plan, Position, TimeLimit, fit_plan
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
-WARMUP_STEPS = 3
-MIN_STEPS = 5
-WINDOW_SECONDS = 1.5
-WINDOW_SHARE = 0.03
+WARMUP_STEPS, MIN_STEPS = 3, 5  # steps not timed; the fewest timed before the first fit
+WINDOW_SECONDS, WINDOW_SHARE = 1.5, 0.03  # the timing window: this long, at most this share of the budget
 MARGIN_SECONDS, MARGIN_SHARE = 1.5, 0.02  # kept free of any plan: the clock's noise, the interpreter's exit
 FILES_GUESS = 0.2  # an epoch end's checkpoints and plots, until the first is measured
 END_FILES = 1.5  # the run's end (best.pt reloaded, summary, plots) as a multiple of an epoch end's files
@@ -75,13 +73,14 @@ class TimeBudget(Callback):
         self._epoch_timing: tuple[int, float] | None = None  # (steps, time) of this epoch's timed part's start
         self._epoch_began = 0.0
         self._ends_seen = 0  # epoch ends this process measured
+        self._timed: list[tuple[int, float]] = []  # (steps, seconds) timed in the last epochs
         self._recent: dict[str, list[float]] = {}  # the last RECENT measurements of an epoch end's costs
         self._validation_end = 0.0  # when the last epoch's validation ended (0: none in this process yet)
 
     def used(self) -> float:
         return self.clock() - self.start + self.used_before
 
-    def _margin(self) -> float:
+    def _margin(self) -> float:  # kept free by every plan; the hard stop cuts once half of it is gone
         return MARGIN_SECONDS + MARGIN_SHARE * self.limit.seconds
 
     def _costs(self, trainer: Trainer) -> Costs:
@@ -137,9 +136,8 @@ class TimeBudget(Callback):
             self._ends_seen += 1
 
     def _note(self, name: str, value: float) -> None:
-        """An epoch end's cost, as the least of its last RECENT measurements: a process's first epoch end pays
-        once for imports (the plots') and the first checkpoint, curves.png is drawn at some epoch ends only;
-        counted at every epoch to come, one such spike would take whole epochs off the plan."""
+        """An epoch end's cost: the least of its last RECENT measurements (curves.png is drawn at some ends only:
+        counted at every epoch to come, one such spike would take whole epochs off the plan)."""
         recent = self._recent.setdefault(name, [])
         recent[:] = [*recent, value][-RECENT:]
         self.measured[name] = min(recent)
@@ -175,8 +173,8 @@ class TimeBudget(Callback):
 
     def _hard_stop(self, trainer: Trainer, epoch: int, step: int) -> None:
         """The last resort: end this epoch at its next optimizer step when only its end and the run's are left."""
-        needed = self._margin() / 2  # a plan ends with its whole margin left: cut once half of it is gone
-        if "step_seconds" in self.measured:  # (before the first measurement: the margin alone, a start that was slow)
+        needed = self._margin() / 2  # before the first measurement: the margin alone (a start that was slow)
+        if "step_seconds" in self.measured:
             costs = self._costs(trainer)
             needed += costs.epoch_end_seconds + costs.final_seconds
         cut = trainer.group.any(self.limit.seconds - self.used() <= needed, trainer.device)
@@ -216,13 +214,16 @@ class TimeBudget(Callback):
             self.stop = reason
 
     def _measure_epoch(self, trainer: Trainer, metrics: EpochMetrics) -> bool:
-        """The finished epoch's step time (after its first step, or the warm-up) and validation per example;
-        False while no step was timed yet (an epoch of one step)."""
+        """The step time over the last epochs that make WINDOW_SECONDS (short epochs' noise would refit at every
+        end), validation per example; False while no step was timed yet (an epoch of one step)."""
         validation = max(0.0, self._validation_end - self._last_step_end)
         self._note("eval_seconds_per_example", validation / max(1, trainer.val_loader.num_examples))
         if self._epoch_timing and self._steps > self._epoch_timing[0]:
             steps, began = self._epoch_timing
-            self.measured["step_seconds"] = (self._last_step_end - began) / (self._steps - steps)
+            self._timed.append((self._steps - steps, self._last_step_end - began))
+            while len(self._timed) > 1 and sum(seconds for _, seconds in self._timed[1:]) >= WINDOW_SECONDS:
+                self._timed.pop(0)
+            self.measured["step_seconds"] = sum(t for _, t in self._timed) / sum(n for n, _ in self._timed)
         self._measuring = "step_seconds" not in self.measured
         return not self._measuring
 
