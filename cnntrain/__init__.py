@@ -5,7 +5,12 @@ loaded on first use, so that `cnntrain --help`, `--version` and config errors an
 without importing torch.
 """
 
+import time as _time
+
 __version__ = "0.1.0"
+# When this process imported cnntrain (before torch): what a command's trainer.time_limit counts from
+# (process.budget_start). The interpreter's own start, a few tens of milliseconds earlier, is not counted.
+_IMPORTED_AT = _time.monotonic()
 
 _API = {
     "train": "cnntrain.api",

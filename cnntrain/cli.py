@@ -30,7 +30,7 @@ from cnntrain.errors import CnnTrainError
 from cnntrain.hydra_folders import run_folder_problem
 from cnntrain.key_checks import check_override_keys
 from cnntrain.override_text import expand_home, quote_for_hydra
-from cnntrain.process import keep_console_optional
+from cnntrain.process import count_from_process_start, keep_console_optional
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -105,6 +105,7 @@ def main() -> None:
     """`cnntrain [overrides]`: train once; `cnntrain -m [overrides]`: one job per combination;
     `cnntrain resume=<run folder>`: continue a run."""
     keep_console_optional()  # a closed `| tee`, `| head` or terminal never fails a run, nor its last words
+    count_from_process_start()  # trainer.time_limit: the user times the whole command
     args = expand_home(sys.argv[1:])
     if "--version" in args or "-V" in args:  # anywhere, as Hydra's --version was
         import hydra

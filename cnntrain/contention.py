@@ -140,8 +140,10 @@ class SlowdownWatch(Callback):
         device_type: str,
         use: CpuUse | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        budgeted: bool = False,
     ):
         self.say, self.device_type = say, device_type
+        self.budgeted = budgeted  # trainer.time_limit: the run still ends on time, with fewer steps
         self.use = use if use is not None else CpuUse()
         self.clock = clock
         self.pace: float | None = None  # seconds a step, early in the run
@@ -179,7 +181,12 @@ class SlowdownWatch(Callback):
         slower = per_step / self.pace
         text = (
             f"notice: training slowed down: a step takes {per_step:.3g} s now against {self.pace:.3g} s earlier "
-            f"in the run ({slower:.1f}x), so the time estimate is {slower:.1f}x too short. "
+            f"in the run ({slower:.1f}x), "
+            + (
+                "so fewer steps fit in trainer.time_limit (the plan is refitted at the epoch's end). "
+                if self.budgeted
+                else f"so the time estimate is {slower:.1f}x too short. "
+            )
         )
         cores = len(self.use.cores)
         if others is not None and others >= 0.5:

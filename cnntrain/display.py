@@ -180,10 +180,12 @@ class ProgressDisplay(Callback):
         epoch_left = per_step * (steps - step)
         # Later epochs: the last finished one's length (validation included), else this one's pace.
         epoch_seconds = trainer.history[-1].epoch_seconds if trainer.history else per_step * steps
-        epochs_after = trainer.epochs - (trainer.history[-1].epoch + 1 if trainer.history else 1)
+        epochs_after = max(0, trainer.epochs - (trainer.history[-1].epoch + 1 if trainer.history else 1))
+        if epochs_after:  # a time limit's plan may end in a part of an epoch (trainer.last_epoch_batches)
+            epochs_after += trainer.epoch_batches(trainer.epochs) / len(trainer.train_loader) - 1
         fields = {
             "epoch_left": format_duration(epoch_left),
-            "run_left": format_duration(epoch_left + max(epochs_after, 0) * epoch_seconds),
+            "run_left": format_duration(epoch_left + epochs_after * epoch_seconds),
             "speed": f"{(step - self._first_step) * trainer.train_loader.batch_size / elapsed:,.0f}",
         }
         self.progress.update(self.task, completed=step, **fields)

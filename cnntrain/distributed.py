@@ -143,6 +143,10 @@ class Group:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def share(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (a collective: every rank calls it), e.g. a time limit's plan."""
+        return from_rank_zero(lambda: value) if self.ddp else value
+
     def barrier(self) -> None:
         """Wait until every rank got here (e.g. rank 0 has written the checkpoint the others read next)."""
         if self.ddp:

@@ -2,9 +2,10 @@
 
 Optimizer builders get parameter groups plus the optimizer config's settings.
 Scheduler builders get the optimizer, the run's length (epochs, optimizer steps per
-epoch) and the scheduler config's settings, and return an `LrSchedule`: a torch LR
-scheduler plus when the trainer steps it (after each epoch, or after each optimizer
-step for schedules that change within an epoch), or None for a constant rate.
+epoch; with trainer.time_limit a per-step schedule's `epochs` may be fractional: the fitted
+optimizer steps / steps_per_epoch, see time_fitting.py) and the scheduler config's settings,
+and return an `LrSchedule`: a torch LR scheduler plus when the trainer steps it (after each
+epoch, or after each optimizer step for schedules that change within an epoch), or None for a constant rate.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def cosine(
     Updated after every optimizer step, so the warm-up and the decay are smooth
     rather than one jump per epoch.
     """
-    total = epochs * steps_per_epoch
+    total = round(epochs * steps_per_epoch)  # epochs may be fractional: a time limit's fitted length
     warmup = round(warmup_epochs * steps_per_epoch)
     if warmup >= total:
         raise ConfigError(
@@ -183,7 +184,7 @@ def onecycle(
         lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=max_lr,
-            total_steps=epochs * steps_per_epoch,
+            total_steps=round(epochs * steps_per_epoch),  # epochs may be fractional (trainer.time_limit)
             pct_start=pct_start,
             div_factor=div_factor,
             final_div_factor=final_div_factor,

@@ -8,6 +8,9 @@ the console from the first failed write on (its file descriptor is pointed at /d
 C code and Python's own flush at exit cannot fail either, as Python's docs on SIGPIPE advise)
 while train.log goes on receiving every line (display.Reporter).
 
+`budget_start()` is when a run's trainer.time_limit starts counting: the process's start for the first
+run of a command (the user times the whole command), the run's own start otherwise.
+
 `interrupts_held()` marks code that must not be cut in the middle (a checkpoint being
 replaced): a signal handler asks `hold_interrupt()` before raising KeyboardInterrupt, and the
 interrupt is raised when the outermost held block ends instead.
@@ -143,3 +146,25 @@ def hold_interrupt() -> bool:
         _held.waiting = True
         return True
     return False
+
+
+_budget = {"from_process_start": False}
+
+
+def count_from_process_start() -> None:
+    """The command line's: the first run of this process counts its time limit from the process's start
+    (cnntrain's import), so that Python's start, torch's import and the data's loading are inside it."""
+    _budget["from_process_start"] = True
+
+
+def budget_start() -> tuple[float, str]:
+    """(time.monotonic() a run's time limit counts from, what that is in words): the process's start for the
+    first run of a command, the run's own start for a sweep's later jobs in one process and for Python."""
+    import time
+
+    from cnntrain import _IMPORTED_AT
+
+    if _budget["from_process_start"]:
+        _budget["from_process_start"] = False
+        return _IMPORTED_AT, "process start"
+    return time.monotonic(), "job start"

@@ -30,6 +30,7 @@ MAY_CHANGE = (
     "trainer.log_every",
     "trainer.early_stopping",
     "trainer.checkpoint_every_minutes",
+    "trainer.time_limit",  # a new budget: the time already used counts, the rest is fitted again
     "device",
     "logger",
     "callbacks",
@@ -60,7 +61,13 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, dict
     saved_epochs = cfg.trainer.epochs
     for override in overrides:
         apply_override(cfg, override, run_dir, MAY_CHANGE)
-    check_trainer_settings(cfg)
+    budgeted = "TimeBudget" in checkpoint.get("callbacks", {})
+    if check_trainer_settings(cfg).time_limit is None and budgeted:
+        raise ConfigError(
+            f"Cannot resume {run_dir} without a time limit: its learning-rate schedule is fitted to the steps "
+            f"its trainer.time_limit allowed. Give it one (trainer.time_limit=5m: the time already used counts "
+            f"against it), or start a new run."
+        )
     if cfg.trainer.epochs != saved_epochs and cfg.scheduler.name in LENGTH_BOUND_SCHEDULERS:
         raise ConfigError(
             f"Cannot change trainer.epochs on resume: scheduler={cfg.scheduler.name} spreads its "
@@ -130,7 +137,7 @@ def resume_run(run_dir: Path | str, overrides: list[str] = (), callbacks: list =
 
 
 # Overrides that lift a saved stop: the run trains on past an early stop (or a callback's stop_reason).
-LIFTS_THE_STOP = ("trainer.epochs", "trainer.early_stopping")
+LIFTS_THE_STOP = ("trainer.epochs", "trainer.early_stopping", "trainer.time_limit")
 
 
 def _lifts_the_stop(overrides) -> bool:

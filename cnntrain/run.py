@@ -36,7 +36,7 @@ from cnntrain.interruptions import (
     resume_command,
     saved_text,
 )
-from cnntrain.process import console_may_go_away
+from cnntrain.process import budget_start, console_may_go_away
 from cnntrain.run_callbacks import RunCallbacks, build_callbacks
 from cnntrain.run_folder import RunFolder, provenance
 from cnntrain.run_report import chosen_on_test_notice, report_end, report_start
@@ -120,13 +120,13 @@ def _run_in(
     reporter = Reporter(
         folder.train_log if folder.writes else None, quiet=cfg.trainer.get("progress") == "none" or not folder.writes
     )
-    started = time.time()
+    started, budget_from = time.time(), budget_start()  # trainer.time_limit counts from budget_from
     signals = StopOnSignals(say=lambda text: reporter.line(text, style="yellow"))
     try:
         checked = check_config(cfg, list(callbacks))  # every name and setting, before any data is loaded
         with signals:  # after check_config: the user's modules it imports may set handlers of their own
             parts = build_training(checked, resuming=resume_from is not None)
-            return _fit_and_test(parts, folder, reporter, started, resume_from, signals, command_line)
+            return _fit_and_test(parts, folder, reporter, (started, budget_from), resume_from, signals, command_line)
     except KeyboardInterrupt as err:
         message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(folder, cfg)
         reporter.line(message, style="yellow")
@@ -161,14 +161,14 @@ def _fit_and_test(
     parts: TrainingParts,
     folder: RunFolder,
     reporter: Reporter,
-    started: float,
+    starts: tuple[float, tuple[float, str]],
     resume_from: dict[str, Any] | None,
     signals: StopOnSignals,
     command_line: list[str] | None,
 ) -> RunResult:
-    cfg, settings, spec = parts.checked.cfg, parts.checked, parts.spec
+    cfg, settings, spec, (started, budget_from) = parts.checked.cfg, parts.checked, parts.spec, starts
     report_start(parts, folder, reporter, command_line)
-    callbacks = build_callbacks(parts, folder, reporter)
+    callbacks = build_callbacks(parts, folder, reporter, budget_from)
     trainer = parts.trainer(callbacks.all, folder)
     start_epoch = 1
     if resume_from is not None:
@@ -231,6 +231,8 @@ def _fit_and_test(
         "mean_epoch_seconds": sum(m.epoch_seconds for m in history) / len(history),
         # A quick look (trainer.limit_*_batches, data.subset) is not a full run: say so.
         "limits": parts.checked.limits or None,
+        # trainer.time_limit: the budget, what was measured and fitted, how the run ended (null: no limit).
+        "time_limit": callbacks.budget.summary() if callbacks.budget else None,
     }
     folder.write_summary(summary)
     last = history[-1]

@@ -3,6 +3,7 @@ second stage of a fine-tuning, then the user's; built from the run's `TrainingPa
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from cnntrain.inspector import smallest_input_size
 from cnntrain.loggers import logger_callbacks
 from cnntrain.model_setup import forward_for
 from cnntrain.run_folder import RunFolder
+from cnntrain.time_budget import TimeBudget
 from cnntrain.trainer import Callback
 
 if TYPE_CHECKING:  # build.py imports this module: the type only, for the signatures
@@ -30,6 +32,7 @@ class RunCallbacks:
     all: list[Callback]
     finetune: TwoStageFinetune | None = None
     governor: ThreadGovernor | None = None  # trainer.threads=auto on a CPU
+    budget: TimeBudget | None = None  # trainer.time_limit's (time_budget.py)
 
     def threads_summary(self, setting: str | int) -> dict:
         """summary.json's "threads": the governor's record, or the fixed count."""
@@ -40,8 +43,11 @@ class RunCallbacks:
         return {"setting": setting, "threads": torch.get_num_threads(), **omp_num_threads_source(setting)}
 
 
-def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter) -> RunCallbacks:
-    """Display, metrics.csv, checkpoints, loggers, early stopping, then the user's callbacks."""
+def build_callbacks(
+    parts: TrainingParts, folder: RunFolder, reporter: Reporter, budget_start: tuple[float, str] | None = None
+) -> RunCallbacks:
+    """Display, metrics.csv, checkpoints, loggers, early stopping, the time limit, then the user's callbacks.
+    `budget_start`: (time.monotonic, what it is) trainer.time_limit counts from (process.budget_start)."""
     checked, trainer = parts.checked, parts.checked.trainer
     live = parts.group.writes and (
         trainer.progress == "bar" or (trainer.progress == "auto" and reporter.console.is_terminal)
@@ -54,12 +60,14 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     estimate = TimeEstimate(reporter, lambda: quicker_options(parts))
     # In a distributed run only rank 0 writes metrics.csv, plots and logs (its reporter alone prints).
     writes = parts.group.writes
+    budget = time_budget(parts, reporter, budget_start)
     governor = thread_governor(parts, reporter)
     callbacks = [
+        *([budget] if budget else []),  # first: its on_epoch_end comes right after validation (time_budget.py)
         *([governor] if governor else []),
         display,
-        estimate,
-        *([SlowdownWatch(say_notice(reporter), parts.device.type)] if writes else []),
+        *([estimate] if trainer.time_limit is None else []),  # a time limit says its own plan
+        *([SlowdownWatch(say_notice(reporter), parts.device.type, budgeted=budget is not None)] if writes else []),
         *([MetricsWriter(folder.metrics_csv)] if writes else []),
         checkpointer,
         *(
@@ -82,7 +90,7 @@ def build_callbacks(parts: TrainingParts, folder: RunFolder, reporter: Reporter)
     finetune = two_stage_finetune(parts, folder, checkpointer, reporter)
     if finetune:
         callbacks.append(finetune)  # after the checkpointer: its after_epoch_end reloads the best.pt just written
-    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune, governor)
+    return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune, governor, budget)
 
 
 def omp_num_threads_source(setting: str | int) -> dict:
@@ -102,6 +110,23 @@ def thread_governor(parts: TrainingParts, reporter: Reporter) -> ThreadGovernor 
     if source == "OMP_NUM_THREADS":  # someone chose the count (the user, a launcher): kept as it is
         return None
     return ThreadGovernor(ceiling, source, say_notice(reporter), reporter.log_only)
+
+
+def time_budget(parts: TrainingParts, reporter: Reporter, start: tuple[float, str] | None) -> TimeBudget | None:
+    """trainer.time_limit's callback, or None without a limit; counted from `start` (default: now)."""
+    settings = parts.checked.trainer
+    if settings.time_limit is None:
+        return None
+    began, counted_from = start or (time.monotonic(), "job start")
+    return TimeBudget(
+        settings.time_limit,
+        began,
+        counted_from,
+        settings.epochs,
+        parts.test_loader.num_examples,
+        parts.new_schedule,
+        say=reporter.line,
+    )
 
 
 def two_stage_finetune(

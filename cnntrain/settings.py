@@ -38,6 +38,7 @@ FALLBACKS: dict[str, Any] = {
     "trainer.limit_val_batches": None,
     "trainer.limit_test_batches": None,
     "trainer.early_stopping": None,
+    "trainer.time_limit": None,
     "trainer.early_stopping.patience": None,
     "trainer.early_stopping.metric": "val_loss",
     "trainer.early_stopping.min_delta": 0.0,
@@ -97,6 +98,7 @@ class TrainerSettings:
     checkpoint_every_minutes: float | None
     early_stopping: EarlyStopping
     mixup: dict[str, float] | None  # data/mixing.BatchMixer's settings; None: no MixUp / CutMix
+    time_limit: Any = None  # time_plan.TimeLimit: train for at most that long (time_budget.py); None: no limit
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,9 @@ class Trainer(TrainerState, TrainerSteps):
         self.stage: int | None = None  # the stage of a staged training (finetune.py); recorded per epoch
         self._epoch: _EpochInProgress | None = None
         self._resume_position: dict | None = None  # a mid-epoch checkpoint's "in_epoch", until used
+        # trainer.time_limit's plan (time_budget.py): epoch `epochs` ends after this many batches (None: all of them).
+        # Read at every step, so lowering it ends the epoch being trained at its next optimizer step.
+        self.last_epoch_batches: int | None = None
         self.ema = ema  # trainer.ema: the average of the weights, updated every optimizer step; what evaluate measures
         self.tta = tta  # trainer.tta: None, or "hflip" (evaluate averages each batch's and its mirror's probabilities)
         self._run_folder = Path(run_folder) if run_folder is not None else None
@@ -156,15 +159,26 @@ class Trainer(TrainerState, TrainerSteps):
     def optimizer_steps_per_epoch(self) -> int:
         return self.options.optimizer_steps(len(self.train_loader))
 
+    def epoch_batches(self, epoch: int) -> int:
+        """The batches epoch `epoch` trains: all of the loader's, or fewer in the last epoch of a time limit's plan."""
+        full = len(self.train_loader)
+        cut = self.last_epoch_batches if epoch == self.epochs else None
+        return full if cut is None else max(1, min(full, cut))
+
     def fit(self, start_epoch: int = 1) -> list[EpochMetrics]:
         """Train epochs `start_epoch`..`epochs` (a resumed run starts later, with `history` filled in)."""
         self._call("on_fit_start")
-        for epoch in range(start_epoch, self.epochs + 1):
+        epoch = start_epoch - 1
+        while epoch < self.epochs:  # read each time: a callback may change it (time_budget.py fits it to a time)
+            epoch += 1
             if self.stop_reason:  # set by a callback, or restored from a run that had stopped
                 break
             started = time.perf_counter()
             train_loss, train_acc, train_seconds = self.train_one_epoch(epoch)
-            lr = self._epoch.lr
+            lr, share = (
+                self._epoch.lr,
+                self._epoch.steps / max(1, len(self.train_loader)),
+            )  # an epoch cut short: its share
             self._epoch = None
             val = self.evaluate(self.val_loader)
             metrics = EpochMetrics(
@@ -176,7 +190,7 @@ class Trainer(TrainerState, TrainerSteps):
                 val_top5=val.top5,
                 lr=lr,
                 epoch_seconds=time.perf_counter() - started,
-                train_examples_per_s=self.train_loader.num_examples / max(train_seconds, 1e-9),
+                train_examples_per_s=self.train_loader.num_examples * share / max(train_seconds, 1e-9),
                 stage=self.stage,
             )
             self._step_schedule_after_epoch(metrics)
@@ -207,7 +221,7 @@ class Trainer(TrainerState, TrainerSteps):
         """One pass over the training data; returns (loss, accuracy, seconds)."""
         self.model.train()
         self.train_loader.set_epoch(epoch)
-        steps = len(self.train_loader)
+        steps = self.epoch_batches(epoch)
         accumulate = self.options.accumulate
         self._epoch = current = self._begin_epoch(epoch, steps)
         stats = current.stats
@@ -241,6 +255,9 @@ class Trainer(TrainerState, TrainerSteps):
             self._call("after_train_step", step, steps)  # a mid-epoch checkpoint: every callback's state in it
             if self.stop_requested and self.between_optimizer_steps and step < steps:
                 raise KeyboardInterrupt
+            if step >= self.epoch_batches(epoch) and (step % accumulate == 0 or step >= steps):
+                current.steps = step  # the plan's end of the epoch (a time limit may have moved it since its start)
+                break
         loss_value, acc = stats.read()
         return loss_value, acc, time.perf_counter() - current.started
 

@@ -18,6 +18,7 @@ from cnntrain.registry import did_you_mean, is_count, is_number
 from cnntrain.setting_checks import is_bool, is_positive_number, require
 from cnntrain.settings import FALLBACKS, EarlyStopping, TrainerSettings, setting
 from cnntrain.speed_switches import PRECISIONS
+from cnntrain.time_plan import parse_time_limit
 
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
 EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
@@ -119,7 +120,21 @@ def check_trainer_settings(cfg: DictConfig, counts: dict[str, int] | None = None
         checkpoint_every_minutes=every,
         early_stopping=check_early_stopping(setting(trainer, "trainer.early_stopping")),
         mixup=mixup_settings(setting(trainer, "trainer.mixup")),
+        time_limit=check_time_limit(cfg),
     )
+
+
+def check_time_limit(cfg: DictConfig):
+    """trainer.time_limit read (time_plan.parse_time_limit); refused beside finetune.unfreeze_at, whose second
+    stage builds its own optimizer and schedule for the epochs after it (a plan it cannot know yet)."""
+    limit = parse_time_limit(setting(cfg.trainer, "trainer.time_limit"))
+    if limit is not None and setting(cfg.get("finetune"), "finetune.unfreeze_at") is not None:
+        raise ConfigError(
+            f"trainer.time_limit={limit.text} cannot be combined with finetune.unfreeze_at (the second stage's "
+            f"schedule is built for a number of epochs, which the time limit decides while training). Use one "
+            f"stage with a time limit, or finetune.unfreeze_at with trainer.epochs."
+        )
+    return limit
 
 
 def check_early_stopping(section) -> EarlyStopping:

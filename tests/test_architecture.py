@@ -48,8 +48,17 @@ LAYERS = [
         "cnntrain.provenance",
         "cnntrain.companion_files",
         "cnntrain.settings",
+        "cnntrain.time_plan",
+        "cnntrain.time_fitting",
     },
-    {"cnntrain.callbacks", "cnntrain.display", "cnntrain.loggers", "cnntrain.finetune", "cnntrain.contention"},
+    {
+        "cnntrain.callbacks",
+        "cnntrain.display",
+        "cnntrain.loggers",
+        "cnntrain.finetune",
+        "cnntrain.contention",
+        "cnntrain.time_budget",
+    },
     {
         "cnntrain.checks",
         "cnntrain.setting_checks",

@@ -4,6 +4,8 @@ neighbours and the slowdown notice (contention.py), the setting's checks and its
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -122,13 +124,22 @@ def test_cpu_use_sees_a_real_busy_process():
     use = CpuUse()
     if not use.available:
         pytest.skip("needs Linux's /proc")
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # Started through a shell that exits at once: not this process's child (a child's CPU time counts as ours,
+    # as DataLoader workers' must).
+    started = subprocess.run(
+        ["sh", "-c", f"'{sys.executable}' -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    hog = int(started.stdout)
     try:
+        time.sleep(0.3)
         use.others_busy()
         time.sleep(1.5)
         others = use.others_busy()
     finally:
-        hog.kill()
+        os.kill(hog, signal.SIGKILL)
     assert 0.7 <= others <= len(use.cores) + 0.1  # a whole core, plus whatever else the machine did
 
 
@@ -244,3 +255,28 @@ def test_slowdown_watch_takes_a_new_pace_for_a_finetunings_second_stage():
             clock.now += seconds
             watch.on_train_step(trainer, step, 100)
     assert said == [] and watch.pace == pytest.approx(0.5)
+
+
+def test_slowdown_under_a_time_limit_says_fewer_steps_fit():
+    clock, said = FakeClock(), []
+    watch = SlowdownWatch(said.append, "cpu", use=FakeUse([1.0]), clock=clock, budgeted=True)
+    for step in range(1, 80):
+        clock.now += 0.1 if step <= 40 else 0.5
+        watch.on_train_step(None, step, 100)
+    assert "so fewer steps fit in trainer.time_limit" in said[0] and "estimate" not in said[0]
+
+
+def test_cpu_use_counts_its_own_children_as_its_own():
+    use = CpuUse()
+    if not use.available:
+        pytest.skip("needs Linux's /proc")
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # as a DataLoader worker would be
+    try:
+        time.sleep(0.3)
+        use.others_busy()
+        time.sleep(1.5)
+        others = use.others_busy()
+    finally:
+        child.kill()
+        child.wait()
+    assert others < 0.5
