@@ -48,7 +48,8 @@ class ThreadGovernor(Callback):
     """trainer.threads=auto on a CPU: train on as many threads as there are cores no other process is using.
 
     Looks every `INTERVAL` seconds of training (from the training thread: the thread count is a
-    property of the thread that runs the parallel regions). The first time it gives a core back it
+    property of the thread that runs the parallel regions) and changes the count when two looks in a
+    row want the same new one. The first time it gives a core back it
     says so on the console; later changes go to train.log. `summary()` is what summary.json records.
     """
 
@@ -74,6 +75,7 @@ class ThreadGovernor(Callback):
         self.lowest = ceiling
         self.changes: list[dict[str, Any]] = []
         self._told = False
+        self._pending: int | None = None  # the count the last look wanted, not yet confirmed
         self._started = clock()
         self._next_look = self._started + self.INTERVAL
         set_threads(ceiling)
@@ -89,7 +91,12 @@ class ThreadGovernor(Callback):
         if others is None:
             return
         wanted = fitting_threads(self.threads, self.ceiling, self.cores, others)
-        if wanted != self.threads:
+        if wanted == self.threads:
+            self._pending = None
+        elif self._pending != wanted:  # one look can be a blip (a kernel thread, a short command): ask twice
+            self._pending = wanted
+        else:
+            self._pending = None
             self._change(wanted, others)
 
     def _change(self, threads: int, others: float) -> None:

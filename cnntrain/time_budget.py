@@ -1,17 +1,16 @@
 """trainer.time_limit: `TimeBudget`, the callback that fits a run's steps to a time and keeps it on time.
 
-1. Warm-up: the first WARMUP_STEPS steps this process trains are not timed (the allocator, oneDNN's
-   primitive caches, a compiled model's first calls are slow).
-2. Measure: the steady step time over a window of at least MIN_STEPS steps and WINDOW_SECONDS (at most
-   WINDOW_SHARE of the budget), timed from one step's end to the next, so data loading is in it; then a
-   few validation batches (with trainer.tta, as validation runs), per example.
+1. Warm-up: the first WARMUP_STEPS steps a process trains are not timed (allocator, oneDNN's caches).
+2. Measure: the steady step time over at least MIN_STEPS steps and WINDOW_SECONDS (at most WINDOW_SHARE
+   of the budget), from one step's end to the next (data loading in it); then a few validation batches
+   (with trainer.tta, as validation runs), per example.
 3. Fit: time_plan.fit_plan on the time left -> `trainer.epochs` and `trainer.last_epoch_batches`; the
    schedule is rebuilt for the fitted optimizer steps and brought to the step already taken
    (`rebuild_schedule`): one-cycle and cosine anneal to their end at the plan's last step.
-4. Every epoch's end: what it cost (validation, checkpoints, plots) and the epoch's step time are
-   measured; when the plan would end past the budget, or well inside it, the rest is fitted again.
-   A refit moves the schedule to where the new one is at this step: the learning rate jumps by the
-   difference of the two schedules there (small: both are at nearly the same share of their length).
+4. Inside an epoch every REFIT_EVERY s (or share of the budget), and at every epoch's end: the step time
+   (and at the end, validation, checkpoints, plots) measured again; when the plan would end past the
+   budget, or well inside it, the rest is fitted again. The learning rate then jumps by the difference
+   of the two schedules at this step (small: both are at nearly the same share of their length).
 5. Last resort, at every step: when the time left is only what the epoch's end and the run's end need,
    the epoch ends at its next optimizer step, is validated, and the run tests and ends as completed.
 
@@ -29,7 +28,7 @@ import torch
 
 from cnntrain.display import format_step_seconds
 from cnntrain.time_fitting import rebuild_schedule, time_evaluation
-from cnntrain.time_plan import Costs, Plan, Position, TimeLimit, fit_plan
+from cnntrain.time_plan import Costs, LeastOfRecent, PaceCheck, Plan, Position, TimeLimit, fit_plan
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
 WARMUP_STEPS, MIN_STEPS = 3, 5  # steps not timed; the fewest timed before the first fit
@@ -39,6 +38,7 @@ FILES_GUESS = 0.2  # an epoch end's checkpoints and plots, until the first is me
 END_FILES = 1.5  # the run's end (best.pt reloaded, summary, plots) as a multiple of an epoch end's files
 REFIT_SHARE = 0.25  # refit when the new plan's end moves by more than this share of the margin
 RECENT = 3  # an epoch end's costs: the least of the last RECENT measurements (one slow plot is not a trend)
+REFIT_EVERY, REFIT_EVERY_SHARE = 5.0, 0.1  # inside an epoch, the step time is looked at again this often
 
 
 class TimeBudget(Callback):
@@ -74,8 +74,9 @@ class TimeBudget(Callback):
         self._epoch_began = 0.0
         self._ends_seen = 0  # epoch ends this process measured
         self._timed: list[tuple[int, float]] = []  # (steps, seconds) timed in the last epochs
-        self._recent: dict[str, list[float]] = {}  # the last RECENT measurements of an epoch end's costs
+        self._recent = LeastOfRecent(RECENT)  # an epoch end's costs
         self._validation_end = 0.0  # when the last epoch's validation ended (0: none in this process yet)
+        self._pace = PaceCheck(max(REFIT_EVERY, REFIT_EVERY_SHARE * limit.seconds))
 
     def used(self) -> float:
         return self.clock() - self.start + self.used_before
@@ -129,18 +130,14 @@ class TimeBudget(Callback):
 
     def on_epoch_start(self, trainer: Trainer, epoch: int, steps: int) -> None:
         self._epoch_timing, self._epoch_began = None, self.clock()
+        self._pace.restart()
         if self._validation_end:  # the last epoch's end after its validation: checkpoints, metrics.csv, plots
             files = max(0.0, self._epoch_began - self._validation_end)
             if self._ends_seen:  # a process's first epoch end pays once for imports (the plots'), the first
-                self._note("files_seconds", files)  # checkpoint: not what the next ones will cost
+                self.measured["files_seconds"] = self._recent.add(
+                    "files_seconds", files
+                )  # checkpoint: not what the next ones will cost
             self._ends_seen += 1
-
-    def _note(self, name: str, value: float) -> None:
-        """An epoch end's cost: the least of its last RECENT measurements (curves.png is drawn at some ends only:
-        counted at every epoch to come, one such spike would take whole epochs off the plan)."""
-        recent = self._recent.setdefault(name, [])
-        recent[:] = [*recent, value][-RECENT:]
-        self.measured[name] = min(recent)
 
     def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
         now = self._last_step_end = self.clock()
@@ -151,6 +148,10 @@ class TimeBudget(Callback):
             self._epoch_timing = (self._steps, now)  # this epoch's steps are timed from here (after the warm-up)
         if self._measuring:
             self._measure(trainer, epoch, step, now)
+        elif trainer.group.any(self._pace.due(self._steps, now), trainer.device):  # the ranks look together
+            self.measured["step_seconds"] = self._pace.take(self._steps, now)
+            at = Position(epoch, step, len(trainer.train_loader), self.max_epochs, trainer.options.accumulate)
+            self._fit(trainer, at, f"epoch {epoch} step {step}")
         self._hard_stop(trainer, epoch, step)
 
     def _measure(self, trainer: Trainer, epoch: int, step: int, now: float) -> None:
@@ -217,7 +218,8 @@ class TimeBudget(Callback):
         """The step time over the last epochs that make WINDOW_SECONDS (short epochs' noise would refit at every
         end), validation per example; False while no step was timed yet (an epoch of one step)."""
         validation = max(0.0, self._validation_end - self._last_step_end)
-        self._note("eval_seconds_per_example", validation / max(1, trainer.val_loader.num_examples))
+        per_example = validation / max(1, trainer.val_loader.num_examples)
+        self.measured["eval_seconds_per_example"] = self._recent.add("eval_seconds_per_example", per_example)
         if self._epoch_timing and self._steps > self._epoch_timing[0]:
             steps, began = self._epoch_timing
             self._timed.append((self._steps - steps, self._last_step_end - began))

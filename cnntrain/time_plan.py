@@ -138,11 +138,51 @@ class Plan:
         return asdict(self)
 
     def text(self) -> str:
-        """ "2 epochs + 330 steps", "3 epochs", "0 epochs + 12 steps"."""
+        """ "2 epochs + 330 steps", "3 epochs", "697 steps, 0.83 of an epoch"."""
         whole = self.epochs - 1 if self.partial else self.epochs
         epochs = f"{whole} epoch{'s' if whole != 1 else ''}"
         steps = self.last_epoch_steps
+        if whole == 0:
+            return f"{steps:,} step{'s' if steps != 1 else ''}, {steps / self.steps_per_epoch:.2f} of an epoch"
         return f"{epochs} + {steps:,} step{'s' if steps != 1 else ''}" if self.partial else epochs
+
+
+class LeastOfRecent:
+    """An epoch end's cost: the least of its last `keep` measurements, by name (curves.png is drawn at some
+    ends only: counted at every epoch to come, one such spike would take whole epochs off the plan)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self._values: dict[str, list[float]] = {}
+
+    def add(self, name: str, value: float) -> float:
+        recent = self._values.setdefault(name, [])
+        recent[:] = [*recent, value][-self.keep :]
+        return min(recent)
+
+
+class PaceCheck:
+    """The step time inside an epoch, looked at every `every` seconds: an epoch that is long against the
+    budget (fmnist_fast's one epoch on a slow CPU) is refitted before it ends, when the machine got faster
+    or slower. `restart` at an epoch's start: validation is not a step's time."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self._since: tuple[int, float] | None = None
+
+    def restart(self) -> None:
+        self._since = None
+
+    def due(self, steps: int, now: float) -> bool:
+        if self._since is None:
+            self._since = (steps, now)
+        return now - self._since[1] >= self.every and steps > self._since[0]
+
+    def take(self, steps: int, now: float) -> float:
+        """The seconds a step took since the last look (or the epoch's first step); the next look starts here."""
+        first, began = self._since
+        self._since = (steps, now)
+        return (now - began) / max(1, steps - first)
 
 
 def fit_plan(time_left: float, costs: Costs, at: Position) -> Plan:

@@ -65,13 +65,13 @@ def test_fitting_threads_gives_a_core_back_per_busy_neighbour(current, ceiling, 
 
 def test_governor_lowers_and_restores_threads_and_tells_once():
     clock, said, logged, counts = FakeClock(), [], [], []
-    use = FakeUse([0.0, 1.0, 1.0, 0.1, 1.1])
+    use = FakeUse([0.0, 1.0, 1.0, 0.1, 0.1, 1.1, 1.2])
     governor = ThreadGovernor(2, "2 cores", said.append, logged.append, use=use, set_threads=counts.append, clock=clock)
     assert counts == [2]
-    for seconds in (0.5, 1.0, 2.0, 3.0, 4.0, 5.0):  # looks at 1.0, 2.0, 3.0, 4.0, 5.0 (not at 0.5)
+    for seconds in (0.5, 1, 2, 3, 4, 5, 6, 7):  # looks at 1, 2, ... 7 s (not at 0.5)
         clock.now = 100.0 + seconds
         governor.on_train_step(None, 1, 10)
-    assert counts == [2, 1, 2, 1]
+    assert counts == [2, 1, 2, 1]  # each change once two looks in a row wanted it
     assert said == [
         "notice: other processes are using 1.0 of the 2 cores this run may use: training on 1 thread instead of "
         "2 while they do (threads that share cores with them wait for each other and can run 10x slower). "
@@ -79,12 +79,23 @@ def test_governor_lowers_and_restores_threads_and_tells_once():
     ]
     assert logged == [
         "threads: 2 (other processes used 0.1 of 2 cores)",
-        "threads: 1 (other processes used 1.1 of 2 cores)",
+        "threads: 1 (other processes used 1.2 of 2 cores)",
     ]
     summary = governor.summary()
     assert summary["lowest"] == 1 and summary["at_end"] == 1 and summary["ceiling_from"] == "2 cores"
     assert [change["threads"] for change in summary["changes"]] == [1, 2, 1]
-    assert summary["changes"][0] == {"seconds": 2.0, "threads": 1, "others_busy_cores": 1.0}
+    assert summary["changes"][0] == {"seconds": 3.0, "threads": 1, "others_busy_cores": 1.0}
+
+
+def test_governor_ignores_a_single_busy_look():
+    counts = []
+    clock = FakeClock()
+    use = FakeUse([0.9, 0.0, 1.0, 0.0])
+    governor = ThreadGovernor(2, "2 cores", print, print, use=use, set_threads=counts.append, clock=clock)
+    for seconds in (1, 2, 3, 4):
+        clock.now = 100.0 + seconds
+        governor.on_train_step(None, 1, 10)
+    assert counts == [2] and governor.summary()["changes"] == []
 
 
 def test_governor_does_nothing_where_proc_cannot_tell():

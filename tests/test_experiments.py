@@ -59,32 +59,32 @@ def test_preset_runs_one_tiny_step(tmp_path, preset, model, lr, batch, size):
     assert summary["channels_last"] is (model != "lenet_bn")  # trainer.channels_last=auto on the CPU
 
 
-# (preset, epochs, batch, widths, augmentations, precision, parameters): the Fashion-MNIST accuracy
-# recipes (benchmarks/recipes.md has what they measured).
+# (preset, epochs, batch, widths, augmentations, precision, parameters, time limit): the Fashion-MNIST
+# accuracy recipes (README's "Accuracy recipes for a CPU" has what they measured, on which CPU).
 FMNIST_PRESETS = [
-    ("fmnist_fast", 4, 64, [32, 64, 128], ["hflip"], "bf16", 297_440),
-    ("fmnist_5min", 10, 128, [32, 64, 128], ["hflip"], "bf16", 297_440),
-    ("fmnist_best", 32, 128, [64, 128, 256], ["hflip", "random_crop", "random_erasing"], 32, 1_165_920),
+    ("fmnist_fast", 30, 64, [32, 64, 128], ["hflip"], "auto", 297_440, "2m"),
+    ("fmnist_5min", 40, 128, [32, 64, 128], ["hflip"], "auto", 297_440, "5m"),
+    ("fmnist_best", 32, 128, [64, 128, 256], ["hflip", "random_crop", "random_erasing"], 32, 1_165_920, None),
 ]
+PRESET_FIELDS = "preset,epochs,batch,widths,augment,precision,params,time_limit"
 
 
-@pytest.mark.parametrize(
-    "preset,epochs,batch,widths,augment,precision,params", FMNIST_PRESETS, ids=[p[0] for p in FMNIST_PRESETS]
-)
-def test_fmnist_preset_holds_its_recipe(preset, epochs, batch, widths, augment, precision, params):
+@pytest.mark.parametrize(PRESET_FIELDS, FMNIST_PRESETS, ids=[p[0] for p in FMNIST_PRESETS])
+def test_fmnist_preset_holds_its_recipe(preset, epochs, batch, widths, augment, precision, params, time_limit):
     cfg = compose_config([f"experiment={preset}"])
     assert (cfg.model.name, list(cfg.model.widths), cfg.data.name) == ("airnet", widths, "fashion_mnist")
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.scheduler.name) == ("adamw", 0.004, "onecycle")
     assert (cfg.trainer.epochs, cfg.data.batch_size, cfg.data.val_fraction) == (epochs, batch, 0.1)
     assert [a["name"] for a in cfg.data.augment] == augment
     assert (cfg.trainer.label_smoothing, cfg.trainer.tta, cfg.trainer.ema) == (0.1, "hflip", None)
-    assert cfg.trainer.precision == precision
+    assert cfg.trainer.precision == precision and cfg.trainer.time_limit == time_limit
+    assert cfg.trainer.threads == "auto"
 
 
-@pytest.mark.parametrize(
-    "preset,epochs,batch,widths,augment,precision,params", FMNIST_PRESETS, ids=[p[0] for p in FMNIST_PRESETS]
-)
-def test_fmnist_preset_runs_a_few_steps(tmp_path, preset, epochs, batch, widths, augment, precision, params):
+@pytest.mark.parametrize(PRESET_FIELDS, FMNIST_PRESETS, ids=[p[0] for p in FMNIST_PRESETS])
+def test_fmnist_preset_runs_a_few_steps(
+    tmp_path, preset, epochs, batch, widths, augment, precision, params, time_limit
+):
     root = tmp_path / "data"
     write_fake_mnist(root / "FashionMNIST" / "raw", train_size=400, test_size=100)
     cfg = compose_config(
@@ -102,8 +102,8 @@ def test_fmnist_preset_runs_a_few_steps(tmp_path, preset, epochs, batch, widths,
     assert (summary["model"], summary["params"], summary["tta"]) == ("airnet", params, "hflip")
     assert summary["train_size"] == 360 and summary["val_size"] == 40 and summary["test_size"] == 100
     assert summary["channels_last"] is True and 0 <= summary["test_acc"] <= 1
-    # bf16 where the CPU has it natively, else float32 (with a notice): never emulated.
-    native = precision == "bf16" and cpu_has_native_bf16()
+    # bf16 where the CPU has it natively, else float32: never emulated.
+    native = precision == "auto" and cpu_has_native_bf16()
     assert summary["precision"] == ("bfloat16" if native else "float32")
 
 

@@ -16,7 +16,7 @@ from cnntrain.errors import ConfigError, RunInterrupted
 from cnntrain.resuming import resume
 from cnntrain.run import train
 from cnntrain.time_fitting import rebuild_schedule
-from cnntrain.time_plan import Costs, Plan, Position, fit_plan, parse_time_limit
+from cnntrain.time_plan import Costs, PaceCheck, Plan, Position, fit_plan, parse_time_limit
 from cnntrain.trainer import Callback
 from tests.conftest import StopAt, compose_config
 from tests.helpers import run_cli
@@ -114,6 +114,21 @@ def test_the_plan_fits_whole_epochs_and_a_part_of_the_last():
     assert plan == Plan(epochs=7, last_epoch_batches=68, batches_per_epoch=100)
     assert (plan.optimizer_steps, plan.last_epoch_steps, plan.partial) == (668, 68, True)
     assert plan.text() == "6 epochs + 68 steps"
+
+
+def test_a_plan_inside_the_first_epoch_says_its_share_of_an_epoch():
+    plan = Plan(epochs=1, last_epoch_batches=697, batches_per_epoch=844)
+    assert plan.text() == "697 steps, 0.83 of an epoch"
+
+
+def test_the_pace_is_looked_at_every_so_often_inside_an_epoch():
+    pace = PaceCheck(every=6.0)
+    assert not pace.due(10, 100.0)  # the first step of the epoch (or since a restart): the look starts here
+    assert not pace.due(20, 105.9)
+    assert pace.due(22, 106.0) and pace.take(22, 106.0) == pytest.approx(0.5)  # 12 steps in 6 s
+    assert not pace.due(23, 106.5) and pace.due(30, 112.0) and pace.take(30, 112.0) == pytest.approx(0.75)
+    pace.restart()  # an epoch's start: validation is not a step's time
+    assert not pace.due(31, 200.0) and pace.due(33, 206.0) and pace.take(33, 206.0) == pytest.approx(3.0)
 
 
 def test_the_plan_counts_optimizer_steps_with_accumulation():
@@ -307,10 +322,11 @@ def test_a_slowdown_mid_run_is_refitted(tmp_path, monkeypatch):
     # Steps of 0.5 s (virtual) for 2 epochs of 13 steps, then of 2 s: a budget of 60 s first fits about 100 steps.
     summary = train(compose_config(_budgeted("60s")), tmp_path / "run", callbacks=[SlowsDown(clock, 3, 0.5, 2.0)])
     budget = summary["time_limit"]
-    [slowed] = [refit for refit in budget["refits"] if refit["at"] == "epoch 3 end"]
-    assert slowed["step_seconds"] > 2.0
-    assert slowed["fitted_steps"] < 3 * 13 + 10  # at most 10 steps of 2 s after epoch 3, not some 60 more
-    assert summary["epochs"] == slowed["fitted_epochs"] == budget["fitted_epochs"]
+    # Refitted inside epoch 3 already (the step time is looked at every 6 s, a tenth of the budget).
+    slowed = next(refit for refit in budget["refits"] if refit["at"].startswith("epoch 3 step"))
+    assert slowed["step_seconds"] >= 1.5
+    assert budget["fitted_steps"] < 3 * 13 + 10  # at most 10 steps of 2 s after epoch 3, not some 60 more
+    assert summary["epochs"] == budget["fitted_epochs"]
     assert summary["status"] == "completed" and budget["seconds_used"] <= 60.0
 
 
