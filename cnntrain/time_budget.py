@@ -36,7 +36,7 @@ WINDOW_SECONDS, WINDOW_SHARE = 1.5, 0.03  # the timing window: this long, at mos
 MARGIN_SECONDS, MARGIN_SHARE = 1.5, 0.02  # kept free of any plan: the clock's noise, the interpreter's exit
 FILES_GUESS = 0.2  # an epoch end's checkpoints and plots, until the first is measured
 END_FILES = 1.5  # the run's end (best.pt reloaded, summary, plots) as a multiple of an epoch end's files
-REFIT_SHARE = 0.25  # refit when the new plan's end moves by more than this share of the margin
+REFIT_SHARE = 0.03  # refit when the end moves by more than this share of the budget (a step varies ~10%)
 RECENT = 3  # an epoch end's costs: the least of the last RECENT measurements (one slow plot is not a trend)
 REFIT_EVERY, REFIT_EVERY_SHARE = 5.0, 0.1  # inside an epoch, the step time is looked at again this often
 
@@ -238,7 +238,7 @@ class TimeBudget(Callback):
         done = (at.epoch - 1) * plan.steps_per_epoch + -(-at.batch // at.accumulate)
         old = self.plan
         moved = abs(plan.optimizer_steps - old.optimizer_steps) * costs.step_seconds if old else 0.0
-        if old is not None and moved <= REFIT_SHARE * self._margin():
+        if old is not None and moved <= max(self._margin() / 4, REFIT_SHARE * self.limit.seconds):
             return  # on time, near enough: the margin absorbs it (and the lr does not jump for nothing)
         self.plan = plan
         trainer.epochs, trainer.last_epoch_batches = plan.epochs, plan.last_epoch_batches
