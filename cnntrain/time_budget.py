@@ -203,11 +203,11 @@ class TimeBudget(Callback):
             self.stop = "trainer.epochs"
         elif metrics.epoch >= trainer.epochs:  # a completed run, ended by its time limit: the summary says so
             self.stop = self.stop or "plan"
-            trainer.stop_reason = f"the time limit ({self.limit.text}): " + (
-                "the epoch was cut short to leave time for validation and the test"
-                if self.stop == "cut"
-                else f"trained the {self.plan.text() if self.plan else 'steps'} fitted to it"
-            )
+            if self.stop == "cut":
+                ended = "the epoch was cut short to leave time for validation and the test"
+            else:  # trainer.epochs is below its setting: a plan set it
+                ended = f"trained the {self.plan.optimizer_steps:,} steps fitted to it ({self.plan.text()})"
+            trainer.stop_reason = f"the time limit ({self.limit.text}): {ended}"
 
     def after_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         reason = trainer.stop_reason  # early stopping or a user's callback, after this one's on_epoch_end

@@ -138,12 +138,12 @@ class Plan:
         return asdict(self)
 
     def text(self) -> str:
-        """ "2 epochs + 330 steps", "3 epochs", "697 steps, 0.83 of an epoch"."""
+        """ "2 epochs + 330 steps", "3 epochs", "0.83 of an epoch"."""
         whole = self.epochs - 1 if self.partial else self.epochs
         epochs = f"{whole} epoch{'s' if whole != 1 else ''}"
         steps = self.last_epoch_steps
         if whole == 0:
-            return f"{steps:,} step{'s' if steps != 1 else ''}, {steps / self.steps_per_epoch:.2f} of an epoch"
+            return f"{steps / self.steps_per_epoch:.2f} of an epoch"
         return f"{epochs} + {steps:,} step{'s' if steps != 1 else ''}" if self.partial else epochs
 
 

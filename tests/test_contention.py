@@ -281,6 +281,8 @@ def test_cpu_use_counts_its_own_children_as_its_own():
     use = CpuUse()
     if not use.available:
         pytest.skip("needs Linux's /proc")
+    time.sleep(1.5)
+    before = use.others_busy()  # whatever else the machine does
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # as a DataLoader worker would be
     try:
         time.sleep(0.3)
@@ -290,4 +292,4 @@ def test_cpu_use_counts_its_own_children_as_its_own():
     finally:
         child.kill()
         child.wait()
-    assert others < 0.5
+    assert others < before + 0.5  # the child's busy core is not counted as another process's

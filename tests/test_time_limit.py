@@ -118,7 +118,7 @@ def test_the_plan_fits_whole_epochs_and_a_part_of_the_last():
 
 def test_a_plan_inside_the_first_epoch_says_its_share_of_an_epoch():
     plan = Plan(epochs=1, last_epoch_batches=697, batches_per_epoch=844)
-    assert plan.text() == "697 steps, 0.83 of an epoch"
+    assert plan.text() == "0.83 of an epoch"
 
 
 def test_the_pace_is_looked_at_every_so_often_inside_an_epoch():
