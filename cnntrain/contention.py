@@ -6,9 +6,11 @@ end of every parallel region, spinning while they wait. When another process tak
 the thread it displaces holds every region up while the others spin: measured on 2 cores (AVX2), a
 busy `python -c 'while True: pass'` beside a run cut airnet from ~950 to ~55 ex/s, where one thread
 alone keeps ~460. Passive waiting (OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT) avoids the collapse but
-costs 5-45% on a quiet machine and must be set before torch starts; the thread count can change at
-any step. So the governor keeps all the cores' threads while nobody else wants the cores, and gives
-a core back (one thread fewer) as soon as other processes keep it busy, taking it again when they stop.
+must be set before torch starts, and on a quiet machine PASSIVE took 45% off a bare LeNet loop's speed
+and 10% off airnet's (GOMP_SPINCOUNT=10000: 17% off LeNet's, and under load airnet collapsed anyway);
+the thread count can change at any step. So the governor keeps all the cores' threads while nobody
+else wants the cores, and gives a core back (one thread fewer) as soon as other processes keep it
+busy, taking it again when they stop.
 """
 
 from __future__ import annotations

@@ -131,6 +131,14 @@ def test_cpu_use_counts_other_processes_busy_ticks_on_our_cores(tmp_path):
     assert use.others_busy() == pytest.approx(1.7 * 100 / use.ticks_per_second / 2.0)
 
 
+def others_while_busy(use: CpuUse) -> float:
+    """What others used over 1.5 s, once a busy process just started has got going."""
+    time.sleep(0.3)
+    use.others_busy()
+    time.sleep(1.5)
+    return use.others_busy()
+
+
 def test_cpu_use_sees_a_real_busy_process():
     use = CpuUse()
     if not use.available:
@@ -145,10 +153,7 @@ def test_cpu_use_sees_a_real_busy_process():
     )
     hog = int(started.stdout)
     try:
-        time.sleep(0.3)
-        use.others_busy()
-        time.sleep(1.5)
-        others = use.others_busy()
+        others = others_while_busy(use)
     finally:
         os.kill(hog, signal.SIGKILL)
     assert 0.7 <= others <= len(use.cores) + 0.1  # a whole core, plus whatever else the machine did
@@ -285,10 +290,7 @@ def test_cpu_use_counts_its_own_children_as_its_own():
     before = use.others_busy()  # whatever else the machine does
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # as a DataLoader worker would be
     try:
-        time.sleep(0.3)
-        use.others_busy()
-        time.sleep(1.5)
-        others = use.others_busy()
+        others = others_while_busy(use)
     finally:
         child.kill()
         child.wait()
