@@ -175,10 +175,8 @@ class Trainer(TrainerState, TrainerSteps):
                 break
             started = time.perf_counter()
             train_loss, train_acc, train_seconds = self.train_one_epoch(epoch)
-            lr, share = (
-                self._epoch.lr,
-                self._epoch.steps / max(1, len(self.train_loader)),
-            )  # an epoch cut short: its share
+            lr = self._epoch.lr
+            share = self._epoch.steps / max(1, len(self.train_loader))  # an epoch cut short: its share of the examples
             self._epoch = None
             val = self.evaluate(self.val_loader)
             metrics = EpochMetrics(

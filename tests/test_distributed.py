@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -78,9 +79,13 @@ def workdir(tmp_path_factory):
 
 
 def cnntrain(*args, cwd, processes=0, env=None):
-    """cnntrain in one process, or under torchrun with `processes` processes."""
+    """cnntrain in one process, or under torchrun with `processes` processes (each with torchrun's own
+    OMP_NUM_THREADS=1, as a user's are: conftest.py's fixed count is for the single-process runs)."""
     launcher = ("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}") if processes else ()
-    return run_cli("python -m cnntrain", *args, cwd=cwd, env=env, python=launcher)
+    environment = {key: value for key, value in os.environ.items() if not (processes and key == "OMP_NUM_THREADS")}
+    return run_cli(
+        "python -m cnntrain", *args, cwd=cwd, env={**environment, **(env or {})}, python=launcher, inherit_env=False
+    )
 
 
 def metrics(run_dir: Path) -> list[dict]:
