@@ -40,9 +40,9 @@ def fitting_threads(current: int, ceiling: int, cores: int, others: float) -> in
     A core counts as taken once other processes use half of it (a thread sharing it would hold up the
     rest), and as free again only once they use under a quarter of it: the gap keeps the count from
     going back and forth when a neighbour's use hovers around one threshold."""
-    taken = cores - math.floor(others + 0.5)  # cores left once each half-used one counts as theirs
-    free = cores - math.floor(others + 0.75)  # ... once each quarter-used one does
-    wanted = free if free > current else taken if taken < current else current
+    after_half = cores - math.floor(others + 0.5)  # the cores left when each one they half use is theirs
+    after_quarter = cores - math.floor(others + 0.75)  # ... when each one they use a quarter of is theirs
+    wanted = after_quarter if after_quarter > current else after_half if after_half < current else current
     return min(ceiling, max(1, wanted))
 
 
@@ -51,8 +51,8 @@ class ThreadGovernor(Callback):
 
     Looks every `INTERVAL` seconds of training (from the training thread: the thread count is a
     property of the thread that runs the parallel regions) and changes the count when two looks in a
-    row want the same new one. The first time it gives a core back it
-    says so on the console; later changes go to train.log. `summary()` is what summary.json records.
+    row want the same new one. The first time it gives a core back it says so on the console; later
+    changes go to train.log. `summary()` is what summary.json records.
     """
 
     INTERVAL = 1.0

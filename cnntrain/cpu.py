@@ -95,7 +95,17 @@ class CpuUse:
         self.cores = affinity_cores() if cores is None else cores
         self.ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.available = (proc / "stat").is_file() and (proc / "self" / "stat").is_file()
-        self._last: tuple[float, int, int] | None = self._sample() if self.available else None
+        self._last = self._try_sample()
+
+    def _try_sample(self) -> tuple[float, int, int] | None:
+        """A sample, or None from now on when /proc cannot give one (a sandbox, another format): a run is
+        never failed for want of this figure."""
+        if self.available:
+            try:
+                return self._sample()
+            except (OSError, ValueError, IndexError):
+                self.available = False
+        return None
 
     def _sample(self) -> tuple[float, int, int]:
         """(time, busy ticks of our cores, ticks this process and its children used)."""
@@ -136,9 +146,9 @@ class CpuUse:
 
     def others_busy(self) -> float | None:
         """Cores' worth of CPU that other processes used since the last call (None: cannot tell here)."""
-        if not self.available:
+        last, self._last = self._last, self._try_sample()
+        if last is None or self._last is None:
             return None
-        last, self._last = self._last, self._sample()
         seconds = self._last[0] - last[0]
         if seconds <= 0:
             return None

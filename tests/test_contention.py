@@ -139,6 +139,14 @@ def others_while_busy(use: CpuUse) -> float:
     return use.others_busy()
 
 
+def test_cpu_use_goes_quiet_when_proc_stops_answering(tmp_path):
+    write_proc(tmp_path, {0: [1] * 8}, (1, 1, 0, 0))
+    use = CpuUse(proc=tmp_path, cores={0})
+    (tmp_path / "stat").write_text("cpu0 garbage\n")  # a format it cannot read: no figure, no exception
+    assert use.others_busy() is None and not use.available
+    assert use.others_busy() is None
+
+
 def test_cpu_use_sees_a_real_busy_process():
     use = CpuUse()
     if not use.available:
