@@ -79,6 +79,7 @@ class TrainingParts:
     notices: list[str]  # speed switches that could not be honoured here
     weights_note: str | None = None  # what model.weights loaded and model.freeze froze
     group: Group = field(default_factory=Group.single)  # the processes of a distributed run
+    threads: tuple[int, str] = (1, "trainer.threads")  # the CPU threads it started with, and where from
 
     def new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         """The configured optimizer over the model's trainable parameters."""
@@ -157,7 +158,7 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
     group = group_for(trainer.strategy)
     device = group.device(resolve_device(checked.device))
     tune_backend(device)
-    starting_threads(trainer.threads)  # before the data is decoded: that computes on them too
+    threads = starting_threads(trainer.threads)  # before the data is decoded: that computes on them too
     torch.manual_seed(seed)  # the same on every rank: the same data split and initial weights
     prepared = build_data(checked, data)
     spec = prepared.spec
@@ -217,6 +218,7 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
         placed.notices,
         weights_note,
         group,
+        threads,
     )
     parts.optimizer = parts.new_optimizer(model)
     parts.schedule = parts.new_schedule(parts.optimizer, trainer.epochs)

@@ -24,14 +24,16 @@ import torch
 
 from cnntrain.cpu import CpuUse, thread_ceiling
 from cnntrain.hooks import Callback
+from cnntrain.time_plan import PaceCheck
 
 
-def starting_threads(setting: str | int) -> int:
-    """Set and return the CPU threads a run starts with: trainer.threads as given, or under auto the
-    ceiling (`cpu.thread_ceiling`), which the governor then lowers while other processes are busy."""
-    threads = thread_ceiling()[0] if setting == "auto" else int(setting)
+def starting_threads(setting: str | int) -> tuple[int, str]:
+    """Set the CPU threads a run starts with and return (them, where the number came from): trainer.threads
+    as given, or under auto the ceiling (`cpu.thread_ceiling`), which the governor then lowers while other
+    processes are busy."""
+    threads, source = thread_ceiling() if setting == "auto" else (int(setting), "trainer.threads")
     torch.set_num_threads(threads)
-    return threads
+    return threads, source
 
 
 def fitting_threads(current: int, ceiling: int, cores: int, others: float) -> int:
@@ -157,11 +159,11 @@ class SlowdownWatch(Callback):
         self.clock = clock
         self.pace: float | None = None  # seconds a step, early in the run
         self.told = False
-        self._window: tuple[int, float] | None = None
+        self._window = PaceCheck(self.WINDOW, self.MIN_STEPS)
         self._stage: int | None = None
 
     def on_epoch_start(self, trainer, epoch: int, steps: int) -> None:
-        self._window = None  # validation happened since the last step: not a training step's time
+        self._window.restart()  # validation happened since the last step: not a training step's time
         stage = getattr(trainer, "stage", None)
         if stage != self._stage:  # a fine-tuning's second stage trains every layer: a new pace, not a slowdown
             self._stage, self.pace = stage, None
@@ -170,15 +172,11 @@ class SlowdownWatch(Callback):
         if self.told:
             return
         now = self.clock()
-        if self._window is None:
-            self._window = (step, now)
+        if not self._window.started:
             self.use.others_busy()  # others' use is measured over the same windows
+        if not self._window.due(step, now):
             return
-        first, started = self._window
-        if step - first < self.MIN_STEPS or now - started < self.WINDOW:
-            return
-        per_step = (now - started) / (step - first)
-        self._window = (step, now)
+        per_step = self._window.take(step, now)
         others = self.use.others_busy()
         if self.pace is None:
             self.pace = per_step
@@ -192,7 +190,7 @@ class SlowdownWatch(Callback):
             f"notice: training slowed down: a step takes {per_step:.3g} s now against {self.pace:.3g} s earlier "
             f"in the run ({slower:.1f}x), "
             + (
-                "so fewer steps fit in trainer.time_limit (the plan is refitted at the epoch's end). "
+                "so fewer steps fit in trainer.time_limit (the plan is refitted to them). "
                 if self.budgeted
                 else f"so the time estimate is {slower:.1f}x too short. "
             )

@@ -218,7 +218,7 @@ def _fit_and_test(
         # What the speed switches resolved to on this device (the config may say auto).
         "channels_last": parts.channels_last,
         "precision": parts.precision,
-        "threads": callbacks.threads_summary(settings.trainer.threads),
+        "threads": callbacks.threads_summary(settings.trainer.threads, parts.threads[1]),
         # What validation and the test measured: the weights' average (its decay) or the trained weights (null);
         # each image alone (null) or with its mirror image (hflip).
         "ema": settings.trainer.ema,

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter, TimeEstimate
 from cnntrain.checkpoint import training_checkpoint
 from cnntrain.contention import SlowdownWatch, ThreadGovernor
-from cnntrain.cpu import thread_ceiling
 from cnntrain.finetune import TwoStageFinetune, scaled_optimizer
 from cnntrain.inspector import smallest_input_size
 from cnntrain.loggers import logger_callbacks
@@ -34,13 +33,15 @@ class RunCallbacks:
     governor: ThreadGovernor | None = None  # trainer.threads=auto on a CPU
     budget: TimeBudget | None = None  # trainer.time_limit's (time_budget.py)
 
-    def threads_summary(self, setting: str | int) -> dict:
-        """summary.json's "threads": the governor's record, or the fixed count."""
+    def threads_summary(self, setting: str | int, source: str) -> dict:
+        """summary.json's "threads": the governor's record, or the fixed count (and OMP_NUM_THREADS when auto
+        took it from there)."""
         if self.governor is not None:
             return self.governor.summary()
         import torch
 
-        return {"setting": setting, "threads": torch.get_num_threads(), **omp_num_threads_source(setting)}
+        from_omp = {"from": source} if setting == "auto" and source == "OMP_NUM_THREADS" else {}
+        return {"setting": setting, "threads": torch.get_num_threads(), **from_omp}
 
 
 def build_callbacks(
@@ -93,20 +94,15 @@ def build_callbacks(
     return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune, governor, budget)
 
 
-def omp_num_threads_source(setting: str | int) -> dict:
-    """For summary.json: trainer.threads=auto took its count from OMP_NUM_THREADS (and left it fixed)."""
-    return {"from": "OMP_NUM_THREADS"} if setting == "auto" and thread_ceiling()[1] == "OMP_NUM_THREADS" else {}
-
-
 def say_notice(reporter: Reporter):
     return lambda text: reporter.line(text, style="yellow")
 
 
 def thread_governor(parts: TrainingParts, reporter: Reporter) -> ThreadGovernor | None:
     """trainer.threads=auto on a CPU: the governor that gives cores back to busy neighbours (contention.py)."""
+    ceiling, source = parts.threads  # what build.py started the run with (contention.starting_threads)
     if parts.checked.trainer.threads != "auto" or parts.device.type != "cpu":
         return None
-    ceiling, source = thread_ceiling()
     if source == "OMP_NUM_THREADS":  # someone chose the count (the user, a launcher): kept as it is
         return None
     return ThreadGovernor(ceiling, source, say_notice(reporter), reporter.log_only)

@@ -162,13 +162,19 @@ class LeastOfRecent:
 
 
 class PaceCheck:
-    """The step time inside an epoch, looked at every `every` seconds: an epoch that is long against the
-    budget (fmnist_fast's one epoch on a slow CPU) is refitted before it ends, when the machine got faster
-    or slower. `restart` at an epoch's start: validation is not a step's time."""
+    """The step time inside an epoch, looked at every `every` seconds over at least `min_steps` steps: an
+    epoch that is long against the budget (fmnist_fast's one epoch on a slow CPU) is refitted before it
+    ends, when the machine got faster or slower (contention.SlowdownWatch compares paces with it too).
+    `restart` at an epoch's start: validation is not a step's time."""
 
-    def __init__(self, every: float):
-        self.every = every
+    def __init__(self, every: float, min_steps: int = 1):
+        self.every, self.min_steps = every, min_steps
         self._since: tuple[int, float] | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether a look is under way (False after `restart`, until the next `due`)."""
+        return self._since is not None
 
     def restart(self) -> None:
         self._since = None
@@ -176,7 +182,7 @@ class PaceCheck:
     def due(self, steps: int, now: float) -> bool:
         if self._since is None:
             self._since = (steps, now)
-        return now - self._since[1] >= self.every and steps > self._since[0]
+        return now - self._since[1] >= self.every and steps - self._since[0] >= self.min_steps
 
     def take(self, steps: int, now: float) -> float:
         """The seconds a step took since the last look (or the epoch's first step); the next look starts here."""
