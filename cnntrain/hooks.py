@@ -44,6 +44,9 @@ class Callback:
     - `on_fit_end(trainer)`: after the last epoch.
     - `on_test_end(trainer, metrics)`: after best.pt was tested, with the test's figures
       ({"test_loss", "test_acc"} and "test_top5" for more than 5 classes), before summary.json.
+    - `on_run_end(trainer, summary)`: after summary.json of a completed run was written, with its
+      contents (where a tracker uploads the run's files and marks it finished). An error raised here
+      is reported as a notice: the run has completed.
     - `on_exception(trainer, exception)`: when fit or the test raises, before the run ends as
       failed; a stop by Ctrl-C, SIGTERM or SIGHUP arrives as `cnntrain.errors.RunInterrupted` (a
       KeyboardInterrupt). Not called for errors before the trainer exists (config, data). An error
@@ -73,6 +76,7 @@ class Callback:
     def after_epoch_end(self, trainer: _Trainer, metrics: EpochMetrics) -> None: ...
     def on_fit_end(self, trainer: _Trainer) -> None: ...
     def on_test_end(self, trainer: _Trainer, metrics: dict[str, float]) -> None: ...
+    def on_run_end(self, trainer: _Trainer, summary: dict[str, Any]) -> None: ...
     def on_exception(self, trainer: _Trainer, exception: BaseException) -> None: ...
 
     @property

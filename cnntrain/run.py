@@ -235,6 +235,8 @@ def _fit_and_test(
         "time_limit": callbacks.budget.summary() if callbacks.budget else None,
     }
     folder.write_summary(summary)
+    for problem in trainer.run_ended(summary):
+        reporter.line(f"notice: {problem}", style="yellow")
     last = history[-1]
     chosen_on_test = spec.test_is_validation and tested == folder.best_checkpoint and best.val_acc > last.val_acc
     notice = chosen_on_test_notice(best.epoch, last, spec.has_test_split) if chosen_on_test else None

@@ -8,6 +8,8 @@
       train.log            what the console showed
       checkpoints/last.pt best.pt
       tensorboard/         with logger=tensorboard
+      trackers.json        the tracker runs this run logs to (logger=mlflow, logger=wandb), for a resume
+      wandb/               with logger=wandb: the offline run that `wandb sync` uploads
       predictions-<inputs>.csv  written by cnntrain-predict (-2, -3, ... when it exists)
       eval/<name>/         written by cnntrain-eval (EvalFolder): eval.json, per_class.csv,
                            confusion_matrix.csv/.png, misclassified.csv/.png
@@ -77,6 +79,7 @@ class RunFolder:
         self.train_log = self.path / "train.log"
         self.config_yaml = self.path / ".hydra" / "config.yaml"
         self.tensorboard = self.path / "tensorboard"
+        self.trackers_json = self.path / "trackers.json"
         self.predictions_csv = self.path / "predictions.csv"
         self.evaluations = self.path / "eval"
         self.export = self.path / "export"

@@ -145,12 +145,20 @@ class Trainer(TrainerState, TrainerSteps):
     def failed(self, exception: BaseException) -> list[str]:
         """Every callback's on_exception, even when one of them fails: returns what those failures said,
         so that the run reports them and still ends with `exception`."""
+        return self._call_each("on_exception", exception)
+
+    def run_ended(self, summary: dict) -> list[str]:
+        """Every callback's on_run_end (run.py calls it once summary.json is written); what failed is returned
+        for the run to report as notices: the run has completed all the same."""
+        return self._call_each("on_run_end", summary)
+
+    def _call_each(self, hook: str, *args) -> list[str]:
         problems = []
         for callback in self.callbacks:
             try:
-                callback.on_exception(self, exception)
+                getattr(callback, hook)(self, *args)
             except Exception as err:
-                problems.append(f"{type(callback).__name__}.on_exception failed: {type(err).__name__}: {err}")
+                problems.append(f"{type(callback).__name__}.{hook} failed: {type(err).__name__}: {err}")
         return problems
 
     def current_lr(self) -> float:

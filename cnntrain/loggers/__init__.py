@@ -1,8 +1,8 @@
-"""The loggers (`logger=csv`, `logger=tensorboard`, `logger=[csv,tensorboard]`): see catalog.py.
+"""The loggers (`logger=csv`, `tensorboard`, `mlflow`, `wandb`; several: `logger=[csv,tensorboard]`): see catalog.py.
 
-Every module of this package but catalog.py (the LOGGERS registry and the `logger` node's
-reading) registers one logger; all are imported here, so adding a logger is one module + one
-configs/logger/<name>.yaml.
+Every module of this package but catalog.py (the LOGGERS registry and the `logger` node's reading)
+and tracking.py (what every experiment tracker records of a run) registers one logger; all are
+imported here, so adding a logger is one module + one configs/logger/<name>.yaml.
 """
 
 import importlib
