@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -37,6 +38,14 @@ class ValAccuracy(Callback):
     def on_fit_end(self, trainer):
         self.hooks.append("fit_end")
 
+    def on_test_end(self, trainer, metrics):
+        self.hooks.append("test_end")
+
+    def on_run_end(self, trainer, summary):
+        # summary.json is on disk by now, holding what the hook is given
+        written = json.loads((trainer.run_folder / "summary.json").read_text())
+        self.hooks.append(f"run_end {summary['status']} {written == summary}")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -52,7 +61,10 @@ def test_train_returns_the_model_summary_and_absolute_run_folder(trained):
     assert result.summary["status"] == "completed" and result.summary["epochs"] == 2
     assert recorder.values == [m.val_acc for m in result.history]
     assert result.best_val_acc == max(recorder.values)
-    assert recorder.hooks == ["fit_start", "epoch_start 1 4", "epoch_start 2 4", "fit_end"]  # 128 train / 32
+    assert recorder.hooks == [
+        *("fit_start", "epoch_start 1 4", "epoch_start 2 4", "fit_end"),  # 128 train / 32
+        *("test_end", "run_end completed True"),
+    ]
     # The recipe line tells the overrides given to train() from the experiment's values, as the CLI does.
     [recipe_line] = [line for line in (result.run_dir / "train.log").read_text().splitlines() if "recipe: " in line]
     assert recipe_line.endswith(
@@ -106,6 +118,18 @@ def test_a_callback_can_stop_training(tmp_path):
 
     result = train(*SMOKE, callbacks=[StopAfterOne()], run_dir=tmp_path / "run")
     assert result.summary["epochs"] == 1 and result.summary["stopped_early"] == "enough"
+
+
+def test_a_failing_on_run_end_is_a_notice_and_the_run_stays_completed(tmp_path):
+    class BrokenUpload(Callback):
+        def on_run_end(self, trainer, summary):
+            raise ConnectionError("tracker went away")
+
+    result = train(*SMOKE, "trainer.epochs=1", callbacks=[BrokenUpload()], run_dir=tmp_path / "run")
+    assert result.summary["status"] == "completed"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    notice = "notice: BrokenUpload.on_run_end failed: ConnectionError: tracker went away"
+    assert notice in (tmp_path / "run" / "train.log").read_text()  # progress=none: said in train.log
 
 
 def test_callbacks_from_config_are_created_and_called(tmp_path, monkeypatch):
