@@ -30,7 +30,7 @@ TINY = [
     "data.test_size=32",
     "logger=tensorboard",
 ]
-SCALARS = ["loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"]
+SCALARS = ["train/loss", "train/acc", "train/lr", "val/loss", "val/acc"]
 
 
 def read_events(folder):
@@ -74,12 +74,62 @@ def test_scalars_per_epoch_with_the_expected_tags_and_steps(tensorboard_run):
 
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [round(e.value, 5) for e in events.Scalars("accuracy/val")] == [round(float(r["val_acc"]), 5) for r in rows]
-    assert [e.value for e in events.Scalars("lr")] == pytest.approx([0.1, 0.1])
+    assert [round(e.value, 5) for e in events.Scalars("val/acc")] == [round(float(r["val_acc"]), 5) for r in rows]
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([0.1, 0.1])
     # 10 classes: top-5 validation accuracy too, as metrics.csv has it.
-    assert [round(e.value, 5) for e in events.Scalars("accuracy/val_top5")] == [
-        round(float(r["val_top5"]), 5) for r in rows
-    ]
+    assert [round(e.value, 5) for e in events.Scalars("val/top5")] == [round(float(r["val_top5"]), 5) for r in rows]
+
+
+def test_the_test_figures_and_the_hparams_session_are_in_the_run_s_own_folder(tensorboard_run):
+    run_dir, events, _ = tensorboard_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for tag, key in (("test/loss", "test_loss"), ("test/acc", "test_acc"), ("test/top5", "test_top5")):
+        [event] = events.Scalars(tag)
+        assert (event.step, event.value) == (2, pytest.approx(summary[key]))  # at the last epoch's step
+    [best] = events.Scalars("val/best_acc")
+    assert best.value == pytest.approx(summary["best_val_acc"])
+    assert [p.name for p in (run_dir / "tensorboard").iterdir() if p.is_dir()] == []  # one session: no sub-folder
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    # No experiment summary: TensorBoard works the columns out from all sessions (the settings that differ first).
+    assert set(content) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    hparams = {
+        key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+        for key, value in start.hparams.items()
+    }
+    assert hparams == {
+        "model.name": "lenet_bn",
+        "data.name": "synthetic",
+        "optimizer.name": "sgd",
+        "optimizer.lr": pytest.approx(0.1),
+        "optimizer.weight_decay": 0.0,
+        "scheduler.name": "none",
+        "data.batch_size": 32.0,
+        "trainer.epochs": 2.0,
+    }
+    end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
+    assert end.status == 1  # STATUS_SUCCESS
+
+
+def test_hparams_columns_are_the_base_settings_and_the_command_line_s_keys():
+    from cnntrain.loggers.tensorboard_hparams import hparam_values, override_keys
+
+    keys = override_keys(["model=alexnet", "optimizer.lr=0.1", "+trainer.mixup.alpha=0.2", "~foo", "experiment=smoke"])
+    assert keys == ["model", "optimizer.lr", "trainer.mixup.alpha", "foo", "experiment"]
+    config = {
+        "model": {"name": "alexnet"},
+        "optimizer": {"lr": 0.1, "nesterov": True},
+        "data": {"mean": [0.5], "x": None},
+    }
+    assert hparam_values(config, keys + ["optimizer.lr", "optimizer.nesterov", "data.mean", "data.x"]) == {
+        "model.name": "alexnet",  # a group choice shows as its name
+        "optimizer.lr": 0.1,
+        "optimizer.nesterov": "true",  # text, not 1.0
+        "data.mean": "[0.5]",
+        "data.x": "null",
+    }
 
 
 def test_images_histograms_and_graph(tensorboard_run):
@@ -222,12 +272,15 @@ def test_logger_choices_compose_several_and_a_typo_in_any_is_named():
     from cnntrain.key_checks import check_override_keys
     from cnntrain.loggers import LOGGERS
 
-    assert LOGGERS.names() == group_choices("logger") == ["csv", "tensorboard"]
+    assert LOGGERS.names() == group_choices("logger") == ["csv", "tensorboard", "wandb"]
     assert list(compose([]).logger) == ["csv"]
     assert list(compose(["logger=[csv,tensorboard]"]).logger) == ["csv", "tensorboard"]
     assert compose(["logger=[]"]).get("logger") is None and check_logger(compose(["logger=[]"]).get("logger")) == []
     assert compose(["logger=tensorboard", "logger.tensorboard.images=8"]).logger.tensorboard.images == 8
-    typo = "Unknown logger 'tensorbord' (logger=tensorbord). Did you mean 'tensorboard'? Available: csv, tensorboard"
+    typo = (
+        "Unknown logger 'tensorbord' (logger=tensorbord). Did you mean 'tensorboard'? "
+        "Available: csv, tensorboard, wandb"
+    )
     for args in (["logger=[csv,tensorbord]"], ["logger=tensorbord"], ["-m", "logger=[csv],[tensorbord]"]):
         assert check_group_choices(args) == typo
         with pytest.raises(ConfigError, match=re.escape(typo)):

@@ -1,13 +1,18 @@
 """`logger=tensorboard` (configs/logger/tensorboard.yaml): a logger that writes TensorBoard event files.
 
-What it records, in `<run folder>/tensorboard/` (see it with `tensorboard --logdir outputs`):
-- scalars every epoch: loss/train, loss/val, accuracy/train, accuracy/val, lr (and
-  accuracy/val_top5 for data with more than 5 classes);
-- at the start: a grid of training images as the model sees them (after resize and
-  augmentation, normalisation undone) and the model graph;
-- every epoch: up to `images` misclassified validation images, each titled
-  "pred X / actual Y" with class names;
-- every `histogram_every` epochs: a histogram of each parameter and of its gradient.
+What it records, in `<run folder>/tensorboard/` (see it with `tensorboard --logdir outputs`), its tags in one
+style, `<split>/<what>` (split: train, val, test):
+- scalars every epoch: train/loss, train/acc, train/lr (the learning rate of the epoch's first step),
+  val/loss, val/acc, val/top5 (for data with more than 5 classes), train/stage (two-stage fine-tuning);
+- at the end, at the last epoch's step: test/loss, test/acc, test/top5 (best.pt on the test split) and
+  val/best_acc; the HPARAMS tab gets the run's settings and those figures (tensorboard_hparams.py), so
+  `tensorboard --logdir <sweep folder>` compares a sweep's jobs;
+- at the start: train/augmented_batch, a grid of training images as the model sees them (after resize
+  and augmentation, normalisation undone), and the model graph;
+- every epoch: val/misclassified, up to `images` misclassified validation images, each titled
+  "pred X / actual Y" with class names, and val/misclassified_shown, how many;
+- every `histogram_every` epochs: weights/<parameter> and gradients/<parameter> histograms.
+Event files written before these names (loss/train, accuracy/val, lr, ...) keep theirs.
 
 torch.utils.tensorboard needs the `tensorboard` package, an optional dependency:
 `check_tensorboard()` turns its absence into a message saying how to install it.
@@ -24,6 +29,7 @@ import torch
 
 from cnntrain.errors import ConfigError
 from cnntrain.loggers.catalog import LOGGERS
+from cnntrain.loggers.tensorboard_hparams import write_hparams
 from cnntrain.registry import is_whole
 from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
@@ -121,13 +127,13 @@ class TensorBoardLogger(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         step = metrics.epoch
         for tag, value in (
-            ("loss/train", metrics.train_loss),
-            ("loss/val", metrics.val_loss),
-            ("accuracy/train", metrics.train_acc),
-            ("accuracy/val", metrics.val_acc),
-            ("lr", metrics.lr),
-            ("accuracy/val_top5", metrics.val_top5),
-            ("stage", metrics.stage),
+            ("train/loss", metrics.train_loss),
+            ("train/acc", metrics.train_acc),
+            ("train/lr", metrics.lr),
+            ("val/loss", metrics.val_loss),
+            ("val/acc", metrics.val_acc),
+            ("val/top5", metrics.val_top5),
+            ("train/stage", metrics.stage),
         ):
             if value is not None:  # top-5: only for data with more than 5 classes; stage: two-stage runs
                 self.writer.add_scalar(tag, value, global_step=step)
@@ -138,6 +144,16 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.flush()  # the test and the HPARAMS tab's session come after
+
+    def on_test_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        step = last_epoch(trainer)
+        for name, value in metrics.items():  # test_loss -> test/loss, test_acc -> test/acc, test_top5 -> test/top5
+            self.writer.add_scalar(name.replace("_", "/", 1), value, global_step=step)
+        self.writer.flush()
+
+    def on_run_end(self, trainer: Trainer, summary: dict) -> None:
+        write_hparams(self.writer, trainer.config, summary, last_epoch(trainer))
         self.writer.close()
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
@@ -189,6 +205,11 @@ class TensorBoardLogger(Callback):
 
             self.writer.add_image("val/misclassified", figure_to_array(figure), global_step=step, dataformats="HWC")
         self.writer.add_scalar("val/misclassified_shown", found, global_step=step)
+
+
+def last_epoch(trainer: Trainer) -> int:
+    """The step the end-of-run figures go at: the last finished epoch (0 when none)."""
+    return trainer.history[-1].epoch if trainer.history else 0
 
 
 def first_batch(loader) -> tuple[torch.Tensor, torch.Tensor]:
