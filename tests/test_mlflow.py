@@ -263,6 +263,26 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job(server, tmp_path):
     assert sorted(run.data.params["optimizer.lr"] for run in children) == ["0.05", "0.1"]
     assert all(run.info.status == "FINISHED" for run in children)
     assert parent.data.metrics["best_val_acc"] == max(run.data.metrics["val_acc"] for run in children)
+    assert sorted(run.info.run_name for run in children) == ["lenet_classic-synthetic-0", "lenet_classic-synthetic-1"]
+
+
+@pytest.mark.slow  # two processes under torchrun: about 30 s
+def test_under_torchrun_only_rank_0_logs(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MLFLOW_TRACKING_URI")}
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    result = run_cli(
+        "python -m cnntrain",
+        *TINY,
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+        env=environment,
+        python=launcher,
+        inherit_env=False,
+    )
+    assert result.returncode == 0, result.stderr
+    client, run = one_run(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "cnntrain")
+    assert run.info.status == "FINISHED" and [step for step, _ in steps(client, run.info.run_id)] == [1, 2]
+    assert steps(client, run.info.run_id) == csv_column(tmp_path / "run" / "metrics.csv", "val_acc")
 
 
 def test_bad_settings_and_a_missing_package_are_answered_before_any_data_loads(monkeypatch):

@@ -8,6 +8,7 @@ state, so runs of a sweep in one process and a user's own MLflow code do not ste
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -60,11 +61,12 @@ def default_store() -> tuple[str, str | None]:
 
 def unreachable_message(uri: str, reason: str) -> str:
     """The one message of a tracker that cannot be reached at the start of a run."""
+    server = urlparse(uri).scheme in ("http", "https")
+    fix = "Start the server (e.g. mlflow server --host 127.0.0.1 --port 5000)" if server else "Check the path"
     return (
-        f"logger=mlflow cannot reach the MLflow tracking store at {uri} ({reason}). Start the server "
-        f"(e.g. mlflow server --host 127.0.0.1 --port 5000), correct logger.mlflow.tracking_uri (null: "
-        f"outputs/mlflow.db), or train without it: logger.mlflow.on_unreachable=warn trains on and logs "
-        f"nothing to MLflow."
+        f"logger=mlflow cannot reach the MLflow tracking store at {uri} ({reason}). {fix}, correct "
+        f"logger.mlflow.tracking_uri (null: outputs/mlflow.db), or train without it: "
+        f"logger.mlflow.on_unreachable=warn trains on and logs nothing to MLflow."
     )
 
 
@@ -93,11 +95,21 @@ def open_experiment(uri: str, name: str, artifact_location: str | None):
     from mlflow import MlflowClient
 
     check_reachable(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        for noisy in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables...": noise
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return _experiment(MlflowClient(tracking_uri=uri), name, artifact_location)
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    for noisy in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables...": noise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # One process at a time creates the database's tables (jobs of a launcher=joblib sweep start together:
+    # two creating them at once fail with "duplicate column name").
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _experiment(MlflowClient(tracking_uri=uri), name, artifact_location)
+
+
+def _experiment(client, name: str, artifact_location: str | None):
+    """(client, id) of experiment `name`, created when missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return client, experiment.experiment_id
