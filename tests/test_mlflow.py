@@ -190,13 +190,15 @@ def test_a_stopped_run_is_killed_and_its_resume_continues_the_same_run_without_r
     assert [step for step, _ in steps(client, run.info.run_id)] == [1]
     # An epoch logged but not in the checkpoint (a crash between the two) must not come twice.
     client.log_metric(run.info.run_id, "val_acc", 0.5, step=2)
-    resume(run_dir)
+    resume(run_dir, ["trainer.epochs=4"])
     client, resumed = one_run(server, "resume")
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     history = steps(client, run.info.run_id)
-    assert [step for step, _ in history] == [1, 2, 3]
+    assert [step for step, _ in history] == [1, 2, 3, 4]
     assert history[1][1] == 0.5  # the step already held was left alone
-    assert csv_column(run_dir / "metrics.csv", "val_acc")[2] == history[2]
+    assert csv_column(run_dir / "metrics.csv", "val_acc")[2:] == history[2:]
+    # MLflow refuses to change a param: the first value stays, the resume's is a tag.
+    assert resumed.data.params["trainer.epochs"] == "3" and resumed.data.tags["resumed.trainer.epochs"] == "4"
 
 
 class FailAt(Callback):

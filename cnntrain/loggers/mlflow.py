@@ -125,10 +125,12 @@ class MlflowLogger(Callback):
     def on_run_end(self, trainer: Trainer, summary: dict) -> None:
         if self.run_id is None:
             return
-        self._upload(run_files(self.folder))
-        if self.log_checkpoint and self.folder.best_checkpoint.is_file():
-            self.client.log_artifact(self.run_id, str(self.folder.best_checkpoint), artifact_path="checkpoints")
-        self.client.set_terminated(self.run_id, status="FINISHED")
+        try:
+            self._upload(run_files(self.folder))
+            if self.log_checkpoint and self.folder.best_checkpoint.is_file():
+                self.client.log_artifact(self.run_id, str(self.folder.best_checkpoint), artifact_path="checkpoints")
+        finally:  # the run completed: a file that failed to upload (a notice) does not leave it RUNNING
+            self.client.set_terminated(self.run_id, status="FINISHED")
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         if self.run_id is None:
