@@ -52,20 +52,9 @@ def server(tmp_path_factory):
     of the session, also when a test failed."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(folder / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri"]
+    command += [f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     log = open(folder / "server.log", "w")
     # Without its job runners (huey consumers, for GenAI jobs these tests never use): ready in half the time.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
