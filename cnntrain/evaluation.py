@@ -56,6 +56,7 @@ from cnntrain.eval_files import LINK_FIX, write_results
 from cnntrain.eval_report import print_report
 from cnntrain.eval_result import EvalResult, confusion_matrix, misclassified_rows, per_class_metrics
 from cnntrain.evaluator import resolve_tta
+from cnntrain.loggers.mlflow_store import log_evaluation
 from cnntrain.opened_run import RunArgument, open_run
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import RunFolder
@@ -172,6 +173,7 @@ def evaluate_run(
     )
     result.run_test = comparable_run_test(folder, result, checked)
     write_results(result, examples, state)
+    result.notices += log_evaluation(folder, result.folder.path)  # the run's MLflow run gets them too (if any)
     return result
 
 

@@ -118,6 +118,9 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         rows = report_sweep(Path(config.hydra.sweep.dir))
         _failures["count"] = sum(row["status"] != "completed" for row in rows)
+        from cnntrain.loggers.mlflow_store import end_sweep  # logger=mlflow's parent run (nothing without one)
+
+        end_sweep(Path(config.hydra.sweep.dir), rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -272,14 +272,14 @@ def test_logger_choices_compose_several_and_a_typo_in_any_is_named():
     from cnntrain.key_checks import check_override_keys
     from cnntrain.loggers import LOGGERS
 
-    assert LOGGERS.names() == group_choices("logger") == ["csv", "tensorboard", "wandb"]
+    assert LOGGERS.names() == group_choices("logger") == ["csv", "mlflow", "tensorboard", "wandb"]
     assert list(compose([]).logger) == ["csv"]
     assert list(compose(["logger=[csv,tensorboard]"]).logger) == ["csv", "tensorboard"]
     assert compose(["logger=[]"]).get("logger") is None and check_logger(compose(["logger=[]"]).get("logger")) == []
     assert compose(["logger=tensorboard", "logger.tensorboard.images=8"]).logger.tensorboard.images == 8
     typo = (
-        "Unknown logger 'tensorbord' (logger=tensorbord). Did you mean 'tensorboard'? "
-        "Available: csv, tensorboard, wandb"
+        "Unknown logger 'tensorbord' (logger=tensorbord). Did you mean 'tensorboard'? Available: csv, mlflow, "
+        "tensorboard, wandb"
     )
     for args in (["logger=[csv,tensorbord]"], ["logger=tensorbord"], ["-m", "logger=[csv],[tensorbord]"]):
         assert check_group_choices(args) == typo

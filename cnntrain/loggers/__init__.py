@@ -1,8 +1,8 @@
 """The loggers (`logger=csv`, `tensorboard`, `mlflow`, `wandb`; several: `logger=[csv,tensorboard]`): see catalog.py.
 
-Every module of this package but catalog.py (the LOGGERS registry and the `logger` node's reading)
-tracking.py (what every experiment tracker records of a run) and tensorboard_hparams.py (TensorBoard's HPARAMS
-tab) registers one logger; all are
+Every module of this package but catalog.py (the LOGGERS registry and the `logger` node's reading),
+tracking.py (what every experiment tracker records of a run) and a logger's helper modules (mlflow_store.py,
+tensorboard_hparams.py) registers one logger; all are
 imported here, so adding a logger is one module + one configs/logger/<name>.yaml.
 """
 
