@@ -5,7 +5,7 @@ hydra_plugins/cnntrain_optuna_sweeper hands it its settings, the launcher and th
 time, launches them as jobs with their parameters and `sweep.trial` (where a job finds its trial to
 report each epoch's val_acc to: trial_pruning.py), and tells the study how each job ended, read from
 its summary.json: COMPLETE with its best val_acc, PRUNED, or FAIL. `n_trials` counts the study's
-finished trials, so a search stopped (Ctrl-C, a smaller n_trials) and started again with the same
+completed and pruned trials, so a search stopped (Ctrl-C, a smaller n_trials) and started again with the same
 command runs only the missing ones.
 """
 
@@ -90,9 +90,10 @@ def quoted(text: str) -> str:
 
 
 def _finished_states() -> tuple:
+    """The trials n_trials counts, as Optuna's MaxTrialsCallback does: a failed trial is tried again."""
     from optuna.trial import TrialState
 
-    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class OptunaSearch:

@@ -219,3 +219,14 @@ def test_a_study_in_memory_is_refused_with_a_launcher_of_other_processes(tmp_pat
         search(tmp_path, n_trials=0, params={"optimizer.lr": "interval(0.01, 0.5)"})
     with pytest.raises(ConfigError, match="The Optuna search has nothing to tune"):
         search(tmp_path)
+    with pytest.raises(ConfigError, match=r"direction must be maximize \(a job's result is its best val_acc\)"):
+        search(tmp_path, direction="minimize", params={"optimizer.lr": "interval(0.01, 0.5)"})
+
+
+def test_cmaes_without_its_package_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "cmaes" else real_find_spec(name))
+    with pytest.raises(ConfigError, match=r"sampler=cmaes needs the cmaes package.*pip install 'cnntrain\[optuna\]'"):
+        make_sampler("cmaes", 0, 5, {"lr": FloatDistribution(0.01, 1.0)})
