@@ -168,7 +168,7 @@ class OptunaSearch:
         )
         to_go = total - done
         while to_go > 0:
-            trials = [study.ask(fixed_distributions=space) for _ in range(min(settings.n_jobs, to_go))]
+            trials = self._ask(study, space, min(settings.n_jobs, to_go))
             batch = [self._job_overrides(study, trial, fixed, storage) for trial in trials]
             try:
                 returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
@@ -181,6 +181,16 @@ class OptunaSearch:
                 self._tell(study, trial, ret)
             to_go -= len(trials)
         self._write_results(study, storage)
+
+    def _ask(self, study, space: dict[str, Any], count: int) -> list:
+        try:
+            return [study.ask(fixed_distributions=space) for _ in range(count)]
+        except ValueError as err:  # a choice(...) other than the one the study's trials had
+            abandon_running(study, say=lambda text: None)  # the trial asked for is not left running
+            raise ConfigError(
+                f"The study {study.study_name} has trials with another search space ({err}): keep its space, "
+                f"or start a new study with another hydra.sweeper.study_name (or none: named after the command)."
+            ) from None
 
     def _job_overrides(self, study, trial, fixed: list[str], storage: str | None) -> list[str]:
         address = f"{{study:{quoted(study.study_name)},number:{trial.number}"

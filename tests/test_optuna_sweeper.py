@@ -230,3 +230,27 @@ def test_cmaes_without_its_package_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "cmaes" else real_find_spec(name))
     with pytest.raises(ConfigError, match=r"sampler=cmaes needs the cmaes package.*pip install 'cnntrain\[optuna\]'"):
         make_sampler("cmaes", 0, 5, {"lr": FloatDistribution(0.01, 1.0)})
+
+
+def test_the_median_pruner_stops_a_trial_below_the_earlier_trials_median(tmp_path):
+    median = {"pruner": "median", "pruner_startup_trials": 1, "pruner_warmup_epochs": 0}
+    args = ["trainer.epochs=3", "data.train_size=400"]
+    search(tmp_path, "good", n_trials=1, params={"optimizer.lr": "interval(0.1, 0.10001)"}, arguments=args, **median)
+    # The same study, a trial that cannot learn (lr 1e-7): below the first trial's epoch 1, so pruned there.
+    bad_lr = {"optimizer.lr": "interval(0.0000001, 0.0000002)"}
+    said = search(tmp_path, "bad", n_trials=2, params=bad_lr, arguments=args, **median)
+    # A choice(...) is a fixed set of values for Optuna: another one in the same study is refused.
+    with pytest.raises(ConfigError, match="The study s has trials with another search space"):
+        search(tmp_path, "other", n_trials=3, params={"optimizer.lr": "choice(0.1, 0.2)"}, arguments=args, **median)
+    assert json.loads((tmp_path / "good" / "0" / "summary.json").read_text())["epochs"] == 3
+    bad = json.loads((tmp_path / "bad" / "0" / "summary.json").read_text())  # job 0 of its sweep, trial 1
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/outputs/optuna.db")
+    good_epoch_1 = study.trials[0].intermediate_values[1]
+    assert bad["pruned"]["epoch"] == 1 and bad["epochs"] == 1 and bad["pruned"]["val_acc"] < good_epoch_1
+    assert bad["stopped_early"] == (
+        f"pruned by Optuna's median pruner at epoch 1: val_acc {bad['pruned']['val_acc']:.4f}, below the median "
+        f"of the earlier trials at epoch 1 ({good_epoch_1:.4f})"
+    )
+    # The refused search's trial is not left running.
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert said[-2].startswith("optuna trial 1: pruned at epoch 1 (val acc ")
