@@ -71,6 +71,7 @@ def build_callbacks(
         *([SlowdownWatch(say_notice(reporter), parts.device.type, budgeted=budget is not None)] if writes else []),
         *([MetricsWriter(folder.metrics_csv)] if writes else []),
         checkpointer,
+        *trial_pruning(parts, reporter),  # before the loggers: they see a pruned run's summary.json entry
         *(
             logger_callbacks(
                 checked.logger,
@@ -92,6 +93,19 @@ def build_callbacks(
     if finetune:
         callbacks.append(finetune)  # after the checkpointer: its after_epoch_end reloads the best.pt just written
     return RunCallbacks(display, checkpointer, callbacks + checked.callbacks, finetune, governor, budget)
+
+
+def trial_pruning(parts: TrainingParts, reporter: Reporter) -> list[Callback]:
+    """A job of an Optuna search (sweep.trial set by the sweeper): the callback that reports to its trial.
+    One process only: a stop decided by rank 0 alone would leave the other ranks of a distributed run waiting."""
+    trial = (parts.checked.cfg.get("sweep") or {}).get("trial")
+    if trial is None or not parts.group.writes or parts.group.world_size > 1:
+        return []
+    from omegaconf import OmegaConf
+
+    from cnntrain.trial_pruning import TrialPruning
+
+    return [TrialPruning(OmegaConf.to_container(trial, resolve=True), say_notice(reporter))]
 
 
 def say_notice(reporter: Reporter):

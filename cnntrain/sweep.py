@@ -23,18 +23,20 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
 
+from cnntrain.sweep_jobs import failed_jobs
 from cnntrain.sweep_report import report_sweep
 
 _failures = {"count": 0}
 EXIT_FAILED_JOBS = 1  # cnntrain -m's exit status when the sweep finished but some of its jobs failed
-# What a failed job returns to the sweeper. Optuna's Hydra sweeper (1.2, 1.3) aborts the whole
-# search on a value that is not a finite float (None and NaN included), so a failed trial
-# scores 0, the worst validation accuracy there is: the search goes on and steers away from it.
+# What a failed job returns to the sweeper: 0, the worst validation accuracy there is, a finite float
+# any sweeper accepts (hydra-optuna-sweeper aborted the search on None or NaN). cnntrain's Optuna sweeper
+# reads the job's summary.json instead and tells the study the trial failed.
 FAILED_JOB_SCORE = 0.0
-# Optional Hydra plugins a config choice needs: (argument prefix, module, pip extra).
+# Optional Hydra plugins a config choice needs: (argument prefix, module, pip extra). cnntrain's Optuna
+# sweeper is always there (hydra_plugins/cnntrain_optuna_sweeper): it is Optuna itself that may be missing.
 PLUGINS = (
-    ("hparams_search=", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
-    ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    ("hparams_search=", "optuna", "optuna"),
+    ("hydra/sweeper=optuna", "optuna", "optuna"),
     ("launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
     ("hydra/launcher=joblib", "hydra_plugins.hydra_joblib_launcher", "joblib"),
     ("launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "submitit"),
@@ -93,10 +95,14 @@ def missing_plugin(args: list[str]) -> str | None:
     for prefix, module, extra in PLUGINS:
         if any(arg.lstrip("+").startswith(prefix) and not arg.endswith("=null") for arg in args):
             if importlib.util.find_spec(module) is None:
+                what = (
+                    module
+                    if "." not in module
+                    else f"Hydra's {extra} plugin ({module.split('.')[-1].replace('_', '-')})"
+                )
                 return (
-                    f"'{next(a for a in args if a.lstrip('+').startswith(prefix))}' needs Hydra's "
-                    f"{extra} plugin ({module.split('.')[-1].replace('_', '-')}), which is not installed. "
-                    f"Install it with: pip install 'cnntrain[{extra}]'"
+                    f"'{next(a for a in args if a.lstrip('+').startswith(prefix))}' needs {what}, which is not "
+                    f"installed. Install it with: pip install 'cnntrain[{extra}]'"
                 )
     slurm = next((arg for arg in args if arg.lstrip("+") in ("launcher=slurm", "hydra/launcher=submitit_slurm")), None)
     only_shows = any(arg.split("=")[0] in SHOW_ONLY_OPTIONS for arg in args)  # --cfg job: nothing is submitted
@@ -117,10 +123,10 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         rows = report_sweep(Path(config.hydra.sweep.dir))
-        _failures["count"] = sum(row["status"] != "completed" for row in rows)
+        _failures["count"] = failed_jobs(rows)
         from cnntrain.loggers.mlflow_store import end_sweep  # logger=mlflow's parent run (nothing without one)
 
-        end_sweep(Path(config.hydra.sweep.dir), rows)
+        end_sweep(Path(config.hydra.sweep.dir), rows, failed=_failures["count"] > 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     rows = report_sweep(Path(args[0]))
-    return EXIT_FAILED_JOBS if any(row["status"] != "completed" for row in rows) else 0
+    return EXIT_FAILED_JOBS if failed_jobs(rows) else 0
 
 
 if __name__ == "__main__":

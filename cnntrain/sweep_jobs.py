@@ -30,6 +30,7 @@ SWEEP_COLUMNS = [
     "error",
 ]
 NO_SUMMARY = "no summary.json"
+FINISHED = ("completed", "pruned")  # the statuses of jobs that did not fail
 # What submitit raises in a job that reached its time limit (hydra.launcher.timeout_min; the signal comes
 # signal_delay_s before it), recorded as the job's error; the table says it in cnntrain's words.
 SUBMITIT_TIMED_OUT = "Job not requeued because: timed-out"
@@ -44,7 +45,9 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder of `sweep_dir` (folders that hold a .hydra/ subfolder)."""
     rows = []
     for folder in sorted((p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")), key=_job_number):
-        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+        overrides = [
+            o for o in yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or [] if not _is_address(o)
+        ]
         try:
             summary = RunFolder(folder).read_summary() or {
                 "status": "failed",
@@ -57,7 +60,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 "job": _job_number(folder),
                 "overrides": " ".join(overrides),
                 "override_list": overrides,
-                "status": summary.get("status"),
+                "status": job_status(summary),
                 "best_val_acc": summary.get("best_val_acc"),
                 "test_acc": summary.get("test_acc"),
                 "best_epoch": summary.get("best_epoch"),
@@ -65,10 +68,34 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 "test_is_validation": summary.get("test_is_validation", False),
                 "num_classes": summary.get("num_classes"),
                 "run_dir": str(folder),
-                "error": _table_error((summary.get("error") or "").split("\n")[0], folder),
+                "error": pruned_text(summary) or _table_error((summary.get("error") or "").split("\n")[0], folder),
             }
         )
     return rows
+
+
+def _is_address(override: str) -> bool:
+    """sweep.trial=...: where an Optuna search's job reports to (set by the sweeper), not a setting it tried."""
+    return override.lstrip("+").startswith("sweep.trial=")
+
+
+def job_status(summary: dict[str, Any]) -> str | None:
+    """summary.json's status, except "pruned" for a run an Optuna pruner stopped (it completed: tested, summed up)."""
+    return "pruned" if summary.get("status") == "completed" and summary.get("pruned") else summary.get("status")
+
+
+def pruned_text(summary: dict[str, Any]) -> str:
+    """What the table says of a pruned job ("" for any other): its epoch and the pruner."""
+    pruned = summary.get("pruned") if summary.get("status") == "completed" else None
+    if not isinstance(pruned, dict):
+        return ""
+    name = str(pruned.get("pruner"))
+    return f"at epoch {pruned.get('epoch')} by the {name}{' pruner' if name.islower() else ''}"
+
+
+def failed_jobs(rows: list[dict[str, Any]]) -> int:
+    """Jobs that did not finish: neither completed nor pruned (a pruner's stop is a search's normal course)."""
+    return sum(row["status"] not in FINISHED for row in rows)
 
 
 def _table_error(error: str, folder: Path) -> str:

@@ -60,6 +60,8 @@ def sweep_table(rows: list[dict[str, Any]]) -> Table:
         status = (
             row["status"]
             if row["status"] == "completed"
+            else f"[yellow]pruned {escape(row['error'])}[/]"
+            if row["status"] == "pruned"
             else f"[red]{escape(row['status'])}: {escape(row['error'])}[/]"
         )
         if at_chance_level(row):

@@ -50,6 +50,7 @@ LAYERS = [
         "cnntrain.settings",
         "cnntrain.time_plan",
         "cnntrain.time_fitting",
+        "cnntrain.optuna_study",
     },
     {
         "cnntrain.callbacks",
@@ -58,6 +59,7 @@ LAYERS = [
         "cnntrain.finetune",
         "cnntrain.contention",
         "cnntrain.time_budget",
+        "cnntrain.trial_pruning",
     },
     {
         "cnntrain.checks",
@@ -77,6 +79,7 @@ LAYERS = [
         "cnntrain.sweep",
         "cnntrain.sweep_jobs",
         "cnntrain.sweep_report",
+        "cnntrain.optuna_search",
         "cnntrain.export",
         "cnntrain.evaluation",
         "cnntrain.eval_result",

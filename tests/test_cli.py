@@ -181,42 +181,84 @@ def test_fail_fast_stops_the_sweep_at_the_first_failed_job(tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_optuna_search_of_three_trials_records_the_best_trial(tmp_path):
-    # A study kept in SQLite, as the README suggests: this needs SQLAlchemy < 2 with Optuna 2.
+NEVER_GOOD_ENOUGH = "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.1}"  # prunes every trial
+
+
+def stored_trials(db):
+    """(number, state name, value) of each trial of the only study in the SQLite file `db`, read with Optuna."""
+    import optuna
+
+    [summary] = optuna.get_all_study_summaries(storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
+    return [(t.number, t.state.name, t.value) for t in study.trials]
+
+
+OPTUNA_SEARCH = ["hparams_search=optuna", *SMOKE, *TINY_DATA, "trainer.epochs=2"]
+
+
+def test_optuna_search_job_reports_to_its_trial_in_the_sqlite_study_and_is_pruned(tmp_path):
+    pytest.importorskip("optuna")
     result = cnntrain(
-        "hparams_search=optuna",
-        *SMOKE,
-        *TINY_DATA,
-        "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.storage=sqlite:///optuna.db",
-        "hydra.sweep.dir=sweep",
-        cwd=tmp_path,
+        *OPTUNA_SEARCH, "hydra.sweeper.n_trials=1", NEVER_GOOD_ENOUGH, "hydra.sweep.dir=sweep1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr  # pruned jobs are not failed ones
+    db = tmp_path / "outputs" / "optuna.db"  # the default storage, under the folder cnntrain started in
+    assert [r["status"] for r in read_sweep_csv(tmp_path / "sweep1")] == ["pruned"]
+    summary = json.loads((tmp_path / "sweep1" / "0" / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["pruned"]["epoch"] == 1 and summary["test_acc"] is not None
+    assert "stopped after epoch 1: pruned by Optuna's ThresholdPruner at epoch 1: val_acc " in result.stdout
+    assert "optuna trial 0: pruned at epoch 1 (val acc " in result.stdout
+    assert [(n, state) for n, state, _ in stored_trials(db)] == [(0, "PRUNED")]
+    # Optuna's and alembic's lines: none in Optuna's coloured format, no "setup plugin alembic".
+    output = result.stdout + result.stderr
+    assert "\x1b[" not in output and "alembic" not in output and "[I 20" not in output and "Trial 0 " not in output
+
+
+@pytest.mark.slow  # ~35 s on a busy 2-core machine: two searches; test_optuna_sweeper.py continues one in-process
+def test_the_same_optuna_search_command_continues_its_study(tmp_path):
+    pytest.importorskip("optuna")
+    result = cnntrain(
+        *OPTUNA_SEARCH, "hydra.sweeper.n_trials=2", NEVER_GOOD_ENOUGH, "hydra.sweep.dir=sweep1", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "optuna.db").stat().st_size > 0
-    sweep = tmp_path / "sweep"
-    rows = read_sweep_csv(sweep)
-    assert [r["job"] for r in rows] == ["0", "1", "2"] and all(r["status"] == "completed" for r in rows)
-    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    db = tmp_path / "outputs" / "optuna.db"
+    assert [(n, state) for n, state, _ in stored_trials(db)] == [(0, "PRUNED"), (1, "PRUNED")]
+    # The same search with one trial more: only the missing trial runs, numbered on.
+    more = ["hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=none", "hydra.sweep.dir=sweep2"]
+    result = cnntrain(*OPTUNA_SEARCH, *more, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ": 2 of 3 trials finished, running 1 (tpe sampler, none pruner, 1 at a time)" in result.stdout
+    trials = stored_trials(db)
+    assert [(n, state) for n, state, _ in trials] == [(0, "PRUNED"), (1, "PRUNED"), (2, "COMPLETE")]
+    [row] = read_sweep_csv(tmp_path / "sweep2")
+    assert row["status"] == "completed" and float(row["best_val_acc"]) == pytest.approx(trials[2][2])
+    results = yaml.safe_load((tmp_path / "sweep2" / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
-    best = yaml.safe_load((sweep / "best.yaml").read_text())
-    assert best["best_val_acc"] == pytest.approx(results["best_value"])
-    assert best["best_val_acc"] == max(float(r["best_val_acc"]) for r in rows)
+    assert results["best_trial"] == 2 and results["best_value"] == pytest.approx(trials[2][2])
+    assert f"see the study: optuna-dashboard sqlite:///{db}" in result.stdout
+    best = yaml.safe_load((tmp_path / "sweep2" / "best.yaml").read_text())
     chosen = dict(o.split("=", 1) for o in best["overrides"])
     assert 0.001 <= float(chosen["optimizer.lr"]) <= 1.0 and chosen["data.batch_size"] in {"32", "64", "128", "256"}
-    assert f"best job: {best['job']}" in result.stdout
-    with Image.open(sweep / "sweep.png") as image:
-        assert image.size == (1350, 420)  # one panel per tuned parameter, no failures listed
+    assert "sweep.trial" not in chosen  # the sweeper's address for the job, not a setting to paste
 
 
-@pytest.mark.slow  # ~15 s; test_sweep.py checks the score a failed job returns, in-process
-def test_failed_optuna_trial_scores_zero_and_the_search_goes_on(tmp_path):
+def test_optuna_search_settings_mistakes_are_one_line(tmp_path):
+    pytest.importorskip("optuna")
+    result = cnntrain("hparams_search=optuna", *SMOKE, "hydra.sweeper.sampler=tpee", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: Unknown hydra.sweeper.sampler 'tpee' (one of tpe, random, cmaes, grid). Did you mean 'tpe'?"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow  # ~15 s; test_optuna_sweeper.py tells a failed trial in-process
+def test_failed_optuna_trial_is_told_fail_and_the_search_goes_on(tmp_path):
     # The grid sampler tries both values, so exactly one trial fails.
     result = cnntrain(
         "-m",
         "hydra/sweeper=optuna",
-        "hydra/sweeper/sampler=grid",
-        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.sampler=grid",
         *SMOKE,
         *TINY_DATA,
         "data.val_fraction=choice(0.2,1.5)",
@@ -232,6 +274,33 @@ def test_failed_optuna_trial_scores_zero_and_the_search_goes_on(tmp_path):
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["best_params"] == {"data.val_fraction": 0.2}
     assert results["best_value"] == pytest.approx(float(rows["0.2"]["best_val_acc"]))
+    states = sorted(state for _, state, _ in stored_trials(tmp_path / "outputs" / "optuna.db"))
+    assert states == ["COMPLETE", "FAIL"]
+
+
+@pytest.mark.slow  # ~50 s on a busy 2-core machine: two worker processes each import torch and load data
+def test_joblib_jobs_of_an_optuna_search_find_their_trials_through_the_storage(tmp_path):
+    pytest.importorskip("optuna")
+    result = cnntrain(
+        "hparams_search=optuna",
+        "launcher=joblib",
+        *SMOKE,
+        *TINY_DATA,
+        "trainer.epochs=2",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        NEVER_GOOD_ENOUGH,
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    assert [r["status"] for r in read_sweep_csv(tmp_path / "sweep")] == ["pruned", "pruned"]
+    trials = stored_trials(tmp_path / "outputs" / "optuna.db")
+    assert [(n, state) for n, state, _ in trials] == [(0, "PRUNED"), (1, "PRUNED")]
+    # Storage null: the jobs of other processes could not reach the study.
+    result = cnntrain("hparams_search=optuna", "launcher=joblib", *SMOKE, "hydra.sweeper.storage=null", cwd=tmp_path)
+    assert result.returncode == 2 and "hydra.sweeper.storage=null keeps the Optuna study" in result.stderr
 
 
 @pytest.mark.slow  # ~20 s: two worker processes each import torch and load data

@@ -53,12 +53,21 @@ def test_best_job_is_the_first_completed_job_with_the_highest_accuracy(tmp_path)
 
 def test_a_missing_plugin_names_the_extra_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert missing_plugin(["-m", "hparams_search=optuna"]) == (
-        "'hparams_search=optuna' needs Hydra's optuna plugin (hydra-optuna-sweeper), which is not installed. "
-        "Install it with: pip install 'cnntrain[optuna]'"
+    assert missing_plugin(["-m", "launcher=joblib"]) == (
+        "'launcher=joblib' needs Hydra's joblib plugin (hydra-joblib-launcher), which is not installed. "
+        "Install it with: pip install 'cnntrain[joblib]'"
     )
-    assert missing_plugin(["-m", "launcher=joblib"]).endswith("Install it with: pip install 'cnntrain[joblib]'")
     assert missing_plugin(["hparams_search=null", "model=mlp"]) is None
+
+
+def test_a_search_without_optuna_names_the_extra_to_install(monkeypatch):
+    """cnntrain's sweeper is always there (hydra_plugins/cnntrain_optuna_sweeper): Optuna itself is asked for."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "optuna" else real_find_spec(name))
+    message = "needs optuna, which is not installed. Install it with: pip install 'cnntrain[optuna]'"
+    assert missing_plugin(["hparams_search=optuna"]) == f"'hparams_search=optuna' {message}"
+    assert missing_plugin(["-m", "hydra/sweeper=optuna"]) == f"'hydra/sweeper=optuna' {message}"
+    assert missing_plugin(["-m", "launcher=joblib", "optimizer.lr=0.1,0.2"]) is None
 
 
 def test_the_plugins_are_installed_for_the_tests():
@@ -66,7 +75,7 @@ def test_the_plugins_are_installed_for_the_tests():
     assert missing_plugin(["hparams_search=optuna", "launcher=joblib"]) is None
 
 
-def test_a_failed_job_scores_zero_a_value_the_optuna_sweeper_accepts():
+def test_a_failed_job_scores_zero_a_value_any_sweeper_accepts():
     from omegaconf import OmegaConf
 
     score = failed_job_result(OmegaConf.create({"sweep": {"fail_fast": False}}))
@@ -76,10 +85,10 @@ def test_a_failed_job_scores_zero_a_value_the_optuna_sweeper_accepts():
     study = optuna.create_study(direction="maximize")
     study.tell(study.ask(), score)
     assert study.best_value == 0.0
-    # Why not NaN (or None, which the sweeper cannot turn into a float): Optuna refuses it,
-    # and hydra-optuna-sweeper 1.2 then aborts the whole search.
-    with pytest.raises(ValueError):
-        study.tell(study.ask(), float("nan"))
+    # Why not NaN (or None, which a sweeper cannot turn into a float): Optuna records it as a failed trial
+    # (cnntrain's own sweeper tells the study so itself, from the job's summary.json).
+    with pytest.warns(UserWarning, match="nan is not acceptable"):
+        assert study.tell(study.ask(), float("nan")).state == optuna.trial.TrialState.FAIL
 
 
 def test_report_writes_csv_png_and_best_and_marks_jobs_a_fail_fast_stop_cut_short(tmp_path):
@@ -103,6 +112,30 @@ def test_report_writes_csv_png_and_best_and_marks_jobs_a_fail_fast_stop_cut_shor
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["best.yaml", "sweep.csv", "sweep.png"]
     with open(tmp_path / "sweep.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["completed", "failed", "stopped"]
+
+
+def test_a_pruned_job_is_shown_pruned_and_is_not_a_failure(tmp_path):
+    done = {"status": "completed", "best_val_acc": 0.8, "test_acc": 0.7, "best_epoch": 3, "wall_seconds": 3.0}
+    make_job(tmp_path, "0", ["optimizer.lr=0.1", "sweep.trial={study:'s',number:0,storage:null}"], done)
+    pruned = {**done, "best_val_acc": 0.3, "best_epoch": 1, "pruned": {"pruner": "median", "epoch": 1, "val_acc": 0.3}}
+    make_job(tmp_path, "1", ["optimizer.lr=0.9", "sweep.trial={study:'s',number:1,storage:null}"], pruned)
+    (tmp_path / "multirun.yaml").write_text("{}\n")  # what python -m cnntrain.sweep looks for
+    console = Console(file=io.StringIO(), width=400)
+    rows = report_sweep(tmp_path, console)
+    assert [(r["job"], r["status"], r["overrides"]) for r in rows] == [
+        (0, "completed", "optimizer.lr=0.1"),
+        (1, "pruned", "optimizer.lr=0.9"),  # the trial's address is the sweeper's, not a setting tried
+    ]
+    printed = console.file.getvalue()
+    assert "pruned at epoch 1 by the median pruner" in printed and "failed" not in printed
+    with open(tmp_path / "sweep.csv") as f:
+        assert [(r["status"], r["error"]) for r in csv.DictReader(f)] == [
+            ("completed", ""),
+            ("pruned", "at epoch 1 by the median pruner"),
+        ]
+    from cnntrain.sweep import main
+
+    assert main([str(tmp_path)]) == 0  # pruned jobs only: the sweep did not fail
 
 
 @pytest.mark.parametrize("test_is_validation", [True, False])

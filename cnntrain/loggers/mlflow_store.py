@@ -158,9 +158,9 @@ def sweep_parent(sweep_dir: Path, uri: str, make: Callable[[], str]) -> str | No
     return kept["run_id"] if kept.get("tracking_uri") == uri else None
 
 
-def end_sweep(sweep_dir: Path, rows: list[dict[str, Any]], say: Callable[[str], None] = print) -> None:
-    """At a sweep's end (sweep.SweepReport): its parent run FINISHED, or FAILED when a job did not complete,
-    with the best job's best_val_acc. Nothing when no job logged to MLflow; a failure is a notice."""
+def end_sweep(sweep_dir: Path, rows: list[dict[str, Any]], failed: bool, say: Callable[[str], None] = print) -> None:
+    """At a sweep's end (sweep.SweepReport): its parent run FINISHED, or FAILED when a job `failed` (a pruned job
+    did not), with the best job's best_val_acc. Nothing when no job logged to MLflow; a failure is a notice."""
     kept_file = Path(sweep_dir) / f".{PARENT}"
     if not kept_file.is_file():
         return
@@ -172,7 +172,6 @@ def end_sweep(sweep_dir: Path, rows: list[dict[str, Any]], say: Callable[[str], 
         scores = [row["best_val_acc"] for row in rows if isinstance(row.get("best_val_acc"), (int, float))]
         if scores:
             client.log_metric(kept["run_id"], "best_val_acc", max(scores))
-        failed = any(row.get("status") != "completed" for row in rows)
         client.set_terminated(kept["run_id"], status="FAILED" if failed else "FINISHED")
     except Exception as err:  # the sweep's table matters more than the tracker's parent run
         say(f"notice: mlflow: could not end the sweep's parent run ({short_reason(err)}).")
