@@ -12,6 +12,7 @@ command runs only the missing ones.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # Overrides that do not change what a trial trains: left out of the default study name, so the same
 # search run with more trials, another launcher or fail_fast continues the same study.
 NOT_IN_STUDY_NAME = ("hydra.", "launcher=", "sweep.", "trainer.progress=")
+# The sweeper's settings that change how trials are chosen and stopped: part of the default study name.
+SEARCH_KEYS = ("sampler", "seed", "n_startup_trials", "pruner", "pruner_startup_trials", "pruner_warmup_epochs")
 
 
 @dataclass
@@ -76,11 +79,13 @@ def absolute_storage(storage: str | None, start_folder: Path) -> str | None:
     return f"{prefix}{path}"
 
 
-def default_study_name(config, arguments: list[str], params: dict[str, str]) -> str:
-    """<model>-<data>-<8 hex digits of what the trials train with>: the same command names the same study."""
+def default_study_name(config, arguments: list[str], params: dict[str, str], how: Sequence[str] = ()) -> str:
+    """<model>-<data>-<8 hex digits of what the trials train with and `how` they are chosen and stopped (sampler,
+    pruner)>: the same command names the same study (n_trials, n_jobs and the storage aside), and the same search
+    with another pruner or sampler (to compare them) another one."""
     kept = sorted(arg for arg in arguments if not arg.lstrip("+~").startswith(NOT_IN_STUDY_NAME))
     space = sorted(f"{key}={value}" for key, value in params.items())
-    digest = hashlib.sha1("\n".join(kept + ["--"] + space).encode()).hexdigest()[:8]
+    digest = hashlib.sha1("\n".join(kept + ["--"] + space + ["--", *how]).encode()).hexdigest()[:8]
     return f"{config.model.name}-{config.data.name}-{digest}"
 
 
@@ -122,7 +127,8 @@ class OptunaSearch:
                 "('optimizer.lr=tag(log,interval(0.001,1))')."
             )
         fixed = [item for item in fixed if item.split("=", 1)[0].lstrip("+~") not in space]
-        name = settings.study_name or default_study_name(self.config, list(arguments), params)
+        how = [f"{key}={getattr(settings, key)}" for key in SEARCH_KEYS]
+        name = settings.study_name or default_study_name(self.config, list(arguments), params, how)
         pruner = make_pruner(settings.pruner, settings.pruner_startup_trials, settings.pruner_warmup_epochs)
         try:
             study = optuna.create_study(

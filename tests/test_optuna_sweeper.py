@@ -95,6 +95,14 @@ def test_the_storage_path_and_default_study_name(tmp_path):
     assert same == name
     assert default_study_name(config, ["experiment=smoke", "model.width=2"], {"optimizer.lr": "interval(0,1)"}) != name
     assert default_study_name(config, ["experiment=smoke"], {"optimizer.lr": "interval(0,2)"}) != name
+    # The same search with another pruner (to compare them): another study.
+    args, space = ["experiment=smoke", "hparams_search=optuna"], {"optimizer.lr": "interval(0,1)"}
+    assert default_study_name(config, args, space, ["pruner=median"]) == default_study_name(
+        config, args, space, ["pruner=median"]
+    )
+    assert default_study_name(config, args, space, ["pruner=none"]) != default_study_name(
+        config, args, space, ["pruner=median"]
+    )
 
 
 class InProcessLauncher:
