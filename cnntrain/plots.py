@@ -150,17 +150,18 @@ def swept_parameters(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
 
 METRIC_LABELS = {"best_val_acc": "best validation accuracy"}
 LINE_HEIGHT = 0.22  # inches per listed failure under the sweep plot
+DRAWN = ("completed", "pruned")  # jobs with a score to draw; a pruned one's is its best before the pruner stopped it
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_val_acc") -> None:
-    """One panel per swept parameter: its value against `metric`; failed jobs marked and listed.
+    """One panel per swept parameter: its value against `metric`; pruned jobs hollow, failed jobs marked and listed.
 
     A parameter whose values are all numbers gets a numeric axis (logarithmic when they
     span more than a factor of 20, as learning rates do); others are categories.
     """
     params = swept_parameters(rows) or {"job": [str(row["job"]) for row in rows]}
-    failed = [row for row in rows if row["status"] != "completed"]
-    completed = [row[metric] for row in rows if row["status"] == "completed" and row.get(metric) is not None]
+    failed = [row for row in rows if row["status"] not in DRAWN]
+    completed = [row[metric] for row in rows if row["status"] in DRAWN and row.get(metric) is not None]
     best_row = best_of(rows, metric)
     lines = [f"job {row['job']} {row['status']}: {row['error']}" for row in failed[:8]]
     if len(failed) > 8:
@@ -174,8 +175,8 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, metric: str = "best_v
     label = METRIC_LABELS.get(metric, metric)
     axes_list[0].set_ylabel(label)
     title = f"sweep: {len(rows)} jobs, " + ", ".join(
-        f"{sum(row['status'] == status for row in failed)} {status}"
-        for status in sorted({row["status"] for row in failed} | {"failed"})
+        f"{sum(row['status'] == status for row in rows)} {status}"
+        for status in sorted({row["status"] for row in rows if row["status"] != "completed"} | {"failed"})
     )
     if best_row is not None:
         best = best_row[metric]
@@ -243,7 +244,7 @@ def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best_r
         )
     for xi, row in zip(x, rows):
         value = row.get(metric)
-        if row["status"] == "completed" and value is not None:
+        if row["status"] in DRAWN and value is not None:
             is_best = row is best_row  # one star, even when other jobs tie with it
             axes.plot(
                 xi,
@@ -251,6 +252,7 @@ def _plot_parameter(axes, key: str, column: list[str], rows, metric: str, best_r
                 "*" if is_best else "o",
                 color="tab:green" if is_best else "tab:blue",
                 markersize=13 if is_best else 7,
+                fillstyle="none" if row["status"] == "pruned" else "full",  # stopped early: its best so far
             )
             axes.annotate(str(row["job"]), (xi, value), textcoords="offset points", xytext=(5, 4), fontsize=7)
         else:

@@ -151,3 +151,19 @@ def test_sweep_png_stars_one_job_when_several_tie_the_one_best_yaml_names(tmp_pa
     assert best_job(rows)["job"] == 1 and stars == [[[0.1, 0.8]]]
     assert len([line for line in axes.lines if line.get_marker() == "o"]) == 3
     assert drawn["figure"]._suptitle.get_text().endswith("best: job 1, 0.8000 (star), tied with jobs 2, 3")
+
+
+def test_sweep_png_draws_a_pruned_job_hollow_at_its_score_not_as_a_failure(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.update(figure=figure))
+    rows = [
+        {"job": 0, "override_list": ["optimizer.lr=0.1"], "status": "completed", "best_val_acc": 0.8, "error": ""},
+        {"job": 1, "override_list": ["optimizer.lr=0.3"], "status": "completed", "best_val_acc": 0.6, "error": ""},
+        {"job": 2, "override_list": ["optimizer.lr=0.9"], "status": "pruned", "best_val_acc": 0.3, "error": "at 1"},
+    ]
+    plot_sweep(rows, tmp_path / "sweep.png")
+    [axes] = drawn["figure"].axes
+    hollow = [line.get_xydata().tolist() for line in axes.lines if line.get_fillstyle() == "none"]
+    assert hollow == [[[0.9, 0.3]]] and not [line for line in axes.lines if line.get_marker() == "x"]
+    assert drawn["figure"]._suptitle.get_text() == "sweep: 3 jobs, 0 failed, 1 pruned; best: job 0, 0.8000 (star)"
+    assert drawn["figure"].texts == [drawn["figure"]._suptitle]  # nothing listed under the panels: no job failed
