@@ -130,6 +130,10 @@ def test_a_run_logs_its_config_metrics_tags_files_and_status_to_a_server(server,
     assert run.info.status == "FINISHED"
     kept = json.loads((run_dir / "trackers.json").read_text())["mlflow"]
     assert kept == {"tracking_uri": server, "run_id": run.info.run_id}
+    # One line says where the run is (MLflow's own emoji lines to stdout are turned off).
+    page = f"mlflow: run FINISHED: {server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    log = (run_dir / "train.log").read_text()
+    assert page in log.splitlines() and "View run" not in log
 
 
 def test_cnntrain_eval_adds_its_files_to_the_same_mlflow_run(server_run):

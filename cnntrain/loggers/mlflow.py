@@ -130,7 +130,7 @@ class MlflowLogger(Callback):
             if self.log_checkpoint and self.folder.best_checkpoint.is_file():
                 self.client.log_artifact(self.run_id, str(self.folder.best_checkpoint), artifact_path="checkpoints")
         finally:  # the run completed: a file that failed to upload (a notice) does not leave it RUNNING
-            self.client.set_terminated(self.run_id, status="FINISHED")
+            self._end("FINISHED")
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         if self.run_id is None:
@@ -138,7 +138,7 @@ class MlflowLogger(Callback):
         try:
             self._upload([self.folder.metrics_csv, self.folder.curves_png])  # what the finished epochs left
         finally:
-            self.client.set_terminated(self.run_id, status=end_status(exception))
+            self._end(end_status(exception))
 
     # --- pieces -------------------------------------------------------------------------------
 
@@ -181,6 +181,10 @@ class MlflowLogger(Callback):
         for key, value in params.items():
             if held.get(store.safe_key(key), store.param_value(value)) != store.param_value(value):
                 self.client.set_tag(self.run_id, f"resumed.{store.safe_key(key)}", store.param_value(value))
+
+    def _end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+        self.notify(store.where_to_look(self.uri, self.experiment_id, self.run_id, status))
 
     def _log_metrics(self, values: dict[str, float], step: int, what: str) -> None:
         """Figures at `step`; a store that fails mid-run is a notice, not a failed training."""

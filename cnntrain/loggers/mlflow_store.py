@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -95,6 +96,9 @@ def open_experiment(uri: str, name: str, artifact_location: str | None):
     from mlflow import MlflowClient
 
     check_reachable(uri)
+    # MLflow prints two emoji lines of links to stdout when a run on a server ends, outside train.log and in the
+    # middle of cnntrain's lines: where_to_look's one line says where the run is instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if not uri.startswith("sqlite:///"):
         return _experiment(MlflowClient(tracking_uri=uri), name, artifact_location)
     database = Path(uri.removeprefix("sqlite:///"))
@@ -106,6 +110,14 @@ def open_experiment(uri: str, name: str, artifact_location: str | None):
     with open(database.with_name(database.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _experiment(MlflowClient(tracking_uri=uri), name, artifact_location)
+
+
+def where_to_look(uri: str, experiment_id: str, run_id: str, status: str) -> str:
+    """The line a run ends with: its status and where to see it (the run's page on a server, else the command
+    that opens the UI on its store)."""
+    if uri.startswith(("http://", "https://")):
+        return f"mlflow: run {status}: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow: run {run_id} {status}; see it with: mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
 def _experiment(client, name: str, artifact_location: str | None):
