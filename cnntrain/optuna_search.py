@@ -23,7 +23,7 @@ from cnntrain.optuna_study import (
     STUDIES_IN_MEMORY,
     make_pruner,
     make_sampler,
-    pruner_name,
+    pruner_label,
     quiet_optuna_logging,
     search_space,
 )
@@ -170,7 +170,7 @@ class OptunaSearch:
             return
         self.say(
             f"optuna study {study.study_name} {where}: {done} of {total} trials finished, running {total - done} "
-            f"({settings.sampler} sampler, {pruner_name(settings.pruner)} pruner, {settings.n_jobs} at a time)"
+            f"({settings.sampler} sampler, {pruner_label(settings.pruner)}, {settings.n_jobs} at a time)"
         )
         to_go = total - done
         while to_go > 0:

@@ -145,8 +145,10 @@ def pruner_name(spec: Any) -> str:
 
 
 def pruner_label(spec: Any) -> str:
-    """ "median pruner", "hyperband pruner", or a _target_ pruner's class ("PercentilePruner")."""
+    """ "median pruner", "hyperband pruner", "no pruner", or a _target_ pruner's class ("PercentilePruner")."""
     name = pruner_name(spec)
+    if name == "none":
+        return "no pruner"
     return f"{name} pruner" if name in PRUNERS else name
 
 

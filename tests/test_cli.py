@@ -227,7 +227,7 @@ def test_the_same_optuna_search_command_continues_its_study(tmp_path):
     more = ["hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=none", "hydra.sweep.dir=sweep2"]
     result = cnntrain(*OPTUNA_SEARCH, *more, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert ": 2 of 3 trials finished, running 1 (tpe sampler, none pruner, 1 at a time)" in result.stdout
+    assert ": 2 of 3 trials finished, running 1 (tpe sampler, no pruner, 1 at a time)" in result.stdout
     trials = stored_trials(db)
     assert [(n, state) for n, state, _ in trials] == [(0, "PRUNED"), (1, "PRUNED"), (2, "COMPLETE")]
     [row] = read_sweep_csv(tmp_path / "sweep2")
