@@ -79,6 +79,15 @@ def absolute_storage(storage: str | None, start_folder: Path) -> str | None:
     return f"{prefix}{path}"
 
 
+def storage_problem(storage: str | None, err: BaseException) -> str:
+    """One line for a study storage that cannot be opened: the setting, the reason's first line, what to do."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return (
+        f"hydra.sweeper.storage={storage}: cannot open the Optuna study there ({type(err).__name__}: {reason}). "
+        f"Give a database URL Optuna can write to, e.g. the default sqlite:///outputs/optuna.db."
+    )
+
+
 def default_study_name(config, arguments: list[str], params: dict[str, str], how: Sequence[str] = ()) -> str:
     """<model>-<data>-<8 hex digits of what the trials train with and `how` they are chosen and stopped (sampler,
     pruner)>: the same command names the same study (n_trials, n_jobs and the storage aside), and the same search
@@ -112,7 +121,10 @@ class OptunaSearch:
         settings = self.settings
         settings.check()
         quiet_optuna_logging()
-        storage = absolute_storage(settings.storage, Path(self.config.hydra.runtime.cwd))
+        try:
+            storage = absolute_storage(settings.storage, Path(self.config.hydra.runtime.cwd))
+        except OSError as err:  # its folder cannot be made (read-only, no such place)
+            raise ConfigError(storage_problem(settings.storage, err)) from None
         if storage is None and self.config.hydra.launcher.get("_target_") != BASIC_LAUNCHER:
             raise ConfigError(
                 "hydra.sweeper.storage=null keeps the Optuna study in this process's memory, which the jobs of "
@@ -138,8 +150,8 @@ class OptunaSearch:
                 direction="maximize",
                 load_if_exists=True,
             )
-        except (ImportError, ValueError, RuntimeError) as err:  # a bad URL, a driver that is missing
-            raise ConfigError(f"hydra.sweeper.storage={settings.storage}: cannot open the study: {err}") from None
+        except Exception as err:  # a bad URL, a driver that is missing, a file that cannot be written (SQLAlchemy's)
+            raise ConfigError(storage_problem(settings.storage, err)) from None
         if storage is None:
             STUDIES_IN_MEMORY[name] = study
         arguments_ = [settings.pruner_startup_trials, settings.pruner_warmup_epochs]

@@ -249,6 +249,16 @@ def test_optuna_search_settings_mistakes_are_one_line(tmp_path):
         "error: Unknown hydra.sweeper.sampler 'tpee' (one of tpe, random, cmaes, grid). Did you mean 'tpe'?"
     )
     assert "Traceback" not in result.stdout + result.stderr
+    # A storage Optuna cannot open: its folder cannot be made, a database it has no driver for.
+    (tmp_path / "a_file").write_text("")
+    for storage, reason in (
+        (f"sqlite:///{tmp_path}/a_file/optuna.db", "(FileExistsError: "),
+        ("nonsense://x", "(NoSuchModuleError: Can't load plugin: sqlalchemy.dialects:nonsense)"),
+    ):
+        result = cnntrain("hparams_search=optuna", *SMOKE, f"hydra.sweeper.storage={storage}", cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+        assert result.stderr.startswith(f"error: hydra.sweeper.storage={storage}: cannot open the Optuna study there ")
+        assert reason in result.stderr and "e.g. the default sqlite:///outputs/optuna.db." in result.stderr
 
 
 @pytest.mark.slow  # ~15 s; test_optuna_sweeper.py tells a failed trial in-process
