@@ -171,6 +171,15 @@ def test_the_default_store_is_outputs_mlflow_db_of_the_folder_cnntrain_started_f
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"curves.png", "summary.json", "metrics.csv"}
     assert run.info.artifact_uri.startswith((tmp_path / "outputs" / "mlflow-artifacts").as_uri())
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
+    # The run deleted from the store, then the run resumed: a notice and a new MLflow run with every epoch.
+    client.delete_run(run.info.run_id)
+    resume(tmp_path / "run", ["trainer.epochs=3"])
+    client, new = one_run(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "cnntrain")
+    assert new.info.run_id != run.info.run_id and [step for step, _ in steps(client, new.info.run_id)] == [1, 2, 3]
+    assert (
+        f"notice: mlflow: the run {run.info.run_id} this run logged to is not in "
+        in (tmp_path / "run" / "train.log").read_text()
+    )
 
 
 def test_a_stopped_run_is_killed_and_its_resume_continues_the_same_run_without_repeated_epochs(server, tmp_path):

@@ -102,14 +102,29 @@ class MlflowLogger(Callback):
             return
         params = config_params(trainer.config)
         kept = self.ids.get("mlflow")
-        if kept:
+        if kept and self._still_there(kept["run_id"]):
             self.run_id = kept["run_id"]
             self._continue_run(params)
-        else:
-            self.run_id = self._new_run(trainer).info.run_id
-            self.ids.put("mlflow", {"tracking_uri": self.uri, "run_id": self.run_id})
-            for batch in store.param_batches(params):
-                self.client.log_batch(self.run_id, params=batch)
+            return
+        self.run_id = self._new_run(trainer).info.run_id
+        self.ids.put("mlflow", {"tracking_uri": self.uri, "run_id": self.run_id})
+        for batch in store.param_batches(params):
+            self.client.log_batch(self.run_id, params=batch)
+        for metrics in trainer.history:  # a resume whose MLflow run was deleted: the new one gets every epoch
+            self.on_epoch_end(trainer, metrics)
+
+    def _still_there(self, run_id: str) -> bool:
+        """Whether the MLflow run a resume goes on logging to still exists (not deleted from the store)."""
+        try:
+            there = self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except Exception:  # MLflow's "run not found"
+            there = False
+        if not there:
+            self.notify(
+                f"notice: mlflow: the run {run_id} this run logged to is not in {self.uri} any more "
+                "(deleted?): its epochs go to a new MLflow run."
+            )
+        return there
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         if self.run_id is None or metrics.epoch in self.logged_epochs:
