@@ -21,11 +21,13 @@ from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.optuna_study import (
     PRUNER_ATTR,
     STUDIES_IN_MEMORY,
+    absolute_storage,
     make_pruner,
     make_sampler,
     pruner_label,
     quiet_optuna_logging,
     search_space,
+    storage_problem,
 )
 from cnntrain.run_folder import RunFolder
 
@@ -59,6 +61,10 @@ class SearchSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"hydra.sweeper.{name} must be a whole number >= 1, got {value!r}.")
+        for name in ("pruner_startup_trials", "pruner_warmup_epochs", "n_startup_trials"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"hydra.sweeper.{name} must be a whole number >= 0, got {value!r}.")
         if self.direction != "maximize":
             raise ConfigError(
                 f"hydra.sweeper.direction must be maximize (a job's result is its best val_acc), "
@@ -66,26 +72,14 @@ class SearchSettings:
             )
 
 
-def absolute_storage(storage: str | None, start_folder: Path) -> str | None:
-    """An SQLite URL with a relative path made absolute against the folder cnntrain was started from (the
-    jobs of another launcher may run elsewhere), its folder made; any other URL as it is."""
-    prefix = "sqlite:///"
-    if not storage or not storage.startswith(prefix) or storage.startswith(prefix + "/"):
-        if storage and storage.startswith(prefix + "/"):
-            Path(storage[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
-        return storage
-    path = (start_folder / storage[len(prefix) :]).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"{prefix}{path}"
-
-
-def storage_problem(storage: str | None, err: BaseException) -> str:
-    """One line for a study storage that cannot be opened: the setting, the reason's first line, what to do."""
-    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return (
-        f"hydra.sweeper.storage={storage}: cannot open the Optuna study there ({type(err).__name__}: {reason}). "
-        f"Give a database URL Optuna can write to, e.g. the default sqlite:///outputs/optuna.db."
-    )
+def without_typed_values(params: dict[str, str], arguments: list[str], say) -> dict[str, str]:
+    """hydra.sweeper.params less the keys given one value on the command line (`optimizer.lr=0.01`): what the user
+    typed wins over the search space of a file, as it does for any other setting (said once per key)."""
+    _, typed = search_space(list(arguments))
+    keys = {item.split("=", 1)[0].lstrip("+~") for item in typed}
+    for key in sorted(keys & set(params)):
+        say(f"optuna: {key} is set on the command line, so it is not searched (hydra.sweeper.params had {params[key]})")
+    return {key: value for key, value in params.items() if key not in keys}
 
 
 def default_study_name(config, arguments: list[str], params: dict[str, str], how: Sequence[str] = ()) -> str:
@@ -131,7 +125,7 @@ class OptunaSearch:
                 "this launcher (other processes) cannot reach to report to their trials: keep a storage file "
                 "(the default, hydra.sweeper.storage=sqlite:///outputs/optuna.db) or use the basic launcher."
             )
-        params = dict(settings.params or {})
+        params = without_typed_values(dict(settings.params or {}), arguments, self.say)
         space, fixed = search_space([f"{key}={value}" for key, value in params.items()] + list(arguments))
         if not space:
             raise ConfigError(

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cnntrain.errors import ConfigError
@@ -202,3 +203,25 @@ def open_trial(address: Mapping[str, Any]):
     # Optuna finds a trial by its storage id; the job is told the number a user sees (the dashboard's).
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(address["number"]))
     return study, optuna.trial.Trial(study, trial_id)
+
+
+def absolute_storage(storage: str | None, start_folder: Path) -> str | None:
+    """An SQLite URL with a relative path made absolute against the folder cnntrain was started from (the
+    jobs of another launcher may run elsewhere), its folder made; any other URL as it is."""
+    prefix = "sqlite:///"
+    if not storage or not storage.startswith(prefix) or storage.startswith(prefix + "/"):
+        if storage and storage.startswith(prefix + "/"):
+            Path(storage[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+        return storage
+    path = (start_folder / storage[len(prefix) :]).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"{prefix}{path}"
+
+
+def storage_problem(storage: str | None, err: BaseException) -> str:
+    """One line for a study storage that cannot be opened: the setting, the reason's first line, what to do."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return (
+        f"hydra.sweeper.storage={storage}: cannot open the Optuna study there ({type(err).__name__}: {reason}). "
+        f"Give a database URL Optuna can write to, e.g. the default sqlite:///outputs/optuna.db."
+    )

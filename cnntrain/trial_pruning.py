@@ -25,7 +25,15 @@ class TrialPruning(Callback):
     def on_fit_start(self, trainer) -> None:
         from optuna.trial import TrialState
 
-        study, trial = open_trial(self.address)
+        try:
+            study, trial = open_trial(self.address)
+        except Exception as err:  # a resumed job whose study is gone (moved, in a finished search's memory)
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            self.say(
+                f"notice: Optuna trial {self.address.get('number')} cannot be reached ({reason}): this run "
+                "reports nothing to it"
+            )
+            return
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         if trial.number not in running:  # a resumed job of a search that has told its result already
             self.say(f"notice: Optuna trial {trial.number} has finished already: this run reports nothing to it")
@@ -35,7 +43,12 @@ class TrialPruning(Callback):
     def on_epoch_end(self, trainer, metrics) -> None:
         if self.trial is None:
             return
-        self.trial.report(metrics.val_acc, metrics.epoch)
+        try:
+            self.trial.report(metrics.val_acc, metrics.epoch)
+        except Exception as err:  # the trial was ended elsewhere (another search marked it failed): train on
+            self.say(f"notice: Optuna trial {self.trial.number} takes no more reports ({err}): the run goes on")
+            self.trial = None
+            return
         # The last epoch is the trial's end anyway: its result is a completed trial's, not a pruned one's.
         if trainer.stop_reason or metrics.epoch >= trainer.epochs or not self.trial.should_prune():
             return

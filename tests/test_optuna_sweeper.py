@@ -20,10 +20,15 @@ from cnntrain.optuna_search import (  # noqa: E402
     BASIC_LAUNCHER,
     OptunaSearch,
     SearchSettings,
-    absolute_storage,
     default_study_name,
 )
-from cnntrain.optuna_study import STUDIES_IN_MEMORY, make_pruner, make_sampler, search_space  # noqa: E402
+from cnntrain.optuna_study import (  # noqa: E402
+    STUDIES_IN_MEMORY,
+    absolute_storage,
+    make_pruner,
+    make_sampler,
+    search_space,
+)
 
 SMOKE = ["experiment=smoke", "data.train_size=96", "data.test_size=32", "trainer.progress=none"]
 NEVER_GOOD_ENOUGH = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.1}  # val_acc is never above 1.1
@@ -262,3 +267,24 @@ def test_the_median_pruner_stops_a_trial_below_the_earlier_trials_median(tmp_pat
     # The refused search's trial is not left running.
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert said[-2].startswith("optuna trial 1: pruned at epoch 1 (val acc ")
+
+
+def test_a_value_typed_on_the_command_line_is_not_searched():
+    from cnntrain.optuna_search import without_typed_values
+
+    said = []
+    params = {"optimizer.lr": "tag(log, interval(0.001, 1.0))", "data.batch_size": "choice(32, 64)"}
+    kept = without_typed_values(
+        params, ["experiment=smoke", "optimizer.lr=0.01", "data.batch_size=choice(8,16)"], said.append
+    )
+    assert kept == {"data.batch_size": "choice(32, 64)"}  # a swept value on the command line is no typed value
+    assert said == [
+        "optuna: optimizer.lr is set on the command line, so it is not searched "
+        "(hydra.sweeper.params had tag(log, interval(0.001, 1.0)))"
+    ]
+
+
+def test_negative_pruner_settings_are_refused():
+    for key in ("pruner_startup_trials", "pruner_warmup_epochs", "n_startup_trials"):
+        with pytest.raises(ConfigError, match=f"hydra.sweeper.{key} must be a whole number >= 0, got -1."):
+            SearchSettings(**{key: -1}).check()

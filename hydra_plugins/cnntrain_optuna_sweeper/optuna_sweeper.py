@@ -64,7 +64,15 @@ class CnntrainOptunaSweeper(Sweeper):
 
         try:
             OptunaSearch(SearchSettings(**self.settings), self.config, self.launcher).run(arguments)
-        except CnnTrainError as err:  # a setting's mistake: one line and status 2, as for the others
-            print_error(str(err))
+        except (CnnTrainError, ModuleNotFoundError) as err:  # a setting's mistake, Optuna missing: one line, status 2
+            missing = isinstance(err, ModuleNotFoundError) and err.name and err.name.split(".")[0] == "optuna"
+            if isinstance(err, ModuleNotFoundError) and not missing:
+                raise
+            print_error(
+                "the Optuna search needs the optuna package, which is not installed. Install it with: "
+                "pip install 'cnntrain[optuna]'"
+                if missing
+                else str(err)
+            )
             sys.stdout.flush()
             raise SystemExit(EXIT_USAGE) from None  # Hydra's launchers and its main catch Exception only
