@@ -157,8 +157,9 @@ class Trainer(TrainerState, TrainerSteps):
         for callback in self.callbacks:
             try:
                 getattr(callback, hook)(self, *args)
-            except Exception as err:
-                problems.append(f"{type(callback).__name__}.{hook} failed: {type(err).__name__}: {err}")
+            except Exception as err:  # its first line: a library's message can run to a page
+                first_line = (str(err).strip().splitlines() or [""])[0][:300]
+                problems.append(f"{type(callback).__name__}.{hook} failed: {type(err).__name__}: {first_line}")
         return problems
 
     def current_lr(self) -> float:

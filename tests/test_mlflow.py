@@ -182,6 +182,15 @@ def test_the_default_store_is_outputs_mlflow_db_of_the_folder_cnntrain_started_f
     )
 
 
+def test_a_deleted_experiment_is_one_message_saying_how_to_restore_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    with pytest.raises(ConfigError, match=r"The MLflow experiment 'gone' is deleted \(in the store at sqlite:"):
+        train(compose_config([*TINY, f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.experiment=gone"]), "run")
+
+
 def test_a_stopped_run_is_killed_and_its_resume_continues_the_same_run_without_repeated_epochs(server, tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*TINY, "trainer.epochs=3", f"logger.mlflow.tracking_uri={server}", "logger.mlflow.experiment=resume"]

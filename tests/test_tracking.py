@@ -72,6 +72,17 @@ def test_tracker_ids_are_kept_per_tracker_in_trackers_json(tmp_path):
     assert json.loads(folder.trackers_json.read_text()) == {"mlflow": {"run_id": "abc"}, "wandb": {"id": "xyz"}}
     folder.trackers_json.write_text("{not json")
     assert TrackerIds(folder).get("mlflow") is None  # unreadable: a new tracker run, not a crash
+    # Edited into something else: no entry (a new tracker run), not an AttributeError or KeyError later.
+    for edited in (
+        "[]",
+        '{"mlflow": "abc"}',
+        '{"mlflow": {"run_id": "abc"}}',
+        '{"mlflow": {"run_id": 5, "tracking_uri": "x"}}',
+    ):
+        folder.trackers_json.write_text(edited)
+        assert TrackerIds(folder).get("mlflow", "tracking_uri", "run_id") is None, edited
+    folder.trackers_json.write_text('{"mlflow": {"run_id": "abc", "tracking_uri": "x"}}')
+    assert TrackerIds(folder).get("mlflow", "tracking_uri", "run_id") == {"run_id": "abc", "tracking_uri": "x"}
 
 
 def test_no_sweep_job_outside_a_multirun():

@@ -36,6 +36,7 @@ from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
 ON_UNREACHABLE = ("fail", "warn")
+KEPT = ("tracking_uri", "run_id")  # what trackers.json keeps of the MLflow run, for a resume
 
 
 @LOGGERS.register("mlflow")
@@ -61,11 +62,13 @@ class MlflowLogger(Callback):
         self.notify = notify
         self.run_id: str | None = None
         self.logged_epochs: set[int] = set()  # the steps the MLflow run already holds (a resume skips them)
-        kept = self.ids.get("mlflow")  # a resume: the store and run the run logged to before
+        kept = self.ids.get("mlflow", *KEPT)  # a resume: the store and run the run logged to before
         uri, artifacts = (kept["tracking_uri"], None) if kept else _chosen_store(tracking_uri)
         self.uri = uri
         try:
             self.client, self.experiment_id = store.open_experiment(uri, experiment, artifacts)
+        except ConfigError:  # reached, but the experiment cannot take runs (deleted)
+            raise
         except Exception as err:
             if on_unreachable == "fail":
                 raise ConfigError(store.unreachable_message(uri, store.short_reason(err))) from None
@@ -101,7 +104,7 @@ class MlflowLogger(Callback):
         if self.client is None:
             return
         params = config_params(trainer.config)
-        kept = self.ids.get("mlflow")
+        kept = self.ids.get("mlflow", *KEPT)
         if kept and self._still_there(kept["run_id"]):
             self.run_id = kept["run_id"]
             self._continue_run(params)
@@ -208,8 +211,12 @@ class MlflowLogger(Callback):
         now = int(time.time() * 1000)
         try:
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-        except Exception as err:
-            self.notify(f"notice: mlflow: {what} were not logged ({store.short_reason(err)}).")
+        except Exception as err:  # after MLflow's own retries (minutes): not again at every epoch
+            self.notify(
+                f"notice: mlflow: {what} were not logged ({store.short_reason(err)}); the run goes on without "
+                f"MLflow (its files and epochs stay in the run folder)."
+            )
+            self.run_id = None
 
     def _upload(self, paths: list[Path]) -> None:
         for path in paths:
@@ -219,4 +226,4 @@ class MlflowLogger(Callback):
 
 def _chosen_store(tracking_uri: str | None) -> tuple[str, str | None]:
     """(URI, artifact location for a new experiment): the setting, else the default (mlflow_store.default_store)."""
-    return (tracking_uri, None) if tracking_uri else store.default_store()
+    return (store.absolute_sqlite(tracking_uri), None) if tracking_uri else store.default_store()

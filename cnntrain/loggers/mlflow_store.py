@@ -60,6 +60,15 @@ def default_store() -> tuple[str, str | None]:
     return f"sqlite:///{outputs / 'mlflow.db'}", (outputs / "mlflow-artifacts").as_uri()
 
 
+def absolute_sqlite(uri: str) -> str:
+    """sqlite:///relative/path.db made absolute against the folder cnntrain was started from (kept in trackers.json:
+    a resume from another folder finds the same database); any other URI as it is."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return f"{prefix}{started_from() / uri[len(prefix) :]}"
+    return uri
+
+
 def unreachable_message(uri: str, reason: str) -> str:
     """The one message of a tracker that cannot be reached at the start of a run."""
     server = urlparse(uri).scheme in ("http", "https")
@@ -123,6 +132,12 @@ def where_to_look(uri: str, experiment_id: str, run_id: str, status: str) -> str
 def _experiment(client, name: str, artifact_location: str | None):
     """(client, id) of experiment `name`, created when missing."""
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"The MLflow experiment '{name}' is deleted (in the store at {client.tracking_uri}): restore it with "
+            f"mlflow experiments restore --experiment-id {experiment.experiment_id}, or log to another one with "
+            f"logger.mlflow.experiment=<name>."
+        )
     if experiment is not None:
         return client, experiment.experiment_id
     try:
@@ -192,7 +207,7 @@ def end_sweep(sweep_dir: Path, rows: list[dict[str, Any]], failed: bool, say: Ca
 def log_evaluation(run: RunFolder, eval_folder: Path) -> list[str]:
     """cnntrain-eval's files (eval/<name>/...) added to the MLflow run the training logged to (trackers.json);
     nothing for a run that did not log to MLflow. Returns notices: a tracker away never fails an evaluation."""
-    kept = TrackerIds(run).get("mlflow")
+    kept = TrackerIds(run).get("mlflow", "tracking_uri", "run_id")
     if not kept:
         return []
     try:

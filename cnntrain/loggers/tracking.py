@@ -79,8 +79,13 @@ class TrackerIds:
     def __init__(self, folder: RunFolder):
         self.path = folder.trackers_json
 
-    def get(self, tracker: str) -> dict[str, Any] | None:
-        return self._read().get(tracker)
+    def get(self, tracker: str, *keys: str) -> dict[str, Any] | None:
+        """The tracker's entry, when it is one and holds text under each of `keys` (an entry someone edited into
+        something else is none: the tracker starts a new run)."""
+        entry = self._read().get(tracker)
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(key), str) for key in keys):
+            return None
+        return entry
 
     def put(self, tracker: str, ids: dict[str, Any]) -> None:
         entries = {**self._read(), tracker: ids}
@@ -88,9 +93,10 @@ class TrackerIds:
 
     def _read(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text())
+            entries = json.loads(self.path.read_text())
         except (OSError, ValueError):  # none yet, or unreadable: a new tracker run
             return {}
+        return entries if isinstance(entries, dict) else {}
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class WandbLogger(Callback):
         for key, value in (("project", project), ("entity", entity)):
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"logger.wandb.{key} must be a name, got {value!r}.")
-        if tags is not None and not all(isinstance(t, str) and t.strip() for t in tags):
+        if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) and t.strip() for t in tags)):
             raise ConfigError(f"logger.wandb.tags must be a list of words, e.g. [baseline], got {tags!r}.")
         check_wandb()
 
@@ -129,19 +129,23 @@ class WandbLogger(Callback):
             return
         best = {key: summary.get(key) for key in ("best_val_acc", "best_val_loss", "best_epoch")}
         self.run.summary.update({**{k: v for k, v in best.items() if v is not None}, "status": "completed"})
-        self._save_files()
-        if self.log_checkpoint:
-            tested = summary.get("tested_checkpoint") or self.folder.best_checkpoint.name  # best.pt, or last.pt
-            self._log_checkpoint(self.folder.best_checkpoint.with_name(tested))
-        self._finish(0)
+        try:
+            self._save_files()
+            if self.log_checkpoint:
+                tested = summary.get("tested_checkpoint") or self.folder.best_checkpoint.name  # best.pt, or last.pt
+                self._log_checkpoint(self.folder.best_checkpoint.with_name(tested))
+        finally:  # the run completed: a file that failed (a notice) does not leave the W&B run open
+            self._finish(0)
 
     def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
         if self.run is None:
             return
         status = tracking.end_status(exception)
         self.run.summary["status"] = "interrupted" if status == "KILLED" else "failed"
-        self._save_files()
-        self._finish(EXIT_CODES[status])
+        try:
+            self._save_files()
+        finally:
+            self._finish(EXIT_CODES[status])
 
     # --- pieces -------------------------------------------------------------------------------
 
@@ -150,7 +154,7 @@ class WandbLogger(Callback):
         import wandb
 
         ids = tracking.TrackerIds(self.folder)
-        known = ids.get("wandb") or {}
+        known = ids.get("wandb", "run_id") or {}
         job = tracking.sweep_job()
         try:
             run = wandb.init(
@@ -160,6 +164,7 @@ class WandbLogger(Callback):
                 dir=str(self.folder.path),  # <run folder>/wandb/
                 id=known.get("run_id"),
                 resume="allow",
+                reinit="finish_previous",  # a sweep's next job in this process: its own run, not the last one's
                 config=OmegaConf.to_container(config, resolve=True) if config is not None else None,
                 tags=wandb_tags(config, self.tags),
                 group=job.sweep_dir.name if job else None,
