@@ -34,7 +34,7 @@ from cnntrain.run_folder import RunFolder
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # Overrides that do not change what a trial trains: left out of the default study name, so the same
 # search run with more trials, another launcher or fail_fast continues the same study.
-NOT_IN_STUDY_NAME = ("hydra.", "launcher=", "sweep.", "trainer.progress=")
+NOT_IN_STUDY_NAME = ("hydra.", "hydra/launcher=", "launcher=", "sweep.", "trainer.progress=")
 # The sweeper's settings that change how trials are chosen and stopped: part of the default study name.
 SEARCH_KEYS = ("sampler", "seed", "n_startup_trials", "pruner", "pruner_startup_trials", "pruner_warmup_epochs")
 
