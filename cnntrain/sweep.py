@@ -76,7 +76,10 @@ def failed_job_result(cfg: DictConfig) -> float:
             return FAILED_JOB_SCORE
         sweep_dir = Path(HydraConfig.get().sweep.dir)
         console = Console(highlight=False)
-        report_sweep(sweep_dir, console, stopping=True)
+        rows = report_sweep(sweep_dir, console, stopping=True)
+        from cnntrain.loggers.mlflow_store import end_sweep  # the sweep ends here: so does MLflow's parent run
+
+        end_sweep(sweep_dir, rows, "FAILED")
         console.print("[red]sweep stopped at the first failed job (sweep.fail_fast=true).[/]")
         _failures["count"] += 1
         sys.stdout.flush()
@@ -126,7 +129,7 @@ class SweepReport(Callback):
         _failures["count"] = failed_jobs(rows)
         from cnntrain.loggers.mlflow_store import end_sweep  # logger=mlflow's parent run (nothing without one)
 
-        end_sweep(Path(config.hydra.sweep.dir), rows, failed=_failures["count"] > 0)
+        end_sweep(Path(config.hydra.sweep.dir), rows, "FAILED" if _failures["count"] else "FINISHED")
 
 
 def main(argv: list[str] | None = None) -> int:

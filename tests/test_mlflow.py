@@ -191,6 +191,28 @@ def test_a_deleted_experiment_is_one_message_saying_how_to_restore_it(tmp_path, 
         train(compose_config([*TINY, f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.experiment=gone"]), "run")
 
 
+def test_a_stopped_sweep_job_ends_its_sweeps_parent_run_as_killed(tmp_path, monkeypatch):
+    """Ctrl-C in a sweep's job stops the sweep, whose end (SweepReport) then never comes: the parent is KILLED."""
+    import cnntrain.loggers.mlflow as mlflow_logger
+    from cnntrain.loggers.tracking import SweepJob
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mlflow_logger, "sweep_job", lambda: SweepJob(tmp_path / "sweep", 0, ()))
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    with pytest.raises(RunInterrupted):
+        train(
+            compose_config([*TINY, f"logger.mlflow.tracking_uri={uri}"]),
+            tmp_path / "sweep" / "0",
+            callbacks=[StopAt(1, 2)],
+        )
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("cnntrain").experiment_id])
+    [parent] = [run for run in runs if run.info.run_name == "sweep"]
+    [child] = [run for run in runs if run.info.run_name != "sweep"]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.status == "KILLED" and child.info.status == "KILLED"
+
+
 def test_a_stopped_run_is_killed_and_its_resume_continues_the_same_run_without_repeated_epochs(server, tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*TINY, "trainer.epochs=3", f"logger.mlflow.tracking_uri={server}", "logger.mlflow.experiment=resume"]

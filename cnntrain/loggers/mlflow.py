@@ -157,6 +157,9 @@ class MlflowLogger(Callback):
             self._upload([self.folder.metrics_csv, self.folder.curves_png])  # what the finished epochs left
         finally:
             self._end(end_status(exception))
+        job = sweep_job()
+        if job is not None and end_status(exception) == "KILLED":  # a stopped job stops its sweep: no sweep end
+            store.end_sweep(job.sweep_dir, [], "KILLED", self.notify)
 
     # --- pieces -------------------------------------------------------------------------------
 

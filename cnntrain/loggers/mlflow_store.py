@@ -185,9 +185,10 @@ def sweep_parent(sweep_dir: Path, uri: str, make: Callable[[], str]) -> str | No
     return kept["run_id"] if kept.get("tracking_uri") == uri else None
 
 
-def end_sweep(sweep_dir: Path, rows: list[dict[str, Any]], failed: bool, say: Callable[[str], None] = print) -> None:
-    """At a sweep's end (sweep.SweepReport): its parent run FINISHED, or FAILED when a job `failed` (a pruned job
-    did not), with the best job's best_val_acc. Nothing when no job logged to MLflow; a failure is a notice."""
+def end_sweep(sweep_dir: Path, rows: list[dict[str, Any]], status: str, say: Callable[[str], None] = print) -> None:
+    """A sweep's parent run ended with `status`: FINISHED or FAILED (a job failed; a pruned job did not) at the
+    sweep's end (sweep.SweepReport), FAILED at a fail-fast stop, KILLED when a job was stopped (Ctrl-C stops the
+    sweep), with the best job's best_val_acc of `rows`. Nothing when no job logged to MLflow; a failure is a notice."""
     kept_file = Path(sweep_dir) / f".{PARENT}"
     if not kept_file.is_file():
         return
@@ -199,7 +200,7 @@ def end_sweep(sweep_dir: Path, rows: list[dict[str, Any]], failed: bool, say: Ca
         scores = [row["best_val_acc"] for row in rows if isinstance(row.get("best_val_acc"), (int, float))]
         if scores:
             client.log_metric(kept["run_id"], "best_val_acc", max(scores))
-        client.set_terminated(kept["run_id"], status="FAILED" if failed else "FINISHED")
+        client.set_terminated(kept["run_id"], status=status)
     except Exception as err:  # the sweep's table matters more than the tracker's parent run
         say(f"notice: mlflow: could not end the sweep's parent run ({short_reason(err)}).")
 
