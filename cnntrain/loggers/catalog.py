@@ -120,3 +120,18 @@ def logger_callbacks(
         CurvesPlot(folder.metrics_csv, folder.curves_png, title=title),
         *build_loggers(loggers, run_folder=Path(folder.path), classes=list(classes), mean=mean, std=std, notify=notify),
     ]
+
+
+def require_logger_package(logger: str, *modules: str) -> None:
+    """A ConfigError saying how to install a logger's package (extra `cnntrain[<logger>]`) when one of `modules`
+    cannot be imported: what each logger's check_settings and __init__ call before any data is loaded."""
+    import importlib
+
+    try:
+        for module in modules or (logger,):
+            importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(
+            f"logger={logger} needs the {logger} package, which is not installed ({err}). "
+            f"Install it with: pip install 'cnntrain[{logger}]' (or pip install {logger}), or use logger=csv."
+        ) from err

@@ -28,6 +28,7 @@ from cnntrain.loggers.tracking import (
     config_params,
     end_status,
     epoch_values,
+    last_epoch,
     run_files,
     run_tags,
     sweep_job,
@@ -137,8 +138,7 @@ class MlflowLogger(Callback):
 
     def on_test_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.run_id is not None:
-            last = trainer.history[-1].epoch if trainer.history else 0
-            self._log_metrics(metrics, last, "the test's figures")
+            self._log_metrics(metrics, last_epoch(trainer), "the test's figures")
 
     def on_run_end(self, trainer: Trainer, summary: dict) -> None:
         if self.run_id is None:

@@ -21,10 +21,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from cnntrain.errors import ConfigError
+from cnntrain.loggers.catalog import require_logger_package
 from cnntrain.loggers.tracking import TrackerIds, once_per_sweep
 from cnntrain.run_folder import RunFolder
 
-INSTALL_HINT = "pip install 'cnntrain[mlflow]'"
 PARENT = "mlflow_parent_run"  # once_per_sweep's name: <sweep folder>/.mlflow_parent_run holds the parent's ids
 TRUNCATED = "...[truncated]"  # ends a param value cut to MLflow's length limit
 CONNECT_SECONDS = 5  # a server that does not answer a TCP connection in this time is unreachable
@@ -32,13 +32,7 @@ CONNECT_SECONDS = 5  # a server that does not answer a TCP connection in this ti
 
 def check_mlflow() -> None:
     """A ConfigError saying how to install mlflow when it is missing."""
-    try:
-        import mlflow  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(
-            f"logger=mlflow needs the mlflow package, which is not installed ({err}). "
-            f"Install it with: {INSTALL_HINT} (or pip install mlflow), or use logger=csv."
-        ) from err
+    require_logger_package("mlflow")
 
 
 def started_from() -> Path:

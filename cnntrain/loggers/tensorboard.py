@@ -28,26 +28,17 @@ from pathlib import Path
 import torch
 
 from cnntrain.errors import ConfigError
-from cnntrain.loggers.catalog import LOGGERS
+from cnntrain.loggers.catalog import LOGGERS, require_logger_package
 from cnntrain.loggers.tensorboard_hparams import write_hparams
+from cnntrain.loggers.tracking import last_epoch
 from cnntrain.registry import is_whole
 from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
-INSTALL_HINT = "pip install 'cnntrain[tensorboard]'"
-
 
 def check_tensorboard() -> None:
     """Raise a ConfigError that says how to install tensorboard when it is missing."""
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(
-            f"logger=tensorboard needs the tensorboard package, which is not installed ({err}). "
-            f"Install it with: {INSTALL_HINT} (or pip install tensorboard), "
-            f"or use logger=csv."
-        ) from err
+    require_logger_package("tensorboard", "tensorboard", "torch.utils.tensorboard")
 
 
 class Denormalize:
@@ -205,11 +196,6 @@ class TensorBoardLogger(Callback):
 
             self.writer.add_image("val/misclassified", figure_to_array(figure), global_step=step, dataformats="HWC")
         self.writer.add_scalar("val/misclassified_shown", found, global_step=step)
-
-
-def last_epoch(trainer: Trainer) -> int:
-    """The step the end-of-run figures go at: the last finished epoch (0 when none)."""
-    return trainer.history[-1].epoch if trainer.history else 0
 
 
 def first_batch(loader) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,8 @@
 
 - `config_params(config)`: the resolved config as flat dotted keys (`optimizer.lr`), values as text;
 - `run_tags(config)`: model, data, git commit, cnntrain version, host;
-- `epoch_values(metrics)`: an epoch's figures under metrics.csv's names (`val_acc`, `lr`, ...);
+- `epoch_values(metrics)`: an epoch's figures under metrics.csv's names (`val_acc`, `lr`, ...); `last_epoch(trainer)`:
+  the step the test's figures go at;
 - `end_status(exception)`: how a run that raised ended: "KILLED" for a stop (Ctrl-C, SIGTERM), else "FAILED";
 - `run_files(folder)`: the files of a finished run a user looks at (curves.png, summary.json, metrics.csv);
 - `TrackerIds`: trackers.json in the run folder, the tracker runs it logs to, so a resume logs to the same run;
@@ -61,6 +62,11 @@ def run_tags(config: DictConfig | Mapping[str, Any] | None) -> dict[str, str]:
 def epoch_values(metrics: EpochMetrics) -> dict[str, float]:
     """One epoch's figures as metrics.csv names them (the optional ones only when the run has them)."""
     return {key: float(value) for key, value in metrics.as_dict().items() if key != "epoch" and value is not None}
+
+
+def last_epoch(trainer) -> int:
+    """The step a run's end-of-run figures (the test's) go at: its last finished epoch (0 when none)."""
+    return trainer.history[-1].epoch if trainer.history else 0
 
 
 def end_status(exception: BaseException) -> str:

@@ -31,24 +31,17 @@ from omegaconf import OmegaConf
 
 from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.loggers import tracking
-from cnntrain.loggers.catalog import LOGGERS
+from cnntrain.loggers.catalog import LOGGERS, require_logger_package
 from cnntrain.run_folder import RunFolder
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
-INSTALL_HINT = "pip install 'cnntrain[wandb]'"
 MODES = ("online", "offline", "disabled")
 EXIT_CODES = {"FAILED": 1, "KILLED": 255}  # 255: what wandb records for a run it saw end by Ctrl-C
 
 
 def check_wandb() -> None:
     """Raise a ConfigError that says how to install wandb when it is missing."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(
-            f"logger=wandb needs the wandb package, which is not installed ({err}). "
-            f"Install it with: {INSTALL_HINT} (or pip install wandb), or use logger=csv."
-        ) from err
+    require_logger_package("wandb")
 
 
 def chosen_mode(mode: str | None) -> str | None:
