@@ -49,10 +49,10 @@ from cnntrain.export_formats import (
     export_and_verify,
     export_model,
     load_exported_file,
-    require_onnx,
 )
 from cnntrain.export_images import run_images
-from cnntrain.export_json import export_info, info_text
+from cnntrain.export_json import export_info, info_text, model_description
+from cnntrain.onnx_export import require_onnx
 from cnntrain.opened_run import RunArgument, find_checkpoint
 from cnntrain.predict import load_run, read_export_info
 from cnntrain.run_folder import (
@@ -192,8 +192,11 @@ def export_run(
     batches = [images[:n] for n in VERIFY_BATCHES]
     info_path = export_info_path(path)
     try:
-        verification = export_and_verify(loaded.model, images[:EXPORT_BATCH], format, path, batches, name, inputs)
-        info = export_info(loaded, format, path, checkpoint, verification)
+        description = model_description(loaded, format, path, checkpoint)
+        verification = export_and_verify(
+            loaded.model, images[:EXPORT_BATCH], format, path, batches, name, inputs, description=description
+        )
+        info = export_info(description, verification)
         write_atomically(info_path, lambda f: f.write(info_text(info)), binary=False)
     except OSError as err:  # the disk filled up while the file was written
         raise CnnTrainError(

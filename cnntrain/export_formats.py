@@ -11,8 +11,8 @@ then put in place. The zoo test calls it without a run; export.py calls it for o
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
+import json
 import logging
 import os
 import re
@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from cnntrain.errors import CnnTrainError
-from cnntrain.exported_model import onnx_model
+from cnntrain.exported_model import EXTRA_FILE, onnx_metadata, onnx_model
+from cnntrain.onnx_export import INPUT_NAME, OUTPUT_NAME, add_onnx_metadata, onnx_export_options
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import EXPORT_FILE_NAMES, write_failure
 
@@ -45,9 +46,6 @@ EXPORT_BATCH = 2
 # The batch sizes the written file is checked at: neither is the example's, so a batch size baked into the file
 # fails the check; 1 is what predicting a single image runs.
 VERIFY_BATCHES = (1, 8)
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")  # torch.onnx.export (dynamo) needs onnxscript and onnx
-ONNX_INSTALL = "pip install 'cnntrain[onnx]' (or: pip install onnx onnxruntime onnxscript)"
 
 
 @dataclass
@@ -88,26 +86,18 @@ def check_format(format: str) -> str:
     return format
 
 
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def require_onnx() -> None:
-    """format=onnx needs onnx and onnxscript (torch.onnx.export) and onnxruntime (the check)."""
-    missing = [name for name in ONNX_PACKAGES if not _installed(name)]
-    if missing:
-        raise CnnTrainError(
-            f"format=onnx needs {', '.join(ONNX_PACKAGES)}; not installed: {', '.join(missing)}. "
-            f"Install them with: {ONNX_INSTALL}. Or export with format=exported_program, which "
-            f"needs nothing besides torch."
-        )
-
-
 def export_model(
-    model: torch.nn.Module, example: torch.Tensor, format: str, path: Path | str, name: str = "the model"
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    format: str,
+    path: Path | str,
+    name: str = "the model",
+    description: dict[str, Any] | None = None,
 ) -> None:
     """Write `model` (put in eval mode) to `path` in `format`, traced on `example` (N >= 2, C, H, W) with the batch
-    dimension left free. A model the exporter refuses is a CnnTrainError naming it and the exporter's error."""
+    dimension left free, carrying `description` (export_json.model_description: in an ONNX file's metadata_props,
+    `onnx_metadata`; in the torch formats' extra file). A model the exporter refuses is a CnnTrainError naming it
+    and the exporter's error."""
     format = check_format(format)
     path = Path(path)
     model.eval()
@@ -115,23 +105,21 @@ def export_model(
     try:
         with _quiet_exporter(format != "torchscript"):
             if format == "onnx":
+                options = onnx_export_options()
                 torch.onnx.export(
-                    model,
-                    (example,),
-                    str(path),
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_shapes=({0: batch},),
-                    external_data=False,
-                    verbose=False,
+                    model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], **options
                 )
+                if description:
+                    add_onnx_metadata(path, onnx_metadata(description))
             elif format == "exported_program":
                 program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-                _save_through_memory(lambda buffer: torch.export.save(program, buffer), path)
+                extra = _extra_files(description)
+                _save_through_memory(lambda buffer: torch.export.save(program, buffer, extra_files=extra), path)
             else:
                 with _quiet_torchscript():
                     traced = torch.jit.trace(model, example, check_trace=False)
-                    _save_through_memory(lambda buffer: torch.jit.save(traced, buffer), path)
+                    extra = _extra_files(description)
+                    _save_through_memory(lambda buffer: torch.jit.save(traced, buffer, _extra_files=extra), path)
     except Exception as err:  # each exporter has its own error kinds
         failure = write_failure(err, path)
         if failure is not None:  # not the model's fault: the file could not be written (a full disk)
@@ -140,6 +128,11 @@ def export_model(
         raise CnnTrainError(
             f"Cannot export {name} as {format}: {error_text(err)}. Try another format ({others})."
         ) from None
+
+
+def _extra_files(description: dict[str, Any] | None) -> dict[str, str]:
+    """The description as the one json file a TorchScript or torch.export archive carries beside the model."""
+    return {EXTRA_FILE: json.dumps(description)} if description else {}
 
 
 def _save_through_memory(save: Callable[[io.BytesIO], None], path: Path) -> None:
@@ -195,16 +188,17 @@ def export_and_verify(
     name: str = "the model",
     inputs: str = "random images",
     tolerance: float = TOLERANCE,
+    description: dict[str, Any] | None = None,
 ) -> Verification:
-    """`export_model` to a temporary file beside `path`, loaded back and compared with `model` on `batches`; put
-    in place at `path` only when the largest difference is within `tolerance` (times the largest logit when that
-    is above 1), else a CnnTrainError and nothing written."""
+    """`export_model` to a temporary file beside `path` (with `description`), loaded back and compared with `model`
+    on `batches`; put in place at `path` only when the largest difference is within `tolerance` (times the largest
+    logit when that is above 1), else a CnnTrainError and nothing written."""
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{path.name}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        export_model(model, example, format, tmp, name)
+        export_model(model, example, format, tmp, name, description)
         diff, scale = max_abs_difference(model.eval(), load_exported_file(tmp, format), batches)
         verification = Verification(
             max_abs_diff=diff,

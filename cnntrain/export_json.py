@@ -2,6 +2,12 @@
 `export_info` says what it holds (the classes, the preprocessing that turns images into the file's input, the
 input and output, the format, the versions, the run and checkpoint it came from, the verification figures);
 `info_text` is the text written. exported_model.read_export_info reads it back.
+
+The same description, less the verification (which needs the written file), goes inside the exported file
+(`model_description`; exported_model.py's `onnx_metadata`): an ONNX file's metadata_props, a TorchScript or
+torch.export archive's extra file `cnntrain_export_info.json`. So the file alone says what its outputs mean.
+Neither keeps an absolute path of the machine it was made on: the run is named by its folder's name, the
+checkpoint relative to it.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from cnntrain.export_formats import INPUT_NAME, OUTPUT_NAME, Verification
 from cnntrain.predict import LoadedRun
 
 
-def export_info(
-    loaded: LoadedRun, format: str, path: Path, checkpoint: str, verification: Verification
-) -> dict[str, Any]:
-    """What the json beside an export holds."""
+def export_info(description: dict[str, Any], verification: Verification) -> dict[str, Any]:
+    """What the json beside an export holds: the model's description and how the file compared with PyTorch."""
+    return {**description, "verification": verification.as_dict()}
+
+
+def model_description(loaded: LoadedRun, format: str, path: Path, checkpoint: str) -> dict[str, Any]:
+    """What the exported file is: its classes, preprocessing, input and output, versions and origin."""
     prep = loaded.preprocess
     size = prep["size"]
     # stored_size, size, mean, std (and whatever else prediction converts with); not the training augmentations.
@@ -54,12 +63,20 @@ def export_info(
         # The run's trainer.tta: the file computes one pass; cnntrain-predict run=<this file> averages each
         # image with its mirror image when it is hflip, as the run's test did (tta=none: one pass).
         "tta": loaded.run_tta,
-        "run": str(loaded.folder.path.resolve()),
+        # The run folder's name and the checkpoint relative to it: an absolute path would tell whoever gets the
+        # file the user's name and folders, and mean nothing on their machine.
+        "run": loaded.folder.path.resolve().name,
         "checkpoint": checkpoint,
-        "checkpoint_file": str(loaded.checkpoint.path.resolve()),
+        "checkpoint_file": _relative_to_run(loaded.checkpoint.path, loaded.folder.path),
         "epoch": loaded.checkpoint.epoch,
-        "verification": verification.as_dict(),
     }
+
+
+def _relative_to_run(file: Path, run_dir: Path) -> str:
+    try:
+        return file.resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:  # a checkpoint outside its run folder (a link): its name only
+        return file.name
 
 
 def _plain(value):

@@ -1,8 +1,9 @@
 """An ONNX file written by `cnntrain-export`, loaded to predict with: `load_exported(file.onnx)`.
 
 Run with onnxruntime, with the classes and preprocessing of the json cnntrain-export
-wrote beside it (`read_export_info`, which cnntrain-export also reads to tell its own
-earlier exports), tried on one blank image (`predictor.check_against_model`).
+wrote beside it, or of the same description inside the file's metadata when the json is
+missing (`read_export_info`, which cnntrain-export also reads to tell its own earlier
+exports), tried on one blank image (`predictor.check_against_model`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class ExportedModel(Predictor):
         return self.info.get("tta")  # absent from files exported before it was recorded: none
 
 
+# The key of cnntrain-export's whole description in an exported file's metadata, and the name of the extra file
+# the TorchScript and torch.export archives carry it in.
+DESCRIPTION_KEY = "cnntrain_export_info"
+EXTRA_FILE = f"{DESCRIPTION_KEY}.json"
 ONNX_RUNTIME_INSTALL = "pip install onnxruntime (or pip install 'cnntrain[onnx]')"
 
 
@@ -86,37 +91,73 @@ def is_exported_file(run: Path | str) -> bool:
 
 
 def read_export_info(model_file: Path) -> dict[str, Any]:
-    """The json cnntrain-export wrote beside `model_file` (CnnTrainError when it is missing or not one)."""
+    """What cnntrain-export says of `model_file`: the json it wrote beside it or, when that is missing, the same
+    description inside an ONNX file's metadata (CnnTrainError when neither is there, or it is not one)."""
     info_path = export_info_path(model_file)
-    if not info_path.is_file():
-        raise CnnTrainError(
-            f"{info_path} is missing: the class names and preprocessing of {model_file} are in "
-            f"the json cnntrain-export writes beside it. Keep the two files together, or export "
-            f"again with: cnntrain-export run=<run folder> format=onnx."
-        )
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as err:
-        raise CnnTrainError(f"{info_path} is damaged ({err}). Export again with cnntrain-export.") from None
+    if info_path.is_file():
+        source = str(info_path)
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:
+            raise CnnTrainError(f"{info_path} is damaged ({err}). Export again with cnntrain-export.") from None
+    else:
+        source = f"the metadata of {model_file}"
+        info = embedded_description(model_file)
+        if info is None:
+            raise CnnTrainError(
+                f"{info_path} is missing, and {model_file} does not carry the description cnntrain-export puts "
+                f"inside the ONNX files it writes (its class names and preprocessing). Keep the json beside the "
+                f"file, or export again with: cnntrain-export run=<run folder> format=onnx."
+            )
     needed = ("classes", "preprocess", "in_channels", "format")
     if not isinstance(info, dict) or info.get("exported_by") != "cnntrain-export" or any(k not in info for k in needed):
         raise CnnTrainError(
-            f"{info_path} is not a json written by cnntrain-export (it needs {', '.join(needed)}). "
+            f"{source} is not a description written by cnntrain-export (it needs {', '.join(needed)}). "
             f"Export again with cnntrain-export."
         )
-    check_model_description(info["classes"], info["in_channels"], info["preprocess"], str(info_path), EXPORT_AGAIN)
+    check_model_description(info["classes"], info["in_channels"], info["preprocess"], source, EXPORT_AGAIN)
     if info.get("tta") not in (None, *TTA_MODES):
         raise CnnTrainError(
-            f"{info_path} has tta={info['tta']!r}; it needs null or one of {', '.join(TTA_MODES)}. {EXPORT_AGAIN}"
+            f"{source} has tta={info['tta']!r}; it needs null or one of {', '.join(TTA_MODES)}. {EXPORT_AGAIN}"
         )
     return info
+
+
+def onnx_metadata(description: dict[str, Any]) -> dict[str, str]:
+    """The string pairs cnntrain-export writes into an ONNX file's metadata_props: the whole description as json
+    (what `read_export_info` reads back), and the keys other tools look for, each readable alone (onnxruntime:
+    `InferenceSession(file).get_modelmeta().custom_metadata_map`)."""
+    preprocess = description["preprocess"]
+    return {
+        DESCRIPTION_KEY: json.dumps(description),
+        "classes": json.dumps(description["classes"]),
+        "input_size": json.dumps([description["in_channels"], preprocess["size"], preprocess["size"]]),
+        "mean": json.dumps(preprocess.get("mean") or []),
+        "std": json.dumps(preprocess.get("std") or []),
+        "cnntrain_version": description["cnntrain_version"],
+    }
+
+
+def embedded_description(model_file: Path) -> dict[str, Any] | None:
+    """The description inside an ONNX file's metadata (`onnx_metadata`); None for a file without one, or one
+    onnxruntime cannot open (loading it to predict says why)."""
+    if not is_exported_file(model_file) or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        text = session.get_modelmeta().custom_metadata_map.get(DESCRIPTION_KEY)
+        return json.loads(text) if text else None
+    except Exception:  # onnxruntime's own error kinds; json's ValueError
+        return None
 
 
 EXPORT_AGAIN = "It does not describe the model it was written with: export again with cnntrain-export."
 
 
 def load_exported(path: Path | str) -> ExportedModel:
-    """An ONNX file written by `cnntrain-export format=onnx`, with the json beside it, ready to predict."""
+    """An ONNX file written by `cnntrain-export format=onnx` (with the json beside it, or alone), ready to predict."""
     path = Path(path)
     if not path.is_file():
         raise CnnTrainError(

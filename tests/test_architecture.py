@@ -92,6 +92,7 @@ LAYERS = [
         "cnntrain.export_formats",
         "cnntrain.export_images",
         "cnntrain.export_json",
+        "cnntrain.onnx_export",
     },
     {"cnntrain.api"},
     {"cnntrain.cli", "cnntrain.companion_commands", "cnntrain.__main__"},

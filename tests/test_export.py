@@ -29,6 +29,7 @@ from cnntrain.export import (
     load_exported_file,
 )
 from cnntrain.models import MODELS, build_model, builder_settings, model_config
+from cnntrain.onnx_export import onnx_export_options
 from cnntrain.predict import load_exported, load_run, predict
 from cnntrain.run_folder import export_info_path
 from tests.helpers import run_cli as run_script
@@ -122,8 +123,11 @@ def test_the_json_beside_the_file_says_how_to_feed_it_and_where_it_came_from(exp
     assert info["input"] == {**info["input"], "name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"}
     assert info["output"]["shape"] == ["batch", 4]
     assert info["format"] == "onnx" and info["file"] == "model.onnx" and info["cnntrain_version"] == __version__
-    assert info["run"] == str(run_dir) and info["checkpoint"] == "best" and info["epoch"] == 1
-    assert info["checkpoint_file"] == str(run_dir / "checkpoints" / "best.pt")
+    # No path of this machine: the run by its folder's name, the checkpoint relative to the run folder.
+    assert info["run"] == run_dir.name and info["checkpoint"] == "best" and info["epoch"] == 1
+    assert info["checkpoint_file"] == "checkpoints/best.pt"
+    assert str(run_dir.parent) not in result.info_path.read_text()
+    assert not [v for v in _strings(info) if v.startswith("/") or "\\" in v]
     assert info["verification"] == result.verification.as_dict()
     assert info["verification"]["runtime"].startswith("onnxruntime ")
     assert info["tta"] is None  # the run's trainer.tta (the smoke run has none)
@@ -190,11 +194,69 @@ def test_the_predict_command_takes_the_onnx_file_and_writes_beside_it(exports, r
     assert [float(row["probability"]) for row in rows] == pytest.approx([p.probability for p in from_run], abs=1e-4)
 
 
-def test_an_onnx_file_without_its_json_or_onnxruntime_is_explained(exports, tmp_path, monkeypatch):
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_the_onnx_file_carries_its_classes_input_size_normalisation_and_version(exports, run_dir):
+    import onnxruntime
+
+    result = exports["onnx"][0]
+    meta = onnxruntime.InferenceSession(str(result.path)).get_modelmeta().custom_metadata_map
+    info = result.info
+    assert json.loads(meta["classes"]) == info["classes"] == [f"class_{i}" for i in range(4)]
+    assert json.loads(meta["input_size"]) == [3, 32, 32]
+    assert json.loads(meta["mean"]) == info["preprocess"]["mean"] and len(json.loads(meta["mean"])) == 3
+    assert json.loads(meta["std"]) == info["preprocess"]["std"]
+    assert meta["cnntrain_version"] == __version__
+    # The whole description, as the json beside the file holds it less the verification (which needs the file).
+    described = json.loads(meta["cnntrain_export_info"])
+    assert described == {key: value for key, value in info.items() if key != "verification"}
+    assert str(run_dir.parent) not in "".join(meta.values())
+
+
+@pytest.mark.parametrize("format", ["torchscript", "exported_program"])
+def test_the_torch_formats_carry_the_description_as_an_extra_file(exports, format):
+    result = exports[format][0]
+    extra = {"cnntrain_export_info.json": ""}
+    if format == "torchscript":
+        torch.jit.load(str(result.path), _extra_files=extra)
+    else:
+        torch.export.load(str(result.path), extra_files=extra)
+    described = json.loads(extra["cnntrain_export_info.json"])
+    assert described["classes"] == result.info["classes"] and described["format"] == format
+    assert described["preprocess"] == result.info["preprocess"] and "verification" not in described
+
+
+def test_an_onnx_file_alone_predicts_as_with_its_json(exports, run_dir, images, tmp_path):
     alone = tmp_path / "alone.onnx"
     alone.write_bytes(exports["onnx"][0].path.read_bytes())
-    with pytest.raises(CnnTrainError, match=r"alone\.onnx\.json is missing: the class names and preprocessing"):
+    exported = load_exported(alone)
+    assert exported.classes == load_run(run_dir).classes and exported.in_channels == 3
+    assert exported.preprocess == exports["onnx"][0].info["preprocess"]
+    assert [p.label for p in exported.predict(images)] == [p.label for p in load_run(run_dir).predict(images)]
+    done = run_script("cnntrain-predict", f"run={alone}", f"inputs={images}")
+    assert done.returncode == 0 and "predictions (6 images)" in done.stdout, done.stderr
+
+
+def test_an_onnx_file_without_its_json_or_description_or_onnxruntime_is_explained(exports, tmp_path, monkeypatch):
+    import onnx
+
+    plain = onnx.load(str(exports["onnx"][0].path))
+    del plain.metadata_props[:]  # as an ONNX file from another tool, without the json
+    alone = tmp_path / "alone.onnx"
+    alone.write_bytes(plain.SerializeToString())
+    with pytest.raises(CnnTrainError, match=r"alone\.onnx\.json is missing, and .*alone\.onnx does not carry the"):
         load_exported(alone)
+    tampered = tmp_path / "tampered.onnx"
+    plain.metadata_props.add(key="cnntrain_export_info", value=json.dumps({"exported_by": "cnntrain-export"}))
+    tampered.write_bytes(plain.SerializeToString())
+    with pytest.raises(CnnTrainError, match=r"^the metadata of .*tampered\.onnx is not a description written by"):
+        load_exported(tampered)
     with pytest.raises(CnnTrainError, match="does not exist"):
         load_exported(tmp_path / "nothing.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
@@ -356,6 +418,53 @@ def test_an_export_that_does_not_match_pytorch_fails_and_writes_nothing(tmp_path
                 BranchOnData(), example, "torchscript", tmp_path / "m.pt", [negative], name="BranchOnData"
             )
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the torch versions pyproject.toml accepts
+
+# torch.onnx.export's parameters in torch 2.4 (the floor) and 2.5 (where dynamo= and dynamic_shapes= appeared).
+TORCH_2_4 = dict.fromkeys(
+    "model args f export_params verbose training input_names output_names operator_export_type opset_version "
+    "do_constant_folding dynamic_axes keep_initializers_as_inputs custom_opsets export_modules_as_functions "
+    "autograd_inlining".split()
+)
+TORCH_2_5 = {
+    **TORCH_2_4,
+    **dict.fromkeys("kwargs dynamo external_data dynamic_shapes report verify profile dump_exported_program".split()),
+}
+LEGACY = {"dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}}}
+
+
+def test_the_onnx_call_uses_only_what_each_torch_version_has():
+    assert onnx_export_options(TORCH_2_4, "2.4.1+cpu") == LEGACY  # no dynamo= there
+    assert onnx_export_options(TORCH_2_5, "2.5.1") == {**LEGACY, "dynamo": False}
+    current = onnx_export_options()  # this torch (2.6 and later: the torch.export-based exporter)
+    assert current["dynamo"] is True and current["external_data"] is False and "dynamic_axes" not in current
+    (batch_dim,) = current["dynamic_shapes"]
+    assert list(batch_dim) == [0] and batch_dim[0].min == 1
+
+
+def test_the_older_torchs_onnx_exporter_writes_a_verified_file_with_its_metadata(tmp_path, monkeypatch):
+    import onnxruntime
+
+    # What torch 2.4/2.5 run (the TorchScript-based exporter, dynamic_axes), run here by this torch's dynamo=False.
+    monkeypatch.setattr("cnntrain.export_formats.onnx_export_options", lambda: onnx_export_options(TORCH_2_5, "2.5"))
+    recipe = {"name": "lenet", "settings": {}, "num_classes": 10, "in_channels": 1, "input_size": 28}
+    model = build_model(recipe).eval()
+    example, batches = torch.randn(2, 1, 28, 28), [torch.randn(n, 1, 28, 28) for n in VERIFY_BATCHES]
+    description = {
+        "exported_by": "cnntrain-export",
+        "cnntrain_version": __version__,
+        "classes": [str(i) for i in range(10)],
+        "in_channels": 1,
+        "preprocess": {"stored_size": [28, 28], "size": 28, "mean": [0.5], "std": [0.25]},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "You are using the legacy TorchScript-based ONNX export"
+        check = export_and_verify(model, example, "onnx", tmp_path / "m.onnx", batches, description=description)
+    assert check.passed and check.batch_sizes == list(VERIFY_BATCHES)
+    meta = onnxruntime.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["input_size"]) == [1, 28, 28] and json.loads(meta["std"]) == [0.25]
 
 
 # ---------------------------------------------------------------- the zoo
