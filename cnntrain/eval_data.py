@@ -100,7 +100,7 @@ def check_classes_and_channels(data: ImageData, state: RunCheckpoint, own_data: 
             f"{_names(extra)}"
             + (f", and the data has no {_names(missing)}" if missing else "")
             + f". The run was trained on {len(classes)} classes: {', '.join(classes)}. Evaluate it on data with "
-            f"these classes (for data=image_folder: one folder per class, named as these)."
+            f"these classes (for data=image_folder: one folder per class, named as these; for data=csv: these labels)."
         )
     notices = []
     if missing:

@@ -33,6 +33,19 @@ def sorted_names(names: set[str]) -> list[str]:
     return sorted(names)
 
 
+def labels_text(rows: list[Row]) -> str:
+    """ "'bird' (line 9), 'fish' (3 rows from line 4)" for the first few labels of `rows`, then how many more."""
+    by_label: dict[str, list[int]] = {}
+    for row in rows:
+        by_label.setdefault(row.label, []).append(row.line)
+    shown = [
+        f"'{label}' ({f'{len(lines)} rows from ' if len(lines) > 1 else ''}line {lines[0]})"
+        for label, lines in list(by_label.items())[:SHOWN]
+    ]
+    more = f" and {len(by_label) - SHOWN} more labels" if len(by_label) > SHOWN else ""
+    return ", ".join(shown) + more
+
+
 def class_names(path: Path, rows: list[Row], given: list | None) -> list[str]:
     """The labels, sorted, or `given` (data.classes) in its order; a DatasetError for a label that
     `given` lacks, or (without `given`) for a label no train row has: the model could not learn it."""
@@ -42,7 +55,7 @@ def class_names(path: Path, rows: list[Row], given: list | None) -> list[str]:
         if untrained:
             raise DatasetError(
                 f"Label file {path}: {len(untrained)} val/test row(s) have a label no train row has: "
-                f"{lines_text(untrained, lambda row: repr(row.label))}. The model cannot learn a class it never "
+                f"{labels_text(untrained)}. The model cannot learn a class it never "
                 f"sees: add train rows of these classes, or remove those rows."
             )
         return sorted_names(trained)
@@ -51,7 +64,7 @@ def class_names(path: Path, rows: list[Row], given: list | None) -> list[str]:
     if outside:
         raise DatasetError(
             f"Label file {path}: {len(outside)} row(s) have a label data.classes does not list: "
-            f"{lines_text(outside, lambda row: repr(row.label))}. data.classes is [{', '.join(names)}]: add "
+            f"{labels_text(outside)}. data.classes is [{', '.join(names)}]: add "
             f"these labels to it, fix the rows, or set data.classes=null to take the classes from the file."
         )
     untrained = [name for name in names if name not in trained]
