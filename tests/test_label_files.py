@@ -18,6 +18,7 @@ from cnntrain.data import prepare
 from cnntrain.data.folder import image_folder
 from cnntrain.data.image_files import FileImageSet
 from cnntrain.data.label_files import label_file
+from cnntrain.data.label_rows import delimiter_of
 from cnntrain.errors import ConfigError, DatasetError
 from cnntrain.evaluation import evaluate_run
 from tests.conftest import compose_config
@@ -85,9 +86,19 @@ def test_a_tsv_without_header_or_split_column_is_all_train_and_val_fraction_hold
 def test_header_columns_in_any_order_with_other_columns_semicolons_and_quotes(tmp_path):
     write_png(tmp_path / "a; b.png", 40)
     write_png(tmp_path / "c.png", 200)
-    rows = ['cat;42;"a; b.png";Train', "dog;7;c.png;TRAIN"]
+    write_png(tmp_path / "d.png", 200)
+    rows = ['cat;42;"a; b.png";Train', "dog;7;c.png;TRAIN", "dog;7;d.png;Validation"]
     data = read(tmp_path, rows, header="Class;width;Image Path;Split")
     assert data.classes == ["cat", "dog"] and [p.name for p in data.train.files] == ["a; b.png", "c.png"]
+    assert [p.name for p in data.val.files] == ["d.png"] and data.test is None
+
+
+@pytest.mark.parametrize(
+    "name, first_line, expected",
+    [("l.tsv", "a,b.png cat", "\t"), ("l.txt", "a.png\tcat", "\t"), ("l.csv", "a.png;cat", ";"), ("l", "a,b", ",")],
+)
+def test_the_delimiter_comes_from_the_extension_or_the_first_line(name, first_line, expected):
+    assert delimiter_of(Path(name), f"\n{first_line}\nmore") == expected
 
 
 def test_numeric_labels_sort_as_numbers_and_absolute_paths_are_kept(tmp_path):
@@ -296,6 +307,9 @@ def test_an_image_folder_run_evaluated_on_a_label_file_matches_classes_by_name(t
     assert [row["support"] for row in result.per_class] == [3, 3]  # the run's order: cat, dog
     assert result.evaluation.labels.tolist() == [1, 1, 1, 0, 0, 0]
     assert any("another order; they are matched by name" in notice for notice in result.notices)
+    # The label file has no test rows: split=test is its validation hold-out, and a notice says so.
+    held_out = evaluate_run(run_dir, overrides=["data=csv", f"data.labels={labels}"])
+    assert held_out.size == 1 and any("has no test split of its own" in notice for notice in held_out.notices)
 
 
 def test_an_image_folder_config_saved_before_label_files_still_checks():
