@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from cnntrain.checkpoint import RunCheckpoint
 from cnntrain.config import group_file
 from cnntrain.data import ImageData, ImageSet, PreparedData, load_image_data
-from cnntrain.data.folder import FileImageSet
+from cnntrain.data.image_files import FileImageSet
 from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.opened_run import apply_override
 from cnntrain.registry import did_you_mean
@@ -70,10 +70,12 @@ def without_loading_keys(settings: dict) -> dict:
 
 
 def data_label(settings: dict) -> str:
-    """A folder name for data other than the run's: its name, its root's folder name, a digest of its settings."""
-    root = settings.get("root") or settings.get("path")
+    """A folder name for data other than the run's: its name, its root's folder name (else its label
+    file's name), a digest of its settings."""
+    root, labels = settings.get("root") or settings.get("path"), settings.get("labels")
     digest = hashlib.sha1(json.dumps(without_loading_keys(settings), sort_keys=True, default=str).encode())
-    parts = [settings["name"], Path(str(root)).name if root else "", digest.hexdigest()[:8]]
+    where = Path(str(root)).name if root else Path(str(labels)).stem if labels else ""
+    parts = [settings["name"], where, digest.hexdigest()[:8]]
     return "-".join(part for part in parts if part)
 
 
@@ -98,7 +100,7 @@ def check_classes_and_channels(data: ImageData, state: RunCheckpoint, own_data: 
             f"{_names(extra)}"
             + (f", and the data has no {_names(missing)}" if missing else "")
             + f". The run was trained on {len(classes)} classes: {', '.join(classes)}. Evaluate it on data with "
-            f"these classes (for data=image_folder: one folder per class, named as these)."
+            f"these classes (for data=image_folder: one folder per class, named as these; for data=csv: these labels)."
         )
     notices = []
     if missing:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cnntrain.checkpoint import RunCheckpoint
-from cnntrain.data.folder import READ_ERRORS, FileImageSet, decode
+from cnntrain.data.image_files import READ_ERRORS, FileImageSet, decode
 from cnntrain.errors import CnnTrainError
 from cnntrain.eval_result import EvalResult
 from cnntrain.run_folder import write_atomically

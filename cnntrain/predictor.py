@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from cnntrain.data.folder import READ_ERRORS, image_extensions, image_to_array
+from cnntrain.data.image_files import READ_ERRORS, image_extensions, image_to_array
 from cnntrain.data.loader import BatchTransform, preprocess_transform
 from cnntrain.errors import CnnTrainError
 from cnntrain.evaluator import mean_log_probabilities, resolve_tta

@@ -35,6 +35,7 @@ MAY_CHANGE = (
     "logger",
     "callbacks",
     "data.root",
+    "data.labels",  # the label file moved, as data.root is for moved images
     "data.download",
     "data.workers",
     "data.cache_limit_mb",

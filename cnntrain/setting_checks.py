@@ -8,11 +8,12 @@ check_config (checks.py) calls them in order, after the trainer's.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from omegaconf import DictConfig
 
-from cnntrain.config import settings_of
+from cnntrain.config import as_plain, settings_of
 from cnntrain.errors import ConfigError
 from cnntrain.finetune import check_freeze
 from cnntrain.models import MODEL_KEYS, MODELS
@@ -123,6 +124,7 @@ def check_data_settings(data: DictConfig, batch_size: int, augment: list) -> Dat
         "null (all training images) or a whole number >= 1",
         lambda v: v is None or is_count(v),
     )
+    check_label_file_settings(data)
     return DataSettings(
         name=data.name,
         batch_size=batch_size,
@@ -133,6 +135,26 @@ def check_data_settings(data: DictConfig, batch_size: int, augment: list) -> Dat
         subset=subset,
         augment=augment,
     )
+
+
+def check_label_file_settings(data: DictConfig) -> None:
+    """data.labels and data.classes (data=csv, data=image_folder), where the dataset has them: a file name,
+    and null or a list of distinct class names. Whether the file exists is the dataset's to say."""
+    require(data.get("labels"), "data.labels", "null or the path of a label file", lambda v: v is None or is_text(v))
+    classes = as_plain(data.get("classes"))
+    require(
+        classes,
+        "data.classes",
+        "null (the labels in the label file, sorted) or a list of at least 2 class names, e.g. [cat, dog]",
+        lambda v: v is None or (isinstance(v, list) and len(v) >= 2 and all(is_text(n) or is_whole(n) for n in v)),
+    )
+    repeated = sorted(name for name, count in Counter(map(str, classes or ())).items() if count > 1)
+    if repeated:
+        raise ConfigError(f"data.classes lists {', '.join(repeated)} more than once; list each class once.")
+
+
+def is_text(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
 
 
 # One batch of input images above this is a typo, not a plan (float32, before any activation).

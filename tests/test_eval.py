@@ -14,7 +14,8 @@ import torch
 
 from cnntrain import cli, train
 from cnntrain.callbacks import MetricsWriter
-from cnntrain.data.folder import image_folder, list_class_images, load_split
+from cnntrain.data.folder import image_folder, list_class_images
+from cnntrain.data.image_files import load_split
 from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.evaluation import confusion_matrix, evaluate_run, per_class_metrics
 from cnntrain.plots import read_metrics_csv

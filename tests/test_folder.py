@@ -94,7 +94,7 @@ def test_empty_class_and_no_class_folders_are_clear_errors(tmp_path):
 
 
 def test_folder_over_the_memory_bound_streams_the_same_batches(tmp_path, caplog):
-    from cnntrain.data.folder import FileImageSet
+    from cnntrain.data.image_files import FileImageSet
     from cnntrain.data.loader import BatchTransform, StreamingLoader, make_loader
 
     folder = make_class_folder(tmp_path / "pets")
@@ -221,7 +221,7 @@ def test_predict_command_prints_and_writes_csv(trained_pets_run, tmp_path):
 def test_16_and_32_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path, dtype, scale):
     """A 16-bit gradient (saved as a 16-bit PNG where the format allows) keeps its shades:
     Pillow's convert("L") alone would clip all but the darkest 1/256 to white."""
-    from cnntrain.data.folder import image_to_array
+    from cnntrain.data.image_files import image_to_array
 
     gradient = np.arange(1024).reshape(32, 32) * 64  # 0 .. 65472
     image = Image.fromarray((gradient * (scale / 64)).astype(dtype))

@@ -62,7 +62,7 @@ def test_distributed_shards_split_each_global_batch_and_each_evaluation_split_on
     (evaluation): together the ranks see exactly what one process sees, each example once."""
     from PIL import Image
 
-    from cnntrain.data.folder import file_split
+    from cnntrain.data.image_files import file_split
     from cnntrain.data.loader import make_loader
 
     data = make_set(11)

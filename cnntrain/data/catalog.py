@@ -24,7 +24,7 @@ LOADER_KEYS = ("name", "batch_size", "eval_batch_size", "val_fraction", "resize"
 @dataclass
 class ImageSet:
     """One split: uint8 images (N, C, H, W) and int64 labels (N,); `files`: the image file each came
-    from, for datasets read from files (image_folder), so that evaluation can name them; else None."""
+    from, for datasets read from files (image_folder, csv), so that evaluation can name them; else None."""
 
     images: torch.Tensor
     labels: torch.Tensor

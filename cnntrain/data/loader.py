@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from cnntrain.data.augment import Augmentation
 from cnntrain.data.catalog import ImageSet
-from cnntrain.data.folder import FileImageSet, bad_file_error
+from cnntrain.data.image_files import FileImageSet, bad_file_error
 from cnntrain.data.mixing import BatchMixer
 
 
