@@ -7,6 +7,6 @@ DATASETS` keeps working.
 """
 
 # Importing the dataset modules registers their builders.
-from cnntrain.data import cifar, folder, label_files, mnist, synthetic  # noqa: F401
+from cnntrain.data import augment_policies, cifar, folder, label_files, mnist, synthetic  # noqa: F401
 from cnntrain.data.catalog import _CACHE, DATASETS, LOADER_KEYS, ImageData, ImageSet, load_image_data  # noqa: F401
 from cnntrain.data.splits import DatasetSpec, PreparedData, check_pairs, check_splits, prepare  # noqa: F401

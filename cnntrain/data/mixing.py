@@ -37,13 +37,18 @@ def beta(alpha: float, generator: torch.Generator) -> torch.Tensor:
     What torch.distributions.Beta(alpha, alpha).sample() draws from the global generator
     (torchvision's MixUp and CutMix), from the given one.
     """
+    return dirichlet(torch.tensor([[alpha, alpha]], dtype=torch.float32), generator)[0, 0]
+
+
+def dirichlet(concentration: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One Dirichlet draw per row of `concentration` (rows, k), float32 on the generator's device
+    (what torch._sample_dirichlet draws from the global generator, from the given one)."""
     device = generator.device
-    concentration = torch.tensor([[alpha, alpha]], dtype=torch.float32)
     if device.type in _DIRICHLET_DEVICES:
-        return torch._sample_dirichlet(concentration.to(device), generator=generator)[0, 0]
+        return torch._sample_dirichlet(concentration.to(device), generator=generator)
     seed = torch.randint(2**62, (1,), generator=generator, device=device).item()
     cpu = torch.Generator().manual_seed(seed)
-    return torch._sample_dirichlet(concentration, generator=cpu)[0, 0].to(device)
+    return torch._sample_dirichlet(concentration.cpu(), generator=cpu).to(device)
 
 
 def cutmix_box(
