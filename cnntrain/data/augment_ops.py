@@ -24,13 +24,13 @@ from torchvision.transforms.v2 import functional as TF
 Operation = Callable[[torch.Tensor, torch.Tensor, "Resampling"], torch.Tensor]
 
 
+@dataclass(frozen=True)
 class Resampling:
     """How the geometric operations resample: "nearest" or "bilinear", and the fill outside the
     image (None: zeros, as torchvision's fill=None; a number: a pixel value 0-255 for every channel)."""
 
-    def __init__(self, interpolation: str = "nearest", fill: float | None = None):
-        self.interpolation = interpolation
-        self.fill = fill
+    interpolation: str = "nearest"
+    fill: float | None = None
 
 
 def _inverse_affine(angle, translate, shear, center) -> torch.Tensor:
@@ -77,33 +77,34 @@ def _warp(images: torch.Tensor, theta: torch.Tensor, resampling: Resampling) -> 
     return x.round_().to(torch.uint8)
 
 
-def _no_angle(magnitude: torch.Tensor) -> torch.Tensor:
+def _zeros(magnitude: torch.Tensor) -> torch.Tensor:
+    """No angle, shear or shift: one zero per image."""
     return torch.zeros_like(magnitude)
 
 
 def shear_x(images, magnitude, resampling):
     """F.affine(shear=[degrees(atan(m)), 0], center=[0, 0]): sheared about the top-left corner."""
-    zero, height, width = _no_angle(magnitude), *images.shape[-2:]
+    zero, height, width = _zeros(magnitude), *images.shape[-2:]
     shear = (torch.rad2deg(torch.atan(magnitude)), zero)
     return _warp(images, _inverse_affine(zero, (zero, zero), shear, (-0.5 * width, -0.5 * height)), resampling)
 
 
 def shear_y(images, magnitude, resampling):
     """F.affine(shear=[0, degrees(atan(m))], center=[0, 0])."""
-    zero, height, width = _no_angle(magnitude), *images.shape[-2:]
+    zero, height, width = _zeros(magnitude), *images.shape[-2:]
     shear = (zero, torch.rad2deg(torch.atan(magnitude)))
     return _warp(images, _inverse_affine(zero, (zero, zero), shear, (-0.5 * width, -0.5 * height)), resampling)
 
 
 def translate_x(images, magnitude, resampling):
     """F.affine(translate=[int(m), 0]): whole pixels, the magnitude truncated towards zero."""
-    zero = _no_angle(magnitude)
+    zero = _zeros(magnitude)
     return _warp(images, _inverse_affine(zero, (magnitude.trunc(), zero), (zero, zero), (0.0, 0.0)), resampling)
 
 
 def translate_y(images, magnitude, resampling):
     """F.affine(translate=[0, int(m)])."""
-    zero = _no_angle(magnitude)
+    zero = _zeros(magnitude)
     return _warp(images, _inverse_affine(zero, (zero, magnitude.trunc()), (zero, zero), (0.0, 0.0)), resampling)
 
 
@@ -111,7 +112,7 @@ def rotate(images, magnitude, resampling):
     """F.rotate(angle=m) about the centre, counter-clockwise; torchvision's exact paths for 0 and 180
     degrees (and 90, 270 on square images) are taken too, as they can differ from resampling."""
     angle = torch.remainder(magnitude, 360)
-    zero = _no_angle(magnitude)
+    zero = _zeros(magnitude)
     out = _warp(images, _inverse_affine(-angle, (zero, zero), (zero, zero), (0.0, 0.0)), resampling)
     turns = {0: 0, 180: 2} | ({90: 1, 270: 3} if images.shape[-1] == images.shape[-2] else {})
     for degrees, k in turns.items():

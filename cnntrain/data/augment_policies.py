@@ -226,7 +226,7 @@ def randaugment(
     _require(
         is_whole(magnitude) and 0 <= magnitude < num_magnitude_bins,
         f"magnitude must be a whole number from 0 to {num_magnitude_bins - 1} (a bin of num_magnitude_bins="
-        f"{num_magnitude_bins}: 0 is no change, {num_magnitude_bins - 1} the strongest), got {magnitude!r}",
+        f"{num_magnitude_bins}: 0 the weakest, {num_magnitude_bins - 1} the strongest), got {magnitude!r}",
     )
     _check_resampling(interpolation, fill)
     return RandAugment(num_ops, magnitude, num_magnitude_bins, _chosen_ops(RANDAUGMENT_OPS, ops), interpolation, fill)
