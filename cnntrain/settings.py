@@ -40,7 +40,8 @@ FALLBACKS: dict[str, Any] = {
     "trainer.early_stopping": None,
     "trainer.time_limit": None,
     "trainer.early_stopping.patience": None,
-    "trainer.early_stopping.metric": "val_loss",  # configs/train.yaml's null (follow the checkpoint) came later
+    # null: trainer.checkpoint.monitor's. Configs saved before null existed spell out their metric (val_loss).
+    "trainer.early_stopping.metric": None,
     "trainer.early_stopping.min_delta": 0.0,
     "data.eval_batch_size": None,
     "data.resize": None,
