@@ -15,7 +15,7 @@ from cnntrain.config import as_plain
 from cnntrain.distributed import STRATEGIES
 from cnntrain.errors import ConfigError
 from cnntrain.evaluator import TTA_MODES
-from cnntrain.registry import did_you_mean, is_count, is_number
+from cnntrain.registry import did_you_mean, is_count, is_number, is_whole
 from cnntrain.setting_checks import is_bool, is_positive_number, require
 from cnntrain.settings import FALLBACKS, CheckpointSettings, EarlyStopping, TrainerSettings, setting
 from cnntrain.speed_switches import PRECISIONS
@@ -192,7 +192,7 @@ def check_checkpoint(section) -> CheckpointSettings:
         top_k,
         key + "save_top_k",
         "1 (best.pt only), a whole number k > 1 (also the k best epochs' files) or -1 (every epoch's file)",
-        lambda v: v == -1 or (is_count(v) and v <= MAX_COUNT),
+        lambda v: (is_whole(v) and v == -1) or (is_count(v) and v <= MAX_COUNT),
     )
     every = require(
         setting(section, key + "every_n_epochs"),

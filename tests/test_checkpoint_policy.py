@@ -320,3 +320,30 @@ def test_an_operation_without_a_deterministic_version_is_a_message_naming_the_se
     )
     assert "Set trainer.deterministic=false" in message
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["error"] == message
+
+
+def test_a_run_from_before_the_checkpoint_settings_resumes_and_evaluates_as_before(tmp_path):
+    """last.pt as an older cnntrain wrote it: no trainer.checkpoint/deterministic in its config, early stopping's
+    metric spelled out, no Checkpointer state."""
+    from cnntrain.evaluation import evaluate_run
+
+    folder = tmp_path / "old"
+    train(compose_config(QUICK + ["trainer.epochs=2"]), run_dir=folder)
+    last_path = folder / "checkpoints" / "last.pt"
+    last = torch.load(last_path, weights_only=True)
+    for key in ("checkpoint", "deterministic"):
+        del last["config"]["trainer"][key]
+    last["config"]["trainer"]["early_stopping"]["metric"] = "val_loss"
+    last.pop("callbacks", None)
+    torch.save(last, last_path)
+
+    summary = resume(folder, ["trainer.epochs=4", "trainer.early_stopping.patience=5"])
+    with open(folder / "metrics.csv", newline="") as f:
+        accs = [float(row["val_acc"]) for row in csv.DictReader(f)]
+    best_epoch = accs.index(max(accs)) + 1  # the first of equals
+    assert summary["best"] == {"monitor": "val_acc", "mode": "max", "value": max(accs), "epoch": best_epoch}
+    assert summary["epochs"] == 4 and "top_k" not in summary
+    assert sorted(path.name for path in (folder / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert torch.load(folder / "checkpoints" / "best.pt", weights_only=True)["epoch"] == best_epoch
+    result = evaluate_run(folder)
+    assert (result.epoch, result.evaluation.acc) == (best_epoch, pytest.approx(summary["test_acc"]))
