@@ -157,7 +157,7 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
     trainer, seed = checked.trainer, checked.seed
     group = group_for(trainer.strategy)
     device = group.device(resolve_device(checked.device))
-    tune_backend(device)
+    tune_backend(device, trainer.deterministic)
     threads = starting_threads(trainer.threads)  # before the data is decoded: that computes on them too
     torch.manual_seed(seed)  # the same on every rank: the same data split and initial weights
     prepared = build_data(checked, data)

@@ -1,20 +1,19 @@
-"""Trainer callbacks that keep the run folder: metrics.csv, checkpoints, early stopping.
+"""Trainer callbacks that keep the run folder: metrics.csv, checkpoints (checkpointer.py), early stopping.
 
 A resumed run hands the trainer the finished epochs' metrics (`trainer.history`);
-the callbacks rebuild their state from it (best epoch, rows of metrics.csv, epochs
-without improvement), so nothing else needs saving for them. The console display and
-`Reporter` are display.py's (importable from here too, as they were).
+metrics.csv and early stopping rebuild their state from it (rows, epochs without
+improvement); the Checkpointer keeps its own (the top-k files) in the checkpoints. The
+console display and `Reporter` are display.py's, the Checkpointer checkpointer.py's
+(importable from here too, as they were).
 """
 
 from __future__ import annotations
 
 import csv
-import time
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from cnntrain.checkpoint import save_checkpoint
+from cnntrain.checkpointer import Checkpointer
 from cnntrain.display import (
     ProgressDisplay,
     Reporter,
@@ -25,11 +24,10 @@ from cnntrain.display import (
     format_step_seconds,
 )
 from cnntrain.metrics import OPTIONAL_METRICS
-from cnntrain.process import interrupts_held
-from cnntrain.run_folder import RunFolder, write_atomically
+from cnntrain.run_folder import write_atomically
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
-# display.py's names, importable from here as before the split.
+# display.py's and checkpointer.py's names, importable from here as before the split.
 __all__ = [
     "Checkpointer",
     "EarlyStopping",
@@ -103,74 +101,6 @@ class MetricsWriter(Callback):
         write_atomically(self.path, write_rows, binary=False)
 
 
-class Checkpointer(Callback):
-    """Saves checkpoints/last.pt every epoch and best.pt when validation accuracy improves.
-
-    Inside an epoch, last.pt is also saved every `every_minutes` (None: never) and when
-    the trainer is asked to stop (Ctrl-C, SIGTERM), between two optimizer steps, so a
-    long epoch interrupted loses at most those minutes. Whether a step is saved is decided
-    in `on_train_step` (every rank of a distributed run at the same point); the checkpoints
-    are written in `after_train_step` / `after_epoch_end`, once every callback's hooks of that
-    step or epoch end ran: their state (`state_dict()`) and a stop reason set then (early
-    stopping) are in it.
-    """
-
-    def __init__(self, folder: RunFolder, make_state: Callable[[Trainer], dict], every_minutes: float | None = None):
-        self.folder = folder
-        self.make_state = make_state
-        self.every_seconds = every_minutes * 60 if every_minutes else None
-        self.best: EpochMetrics | None = None
-        self.saved = (0, 0)  # what last.pt holds: (finished epochs, steps done of the next epoch)
-        self._last_save = time.monotonic()
-        self._save_step: int | None = None  # the step on_train_step decided to save, written in after_train_step
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.best = max(trainer.history, key=lambda m: m.val_acc, default=None)
-        self.saved = (trainer.history[-1].epoch if trainer.history else 0, 0)
-        self._last_save = time.monotonic()
-
-    def on_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
-        self._save_step = None
-        if step == steps or not trainer.between_optimizer_steps:
-            return  # the epoch's end is saved with its metrics; mid-group gradients cannot be saved
-        # Every rank of a distributed run decides together (and takes the state together: it sums their counters).
-        due = self.every_seconds is not None and trainer.group.any(
-            time.monotonic() - self._last_save >= self.every_seconds, trainer.device
-        )
-        if due or trainer.stop_requested:
-            self._save_step = step
-
-    def after_train_step(self, trainer: Trainer, step: int, steps: int) -> None:
-        if self._save_step != step:
-            return
-        self._save_step = None
-        state = self.make_state(trainer)  # rank 0 saves it
-        with interrupts_held():  # a second Ctrl-C now waits for last.pt and `saved` to agree
-            if trainer.group.writes:
-                save_checkpoint(state, self.folder.last_checkpoint)
-            self.saved = (self.saved[0], step)
-        self._last_save = time.monotonic()
-
-    def save_last(self, trainer: Trainer) -> None:
-        """Rewrite last.pt with the trainer as it is now (e.g. after fine-tuning's switch to stage two)."""
-        if trainer.group.writes:
-            save_checkpoint(self.make_state(trainer), self.folder.last_checkpoint)
-
-    def after_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
-        improved = self.best is None or metrics.val_acc > self.best.val_acc
-        if improved:
-            self.best = metrics
-        with interrupts_held():  # a second Ctrl-C now waits for last.pt and `saved` to agree
-            if trainer.group.writes:
-                state = self.make_state(trainer)
-                if improved:
-                    save_checkpoint(state, self.folder.best_checkpoint)
-                # last.pt after best.pt: a run killed in between resumes from the epoch before and redoes this one.
-                save_checkpoint(state, self.folder.last_checkpoint)
-            self.saved = (metrics.epoch, 0)
-        self._last_save = time.monotonic()
-
-
 def epochs_without_improvement(values: list[float], minimize: bool, min_delta: float) -> tuple[int, int]:
     """(epochs since the best value, index of the best value) for a metric's per-epoch values.
 
@@ -185,13 +115,15 @@ def epochs_without_improvement(values: list[float], minimize: bool, min_delta: f
 
 
 class EarlyStopping(Callback):
-    """Ends training when `metric` has not improved by more than `min_delta` for `patience` epochs."""
+    """Ends training when `metric` has not improved by more than `min_delta` for `patience` epochs.
+    `mode`: max or min (trainer.checkpoint.mode's when it follows the checkpoint's monitor); None: min for
+    losses, max otherwise."""
 
-    def __init__(self, metric: str, patience: int, min_delta: float = 0.0):
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, mode: str | None = None):
         self.metric = metric
         self.patience = patience
         self.min_delta = min_delta
-        self.minimize = "loss" in metric
+        self.minimize = mode == "min" if mode else "loss" in metric
 
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         values = [getattr(m, self.metric) for m in trainer.history]

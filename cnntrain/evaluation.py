@@ -110,7 +110,7 @@ def evaluate_run(
     own_data = without_loading_keys(data_settings) == without_loading_keys(run_data)
     checked = check_config(cfg)
     device = resolve_device(cfg.device.type)
-    tune_backend(device)
+    tune_backend(device, checked.trainer.deterministic)  # the run's: its evaluations agree to the bit too
     torch.manual_seed(cfg.seed)  # as build_training does before it builds the data
     data = load_data(checked)
     notices = check_classes_and_channels(data, state, own_data, f"{cfg.data.name} ({data.source or 'its images'})")

@@ -91,7 +91,8 @@ def check_checkpoint_name(checkpoint: str) -> None:
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(
             f"Unknown checkpoint '{checkpoint}' (checkpoint=).{did_you_mean(checkpoint, CHECKPOINTS)} "
-            f"Use checkpoint=best (the best validation accuracy) or checkpoint=last (the last epoch)."
+            f"Use checkpoint=best (the run's best epoch by its trainer.checkpoint.monitor, val_acc unless set) or "
+            f"checkpoint=last (the last epoch)."
         )
 
 

@@ -40,6 +40,8 @@ MAY_CHANGE = (
     "data.workers",
     "data.cache_limit_mb",
     "data.eval_batch_size",
+    "trainer.checkpoint.every_n_epochs",  # not monitor, mode, save_top_k: the kept files were chosen by them
+    "trainer.deterministic",
 )
 # How a resume names its run, for open_run's messages: it always continues checkpoints/last.pt.
 RESUME = RunArgument(key="resume=", use="cnntrain resume={}", choose=False)

@@ -40,6 +40,7 @@ from cnntrain.process import budget_start, console_may_go_away
 from cnntrain.run_callbacks import RunCallbacks, build_callbacks
 from cnntrain.run_folder import RunFolder, provenance
 from cnntrain.run_report import chosen_on_test_notice, report_end, report_start
+from cnntrain.speed_switches import nondeterministic_message
 from cnntrain.trainer import Callback, EpochMetrics, Trainer
 
 
@@ -147,11 +148,12 @@ def _run_in(
         raise CnnTrainError(message) from err
     except Exception as err:  # recorded for the sweep table, then raised to the caller
         lost = launched_by_torchrun() and lost_peer(err)  # another rank died: say that, not gloo's words
-        message = lost_process_message(err, folder, cfg) if lost else str(err)
+        nondeterministic = nondeterministic_message(err)  # trainer.deterministic=true met an op without it
+        message = lost_process_message(err, folder, cfg) if lost else nondeterministic or str(err)
         reporter.log_only(f"error: {message}")  # the CLI prints it on the console
         _write_ended_summary(folder, "failed", message, started)
-        if lost:
-            raise CnnTrainError(message) from None
+        if lost or nondeterministic:
+            raise (CnnTrainError if lost else ConfigError)(message) from None
         raise
     finally:
         reporter.close()
@@ -201,7 +203,8 @@ def _fit_and_test(
         "data": settings.data.name,
         "epochs": len(history),
         "best_epoch": best.epoch,
-        "best_metric": "val_acc",
+        "best_metric": settings.trainer.checkpoint.monitor,
+        **callbacks.checkpointer.summary(),  # "best": the monitor, mode and value that chose best.pt, its epoch
         "best_val_acc": best.val_acc,
         "best_val_loss": best.val_loss,
         "test_loss": test_loss,
@@ -218,6 +221,7 @@ def _fit_and_test(
         # What the speed switches resolved to on this device (the config may say auto).
         "channels_last": parts.channels_last,
         "precision": parts.precision,
+        "deterministic": settings.trainer.deterministic,
         "threads": callbacks.threads_summary(settings.trainer.threads, parts.threads[1]),
         # What validation and the test measured: the weights' average (its decay) or the trained weights (null);
         # each image alone (null) or with its mirror image (hflip).
@@ -238,7 +242,8 @@ def _fit_and_test(
     for problem in trainer.run_ended(summary):
         reporter.line(f"notice: {problem}", style="yellow")
     last = history[-1]
-    chosen_on_test = spec.test_is_validation and tested == folder.best_checkpoint and best.val_acc > last.val_acc
+    chosen = callbacks.checkpointer.chosen_on_validation(last)  # best.pt is not the last epoch, for its val figure
+    chosen_on_test = spec.test_is_validation and tested == folder.best_checkpoint and chosen
     notice = chosen_on_test_notice(best.epoch, last, spec.has_test_split) if chosen_on_test else None
     report_end(summary, reporter, notice)
     return RunResult(parts.model, summary, history, list(spec.classes))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter, TimeEstimate
 from cnntrain.checkpoint import training_checkpoint
+from cnntrain.checkpoint_policy import check_measured
 from cnntrain.contention import SlowdownWatch, ThreadGovernor
 from cnntrain.finetune import TwoStageFinetune, scaled_optimizer
 from cnntrain.inspector import smallest_input_size
@@ -55,8 +56,12 @@ def build_callbacks(
     )
     display = ProgressDisplay(reporter, live=live)
     run_info = parts.run_info()
+    check_measured("trainer.checkpoint.monitor", trainer.checkpoint.monitor, len(parts.spec.classes))
     checkpointer = Checkpointer(
-        folder, lambda trainer: training_checkpoint(trainer, run_info), every_minutes=trainer.checkpoint_every_minutes
+        folder,
+        lambda trainer: training_checkpoint(trainer, run_info),
+        every_minutes=trainer.checkpoint_every_minutes,
+        policy=trainer.checkpoint,
     )
     estimate = TimeEstimate(reporter, lambda: quicker_options(parts))
     # In a distributed run only rank 0 writes metrics.csv, plots and logs (its reporter alone prints).
@@ -88,7 +93,8 @@ def build_callbacks(
     ]
     stopping = trainer.early_stopping
     if stopping.patience:
-        callbacks.append(EarlyStopping(stopping.metric, stopping.patience, stopping.min_delta))
+        check_measured("trainer.early_stopping.metric", stopping.metric, len(parts.spec.classes))
+        callbacks.append(EarlyStopping(stopping.metric, stopping.patience, stopping.min_delta, stopping.mode))
     finetune = two_stage_finetune(parts, folder, checkpointer, reporter)
     if finetune:
         callbacks.append(finetune)  # after the checkpointer: its after_epoch_end reloads the best.pt just written

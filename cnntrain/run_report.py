@@ -95,7 +95,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
     """The result table; the run folder goes on a line of its own after it (`report_end`), since a
     table cell would break the path across lines."""
     table = Table(title="cnntrain result", show_header=True, header_style="bold")
-    for column in ("best epoch", "val acc", "test acc", "time"):
+    monitor = summary.get("best_metric", "val_acc")  # what chose best.pt (trainer.checkpoint.monitor)
+    best_column = "best epoch" if monitor == "val_acc" else f"best epoch ({monitor})"
+    for column in (best_column, "val acc", "test acc", "time"):
         table.add_column(column)
     table.add_row(
         f"{summary['best_epoch']}/{summary['epochs']}",

@@ -40,7 +40,8 @@ FALLBACKS: dict[str, Any] = {
     "trainer.early_stopping": None,
     "trainer.time_limit": None,
     "trainer.early_stopping.patience": None,
-    "trainer.early_stopping.metric": "val_loss",
+    # null: trainer.checkpoint.monitor's. Configs saved before null existed spell out their metric (val_loss).
+    "trainer.early_stopping.metric": None,
     "trainer.early_stopping.min_delta": 0.0,
     "data.eval_batch_size": None,
     "data.resize": None,
@@ -56,6 +57,13 @@ FALLBACKS: dict[str, Any] = {
     "finetune.lr_scale": 0.01,
     "finetune.keep_norm_statistics": False,
     "optimizer.no_decay_bias_norm": False,
+    # best.pt followed val_acc (max) before trainer.checkpoint existed, and nothing else was kept.
+    "trainer.checkpoint": None,
+    "trainer.checkpoint.monitor": "val_acc",
+    "trainer.checkpoint.mode": "auto",
+    "trainer.checkpoint.save_top_k": 1,
+    "trainer.checkpoint.every_n_epochs": None,
+    "trainer.deterministic": False,
 }
 
 
@@ -73,6 +81,17 @@ class EarlyStopping:
     patience: int | None
     metric: str
     min_delta: float
+    mode: str = "min"  # max or min: whether `metric` must rise or fall (trainer.checkpoint.mode's when it follows it)
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """trainer.checkpoint: which epoch best.pt holds and which other epochs' checkpoints are kept."""
+
+    monitor: str = "val_acc"  # a metrics.csv column (checkpoint_policy.MONITORABLE)
+    mode: str = "max"  # max or min, resolved from auto
+    save_top_k: int = 1  # 1: best.pt only; k > 1: also the k best epochs' files; -1: every epoch's file
+    every_n_epochs: int | None = None  # also checkpoints/epoch=NNN.pt every this many epochs
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,8 @@ class TrainerSettings:
     early_stopping: EarlyStopping
     mixup: dict[str, float] | None  # data/mixing.BatchMixer's settings; None: no MixUp / CutMix
     time_limit: Any = None  # time_plan.TimeLimit: train for at most that long (time_budget.py); None: no limit
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    deterministic: bool = False  # deterministic algorithms only, cuDNN autotuning off (speed_switches.py)
 
 
 @dataclass(frozen=True)

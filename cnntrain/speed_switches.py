@@ -1,4 +1,5 @@
-"""The trainer's speed switches: precision, channels_last, torch.compile, cuDNN autotuning.
+"""The trainer's speed switches: precision, channels_last, torch.compile, cuDNN autotuning, and the one that gives
+speed up for reruns that agree to the bit (trainer.deterministic).
 
 Each is resolved against the device the run has. Where the device cannot do what was
 asked (fp16 autocast on a CPU, torch.compile with no compiler), the switch becomes a
@@ -8,6 +9,7 @@ no-op and the caller gets a one-line notice to show, never an exception.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Callable
 
@@ -84,17 +86,55 @@ def slow_channels_last_batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
     return [layer for layer in model.modules() if isinstance(layer, nn.BatchNorm2d) and layer.num_features % 16 != 0]
 
 
-def tune_backend(device: torch.device) -> None:
+def tune_backend(device: torch.device, deterministic: bool = False) -> None:
     """Backend settings that change only speed: on CUDA, cuDNN times the convolution
     algorithms for each new input shape and keeps the fastest (a run meets few
-    shapes: every batch has one size but an epoch's last).
+    shapes: every batch has one size but an epoch's last). `deterministic`
+    (trainer.deterministic) turns that off and PyTorch's deterministic algorithms on.
 
     Tried and left out (2026-11-30, 2-core CPU): glibc's mallopt keeping freed memory
     (M_MMAP_THRESHOLD/M_TRIM_THRESHOLD) made a bare LeNet step loop 1.46x faster but whole
     cnntrain runs no faster (25k ex/s either way: the run's allocation pattern already
     reuses the heap); OMP_PROC_BIND/OMP_PLACES and flush-denormal changed nothing."""
+    use_deterministic_algorithms(deterministic)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not deterministic
+
+
+_turned_on_here = False  # whether use_deterministic_algorithms(True) is cnntrain's doing (not the user's own)
+
+
+def use_deterministic_algorithms(on: bool) -> None:
+    """trainer.deterministic: PyTorch's deterministic algorithms only (an operation without one raises, see
+    `nondeterministic_message`), cuDNN's and oneDNN's too. cuBLAS needs CUBLAS_WORKSPACE_CONFIG for it, set before any
+    CUDA work (when the user has not set it). Turned off again for a later run of this process only when a
+    run of cnntrain turned it on: a user's own choice in Python stays."""
+    global _turned_on_here
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif not _turned_on_here:
+        return
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.mkldnn.deterministic = on  # oneDNN's CPU kernels
+    _turned_on_here = on
+
+
+def nondeterministic_message(err: BaseException) -> str | None:
+    """With trainer.deterministic=true, torch's error for an operation that has no deterministic version, as
+    a message naming the setting; None for any other error."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or "use_deterministic_algorithms" not in text:
+        return None
+    operation = (
+        text.split(" does not have a deterministic implementation")[0].strip() if "does not have" in text else ""
+    )
+    what = f"the operation {operation}" if operation and len(operation) < 80 else "an operation this run uses"
+    return (
+        f"trainer.deterministic=true, but {what} has no deterministic version in PyTorch on this device, so the "
+        f"run stopped. Set trainer.deterministic=false (reruns may then differ in their last bits), or use a model "
+        f"or device without that operation. (PyTorch said: {text.splitlines()[0][:300]})"
+    )
 
 
 def compile_unavailable_reason(device: torch.device) -> str | None:

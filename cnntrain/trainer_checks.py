@@ -1,6 +1,6 @@
 """The trainer section's checks: trainer.epochs and the other counts (`check_counts`), every trainer.* setting
-(`check_trainer_settings`), trainer.early_stopping and trainer.mixup; each refuses a bad value by name
-(ConfigError, through setting_checks.require) and the section comes back typed (settings.TrainerSettings).
+(`check_trainer_settings`), trainer.checkpoint, trainer.early_stopping and trainer.mixup; each refuses a bad value
+by name (ConfigError, through setting_checks.require) and the section comes back typed (settings.TrainerSettings).
 
 check_config (checks.py) calls them first; `check_trainer_settings` is also what a resume checks its
 overrides with.
@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnntrain.checkpoint_policy import MODES, MONITORABLE, resolved_mode
 from cnntrain.config import as_plain
 from cnntrain.distributed import STRATEGIES
 from cnntrain.errors import ConfigError
 from cnntrain.evaluator import TTA_MODES
-from cnntrain.registry import did_you_mean, is_count, is_number
+from cnntrain.registry import did_you_mean, is_count, is_number, is_whole
 from cnntrain.setting_checks import is_bool, is_positive_number, require
-from cnntrain.settings import FALLBACKS, EarlyStopping, TrainerSettings, setting
+from cnntrain.settings import FALLBACKS, CheckpointSettings, EarlyStopping, TrainerSettings, setting
 from cnntrain.speed_switches import PRECISIONS
 from cnntrain.time_plan import parse_time_limit
 
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
-EARLY_STOPPING_METRICS = ("val_loss", "val_acc", "train_loss", "train_acc")
 LIMIT_KEYS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 MAX_COUNT = 2**31 - 1
 MAX_THREADS = 1024  # more than any machine's cores: a bigger value is a slip (trainer.threads=20000)
@@ -100,6 +100,7 @@ def check_trainer_settings(cfg: DictConfig, counts: dict[str, int] | None = None
         "null (only at epoch ends) or a number of minutes > 0",
         lambda v: v is None or is_positive_number(v),
     )
+    checkpoint = check_checkpoint(setting(trainer, "trainer.checkpoint"))
     return TrainerSettings(
         epochs=counts["trainer.epochs"],
         log_every=counts["trainer.log_every"],
@@ -118,9 +119,11 @@ def check_trainer_settings(cfg: DictConfig, counts: dict[str, int] | None = None
         threads=threads,
         batch_limits={key: value for key, value in limits.items() if value is not None},
         checkpoint_every_minutes=every,
-        early_stopping=check_early_stopping(setting(trainer, "trainer.early_stopping")),
+        early_stopping=check_early_stopping(setting(trainer, "trainer.early_stopping"), checkpoint),
         mixup=mixup_settings(setting(trainer, "trainer.mixup")),
         time_limit=check_time_limit(cfg),
+        checkpoint=checkpoint,
+        deterministic=get("deterministic", "true or false", is_bool),
     )
 
 
@@ -137,13 +140,18 @@ def check_time_limit(cfg: DictConfig):
     return limit
 
 
-def check_early_stopping(section) -> EarlyStopping:
-    """trainer.early_stopping checked: patience (None: never), metric, min_delta."""
+def check_early_stopping(section, checkpoint: CheckpointSettings | None = None) -> EarlyStopping:
+    """trainer.early_stopping checked: patience (None: never), metric (None: the checkpoint's monitor, with its
+    mode), min_delta."""
+    checkpoint = checkpoint or CheckpointSettings()
     section = section or {}
     require(
         section, "trainer.early_stopping", "a section with patience, metric and min_delta", lambda v: hasattr(v, "get")
     )
     key = "trainer.early_stopping."
+    metric = setting(section, key + "metric")
+    if metric is not None:
+        monitorable_metric(metric, key + "metric", "null (the checkpoint's trainer.checkpoint.monitor) or ")
     return EarlyStopping(
         patience=require(
             setting(section, key + "patience"),
@@ -151,16 +159,59 @@ def check_early_stopping(section) -> EarlyStopping:
             "null (off) or a positive whole number",
             lambda v: v is None or is_count(v),
         ),
-        metric=require(
-            setting(section, key + "metric"),
-            key + "metric",
-            f"one of {', '.join(EARLY_STOPPING_METRICS)}",
-            lambda v: v in EARLY_STOPPING_METRICS,
-        ),
+        metric=metric or checkpoint.monitor,
         min_delta=require(
             setting(section, key + "min_delta"), key + "min_delta", "a number >= 0", lambda v: is_number(v) and v >= 0
         ),
+        mode=resolved_mode(metric, "auto") if metric else checkpoint.mode,
     )
+
+
+def check_checkpoint(section) -> CheckpointSettings:
+    """trainer.checkpoint checked: the metric and mode that choose best.pt, save_top_k, every_n_epochs."""
+    section = section or {}
+    key = "trainer.checkpoint."
+    require(
+        section, key[:-1], "a section with monitor, mode, save_top_k and every_n_epochs", lambda v: hasattr(v, "get")
+    )
+    monitor = monitorable_metric(setting(section, key + "monitor"), key + "monitor")
+    mode = setting(section, key + "mode")
+    if mode not in MODES:
+        raise ConfigError(
+            f"trainer.checkpoint.mode must be one of {', '.join(MODES)} (auto: min for losses, max otherwise), "
+            f"got {mode!r}.{did_you_mean(str(mode), MODES)}"
+        )
+    top_k = setting(section, key + "save_top_k")
+    if top_k == 0 and not isinstance(top_k, bool):
+        raise ConfigError(
+            "trainer.checkpoint.save_top_k=0 would keep no best.pt, which the run's test, cnntrain-eval, "
+            "cnntrain-predict and model.weights=<run> read. Use 1 (best.pt only); checkpoints/last.pt always holds "
+            "the last epoch (cnntrain-eval checkpoint=last)."
+        )
+    require(
+        top_k,
+        key + "save_top_k",
+        "1 (best.pt only), a whole number k > 1 (also the k best epochs' files) or -1 (every epoch's file)",
+        lambda v: (is_whole(v) and v == -1) or (is_count(v) and v <= MAX_COUNT),
+    )
+    every = require(
+        setting(section, key + "every_n_epochs"),
+        key + "every_n_epochs",
+        "null (off) or a positive whole number N (checkpoints/epoch=NNN.pt every N epochs)",
+        lambda v: v is None or (is_count(v) and v <= MAX_COUNT),
+    )
+    return CheckpointSettings(monitor, resolved_mode(monitor, mode), top_k, every)
+
+
+def monitorable_metric(name, key: str, also: str = "") -> str:
+    """`name` if it is a per-epoch metric of metrics.csv (checkpoint_policy.MONITORABLE), else a ConfigError
+    with the closest name and the choices (`also`: what else the key takes, in front of them)."""
+    if name not in MONITORABLE:
+        raise ConfigError(
+            f"{key} must be {also}one of {', '.join(MONITORABLE)} (a per-epoch column of metrics.csv), got "
+            f"{name!r}.{did_you_mean(str(name), MONITORABLE)}"
+        )
+    return name
 
 
 # trainer.mixup's settings and their defaults (timm's Mixup: mixup_alpha, cutmix_alpha, prob, switch_prob).

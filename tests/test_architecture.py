@@ -51,6 +51,7 @@ LAYERS = [
         "cnntrain.time_plan",
         "cnntrain.time_fitting",
         "cnntrain.optuna_study",
+        "cnntrain.checkpoint_policy",
     },
     {
         "cnntrain.callbacks",
@@ -60,6 +61,7 @@ LAYERS = [
         "cnntrain.contention",
         "cnntrain.time_budget",
         "cnntrain.trial_pruning",
+        "cnntrain.checkpointer",
     },
     {
         "cnntrain.checks",

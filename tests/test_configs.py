@@ -119,7 +119,7 @@ def test_check_config_returns_frozen_typed_settings_read_from_the_config():
         32,
         {"limit_val_batches": 2},
     )
-    assert (trainer.early_stopping.patience, trainer.early_stopping.metric) == (4, "val_loss")
+    assert (trainer.early_stopping.patience, trainer.early_stopping.metric) == (4, "val_acc")  # the monitor's
     assert (data.batch_size, data.eval_batch_size, data.resize) == (16, 32, 40)  # null eval size: 2 x batch_size
     assert (plan.name, plan.resize, plan.native_size, plan.input_size()) == ("lenet", 40, 28, 40)
     assert (finetune.unfreeze_at, finetune.lr_scale, finetune.keep_norm_statistics) == (1, 0.5, False)

@@ -90,8 +90,8 @@ def test_every_command_says_the_same_for_a_folder_that_is_no_run(folders):
 
 def test_every_command_says_the_same_for_a_checkpoint_that_is_not_there(folders):
     bad_name = (
-        "Unknown checkpoint 'bset' (checkpoint=). Did you mean 'best'? Use checkpoint=best (the best "
-        "validation accuracy) or checkpoint=last (the last epoch)."
+        "Unknown checkpoint 'bset' (checkpoint=). Did you mean 'best'? Use checkpoint=best (the run's best epoch "
+        "by its trainer.checkpoint.monitor, val_acc unless set) or checkpoint=last (the last epoch)."
     )
     assert message(lambda: load_run(folders["run"], "bset")) == bad_name
     assert message(lambda: evaluate_run(folders["run"], checkpoint="bset")) == bad_name

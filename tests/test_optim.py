@@ -297,7 +297,8 @@ def test_early_stopping_ends_the_run_and_says_why_in_summary_json(tmp_path):
     summary = train(cfg, run_dir=tmp_path / "run")
     assert summary["epochs"] == 3  # lr 0: the loss never improves after epoch 1
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert on_disk["stopped_early"].startswith("early stopping: val_loss has not improved")
+    # early_stopping.metric null: the metric best.pt follows (trainer.checkpoint.monitor, val_acc)
+    assert on_disk["stopped_early"].startswith("early stopping: val_acc has not improved")
     assert "stopped after epoch 3: early stopping" in (tmp_path / "run" / "train.log").read_text()
 
 
@@ -313,7 +314,8 @@ def test_early_stopping_ends_the_run_and_says_why_in_summary_json(tmp_path):
         ("trainer.early_stopping.patience=0", "trainer.early_stopping.patience must be null (off) or a positive whole"),
         (
             "trainer.early_stopping.metric=val_accuracy",
-            "trainer.early_stopping.metric must be one of val_loss, val_acc",
+            "trainer.early_stopping.metric must be null (the checkpoint's trainer.checkpoint.monitor) or one of "
+            "train_loss, train_acc, val_loss, val_acc",
         ),
         ("trainer.precision=16", "trainer.precision must be one of 32, bf16, fp16, auto, got 16"),
         ("trainer.channels_last=maybe", "trainer.channels_last must be auto, true or false, got 'maybe'"),

@@ -559,7 +559,9 @@ def test_callback_state_is_kept_in_checkpoints_and_restored_on_resume(tmp_path):
     train(compose_config(QUICK + ["trainer.epochs=3"]), run_dir=tmp_path / "whole", callbacks=whole)
     assert [c.count for c in whole] == [12, 120]  # 128 images in batches of 32: 4 steps x 3 epochs
     saved = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    checkpointer = saved["callbacks"].pop("Checkpointer")  # the built-in one keeps its top-k state there too
     assert saved["callbacks"] == {"StepCounter": {"count": 12}, "StepCounter#2": {"count": 120}}
+    assert (checkpointer["monitor"], checkpointer["kept"]) == ("val_acc", [])
 
     first = [StepCounter(1), StepCounter(10), StopInEpoch(epoch=2, at=3)]
     with pytest.raises(RunInterrupted):
@@ -621,12 +623,12 @@ def test_an_early_stopped_run_s_last_checkpoint_records_the_stop_and_resume_says
     assert summary["epochs"] == 3  # lr 0: the loss never improves after epoch 1
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last["epoch"] == 3 and last["stop_reason"] == summary["stopped_early"]
-    assert last["stop_reason"].startswith("early stopping: val_loss has not improved")
+    assert last["stop_reason"].startswith("early stopping: val_acc has not improved")  # the monitor's, by default
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
     capsys.readouterr()
     assert resume(tmp_path / "run") == summary
     said = capsys.readouterr().out
-    assert f"Run {tmp_path / 'run'} is already finished: it stopped early (early stopping: val_loss" in said
+    assert f"Run {tmp_path / 'run'} is already finished: it stopped early (early stopping: val_acc" in said
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
     assert "To train it for longer: " in said and "trainer.early_stopping.patience=null (or a larger patience)" in said
     # A new patience (or more epochs) lifts the saved stop: the run trains on from epoch 4.
