@@ -125,8 +125,9 @@ def missing_hub_message(repo: str, file: str, weights: str) -> str:
         f"model.weights={weights}: the weights of {repo} ({file}) are not in the local Hugging Face cache "
         f"({folder}/snapshots/<revision>/{file}, refs/main naming the revision), and cnntrain does not "
         f"download them. On a machine with internet run `hf download {repo}` (or `huggingface-cli download "
-        f"{repo}`) and copy its folder models--{repo.replace('/', '--')} into {hub_cache()} here "
-        f"(HF_HUB_CACHE or HF_HOME move that folder). Or give the downloaded {file} as model.weights=<file>, "
+        f"{repo}`), then copy models--{repo.replace('/', '--')} from its Hugging Face cache "
+        f"(~/.cache/huggingface/hub there) into {hub_cache()} here (HF_HUB_CACHE or HF_HOME move that "
+        f"folder). Or give the downloaded {file} as model.weights=<file>, "
         f"or model.weights=null to train from scratch."
     )
 
