@@ -122,6 +122,8 @@ def test_any_timm_model_gets_the_datasets_classes_and_channels():
         assert model(torch.rand(2, channels, size, size)).shape == (2, 7), arch
     vit = build_model({**recipe, "input_size": 32})
     assert vit.pos_embed.shape[1] == 1 + (32 // 16) ** 2  # a ViT is built for the run's input size
+    with pytest.raises(ConfigError, match="cuts images into 16-pixel patches.*got 28. Set data.resize=32 "):
+        build_model({**recipe, "input_size": 28})
 
 
 def test_unknown_arch_names_the_closest_and_timm_missing_names_the_extra(monkeypatch):

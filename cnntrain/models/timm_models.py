@@ -72,6 +72,20 @@ def classifier_name(model: nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is classifier)
 
 
+def check_patch_multiple(model: nn.Module, arch: str, img_size: int | None) -> None:
+    """A fixed-size model that cuts images into patches (ViTs) takes sides that are a multiple of the patch.
+    (The input-size check after the build would look for a working size with this very model, built for
+    the wrong one, and name none that fits.)"""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if img_size is None or not patch or img_size % patch[0] == 0:
+        return
+    fitting = -(-img_size // patch[0]) * patch[0]
+    raise ConfigError(
+        f"model.arch={arch} cuts images into {patch[0]}-pixel patches, so its input size must be a multiple of "
+        f"{patch[0]}, got {img_size}. Set data.resize={fitting} (or another multiple of {patch[0]})."
+    )
+
+
 def timm_options(arch: str, num_classes: int, in_channels: int, input_size: int, **settings: Any) -> dict[str, Any]:
     """The keyword arguments of `timm.create_model` for this build (None settings: the arch's default)."""
     options = {"num_classes": num_classes, "in_chans": in_channels}
@@ -108,6 +122,7 @@ def timm_model(
             f"timm cannot build {arch} with {shown}: {str(err).strip() or type(err).__name__}. Check "
             f"model.drop_rate / model.drop_path_rate, or give another input size (data.resize)."
         ) from None
+    check_patch_multiple(model, arch, options.get("img_size"))
     setattr(model, HEAD_ATTRIBUTE, classifier_name(model))
     setattr(model, TIMM_OPTIONS, options)
     return model
