@@ -1,4 +1,4 @@
-"""Starting weights: `model.weights=DEFAULT|<torchvision weights name>|<file>|<run folder>`.
+"""Starting weights: `model.weights=DEFAULT|<torchvision or timm weights name>|<file>|<run folder>`.
 
 - A torchvision weights name (`DEFAULT`, `IMAGENET1K_V2`, ...; model=torchvision only)
   goes through torchvision's weights API: the file is read from torch's hub cache
@@ -6,7 +6,9 @@
   downloaded there when missing and a network is reachable. The preprocessing the
   weights were trained with (input size, resize before the centre crop, mean/std)
   comes with them (`weights_preprocessing`).
-- A file: a cnntrain checkpoint, or a state dict (bare, or under "state_dict"/"model").
+- A timm weights name (`resnet18.a1_in1k`, `DEFAULT`; model=timm only): from the local Hugging Face
+  cache, never downloaded, with the preprocessing of timm's pretrained config (timm_weights.py).
+- A file: a cnntrain checkpoint, or a state dict (bare, or under "state_dict"/"model"; .safetensors too).
 - A cnntrain run folder: its checkpoints/best.pt.
 
 Loading (`load_weights`) fills every layer of the model from the file, except the head
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnntrain import timm_weights
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.errors import ConfigError
 from cnntrain.models.torchvision_models import HEAD_ATTRIBUTE, first_conv
@@ -110,11 +113,13 @@ def weights_preprocessing(
 
     With `channels`, mean and std are averaged over the colour channels for data with another channel count.
     """
+    if recipe_name == "timm" and isinstance(weights, str) and timm_weights.is_timm_weights_name(weights):
+        prep = Preprocessing(**timm_weights.preprocessing(settings.get("arch", "resnet18"), weights))
+        return prep.for_channels(channels) if channels else prep
     if not isinstance(weights, str) or not is_weights_name(weights):
         return None
     _check_name_use(recipe_name, weights)
-    member = torchvision_weights(settings.get("arch", "resnet18"), weights)
-    transform = member.transforms()
+    transform = torchvision_weights(settings.get("arch", "resnet18"), weights).transforms()
     prep = Preprocessing(
         size=transform.crop_size[0],
         resize=transform.resize_size[0],
@@ -158,6 +163,8 @@ def _download(url: str, path: Path, name: str, arch: str) -> None:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A weights file's tensors: a bare state dict, or one under "state_dict"/"model" (weights_only: no code runs)."""
+    if path.suffix == ".safetensors":
+        return timm_weights.read_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -236,6 +243,8 @@ def _grey_stem(weight: torch.Tensor, channels: int) -> torch.Tensor:
 
 def load_weights(model: nn.Module, weights: str, model_name: str, settings: dict[str, Any]) -> str:
     """Fill `model` from `weights` (see the module docstring); returns the line that says what was loaded."""
+    if model_name == "timm" and timm_weights.is_timm_weights_name(weights):
+        return timm_weights.load_timm_weights(model, settings.get("arch", "resnet18"), weights)
     state, source = read_weights(weights, model_name, settings)
     own = model.state_dict()
     head = head_name(model)

@@ -39,7 +39,7 @@ def is_positive_number(value) -> bool:
 
 
 def check_model_plan(model: DictConfig, resize: int | None) -> ModelPlan:
-    """The model section checked: builder settings, init, model.weights (torchvision weights' preprocessing
+    """The model section checked: builder settings, init, model.weights (torchvision or timm weights' preprocessing
     resolved here, once) and model.freeze; with data.resize, the plan the build follows."""
     settings = settings_of(model, MODEL_KEYS)
     MODELS.check_settings(model.name, settings)
@@ -48,7 +48,7 @@ def check_model_plan(model: DictConfig, resize: int | None) -> ModelPlan:
     weights = require(
         setting(model, "model.weights"),
         "model.weights",
-        "null, a torchvision weights name (DEFAULT), a weights file or a cnntrain run folder",
+        "null, a torchvision or timm weights name (DEFAULT), a weights file or a cnntrain run folder",
         lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
     )
     freeze = setting(model, "model.freeze")

@@ -156,7 +156,7 @@ class ModelPlan:
     resize: int | None  # data.resize
     weights: str | None  # model.weights
     freeze: Any  # model.freeze: None, backbone or a number of stages
-    weights_prep: Preprocessing | None  # what torchvision weights named by model.weights were trained with
+    weights_prep: Preprocessing | None  # what torchvision or timm weights named by model.weights were trained with
 
     def input_size(self, data_size: int | None = None) -> int | None:
         """The input size for data of `data_size` pixels (see `input_size`)."""

@@ -37,6 +37,7 @@ LAYERS = [
         "cnntrain.plots",
         "cnntrain.checkpoint",
         "cnntrain.pretrained",
+        "cnntrain.timm_weights",
         "cnntrain.distributed",
         "cnntrain.ema",
         "cnntrain.metrics",

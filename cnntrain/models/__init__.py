@@ -16,6 +16,7 @@ from cnntrain.models import (  # noqa: F401  # noqa: F401  # noqa: F401
     nin,
     resnet,
     resnet_small,
+    timm_models,
     torchvision_models,
     vgg,
 )
