@@ -41,7 +41,7 @@ def report_start(parts: TrainingParts, folder: RunFolder, reporter: Reporter, co
     spec, checked = parts.spec, parts.checked
     origin = f" {spec.source}" if spec.source else ""
     reporter.line(
-        f"cnntrain: {checked.model.name} on {spec.name}{origin} ({spec.train_size:,} train / {spec.val_size:,} val "
+        f"cnntrain: {checked.model.title} on {spec.name}{origin} ({spec.train_size:,} train / {spec.val_size:,} val "
         f"from {spec.val_source} / {spec.test_size:,} test), input {spec.image_size[0]}px -> "
         f"{parts.recipe['input_size']}px, {parts.params:,} parameters, device {parts.device}"
         + (

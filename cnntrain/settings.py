@@ -165,6 +165,13 @@ class ModelPlan:
         )
 
     @property
+    def title(self) -> str:
+        """The model as a run's first line names it: with the architecture for the families that take one
+        (model=torchvision, model=timm: `timm resnet18`)."""
+        arch = self.settings.get("arch")
+        return f"{self.name} {arch}" if arch else self.name
+
+    @property
     def size_key(self) -> str:
         """The setting the input size comes from, for messages."""
         return "data.resize" if self.resize else "model.weights" if self.weights_prep else "model.input_size"

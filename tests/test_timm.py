@@ -265,6 +265,7 @@ def test_one_epoch_from_the_command_line_offline(command_line_run):
     log = (folder / "run" / "train.log").read_text()
     assert f"weights: timm's {RESNET_WEIGHTS} ({folder}/hf_cache/models--timm--{RESNET_WEIGHTS}/snapshots/" in log
     assert "input 28px -> 32px" in log and "Loading pretrained weights" not in done.stdout + done.stderr
+    assert log.startswith("cnntrain: timm test_resnet on ")  # the architecture named, not only the family
     best = load_checkpoint(folder / "run" / "checkpoints" / "best.pt")
     assert best["model"]["settings"]["arch"] == "test_resnet" and best["model"]["input_size"] == 32
     # data.resize wins over the weights' 160 pixels (and their crop); their mean and std stay.
