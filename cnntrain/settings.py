@@ -42,11 +42,13 @@ FALLBACKS: dict[str, Any] = {
     "trainer.early_stopping.patience": None,
     "trainer.early_stopping.metric": "val_loss",
     "trainer.early_stopping.min_delta": 0.0,
+    "trainer.class_weights": None,
     "data.eval_batch_size": None,
     "data.resize": None,
     "data.subset": None,
     "data.normalize": False,
     "data.augment": None,
+    "data.sampler": None,
     "model.weights": None,
     "model.freeze": None,
     "model.init": "default",
@@ -99,6 +101,8 @@ class TrainerSettings:
     early_stopping: EarlyStopping
     mixup: dict[str, float] | None  # data/mixing.BatchMixer's settings; None: no MixUp / CutMix
     time_limit: Any = None  # time_plan.TimeLimit: train for at most that long (time_budget.py); None: no limit
+    # trainer.class_weights: None, "balanced" or one positive weight per class (class_balance.py resolves it)
+    class_weights: str | tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class DataSettings:
     normalize: bool
     subset: int | None
     augment: list = field(default_factory=list)  # data.augment as plain values (saved with checkpoints)
+    sampler: str | None = None  # data.sampler: None (a permutation per epoch) or "balanced" (data/sampling.py)
 
 
 def input_size(

@@ -51,6 +51,7 @@ LAYERS = [
         "cnntrain.time_plan",
         "cnntrain.time_fitting",
         "cnntrain.optuna_study",
+        "cnntrain.class_balance",
     },
     {
         "cnntrain.callbacks",
