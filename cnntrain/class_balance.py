@@ -54,11 +54,10 @@ class ClassBalance:
         if self.weights is not None or self.sampler is not None or largest <= IMBALANCE_RATIO * smallest:
             return None
         big, small = self.classes[self.counts.index(largest)], self.classes[self.counts.index(smallest)]
-        versus = (
-            f"{largest / smallest:.1f}x the {smallest:,} of the smallest, '{small}'"
-            if smallest
-            else (f"and '{small}' has none")
-        )
+        if smallest:
+            versus = f"{largest / smallest:.1f}x the {smallest:,} of the smallest, '{small}'"
+        else:
+            versus = f"and '{small}' has none"
         return (
             f"notice: imbalanced classes: the largest training class, '{big}', has {largest:,} images, {versus} "
             f"(every class's count: summary.json's \"imbalance\"). Accuracy then favours the large classes: to "

@@ -1,6 +1,6 @@
 """The trainer section's checks: trainer.epochs and the other counts (`check_counts`), every trainer.* setting
-(`check_trainer_settings`), trainer.early_stopping and trainer.mixup; each refuses a bad value by name
-(ConfigError, through setting_checks.require) and the section comes back typed (settings.TrainerSettings).
+(`check_trainer_settings`), trainer.early_stopping, trainer.mixup and trainer.class_weights; each refuses a bad
+value by name (ConfigError, through setting_checks.require) and the section comes back typed (settings.TrainerSettings).
 
 check_config (checks.py) calls them first; `check_trainer_settings` is also what a resume checks its
 overrides with.
