@@ -140,7 +140,7 @@ def check_time_limit(cfg: DictConfig):
 
 def check_class_weights(value) -> str | tuple[float, ...] | None:
     """trainer.class_weights: null, balanced or a list of positive numbers (its length is checked against the
-    data's classes once they are known: class_balance.class_weights)."""
+    data's classes once they are known: class_balance.class_balance)."""
     value = as_plain(value)
     if isinstance(value, str) and value != "balanced":
         raise ConfigError(
