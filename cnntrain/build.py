@@ -9,17 +9,16 @@ a run differently.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checks import CheckedConfig, check_config
+from cnntrain.class_balance import ClassBalance, class_balance
 from cnntrain.contention import starting_threads
 from cnntrain.data import DatasetSpec, ImageData, PreparedData, load_image_data, prepare
 from cnntrain.data.loader import BatchTransform, make_loader
@@ -80,6 +79,7 @@ class TrainingParts:
     weights_note: str | None = None  # what model.weights loaded and model.freeze froze
     group: Group = field(default_factory=Group.single)  # the processes of a distributed run
     threads: tuple[int, str] = (1, "trainer.threads")  # the CPU threads it started with, and where from
+    balance: ClassBalance | None = None  # the training split's class counts, trainer.class_weights, data.sampler
 
     def new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         """The configured optimizer over the model's trainable parameters."""
@@ -124,7 +124,7 @@ class TrainingParts:
     def trainer(self, callbacks: list[Callback] = (), run_folder: RunFolder | None = None) -> Trainer:
         """The run's Trainer; `run_folder` and the config are what its callbacks see (trainer.run_folder/config)."""
         settings = self.checked.trainer
-        loss_fn = functools.partial(F.cross_entropy, label_smoothing=settings.label_smoothing)
+        loss_fn = self.balance.training_loss(settings.label_smoothing, self.device)  # with trainer.class_weights
         decay = settings.ema  # the average starts from the weights the run starts from
         ema = ModelEma(self.model, float(decay), settings.ema_warmup) if decay is not None else None
         return Trainer(
@@ -162,6 +162,7 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
     torch.manual_seed(seed)  # the same on every rank: the same data split and initial weights
     prepared = build_data(checked, data)
     spec = prepared.spec
+    balance = class_balance(prepared.train.labels, spec.classes, trainer.class_weights, checked.data.sampler)
     model, recipe = build_checked_model(checked.model, spec)
     weights_note = load_starting_weights(checked.model, model, read_weights=not resuming)
     if group.ddp and trainer.sync_batchnorm:
@@ -191,7 +192,9 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
 
     # trainer.mixup: MixUp / CutMix after the augmentations, from the same stream; soft targets.
     mixer = BatchMixer(spec.num_classes, **trainer.mixup) if trainer.mixup else None
-    train_loader = loader("train", checked.data.batch_size, shuffle=True, seed=seed, augment=True, mixer=mixer)
+    train_loader = loader(
+        "train", checked.data.batch_size, shuffle=True, seed=seed, augment=True, mixer=mixer, sampler=balance.sampler
+    )
     val_loader = loader("val", checked.eval_batch_size)
     test_loader = loader("test", checked.eval_batch_size)
 
@@ -215,10 +218,11 @@ def build_training(checked: CheckedConfig, data: ImageData | None = None, resumi
         None,
         options,
         channels_last,
-        placed.notices,
+        [*placed.notices, *filter(None, [balance.notice()])],
         weights_note,
         group,
         threads,
+        balance,
     )
     parts.optimizer = parts.new_optimizer(model)
     parts.schedule = parts.new_schedule(parts.optimizer, trainer.epochs)

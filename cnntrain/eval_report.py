@@ -36,11 +36,18 @@ def print_report(result: EvalResult, console: Console) -> None:
         f"loss {evaluation.loss:.4f}  accuracy {evaluation.acc:.4f}{top5}  "
         f"({result.size - len(result.misclassified):,} of {result.size:,} right)"
     )
+    say(f"balanced accuracy {evaluation.balanced_acc:.4f}  macro-F1 {evaluation.macro_f1:.4f}")
     if result.run_test:
-        run_top5 = f" top-5 {result.run_test['test_top5']:.4f}" if "test_top5" in result.run_test else ""
+        run = result.run_test
+        run_top5 = f" top-5 {run['test_top5']:.4f}" if "test_top5" in run else ""
+        balanced = (  # runs from before these figures lack them
+            f" balanced accuracy {run['test_balanced_acc']:.4f} macro-F1 {run['test_macro_f1']:.4f}"
+            if "test_macro_f1" in run
+            else ""
+        )
         say(
-            f"the run's summary.json (same split and checkpoint): test loss {result.run_test['test_loss']:.4f} "
-            f"accuracy {result.run_test['test_acc']:.4f}{run_top5}"
+            f"the run's summary.json (same split and checkpoint): test loss {run['test_loss']:.4f} "
+            f"accuracy {run['test_acc']:.4f}{run_top5}{balanced}"
         )
     console.print(per_class_table(result))
     matrix = confusion_table(result)

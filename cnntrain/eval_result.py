@@ -57,6 +57,7 @@ class EvalResult:
         }
         if evaluation.top5 is not None:
             figures["top5"] = evaluation.top5
+        figures.update(balanced_acc=evaluation.balanced_acc, macro_f1=evaluation.macro_f1)
         figures.update(
             {
                 "misclassified": len(self.misclassified),

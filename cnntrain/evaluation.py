@@ -194,4 +194,5 @@ def comparable_run_test(folder: RunFolder, result: EvalResult, checked) -> dict[
             "(trainer.limit_test_batches); this evaluation covers all of it."
         )
         return None
-    return {key: summary[key] for key in ("test_loss", "test_acc", "test_top5") if key in summary}
+    keys = ("test_loss", "test_acc", "test_top5", "test_balanced_acc", "test_macro_f1")
+    return {key: summary[key] for key in keys if key in summary}

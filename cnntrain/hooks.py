@@ -43,7 +43,8 @@ class Callback:
       moment (what a callback changes here is kept by the next checkpoint only).
     - `on_fit_end(trainer)`: after the last epoch.
     - `on_test_end(trainer, metrics)`: after best.pt was tested, with the test's figures
-      ({"test_loss", "test_acc"} and "test_top5" for more than 5 classes), before summary.json.
+      ({"test_loss", "test_acc", "test_balanced_acc", "test_macro_f1"} and "test_top5" for more than 5
+      classes), before summary.json.
     - `on_run_end(trainer, summary)`: after summary.json of a completed run was written, with its
       contents (where a tracker uploads the run's files and marks it finished). An error raised here
       is reported as a notice: the run has completed.

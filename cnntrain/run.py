@@ -192,10 +192,8 @@ def _fit_and_test(
         parts.group.barrier()  # every rank reads the best.pt rank 0 wrote
         tested = tested_checkpoint(folder, reporter)
         trainer.use_weights(load_checkpoint(tested)["state_dict"])  # with trainer.ema, best.pt's average
-        test_loss, test_acc = test = trainer.evaluate(parts.test_loader)
-    trainer.test_ended(
-        {"test_loss": test_loss, "test_acc": test_acc, **({"test_top5": test.top5} if test.top5 is not None else {})}
-    )
+        tested_figures = trainer.evaluate(parts.test_loader).figures("test")  # test_loss, test_acc, ...
+    trainer.test_ended(tested_figures)
     summary = {
         "status": "completed",
         "run_dir": str(folder),
@@ -207,9 +205,7 @@ def _fit_and_test(
         **callbacks.checkpointer.summary(),  # "best": the monitor, mode and value that chose best.pt, its epoch
         "best_val_acc": best.val_acc,
         "best_val_loss": best.val_loss,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        **({"test_top5": test.top5} if test.top5 is not None else {}),
+        **tested_figures,  # test_loss, test_acc, test_top5 (more than 5 classes), test_balanced_acc, test_macro_f1
         "final_epoch": history[-1].as_dict(),
         "stopped_early": trainer.stop_reason,
         "tested_checkpoint": tested.name,
@@ -237,6 +233,8 @@ def _fit_and_test(
         "limits": parts.checked.limits or None,
         # trainer.time_limit: the budget, what was measured and fitted, how the run ended (null: no limit).
         "time_limit": callbacks.budget.summary() if callbacks.budget else None,
+        # The training split's class counts, trainer.class_weights as used and data.sampler (class_balance.py).
+        "imbalance": parts.balance.summary(),
     }
     folder.write_summary(summary)
     for problem in trainer.run_ended(summary):

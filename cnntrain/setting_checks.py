@@ -14,12 +14,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cnntrain.config import as_plain, settings_of
+from cnntrain.data.sampling import SAMPLERS
 from cnntrain.errors import ConfigError
 from cnntrain.finetune import check_freeze
 from cnntrain.models import MODEL_KEYS, MODELS
 from cnntrain.models.init import check_init_scheme
 from cnntrain.pretrained import weights_preprocessing
-from cnntrain.registry import is_count, is_number, is_whole
+from cnntrain.registry import did_you_mean, is_count, is_number, is_whole
 from cnntrain.settings import DataSettings, FinetuneSettings, ModelPlan, setting
 
 
@@ -125,6 +126,13 @@ def check_data_settings(data: DictConfig, batch_size: int, augment: list) -> Dat
         lambda v: v is None or is_count(v),
     )
     check_label_file_settings(data)
+    sampler = setting(data, "data.sampler")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ConfigError(
+            f"data.sampler must be null (each epoch a seeded shuffle of the training images) or balanced (each "
+            f"epoch as many draws, with replacement, every class equally likely), got {sampler!r}."
+            f"{did_you_mean(str(sampler), SAMPLERS)}"
+        )
     return DataSettings(
         name=data.name,
         batch_size=batch_size,
@@ -134,6 +142,7 @@ def check_data_settings(data: DictConfig, batch_size: int, augment: list) -> Dat
         normalize=setting(data, "data.normalize"),
         subset=subset,
         augment=augment,
+        sampler=sampler,
     )
 
 

@@ -43,11 +43,13 @@ FALLBACKS: dict[str, Any] = {
     # null: trainer.checkpoint.monitor's. Configs saved before null existed spell out their metric (val_loss).
     "trainer.early_stopping.metric": None,
     "trainer.early_stopping.min_delta": 0.0,
+    "trainer.class_weights": None,
     "data.eval_batch_size": None,
     "data.resize": None,
     "data.subset": None,
     "data.normalize": False,
     "data.augment": None,
+    "data.sampler": None,
     "model.weights": None,
     "model.freeze": None,
     "model.init": "default",
@@ -120,6 +122,8 @@ class TrainerSettings:
     time_limit: Any = None  # time_plan.TimeLimit: train for at most that long (time_budget.py); None: no limit
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     deterministic: bool = False  # deterministic algorithms only, cuDNN autotuning off (speed_switches.py)
+    # trainer.class_weights: None, "balanced" or one positive weight per class (class_balance.py resolves it)
+    class_weights: str | tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class DataSettings:
     normalize: bool
     subset: int | None
     augment: list = field(default_factory=list)  # data.augment as plain values (saved with checkpoints)
+    sampler: str | None = None  # data.sampler: None (a permutation per epoch) or "balanced" (data/sampling.py)
 
 
 def input_size(

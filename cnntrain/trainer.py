@@ -195,6 +195,8 @@ class Trainer(TrainerState, TrainerSteps):
                 val_loss=val.loss,
                 val_acc=val.acc,
                 val_top5=val.top5,
+                val_balanced_acc=val.balanced_acc,
+                val_macro_f1=val.macro_f1,
                 lr=lr,
                 epoch_seconds=time.perf_counter() - started,
                 train_examples_per_s=self.train_loader.num_examples * share / max(train_seconds, 1e-9),

@@ -1,6 +1,7 @@
 """The trainer section's checks: trainer.epochs and the other counts (`check_counts`), every trainer.* setting
-(`check_trainer_settings`), trainer.checkpoint, trainer.early_stopping and trainer.mixup; each refuses a bad value
-by name (ConfigError, through setting_checks.require) and the section comes back typed (settings.TrainerSettings).
+(`check_trainer_settings`), trainer.checkpoint, trainer.early_stopping, trainer.mixup and trainer.class_weights;
+each refuses a bad value by name (ConfigError, through setting_checks.require) and the section comes back typed
+(settings.TrainerSettings).
 
 check_config (checks.py) calls them first; `check_trainer_settings` is also what a resume checks its
 overrides with.
@@ -124,6 +125,7 @@ def check_trainer_settings(cfg: DictConfig, counts: dict[str, int] | None = None
         time_limit=check_time_limit(cfg),
         checkpoint=checkpoint,
         deterministic=get("deterministic", "true or false", is_bool),
+        class_weights=check_class_weights(setting(trainer, "trainer.class_weights")),
     )
 
 
@@ -138,6 +140,25 @@ def check_time_limit(cfg: DictConfig):
             f"stage with a time limit, or finetune.unfreeze_at with trainer.epochs."
         )
     return limit
+
+
+def check_class_weights(value) -> str | tuple[float, ...] | None:
+    """trainer.class_weights: null, balanced or a list of positive numbers (its length is checked against the
+    data's classes once they are known: class_balance.class_balance)."""
+    value = as_plain(value)
+    if isinstance(value, str) and value != "balanced":
+        raise ConfigError(
+            f"trainer.class_weights has no choice '{value}'.{did_you_mean(value, ['balanced'])} It takes null "
+            f"(every class weighs the same), balanced (n_images / (n_classes x the class's images)) or a list of "
+            f"positive numbers, one per class in the data's class order, such as [1, 1, 5]."
+        )
+    weights = require(
+        value,
+        "trainer.class_weights",
+        "null, balanced or a list of positive numbers, one per class in the data's class order, such as [1, 1, 5]",
+        lambda v: v is None or v == "balanced" or (isinstance(v, list) and v and all(map(is_positive_number, v))),
+    )
+    return tuple(float(weight) for weight in weights) if isinstance(weights, list) else weights
 
 
 def check_early_stopping(section, checkpoint: CheckpointSettings | None = None) -> EarlyStopping:

@@ -53,6 +53,7 @@ LAYERS = [
         "cnntrain.time_fitting",
         "cnntrain.optuna_study",
         "cnntrain.checkpoint_policy",
+        "cnntrain.class_balance",
     },
     {
         "cnntrain.callbacks",

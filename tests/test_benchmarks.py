@@ -212,3 +212,17 @@ def test_contention_script_compares_fixed_threads_with_auto(tmp_path):
     side_by_side = table_rows(text, "before") + table_rows(text, "after")
     assert [row[0].split(" ")[0] for row in side_by_side] == ["before", "after"]
     assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in side_by_side)
+
+
+def test_imbalance_script_trains_the_three_ways_on_the_cut_classes(tmp_path):
+    write_fake_mnist(tmp_path / "FashionMNIST" / "raw", train_size=1000, test_size=200)
+    output = tmp_path / "imbalance.md"
+    run_script("imbalance.py", "--epochs", "1", "--root", str(tmp_path), "--output", str(output), cwd=tmp_path)
+    text = output.read_text()
+    names = ["plain", "trainer.class_weights=balanced", "data.sampler=balanced"]
+    rows = [row for name in names for row in table_rows(text, name)]
+    assert [row[0] for row in rows] == names
+    assert all(0 <= float(figure) <= 1 for row in rows for figure in row[1:5])
+    assert "Trouser, Dress, Coat, Sandal, Sneaker kept at 10% of their training images" in text
+    assert "the whole test split (200 images, balanced)" in text
+    assert " cores." in text  # the figures name the CPU they were measured on

@@ -108,7 +108,7 @@ def assert_same_training(a: Path, b: Path) -> None:
     for row_a, row_b in zip(rows_a, rows_b):
         for key in ("train_loss", "val_loss"):
             assert float(row_a[key]) == pytest.approx(float(row_b[key]), rel=TOLERANCE), (key, row_a["epoch"])
-        for key in ("train_acc", "val_acc"):
+        for key in ("train_acc", "val_acc", "val_balanced_acc", "val_macro_f1"):  # the last two: confusion summed
             assert float(row_a[key]) == float(row_b[key]), (key, row_a["epoch"])
     assert largest_difference(weights(a), weights(b)) < TOLERANCE
 
@@ -158,6 +158,7 @@ def test_distributed_test_metrics_equal_one_process_evaluating_best_pt(two_proce
     assert figures["size"] == summary["test_size"] == 128
     assert figures["acc"] == summary["test_acc"]
     assert figures["loss"] == pytest.approx(summary["test_loss"], rel=TOLERANCE)
+    assert (figures["balanced_acc"], figures["macro_f1"]) == (summary["test_balanced_acc"], summary["test_macro_f1"])
 
 
 def test_a_killed_rank_ends_the_job_with_a_message(workdir):

@@ -100,7 +100,8 @@ def test_eval_on_the_runs_test_split_gives_its_summary_figures(smoke_run):
     assert figures["acc"] == summary["test_acc"]
     assert figures["loss"] == pytest.approx(summary["test_loss"], abs=1e-6)
     assert figures["top5"] == summary["test_top5"] and summary["test_acc"] <= summary["test_top5"] <= 1
-    assert figures["run_test"] == {key: summary[key] for key in ("test_loss", "test_acc", "test_top5")}
+    run_test = ("test_loss", "test_acc", "test_top5", "test_balanced_acc", "test_macro_f1")
+    assert figures["run_test"] == {key: summary[key] for key in run_test}
     assert result.evaluation.acc == summary["test_acc"]
     # The top-5 accuracy is that of the kept probabilities.
     top5 = result.evaluation.probabilities.topk(5, dim=1).indices
@@ -168,6 +169,8 @@ def test_top5_is_recorded_for_ten_classes_and_left_out_for_two(smoke_run, pets):
         "epoch_seconds",
         "train_examples_per_s",
         "val_top5",
+        "val_balanced_acc",
+        "val_macro_f1",
     ]
     assert float(rows[0]["val_acc"]) <= float(rows[0]["val_top5"]) <= 1
     assert "test_top5" in summary_of(smoke_run) and "val_top5" in summary_of(smoke_run)["final_epoch"]

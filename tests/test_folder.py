@@ -103,9 +103,10 @@ def test_folder_over_the_memory_bound_streams_the_same_batches(tmp_path, caplog)
     assert isinstance(streamed.train, FileImageSet) and streamed.train.shape == (12, 3, 16, 16)
     assert "over data.cache_limit_mb=0: streaming them from disk" in caplog.text
     transform = BatchTransform(None, None, None, augment=build_augmentations(["hflip"]))
-    for shuffle, augment in ((False, False), (True, True)):
-        in_memory = make_loader(cached.train, 5, transform, torch.device("cpu"), shuffle, seed=3, augment=augment)
-        from_disk = make_loader(streamed.train, 5, transform, torch.device("cpu"), shuffle, seed=3, augment=augment)
+    for shuffle, augment, sampler in ((False, False, None), (True, True, None), (True, True, "balanced")):
+        options = dict(seed=3, augment=augment, sampler=sampler)  # data.sampler=balanced: the same draws too
+        in_memory = make_loader(cached.train, 5, transform, torch.device("cpu"), shuffle, **options)
+        from_disk = make_loader(streamed.train, 5, transform, torch.device("cpu"), shuffle, **options)
         assert isinstance(from_disk, StreamingLoader) and len(from_disk) == len(in_memory) == 3
         in_memory.set_epoch(2), from_disk.set_epoch(2)
         for (x1, y1), (x2, y2) in zip(in_memory, from_disk, strict=True):

@@ -570,7 +570,8 @@ def test_callback_state_is_kept_in_checkpoints_and_restored_on_resume(tmp_path):
     again = [StepCounter(1), StepCounter(10)]
     resume(tmp_path / "stopped", callbacks=again)
     assert [c.count for c in again] == [12, 120]  # epoch 1's 4 steps restored (last.pt), epochs 2 and 3 trained
-    assert again[0].told == [("test", ["test_acc", "test_loss", "test_top5"], tmp_path / "stopped", 3)]
+    tested = ["test_acc", "test_balanced_acc", "test_loss", "test_macro_f1", "test_top5"]
+    assert again[0].told == [("test", tested, tmp_path / "stopped", 3)]
 
 
 class Counts(Callback):

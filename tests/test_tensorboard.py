@@ -78,12 +78,19 @@ def test_scalars_per_epoch_with_the_expected_tags_and_steps(tensorboard_run):
     assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([0.1, 0.1])
     # 10 classes: top-5 validation accuracy too, as metrics.csv has it.
     assert [round(e.value, 5) for e in events.Scalars("val/top5")] == [round(float(r["val_top5"]), 5) for r in rows]
+    for tag in ("balanced_acc", "macro_f1"):  # the figures that see imbalanced classes
+        assert [round(e.value, 5) for e in events.Scalars(f"val/{tag}")] == [
+            round(float(r[f"val_{tag}"]), 5) for r in rows
+        ]
 
 
 def test_the_test_figures_and_the_hparams_session_are_in_the_run_s_own_folder(tensorboard_run):
     run_dir, events, _ = tensorboard_run
     summary = json.loads((run_dir / "summary.json").read_text())
-    for tag, key in (("test/loss", "test_loss"), ("test/acc", "test_acc"), ("test/top5", "test_top5")):
+    for tag, key in (("test/loss", "test_loss"), ("test/acc", "test_acc"), ("test/top5", "test_top5")) + (
+        ("test/balanced_acc", "test_balanced_acc"),
+        ("test/macro_f1", "test_macro_f1"),
+    ):
         [event] = events.Scalars(tag)
         assert (event.step, event.value) == (2, pytest.approx(summary[key]))  # at the last epoch's step
     [best] = events.Scalars("val/best_acc")

@@ -55,6 +55,8 @@ def test_epoch_values_use_metrics_csv_names_and_leave_out_what_the_run_lacks():
         "epoch_seconds": 2.0,
         "train_examples_per_s": 1000.0,
     }
+    imbalance = EpochMetrics(3, 0.5, 0.8, 0.6, 0.75, 0.01, 2.0, 1000.0, val_balanced_acc=0.7, val_macro_f1=0.65)
+    assert {"val_balanced_acc": 0.7, "val_macro_f1": 0.65}.items() <= epoch_values(imbalance).items()  # MLflow, W&B
 
 
 def test_a_stopped_run_is_killed_and_an_error_failed():

@@ -51,6 +51,8 @@ def test_run_folder_holds_metrics_summary_checkpoints_and_log(finished_run):
         "epoch_seconds",
         "train_examples_per_s",
         "val_top5",
+        "val_balanced_acc",
+        "val_macro_f1",
     ]  # top-5: fashion_mnist has 10 classes
     for row in rows:
         assert all(math.isfinite(float(v)) for v in row.values())

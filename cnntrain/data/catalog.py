@@ -19,6 +19,7 @@ DATASETS = Registry("dataset", "data.name")
 
 # Keys of the data config that the loader uses; the others go to the dataset builder.
 LOADER_KEYS = ("name", "batch_size", "eval_batch_size", "val_fraction", "resize", "normalize", "augment", "subset")
+LOADER_KEYS += ("sampler",)  # data.sampler: the training loader's order (data/sampling.py)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from cnntrain.data.augment import Augmentation
 from cnntrain.data.catalog import ImageSet
 from cnntrain.data.image_files import FileImageSet, bad_file_error
 from cnntrain.data.mixing import BatchMixer
+from cnntrain.data.sampling import augment_generator, balanced_order, epoch_order, example_weights
 
 
 @dataclass
@@ -74,20 +75,11 @@ def preprocess_transform(preprocess: dict) -> BatchTransform:
     )
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffle of epoch `epoch`: depends only on the seed and the epoch (a resumed run sees the same)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-
-
-def augment_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The augmentations' random stream for an epoch, separate from the shuffle's, on the batch's device."""
-    return torch.Generator(device=device).manual_seed(10_007 * (seed + 1) + epoch)
-
-
 class _EpochLoader:
     """What both loaders share: batch count, epoch, and the seeded order and augmentation stream.
 
-    With `shuffle`, epoch e visits the examples in `epoch_order(n, seed, e)`. With
+    With `shuffle`, epoch e visits the examples in `epoch_order(n, seed, e)`; with `sampler="balanced"`
+    (data.sampler) in `balanced_order`, len(examples) draws each class equally likely (data/sampling.py). With
     `augment`, the transform's augmentations draw from `augment_generator(seed, e)`;
     loaders without it (evaluation) yield the same batches every time. A training loader's
     `mixer` (trainer.mixup) then mixes each batch, drawing from that stream too, and the loader
@@ -102,14 +94,17 @@ class _EpochLoader:
         batch_size: int,
         transform: BatchTransform,
         device: torch.device,
-        shuffle: bool,
-        seed: int,
-        augment: bool,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: bool = False,
         limit_batches: int | None = None,
         shard: tuple[int, int] = (0, 1),
         mixer: BatchMixer | None = None,
+        sampler: str | None = None,
     ):
         self.labels = labels
+        # data.sampler=balanced: each example's chance of a draw (1 / its class's count); None: a permutation.
+        self.draw_weights = example_weights(labels) if shuffle and sampler == "balanced" else None
         # (rank, processes) of a distributed run: a training loader yields this rank's share of
         # each global batch (every processes-th example of it); see cnntrain/distributed.py.
         self.rank, self.world = shard
@@ -159,6 +154,8 @@ class _EpochLoader:
         return start
 
     def _order(self, n: int) -> torch.Tensor:
+        if self.draw_weights is not None:
+            return balanced_order(self.draw_weights, self.seed, self.epoch)
         return epoch_order(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
 
     def _batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,22 +167,8 @@ class _EpochLoader:
 class InMemoryLoader(_EpochLoader):
     """Iterates (images, labels) batches over an `ImageSet` moved to `device`."""
 
-    def __init__(
-        self,
-        data: ImageSet,
-        batch_size: int,
-        transform: BatchTransform,
-        device: torch.device,
-        shuffle: bool = False,
-        seed: int = 0,
-        augment: bool = False,
-        limit_batches: int | None = None,
-        shard: tuple[int, int] = (0, 1),
-        mixer: BatchMixer | None = None,
-    ):
-        super().__init__(
-            data.labels.to(device), batch_size, transform, device, shuffle, seed, augment, limit_batches, shard, mixer
-        )
+    def __init__(self, data: ImageSet, batch_size: int, transform: BatchTransform, device: torch.device, **options):
+        super().__init__(data.labels.to(device), batch_size, transform, device, **options)  # options: _EpochLoader's
         self.images = data.images.to(device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -210,22 +193,8 @@ class StreamingLoader(_EpochLoader):
     a fast copy to a GPU), and the same `BatchTransform` then runs on the device.
     """
 
-    def __init__(
-        self,
-        data: FileImageSet,
-        batch_size: int,
-        transform: BatchTransform,
-        device: torch.device,
-        shuffle: bool = False,
-        seed: int = 0,
-        augment: bool = False,
-        limit_batches: int | None = None,
-        shard: tuple[int, int] = (0, 1),
-        mixer: BatchMixer | None = None,
-    ):
-        super().__init__(
-            data.labels, batch_size, transform, device, shuffle, seed, augment, limit_batches, shard, mixer
-        )
+    def __init__(self, data: FileImageSet, batch_size: int, transform: BatchTransform, device: torch.device, **options):
+        super().__init__(data.labels, batch_size, transform, device, **options)  # options: _EpochLoader's
         self.data = data
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -265,13 +234,15 @@ def make_loader(
     limit_batches: int | None = None,
     shard: tuple[int, int] = (0, 1),
     mixer: BatchMixer | None = None,
+    sampler: str | None = None,
 ) -> _EpochLoader:
     """A streaming loader for splits left on disk, the in-memory one otherwise.
 
     `shard` (rank, processes): a training (shuffled) loader takes its share of every global
     batch; an evaluation loader gets every processes-th example of the split, so that the
     ranks together see each example once (the metrics are summed across ranks). `mixer`: MixUp /
-    CutMix for a training loader (trainer.mixup), which then yields soft targets.
+    CutMix for a training loader (trainer.mixup), which then yields soft targets. `sampler`: data.sampler
+    (None: a permutation per epoch; "balanced": each class equally likely, data/sampling.py).
     """
     loader_class = StreamingLoader if isinstance(data, FileImageSet) else InMemoryLoader
     rank, world = shard
@@ -289,4 +260,5 @@ def make_loader(
         limit_batches=limit_batches,
         shard=shard,
         mixer=mixer,
+        sampler=sampler,
     )

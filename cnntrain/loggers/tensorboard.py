@@ -124,6 +124,8 @@ class TensorBoardLogger(Callback):
             ("val/loss", metrics.val_loss),
             ("val/acc", metrics.val_acc),
             ("val/top5", metrics.val_top5),
+            ("val/balanced_acc", metrics.val_balanced_acc),
+            ("val/macro_f1", metrics.val_macro_f1),
             ("train/stage", metrics.stage),
         ):
             if value is not None:  # top-5: only for data with more than 5 classes; stage: two-stage runs

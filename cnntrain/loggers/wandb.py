@@ -7,7 +7,8 @@ What a W&B run holds (the same as logger=mlflow, through tracking.py):
 - tags: `model:<name>`, `data:<name>`, `git_commit:...`, `cnntrain_version:...`, `host:...` (W&B tags
   are labels, not key/value pairs) and logger.wandb.tags;
 - history: every epoch's figures under metrics.csv's names, at step = epoch (and `epoch` as the charts' x axis);
-- summary: the test's figures (test_loss, test_acc, test_top5), best_val_acc, best_epoch, status;
+- summary: the test's figures (test_loss, test_acc, test_top5, test_balanced_acc, test_macro_f1), best_val_acc,
+  best_epoch, status;
 - files: curves.png, summary.json, metrics.csv (a failed run's too); best.pt as a "model" artifact with
   logger.wandb.log_checkpoint=true;
 - exit code: 0 finished, 1 failed, 255 interrupted (Ctrl-C, SIGTERM: the code W&B itself gives a Ctrl-C).

@@ -1,0 +1,112 @@
+"""Imbalanced classes: how many training images each class has, the loss weights trainer.class_weights
+asks for, and what a run says (the imbalance notice) and records (summary.json's "imbalance") of them.
+
+`ClassBalance` is built once the training split is known (build.py): the counts are those of the
+images actually trained on, after the validation hold-out and data.subset. `balanced` is scikit-learn's
+compute_class_weight("balanced"): n_images / (n_classes x the class's images), whose mean over the
+training images is 1, so the loss keeps its scale. The weights weigh the training loss only
+(`training_loss`); validation and test losses stay plain cross-entropy, comparable across runs.
+data.sampler=balanced, the other remedy, is the training loader's (data/sampling.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cnntrain.errors import ConfigError
+
+# The largest class holding more than this many times the images of the smallest is named in the run's first lines.
+IMBALANCE_RATIO = 5
+
+
+def balanced_weights(counts: list[int]) -> list[float]:
+    """scikit-learn's "balanced" class weights: n_images / (n_classes x count), for counts above zero."""
+    total, classes = sum(counts), len(counts)
+    return [total / (classes * count) for count in counts]
+
+
+@dataclass(frozen=True)
+class ClassBalance:
+    """The training split's class counts and what trainer.class_weights and data.sampler made of them."""
+
+    classes: list[str]
+    counts: list[int]  # training images per class, in the classes' order
+    weights: list[float] | None  # the training loss's class weights; None: unweighted
+    sampler: str | None  # data.sampler
+
+    def training_loss(self, label_smoothing: float, device: torch.device) -> Callable:
+        """Cross-entropy with the class weights (torch's `weight=`), hard labels or trainer.mixup's soft targets
+        alike. torch averages a weighted loss over the batch's weights for hard labels and over its examples for
+        soft targets; balanced weights average 1 per training image, so both keep the unweighted scale."""
+        weight = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=device)
+        return functools.partial(F.cross_entropy, weight=weight, label_smoothing=label_smoothing)
+
+    def notice(self) -> str | None:
+        """The run's first lines name a largest class with more than IMBALANCE_RATIO x the smallest's images,
+        and the options, unless one of them is set already."""
+        largest, smallest = max(self.counts), min(self.counts)
+        if self.weights is not None or self.sampler is not None or largest <= IMBALANCE_RATIO * smallest:
+            return None
+        big, small = self.classes[self.counts.index(largest)], self.classes[self.counts.index(smallest)]
+        if smallest:
+            versus = f"{largest / smallest:.1f}x the {smallest:,} of the smallest, '{small}'"
+        else:
+            versus = f"and '{small}' has none"
+        return (
+            f"notice: imbalanced classes: the largest training class, '{big}', has {largest:,} images, {versus} "
+            f"(every class's count: summary.json's \"imbalance\"). Accuracy then favours the large classes: to "
+            f"weigh every class the same, set trainer.class_weights=balanced (the loss) or data.sampler=balanced "
+            f"(the batches), and watch val_balanced_acc and val_macro_f1."
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's "imbalance" entry."""
+        return {
+            "class_counts": dict(zip(self.classes, self.counts)),
+            "class_weights": None if self.weights is None else dict(zip(self.classes, self.weights)),
+            "sampler": self.sampler,
+        }
+
+
+def class_balance(
+    labels: torch.Tensor, classes: list[str], class_weights: str | tuple[float, ...] | None, sampler: str | None
+) -> ClassBalance:
+    """The training split's `labels` counted, and trainer.class_weights resolved against them (checked:
+    trainer_checks.check_class_weights; here what needs the data: the list's length, empty classes)."""
+    counts = torch.bincount(labels.cpu(), minlength=len(classes)).tolist()
+    return ClassBalance(list(classes), counts, _resolved_weights(class_weights, counts, classes), sampler)
+
+
+def _resolved_weights(setting: str | tuple[float, ...] | None, counts: list[int], classes: list[str]):
+    if setting is None:
+        return None
+    if setting == "balanced":
+        empty = [name for name, count in zip(classes, counts) if count == 0]
+        if empty:
+            raise ConfigError(
+                f"trainer.class_weights=balanced weighs each class by n_images / (n_classes x its images), but "
+                f"{_names(empty)} {'has' if len(empty) == 1 else 'have'} no training image (after the validation "
+                f"hold-out and data.subset), which would weigh infinitely. Give the weights as a list "
+                f"(trainer.class_weights=[...], one per class), train on more images (a larger data.subset), "
+                f"or use data.sampler=balanced, which draws only the classes that have images."
+            )
+        return balanced_weights(counts)
+    if len(setting) != len(classes):
+        raise ConfigError(
+            f"trainer.class_weights has {len(setting)} value{'s' if len(setting) != 1 else ''} but the data has "
+            f"{len(classes)} classes ({_names(classes)}): give one positive number per class, in this order, "
+            f"or trainer.class_weights=balanced."
+        )
+    return list(setting)
+
+
+def _names(classes: list[str], shown: int = 12) -> str:
+    """'a', 'b', ... (and N more)."""
+    names = ", ".join(f"'{name}'" for name in classes[:shown])
+    return names + (f" and {len(classes) - shown} more" if len(classes) > shown else "")
