@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cnntrain import callbacks as callbacks_module
+from cnntrain import display as display_module
 from cnntrain.build import batch_limit
 from cnntrain.callbacks import TimeEstimate, format_duration, format_epoch, format_step_seconds
 from cnntrain.errors import ConfigError
@@ -65,7 +65,7 @@ def run_steps(estimate, trainer, steps, seconds_per_step, clock, first=1, last=N
 
 def test_time_estimate_names_epoch_and_run_time_and_advises_on_long_cpu_epochs(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    monkeypatch.setattr(display_module.time, "perf_counter", clock)
     reporter = Lines()
     estimate = TimeEstimate(reporter, lambda: "a smaller data.resize (now 224; the smallest alexnet takes is 65)")
     trainer = fake_trainer()
@@ -83,7 +83,7 @@ def test_time_estimate_names_epoch_and_run_time_and_advises_on_long_cpu_epochs(m
 
 def test_time_estimate_of_a_short_epoch_gives_no_advice_and_skips_the_warm_up_step(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    monkeypatch.setattr(display_module.time, "perf_counter", clock)
     reporter = Lines()
     estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
     trainer = fake_trainer(epochs=3, history=[object()])  # a resumed run: 2 epochs to go
@@ -101,7 +101,7 @@ def test_time_estimate_of_a_short_epoch_gives_no_advice_and_skips_the_warm_up_st
 
 def test_time_estimate_of_tiny_steps_waits_for_enough_time_to_measure(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    monkeypatch.setattr(display_module.time, "perf_counter", clock)
     reporter = Lines()
     estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
     trainer = fake_trainer(epochs=2, history=[])
@@ -392,7 +392,7 @@ def test_the_one_step_notice_names_equal_sizes_and_stays_quiet_otherwise():
 def test_no_time_estimate_for_a_run_that_is_over_in_moments(monkeypatch):
     """A 2-step epoch of 3-ms steps printed 'about 0:00 per epoch (2 steps of 0.00 s ...)': not any more."""
     clock = FakeClock()
-    monkeypatch.setattr(callbacks_module.time, "perf_counter", clock)
+    monkeypatch.setattr(display_module.time, "perf_counter", clock)
     reporter = Lines()
     estimate = TimeEstimate(reporter, lambda: pytest.fail("no advice wanted"))
     run_steps(estimate, fake_trainer(epochs=3, val_examples=64), steps=2, seconds_per_step=0.003, clock=clock)

@@ -95,4 +95,6 @@ def test_registry_names_are_the_config_file_names_the_cli_checks_without_torch()
     registries = {"model": MODELS, "data": DATASETS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
     assert set(registries) == set(REGISTRY_GROUPS)
     for group, registry in registries.items():
-        assert sorted(p.stem for p in config_dir().glob(f"{group}/*.yaml")) == registry.names(), group
+        # cnntrain's own entries: other test modules register theirs (imported before this one runs, or not).
+        builtin = [name for name in registry.names() if registry.get(name).__module__.startswith("cnntrain.")]
+        assert sorted(p.stem for p in config_dir().glob(f"{group}/*.yaml")) == builtin, group

@@ -242,18 +242,18 @@ def test_a_run_whose_best_checkpoint_was_lost_finishes_on_last_pt(tmp_path):
 def test_a_full_disk_mid_run_names_the_file_what_is_whole_and_how_to_go_on(tmp_path, monkeypatch):
     import errno
 
-    import cnntrain.callbacks as callbacks_module
+    import cnntrain.checkpointer as checkpointer_module
     from cnntrain import train
     from cnntrain.errors import CnnTrainError
 
-    real_save = callbacks_module.save_checkpoint
+    real_save = checkpointer_module.save_checkpoint
 
     def save_until_full(state, path):
         if state["epoch"] == 2:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_save(state, path)
 
-    monkeypatch.setattr(callbacks_module, "save_checkpoint", save_until_full)
+    monkeypatch.setattr(checkpointer_module, "save_checkpoint", save_until_full)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CnnTrainError) as caught:
         train("experiment=smoke", "trainer.progress=none", run_dir=tmp_path / "run")
