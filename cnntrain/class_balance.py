@@ -12,7 +12,7 @@ data.sampler=balanced, the other remedy, is the training loader's (data/sampling
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,21 @@ from cnntrain.errors import ConfigError
 
 # The largest class holding more than this many times the images of the smallest is named in the run's first lines.
 IMBALANCE_RATIO = 5
+# The per-epoch figures that weigh every class the same (metrics.csv's columns).
+BALANCED_FIGURES = ("val_balanced_acc", "val_macro_f1")
+
+
+def shows_balanced_figures(imbalance: dict[str, Any], watched: Iterable[str]) -> bool:
+    """Whether the epoch lines and the result table show the balanced accuracy and macro-F1 beside the accuracy:
+    for data whose classes are imbalanced (summary.json's "imbalance"), with either remedy set, or when best.pt or
+    early stopping watch one of them (`watched`). Elsewhere they would only lengthen the lines (metrics.csv has
+    them always)."""
+    return bool(
+        imbalance.get("imbalanced")
+        or imbalance.get("class_weights")
+        or imbalance.get("sampler")
+        or set(watched) & set(BALANCED_FIGURES)
+    )
 
 
 def balanced_weights(counts: list[int]) -> list[float]:
@@ -47,11 +62,16 @@ class ClassBalance:
         weight = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=device)
         return functools.partial(F.cross_entropy, weight=weight, label_smoothing=label_smoothing)
 
+    @property
+    def imbalanced(self) -> bool:
+        """The largest class has more than IMBALANCE_RATIO x the images of the smallest."""
+        return max(self.counts) > IMBALANCE_RATIO * min(self.counts)
+
     def notice(self) -> str | None:
         """The run's first lines name a largest class with more than IMBALANCE_RATIO x the smallest's images,
         and the options, unless one of them is set already."""
         largest, smallest = max(self.counts), min(self.counts)
-        if self.weights is not None or self.sampler is not None or largest <= IMBALANCE_RATIO * smallest:
+        if self.weights is not None or self.sampler is not None or not self.imbalanced:
             return None
         big, small = self.classes[self.counts.index(largest)], self.classes[self.counts.index(smallest)]
         if smallest:
@@ -68,6 +88,7 @@ class ClassBalance:
     def summary(self) -> dict[str, Any]:
         """summary.json's "imbalance" entry."""
         return {
+            "imbalanced": self.imbalanced,
             "class_counts": dict(zip(self.classes, self.counts)),
             "class_weights": None if self.weights is None else dict(zip(self.classes, self.weights)),
             "sampler": self.sampler,

@@ -85,17 +85,21 @@ class Reporter:
                 self._file = None
 
 
-def format_epoch(metrics: EpochMetrics, epochs: int, end_lr: float | None = None) -> str:
+def format_epoch(metrics: EpochMetrics, epochs: int, end_lr: float | None = None, balanced: bool = False) -> str:
     """The epoch's line. Its lr is the one its first step used (metrics.csv's `lr`), followed by
     `->` and the lr after its last step when a per-step schedule moved it (`end_lr`; one-cycle's warm-up
-    in fmnist_fast's first epoch: `lr 0.00016->0.003745`), so a start value is never passed off as the epoch's."""
+    in fmnist_fast's first epoch: `lr 0.00016->0.003745`), so a start value is never passed off as the epoch's.
+    `balanced`: the validation's balanced accuracy and macro-F1 too (class_balance.shows_balanced_figures)."""
     lr = f"lr {metrics.lr:.4g}"
     if end_lr is not None and not math.isclose(end_lr, metrics.lr, rel_tol=1e-6, abs_tol=0.0):
         lr += f"->{end_lr:.4g}"
+    figures = ""
+    if balanced and metrics.val_balanced_acc is not None:
+        figures = f" bal.acc {metrics.val_balanced_acc:.4f} macro-F1 {metrics.val_macro_f1:.4f}"
     return (
         f"epoch {metrics.epoch:>{len(str(epochs))}}/{epochs}  "
         f"train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}  "
-        f"val loss {metrics.val_loss:.4f} acc {metrics.val_acc:.4f}  "
+        f"val loss {metrics.val_loss:.4f} acc {metrics.val_acc:.4f}{figures}  "
         f"{lr}  {metrics.epoch_seconds:.1f}s  {metrics.train_examples_per_s:,.0f} ex/s"
         + (f"  stage {metrics.stage}" if metrics.stage is not None else "")
     )
@@ -133,9 +137,10 @@ class ProgressDisplay(Callback):
     4, 8, ... and then every `log_every` steps) and show `-` only before the first step ends.
     """
 
-    def __init__(self, reporter: Reporter, live: bool):
+    def __init__(self, reporter: Reporter, live: bool, balanced: bool = False):
         self.reporter = reporter
         self.live = live and not reporter.quiet
+        self.balanced = balanced  # the epoch line shows the balanced accuracy and macro-F1 too
         self.progress: Progress | None = None
         self.task = None
         self._epoch_started = 0.0
@@ -197,7 +202,7 @@ class ProgressDisplay(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: EpochMetrics) -> None:
         if self.progress:
             self.progress.remove_task(self.task)
-        self.reporter.line(format_epoch(metrics, trainer.epochs, epoch_end_lr(trainer)))
+        self.reporter.line(format_epoch(metrics, trainer.epochs, epoch_end_lr(trainer), self.balanced))
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.close()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from cnntrain.callbacks import Checkpointer, EarlyStopping, MetricsWriter, ProgressDisplay, Reporter, TimeEstimate
 from cnntrain.checkpoint import training_checkpoint
 from cnntrain.checkpoint_policy import check_measured
+from cnntrain.class_balance import shows_balanced_figures
 from cnntrain.contention import SlowdownWatch, ThreadGovernor
 from cnntrain.finetune import TwoStageFinetune, scaled_optimizer
 from cnntrain.inspector import smallest_input_size
@@ -54,7 +55,8 @@ def build_callbacks(
     live = parts.group.writes and (
         trainer.progress == "bar" or (trainer.progress == "auto" and reporter.console.is_terminal)
     )
-    display = ProgressDisplay(reporter, live=live)
+    watched = (trainer.checkpoint.monitor, trainer.early_stopping.metric)
+    display = ProgressDisplay(reporter, live=live, balanced=shows_balanced_figures(parts.balance.summary(), watched))
     run_info = parts.run_info()
     check_measured("trainer.checkpoint.monitor", trainer.checkpoint.monitor, len(parts.spec.classes))
     checkpointer = Checkpointer(

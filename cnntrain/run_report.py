@@ -13,6 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from cnntrain.build import TrainingParts
+from cnntrain.class_balance import shows_balanced_figures
 from cnntrain.display import Reporter
 from cnntrain.metrics import EpochMetrics
 from cnntrain.recipes import recipe_summary
@@ -91,20 +92,32 @@ def limits_text(parts: TrainingParts) -> str:
     return ", ".join(texts)
 
 
+# The result table's short names of the metrics trainer.checkpoint.monitor may name.
+SHORT_NAMES = {"val_balanced_acc": "val bal.acc", "val_macro_f1": "val macro-F1", "val_top5": "val top-5"}
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     """The result table; the run folder goes on a line of its own after it (`report_end`), since a
-    table cell would break the path across lines."""
-    table = Table(title="cnntrain result", show_header=True, header_style="bold")
+    table cell would break the path across lines. A monitor other than val_acc (trainer.checkpoint) gets a
+    column with the value that chose best.pt and a caption naming it."""
     monitor = summary.get("best_metric", "val_acc")  # what chose best.pt (trainer.checkpoint.monitor)
-    best_column = "best epoch" if monitor == "val_acc" else f"best epoch ({monitor})"
-    for column in (best_column, "val acc", "test acc", "time"):
+    best = summary.get("best") or {}
+    caption = None
+    columns = {"best epoch": f"{summary['best_epoch']}/{summary['epochs']}"}
+    if monitor != "val_acc" and best:
+        columns[SHORT_NAMES.get(monitor, monitor.replace("_", " "))] = f"{best['value']:.4f}"
+        caption = f"best epoch: the {'lowest' if best.get('mode') == 'min' else 'highest'} {monitor}"
+    columns["val acc"] = f"{summary['best_val_acc']:.4f}"
+    columns["test acc"] = f"{summary['test_acc']:.4f}"
+    balanced = shows_balanced_figures(summary.get("imbalance") or {}, [monitor])
+    if balanced and summary.get("test_balanced_acc") is not None:
+        columns["test bal.acc"] = f"{summary['test_balanced_acc']:.4f}"
+        columns["test macro-F1"] = f"{summary['test_macro_f1']:.4f}"
+    columns["time"] = f"{summary['wall_seconds']:.1f}s"
+    table = Table(title="cnntrain result", caption=caption, show_header=True, header_style="bold")
+    for column in columns:
         table.add_column(column)
-    table.add_row(
-        f"{summary['best_epoch']}/{summary['epochs']}",
-        f"{summary['best_val_acc']:.4f}",
-        f"{summary['test_acc']:.4f}",
-        f"{summary['wall_seconds']:.1f}s",
-    )
+    table.add_row(*columns.values())
     return table
 
 

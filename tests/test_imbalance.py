@@ -16,7 +16,7 @@ from torch import nn
 from cnntrain import resume, train
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.checks import check_config
-from cnntrain.class_balance import ClassBalance, balanced_weights, class_balance
+from cnntrain.class_balance import ClassBalance, balanced_weights, class_balance, shows_balanced_figures
 from cnntrain.data import DATASETS, ImageData, ImageSet
 from cnntrain.data.loader import BatchTransform, make_loader
 from cnntrain.data.synthetic import synthetic
@@ -25,6 +25,7 @@ from cnntrain.eval_report import print_report
 from cnntrain.evaluation import evaluate_run
 from cnntrain.evaluator import evaluate
 from cnntrain.metrics import _RunningStats, balanced_accuracy, macro_f1
+from cnntrain.run_report import summary_table
 from tests.conftest import StopAt, compose_config
 from tests.helpers import run_cli
 
@@ -224,6 +225,38 @@ def test_a_run_on_imbalanced_classes_says_so_among_its_first_lines(plain):
     assert ClassBalance(["a", "b"], [60, 10], [1.0, 6.0], None).notice() is None  # a remedy chosen: nothing to say
     assert ClassBalance(["a", "b"], [60, 10], None, "balanced").notice() is None
     assert ClassBalance(["a", "b"], [50, 10], None, None).notice() is None  # 5x: not more than 5x
+
+
+def test_on_imbalanced_data_the_epoch_lines_and_the_table_show_the_balanced_figures(plain):
+    log = (plain.run_dir / "train.log").read_text()
+    first = plain.history[0]
+    shown = f"acc {first.val_acc:.4f} bal.acc {first.val_balanced_acc:.4f} macro-F1 {first.val_macro_f1:.4f}  lr"
+    assert shown in log
+    table = log[log.index("cnntrain result") :]
+    assert "test bal.acc" in table and f"{plain.summary['test_macro_f1']:.4f}" in table
+    balanced = {"imbalanced": False, "class_weights": None, "sampler": None}
+    assert not shows_balanced_figures(balanced, ["val_acc", "val_loss"])  # nothing to see: shorter lines
+    assert shows_balanced_figures(balanced, ["val_macro_f1"])  # watched by best.pt or early stopping
+    assert shows_balanced_figures({**balanced, "sampler": "balanced"}, ["val_acc"])
+
+
+def test_a_monitor_other_than_val_acc_has_its_column_and_a_caption():
+    summary = {
+        "best_metric": "val_loss",
+        "best": {"monitor": "val_loss", "mode": "min", "value": 0.25, "epoch": 3},
+        "best_epoch": 3,
+        "epochs": 5,
+        "best_val_acc": 0.9,
+        "test_acc": 0.88,
+        "wall_seconds": 12.0,
+    }
+    console = Console(record=True, width=120)
+    console.print(summary_table(summary))
+    text = console.export_text()
+    assert "val loss" in text and "0.2500" in text and "best epoch: the lowest val_loss" in text
+    console = Console(record=True, width=120)
+    console.print(summary_table({**summary, "best_metric": "val_acc"}))
+    assert "0.2500" not in console.export_text() and "lowest" not in console.export_text()
 
 
 def test_cnntrain_eval_reports_the_runs_balanced_figures(plain):
