@@ -22,18 +22,9 @@ from cnntrain.settings import CheckpointSettings
 from cnntrain.speed_switches import tune_backend
 from cnntrain.trainer import Callback, EpochMetrics
 from tests.conftest import compose_config
+from tests.test_optim import QUICK as OPTIM_QUICK
 
-QUICK = [
-    "data=synthetic",
-    "data.train_size=128",
-    "data.test_size=64",
-    "data.batch_size=32",
-    "model=softmax",
-    "trainer.progress=none",
-    "device=cpu",
-    "optimizer.lr=0.1",
-    "trainer.threads=1",  # the same thread count every run: reruns agree to the bit
-]
+QUICK = [*OPTIM_QUICK, "trainer.threads=1"]  # the same thread count every run: reruns agree to the bit
 
 # A scripted run: (val_loss, val_acc, train_loss) per epoch.
 SCRIPT = [(1.0, 0.50, 2.0), (0.7, 0.62, 1.5), (0.8, 0.70, 1.2), (0.6, 0.66, 1.0), (0.9, 0.70, 0.9)]
