@@ -93,6 +93,7 @@ def measure(name: str, overrides: list[str], args: argparse.Namespace, folder: P
         "test_macro_f1": summary["test_macro_f1"],
         "cut_recall": sum(recalls[classes[c]] for c in cut_classes()) / CUT_CLASSES,
         "seconds": seconds,
+        "best_epoch": summary["best_epoch"],  # chosen by trainer.checkpoint.monitor (val_acc unless overridden)
         "counts": summary["imbalance"]["class_counts"],
         "test_size": summary["test_size"],
     }
@@ -108,13 +109,13 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"balanced). model={args.model} with its recipe{''.join(' ' + o for o in args.overrides)}, {args.epochs} "
         f"epochs, seed 42, trainer.threads=1, on {cpu_description()}.",
         "",
-        "| training | test acc | test balanced acc | test macro-F1 | cut classes' recall | time |",
-        "|---|---|---|---|---|---|",
+        "| training | test acc | test balanced acc | test macro-F1 | cut classes' recall | best epoch | time |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['name']} | {row['test_acc']:.4f} | {row['test_balanced_acc']:.4f} | {row['test_macro_f1']:.4f} "
-            f"| {row['cut_recall']:.4f} | {row['seconds']:.0f}s |"
+            f"| {row['cut_recall']:.4f} | {row['best_epoch']} | {row['seconds']:.0f}s |"
         )
     return "\n".join(lines)
 

@@ -223,6 +223,7 @@ def test_imbalance_script_trains_the_three_ways_on_the_cut_classes(tmp_path):
     rows = [row for name in names for row in table_rows(text, name)]
     assert [row[0] for row in rows] == names
     assert all(0 <= float(figure) <= 1 for row in rows for figure in row[1:5])
+    assert [row[5] for row in rows] == ["1", "1", "1"]  # the best epoch of one
     assert "Trouser, Dress, Coat, Sandal, Sneaker kept at 10% of their training images" in text
     assert "the whole test split (200 images, balanced)" in text
     assert " cores." in text  # the figures name the CPU they were measured on
