@@ -101,13 +101,18 @@ class MetricsWriter(Callback):
         write_atomically(self.path, write_rows, binary=False)
 
 
-def epochs_without_improvement(values: list[float], minimize: bool, min_delta: float) -> tuple[int, int]:
+def epochs_without_improvement(values: list[float | None], minimize: bool, min_delta: float) -> tuple[int, int]:
     """(epochs since the best value, index of the best value) for a metric's per-epoch values.
 
-    A value counts as better only when it beats the best so far by more than `min_delta`.
+    A value counts as better only when it beats the best so far by more than `min_delta`. Epochs without a value
+    (None: trained before the metric existed, in a run resumed with early stopping on it) are skipped.
     """
-    best_index = 0
-    for i, value in enumerate(values[1:], 1):
+    measured = [i for i, value in enumerate(values) if value is not None]
+    if not measured:
+        return 0, len(values) - 1
+    best_index = measured[0]
+    for i in measured[1:]:
+        value = values[i]
         gain = values[best_index] - value if minimize else value - values[best_index]
         if gain > min_delta:
             best_index = i

@@ -40,6 +40,14 @@ def shows_balanced_figures(imbalance: dict[str, Any], watched: Iterable[str]) ->
     )
 
 
+def per_example_mean(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """The class-weighted cross-entropy of each example, averaged over the examples (`training_loss`)."""
+    losses = F.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing, reduction="none")
+    return losses.mean()
+
+
 def balanced_weights(counts: list[int]) -> list[float]:
     """scikit-learn's "balanced" class weights: n_images / (n_classes x count), for counts above zero."""
     total, classes = sum(counts), len(counts)
@@ -57,10 +65,15 @@ class ClassBalance:
 
     def training_loss(self, label_smoothing: float, device: torch.device) -> Callable:
         """Cross-entropy with the class weights (torch's `weight=`), hard labels or trainer.mixup's soft targets
-        alike. torch averages a weighted loss over the batch's weights for hard labels and over its examples for
-        soft targets; balanced weights average 1 per training image, so both keep the unweighted scale."""
-        weight = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=device)
-        return functools.partial(F.cross_entropy, weight=weight, label_smoothing=label_smoothing)
+        alike, averaged over the batch's examples (Keras's class_weight does the same). Not torch's weighted mean,
+        which divides a batch of hard labels by the sum of its weights: that sum differs between the shares of
+        torchrun's processes and between accumulated batches, whose losses are then averaged by their counts, so
+        the gradient would not be the whole batch's. Balanced weights average 1 per training image, so the loss
+        keeps the unweighted scale."""
+        if self.weights is None:
+            return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
+        weight = torch.tensor(self.weights, dtype=torch.float32, device=device)
+        return functools.partial(per_example_mean, weight=weight, label_smoothing=label_smoothing)
 
     @property
     def imbalanced(self) -> bool:

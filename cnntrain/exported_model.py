@@ -59,18 +59,7 @@ ONNX_RUNTIME_INSTALL = "pip install onnxruntime (or pip install 'cnntrain[onnx]'
 
 def onnx_model(path: Path | str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ONNX file at `path` as a function: float batch -> logits, run by onnxruntime on the CPU."""
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise CnnTrainError(
-            f"Running {path} needs onnxruntime, which is not installed. Install it with: {ONNX_RUNTIME_INSTALL}."
-        )
-    import onnxruntime
-
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime's own error kinds (InvalidProtobuf, Fail, ...)
-        raise CnnTrainError(
-            f"onnxruntime cannot load {path}: {_first_line(err)}. Export it again with cnntrain-export."
-        ) from None
+    session = inference_session(path)
     input_name = session.get_inputs()[0].name
 
     def run(batch: torch.Tensor) -> torch.Tensor:
@@ -78,6 +67,22 @@ def onnx_model(path: Path | str) -> Callable[[torch.Tensor], torch.Tensor]:
         return torch.from_numpy(session.run(None, {input_name: array})[0])
 
     return run
+
+
+def inference_session(path: Path | str):
+    """onnxruntime's session of the file (on the CPU); a CnnTrainError when onnxruntime is missing or refuses it."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise CnnTrainError(
+            f"Running {path} needs onnxruntime, which is not installed. Install it with: {ONNX_RUNTIME_INSTALL}."
+        )
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own error kinds (InvalidProtobuf, Fail, ...)
+        raise CnnTrainError(
+            f"onnxruntime cannot load {path}: {_first_line(err)}. Export it again with cnntrain-export."
+        ) from None
 
 
 def _first_line(err: Exception) -> str:
@@ -94,14 +99,13 @@ def read_export_info(model_file: Path) -> dict[str, Any]:
     """What cnntrain-export says of `model_file`: the json it wrote beside it or, when that is missing, the same
     description inside an ONNX file's metadata (CnnTrainError when neither is there, or it is not one)."""
     info_path = export_info_path(model_file)
+    source = description_source(model_file)
     if info_path.is_file():
-        source = str(info_path)
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as err:
             raise CnnTrainError(f"{info_path} is damaged ({err}). Export again with cnntrain-export.") from None
     else:
-        source = f"the metadata of {model_file}"
         info = embedded_description(model_file)
         if info is None:
             raise CnnTrainError(
@@ -139,18 +143,25 @@ def onnx_metadata(description: dict[str, Any]) -> dict[str, str]:
 
 
 def embedded_description(model_file: Path) -> dict[str, Any] | None:
-    """The description inside an ONNX file's metadata (`onnx_metadata`); None for a file without one, or one
-    onnxruntime cannot open (loading it to predict says why)."""
-    if not is_exported_file(model_file) or importlib.util.find_spec("onnxruntime") is None:
+    """The description inside an ONNX file's metadata (`onnx_metadata`); None for a file without one. onnxruntime
+    missing, or refusing the file, is the CnnTrainError predicting with it would give."""
+    if not is_exported_file(model_file):
         return None
-    import onnxruntime
-
+    text = inference_session(model_file).get_modelmeta().custom_metadata_map.get(DESCRIPTION_KEY)
+    if not text:
+        return None
     try:
-        session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-        text = session.get_modelmeta().custom_metadata_map.get(DESCRIPTION_KEY)
-        return json.loads(text) if text else None
-    except Exception:  # onnxruntime's own error kinds; json's ValueError
-        return None
+        return json.loads(text)
+    except ValueError:
+        raise CnnTrainError(
+            f"The description in the metadata of {model_file} is damaged: export it again with cnntrain-export."
+        ) from None
+
+
+def description_source(model_file: Path) -> str:
+    """Where `read_export_info` reads the file's description from, as messages name it."""
+    info_path = export_info_path(model_file)
+    return str(info_path) if info_path.is_file() else f"the metadata of {model_file}"
 
 
 EXPORT_AGAIN = "It does not describe the model it was written with: export again with cnntrain-export."
@@ -170,5 +181,5 @@ def load_exported(path: Path | str) -> ExportedModel:
             f"{path.name}. Export again with cnntrain-export format=onnx."
         )
     exported = ExportedModel(path, info, onnx_model(path))
-    check_against_model(exported, str(export_info_path(path)), EXPORT_AGAIN)
+    check_against_model(exported, description_source(path), EXPORT_AGAIN)
     return exported

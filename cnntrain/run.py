@@ -243,7 +243,7 @@ def _fit_and_test(
     chosen = callbacks.checkpointer.chosen_on_validation(last)  # best.pt is not the last epoch, for its val figure
     chosen_on_test = spec.test_is_validation and tested == folder.best_checkpoint and chosen
     notice = chosen_on_test_notice(best.epoch, last, spec.has_test_split) if chosen_on_test else None
-    report_end(summary, reporter, notice)
+    report_end(summary, reporter, notice, callbacks.display.balanced)
     return RunResult(parts.model, summary, history, list(spec.classes))
 
 

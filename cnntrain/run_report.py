@@ -13,7 +13,6 @@ from typing import Any
 from rich.table import Table
 
 from cnntrain.build import TrainingParts
-from cnntrain.class_balance import shows_balanced_figures
 from cnntrain.display import Reporter
 from cnntrain.metrics import EpochMetrics
 from cnntrain.recipes import recipe_summary
@@ -96,10 +95,11 @@ def limits_text(parts: TrainingParts) -> str:
 SHORT_NAMES = {"val_balanced_acc": "val bal.acc", "val_macro_f1": "val macro-F1", "val_top5": "val top-5"}
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
+def summary_table(summary: dict[str, Any], balanced: bool = False) -> Table:
     """The result table; the run folder goes on a line of its own after it (`report_end`), since a
     table cell would break the path across lines. A monitor other than val_acc (trainer.checkpoint) gets a
-    column with the value that chose best.pt and a caption naming it."""
+    column with the value that chose best.pt and a caption naming it; `balanced` (the epoch lines showed the
+    balanced figures: ProgressDisplay.balanced), the test's balanced accuracy and macro-F1."""
     monitor = summary.get("best_metric", "val_acc")  # what chose best.pt (trainer.checkpoint.monitor)
     best = summary.get("best") or {}
     caption = None
@@ -109,7 +109,6 @@ def summary_table(summary: dict[str, Any]) -> Table:
         caption = f"best epoch: the {'lowest' if best.get('mode') == 'min' else 'highest'} {monitor}"
     columns["val acc"] = f"{summary['best_val_acc']:.4f}"
     columns["test acc"] = f"{summary['test_acc']:.4f}"
-    balanced = shows_balanced_figures(summary.get("imbalance") or {}, [monitor])
     if balanced and summary.get("test_balanced_acc") is not None:
         columns["test bal.acc"] = f"{summary['test_balanced_acc']:.4f}"
         columns["test macro-F1"] = f"{summary['test_macro_f1']:.4f}"
@@ -121,8 +120,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def report_end(summary: dict[str, Any], reporter: Reporter, notice: str | None) -> None:
-    reporter.renderable(summary_table(summary))
+def report_end(summary: dict[str, Any], reporter: Reporter, notice: str | None, balanced: bool = False) -> None:
+    reporter.renderable(summary_table(summary, balanced))
     if notice:
         reporter.line(notice, style="yellow")
     reporter.line(f"run folder: {display_path(summary['run_dir'])}")

@@ -324,3 +324,10 @@ def test_the_benchmark_script_prints_one_row_per_policy_and_batch_shape(tmp_path
         for policy in ("randaugment", "trivialaugment", "augmix")
         for shape in ("4x1x28x28", "4x3x32x32")
     ]
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment", "augmix"])
+def test_an_empty_batch_comes_back_empty(policy):
+    [augmentation] = build_augmentations([policy])
+    out = augmentation(torch.rand(0, 3, 16, 16), torch.Generator().manual_seed(0))
+    assert out.shape == (0, 3, 16, 16)

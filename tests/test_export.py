@@ -257,6 +257,17 @@ def test_an_onnx_file_without_its_json_or_description_or_onnxruntime_is_explaine
     tampered.write_bytes(plain.SerializeToString())
     with pytest.raises(CnnTrainError, match=r"^the metadata of .*tampered\.onnx is not a description written by"):
         load_exported(tampered)
+    short = tmp_path / "short.onnx"  # a description whose classes do not fit the model: named as the metadata
+    metadata = {entry.key: entry.value for entry in onnx.load(str(exports["onnx"][0].path)).metadata_props}
+    described = json.loads(metadata["cnntrain_export_info"])
+    del plain.metadata_props[:]
+    plain.metadata_props.add(key="cnntrain_export_info", value=json.dumps({**described, "classes": ["a", "b"]}))
+    short.write_bytes(plain.SerializeToString())
+    with pytest.raises(CnnTrainError, match=r"^the metadata of .*short\.onnx names 2 classes, but the model gives 4"):
+        load_exported(short)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # without the json, onnxruntime reads the metadata
+    with pytest.raises(CnnTrainError, match=r"short\.onnx needs onnxruntime, which is not installed"):
+        load_exported(short)
     with pytest.raises(CnnTrainError, match="does not exist"):
         load_exported(tmp_path / "nothing.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed

@@ -26,8 +26,10 @@ from cnntrain.evaluation import evaluate_run
 from cnntrain.evaluator import evaluate
 from cnntrain.metrics import _RunningStats, balanced_accuracy, macro_f1
 from cnntrain.run_report import summary_table
+from cnntrain.trainer import StepOptions, Trainer
 from tests.conftest import StopAt, compose_config
 from tests.helpers import run_cli
+from tests.test_optim import tiny_loader, tiny_model
 
 CPU = torch.device("cpu")
 
@@ -107,17 +109,37 @@ def test_the_weighted_loss_with_hard_labels_label_smoothing_and_soft_targets():
     labels = torch.tensor([0, 1, 2, 0])
     weights = torch.tensor([3.0, 1.0, 0.5])
     nll = -logits.log_softmax(dim=1)[torch.arange(4), labels]
-    expected = (weights[labels] * nll).sum() / weights[labels].sum()  # torch's weighted mean
+    expected = (weights[labels] * nll).mean()  # over the examples, not torch's division by the weights' sum
     assert balance.training_loss(0.0, CPU)(logits, labels).item() == pytest.approx(expected.item())
     assert balance.training_loss(0.0, CPU)(logits, labels).item() != pytest.approx(F.cross_entropy(logits, labels))
     # label smoothing 0.1: (1 - 0.1) x the weighted nll + 0.1 x the weighted mean of -log p over the classes / 3
     smooth = -(weights * logits.log_softmax(dim=1)).sum(dim=1) / 3
-    smoothed = (0.9 * (weights[labels] * nll).sum() + 0.1 * smooth.sum()) / weights[labels].sum()
+    smoothed = (0.9 * (weights[labels] * nll) + 0.1 * smooth).mean()
     assert balance.training_loss(0.1, CPU)(logits, labels).item() == pytest.approx(smoothed.item())
     # soft targets (trainer.mixup): -sum_c w_c y_c log p_c, averaged over the examples
     soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8], [0.5, 0.5, 0.0]])
     soft_expected = -(weights * soft * logits.log_softmax(dim=1)).sum(dim=1).mean()
     assert balance.training_loss(0.0, CPU)(logits, soft).item() == pytest.approx(soft_expected.item())
+
+
+def test_weighted_batches_accumulated_or_split_train_as_one_batch():
+    """The weighted loss is a mean over examples, so two accumulated batches of 8 (or two processes' shares, which
+    the trainer averages by their counts the same way) give the gradient of one batch of 16."""
+    balance = ClassBalance(["a", "b", "c", "d"], [10, 20, 30, 40], [4.0, 2.0, 1.0, 0.5], None)
+
+    def one_epoch(batch_size, accumulate):
+        model = tiny_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        loader = tiny_loader(n=64, batch_size=batch_size)
+        options = StepOptions(accumulate=accumulate)
+        Trainer(
+            model, optimizer, None, loader, loader, CPU, 1, options=options, loss_fn=balance.training_loss(0, CPU)
+        ).fit()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.allclose(one_epoch(8, 2), one_epoch(16, 1), atol=1e-6)
+    unweighted = ClassBalance(["a", "b", "c", "d"], [10, 20, 30, 40], None, None)
+    assert unweighted.training_loss(0.1, CPU).keywords == {"label_smoothing": 0.1}  # plain F.cross_entropy
 
 
 # --- the balanced sampler ---------------------------------------------------------------------------------------
@@ -257,6 +279,12 @@ def test_a_monitor_other_than_val_acc_has_its_column_and_a_caption():
     console = Console(record=True, width=120)
     console.print(summary_table({**summary, "best_metric": "val_acc"}))
     assert "0.2500" not in console.export_text() and "lowest" not in console.export_text()
+    figures = {**summary, "test_balanced_acc": 0.8125, "test_macro_f1": 0.7901}
+    for balanced in (False, True):  # as the epoch lines showed them (ProgressDisplay.balanced)
+        console = Console(record=True, width=160)
+        console.print(summary_table(figures, balanced))
+        text = console.export_text()
+        assert ("test bal.acc" in text and "0.7901" in text) is balanced
 
 
 def test_cnntrain_eval_reports_the_runs_balanced_figures(plain):

@@ -17,7 +17,7 @@ from cnntrain.checks import check_config
 from cnntrain.data import prepare
 from cnntrain.data.folder import image_folder
 from cnntrain.data.image_files import FileImageSet
-from cnntrain.data.label_files import label_file
+from cnntrain.data.label_files import label_file, sorted_names
 from cnntrain.data.label_rows import delimiter_of
 from cnntrain.errors import ConfigError, DatasetError
 from cnntrain.evaluation import evaluate_run
@@ -105,6 +105,8 @@ def test_numeric_labels_sort_as_numbers_and_absolute_paths_are_kept(tmp_path):
     rows = [f"{write_png(tmp_path / 'x' / f'{i}.png', 10 * i)},{label}" for i, label in enumerate([10, 2, 10, 2, 1])]
     data = read(tmp_path, rows)
     assert data.classes == ["1", "2", "10"] and data.train.labels.tolist() == [2, 1, 2, 1, 0]
+    # 1 and 01 are the same number: ordered by their text then, the same in every process (not by set order)
+    assert sorted_names({"01", "10", "1", "001"}) == ["001", "01", "1", "10"]
 
 
 def test_given_classes_fix_the_order_and_may_list_a_class_without_rows(tmp_path, caplog):

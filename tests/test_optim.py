@@ -260,6 +260,12 @@ def test_epochs_without_improvement_respects_min_delta():
     assert epochs_without_improvement([0.5, 0.6, 0.7], minimize=False, min_delta=0.0) == (0, 2)
 
 
+def test_epochs_from_before_a_metric_existed_are_skipped():
+    # A run from before val_balanced_acc, resumed with early stopping on it: its old epochs have None.
+    assert epochs_without_improvement([None, None, 0.5, 0.4], minimize=False, min_delta=0.0) == (1, 2)
+    assert epochs_without_improvement([None, None], minimize=False, min_delta=0.0) == (0, 1)
+
+
 class ScriptedTrainer:
     def __init__(self):
         self.history, self.stop_reason = [], None

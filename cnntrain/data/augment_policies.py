@@ -161,7 +161,7 @@ class AugMix(Policy):
         return PolicyDraw(ops, self.signs(ops, magnitudes, generator), weights)
 
     def apply_uint8(self, images, draw):
-        weights = draw.weights.to(images.device).view(len(images), -1, 1, 1, 1)
+        weights = draw.weights.to(images.device).view(len(images), draw.weights.shape[1], 1, 1, 1)  # 0 images too
         mix = weights[:, 0] * images
         for i, (ops, magnitudes) in enumerate(zip(draw.ops.to(images.device), draw.magnitudes.to(images.device))):
             mix.add_(weights[:, i + 1] * super().apply_uint8(images, PolicyDraw(ops, magnitudes)))

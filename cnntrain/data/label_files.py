@@ -29,7 +29,7 @@ log = logging.getLogger("cnntrain")
 def sorted_names(names: set[str]) -> list[str]:
     """Class names sorted, as numbers when all are whole numbers (2 before 10)."""
     if all(re.fullmatch(r"-?\d+", name) for name in names):
-        return sorted(names, key=int)
+        return sorted(names, key=lambda name: (int(name), name))  # 1 and 01: one order in every process
     return sorted(names)
 
 
