@@ -54,7 +54,9 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     rows = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=theta.device)
     base[..., 1].copy_(rows.unsqueeze(-1))
     base[..., 2].fill_(1)
-    rescaled = theta.transpose(1, 2).div(torch.tensor([0.5 * width, 0.5 * height], device=theta.device))
+    divisor = torch.full((2,), 0.5 * width, device=theta.device)  # filled on the device: no copy from the host,
+    divisor[1] = 0.5 * height  # which on CUDA would wait for the queued work
+    rescaled = theta.transpose(1, 2).div(divisor)
     grid = base.view(1, height * width, 3).expand(len(theta), -1, -1).bmm(rescaled)
     return grid.view(len(theta), height, width, 2)
 
@@ -69,7 +71,7 @@ def _warp(images: torch.Tensor, theta: torch.Tensor, resampling: Resampling) -> 
     x = F.grid_sample(x, grid, mode=resampling.interpolation, padding_mode="zeros", align_corners=False)
     if resampling.fill is not None:
         x, mask = x[:, :c], x[:, c:].expand(-1, c, -1, -1)
-        fill = torch.tensor(float(resampling.fill), device=x.device)
+        fill = torch.full((), float(resampling.fill), device=x.device)
         if resampling.interpolation == "nearest":
             x = torch.where(mask < 0.5, fill, x)
         else:
@@ -164,7 +166,9 @@ def sharpness(images, magnitude, resampling):
     if height <= 2 or width <= 2:
         return images
     a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=images.device).expand(channels, 1, 3, 3)
+    kernel = torch.full((3, 3), a, device=images.device)
+    kernel[1, 1] = b
+    kernel = kernel.expand(channels, 1, 3, 3)
     out = images.float()
     blurred = F.conv2d(out, kernel, groups=channels).round_()
     inner = out[..., 1:-1, 1:-1]

@@ -69,18 +69,28 @@ class Policy:
         self.operations = [OPERATIONS[op.name] for op in self.ops] + [identity]
         self.signed = torch.tensor([op.signed for op in self.ops] + [False])
         self.resampling = Resampling(interpolation, None if fill is None else 255.0 * fill)
+        # Tables and sign masks already on a device, by what they were made for: copying them from the host every
+        # batch would, on CUDA, wait for the queued work each time.
+        self._on_device: dict[tuple, torch.Tensor] = {}
 
     def table(self, bins: int, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """(len(ops) + 1, bins) magnitudes on `device`: torchvision's float32 tables, 0 for operations
         without, in float64 as torchvision's Python floats (float32 on mps, which has no float64)."""
-        rows = [op.magnitudes(bins, height, width) if op.magnitudes else torch.zeros(bins) for op in self.ops]
-        table = torch.stack([row.double() for row in rows] + [torch.zeros(bins, dtype=torch.float64)])
-        return table.to(device, torch.float32 if torch.device(device).type == "mps" else torch.float64)
+        key = ("table", bins, height, width, str(device))
+        if key not in self._on_device:
+            rows = [op.magnitudes(bins, height, width) if op.magnitudes else torch.zeros(bins) for op in self.ops]
+            table = torch.stack([row.double() for row in rows] + [torch.zeros(bins, dtype=torch.float64)])
+            dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+            self._on_device[key] = table.to(device, dtype)
+        return self._on_device[key]
 
     def signs(self, ops: torch.Tensor, magnitudes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Each signed operation's magnitude negated with probability 1/2 (torchvision: rand() <= 0.5)."""
         flip = torch.rand(ops.shape, generator=generator, device=generator.device) <= 0.5
-        return torch.where(flip & self.signed.to(ops.device)[ops], -magnitudes, magnitudes)
+        key = ("signed", str(ops.device))
+        if key not in self._on_device:
+            self._on_device[key] = self.signed.to(ops.device)
+        return torch.where(flip & self._on_device[key][ops], -magnitudes, magnitudes)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.apply(images, self.draw(len(images), *images.shape[-2:], generator))
