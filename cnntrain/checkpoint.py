@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from cnntrain.errors import CnnTrainError
+from cnntrain.errors import CnnTrainError, DatasetError
 from cnntrain.registry import is_whole
 from cnntrain.run_folder import write_atomically
 
@@ -149,6 +149,24 @@ def restore_training(checkpoint: dict[str, Any], trainer) -> int:
     trainer.load_state_dict(checkpoint)
     restore_rng_states(checkpoint["rng"])
     return checkpoint["epoch"] + 1
+
+
+def check_resumed_classes(checkpoint: dict[str, Any], classes: list[str]) -> None:
+    """A resume's data must have the classes its checkpoint was trained on: a class added to (or removed from)
+    an image folder or a label file since would not fit the model's head (a size mismatch deep in torch)."""
+    trained = list(checkpoint.get("classes") or [])
+    if trained and trained != list(classes):
+        added, gone = sorted(set(classes) - set(trained)), sorted(set(trained) - set(classes))
+        change = (
+            "; ".join(filter(None, [added and f"new: {', '.join(added)}", gone and f"gone: {', '.join(gone)}"]))
+            or "the same names in another order"
+        )
+        raise DatasetError(
+            f"Cannot resume: the data's classes changed since the run started ({change}); the run's model has "
+            f"{len(trained)} outputs, for {', '.join(trained[:12])}{' ...' if len(trained) > 12 else ''}. Put the "
+            f"data back as it was (its class folders or label file), or start a new run on the data as it is now "
+            f"(model.weights=<this run folder> starts from its weights, with a new head)."
+        )
 
 
 def check_model_description(classes: Any, in_channels: Any, preprocess: Any, where: str, fix: str) -> None:

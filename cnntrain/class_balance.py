@@ -82,8 +82,13 @@ class ClassBalance:
 
     def notice(self) -> str | None:
         """The run's first lines name a largest class with more than IMBALANCE_RATIO x the smallest's images,
-        and the options, unless one of them is set already."""
+        and the options, unless one of them is set already; both set is said too (each alone evens the classes)."""
         largest, smallest = max(self.counts), min(self.counts)
+        if self.weights is not None and self.sampler is not None:
+            return (
+                "notice: trainer.class_weights and data.sampler=balanced are both set: the sampler already draws "
+                "every class equally often, so the weights then favour the rare classes instead. Use one of them."
+            )
         if self.weights is not None or self.sampler is not None or not self.imbalanced:
             return None
         big, small = self.classes[self.counts.index(largest)], self.classes[self.counts.index(smallest)]

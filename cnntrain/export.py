@@ -174,7 +174,8 @@ def export_run(
     if format == "onnx":
         require_onnx()
     loaded = load_run(folder.path, checkpoint, imports)
-    name = loaded.checkpoint.model_recipe["name"]
+    recipe = loaded.checkpoint.model_recipe
+    name = " ".join(filter(None, [recipe["name"], recipe.get("settings", {}).get("arch")]))  # timm resnet18
     say(
         f"exporting {name} ({display_path(folder.checkpoint(checkpoint))}, epoch {loaded.checkpoint.epoch}) as {format}"
     )

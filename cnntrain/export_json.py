@@ -55,6 +55,8 @@ def model_description(loaded: LoadedRun, format: str, path: Path, checkpoint: st
         "format": format,
         "file": path.name,
         "model": loaded.checkpoint.model_recipe["name"],
+        # model=timm / model=torchvision: which of their architectures (the family's name alone says little)
+        **({"arch": arch} if (arch := loaded.checkpoint.model_recipe.get("settings", {}).get("arch")) else {}),
         "classes": loaded.classes,
         "in_channels": loaded.in_channels,
         "preprocess": preprocess,

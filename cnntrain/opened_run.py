@@ -217,7 +217,8 @@ def apply_override(cfg: DictConfig, override: str, run_dir: Path, may_change: tu
     if current is missing and key not in may_change and not added:  # a typo: force_add below would add it silently
         raise ConfigError(unknown_key_message(key, override, dotted_keys(cfg)))
     if not any(key == prefix or key.startswith(prefix + ".") for prefix in may_change):
-        was = f" (the run has {key}={current})" if current is not missing else ""
+        shown = "null" if current is None else current  # as the config spells it, not Python's None
+        was = f" (the run has {key}={shown})" if current is not missing else ""
         raise ConfigError(
             f"Cannot resume with {key}={raw}{was}: a resumed run keeps its model, data, optimizer and "
             f"schedule, so that it ends as the uninterrupted run would. Start a new run to train something "

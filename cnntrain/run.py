@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from cnntrain.build import TrainingParts, build_training
-from cnntrain.checkpoint import load_checkpoint, restore_training
+from cnntrain.checkpoint import check_resumed_classes, load_checkpoint, restore_training
 from cnntrain.checks import check_config
 from cnntrain.display import Reporter
 from cnntrain.distributed import from_rank_zero, join_group, launched_by_torchrun, lost_peer, process_rank
@@ -127,6 +127,8 @@ def _run_in(
         checked = check_config(cfg, list(callbacks))  # every name and setting, before any data is loaded
         with signals:  # after check_config: the user's modules it imports may set handlers of their own
             parts = build_training(checked, resuming=resume_from is not None)
+            if resume_from is not None:
+                check_resumed_classes(resume_from, parts.spec.classes)
             return _fit_and_test(parts, folder, reporter, (started, budget_from), resume_from, signals, command_line)
     except KeyboardInterrupt as err:
         message = err.message if isinstance(err, RunInterrupted) else interrupted_outside_training(folder, cfg)

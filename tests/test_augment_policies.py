@@ -278,7 +278,11 @@ def test_ops_keeps_only_the_named_operations():
     [
         ({"name": "randaugment", "magnitude": 31}, r"magnitude must be a whole number from 0 to 30 .*got 31"),
         ({"name": "randaugment", "magnitude": 9, "num_magnitude_bins": 5}, r"from 0 to 4 .*got 9"),
-        ({"name": "randaugment", "num_ops": -1}, r"num_ops must be a whole number, 0 or more, got -1"),
+        ({"name": "randaugment", "num_ops": -1}, r"num_ops must be a whole number from 0 to 16 .*got -1"),
+        # Bounds on the work per batch: a typo's 100000 bins took 24 GB, 100000 chains minutes per batch.
+        ({"name": "randaugment", "num_magnitude_bins": 100000000}, r"num_magnitude_bins must be .* 2 to 1000"),
+        ({"name": "augmix", "mixture_width": 100000}, r"mixture_width must be a whole number from 1 to 16 "),
+        ({"name": "augmix", "chain_depth": 17}, r"chain_depth must be -1 .* from 1 to 16, got 17"),
         ({"name": "randaugment", "ops": ["Rotat"]}, r"unknown operation 'Rotat' in ops. Did you mean 'Rotate'\?"),
         ({"name": "augmix", "ops": ["Brightness"], "all_ops": False}, r"unknown operation 'Brightness'.*Available: Sh"),
         ({"name": "trivialaugment", "interpolation": "bicubic"}, r"interpolation must be nearest or bilinear"),

@@ -246,6 +246,8 @@ def test_a_run_on_imbalanced_classes_says_so_among_its_first_lines(plain):
     assert "trainer.class_weights=balanced" in log[notice] and "data.sampler=balanced" in log[notice]
     assert ClassBalance(["a", "b"], [60, 10], [1.0, 6.0], None).notice() is None  # a remedy chosen: nothing to say
     assert ClassBalance(["a", "b"], [60, 10], None, "balanced").notice() is None
+    both = ClassBalance(["a", "b"], [60, 10], [1.0, 6.0], "balanced").notice()
+    assert both.startswith("notice: trainer.class_weights and data.sampler=balanced are both set")
     assert ClassBalance(["a", "b"], [50, 10], None, None).notice() is None  # 5x: not more than 5x
 
 

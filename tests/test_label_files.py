@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnntrain import train
+from cnntrain import resume, train
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.checks import check_config
 from cnntrain.data import prepare
@@ -284,6 +284,22 @@ def test_train_on_a_label_file_then_evaluate_its_test_split(tmp_path):
     evaluated = evaluate_run(run_dir, split="test")  # cnntrain-eval's body: the run's own test rows
     assert evaluated.size == 2 and evaluated.own_data and evaluated.evaluation.acc == summary["test_acc"]
     assert [row["support"] for row in evaluated.per_class] == [1, 1]
+
+
+def test_a_resume_after_a_class_was_added_to_the_label_file_says_so(tmp_path):
+    rows = pets(tmp_path, split=split_of)
+    labels = write_rows(tmp_path / "pets.csv", rows, header="file,label,split")
+    run = train("data=csv", f"data.labels={labels}", *QUICK, "trainer.progress=none", run_dir=tmp_path / "run")
+    run_dir = run.run_dir
+    write_rows(labels, rows + pets(tmp_path, classes=("bird",), split=split_of), header="file,label,split")
+    with pytest.raises(DatasetError) as caught:
+        resume(run_dir, "trainer.epochs=2")
+    assert str(caught.value).startswith(
+        "Cannot resume: the data's classes changed since the run started (new: bird); the run's model has 2 "
+        "outputs, for cat, dog. Put the data back as it was"
+    )
+    write_rows(labels, rows, header="file,label,split")  # as it was: the resume goes on
+    assert [m.epoch for m in resume(run_dir, "trainer.epochs=2").history] == [1, 2]
 
 
 def test_a_bad_label_file_on_the_command_line_is_exit_2_and_one_message(tmp_path):

@@ -143,5 +143,8 @@ def test_apply_override_takes_only_what_may_change(folders):
     assert cfg.trainer.epochs == 5
     with pytest.raises(ConfigError, match=r"Cannot resume with optimizer.lr=0.5 \(the run has optimizer.lr=0.1\)"):
         apply_override(cfg, "optimizer.lr=0.5", folders["run"], MAY_CHANGE)
+    null = r"Cannot resume with trainer.class_weights=balanced \(the run has trainer.class_weights=null\)"
+    with pytest.raises(ConfigError, match=null):  # as the config spells it, not Python's None
+        apply_override(cfg, "trainer.class_weights=balanced", folders["run"], MAY_CHANGE)
     with pytest.raises(ConfigError, match="Unknown setting 'data.rooot'"):
         apply_override(cfg, "data.rooot=/x", folders["run"], ("data", "device"))

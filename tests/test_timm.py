@@ -28,6 +28,7 @@ from cnntrain.checks import check_config
 from cnntrain.errors import ConfigError
 from cnntrain.export import export_run
 from cnntrain.models import build_model
+from cnntrain.models.timm_models import check_arch
 from cnntrain.models.torchvision_models import first_conv
 from cnntrain.predict import load_exported, load_run
 from tests.conftest import compose_config
@@ -129,6 +130,12 @@ def test_any_timm_model_gets_the_datasets_classes_and_channels():
 def test_unknown_arch_names_the_closest_and_timm_missing_names_the_extra(monkeypatch):
     with pytest.raises(ConfigError, match=r"Unknown timm model 'resnet5' \(model.arch\). Did you mean 'resnet50'"):
         parts_for(*GREY, "model.arch=resnet5")
+    with pytest.raises(
+        ConfigError, match=r"'RESNET18' \(model.arch\). Did you mean 'resnet18'\?.*list_models\('resn\*'\)"
+    ):
+        check_arch("RESNET18")
+    with pytest.raises(ConfigError, match=r"^model=timm needs model.arch=<a timm model>, e.g. model.arch=resnet18.$"):
+        check_arch("")
     with pytest.raises(ConfigError, match="give the architecture and the weights apart, model.arch=resnet18 "):
         parts_for(*GREY, "model.arch=resnet18.a1_in1k")
     monkeypatch.setitem(sys.modules, "timm", None)  # what `import timm` does when it is not installed
@@ -279,8 +286,11 @@ def test_predicting_with_the_onnx_export_equals_predicting_with_the_run(command_
     for i, image in enumerate(torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8, generator=generator)):
         Image.fromarray(image.numpy()).save(tmp_path / f"{i}.png")
     from_run = load_run(run_dir).predict(tmp_path, topk=2)
-    exported = export_run(run_dir, "onnx", say=lambda line: None)
+    said = []
+    exported = export_run(run_dir, "onnx", say=said.append)
     assert exported.info["preprocess"]["mean"] == [0.5] and exported.info["preprocess"]["size"] == 32
+    assert (exported.info["model"], exported.info["arch"]) == ("timm", "test_resnet")  # the file says which
+    assert said[0].startswith("exporting timm test_resnet (")
     from_file = load_exported(exported.path).predict(tmp_path, topk=2)
     assert [p.label for p in from_file] == [p.label for p in from_run]
     assert [q for p in from_file for _, q in p.top] == pytest.approx([q for p in from_run for _, q in p.top], abs=1e-4)

@@ -214,10 +214,24 @@ def _check_resampling(interpolation: str, fill: float | None) -> None:
     )
 
 
+# Upper bounds: each operation slot (num_ops, mixture_width x chain_depth) is a pass over the batch, and the
+# magnitude tables have num_magnitude_bins columns per image; a typo's 100000 would take minutes per batch or all
+# the memory. torchvision's defaults are 2 ops, 3 chains and 31 bins.
+MOST_PASSES, MOST_BINS = 16, 1000
+
+
 def _check_bins(num_magnitude_bins: int) -> None:
     _require(
-        is_whole(num_magnitude_bins) and num_magnitude_bins >= 2,
-        f"num_magnitude_bins must be a whole number, 2 or more (torchvision's default 31), got {num_magnitude_bins!r}",
+        is_whole(num_magnitude_bins) and 2 <= num_magnitude_bins <= MOST_BINS,
+        f"num_magnitude_bins must be a whole number from 2 to {MOST_BINS} (torchvision's default 31), "
+        f"got {num_magnitude_bins!r}",
+    )
+
+
+def _check_passes(key: str, value: int, least: int) -> None:
+    _require(
+        is_whole(value) and least <= value <= MOST_PASSES,
+        f"{key} must be a whole number from {least} to {MOST_PASSES} (each is a pass over every batch), got {value!r}",
     )
 
 
@@ -231,7 +245,7 @@ def randaugment(
     ops: Sequence[str] | None = None,
 ) -> RandAugment:
     """torchvision's RandAugment: num_ops random operations per image at magnitude bin `magnitude`."""
-    _require(is_whole(num_ops) and num_ops >= 0, f"num_ops must be a whole number, 0 or more, got {num_ops!r}")
+    _check_passes("num_ops", num_ops, 0)
     _check_bins(num_magnitude_bins)
     _require(
         is_whole(magnitude) and 0 <= magnitude < num_magnitude_bins,
@@ -271,11 +285,11 @@ def augmix(
         is_whole(severity) and 1 <= severity <= AUGMIX_SEVERITY_BINS,
         f"severity must be a whole number from 1 to {AUGMIX_SEVERITY_BINS}, got {severity!r}",
     )
-    _require(is_whole(mixture_width) and mixture_width >= 1, f"mixture_width must be 1 or more, got {mixture_width!r}")
+    _check_passes("mixture_width", mixture_width, 1)
     _require(
-        is_whole(chain_depth) and (chain_depth == -1 or chain_depth >= 1),
-        f"chain_depth must be -1 (1 to 3 operations, drawn per chain) or a whole number of operations, 1 or more, "
-        f"got {chain_depth!r}",
+        is_whole(chain_depth) and (chain_depth == -1 or 1 <= chain_depth <= MOST_PASSES),
+        f"chain_depth must be -1 (1 to 3 operations, drawn per chain) or a whole number of operations from 1 to "
+        f"{MOST_PASSES}, got {chain_depth!r}",
     )
     _require(is_number(alpha) and alpha > 0, f"alpha must be a number above 0, got {alpha!r}")
     _check_resampling(interpolation, fill)

@@ -61,9 +61,32 @@ _CACHE: dict[tuple, ImageData] = {}
 
 
 def load_image_data(name: str, settings: dict) -> ImageData:
-    """Build (or reuse) the dataset `name` with its builder `settings`."""
-    key = (name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+    """Build (or reuse) the dataset `name` with its builder `settings`, as long as its files are unchanged."""
+    key = (name, tuple(sorted((k, repr(v)) for k, v in settings.items())), files_stamp(settings))
     if key not in _CACHE:
         _CACHE.clear()  # keep at most one dataset in memory
         _CACHE[key] = DATASETS.build(name, settings)
     return _CACHE[key]
+
+
+def files_stamp(settings: dict) -> tuple:
+    """When the files a dataset's settings name last changed: a label file's time and size, an image folder's and
+    its subfolders' times (two levels: <root>/<class>/ and <root>/train/<class>/; a file added to or removed from
+    one changes its folder's time). In one process (a notebook, cnntrain.train then resume) an edited label file
+    or a new class folder is then read again rather than taken from the cache."""
+    stamp = []
+    for key in ("labels", "root", "path"):
+        value = settings.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value).expanduser()
+        try:
+            if path.is_file():
+                stamp.append((key, path.stat().st_mtime_ns, path.stat().st_size))
+            elif path.is_dir():
+                folders = [path, *(d for d in path.iterdir() if d.is_dir())]
+                folders += [d for f in folders[1:] for d in f.iterdir() if d.is_dir()]
+                stamp.append((key, tuple(f.stat().st_mtime_ns for f in folders)))
+        except OSError:  # unreadable: the builder says so
+            continue
+    return tuple(stamp)

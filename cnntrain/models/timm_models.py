@@ -52,9 +52,12 @@ def check_arch(arch: str) -> None:
             f"model.arch={arch} names weights too: give the architecture and the weights apart, "
             f"model.arch={base} model.weights={arch}."
         )
+    if not str(arch).strip():
+        raise ConfigError("model=timm needs model.arch=<a timm model>, e.g. model.arch=resnet18.")
+    lower = str(arch).lower()  # timm's names are lower case; its list_models filter is case-sensitive
     raise ConfigError(
-        f"Unknown timm model '{arch}' (model.arch).{did_you_mean(str(arch), names)} timm has {len(names)} "
-        f"models; list them with python -c \"import timm; print(timm.list_models('{str(arch)[:4]}*'))\"."
+        f"Unknown timm model '{arch}' (model.arch).{did_you_mean(lower, names)} timm has {len(names)} "
+        f"models; list them with python -c \"import timm; print(timm.list_models('{lower[:4]}*'))\"."
     )
 
 
