@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from cnntrain.errors import CnnTrainError, DatasetError
+from cnntrain.errors import CnnTrainError, DatasetError, first_line
 from cnntrain.registry import is_whole
 from cnntrain.run_folder import write_atomically
 
@@ -94,7 +94,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def _damaged(path: Path, err: Exception) -> CnnTrainError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = first_line(err)
     other = "best.pt" if path.name == "last.pt" else "last.pt"
     return CnnTrainError(
         f"Checkpoint {path} is damaged ({reason}): it was cut short or overwritten. "
@@ -285,7 +285,7 @@ class RunCheckpoint:
         try:
             model.load_state_dict(self.state["state_dict"])
         except (RuntimeError, KeyError, TypeError) as err:  # weights of another shape, a recipe changed
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise CnnTrainError(
                 f"Checkpoint {self.path}: its weights do not fit the model its recipe builds "
                 f"({reason[:300]}). It was changed after the run wrote it: copy the run folder "

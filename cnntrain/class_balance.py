@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cnntrain.errors import ConfigError
+from cnntrain.errors import ConfigError, first_few
 
 # The largest class holding more than this many times the images of the smallest is named in the run's first lines.
 IMBALANCE_RATIO = 5
@@ -147,5 +147,4 @@ def _resolved_weights(setting: str | tuple[float, ...] | None, counts: list[int]
 
 def _names(classes: list[str], shown: int = 12) -> str:
     """'a', 'b', ... (and N more)."""
-    names = ", ".join(f"'{name}'" for name in classes[:shown])
-    return names + (f" and {len(classes) - shown} more" if len(classes) > shown else "")
+    return first_few([f"'{name}'" for name in classes], shown)

@@ -3,8 +3,21 @@
 Everything a user can get wrong (a config value, a missing dataset, an unknown name)
 raises a subclass of `CnnTrainError`. The CLI prints its message and exits with
 status 2 instead of showing a traceback, so each message must say what was wrong
-and how to fix it.
+and how to fix it. `first_line` and `first_few` are the two ways messages quote other
+text: an exception's first line, and a list cut to its first few items.
 """
+
+from collections.abc import Sequence
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's text, or its type's name when it has none."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def first_few(items: Sequence[str], shown: int, more: str = "more") -> str:
+    """'a, b, c and 4 more': the first `shown` items, then how many were left out."""
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} {more}" if len(items) > shown else "")
 
 
 class CnnTrainError(Exception):

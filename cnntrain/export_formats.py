@@ -27,7 +27,7 @@ import torch
 
 from cnntrain.errors import CnnTrainError
 from cnntrain.exported_model import EXTRA_FILE, onnx_metadata, onnx_model
-from cnntrain.onnx_export import INPUT_NAME, OUTPUT_NAME, add_onnx_metadata, onnx_export_options
+from cnntrain.onnx_export import INPUT_NAME, OUTPUT_NAME, add_onnx_metadata, free_batch, onnx_export_options
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import EXPORT_FILE_NAMES, write_failure
 
@@ -101,7 +101,6 @@ def export_model(
     format = check_format(format)
     path = Path(path)
     model.eval()
-    batch = torch.export.Dim("batch", min=1)
     try:
         with _quiet_exporter(format != "torchscript"):
             if format == "onnx":
@@ -112,7 +111,7 @@ def export_model(
                 if description:
                     add_onnx_metadata(path, onnx_metadata(description))
             elif format == "exported_program":
-                program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+                program = torch.export.export(model, (example,), dynamic_shapes=free_batch())
                 extra = _extra_files(description)
                 _save_through_memory(lambda buffer: torch.export.save(program, buffer, extra_files=extra), path)
             else:

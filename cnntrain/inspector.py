@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.conv import _ConvNd
 
-from cnntrain.errors import ConfigError
+from cnntrain.errors import ConfigError, first_line
 
 # Largest side `check_input_size` tries when looking for a size that works.
 MAX_SEARCH_SIZE = 512
@@ -228,7 +228,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int], meta: bool = True) -> _
                     else:
                         culprit, type_name, in_shape = "", type(model).__name__, tuple(input_shape)
                     mismatch = bool(running) and isinstance(running[-1][0].module, nn.Linear)
-                    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    text = first_line(err)
                     trace.failure = _Failure(culprit, type_name, in_shape, text, mismatch)
     finally:
         for handle in handles:

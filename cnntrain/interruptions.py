@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from cnntrain.distributed import launched_by_torchrun, lost_peer
+from cnntrain.errors import first_line
 from cnntrain.process import hold_interrupt
 from cnntrain.run_folder import RunFolder, display_path
 from cnntrain.trainer import Trainer
@@ -232,7 +233,7 @@ def interrupted_outside_training(folder: RunFolder, cfg: DictConfig) -> str:
 
 def lost_process_message(err: Exception, folder: RunFolder, cfg: DictConfig) -> str:
     """A collective failed because another process of a distributed run died or stopped."""
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = first_line(err)
     saved = (
         f"The finished epochs are in checkpoints/last.pt; resume with: {resume_command(folder, cfg)}"
         if folder.last_checkpoint.is_file()

@@ -39,6 +39,11 @@ def require_onnx() -> None:
         )
 
 
+def free_batch() -> tuple[dict[int, Any]]:
+    """torch.export's dynamic_shapes for one image batch whose first dimension is free (any size from 1)."""
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
 def onnx_export_options(parameters: Mapping[str, Any] | None = None, torch_version: str | None = None) -> dict:
     """torch.onnx.export's arguments for a free batch dimension, for the torch at hand (torch.onnx.export's
     `parameters` and `torch_version`; the installed torch's when not given).
@@ -50,7 +55,7 @@ def onnx_export_options(parameters: Mapping[str, Any] | None = None, torch_versi
     parameters = inspect.signature(torch.onnx.export).parameters if parameters is None else parameters
     torch_version = torch.__version__ if torch_version is None else torch_version
     if _version(torch_version) >= (2, 6) and {"dynamo", "dynamic_shapes"} <= set(parameters):
-        options: dict[str, Any] = {"dynamo": True, "dynamic_shapes": ({0: torch.export.Dim("batch", min=1)},)}
+        options: dict[str, Any] = {"dynamo": True, "dynamic_shapes": free_batch()}
         if "external_data" in parameters:
             options["external_data"] = False
         return options

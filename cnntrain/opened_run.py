@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnntrain.checkpoint import RunCheckpoint
 from cnntrain.config import BUILDER_SECTIONS, REGISTRY_GROUPS, choice_names, group_file
-from cnntrain.errors import ConfigError
+from cnntrain.errors import ConfigError, first_few
 from cnntrain.key_checks import dotted_keys, unknown_key_message
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import RunFolder, display_path
@@ -151,10 +151,9 @@ def not_a_run_message(folder: Path | str, use: str, shown: int = 3) -> str:
             f"{display_path(folder)} is not a run folder (it has no checkpoints/, summary.json or metrics.csv) "
             f"and holds none. Give a run folder (outputs/<date>/<time>_<model>_<data>)."
         )
-    names = ", ".join(display_path(run) for run in runs[:shown])
-    more = f" and {len(runs) - shown} more" if len(runs) > shown else ""
+    names = first_few([display_path(run) for run in runs], shown)
     return (
-        f"{display_path(folder)} is not a run folder; the runs in it are, newest first: {names}{more}. "
+        f"{display_path(folder)} is not a run folder; the runs in it are, newest first: {names}. "
         f"The newest: {use.format(display_path(runs[0]))}"
     )
 

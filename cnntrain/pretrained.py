@@ -32,7 +32,7 @@ from torch import nn
 
 from cnntrain import timm_weights
 from cnntrain.checkpoint import load_checkpoint
-from cnntrain.errors import ConfigError
+from cnntrain.errors import ConfigError, first_line
 from cnntrain.models.torchvision_models import HEAD_ATTRIBUTE, first_conv
 from cnntrain.registry import did_you_mean
 from cnntrain.run_folder import RunFolder
@@ -150,7 +150,7 @@ def _download(url: str, path: Path, name: str, arch: str) -> None:
     try:
         torch.hub.download_url_to_file(url, str(path), progress=False)
     except Exception as err:  # no network (URLError), a proxy, a full disk: the user needs the same steps
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ConfigError(
             f"model.weights={name}: the {arch} weights are not in {path} and could not be downloaded ({reason}). "
             f"On a machine with internet, download {url} and copy the file to {path} (TORCH_HOME moves the "

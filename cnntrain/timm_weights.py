@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from cnntrain.errors import ConfigError
+from cnntrain.errors import ConfigError, first_line
 from cnntrain.models.timm_models import INSTALL_HINT, TIMM_OPTIONS, check_arch, import_timm
 from cnntrain.models.torchvision_models import HEAD_ATTRIBUTE
 from cnntrain.registry import did_you_mean
@@ -157,7 +157,7 @@ def load_timm_weights(model: nn.Module, arch: str, weights: str) -> str:
                 f"{arch}.{cfg.tag}", pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **options
             )
         except Exception as err:  # a cut-short download, a file of other weights: the user needs the same step
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise ConfigError(
                 f"model.weights={weights}: timm cannot load {path} ({reason}). Download it again "
                 f"(`hf download {cfg.hf_hub_id or cfg.url}`), or give model.weights=null to train from scratch."
@@ -185,7 +185,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ConfigError(
             f"Cannot read model.weights={path}: {reason} (is it a .safetensors file, and whole?)."
         ) from None

@@ -21,7 +21,7 @@ from pathlib import Path
 from cnntrain.data.catalog import DATASETS, ImageData
 from cnntrain.data.image_files import Items, check_channels, image_data
 from cnntrain.data.label_rows import SHOWN, SPLITS, Row, lines_text, parse_rows, read_label_file, with_split_names
-from cnntrain.errors import ConfigError, DatasetError
+from cnntrain.errors import ConfigError, DatasetError, first_few
 
 log = logging.getLogger("cnntrain")
 
@@ -40,10 +40,9 @@ def labels_text(rows: list[Row]) -> str:
         by_label.setdefault(row.label, []).append(row.line)
     shown = [
         f"'{label}' ({f'{len(lines)} rows from ' if len(lines) > 1 else ''}line {lines[0]})"
-        for label, lines in list(by_label.items())[:SHOWN]
+        for label, lines in by_label.items()
     ]
-    more = f" and {len(by_label) - SHOWN} more labels" if len(by_label) > SHOWN else ""
-    return ", ".join(shown) + more
+    return first_few(shown, SHOWN, "more labels")
 
 
 def class_names(path: Path, rows: list[Row], given: list | None) -> list[str]:
@@ -107,9 +106,8 @@ def check_listed_once(path: Path, rows: list[Row], files: list[Path]) -> None:
         first_line.setdefault(key, row.line)
     if twice:
         raise DatasetError(
-            f"Label file {path} lists {len(twice)} file(s) twice: {', '.join(twice[:SHOWN])}"
-            + (f" and {len(twice) - SHOWN} more" if len(twice) > SHOWN else "")
-            + ". An image has one class and one split: remove the repeated rows."
+            f"Label file {path} lists {len(twice)} file(s) twice: {first_few(twice, SHOWN)}. "
+            "An image has one class and one split: remove the repeated rows."
         )
 
 

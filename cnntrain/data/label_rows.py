@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnntrain.errors import DatasetError
+from cnntrain.errors import DatasetError, first_few
 from cnntrain.registry import did_you_mean
 
 # Header names (lower case, spaces and dashes as underscores) that name each column.
@@ -44,8 +44,7 @@ class Row:
 
 def lines_text(rows: list[Row], describe=lambda row: row.file) -> str:
     """'line 3 (a.png), line 9 (b.png)' for the first few rows, then how many more."""
-    shown = ", ".join(f"line {row.line} ({describe(row)})" for row in rows[:SHOWN])
-    return shown + (f" and {len(rows) - SHOWN} more" if len(rows) > SHOWN else "")
+    return first_few([f"line {row.line} ({describe(row)})" for row in rows], SHOWN)
 
 
 def read_label_file(path: Path) -> str:
@@ -118,9 +117,8 @@ def parse_rows(path: Path, text: str, root: Path) -> list[Row]:
             rows.append(Row(line, fields[columns["file"]], fields[columns["label"]], split))
     if bad:
         raise DatasetError(
-            f"Label file {path} has {len(bad)} malformed row(s): {', '.join(bad[:SHOWN])}"
-            + (f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
-            + f". Every row needs the {width} fields of line {first_line} "
+            f"Label file {path} has {len(bad)} malformed row(s): {first_few(bad, SHOWN)}. "
+            f"Every row needs the {width} fields of line {first_line} "
             f"({', '.join(columns)} in columns {', '.join(str(i + 1) for i in columns.values())}), with a file "
             f"name and a label; quote a field that holds the delimiter."
         )
